@@ -1,0 +1,1 @@
+"""agent/: the brain. The policy service (a Ray actor answering over ZeroMQ), its wire protocol, and its Python client."""

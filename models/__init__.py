@@ -1,0 +1,16 @@
+"""models/: the words. Tool schemas, the SimpleTool format, decoding engines, call assembly,
+training and quantization. Imports nothing of ours, nothing of Ray or ZeroMQ.
+
+Heavy backends (torch, vLLM) are imported only from their own modules.
+"""
+
+from models.calls import Call, render_call
+from models.engine import Decision, Engine, EngineError, NoOpEngine, Registration, UnknownHandleError
+from models.format import SPECIAL_TOKENS, Turn, get_template
+from models.tools import ToolSchemaError, ToolSpec, normalize_tool, normalize_tools
+
+__all__ = [
+    "Call", "Decision", "Engine", "EngineError", "NoOpEngine", "Registration", "SPECIAL_TOKENS",
+    "ToolSchemaError", "ToolSpec", "Turn", "UnknownHandleError", "get_template", "normalize_tool",
+    "normalize_tools", "render_call",
+]

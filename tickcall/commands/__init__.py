@@ -1,0 +1,1 @@
+"""Sub-commands of the ``tickcall`` CLI; see ``tickcall.cli.COMMANDS``."""

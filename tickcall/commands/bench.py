@@ -1,0 +1,36 @@
+"""``tickcall bench NAME [options]``: run one benchmark (see ``tickcall.bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+HELP = "benchmarks; each prints a table and writes --json FILE"
+
+BENCHES: dict[str, tuple[str, str]] = {
+    "decode": ("tickcall.bench.decode", "parallel heads vs autoregressive JSON on the same weights"),
+    "prefix": ("tickcall.bench.prefix", "decide latency vs tool count, cached vs uncached prefix"),
+    "heads": ("tickcall.bench.heads", "decode-step time for 1, 2, 4, 8 heads"),
+    "serve": ("tickcall.bench.serve", "policy service overhead vs raw ZMQ, batching gain"),
+    "loop": ("tickcall.bench.loop", "rate keeper lateness and drift with a no-op policy"),
+    "asyncfc": ("tickcall.bench.asyncfc", "async vs sync dispatch with a slow actuator"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="NAME", required=True)
+    for name, (module_name, help_text) in BENCHES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # a bench whose optional dependency is missing
+            p.set_defaults(_missing=f"{name}: {exc}")
+            continue
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "_missing", None):
+        raise SystemExit(f"tickcall bench {args._missing}")
+    return int(args._run(args) or 0)
