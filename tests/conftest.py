@@ -1,0 +1,44 @@
+"""Shared fixtures. The tiny model is built locally (random Qwen2 + our tokenizer): no downloads."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """A tiny randomly initialised Qwen2 model folder whose tokenizer holds the 17 SimpleTool tokens."""
+    from models.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0, init_std=0.2,
+                           tie_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_path):
+    from models.hf_engine import HFEngine
+
+    return HFEngine(tiny_model_path, device="cpu", max_new_tokens=12)
+
+
+ARENA_LIKE_TOOLS = [
+    {"type": "function", "function": {
+        "name": "move", "description": "Move the player.",
+        "parameters": {"type": "object", "properties": {
+            "direction": {"type": "string", "enum": ["up", "down", "left", "right"]},
+            "speed": {"type": "number", "minimum": 0, "maximum": 1}},
+            "required": ["direction"]}}},
+    {"type": "function", "function": {
+        "name": "fire", "description": "Fire at a target.",
+        "parameters": {"type": "object", "properties": {"target": {"type": "integer"}},
+                       "required": ["target"]}}},
+    {"type": "function", "function": {
+        "name": "aim", "description": "Aim.",
+        "parameters": {"type": "object", "properties": {
+            "angle": {"type": "number"}, "lead": {"type": "boolean"}, "note": {"type": "string"}}}}},
+]
+
+
+@pytest.fixture
+def arena_tools():
+    return [dict(t) for t in ARENA_LIKE_TOOLS]
