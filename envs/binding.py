@@ -1,0 +1,271 @@
+"""``EnvBinding``: one env with its tools, its observation text and call -> action conversion.
+
+    from envs.binding import make_binding
+    b = make_binding("CartPole-v1")            # or an env instance, or "tickcall/Arena-v0"
+    b.tools                                     # OpenAI-style tool dicts for Engine.register
+    obs, info = b.env.reset(seed=0)
+    b.obs_text(obs)                             # 'x=+0.012 v=-0.340 a=+0.021 w=+0.551'
+    r = b.call_to_action(Call("push", {"direction": "left"}))
+    r.status, r.action                          # 'ok', 0   ('clipped' / 'rejected' with r.reason)
+    b.counts                                    # {'calls': 1, 'ok': 1, 'clipped': 0, 'rejected': 0}
+
+Two kinds of env:
+
+* **semantic** envs (the built-in Arena) declare their own tools through ``tickcall_tools()``,
+  ``action_from_call(call) -> (action, clipped)``, ``call_from_action(action)``, ``noop_action()`` and
+  ``obs_text(obs)`` on the unwrapped env; the binding validates each call against the tool schema
+  (``models.tools.validate_arguments``) before handing it to the env;
+* any other gymnasium env gets one tool derived from its action space (``envs.spaces.SpaceAdapter``),
+  named through ``envs.catalog`` when the env is well known.
+
+Invariants: ``call_to_action`` never raises for bad input and never returns an action outside the
+action space: a call it cannot use is *rejected* with a reason and replaced by ``default_action()``;
+a number out of range is *clipped* (``on_invalid="clip"``, the default) or rejected
+(``on_invalid="reject"``). Every call is counted in exactly one of ``ok``/``clipped``/``rejected``.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from envs.catalog import EnvEntry, entry_for
+from envs.obs_text import ObsFormatter
+from envs.spaces import ActionError, SpaceAdapter
+from models.calls import Call
+from models.tools import ToolSpec, normalize_tools, validate_arguments
+
+STATUSES = ("ok", "clipped", "rejected")
+
+
+@dataclass
+class ActionResult:
+    """What a call became. ``action`` is always valid for the env (the fallback when rejected)."""
+
+    action: Any
+    status: str  # "ok" | "clipped" | "rejected"
+    reason: str = ""
+    call: Call | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the call was used (possibly clipped); False when it was rejected."""
+        return self.status != "rejected"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reason": self.reason,
+                "call": self.call.to_dict() if self.call else None}
+
+
+@dataclass
+class EnvBinding:
+    """An env bundled with its tools and converters (build it with ``make_binding``).
+
+    Attributes:
+        env: the gymnasium env (as made; ``env.unwrapped`` is the raw env).
+        env_id: the registered id, or None for an env given as an instance.
+        tools: OpenAI-style tool dicts, in prompt order.
+        specs: the same tools normalised (``models.tools.ToolSpec``).
+        on_invalid: ``"clip"`` (numbers out of range are clipped) or ``"reject"``.
+        counts: ``calls``, ``ok``, ``clipped``, ``rejected`` (thread-safe).
+        reasons: why calls were rejected or clipped (reason text -> count).
+    """
+
+    env: Any
+    env_id: str | None
+    tools: list[dict[str, Any]]
+    specs: list[ToolSpec]
+    obs_formatter: Callable[[Any], str]
+    on_invalid: str = "clip"
+    adapter: SpaceAdapter | None = None
+    counts: dict[str, int] = field(default_factory=lambda: {"calls": 0, **dict.fromkeys(STATUSES, 0)})
+    reasons: Counter = field(default_factory=Counter)
+    _noop: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # ---- text ------------------------------------------------------------------------------------
+    def obs_text(self, obs: Any) -> str:
+        """Compact ``key=value`` text of an observation (fixed precision)."""
+        return self.obs_formatter(obs)
+
+    @property
+    def semantic(self) -> bool:
+        return self.adapter is None
+
+    @property
+    def spec_map(self) -> dict[str, ToolSpec]:
+        return {s.name: s for s in self.specs}
+
+    # ---- calls <-> actions ----------------------------------------------------------------------
+    def call_to_action(self, call: Call | Mapping[str, Any] | None) -> ActionResult:
+        """The action for a call, or the fallback with the reason; counted either way."""
+        result = self._convert(call)
+        with self._lock:
+            self.counts["calls"] += 1
+            self.counts[result.status] += 1
+            if result.reason:
+                self.reasons[result.reason[:120]] += 1
+        return result
+
+    def _convert(self, call: Any) -> ActionResult:
+        if call is None:
+            return self._reject(None, "no call (the policy produced nothing usable)")
+        if isinstance(call, Mapping):
+            try:
+                call = Call.from_dict(call)
+            except (KeyError, TypeError, ValueError) as exc:
+                return self._reject(None, f"malformed call {call!r}: {exc}")
+        if not isinstance(call, Call):
+            return self._reject(None, f"not a call: {type(call).__name__}")
+        clip = self.on_invalid == "clip"
+        try:
+            if self.adapter is not None:
+                dec = self.adapter.from_call(call, clip=clip)
+                action, clipped, reason = dec.action, dec.clipped, dec.reason
+            else:
+                action, clipped, reason = self._semantic_action(call, clip)
+        except (ActionError, ValueError, TypeError, KeyError) as exc:
+            return self._reject(call, str(exc))
+        return ActionResult(action, "clipped" if clipped else "ok", reason, call)
+
+    def _semantic_action(self, call: Call, clip: bool) -> tuple[Any, bool, str]:
+        spec = self.spec_map.get(call.name)
+        if spec is None:
+            raise ActionError(f"unknown tool {call.name!r}; tools are {[s.name for s in self.specs]}")
+        args = dict(call.arguments)
+        clipped_names = []
+        if clip:
+            args, clipped_names = clip_arguments(spec, args)
+        err = validate_arguments(spec, args)
+        if err:
+            raise ActionError(err)
+        action, env_clipped = self.env.unwrapped.action_from_call(Call(call.name, args))
+        clipped = bool(clipped_names) or bool(env_clipped)
+        reason = f"clipped {', '.join(clipped_names)} into range" if clipped_names else (
+            "clipped into range" if env_clipped else "")
+        return action, clipped, reason
+
+    def _reject(self, call: Call | None, reason: str) -> ActionResult:
+        return ActionResult(self.default_action(), "rejected", reason, call)
+
+    def action_to_call(self, action: Any) -> Call:
+        """The call that means ``action`` (what a model would emit to get it)."""
+        if self.adapter is not None:
+            return self.adapter.to_call(action)
+        return self.env.unwrapped.call_from_action(action)
+
+    def default_action(self) -> Any:
+        """The fallback / no-op action (a fresh copy each time)."""
+        return copy.deepcopy(self._noop)
+
+    def default_call(self) -> Call:
+        return self.action_to_call(self.default_action())
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            for k in self.counts:
+                self.counts[k] = 0
+            self.reasons.clear()
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly summary (id, tool names, counts)."""
+        return {"env_id": self.env_id, "tools": [s.name for s in self.specs],
+                "semantic": self.semantic, "on_invalid": self.on_invalid, "counts": dict(self.counts)}
+
+
+def clip_arguments(spec: ToolSpec, args: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Clip numeric arguments with ``minimum``/``maximum`` into range. Returns (args, clipped names).
+
+    Anything that is not a finite number is left alone (validation rejects it)."""
+    out, clipped = dict(args), []
+    for name, value in args.items():
+        schema = spec.properties.get(name) or {}
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            continue
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        v = value
+        if lo is not None and v < lo:
+            v = lo
+        if hi is not None and v > hi:
+            v = hi
+        if v != value:
+            out[name] = v
+            clipped.append(name)
+    return out, clipped
+
+
+def default_for_space(space: Any) -> Any:
+    """A valid 'do nothing' action for a space: the lowest Discrete, zeros clipped into a Box, ..."""
+    from gymnasium import spaces as S
+
+    if isinstance(space, S.Discrete):
+        return int(space.start)
+    if isinstance(space, S.Box):
+        return np.clip(np.zeros(space.shape), space.low, space.high).astype(space.dtype)
+    if isinstance(space, S.MultiDiscrete):
+        return np.asarray(space.start, dtype=space.dtype).copy() * np.ones(space.shape, dtype=space.dtype)
+    if isinstance(space, S.MultiBinary):
+        return np.zeros(space.shape, dtype=space.dtype)
+    if isinstance(space, S.Dict):
+        return {k: default_for_space(s) for k, s in space.spaces.items()}
+    if isinstance(space, S.Tuple):
+        return tuple(default_for_space(s) for s in space.spaces)
+    raise ValueError(f"no default action for {type(space).__name__}")
+
+
+def _noop_from_entry(space: Any, noop: Any) -> Any:
+    from gymnasium import spaces as S
+
+    if noop is None:
+        return default_for_space(space)
+    if isinstance(space, S.Box):
+        return np.full(space.shape, noop, dtype=space.dtype)
+    return noop
+
+
+def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = None,
+                 obs_names: tuple[str, ...] | None = None, entry: EnvEntry | None = None,
+                 render_mode: str | None = None, **env_kwargs: Any) -> EnvBinding:
+    """Bind an env id (``"CartPole-v1"``, ``"tickcall/Arena-v0"``) or an env instance.
+
+    Args:
+        env: a registered id or a ``gymnasium.Env``.
+        on_invalid: ``"clip"`` or ``"reject"`` numbers out of range.
+        precision: decimals in the observation text (default from the catalog, else 3).
+        obs_names: names for the observation entries (default from the catalog).
+        entry: override the catalog entry (tool name, parameter names, labels, ...).
+        render_mode, env_kwargs: passed to ``gymnasium.make`` when ``env`` is an id.
+    """
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the built-in envs)
+
+    if on_invalid not in ("clip", "reject"):
+        raise ValueError(f"on_invalid must be 'clip' or 'reject', not {on_invalid!r}")
+    if isinstance(env, str):
+        env_id = env
+        env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
+    else:
+        env_id = env.spec.id if getattr(env, "spec", None) is not None else None
+    raw = env.unwrapped
+    if hasattr(raw, "tickcall_tools"):
+        tools = raw.tickcall_tools()
+        specs = normalize_tools(tools)
+        fmt = raw.obs_text if precision is None and obs_names is None else ObsFormatter(
+            names=obs_names, precision=3 if precision is None else precision)
+        return EnvBinding(env=env, env_id=env_id, tools=tools, specs=specs, obs_formatter=fmt,
+                          on_invalid=on_invalid, adapter=None, _noop=raw.noop_action())
+    e = entry or entry_for(env_id)
+    adapter = SpaceAdapter(env.action_space, name=e.tool, description=e.description,
+                           param_names=e.param_names, labels=e.labels)
+    fmt = ObsFormatter(names=obs_names or e.obs_names,
+                       precision=e.precision if precision is None else precision)
+    return EnvBinding(env=env, env_id=env_id, tools=[adapter.tool], specs=[adapter.spec],
+                      obs_formatter=fmt, on_invalid=on_invalid, adapter=adapter,
+                      _noop=_noop_from_entry(env.action_space, e.noop))

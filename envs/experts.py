@@ -1,0 +1,171 @@
+"""Scripted experts and a random baseline, as policies that emit the calls a model would emit.
+
+    from envs.experts import get_expert, RandomPolicy
+    expert = get_expert("CartPole-v1")         # also Pendulum-v1, MountainCarContinuous-v0,
+    call = expert.act(obs)                     # LunarLander-v3, tickcall/Arena-v0
+    # Call(name='push', arguments={'direction': 'right'})
+
+A policy has ``act(obs) -> Call | None`` and ``reset()`` (called at each episode start). Experts
+decide from the observation alone (no hidden env state), so a student model that reads the
+observation text can learn them; each one returns exactly the call that ``binding.action_to_call``
+writes for its action, so expert calls are always legal.
+
+Known scores, lock-step, seeds 0..9 (see docs/benchmarks.md for the recorded runs):
+CartPole-v1 500, MountainCarContinuous-v0 ~ +93, Pendulum-v1 ~ -150, LunarLander-v3 ~ +200 to +280
+(gymnasium's own heuristic; some seeds crash), Arena-v0 (see the benchmark).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from envs.binding import EnvBinding, make_binding
+from models.calls import Call
+
+
+class Policy(Protocol):
+    """What the evaluator, the dataset builder and the loop need from a policy."""
+
+    def act(self, obs: Any) -> Call | None: ...
+
+    def reset(self) -> None: ...
+
+
+class ActionPolicy:
+    """A policy from a function ``obs -> action``; the call is ``binding.action_to_call(action)``."""
+
+    def __init__(self, binding: EnvBinding, fn: Callable[[Any], Any], name: str = "expert") -> None:
+        self.binding, self.fn, self.name = binding, fn, name
+
+    def act(self, obs: Any) -> Call:
+        return self.binding.action_to_call(self.fn(obs))
+
+    def reset(self) -> None:
+        pass
+
+
+class RandomPolicy:
+    """Uniformly random *legal* calls: a random action of the space written as its call.
+
+    For the Arena this is a uniformly random tool with random arguments. Seeded: the same seed gives
+    the same sequence of calls."""
+
+    name = "random"
+
+    def __init__(self, binding: EnvBinding, seed: int | None = 0) -> None:
+        self.binding = binding
+        self.space = copy.deepcopy(binding.env.action_space)
+        self.space.seed(seed)
+
+    def act(self, obs: Any) -> Call:
+        return self.binding.action_to_call(self.space.sample())
+
+    def reset(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- the experts
+
+
+def cartpole_action(obs: Any) -> int:
+    """Linear state feedback on (x, v, angle, angular velocity): push right (1) when positive."""
+    x, v, a, w = (float(t) for t in obs)
+    return int(0.05 * x + 0.3 * v + 3.0 * a + 0.6 * w > 0)
+
+
+def mountaincar_cont_action(obs: Any) -> np.ndarray:
+    """Pump energy: full force in the direction of motion (right when at rest)."""
+    v = float(obs[1])
+    return np.array([1.0 if v >= 0 else -1.0], dtype=np.float32)
+
+
+def pendulum_action(obs: Any) -> np.ndarray:
+    """Energy-shaping swing-up, then a PD controller near the top (torque limit 2)."""
+    c, s, w = (float(t) for t in obs)
+    theta = math.atan2(s, c)  # 0 = upright
+    if c > 0.85:
+        u = -(10.0 * theta + 2.0 * w)
+    else:
+        # pump energy until the swing would reach the top (energy 0 = at rest upright), then damp
+        energy = w * w / 3.0 + 10.0 * (c - 1.0)
+        u = 2.0 * float(np.sign(w)) if energy < 0 else -0.5 * w
+    return np.array([float(np.clip(u, -2.0, 2.0))], dtype=np.float32)
+
+
+def lunar_lander_action(env: Any) -> Callable[[Any], int]:
+    from gymnasium.envs.box2d.lunar_lander import heuristic
+
+    raw = env.unwrapped
+    return lambda obs: int(heuristic(raw, np.asarray(obs)))
+
+
+class ArenaExpert:
+    """Aim at the target's sector, close in (dash when far and ready, else run), fire when ready.
+
+    Decides from ``envs.arena.features(obs)``, the same rounded values the text shows::
+
+        tgt != aim                -> aim(direction=tgt)
+        d > range and dcd == 0    -> dash(direction=tgt, distance=1|2|3 by how far out of range)
+        d > range                 -> move(direction=tgt, speed="run")
+        cd == 0                   -> fire()
+        otherwise                 -> wait()
+    """
+
+    name = "expert"
+
+    def __init__(self, fire_range: float = 4.0) -> None:
+        self.fire_range = fire_range
+
+    def act(self, obs: Any) -> Call:
+        from envs.arena import features
+
+        f = features(obs)
+        if f["tgt"] != f["aim"]:
+            return Call("aim", {"direction": f["tgt"]})
+        gap = f["d"] - self.fire_range
+        if gap > 0:
+            if f["dcd"] == 0:
+                dist = 3 if gap > 2 else 2 if gap > 1 else 1
+                return Call("dash", {"direction": f["tgt"], "distance": dist})
+            return Call("move", {"direction": f["tgt"], "speed": "run"})
+        if f["cd"] == 0:
+            return Call("fire", {})
+        return Call("wait", {})
+
+    def reset(self) -> None:
+        pass
+
+
+EXPERTS = ("CartPole-v1", "MountainCarContinuous-v0", "Pendulum-v1", "LunarLander-v3",
+           "tickcall/Arena-v0")
+
+
+def get_expert(env_id: str, binding: EnvBinding | None = None) -> Policy:
+    """The scripted expert of an env (``EXPERTS`` lists them). Raises KeyError for others."""
+    if env_id not in EXPERTS:
+        raise KeyError(f"no expert for {env_id!r}; experts exist for {', '.join(EXPERTS)}")
+    if env_id == "tickcall/Arena-v0":
+        fire_range = binding.env.unwrapped.fire_range if binding is not None else 4.0
+        return ArenaExpert(fire_range)
+    binding = binding or make_binding(env_id)
+    if env_id == "CartPole-v1":
+        return ActionPolicy(binding, cartpole_action)
+    if env_id == "MountainCarContinuous-v0":
+        return ActionPolicy(binding, mountaincar_cont_action)
+    if env_id == "Pendulum-v1":
+        return ActionPolicy(binding, pendulum_action)
+    return ActionPolicy(binding, lunar_lander_action(binding.env))
+
+
+def get_policy(kind: str, env_id: str, binding: EnvBinding, seed: int | None = 0) -> Policy:
+    """``expert`` or ``random`` (models: ``envs.policies.ModelPolicy``)."""
+    if kind == "expert":
+        return get_expert(env_id, binding)
+    if kind == "random":
+        return RandomPolicy(binding, seed)
+    raise ValueError(f"unknown policy kind {kind!r}: expert or random")

@@ -1,0 +1,87 @@
+"""Observation -> compact text for the per-tick turn: ``key=value`` pairs, fixed precision.
+
+The text is prefilled every tick, so it stays short: one pair per observation entry, separated by
+single spaces, numbers with a fixed number of decimals and an explicit sign (``x=+0.012``), so the
+same quantity always has the same shape and a small model can read it digit by digit.
+
+Invariant: the same observation always renders to the same string (no locale, no time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def fmt_number(x: float, precision: int = 3, signed: bool = True) -> str:
+    """``+0.012`` / ``-3.400`` (``signed``) or ``0.012``; integers when ``precision`` is 0.
+
+    Negative zero prints as ``+0.000``; NaN and infinities print as ``nan``/``+inf``/``-inf``.
+    """
+    x = float(x)
+    if np.isnan(x):
+        return "nan"
+    if np.isinf(x):
+        return "+inf" if x > 0 else "-inf"
+    text = f"{x:+.{precision}f}" if signed else f"{x:.{precision}f}"
+    if text.lstrip("+-").strip("0.") == "":  # all zeros: drop the sign of -0.000
+        text = ("+" if signed else "") + text.lstrip("+-")
+    return text
+
+
+@dataclass
+class ObsFormatter:
+    """Formats a gymnasium observation as ``key=value`` text.
+
+    Args:
+        names: names of the flattened observation entries (default ``o0``, ``o1``, ...; the keys
+            of a Dict observation, each flattened as ``key`` or ``key0``.. when it has several).
+        precision: decimals for floats (integer-typed entries print without decimals).
+        signed: write an explicit ``+`` on non-negative numbers.
+        units: optional unit suffix per name (``{"angle": "rad"}`` -> ``angle=+0.100rad``).
+    """
+
+    names: Sequence[str] | None = None
+    precision: int = 3
+    signed: bool = True
+    units: Mapping[str, str] = field(default_factory=dict)
+
+    def pairs(self, obs: Any) -> list[tuple[str, str]]:
+        """The (name, formatted value) pairs of an observation."""
+        flat: list[tuple[str, Any, bool]] = []
+        _flatten("", obs, flat)
+        if self.names is not None:
+            if len(self.names) != len(flat):
+                raise ValueError(f"{len(self.names)} observation names for {len(flat)} values")
+            flat = [(n, v, i) for n, (_, v, i) in zip(self.names, flat, strict=True)]
+        out = []
+        for i, (name, value, is_int) in enumerate(flat):
+            key = name or f"o{i}"
+            text = str(int(value)) if is_int else fmt_number(value, self.precision, self.signed)
+            out.append((key, text + self.units.get(key, "")))
+        return out
+
+    def __call__(self, obs: Any) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.pairs(obs))
+
+
+def _flatten(prefix: str, obs: Any, out: list[tuple[str, Any, bool]]) -> None:
+    if isinstance(obs, Mapping):
+        for k, v in obs.items():
+            _flatten(f"{prefix}{k}", v, out)
+        return
+    if isinstance(obs, tuple):
+        for i, v in enumerate(obs):
+            _flatten(f"{prefix}{i}" if prefix else "", v, out)
+        return
+    arr = np.asarray(obs)
+    is_int = np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
+    flat = arr.reshape(-1)
+    if flat.size == 1:
+        out.append((prefix, flat[0], is_int))
+    else:
+        for i, v in enumerate(flat):
+            out.append((f"{prefix}{i}" if prefix else "", v, is_int))
