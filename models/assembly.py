@@ -57,7 +57,8 @@ def parse_json_strict(text: str) -> Any:
 
 
 def is_null_text(text: str | None) -> bool:
-    return text is None or text.strip() in ("", NULL)
+    """Omitted: no text, empty text, or the ``<|null|>`` token (a whitespace-only string is a value)."""
+    return text is None or text == "" or text.strip() == NULL
 
 
 def assemble(
@@ -71,7 +72,7 @@ def assemble(
         names = ", ".join(sorted(unfinished))
         return Assembled(None, False, f"head(s) {names} did not stop within the token budget", raw)
     name = (heads.get("function") or "").strip()
-    if is_null_text(name):
+    if not name or name == NULL:
         return Assembled(None, False, "no function was chosen (<function> head is null)", raw)
     tool = tools.get(name)
     if tool is None:

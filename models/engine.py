@@ -155,7 +155,7 @@ class Engine(ABC):
         """Model and template description (sent in the service's ``welcome``)."""
         return {"backend": self.backend, "default_template": self.default_template}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; backends without resources keep it
         """Release model memory and any engine processes."""
 
     # ---- backend hooks ----------------------------------------------------------------------

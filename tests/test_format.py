@@ -1,0 +1,255 @@
+"""The SimpleTool format: golden prompt strings (docs/simpletool-format.md), tools, assembly, BFCL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from models.assembly import assemble
+from models.calls import Call, render_call
+from models.format import (
+    HEAD_NAMES,
+    NULL,
+    SPECIAL_TOKENS,
+    V1_SYSTEM_BLOCK,
+    Turn,
+    encode_call_heads,
+    get_template,
+    heads_for,
+    head_target,
+)
+from models.tools import ToolSchemaError, normalize_tool, normalize_tools
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.",
+                                            "parameters": {"type": "object", "properties": {
+                                                "city": {"type": "string"}, "days": {"type": "integer"}},
+                                                "required": ["city"]}}}
+WEATHER_LINE = ('{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", '
+                '"parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": '
+                '{"type": "integer"}}, "required": ["city"]}}}')
+
+
+def test_seventeen_tokens():
+    assert len(SPECIAL_TOKENS) == 17 and len(set(SPECIAL_TOKENS)) == 17
+    assert HEAD_NAMES == ("function", "arg1", "arg2", "arg3", "arg4", "arg5", "arg6")
+
+
+def test_v2_golden():
+    tools = normalize_tools([WEATHER])
+    t = get_template("v2")
+    prompt = t.prefix(tools) + t.suffix(Turn("Weather in Paris?", ['get_weather(city="Rome")']))
+    expected = (
+        "<|im_start|>system\nYou are a real-time function calling assistant. Convert user commands into "
+        "function calls using the available tools.\n\n## Available Tools:\n\n" + WEATHER_LINE +
+        "\n<|im_end|>\n<|im_start|>user\nhistory: [get_weather(city=\"Rome\")]\n\nWeather in Paris?"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert prompt == expected
+    # environment lines are prepended to the query as a JSON list
+    assert t.suffix(Turn("go", environment=["hp=3", "ammo=2"])) == (
+        '<|im_start|>user\nhistory: []\n\nenvironment: ["hp=3", "ammo=2"]\ngo<|im_end|>\n<|im_start|>assistant\n')
+    assert t.prefix(tools, system="Be quick.").startswith("<|im_start|>system\nBe quick.\n\n## Available Tools:")
+
+
+def test_v1_golden():
+    block = (
+        "You are a multi-head parallel function calling model. \n## Output Heads\n\n"
+        "**Head 0 - <content>**: Natural language response\n- Format: <content>response text</content>\n"
+        "- Answer what you want to say while you are calling a function\n\n"
+        "**Head 1 - <function>**: Function names to call\n- Format: <function>name</function>\n"
+        "- Name: must match tool defined name\n\n"
+        "**Head 2-7 - <arg1>、<arg2>、<arg3>、<arg4>、<arg5>、<arg6>**: Function arguments by position\n"
+        "- Format: <argN>value</argN> \n"
+        "- Strictly fill in according to the parameter order of the tool you intend to call\n"
+        "- Note the special restrictions of parameter definitions for corresponding positions\n"
+        "- If the corresponding tool definition has required parameters, these must be filled in\n"
+        "- Infer the user's actual needs.\n- If Unnecessary: <argN><|null|></argN>\n\n"
+        "**Environment - The information you have.\n**History - The tools you have called."
+    )
+    assert block == V1_SYSTEM_BLOCK
+    tools = normalize_tools([WEATHER])
+    t = get_template("v1")
+    prompt = t.prefix(tools) + t.suffix(Turn("Weather?", [], environment=["city=Paris"]))
+    assert prompt == (
+        "<|im_start|>system\n" + block + "\n## Available Tools:\n\n" + WEATHER_LINE + "<|im_end|>\n"
+        "<|im_start|>user\nenvironment: [city=Paris]\nhistory: []\n\nWeather?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_prefix_is_static_and_turn_goes_only_in_suffix():
+    tools = normalize_tools([WEATHER])
+    for name in ("v1", "v2", "compact"):
+        t = get_template(name)
+        assert t.prefix(tools) == t.prefix(tools)
+        assert "Paris" not in t.prefix(tools) and "Paris" in t.suffix(Turn("Paris"))
+
+
+def test_history_rendering():
+    assert render_call(Call("move", {"x": 3, "name": "a\"b", "ok": True, "v": [1, 2]})) == \
+        'move(x=3, name="a\\"b", ok=true, v=[1, 2])'
+    assert render_call(Call("move", {"b": 1, "a": 2}), ("a", "b")) == "move(a=2, b=1)"
+
+
+# ------------------------------------------------------------------ tools
+
+
+def test_bfcl_dialect_converted_and_order_kept():
+    spec = normalize_tool({"name": "f", "description": "d", "parameters": {
+        "type": "dict", "properties": {"z": {"type": "float"}, "a": {"type": "tuple", "items": {"type": "integer"}},
+                                       "m": {"type": "any"}, "d": {"type": "dict", "properties": {"k": {"type": "float"}}}},
+        "required": ["z"]}})
+    assert spec.param_names == ("z", "a", "m", "d")
+    assert spec.parameters["type"] == "object"
+    assert spec.properties["z"]["type"] == "number" and spec.properties["a"]["type"] == "array"
+    assert "type" not in spec.properties["m"] and spec.properties["d"]["properties"]["k"]["type"] == "number"
+    assert '"dict"' not in json.dumps(spec.rendered)
+
+
+def test_openai_rendering_preserved_byte_for_byte():
+    spec = normalize_tool(WEATHER)
+    assert json.dumps(spec.rendered, ensure_ascii=False) == WEATHER_LINE
+    bare = normalize_tool(WEATHER["function"])
+    assert json.dumps(bare.rendered, ensure_ascii=False) == WEATHER_LINE
+
+
+def test_callable_tool():
+    def dash(direction: Literal["north", "south"], distance: float = 2.0, boost: bool | None = None) -> None:
+        """Dash quickly.
+
+        Args:
+            direction: where to dash
+            distance: metres
+        """
+
+    spec = normalize_tool(dash)
+    assert spec.name == "dash" and spec.description == "Dash quickly."
+    assert spec.param_names == ("direction", "distance", "boost")
+    assert spec.required == ("direction",)
+    assert spec.properties["direction"] == {"type": "string", "enum": ["north", "south"],
+                                            "description": "where to dash"}
+    assert spec.properties["distance"]["type"] == "number" and spec.properties["distance"]["default"] == 2.0
+    assert spec.properties["boost"]["type"] == ["boolean", "null"]
+
+
+def test_too_many_parameters_refused_clearly():
+    props = {f"p{i}": {"type": "integer"} for i in range(7)}
+    with pytest.raises(ToolSchemaError, match="7 parameters.*at most 6"):
+        normalize_tools([{"name": "big", "parameters": {"type": "object", "properties": props}}])
+
+
+def test_bad_tools_refused():
+    with pytest.raises(ToolSchemaError, match="defined twice"):
+        normalize_tools([WEATHER, WEATHER])
+    with pytest.raises(ToolSchemaError, match="unsupported parameter type"):
+        normalize_tool({"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "HashMap"}}}})
+    with pytest.raises(ToolSchemaError, match="no tools"):
+        normalize_tools([])
+    with pytest.raises(ToolSchemaError, match="not in properties"):
+        normalize_tool({"name": "f", "parameters": {"type": "object", "properties": {}, "required": ["x"]}})
+
+
+# ------------------------------------------------------------------ assembly
+
+TOOLS = {t.name: t for t in normalize_tools([
+    WEATHER,
+    {"name": "move", "parameters": {"type": "object", "properties": {
+        "dir": {"type": "string", "enum": ["n", "s"]}, "speed": {"type": "number", "minimum": 0, "maximum": 1},
+        "tags": {"type": "array", "items": {"type": "string"}}}, "required": ["dir"]}},
+])}
+
+
+@pytest.mark.parametrize("heads,legal,reason", [
+    ({"function": "move", "arg1": "n", "arg2": "0.5", "arg3": NULL}, True, "ok"),
+    ({"function": " move ", "arg1": "n", "arg2": NULL, "arg3": ""}, True, "ok"),
+    ({"function": "jump", "arg1": NULL}, False, "unknown function 'jump'"),
+    ({"function": NULL}, False, "no function"),
+    ({"function": "move", "arg1": "e"}, False, "not one of"),
+    ({"function": "move", "arg1": "n", "arg2": "1.5"}, False, "above the maximum"),
+    ({"function": "move", "arg1": "n", "arg2": "NaN"}, False, "not valid JSON"),
+    ({"function": "move", "arg1": "n", "arg2": "fast"}, False, "not valid JSON"),
+    ({"function": "move", "arg1": NULL, "arg2": "0.5"}, False, "required argument 'dir' is missing"),
+    ({"function": "get_weather", "arg1": "Paris", "arg2": "2", "arg3": "7"}, False, "takes 2 parameter"),
+    ({"function": "get_weather", "arg1": "Paris", "arg2": "null"}, False, "not of type integer"),
+    ({"function": "move", "arg1": "n", "arg3": '["a", 1]'}, False, "not of type string"),
+])
+def test_assembly_rules(heads, legal, reason):
+    a = assemble(heads, TOOLS)
+    assert a.legal is legal, a.reason
+    assert reason in a.reason
+    assert a.heads == heads
+
+
+def test_assembly_duplicate_keys_rejected():
+    tools = {t.name: t for t in normalize_tools([{"name": "f", "parameters": {"type": "object", "properties": {
+        "o": {"type": "object"}}}}])}
+    assert not assemble({"function": "f", "arg1": '{"a":1,"a":2}'}, tools).legal
+    a = assemble({"function": "f", "arg1": '{"a":1}'}, tools)
+    assert a.legal and a.call == Call("f", {"o": {"a": 1}})
+
+
+def test_unfinished_head_is_illegal():
+    a = assemble({"function": "move", "arg1": "nnnn"}, TOOLS, unfinished={"arg1"})
+    assert not a.legal and "did not stop" in a.reason
+
+
+def test_encode_and_training_target():
+    tool = TOOLS["move"]
+    heads = heads_for(list(TOOLS.values()))
+    texts = encode_call_heads(Call("move", {"dir": "n", "tags": ["a"]}), tool, heads)
+    assert texts == {"function": "move", "arg1": "n", "arg2": NULL, "arg3": '["a"]'}
+    assert head_target("arg2", NULL) == "<|null|></arg2><|im_end|>"
+    assert head_target("function", "move") == "move</function><|im_end|>"
+
+
+# ------------------------------------------------------------------ BFCL round trip
+
+
+def _bfcl_dir() -> Path:
+    bfcl = pytest.importorskip("bfcl_eval", reason="bfcl-eval data not installed (scripts/setup.sh --dev)")
+    return Path(bfcl.__file__).parent / "data"
+
+
+def _first_answer(options: list) -> tuple[bool, object]:
+    """BFCL lists acceptable values per parameter; '' (or no value) means 'may be omitted'."""
+    if not options or options[0] == "":
+        return True, None
+    return False, options[0]
+
+
+@pytest.mark.parametrize("category", ["simple_python", "multiple", "live_simple"])
+def test_bfcl_round_trip(category):
+    data = _bfcl_dir()
+    questions = {json.loads(line)["id"]: json.loads(line)
+                 for line in (data / f"BFCL_v4_{category}.json").read_text().splitlines() if line.strip()}
+    answers = [json.loads(line) for line in (data / "possible_answer" / f"BFCL_v4_{category}.json")
+               .read_text().splitlines() if line.strip()]
+    checked = refused = 0
+    for ans in answers:
+        q = questions[ans["id"]]
+        try:
+            specs = normalize_tools(q["function"])
+        except ToolSchemaError as exc:
+            assert "at most 6" in str(exc)
+            refused += 1
+            continue
+        tools = {s.name: s for s in specs}
+        heads = heads_for(specs)
+        for gt in ans["ground_truth"]:
+            (name, params), = gt.items()
+            spec = tools[name]
+            args = {}
+            for pname in spec.param_names:
+                if pname in params:
+                    omitted, value = _first_answer(params[pname])
+                    if not omitted:
+                        args[pname] = value
+            call = Call(name, args)
+            texts = encode_call_heads(call, spec, heads)
+            back = assemble(texts, tools)
+            assert back.call == call, (ans["id"], texts, back)
+            checked += 1
+    assert checked > 150
+    print(f"{category}: {checked} calls round-tripped, {refused} tool sets refused (>6 parameters)")
