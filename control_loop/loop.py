@@ -1,0 +1,493 @@
+"""The control loop: ticks at a fixed rate, asks the policy service, dispatches calls, records every tick.
+
+One tick ``k`` (scheduled at ``t0 + k*period``, see ``rate.RateKeeper``):
+
+1. take the newest observation from the world without waiting for the env;
+2. if the previous request is still unanswered: ``in_flight="skip"`` records this tick as
+   ``skipped`` (reason ``in_flight``) and sends nothing; ``"supersede"`` sends anyway and the older
+   tick becomes ``late`` (reason ``superseded``): its reply will not be applied;
+3. otherwise render the turn (observation text + history of recent calls with the status of calls still
+   in flight, from the futures layer) and ``send_decide`` it with the tick id and the time left until
+   the tick's deadline (``scheduled + deadline_ms``); the clock never waits for the reply.
+
+Between ticks the loop polls the service's socket until the next tick is due, handling replies and
+deadlines as they come:
+
+* a legal call for the newest request before its deadline -> ``hands.dispatch(call)`` (returns at once;
+  the actuator runs in its own lane), outcome ``ok``;
+* an error or an illegal call before the deadline -> never applied, the fallback acts, ``error``;
+* the deadline passes with no reply -> the fallback acts, ``fallback``; if the reply shows up later the
+  tick becomes ``late`` (still not applied). An unanswered request is dropped after
+  ``in_flight_timeout_ms`` so a dead service cannot block the loop; ticks keep their rate meanwhile.
+
+Every tick gets exactly one ``TickRecord`` and one final outcome: ``sum(outcomes) == ticks``.
+The loop knows its collaborators only by duck type: ``policy`` (``agent.client.PolicyClient``: ``send_decide``,
+``poll``), ``world`` (``control_loop.world.World``: ``observe``, ``fallback``, ``episodes_done``) and
+``hands`` (``control_loop.futures.AsyncFC``: ``dispatch``, ``history_lines``; may be None).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from control_loop.progress import Throttle
+from control_loop.rate import RateKeeper, Slot
+from control_loop.records import OUTCOMES, TickRecord
+from control_loop.stats import percentile
+
+log = logging.getLogger("tickcall.loop")
+
+# Service error codes that mean "no decision was made in time" (not a bad answer): counted as a
+# missing reply, not as an error.
+# ``timeout`` and ``superseded`` also come from the client itself (agent.client.PolicyClient), never
+# from the model.
+NO_DECISION_CODES = frozenset({"expired", "superseded", "cancelled", "timeout"})
+POLL_GUARD_S = 0.0015   # stop polling this long before a tick is due; the rate keeper sleeps the rest
+MIN_POLL_MS = 1.0       # socket polls have 1 ms resolution: shorter waits are slept instead
+MAX_STALE = 256         # abandoned/superseded requests remembered to recognise their late replies
+
+
+@dataclass
+class LoopSettings:
+    """The loop's own knobs (ms unless stated). ``deadline_ms`` None = one period."""
+
+    rate_hz: float = 16.0
+    deadline_ms: float | None = None
+    in_flight: str = "skip"
+    in_flight_timeout_ms: float | None = None
+    fallback: str = "hold"
+    history: int = 4
+    warn_interval_s: float = 5.0
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+    @property
+    def deadline_s(self) -> float:
+        return self.period_s if self.deadline_ms is None else self.deadline_ms / 1e3
+
+    @property
+    def in_flight_timeout_s(self) -> float:
+        if self.in_flight_timeout_ms is None:
+            return 4.0 * self.deadline_s
+        return max(self.in_flight_timeout_ms / 1e3, self.deadline_s)
+
+    @classmethod
+    def from_run_config(cls, cfg: Any) -> LoopSettings:
+        return cls(rate_hz=cfg.rate_hz, deadline_ms=cfg.deadline_ms, in_flight=cfg.in_flight,
+                   in_flight_timeout_ms=cfg.in_flight_timeout_ms, fallback=cfg.fallback,
+                   history=cfg.history, warn_interval_s=cfg.warn_interval_s)
+
+
+@dataclass
+class Observation:
+    """What the world hands the loop each tick: the text for the turn and when it was taken (monotonic s)."""
+
+    text: str
+    taken_at: float
+    episode: int = 0
+    data: dict[str, Any] | None = None   # scalar observation fields, if the world provides them
+
+
+@dataclass
+class _Pending:
+    tick: int
+    msg_id: Any
+    sent_at: float
+    deadline_at: float
+    obs_at: float
+    record: TickRecord
+    expired: bool = False
+
+
+@dataclass
+class LoopResult:
+    """What ``run`` returns: the records (tick order), timing, and what did not fit a tick."""
+
+    records: list[TickRecord]
+    t0: float
+    elapsed_s: float
+    stray_replies: int = 0
+    warnings: list[str] = field(default_factory=list)
+    stopped: str = ""
+
+
+class ControlLoop:
+    """Runs the tick loop in the calling thread (the Ray actor runs it in its own thread)."""
+
+    def __init__(self, settings: LoopSettings, policy: Any, world: Any, hands: Any = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if settings.in_flight not in ("skip", "supersede"):
+            raise ValueError(f"in_flight must be 'skip' or 'supersede', got {settings.in_flight!r}")
+        self.s = settings
+        self.policy = policy
+        self.world = world
+        self.hands = hands
+        self._clock = clock
+        self._sleep = sleep
+        self._stop = threading.Event()
+        self._records: list[TickRecord] = []
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._stale: OrderedDict[int, _Pending] = OrderedDict()
+        self._newest: int | None = None
+        self._counts = dict.fromkeys(OUTCOMES, 0)
+        self._unresolved = 0
+        self._latencies: deque[float] = deque(maxlen=256)
+        self._stray = 0
+        self._missed = 0
+        self._warn = Throttle(settings.warn_interval_s, clock)
+        self._behind_since_warn = 0
+        self._warnings: list[str] = []
+        self._t0: float | None = None
+        self._planned: int | None = None
+        self._running = False
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Ask a running loop to finish after the current tick (thread-safe)."""
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        """A cheap snapshot for the live progress line (thread-safe)."""
+        with self._lock:
+            lat = sorted(self._latencies)
+            ticks = len(self._records)
+            counts = dict(self._counts)
+            counts_pending = self._unresolved
+        now = self._clock()
+        elapsed = (now - self._t0) if self._t0 is not None else 0.0
+        ran = ticks - self._missed
+        status = {
+            "running": self._running,
+            "ticks": ticks,
+            "ticks_planned": self._planned,
+            "elapsed_s": elapsed,
+            "achieved_hz": (ran / elapsed) if elapsed > 0 else 0.0,
+            "outcomes": counts,
+            "unresolved": counts_pending,
+            "latency_p50_ms": percentile(lat, 50) if lat else None,
+            "latency_p99_ms": percentile(lat, 99) if lat else None,
+            "warnings": list(self._warnings[-3:]),
+        }
+        eps = getattr(self.world, "episodes_done", None)
+        if callable(eps):
+            try:
+                status["episodes_done"] = eps()
+                rets = self.world.episodes()
+                status["last_return"] = rets[-1]["return"] if rets else None
+            except Exception:  # the progress line must never break the run
+                pass
+        return status
+
+    # ------------------------------------------------------------------ run
+    def run(self, *, max_ticks: int | None = None, duration_s: float | None = None,
+            episodes: int | None = None) -> LoopResult:
+        """Tick until ``max_ticks`` ticks, ``duration_s`` seconds, ``episodes`` finished episodes or
+        ``stop()``, whichever comes first; then wait for outstanding replies and return the records."""
+        if max_ticks is None and duration_s is None and episodes is None:
+            raise ValueError("give max_ticks, duration_s or episodes: the loop needs an end")
+        limit = max_ticks
+        if duration_s is not None:
+            by_time = max(1, int(round(duration_s * self.s.rate_hz)))
+            limit = by_time if limit is None else min(limit, by_time)
+        self._planned = limit
+        rk = RateKeeper(self.s.rate_hz, clock=self._clock, sleep=self._sleep)
+        self._t0 = rk.start()
+        self._running = True
+        stopped = ""
+        try:
+            while True:
+                if self._stop.is_set():
+                    stopped = "stop requested"
+                    break
+                if limit is not None and rk.next_index >= limit:
+                    stopped = "tick limit"
+                    break
+                self._pump_until(rk.next_time() - POLL_GUARD_S)
+                slot = rk.wait()
+                for k in slot.skipped_indices:
+                    if limit is not None and k >= limit:
+                        break
+                    self._add(TickRecord(tick=k, scheduled_ms=self._rel_ms(rk.deadline(k)),
+                                         outcome="skipped", reason="missed_period"))
+                    self._missed += 1
+                if slot.skipped:
+                    self._behind(f"{slot.skipped} missed period(s) before tick {slot.index}")
+                if limit is not None and slot.index >= limit:
+                    stopped = "tick limit"
+                    break
+                self._tick(slot)
+                if episodes is not None and self._episodes_done() >= episodes:
+                    stopped = "episodes done"
+                    break
+            end = self._clock()
+            self._drain()
+        finally:
+            self._running = False
+        self._finalize()
+        records = sorted(self._records, key=lambda r: r.tick)
+        return LoopResult(records=records, t0=self._t0, elapsed_s=end - self._t0,
+                          stray_replies=self._stray, warnings=list(self._warnings), stopped=stopped)
+
+    # ------------------------------------------------------------------ one tick
+    def _tick(self, slot: Slot) -> None:
+        self._collect(0.0)
+        self._expire(self._clock())
+        rec = TickRecord(tick=slot.index, scheduled_ms=self._rel_ms(slot.scheduled),
+                         lateness_ms=slot.lateness_ms)
+        if slot.lateness_ms > 0.5e3 * self.s.period_s:
+            self._behind(f"tick {slot.index} started {slot.lateness_ms:.1f} ms late")
+        try:
+            obs = self.world.observe()
+        except Exception as exc:
+            self._add(rec)
+            self._resolve(rec, "error", f"observation failed: {type(exc).__name__}: {exc}")
+            self._fallback(rec)
+            return
+        now = self._clock()
+        rec.obs_age_ms = max(0.0, (now - obs.taken_at) * 1e3)
+        rec.episode = obs.episode
+        self._add(rec)
+
+        newest = self._pending.get(self._newest) if self._newest is not None else None
+        if newest is not None:
+            if self.s.in_flight == "skip":
+                self._resolve(rec, "skipped", "in_flight")
+                return
+            # supersede: the older request's reply will not be applied
+            self._pending.pop(newest.tick)
+            self._remember_stale(newest)
+            if not newest.expired:
+                self._resolve(newest.record, "late", "superseded")
+            else:
+                newest.record.reason = "superseded after its deadline"
+
+        history = []
+        if self.hands is not None and self.s.history > 0:
+            try:
+                history = list(self.hands.history_lines(self.s.history))
+            except Exception as exc:  # history is advisory; the tick goes on without it
+                log.debug("history_lines failed: %s", exc)
+        from models.format import Turn
+
+        turn = Turn(query=obs.text, history=history)
+        deadline_at = slot.scheduled + self.s.deadline_s
+        budget_ms = max(0.001, (deadline_at - self._clock()) * 1e3)
+        try:
+            msg_id = self.policy.send_decide(turn, slot.index, budget_ms)
+        except Exception as exc:
+            self._resolve(rec, "error", f"send failed: {type(exc).__name__}: {exc}")
+            self._fallback(rec)
+            return
+        sent_at = self._clock()
+        rec.sent = True
+        self._pending[slot.index] = _Pending(tick=slot.index, msg_id=msg_id, sent_at=sent_at,
+                                             deadline_at=deadline_at, obs_at=obs.taken_at, record=rec)
+        self._newest = slot.index
+
+    # ------------------------------------------------------------------ replies and deadlines
+    def _pump_until(self, t_end: float) -> None:
+        """Handle replies and deadlines until ``t_end`` (monotonic s); never returns late by design."""
+        while True:
+            now = self._clock()
+            self._expire(now)
+            if now >= t_end:
+                return
+            wake = t_end
+            for p in self._pending.values():
+                wake = min(wake, p.sent_at + self.s.in_flight_timeout_s)
+                if not p.expired:
+                    wake = min(wake, p.deadline_at)
+            wait_ms = (wake - now) * 1e3
+            if wait_ms < MIN_POLL_MS:     # too short for a socket poll: sleep it, then look once
+                self._sleep(max(0.0, wake - now))
+                self._collect(0.0)
+                if wake >= t_end:
+                    return
+                continue
+            self._collect(wait_ms)
+
+    def _collect(self, timeout_ms: float) -> None:
+        try:
+            replies = self.policy.poll(timeout_ms)
+        except Exception as exc:
+            self._behind(f"policy poll failed: {type(exc).__name__}: {exc}")
+            if timeout_ms > 0:
+                self._sleep(timeout_ms / 1e3)
+            return
+        if replies:
+            now = self._clock()
+            for reply in replies:
+                self._on_reply(reply, now)
+
+    def _on_reply(self, reply: Any, now: float) -> None:
+        tick = getattr(reply, "tick_id", None)
+        p = self._pending.pop(tick, None) if tick is not None else None
+        if p is None:
+            old = self._stale.pop(tick, None) if tick is not None else None
+            if old is None:
+                self._stray += 1
+                return
+            if getattr(reply, "type", "call") == "error" and getattr(reply, "code", None) in NO_DECISION_CODES:
+                return                                 # the client gave up on it too: still no reply
+            old.record.rtt_ms = (now - old.sent_at) * 1e3
+            old.record.stages_ms = _timings(reply)
+            if old.record.outcome == "fallback":      # abandoned, then the reply came after all
+                self._resolve(old.record, "late", f"reply after {old.record.rtt_ms:.0f} ms (dropped)")
+            return
+        rec = p.record
+        if getattr(reply, "code", None) != "timeout":   # a client-made timeout is not a round trip
+            rec.rtt_ms = (now - p.sent_at) * 1e3
+            rec.stages_ms = _timings(reply)
+        if p.expired:
+            if getattr(reply, "type", "call") == "error" and getattr(reply, "code", None) in NO_DECISION_CODES:
+                rec.reason = f"no reply by the deadline; then {reply.code}"   # stays a fallback
+                return
+            self._resolve(rec, "late", f"reply {rec.rtt_ms:.1f} ms after send, past the deadline")
+            return
+        rtype = getattr(reply, "type", "call")
+        if rtype == "error":
+            code = getattr(reply, "code", None) or "error"
+            why = getattr(reply, "reason", "") or ""
+            if code in NO_DECISION_CODES:
+                self._resolve(rec, "fallback", f"service: {code} {why}".strip())
+            else:
+                self._resolve(rec, "error", f"service error {code}: {why}".strip())
+            self._fallback(rec)
+            return
+        call = getattr(reply, "call", None)
+        if call is None or not getattr(reply, "legal", False):
+            why = getattr(reply, "reason", "") or "no call"
+            rec.call = _call_dict(call)
+            self._resolve(rec, "error", f"illegal call: {why}")
+            self._fallback(rec)
+            return
+        try:
+            t1 = self._clock()
+            if self.hands is not None:
+                self.hands.dispatch(_as_call(call))
+            else:
+                self.world.apply_call(_as_call(call))
+            t2 = self._clock()
+        except Exception as exc:
+            rec.call = _call_dict(call)
+            self._resolve(rec, "error", f"dispatch failed: {type(exc).__name__}: {exc}")
+            self._fallback(rec)
+            return
+        rec.call = _call_dict(call)
+        rec.dispatch_ms = (t2 - t1) * 1e3
+        rec.latency_ms = (t2 - p.obs_at) * 1e3
+        with self._lock:
+            self._latencies.append(rec.latency_ms)
+        self._resolve(rec, "ok", "")
+
+    def _expire(self, now: float) -> None:
+        for tick in list(self._pending):
+            p = self._pending[tick]
+            if not p.expired and now >= p.deadline_at:
+                p.expired = True
+                self._resolve(p.record, "fallback", "no reply by the deadline")
+                if tick == self._newest:
+                    self._fallback(p.record)
+            if now >= p.sent_at + self.s.in_flight_timeout_s:
+                self._pending.pop(tick)
+                p.record.reason = (f"no reply within {self.s.in_flight_timeout_s * 1e3:.0f} ms "
+                                   "(request dropped)")
+                self._remember_stale(p)
+
+    def _remember_stale(self, p: _Pending) -> None:
+        self._stale[p.tick] = p
+        while len(self._stale) > MAX_STALE:
+            self._stale.popitem(last=False)
+
+    def _drain(self) -> None:
+        """After the last tick: handle replies until every request is answered or dropped, for at most
+        ``min(in_flight_timeout, 1 s)`` past the last deadline (so late replies are told from lost ones)."""
+        if not self._pending:
+            return
+        end = max(p.deadline_at for p in self._pending.values()) + min(self.s.in_flight_timeout_s, 1.0)
+        while self._pending and self._clock() < end:
+            self._pump_until(min(end, self._clock() + 0.05))
+        self._expire(self._clock())
+        self._collect(0.0)
+
+    def _finalize(self) -> None:
+        for rec in self._records:
+            if rec.outcome is None:          # cannot happen after _drain; kept as a safety net
+                self._resolve(rec, "fallback", "loop ended before its deadline")
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _add(self, rec: TickRecord) -> None:
+        with self._lock:
+            self._records.append(rec)
+            if rec.outcome is None:
+                self._unresolved += 1
+            else:
+                self._counts[rec.outcome] += 1
+
+    def _resolve(self, rec: TickRecord, outcome: str, reason: str) -> None:
+        with self._lock:
+            if rec.outcome is None:
+                self._unresolved -= 1
+            else:
+                self._counts[rec.outcome] -= 1
+            rec.outcome = outcome
+            rec.reason = reason
+            self._counts[outcome] += 1
+
+    def _fallback(self, rec: TickRecord) -> None:
+        try:
+            rec.fallback = self.world.fallback(self.s.fallback)
+        except Exception as exc:
+            rec.fallback = f"failed: {type(exc).__name__}: {exc}"
+
+    def _behind(self, what: str) -> None:
+        self._behind_since_warn += 1
+        if self._warn.ready():
+            msg = (f"control loop is falling behind at {self.s.rate_hz:g} Hz: {what}"
+                   + (f" (+{self._behind_since_warn - 1} more since the last warning)"
+                      if self._behind_since_warn > 1 else ""))
+            self._behind_since_warn = 0
+            self._warnings.append(msg)
+            log.warning(msg)
+
+    def _episodes_done(self) -> int:
+        fn = getattr(self.world, "episodes_done", None)
+        return int(fn()) if callable(fn) else 0
+
+    def _rel_ms(self, t: float) -> float:
+        return (t - (self._t0 or 0.0)) * 1e3
+
+
+def _timings(reply: Any) -> dict[str, float]:
+    t = getattr(reply, "timings_ms", None) or {}
+    return {str(k): float(v) for k, v in dict(t).items() if isinstance(v, int | float)}
+
+
+def _as_call(call: Any) -> Any:
+    from models.calls import Call
+
+    if isinstance(call, Call):
+        return call
+    if isinstance(call, dict):
+        return Call.from_dict(call)
+    return call
+
+
+def _call_dict(call: Any) -> dict[str, Any] | None:
+    if call is None:
+        return None
+    if hasattr(call, "to_dict"):
+        return call.to_dict()
+    if isinstance(call, dict):
+        return dict(call)
+    return {"repr": repr(call)}

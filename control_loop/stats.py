@@ -1,0 +1,114 @@
+"""Statistics over tick records: percentiles, rate, jitter, drift, misses (all times in ms).
+
+Definitions (the report and the bench use exactly these):
+
+* ``latency_ms``: observation taken -> call dispatched, over ``ok`` ticks.
+* ``lateness_ms``: start lateness of the ticks that ran (scheduled start -> actual start).
+* ``jitter_ms``: standard deviation of the start lateness of the ticks that ran.
+* ``drift_ms``: (last start - first start) - (last index - first index) * period: how far the
+  loop's own clock slipped over the run; absolute deadlines keep it near the last lateness.
+* ``achieved_hz``: ticks that ran (not skipped by the rate keeper) per second of run time;
+  ``decision_hz``: ``ok`` ticks per second.
+* ``deadline_misses``: ticks with outcome late, fallback or skipped; ``longest_miss_streak``: the
+  longest run of consecutive such ticks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from control_loop.records import MISS_OUTCOMES, TickRecord, count_outcomes
+
+PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of already sorted values."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    if len(sorted_values) == 1:
+        return float(sorted_values[0])
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    frac = pos - lo
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac)
+
+
+def summary(values: Iterable[float | None]) -> dict[str, Any]:
+    """``{n, p50, p90, p99, max, mean}`` of the non-None values (None for each when there are none)."""
+    vals = sorted(float(v) for v in values if v is not None)
+    if not vals:
+        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    out: dict[str, Any] = {"n": len(vals)}
+    for key, q in PERCENTILES:
+        out[key] = round(percentile(vals, q), 4)
+    out["max"] = round(vals[-1], 4)
+    out["mean"] = round(sum(vals) / len(vals), 4)
+    return out
+
+
+def longest_streak(flags: Iterable[bool]) -> int:
+    best = cur = 0
+    for f in flags:
+        cur = cur + 1 if f else 0
+        best = max(best, cur)
+    return best
+
+
+def drift_ms(records: Sequence[TickRecord], period_ms: float) -> float | None:
+    """Start-time slip between the first and the last tick that ran (see module docstring)."""
+    ran = [r for r in records if r.lateness_ms is not None]
+    if len(ran) < 2:
+        return None
+    first, last = ran[0], ran[-1]
+    actual = (last.scheduled_ms + last.lateness_ms) - (first.scheduled_ms + first.lateness_ms)
+    return round(actual - (last.tick - first.tick) * period_ms, 4)
+
+
+def stage_summaries(records: Sequence[TickRecord]) -> dict[str, dict[str, Any]]:
+    """Percentiles of every server stage and of the loop's own stages, over ticks that had them."""
+    stages: dict[str, list[float]] = {}
+    for r in records:
+        for name, v in (r.stages_ms or {}).items():
+            if isinstance(v, int | float):
+                stages.setdefault(f"service_{name}", []).append(float(v))
+        for name, v in (("rtt", r.rtt_ms), ("dispatch", r.dispatch_ms), ("obs_age", r.obs_age_ms)):
+            if v is not None:
+                stages.setdefault(name, []).append(v)
+    return {name: summary(vals) for name, vals in sorted(stages.items())}
+
+
+def summarize(records: Sequence[TickRecord], rate_hz: float, elapsed_s: float) -> dict[str, Any]:
+    """The statistics block of ``report.json``. Raises if a record has no final outcome."""
+    records = sorted(records, key=lambda r: r.tick)
+    period_ms = 1e3 / rate_hz
+    outcomes = count_outcomes(list(records))
+    lateness = [r.lateness_ms for r in records if r.lateness_ms is not None]
+    ran = len(lateness)
+    jitter = None
+    if ran >= 2:
+        mean = sum(lateness) / ran
+        jitter = round(math.sqrt(sum((x - mean) ** 2 for x in lateness) / (ran - 1)), 4)
+    misses = [r.outcome in MISS_OUTCOMES for r in records]
+    elapsed_s = max(elapsed_s, 1e-9)
+    return {
+        "ticks": len(records),
+        "rate_hz": rate_hz,
+        "achieved_hz": round(ran / elapsed_s, 4),
+        "decision_hz": round(outcomes["ok"] / elapsed_s, 4),
+        "elapsed_s": round(elapsed_s, 4),
+        "latency_ms": summary(r.latency_ms for r in records if r.outcome == "ok"),
+        "lateness_ms": summary(lateness),
+        "jitter_ms": jitter,
+        "drift_ms": drift_ms(records, period_ms),
+        "stages_ms": stage_summaries(records),
+        "outcomes": outcomes,
+        "deadline_misses": sum(misses),
+        "longest_miss_streak": longest_streak(misses),
+        "missed_periods": sum(1 for r in records if r.reason == "missed_period"),
+        "skipped_in_flight": sum(1 for r in records if r.reason == "in_flight"),
+        "fallback_actions": sum(1 for r in records if r.fallback is not None),
+    }

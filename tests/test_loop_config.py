@@ -1,0 +1,131 @@
+"""Run configs: the shipped YAML files load, bad values are refused with messages that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from control_loop.config import ConfigError, RunConfig, load_run_config, validate
+from control_loop.records import TickRecord
+from control_loop.report import read_ticks, write_report
+from control_loop.stats import percentile, summarize, summary
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("run*.yaml"))
+
+
+def test_there_are_run_configs():
+    assert any(p.name == "run.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_run_config(path)
+    assert 1 <= cfg.rate_hz <= 60
+    assert cfg.duration_s or cfg.episodes
+
+
+def test_default_config_is_the_arena_with_the_shipped_model_on_cpu():
+    cfg = load_run_config()
+    assert (cfg.env, cfg.backend, cfg.device, cfg.model) == ("tickcall/Arena-v0", "transformers", "cpu", None)
+    assert cfg.rate_hz == 16 and cfg.effective_deadline_ms == pytest.approx(62.5)
+    assert cfg.service.bind.startswith("tcp://127.0.0.1:")
+
+
+def test_overrides_and_unset():
+    cfg = load_run_config(None, {"rate_hz": 10, "episodes": 3, "model": None, "service.endpoint":
+                                 "tcp://127.0.0.1:5555"}, unset=("duration_s",))
+    assert cfg.rate_hz == 10 and cfg.episodes == 3 and cfg.duration_s is None
+    assert cfg.service.endpoint == "tcp://127.0.0.1:5555" and cfg.model is None
+    assert cfg.effective_in_flight_timeout_ms == pytest.approx(400.0)
+    assert cfg.engine_spec() == {"backend": "transformers", "device": "cpu"}
+    assert load_run_config(None, {"backend": "noop"}).engine_spec() == {"backend": "noop"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rate_hz: 0\n", "rate_hz: must be >= 1 Hz, got 0"),
+    ("rate_hz: 61\n", "rate_hz: must be <= 60 Hz"),
+    ("rate_hz: fast\n", "rate_hz: expected a number of Hz, got 'fast'"),
+    ("rat_hz: 16\n", "unknown key 'rat_hz' (did you mean 'rate_hz'?)"),
+    ("fallback: retry\n", "fallback: must be one of hold, default, noop; got 'retry'"),
+    ("in_flight: queue\n", "in_flight: must be one of skip, supersede"),
+    ("backend: onnx\n", "backend: must be one of transformers, noop, vllm"),
+    ("duration_s: null\nepisodes: null\n", "set duration_s (seconds) or episodes"),
+    ("episodes: 0\n", "episodes: must be >= 1"),
+    ("episodes: 2.5\n", "episodes: expected a whole number"),
+    ("deadline_ms: -5\n", "deadline_ms: must be > 0 ms"),
+    ("deadline_ms: 100\nin_flight_timeout_ms: 50\n", "in_flight_timeout_ms (50) must be >= the deadline"),
+    ("service:\n  endpoint: localhost:5555\n", "service.endpoint: expected a ZeroMQ endpoint"),
+    ("service:\n  bnd: tcp://127.0.0.1:0\n", "service: unknown key 'bnd' (did you mean 'bind'?)"),
+    ("history: -1\n", "history: must be >= 0"),
+    ("plots: yes please\n", "plots: expected true or false"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("rate_hz: [16\n", "not valid YAML"),
+])
+def test_bad_values_get_clear_errors(tmp_path, text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_run_config(p)
+    assert message in str(exc.value)
+    assert str(p) in str(exc.value)
+
+
+def test_missing_file_and_bad_dataclass_values():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config("/nonexistent/run.yaml")
+    with pytest.raises(ConfigError, match="rate_hz"):
+        validate(RunConfig(rate_hz=float("nan")))
+    with pytest.raises(ConfigError, match="rate_hz"):
+        validate(RunConfig(rate_hz=True))
+
+
+# --------------------------------------------------------------------------- stats and report
+
+
+def test_percentiles_are_interpolated():
+    vals = list(range(1, 101))
+    assert percentile(vals, 50) == pytest.approx(50.5)
+    assert percentile(vals, 99) == pytest.approx(99.01)
+    assert summary([]) == {"n": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    s = summary([3.0, None, 1.0, 2.0])
+    assert (s["n"], s["p50"], s["max"], s["mean"]) == (3, 2.0, 3.0, 2.0)
+
+
+def _records():
+    recs = []
+    outcomes = ["ok", "ok", "late", "skipped", "skipped", "ok", "error", "fallback", "ok", "ok"]
+    for i, o in enumerate(outcomes):
+        ran = not (o == "skipped" and i == 3)
+        recs.append(TickRecord(
+            tick=i, scheduled_ms=i * 62.5, lateness_ms=(0.2 + 0.1 * i) if ran else None, outcome=o,
+            reason="missed_period" if not ran else ("in_flight" if o == "skipped" else ""),
+            rtt_ms=10.0 + i if o in ("ok", "late", "error") else None,
+            latency_ms=12.0 + i if o == "ok" else None,
+            stages_ms={"decode": 5.0, "prefill": 2.0} if o == "ok" else {},
+            fallback="hold" if o in ("late", "error", "fallback") else None))
+    return recs
+
+
+def test_summarize_counts_every_tick_once():
+    rep = summarize(_records(), 16.0, 10 / 16)
+    assert rep["ticks"] == 10 and sum(rep["outcomes"].values()) == 10
+    assert rep["outcomes"] == {"ok": 5, "late": 1, "fallback": 1, "skipped": 2, "error": 1}
+    assert rep["deadline_misses"] == 4 and rep["longest_miss_streak"] == 3
+    assert rep["missed_periods"] == 1 and rep["skipped_in_flight"] == 1
+    assert rep["latency_ms"]["n"] == 5 and rep["latency_ms"]["max"] == 21.0
+    assert rep["stages_ms"]["service_decode"]["p50"] == 5.0
+    assert rep["achieved_hz"] == pytest.approx(9 / (10 / 16), rel=1e-3)
+    assert rep["drift_ms"] == pytest.approx(0.9, abs=1e-6)   # last lateness 1.1 - first 0.2
+    with pytest.raises(ValueError, match="no final outcome"):
+        summarize([TickRecord(tick=0, scheduled_ms=0.0)], 16.0, 1.0)
+
+
+def test_report_files_and_plots(tmp_path):
+    recs = _records()
+    rep = {"env": "tickcall/Arena-v0", "backend": "noop", "model": None, **summarize(recs, 16.0, 0.625)}
+    paths = write_report(rep, recs, tmp_path / "r")
+    assert "plot_error" not in paths
+    for key in ("report", "ticks", "latency_cdf", "timeline"):
+        assert Path(paths[key]).stat().st_size > 0
+    assert [r.to_dict() for r in read_ticks(tmp_path / "r")] == [r.to_dict() for r in recs]

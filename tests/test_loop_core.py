@@ -1,0 +1,319 @@
+"""The control loop's logic on a simulated clock: rate keeping, outcome accounting, fallbacks.
+
+These are unit tests of ``control_loop.rate`` and ``control_loop.loop``. Wall-clock time is replaced by
+a simulated clock (``SimClock``) so that every figure is exact and no test depends on how busy the
+machine is; the policy is an in-process script (``ScriptedPolicy``) that answers each request after a
+chosen delay, because the point here is the loop's bookkeeping. The same behaviours are tested with a
+real policy service (Ray actor, ZMQ sockets) in ``tests/test_loop_service.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from control_loop.loop import ControlLoop, LoopSettings, Observation
+from control_loop.rate import RateKeeper
+from control_loop.records import OUTCOMES, count_outcomes
+from control_loop.stats import summarize
+from models.calls import Call
+
+
+class SimClock:
+    """Simulated monotonic seconds: ``sleep`` and socket polls move it forward, nothing else does."""
+
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        assert s >= 0
+        self.t += s
+
+
+@dataclass
+class Reply:
+    type: str
+    tick_id: int
+    call: Any = None
+    legal: bool = True
+    reason: str = ""
+    timings_ms: dict = field(default_factory=dict)
+    code: str | None = None
+
+
+class ScriptedPolicy:
+    """Answers request ``tick`` after ``delay(tick)`` simulated seconds (None: never) with ``kind(tick)``.
+
+    ``kind``: 'ok' (legal call), 'illegal' (an illegal call), 'error' (an engine failure reply)."""
+
+    def __init__(self, clock: SimClock, delay, kind=lambda tick: "ok") -> None:
+        self.clock = clock
+        self.delay = delay
+        self.kind = kind
+        self.sent: list[tuple[int, float]] = []
+        self._queue: list[tuple[float, Reply]] = []
+
+    def send_decide(self, turn, tick_id, deadline_ms):
+        assert deadline_ms > 0
+        self.sent.append((tick_id, deadline_ms))
+        d = self.delay(tick_id)
+        if d is not None:
+            kind = self.kind(tick_id)
+            if kind == "ok":
+                r = Reply("call", tick_id, Call("move", {"direction": "N"}), True,
+                          timings_ms={"decode": d * 1e3})
+            elif kind == "illegal":
+                r = Reply("call", tick_id, Call("move", {"direction": "up?"}), False,
+                          reason="direction is not one of ...")
+            else:
+                r = Reply("error", tick_id, None, False, reason="boom", code="engine_failure")
+            self._queue.append((self.clock() + d, r))
+        return f"m{tick_id}"
+
+    def poll(self, timeout_ms):
+        now = self.clock()
+        due = [r for t, r in self._queue if t <= now]
+        if not due and self._queue:
+            first = min(t for t, _ in self._queue)
+            if first <= now + timeout_ms / 1e3:
+                self.clock.t = first
+                due = [r for t, r in self._queue if t <= first]
+            else:
+                self.clock.sleep(timeout_ms / 1e3)
+        elif not due:
+            self.clock.sleep(timeout_ms / 1e3)
+        self._queue = [(t, r) for t, r in self._queue if r not in due]
+        return due
+
+
+class SimWorld:
+    def __init__(self, clock: SimClock) -> None:
+        self.clock = clock
+        self.fallbacks: list[str] = []
+
+    def observe(self) -> Observation:
+        return Observation(text="x=1", taken_at=self.clock() - 0.002)
+
+    def fallback(self, kind: str) -> str:
+        self.fallbacks.append(kind)
+        return kind
+
+
+class Hands:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+
+    def dispatch(self, call):
+        self.calls.append(call)
+        return object()
+
+    def history_lines(self, limit):
+        return [f"{c.name}()@f{i}" for i, c in enumerate(self.calls[-limit:])]
+
+
+def make(delay, kind=lambda t: "ok", **settings):
+    clock = SimClock()
+    policy = ScriptedPolicy(clock, delay, kind)
+    world, hands = SimWorld(clock), Hands()
+    loop = ControlLoop(LoopSettings(**settings), policy, world, hands, clock=clock, sleep=clock.sleep)
+    return loop, policy, world, hands, clock
+
+
+# --------------------------------------------------------------------------- rate keeper
+
+
+def test_rate_keeper_uses_absolute_deadlines_without_drift():
+    clock = SimClock(5.0)
+    rk = RateKeeper(16, clock=clock, sleep=clock.sleep)
+    t0 = rk.start()
+    starts = []
+    for _ in range(1000):
+        slot = rk.wait()
+        starts.append(slot.started)
+        clock.sleep(0.013)  # work inside the tick must not push the schedule
+    assert [round(s - t0, 9) for s in starts[:3]] == [0.0, 0.0625, 0.125]
+    assert starts[-1] - t0 == pytest.approx(999 / 16, abs=1e-9)
+    assert rk.skipped_total == 0
+
+
+def test_rate_keeper_skips_and_counts_missed_periods_never_bursts():
+    clock = SimClock(0.0)
+    rk = RateKeeper(10, clock=clock, sleep=clock.sleep)
+    rk.start()
+    assert rk.wait().index == 0
+    clock.sleep(0.35)               # the tick body overran by 3.5 periods
+    slot = rk.wait()
+    assert (slot.index, slot.skipped) == (3, 2)   # ticks 1 and 2 can no longer start on time
+    assert list(slot.skipped_indices) == [1, 2]
+    assert slot.lateness_ms == pytest.approx(50.0)
+    nxt = rk.wait()                 # no burst: the next tick waits for its own time
+    assert (nxt.index, nxt.skipped) == (4, 0)
+    assert nxt.started == pytest.approx(0.4)
+    assert rk.slots_issued + rk.skipped_total == nxt.index + 1
+
+
+def test_rate_keeper_real_clock_counts_missed_periods():
+    """Real time.monotonic / time.sleep: a tick body that sleeps 3.5 periods loses >= 2 periods."""
+    rk = RateKeeper(50)
+    rk.start()
+    first = rk.wait()
+    time.sleep(3.5 / 50)
+    slot = rk.wait()
+    assert slot.skipped >= 2 and slot.index == first.index + 1 + slot.skipped
+    assert 0 <= slot.lateness_ms < 20.0 + 1e-6   # lateness always under one period (skips absorb it)
+
+
+@pytest.mark.parametrize("rate", [0, -1, float("nan"), "16"])
+def test_rate_keeper_refuses_bad_rates(rate):
+    with pytest.raises(ValueError, match="rate_hz"):
+        RateKeeper(rate)
+
+
+# --------------------------------------------------------------------------- outcome accounting
+
+
+def test_all_ok_when_the_service_answers_in_time():
+    loop, policy, world, hands, _ = make(lambda t: 0.010)
+    res = loop.run(max_ticks=50)
+    counts = count_outcomes(res.records)
+    assert counts == {"ok": 50, "late": 0, "fallback": 0, "skipped": 0, "error": 0}
+    assert [r.tick for r in res.records] == list(range(50))
+    assert len(hands.calls) == 50 and not world.fallbacks
+    r = res.records[7]
+    assert r.rtt_ms == pytest.approx(10.0, abs=1e-6)
+    assert r.latency_ms == pytest.approx(12.0, abs=1e-6)   # obs was 2 ms old when the tick took it
+    assert r.stages_ms == {"decode": pytest.approx(10.0)}
+    # the deadline sent with each request is the time left until the next tick (16 Hz: 62.5 ms)
+    assert policy.sent[0][1] == pytest.approx(62.5, abs=0.01)
+    rep = summarize(res.records, 16.0, res.elapsed_s)
+    assert rep["latency_ms"]["p50"] == pytest.approx(12.0, abs=1e-6)
+    assert rep["deadline_misses"] == 0 and rep["drift_ms"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_late_replies_fall_back_and_are_never_applied():
+    # every request takes 1.5 periods: its deadline passes, the fallback acts, the reply is late;
+    # with in_flight=skip the tick after each request is skipped (the request is still out)
+    loop, policy, world, hands, _ = make(lambda t: 1.5 / 16, fallback="default")
+    res = loop.run(max_ticks=40)
+    counts = count_outcomes(res.records)
+    assert sum(counts.values()) == 40
+    assert counts["ok"] == 0 and not hands.calls
+    assert counts["late"] == 20 and counts["skipped"] == 20
+    assert all(r.reason == "in_flight" for r in res.records if r.outcome == "skipped")
+    assert world.fallbacks == ["default"] * 20
+    assert all(r.fallback == "default" for r in res.records if r.outcome == "late")
+
+
+def test_supersede_policy_sends_every_tick():
+    loop, policy, world, hands, _ = make(lambda t: 1.5 / 16, in_flight="supersede")
+    res = loop.run(max_ticks=40)
+    counts = count_outcomes(res.records)
+    assert sum(counts.values()) == 40 and counts["skipped"] == 0
+    assert len(policy.sent) == 40
+    assert counts["late"] == 40 and not hands.calls
+
+
+def test_illegal_calls_and_service_errors_are_errors_with_fallback():
+    kinds = {0: "ok", 1: "illegal", 2: "error"}
+    loop, policy, world, hands, _ = make(lambda t: 0.005, kind=lambda t: kinds[t % 3])
+    res = loop.run(max_ticks=30)
+    counts = count_outcomes(res.records)
+    assert counts == {"ok": 10, "late": 0, "fallback": 0, "skipped": 0, "error": 20}
+    assert len(hands.calls) == 10        # the illegal calls were never applied
+    assert len(world.fallbacks) == 20
+    bad = res.records[1]
+    assert bad.outcome == "error" and bad.reason.startswith("illegal call")
+    assert bad.call == {"name": "move", "arguments": {"direction": "up?"}}
+    assert res.records[2].reason.startswith("service error engine_failure")
+
+
+def test_dead_service_keeps_the_rate_with_fallbacks_then_recovers():
+    # ticks 20..59 get no reply at all (service down), the rest answer in 5 ms
+    loop, policy, world, hands, clock = make(lambda t: None if 20 <= t < 60 else 0.005,
+                                             in_flight_timeout_ms=125)
+    res = loop.run(max_ticks=100)
+    counts = count_outcomes(res.records)
+    assert sum(counts.values()) == 100
+    assert res.records[-1].outcome == "ok"                 # recovered
+    down = res.records[20:60]
+    assert {r.outcome for r in down} <= {"fallback", "skipped"}
+    assert counts["fallback"] >= 10 and counts["ok"] >= 55
+    # the rate was kept: every tick that ran started on time
+    assert all(r.lateness_ms == pytest.approx(0.0, abs=1e-6) for r in res.records if r.lateness_ms is not None)
+    assert res.elapsed_s == pytest.approx(100 / 16, abs=0.07)
+
+
+def test_missed_periods_are_recorded_as_skipped_ticks():
+    loop, policy, world, hands, clock = make(lambda t: 0.005)
+
+    real_observe = world.observe
+
+    def slow_observe():
+        if len(policy.sent) == 10:
+            clock.sleep(0.2)   # the world stalls the loop for 3.2 periods once
+        return real_observe()
+
+    world.observe = slow_observe
+    res = loop.run(max_ticks=30)
+    counts = count_outcomes(res.records)
+    assert sum(counts.values()) == 30 == len(res.records)
+    missed = [r.tick for r in res.records if r.reason == "missed_period"]
+    assert missed == [11, 12]            # 687.5 and 750 ms could not start; 812.5 ms runs 12.5 ms late
+    assert res.records[13].lateness_ms == pytest.approx(12.5)
+    assert res.records[10].outcome == "late"   # it was sent after its own deadline
+    rep = summarize(res.records, 16.0, res.elapsed_s)
+    # tick 13 starts at 825 ms, before tick 10's reply (830 ms): skipped, its request is in flight
+    assert res.records[13].reason == "in_flight" and res.records[14].outcome == "ok"
+    assert rep["missed_periods"] == 2 and rep["longest_miss_streak"] == 4
+    assert res.warnings and "falling behind" in res.warnings[0]
+
+
+def test_duration_and_stop_end_the_run():
+    loop, *_ = make(lambda t: 0.005)
+    res = loop.run(duration_s=2.0)
+    assert len(res.records) == 32
+    loop2, policy, *_ = make(lambda t: 0.005)
+    orig = policy.send_decide
+
+    def send_then_stop(turn, tick, deadline):
+        if tick == 4:
+            loop2.stop()
+        return orig(turn, tick, deadline)
+
+    policy.send_decide = send_then_stop
+    res2 = loop2.run(max_ticks=100)
+    assert len(res2.records) == 5 and res2.stopped == "stop requested"
+    assert set(count_outcomes(res2.records)) == set(OUTCOMES)
+
+
+def test_send_failure_is_an_error_with_fallback():
+    loop, policy, world, *_ = make(lambda t: 0.005)
+
+    def broken(*a):
+        raise ConnectionError("socket gone")
+
+    policy.send_decide = broken
+    res = loop.run(max_ticks=5)
+    assert count_outcomes(res.records)["error"] == 5
+    assert "socket gone" in res.records[0].reason and len(world.fallbacks) == 5
+
+
+def test_history_from_the_futures_layer_goes_into_the_turn():
+    loop, policy, world, hands, _ = make(lambda t: 0.005, history=2)
+    turns = []
+    orig = policy.send_decide
+
+    def spy(turn, tick, deadline):
+        turns.append(turn)
+        return orig(turn, tick, deadline)
+
+    policy.send_decide = spy
+    loop.run(max_ticks=4)
+    assert turns[0].history == [] and turns[3].history == ["move()@f0", "move()@f1"]
+    assert turns[0].query == "x=1"
