@@ -86,6 +86,7 @@ class EnvBinding:
     adapter: SpaceAdapter | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"calls": 0, **dict.fromkeys(STATUSES, 0)})
     reasons: Counter = field(default_factory=Counter)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
     _noop: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -97,6 +98,48 @@ class EnvBinding:
     @property
     def semantic(self) -> bool:
         return self.adapter is None
+
+    @property
+    def action_space(self) -> Any:
+        return self.env.action_space
+
+    @property
+    def physics_hz(self) -> float:
+        """Physics steps per second of the env (``1/dt``, else ``render_fps``, else 50)."""
+        from envs.realtime import _env_rate
+
+        return _env_rate(self.env)
+
+    def hold_for(self, rate_hz: float) -> int:
+        """Physics steps one decision lasts at ``rate_hz`` decisions per second (at least 1)."""
+        return max(1, round(self.physics_hz / rate_hz))
+
+    @property
+    def hold(self) -> int:
+        """Physics steps per decision at 16 Hz (the real-time loop's default rate)."""
+        return self.hold_for(16.0)
+
+    def make_env(self) -> Any:
+        """A fresh env like ``self.env`` (same id and keyword arguments), e.g. for parallel rollouts."""
+        if self.env_id is None:
+            return copy.deepcopy(self.env)
+        import gymnasium as gym
+
+        return gym.make(self.env_id, **self.env_kwargs)
+
+    def to_action(self, call: Call | Mapping[str, Any] | None) -> Any:
+        """Just the action of ``call_to_action`` (the fallback when rejected); counted the same way."""
+        return self.call_to_action(call).action
+
+    def random_call(self, rng: Any = None) -> Call:
+        """A uniformly random legal call (a random action written as its call). ``rng``: a numpy
+        Generator, an int seed or None."""
+        space = copy.deepcopy(self.env.action_space)
+        if rng is None or isinstance(rng, int):
+            space.seed(rng)
+        else:
+            space.seed(int(rng.integers(0, 2**31 - 1)))
+        return self.action_to_call(space.sample())
 
     @property
     def spec_map(self) -> dict[str, ToolSpec]:
@@ -250,7 +293,9 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
         raise ValueError(f"on_invalid must be 'clip' or 'reject', not {on_invalid!r}")
     if isinstance(env, str):
         env_id = env
-        env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
+        if render_mode is not None:
+            env_kwargs["render_mode"] = render_mode
+        env = gym.make(env_id, **env_kwargs)
     else:
         env_id = env.spec.id if getattr(env, "spec", None) is not None else None
     raw = env.unwrapped
@@ -260,12 +305,13 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
         fmt = raw.obs_text if precision is None and obs_names is None else ObsFormatter(
             names=obs_names, precision=3 if precision is None else precision)
         return EnvBinding(env=env, env_id=env_id, tools=tools, specs=specs, obs_formatter=fmt,
-                          on_invalid=on_invalid, adapter=None, _noop=raw.noop_action())
+                          on_invalid=on_invalid, adapter=None, env_kwargs=env_kwargs,
+                          _noop=raw.noop_action())
     e = entry or entry_for(env_id)
     adapter = SpaceAdapter(env.action_space, name=e.tool, description=e.description,
                            param_names=e.param_names, labels=e.labels)
     fmt = ObsFormatter(names=obs_names or e.obs_names,
                        precision=e.precision if precision is None else precision)
     return EnvBinding(env=env, env_id=env_id, tools=[adapter.tool], specs=[adapter.spec],
-                      obs_formatter=fmt, on_invalid=on_invalid, adapter=adapter,
+                      obs_formatter=fmt, on_invalid=on_invalid, adapter=adapter, env_kwargs=env_kwargs,
                       _noop=_noop_from_entry(env.action_space, e.noop))
