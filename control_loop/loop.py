@@ -254,6 +254,7 @@ class ControlLoop:
             self._fallback(rec)
             return
         now = self._clock()
+        obs_at = now
         rec.obs_age_ms = max(0.0, (now - obs.taken_at) * 1e3)
         rec.episode = obs.episode
         self._add(rec)
@@ -291,7 +292,7 @@ class ControlLoop:
         sent_at = self._clock()
         rec.sent = True
         self._pending[slot.index] = _Pending(tick=slot.index, msg_id=msg_id, sent_at=sent_at,
-                                             deadline_at=deadline_at, obs_at=obs.taken_at, record=rec)
+                                             deadline_at=deadline_at, obs_at=obs_at, record=rec)
         self._newest = slot.index
 
     # ------------------------------------------------------------------ replies and deadlines
@@ -374,7 +375,7 @@ class ControlLoop:
         try:
             t1 = self._clock()
             if self.hands is not None:
-                self.hands.dispatch(_as_call(call))
+                self.hands.dispatch(_as_call(call), seq=p.tick)
             else:
                 self.world.apply_call(_as_call(call))
             t2 = self._clock()

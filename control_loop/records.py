@@ -40,8 +40,9 @@ MISS_OUTCOMES: frozenset[str] = frozenset({"late", "fallback", "skipped"})
 class TickRecord:
     """Everything measured for one tick (ms). Unset fields are None (e.g. ``rtt_ms`` of a skipped tick).
 
-    ``latency_ms``: observation taken -> call dispatched (ok ticks only).
-    ``obs_age_ms``: age of the observation when the tick took it.
+    ``latency_ms``: observation taken by the tick -> call dispatched (ok ticks only); it excludes
+    the observation's age, which ``obs_age_ms`` gives (how old the env's newest observation was
+    when the tick took it: up to one physics step).
     ``rtt_ms``: request sent -> reply received (also for late replies).
     ``stages_ms``: the service's own stage times (queue, prefill, decode, assemble, total).
     ``dispatch_ms``: time the futures layer took to accept the call (``dispatch`` returning).

@@ -59,7 +59,7 @@ def _title(report: dict[str, Any]) -> str:
 
 def _stage_series(records: Sequence[TickRecord]) -> dict[str, list[float]]:
     series: dict[str, list[float]] = {"tick latency": [], "round trip": [], "start lateness": [],
-                                      "dispatch": []}
+                                      "dispatch": [], "observation age": []}
     for r in records:
         if r.outcome == "ok" and r.latency_ms is not None:
             series["tick latency"].append(r.latency_ms)
@@ -69,6 +69,8 @@ def _stage_series(records: Sequence[TickRecord]) -> dict[str, list[float]]:
             series["start lateness"].append(r.lateness_ms)
         if r.dispatch_ms is not None:
             series["dispatch"].append(r.dispatch_ms)
+        if r.obs_age_ms is not None:
+            series["observation age"].append(r.obs_age_ms)
         for name, v in (r.stages_ms or {}).items():
             if isinstance(v, int | float):
                 series.setdefault(f"service {name}", []).append(float(v))

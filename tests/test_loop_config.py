@@ -115,7 +115,8 @@ def test_summarize_counts_every_tick_once():
     assert rep["missed_periods"] == 1 and rep["skipped_in_flight"] == 1
     assert rep["latency_ms"]["n"] == 5 and rep["latency_ms"]["max"] == 21.0
     assert rep["stages_ms"]["service_decode"]["p50"] == 5.0
-    assert rep["achieved_hz"] == pytest.approx(9 / (10 / 16), rel=1e-3)
+    # 9 ticks ran; 8 intervals between the first start (0.2 ms) and the last (9 * 62.5 + 1.1 ms)
+    assert rep["achieved_hz"] == pytest.approx(8 / ((9 * 62.5 + 1.1 - 0.2) / 1e3), rel=1e-6)
     assert rep["drift_ms"] == pytest.approx(0.9, abs=1e-6)   # last lateness 1.1 - first 0.2
     with pytest.raises(ValueError, match="no final outcome"):
         summarize([TickRecord(tick=0, scheduled_ms=0.0)], 16.0, 1.0)

@@ -109,7 +109,7 @@ class Hands:
     def __init__(self) -> None:
         self.calls: list[Call] = []
 
-    def dispatch(self, call):
+    def dispatch(self, call, seq=None):
         self.calls.append(call)
         return object()
 
@@ -187,12 +187,14 @@ def test_all_ok_when_the_service_answers_in_time():
     assert len(hands.calls) == 50 and not world.fallbacks
     r = res.records[7]
     assert r.rtt_ms == pytest.approx(10.0, abs=1e-6)
-    assert r.latency_ms == pytest.approx(12.0, abs=1e-6)   # obs was 2 ms old when the tick took it
+    assert r.latency_ms == pytest.approx(10.0, abs=1e-6)   # tick took the obs -> call dispatched
+    assert r.obs_age_ms == pytest.approx(2.0, abs=1e-6)     # the env made it 2 ms before the tick
     assert r.stages_ms == {"decode": pytest.approx(10.0)}
     # the deadline sent with each request is the time left until the next tick (16 Hz: 62.5 ms)
     assert policy.sent[0][1] == pytest.approx(62.5, abs=0.01)
     rep = summarize(res.records, 16.0, res.elapsed_s)
-    assert rep["latency_ms"]["p50"] == pytest.approx(12.0, abs=1e-6)
+    assert rep["latency_ms"]["p50"] == pytest.approx(10.0, abs=1e-6)
+    assert rep["achieved_hz"] == pytest.approx(16.0)
     assert rep["deadline_misses"] == 0 and rep["drift_ms"] == pytest.approx(0.0, abs=1e-6)
 
 

@@ -1,0 +1,126 @@
+"""The control loop as a Ray actor.
+
+Ray places, starts and stops the loop; per-tick traffic goes over the policy service's ZMQ socket
+(``agent.client.PolicyClient``), never through Ray calls. The actor process holds the loop thread,
+the env's physics thread and the actuator lanes; decoding happens in the policy service's own process
+(FIELD-NOTES: a decode thread sharing the GIL with physics or actuators gets delayed).
+
+    actor = start_loop_actor(settings, WorldSpec("tickcall/Arena-v0"), endpoint)
+    ref = actor.run.remote(duration_s=10)      # returns when the run ends
+    ray.get(actor.status.remote())             # live snapshot while it runs (second thread)
+    result = ray.get(ref)                      # {"records": [...], "elapsed_s", "episodes", ...}
+
+``run`` returns plain JSON-able data (records as dicts), so the driver can build the report without
+importing anything of the actor's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Any
+
+from control_loop.loop import ControlLoop, LoopSettings
+from control_loop.world import WorldSpec, make_world
+
+
+class LoopActor:
+    """Ray actor body (use ``start_loop_actor``). ``max_concurrency=2``: ``status``/``stop`` are served
+    while ``run`` is running."""
+
+    def __init__(self, settings: dict[str, Any], world: dict[str, Any], endpoint: str,
+                 client_timeout_ms: float = 5000.0, register_timeout_ms: float = 120000.0,
+                 curve: dict[str, Any] | None = None) -> None:
+        from agent.client import PolicyClient
+
+        self.settings = LoopSettings(**settings)
+        self.world_spec = WorldSpec(**world)
+        self.world = make_world(self.world_spec)
+        self.endpoint = endpoint
+        self.client = PolicyClient(endpoint, timeout_ms=client_timeout_ms, curve=curve, name="tickcall-loop")
+        self.welcome = self.client.hello(timeout_ms=register_timeout_ms)
+        self.registration = self.client.register(self.world.tools, timeout_ms=register_timeout_ms)
+        self.loop: ControlLoop | None = None
+        self._ran = False
+
+    def info(self) -> dict[str, Any]:
+        """Endpoint, server epoch and engine, registered heads, world description, pid."""
+        reg = self.registration
+        return {"endpoint": self.endpoint, "epoch": self.client.epoch,
+                "engine": dict(self.welcome.engine) if self.welcome else {},
+                "handle": reg.handle, "heads": list(reg.heads), "prefix_tokens": reg.prefix_tokens,
+                "world": self.world.describe(), "pid": os.getpid()}
+
+    def run(self, max_ticks: int | None = None, duration_s: float | None = None,
+            episodes: int | None = None) -> dict[str, Any]:
+        """Run the loop once (an actor runs one loop); returns records and what the report needs."""
+        if self._ran:
+            raise RuntimeError("this loop actor already ran; start a new one")
+        self._ran = True
+        self.loop = ControlLoop(self.settings, self.client, self.world, self.world.hands)
+        self.world.start()
+        try:
+            result = self.loop.run(max_ticks=max_ticks, duration_s=duration_s, episodes=episodes)
+        finally:
+            self.world.rt.stop()
+        world = self.world.describe()
+        if self.world.hands is not None:
+            self.world.hands.settle(timeout_s=1.0)
+            world = self.world.describe()
+        return {
+            "records": [r.to_dict() for r in result.records],
+            "t0": result.t0,
+            "elapsed_s": result.elapsed_s,
+            "stray_replies": result.stray_replies,
+            "warnings": result.warnings,
+            "stopped": result.stopped,
+            "episodes": self.world.episodes(),
+            "current_episode": self.world.current_episode(),
+            "world": world,
+            "client": dict(self.client.stats),
+            "renewals": self.registration.renewals,
+            "settings": asdict(self.settings),
+        }
+
+    def status(self) -> dict[str, Any]:
+        if self.loop is None:
+            return {"running": False, "ticks": 0, "outcomes": {}}
+        return self.loop.status()
+
+    def stop(self) -> bool:
+        if self.loop is not None:
+            self.loop.stop()
+        return True
+
+    def close(self) -> bool:
+        try:
+            self.client.close()
+        finally:
+            self.world.close()
+        return True
+
+
+def start_loop_actor(settings: LoopSettings, world: WorldSpec, endpoint: str, *,
+                     client_timeout_ms: float = 5000.0, register_timeout_ms: float = 120000.0,
+                     curve: dict[str, Any] | None = None, num_cpus: float = 0,
+                     same_node: bool = True) -> Any:
+    """Start a ``LoopActor`` (``ray.init`` first, or it is called with defaults). Returns the handle
+    once the actor has built its world and registered the tools with the service.
+
+    ``num_cpus=0``: the loop is light; on a small machine the policy service gets the CPUs.
+    ``same_node``: pin the actor to this node (a loopback endpoint is only reachable here).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=True, include_dashboard=False)
+    options: dict[str, Any] = {"num_cpus": num_cpus, "max_concurrency": 2, "max_restarts": 0}
+    if same_node:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    handle = ray.remote(LoopActor).options(**options).remote(
+        asdict(settings), asdict(world), endpoint, client_timeout_ms, register_timeout_ms, curve)
+    ray.get(handle.info.remote(), timeout=register_timeout_ms / 1e3 + 60)
+    return handle

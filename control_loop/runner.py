@@ -1,0 +1,241 @@
+"""The ``tickcall run`` job: env + loop actor + policy service + model, wired together, then the report.
+
+    from control_loop.config import load_run_config
+    from control_loop.runner import run_job
+    outcome = run_job(load_run_config("configs/run-noop.yaml"))
+    outcome.report["outcomes"], outcome.paths["report"]
+
+Steps: start Ray (if needed) -> resolve the model (``--model`` or the shipped default) -> start the
+policy service actor (unless ``service.endpoint`` names a running one) -> start the loop actor (it
+builds the world and registers the tools) -> run, printing a live progress line -> write
+``report.json``, ``ticks.jsonl`` and plots into the report folder -> stop what was started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from control_loop.config import RunConfig
+from control_loop.loop import LoopSettings
+from control_loop.progress import ProgressPrinter
+from control_loop.records import TickRecord
+from control_loop.report import write_report
+from control_loop.stats import summarize
+from control_loop.world import WorldSpec
+
+
+class RunError(RuntimeError):
+    """The run cannot start (no model, service unreachable...): the message says what to do."""
+
+
+@dataclass
+class RunOutcome:
+    report: dict[str, Any]
+    records: list[TickRecord]
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def default_report_dir() -> str:
+    return str(Path("reports") / f"run-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}")
+
+
+def resolve_model(cfg: RunConfig) -> str | None:
+    """The model folder: ``cfg.model``, else the shipped default; None for the noop backend."""
+    if cfg.backend == "noop":
+        return cfg.model
+    if cfg.model is not None:
+        if not Path(cfg.model).expanduser().exists():
+            raise RunError(f"model folder {cfg.model} does not exist (models load from local folders only)")
+        return cfg.model
+    try:
+        from models.shipped import default_model_path
+    except ImportError:
+        default_model_path = None
+    path = None
+    if default_model_path is not None:
+        try:
+            path = default_model_path()
+        except Exception as exc:  # a shipped model that is missing or broken
+            raise RunError(f"the shipped default model is not usable: {exc}. Pass --model PATH "
+                           "(a SimpleTool-format model folder) or --backend noop") from None
+    if path is None or not Path(path).exists():
+        raise RunError("no model given and no shipped default model is installed: pass --model PATH "
+                       "(a SimpleTool-format model folder, e.g. one made by `tickcall train`) or "
+                       "--backend noop to check the plumbing without a model")
+    return str(path)
+
+
+def build_report(cfg: RunConfig, result: dict[str, Any], records: list[TickRecord], *,
+                 model: str | None, service: dict[str, Any]) -> dict[str, Any]:
+    """``report.json``: the statistics (``stats.summarize``) plus what ran and the episodes."""
+    stats = summarize(records, cfg.rate_hz, result["elapsed_s"])
+    episodes = [{"return": round(float(e["return"]), 4), "length": int(e["length"])}
+                for e in result.get("episodes", [])]
+    return {
+        **stats,
+        "episodes": episodes,
+        "episode_in_progress": result.get("current_episode"),
+        "env": cfg.env,
+        "model": model,
+        "backend": cfg.backend,
+        "deadline_ms": cfg.effective_deadline_ms,
+        "in_flight": cfg.in_flight,
+        "fallback": cfg.fallback,
+        "stopped": result.get("stopped"),
+        "stray_replies": result.get("stray_replies", 0),
+        "warnings": result.get("warnings", []),
+        "service": service,
+        "client": result.get("client", {}),
+        "world": result.get("world", {}),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(),
+    }
+
+
+def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: float = 0.5) -> RunOutcome:
+    """Run one configured job end to end (see module docstring). Raises RunError for setup problems."""
+    import ray
+
+    stream = stream or sys.stderr
+    model = resolve_model(cfg)
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
+                 logging_level="WARNING")
+        started_ray = True
+    service_actor = None
+    loop_actor = None
+    try:
+        endpoint = cfg.service.endpoint
+        service_info: dict[str, Any] = {}
+        if endpoint is None:
+            from agent.actor import start_policy_service
+
+            spec = cfg.engine_spec()
+            if model is not None:
+                spec["model"] = model
+            _say(stream, f"starting the policy service ({cfg.backend}"
+                         f"{', ' + str(model) if model else ''}) ...")
+            try:
+                service_actor, endpoint = start_policy_service(spec, cfg.service.bind,
+                                                               max_restarts=cfg.service.max_restarts)
+            except Exception as exc:
+                raise RunError(f"the policy service did not start: {type(exc).__name__}: {exc}") from exc
+            service_info = {"endpoint": endpoint, "started_here": True}
+        else:
+            service_info = {"endpoint": endpoint, "started_here": False}
+
+        from control_loop.actor import start_loop_actor
+
+        settings = LoopSettings.from_run_config(cfg)
+        world = WorldSpec(env=cfg.env, env_kwargs=cfg.env_kwargs or None, seed=cfg.seed,
+                          max_episodes=cfg.episodes)
+        ends = ([f"{cfg.duration_s:g} s"] if cfg.duration_s else []) + (
+            [f"{cfg.episodes} episodes"] if cfg.episodes else [])
+        _say(stream, f"starting the control loop: {cfg.env} at {cfg.rate_hz:g} Hz ({' / '.join(ends)}) ...")
+        try:
+            loop_actor = start_loop_actor(settings, world, endpoint,
+                                          client_timeout_ms=cfg.service.timeout_ms)
+        except Exception as exc:
+            raise RunError(f"the control loop did not start: {type(exc).__name__}: {exc}") from exc
+        info = ray.get(loop_actor.info.remote())
+        service_info.update({"epoch": info.get("epoch"), "engine": info.get("engine"),
+                             "heads": info.get("heads"), "prefix_tokens": info.get("prefix_tokens")})
+
+        ref = loop_actor.run.remote(duration_s=cfg.duration_s, episodes=cfg.episodes)
+        printer = ProgressPrinter(stream) if cfg.progress else None
+        seen_warnings: set[str] = set()
+        try:
+            while True:
+                ready, _ = ray.wait([ref], timeout=status_every_s)
+                if ready:
+                    break
+                if printer is not None:
+                    status = ray.get(loop_actor.status.remote())
+                    for w in status.get("warnings", []):
+                        if w not in seen_warnings:
+                            seen_warnings.add(w)
+                            printer.message(f"warning: {w}")
+                    printer.update(status)
+        except KeyboardInterrupt:
+            _say(stream, "\ninterrupted: stopping the loop (the report is still written) ...")
+            ray.get(loop_actor.stop.remote())
+        result = ray.get(ref)
+        if service_actor is not None:
+            with contextlib.suppress(Exception):
+                service_info["stats"] = ray.get(service_actor.stats.remote(), timeout=10)
+        records = [TickRecord.from_dict(r) for r in result["records"]]
+        report = build_report(cfg, result, records, model=model, service=service_info)
+        if printer is not None:
+            printer.close({"ticks": report["ticks"], "ticks_planned": None,
+                           "achieved_hz": report["achieved_hz"], "outcomes": report["outcomes"],
+                           "latency_p50_ms": report["latency_ms"]["p50"],
+                           "latency_p99_ms": report["latency_ms"]["p99"],
+                           "episodes_done": len(report["episodes"]),
+                           "last_return": report["episodes"][-1]["return"] if report["episodes"] else None})
+        folder = cfg.report_dir or default_report_dir()
+        paths = write_report(report, records, folder, plots=cfg.plots)
+        return RunOutcome(report=report, records=records, paths=paths)
+    finally:
+        _cleanup(loop_actor, service_actor)
+        if started_ray:
+            ray.shutdown()
+
+
+def _cleanup(loop_actor: Any, service_actor: Any) -> None:
+    import ray
+
+    if loop_actor is not None:
+        with contextlib.suppress(Exception):
+            ray.get(loop_actor.close.remote(), timeout=10)
+        ray.kill(loop_actor)
+    if service_actor is not None:
+        with contextlib.suppress(Exception):
+            ray.get(service_actor.stop.remote(), timeout=10)
+        ray.kill(service_actor, no_restart=True)
+
+
+def _say(stream: TextIO, text: str) -> None:
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A short human summary of a report (printed by ``tickcall run`` at the end)."""
+    lat = report["latency_ms"]
+    o = report["outcomes"]
+    lines = [
+        f"ticks {report['ticks']} at {report['rate_hz']:g} Hz (achieved {report['achieved_hz']:.2f} Hz, "
+        f"decisions {report['decision_hz']:.2f} Hz) over {report['elapsed_s']:.1f} s",
+        "outcomes " + "  ".join(f"{k} {v}" for k, v in o.items())
+        + f"   deadline misses {report['deadline_misses']} (longest streak {report['longest_miss_streak']})",
+    ]
+    if lat["n"]:
+        lines.append(f"tick latency ms  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
+                     f"max {lat['max']:.2f}")
+    late = report["lateness_ms"]
+    if late["n"]:
+        lines.append(f"start lateness ms  p50 {late['p50']:.3f}  p99 {late['p99']:.3f}  max {late['max']:.3f}"
+                     f"   drift {report['drift_ms']} ms")
+    eps = report["episodes"]
+    if eps:
+        rets = [e["return"] for e in eps]
+        lines.append(f"episodes {len(eps)}  mean return {sum(rets) / len(rets):.2f}  "
+                     f"returns {', '.join(f'{r:.1f}' for r in rets[:10])}{' ...' if len(rets) > 10 else ''}")
+    return lines
+
+
+def wait_for(predicate: Any, timeout_s: float, every_s: float = 0.05) -> bool:
+    """Poll ``predicate()`` until true or timeout (seconds); for tests and demos."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(every_s)
+    return bool(predicate())
