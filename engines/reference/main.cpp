@@ -1,0 +1,491 @@
+// tickcall reference engine: a small real-time game in C++ that is the *world* of a tickcall control
+// loop over the engine bridge protocol, mode 1 (docs/protocol.md, "Engine bridge (mode 1)").
+//
+//   engines/build/tickcall-reference-engine --connect tcp://127.0.0.1:5555 --game arena
+//
+// The frame loop runs at --frame-hz (60) on absolute deadlines and NEVER waits for tickcall: between
+// frames it serves the socket (acks calls at once), every frame it runs the physics steps that are
+// due (fixed timestep), applies the calls received since the last step, and every --obs-every frames
+// sends the newest observation (the bridge keeps only the latest). It says hello, answers pings,
+// pings tickcall, and says hello again whenever tickcall is gone, restarted or forgot it.
+//
+// --lockstep N (deterministic tests only): after every N frames the engine sends an observation
+// marked wait=true and blocks until tickcall answers `step` for it; frames then do not follow the
+// wall clock.
+//
+// Exit codes: 0 done, 2 bad command line or socket setup, 3 fatal protocol error from tickcall
+// (version mismatch, tools refused), 4 superseded by another engine.
+#include <unistd.h>
+#include <zmq.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "games.hpp"
+#include "value.hpp"
+
+using Clock = std::chrono::steady_clock;
+using ref::Value;
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+
+struct Options {
+    std::string endpoint = "tcp://127.0.0.1:5555";
+    std::string game = "arena";
+    std::string name = "tickcall-reference-engine";
+    std::string obs_format = "text";  // text | values
+    std::string log_path;
+    std::string render_path;
+    std::string server_key;  // z85 CURVE public key of the bridge (enables CURVE)
+    uint64_t seed = 0;
+    double duration_s = 0;  // 0 = run until stopped
+    double frame_hz = 60;
+    int obs_every = 2;
+    int lockstep = 0;
+    double heartbeat_ms = 250;
+    int heartbeat_misses = 4;
+    int protocol_version = 1;  // tests send a wrong one on purpose
+    bool quiet = false;
+};
+
+void usage() {
+    std::fprintf(stderr,
+                 "usage: tickcall-reference-engine [--connect ENDPOINT] [--game arena|cartpole] [--seed N]\n"
+                 "  [--duration S] [--frame-hz HZ] [--obs-every FRAMES] [--obs-format text|values]\n"
+                 "  [--lockstep FRAMES] [--heartbeat-ms MS] [--name NAME] [--log FILE.jsonl]\n"
+                 "  [--render FILE.txt] [--server-key Z85] [--protocol-version V] [--quiet]\n");
+}
+
+bool parse_args(int argc, char** argv, Options& o) {
+    for (int k = 1; k < argc; ++k) {
+        std::string a = argv[k];
+        auto next = [&]() -> std::string {
+            if (k + 1 >= argc) throw std::runtime_error(a + " needs a value");
+            return argv[++k];
+        };
+        if (a == "--connect") o.endpoint = next();
+        else if (a == "--game") o.game = next();
+        else if (a == "--name") o.name = next();
+        else if (a == "--seed") o.seed = std::stoull(next());
+        else if (a == "--duration") o.duration_s = std::stod(next());
+        else if (a == "--frame-hz") o.frame_hz = std::stod(next());
+        else if (a == "--obs-every") o.obs_every = std::stoi(next());
+        else if (a == "--obs-format") o.obs_format = next();
+        else if (a == "--lockstep") o.lockstep = std::stoi(next());
+        else if (a == "--heartbeat-ms") o.heartbeat_ms = std::stod(next());
+        else if (a == "--log") o.log_path = next();
+        else if (a == "--render") o.render_path = next();
+        else if (a == "--server-key") o.server_key = next();
+        else if (a == "--protocol-version") o.protocol_version = std::stoi(next());
+        else if (a == "--quiet") o.quiet = true;
+        else if (a == "-h" || a == "--help") { usage(); std::exit(0); }
+        else throw std::runtime_error("unknown option " + a);
+    }
+    if (o.game != "arena" && o.game != "cartpole") throw std::runtime_error("--game must be arena or cartpole");
+    if (o.obs_format != "text" && o.obs_format != "values") throw std::runtime_error("--obs-format must be text or values");
+    if (o.frame_hz < 1 || o.frame_hz > 1000) throw std::runtime_error("--frame-hz must be within 1..1000");
+    if (o.obs_every < 1 || o.lockstep < 0) throw std::runtime_error("--obs-every must be >= 1, --lockstep >= 0");
+    if (o.heartbeat_ms < 10) throw std::runtime_error("--heartbeat-ms must be >= 10");
+    if (!o.server_key.empty() && o.server_key.size() != 40) throw std::runtime_error("--server-key must be 40 z85 characters");
+    return true;
+}
+
+struct PendingCall {
+    int64_t id;
+    std::string name;
+    Value args;
+};
+
+class Runtime {
+public:
+    explicit Runtime(Options o) : opt_(std::move(o)) {
+        if (opt_.game == "arena") game_ = std::make_unique<ref::Arena>();
+        else game_ = std::make_unique<ref::CartPole>();
+        std::random_device rd;
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%08x%08x-%d", rd(), rd(), static_cast<int>(getpid()));
+        session_ = buf;
+        t0_ = Clock::now();
+        if (!opt_.log_path.empty()) log_.open(opt_.log_path, std::ios::app);
+    }
+    ~Runtime() {
+        if (sock_) zmq_close(sock_);
+        if (ctx_) zmq_ctx_term(ctx_);
+    }
+
+    int run() {
+        if (!open_socket()) return 2;
+        game_->reset(opt_.seed);
+        log_event("start", Value::object({{"game", game_->name()}, {"session", session_}, {"seed", static_cast<int64_t>(opt_.seed)},
+                                          {"lockstep", opt_.lockstep}}));
+        say("engine %s (%s, session %s) -> %s%s", opt_.name.c_str(), game_->name().c_str(), session_.c_str(),
+            opt_.endpoint.c_str(), opt_.lockstep ? " [LOCK-STEP]" : "");
+        send_hello();
+        const double frame_dt = 1.0 / opt_.frame_hz;
+        const auto period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(frame_dt));
+        auto next = Clock::now();
+        auto last = next;
+        while (!g_stop && exit_code_ < 0) {
+            if (opt_.duration_s > 0 && elapsed_s() >= opt_.duration_s) break;
+            double dt_frame = frame_dt;
+            if (opt_.lockstep == 0) {
+                serve_until(next);  // the only wait: for our own frame deadline, serving the socket meanwhile
+                const auto now = Clock::now();
+                dt_frame = std::min(0.25, std::chrono::duration<double>(now - last).count());
+                last = now;
+                next += period;
+                if (now - next > period) {  // more than a frame behind: skip ahead, never burst
+                    const auto missed = (now - next) / period;
+                    late_frames_ += missed;
+                    next += period * missed;
+                }
+            } else {
+                serve_until(Clock::now());
+            }
+            ++frame_;
+            heartbeat();
+            advance(dt_frame);
+            const int every = opt_.lockstep > 0 ? opt_.lockstep : opt_.obs_every;
+            if (frame_ % every == 0) {
+                send_obs(opt_.lockstep > 0);
+                if (opt_.lockstep > 0) wait_for_step();
+            }
+            if (!opt_.render_path.empty() && frame_ % 30 == 0) render();
+        }
+        if (welcomed_) send(Value::object({{"v", opt_.protocol_version}, {"type", "bye"}, {"reason", "engine stopping"}}));
+        finish_log();
+        return exit_code_ < 0 ? 0 : exit_code_;
+    }
+
+private:
+    // ---- socket ----------------------------------------------------------------------------------------
+    bool open_socket() {
+        ctx_ = zmq_ctx_new();
+        sock_ = zmq_socket(ctx_, ZMQ_DEALER);
+        int zero = 0, one = 1, hwm = 200, ivl = 100;
+        int64_t maxmsg = 4 << 20;
+        zmq_setsockopt(sock_, ZMQ_LINGER, &zero, sizeof zero);
+        zmq_setsockopt(sock_, ZMQ_IMMEDIATE, &one, sizeof one);  // never queue for a peer that is not there
+        zmq_setsockopt(sock_, ZMQ_SNDHWM, &hwm, sizeof hwm);
+        zmq_setsockopt(sock_, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+        zmq_setsockopt(sock_, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+        if (!opt_.server_key.empty()) {
+            char pub[41], sec[41];
+            if (zmq_curve_keypair(pub, sec) != 0) {
+                std::fprintf(stderr, "[engine] CURVE is not available in this libzmq\n");
+                return false;
+            }
+            zmq_setsockopt(sock_, ZMQ_CURVE_SERVERKEY, opt_.server_key.c_str(), 41);
+            zmq_setsockopt(sock_, ZMQ_CURVE_PUBLICKEY, pub, 41);
+            zmq_setsockopt(sock_, ZMQ_CURVE_SECRETKEY, sec, 41);
+        }
+        if (zmq_connect(sock_, opt_.endpoint.c_str()) != 0) {
+            std::fprintf(stderr, "[engine] cannot connect to %s: %s\n", opt_.endpoint.c_str(), zmq_strerror(zmq_errno()));
+            return false;
+        }
+        return true;
+    }
+
+    bool send(const Value& msg) {  // never blocks: a message that cannot go now is dropped and counted
+        const std::string bytes = ref::pack(msg);
+        if (zmq_send(sock_, bytes.data(), bytes.size(), ZMQ_DONTWAIT) < 0) {
+            ++send_drops_;
+            return false;
+        }
+        return true;
+    }
+
+    // Serve the socket until `deadline` (acks go out at once), then return.
+    void serve_until(Clock::time_point deadline) {
+        for (;;) {
+            drain();
+            const auto now = Clock::now();
+            if (now >= deadline) return;
+            const long ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count();
+            if (ms <= 0) {
+                std::this_thread::sleep_until(deadline);
+                drain();
+                return;
+            }
+            zmq_pollitem_t item{sock_, 0, ZMQ_POLLIN, 0};
+            zmq_poll(&item, 1, ms);
+        }
+    }
+
+    void drain() {
+        for (int k = 0; k < 1000; ++k) {
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, sock_, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&m);
+                return;
+            }
+            const bool more = zmq_msg_more(&m);
+            std::string data(static_cast<const char*>(zmq_msg_data(&m)), zmq_msg_size(&m));
+            zmq_msg_close(&m);
+            last_heard_ = Clock::now();
+            if (more) {
+                ++bad_messages_;
+                continue;
+            }
+            try {
+                handle(ref::unpack(data.data(), data.size()));
+            } catch (const std::exception& e) {
+                ++bad_messages_;
+                say("undecodable message from tickcall: %s", e.what());
+            }
+        }
+    }
+
+    // ---- protocol ----------------------------------------------------------------------------------------
+    void send_hello() {
+        Value obs = Value::object({{"format", opt_.obs_format}, {"description", game_->description()}});
+        if (opt_.obs_format == "values") obs.set("fields", game_->obs_fields());
+        Value hello = Value::object({{"v", opt_.protocol_version}, {"type", "hello"}, {"engine", opt_.name},
+                                     {"engine_version", "1.0"}, {"session", session_}, {"tools", game_->tools()},
+                                     {"observation", obs}, {"frame_hz", opt_.frame_hz},
+                                     {"heartbeat_ms", opt_.heartbeat_ms}, {"lockstep", opt_.lockstep},
+                                     {"default_call", game_->default_call()}});
+        if (send(hello)) {  // not sent (no connection yet): retried on the next frame
+            ++hellos_;
+            last_hello_ = Clock::now();
+        }
+    }
+
+    void handle(const Value& msg) {
+        const std::string type = msg.str_or("type", "");
+        if (msg.int_or("v", -1) != 1) {
+            say("tickcall message with unsupported protocol version (type %s)", type.c_str());
+            return;
+        }
+        if (type == "welcome") {
+            if (msg.str_or("session", "") != session_) return;  // an answer to an older hello
+            welcomed_ = true;
+            epoch_ = msg.str_or("epoch", "");
+            ++sessions_;
+            say("welcomed by tickcall (epoch %s)", epoch_.c_str());
+            log_event("welcome", Value::object({{"epoch", epoch_}}));
+        } else if (type == "call") {
+            on_call(msg);
+        } else if (type == "step") {
+            if (msg.int_or("seq", -1) == waiting_seq_) waiting_seq_ = -1;
+        } else if (type == "ping") {
+            send(Value::object({{"v", opt_.protocol_version}, {"type", "pong"}, {"t_ms", msg.get("t_ms") ? *msg.get("t_ms") : Value(0.0)}}));
+            if (welcomed_ && msg.str_or("epoch", epoch_) != epoch_) {
+                say("tickcall restarted (new epoch): saying hello again");
+                welcomed_ = false;
+                send_hello();
+            }
+        } else if (type == "pong") {
+            // liveness only (last_heard_ is refreshed for every message)
+        } else if (type == "error") {
+            on_error(msg);
+        } else if (type == "bye") {
+            say("tickcall said bye: %s", msg.str_or("reason", "").c_str());
+            welcomed_ = false;
+        }
+    }
+
+    void on_error(const Value& msg) {
+        const std::string code = msg.str_or("code", "?"), text = msg.str_or("message", "");
+        const Value* fatal = msg.get("fatal");
+        ++errors_received_;
+        std::fprintf(stderr, "[engine] tickcall error %s: %s\n", code.c_str(), text.c_str());
+        log_event("error", Value::object({{"code", code}, {"message", text}}));
+        if (fatal && fatal->kind == Value::Bool && fatal->b) {
+            exit_code_ = code == "superseded" ? 4 : 3;
+            welcomed_ = false;
+            return;
+        }
+        if (code == "no_session") {  // tickcall restarted or dropped us: hello again (at most every 250 ms)
+            welcomed_ = false;
+            if (Clock::now() - last_hello_ > std::chrono::milliseconds(250)) send_hello();
+        }
+    }
+
+    void on_call(const Value& msg) {
+        const int64_t id = msg.int_or("id", -1);
+        const std::string name = msg.str_or("name", "");
+        const Value* args = msg.get("arguments");
+        ++calls_received_;
+        const std::string reason = args ? ref::validate_call(game_->tools(), name, *args) : "arguments missing";
+        if (!reason.empty()) {
+            ++calls_rejected_;
+            send_result(id, false, Value(), ref::find_tool(game_->tools(), name) ? "bad_arguments" : "unknown_tool", reason);
+            return;
+        }
+        if (pending_.size() >= 256) {
+            ++calls_rejected_;
+            send_result(id, false, Value(), "busy", "more than 256 calls waiting for the next physics step");
+            return;
+        }
+        send(Value::object({{"v", opt_.protocol_version}, {"type", "ack"}, {"id", id}, {"frame", frame_}}));
+        pending_.push_back({id, name, *args});
+    }
+
+    void send_result(int64_t id, bool ok, const Value& value, const std::string& code, const std::string& message) {
+        Value r = Value::object({{"v", opt_.protocol_version}, {"type", "result"}, {"id", id}, {"ok", ok}, {"frame", frame_}});
+        if (ok) r.set("value", value);
+        else r.set("error", Value::object({{"code", code}, {"message", message}}));
+        send(r);
+    }
+
+    void heartbeat() {
+        const auto now = Clock::now();
+        const auto hb = std::chrono::duration<double, std::milli>(opt_.heartbeat_ms);
+        if (welcomed_ && now - last_ping_ >= hb) {  // pings belong to a session; before it, hello
+            last_ping_ = now;
+            send(Value::object({{"v", opt_.protocol_version}, {"type", "ping"}, {"t_ms", elapsed_s() * 1e3}}));
+        }
+        if (welcomed_ && now - last_heard_ > hb * opt_.heartbeat_misses) {
+            say("tickcall silent for %.0f ms: reconnecting", std::chrono::duration<double, std::milli>(now - last_heard_).count());
+            welcomed_ = false;
+            ++lost_;
+            log_event("tickcall_lost", Value::object());
+        }
+        if (!welcomed_ && now - last_hello_ >= std::chrono::milliseconds(250)) send_hello();
+    }
+
+    // ---- game --------------------------------------------------------------------------------------------
+    void advance(double dt_frame) {
+        acc_ += dt_frame;
+        while (acc_ >= game_->physics_dt() - 1e-9) {
+            acc_ -= game_->physics_dt();
+            while (!pending_.empty()) {  // calls received since the last physics step, in order
+                PendingCall c = std::move(pending_.front());
+                pending_.pop_front();
+                ref::ApplyResult r = game_->apply(c.name, c.args);
+                ++calls_applied_;
+                send_result(c.id, r.ok, r.value, r.code, r.message);
+                log_event("call", Value::object({{"id", c.id}, {"name", c.name}, {"arguments", c.args}, {"ok", r.ok},
+                                                 {"error", r.code}, {"frame", frame_}, {"step", game_->steps()}}));
+            }
+            ep_return_ += game_->step();
+            std::string reason;
+            if (game_->finished(reason)) {
+                send(Value::object({{"v", opt_.protocol_version}, {"type", "episode"}, {"index", episode_},
+                                    {"return", ep_return_}, {"length", game_->steps()}, {"reason", reason}}));
+                log_event("episode", Value::object({{"index", episode_}, {"return", ep_return_}, {"length", game_->steps()},
+                                                    {"reason", reason}}));
+                say("episode %lld: return %.2f, %d steps (%s)", static_cast<long long>(episode_), ep_return_, game_->steps(), reason.c_str());
+                ++episode_;
+                ep_return_ = 0;
+                game_->reset(opt_.seed + static_cast<uint64_t>(episode_));
+            }
+        }
+    }
+
+    void send_obs(bool wait) {
+        Value obs = Value::object({{"v", opt_.protocol_version}, {"type", "obs"}, {"seq", ++obs_seq_}, {"frame", frame_},
+                                   {"t_ms", elapsed_s() * 1e3}, {"episode", episode_}, {"return", ep_return_},
+                                   {"done", false}, {"wait", wait}});
+        if (opt_.obs_format == "values") obs.set("values", game_->obs_values());
+        else obs.set("text", game_->obs_text());
+        if (!welcomed_) {
+            ++obs_unsent_;
+            return;
+        }
+        if (send(obs)) ++obs_sent_;
+        if (wait) waiting_seq_ = obs_seq_;
+    }
+
+    // LOCK-STEP: block until tickcall answers `step` for our observation (serving pings meanwhile).
+    void wait_for_step() {
+        while (!g_stop && exit_code_ < 0) {
+            if (opt_.duration_s > 0 && elapsed_s() >= opt_.duration_s) return;
+            if (welcomed_ && waiting_seq_ < 0) return;
+            const bool was_welcomed = welcomed_;
+            serve_until(Clock::now() + std::chrono::milliseconds(5));
+            heartbeat();
+            if (!was_welcomed && welcomed_) send_obs(true);  // a new session: offer the observation again
+            if (welcomed_ && waiting_seq_ < 0) return;
+        }
+    }
+
+    // ---- output --------------------------------------------------------------------------------------------
+    void render() {
+        const std::string tmp = opt_.render_path + ".tmp";
+        {
+            std::ofstream f(tmp, std::ios::trunc);
+            f << game_->render_ascii();
+        }
+        std::rename(tmp.c_str(), opt_.render_path.c_str());
+    }
+
+    void log_event(const std::string& event, Value info) {
+        if (!log_.is_open()) return;
+        info.map.insert(info.map.begin(), {"t_ms", elapsed_s() * 1e3});
+        info.map.insert(info.map.begin(), {"event", event});
+        log_ << ref::to_json(info) << '\n';
+        log_.flush();
+    }
+
+    void finish_log() {
+        Value stats = Value::object({{"frames", frame_}, {"late_frames", static_cast<int64_t>(late_frames_)},
+                                     {"obs_sent", obs_sent_}, {"obs_unsent", obs_unsent_}, {"send_drops", send_drops_},
+                                     {"calls_received", calls_received_}, {"calls_applied", calls_applied_},
+                                     {"calls_rejected", calls_rejected_}, {"hellos", hellos_}, {"sessions", sessions_},
+                                     {"tickcall_lost", lost_}, {"errors_received", errors_received_},
+                                     {"bad_messages", bad_messages_}, {"episodes", episode_},
+                                     {"elapsed_s", elapsed_s()}});
+        log_event("stats", stats);
+        if (!opt_.quiet) std::fprintf(stderr, "[engine] stats %s\n", ref::to_json(stats).c_str());
+    }
+
+    template <typename... A>
+    void say(const char* fmt, A... args) {
+        if (opt_.quiet) return;
+        std::fprintf(stderr, "[engine %.3fs] ", elapsed_s());
+        std::fprintf(stderr, fmt, args...);
+        std::fputc('\n', stderr);
+    }
+    void say(const char* text) { say("%s", text); }
+
+    double elapsed_s() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
+
+    Options opt_;
+    std::unique_ptr<ref::Game> game_;
+    void* ctx_ = nullptr;
+    void* sock_ = nullptr;
+    std::string session_, epoch_;
+    std::ofstream log_;
+    Clock::time_point t0_, last_heard_{}, last_ping_{}, last_hello_{};
+    std::deque<PendingCall> pending_;
+    bool welcomed_ = false;
+    int exit_code_ = -1;
+    double acc_ = 0, ep_return_ = 0;
+    int64_t frame_ = 0, obs_seq_ = 0, waiting_seq_ = -1, episode_ = 0;
+    int64_t obs_sent_ = 0, obs_unsent_ = 0, send_drops_ = 0, calls_received_ = 0, calls_applied_ = 0,
+            calls_rejected_ = 0, hellos_ = 0, sessions_ = 0, lost_ = 0, errors_received_ = 0, bad_messages_ = 0;
+    long long late_frames_ = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options opt;
+    try {
+        parse_args(argc, argv, opt);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "tickcall-reference-engine: %s\n", e.what());
+        usage();
+        return 2;
+    }
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    Runtime rt(opt);
+    return rt.run();
+}
