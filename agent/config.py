@@ -1,0 +1,89 @@
+"""Configuration of the policy service (``tickcall serve --config FILE``; configs/serve*.yaml).
+
+All sizes are bytes, all times milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+
+
+@dataclass
+class CurveConfig:
+    """ZMQ CURVE keys, from files written by ``tickcall serve --gen-keys DIR`` (zmq.auth format).
+
+    Server side: ``server_secret`` (the server's ``.key_secret`` file) and optionally ``client_keys``
+    (a folder of authorised clients' ``.key`` public files; without it any client that knows the server's
+    public key may connect, encrypted but unauthenticated). Client side: ``server_public`` (the server's
+    ``.key`` file) and ``client_secret`` (the client's ``.key_secret`` file; a fresh key pair is made
+    when absent, which only a server without ``client_keys`` accepts).
+    """
+
+    server_secret: str | None = None
+    client_keys: str | None = None
+    server_public: str | None = None
+    client_secret: str | None = None
+
+
+@dataclass
+class ServeConfig:
+    """Everything the policy service needs.
+
+    ``engine``: the engine spec for ``agent.engines.build_engine`` (``{"backend": "noop"}``,
+    ``{"backend": "transformers", "model": PATH}``...). ``bind``: a ZMQ endpoint; tcp binds other than
+    loopback need ``curve`` or ``allow_insecure``. ``max_message_bytes``: larger requests get an
+    ``oversized`` error; ``hard_max_message_bytes`` (ZMQ_MAXMSGSIZE; default 4x + 64 KiB) drops the
+    connection of a peer that sends more, unanswered. ``max_batch``: most decides in one
+    ``decide_batch`` call. ``max_registrations``: distinct tool sets kept (least recently used evicted).
+    ``poll_ms``: idle wake-up period of the serving loop (stop checks only; requests wake it at once).
+    """
+
+    engine: dict[str, Any] = field(default_factory=lambda: {"backend": "noop"})
+    bind: str = DEFAULT_BIND
+    max_message_bytes: int = 1 << 20
+    hard_max_message_bytes: int | None = None
+    max_batch: int = 32
+    max_registrations: int = 256
+    poll_ms: int = 100
+    curve: CurveConfig | None = None
+    allow_insecure: bool = False
+    num_gpus: float | None = None  # Ray actor: None = 1 when the cluster has a GPU, else 0
+    max_restarts: int = -1  # Ray actor restarts (-1: forever)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.curve, dict):
+            self.curve = CurveConfig(**self.curve)
+        if self.max_message_bytes < 1024:
+            raise ValueError("max_message_bytes must be at least 1024")
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if self.max_registrations < 1:
+            raise ValueError("max_registrations must be at least 1")
+
+    @property
+    def hard_limit(self) -> int:
+        return self.hard_max_message_bytes or 4 * self.max_message_bytes + 65536
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown serve config keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ServeConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a serve config is a YAML mapping")
+        return cls.from_dict(data)
