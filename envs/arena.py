@@ -241,7 +241,8 @@ class ArenaEnv(gym.Env):
             return Call("aim", {"direction": direction})
         if tool == "dash":
             dist = float(np.asarray(action["distance"]).reshape(-1)[0])
-            return Call("dash", {"direction": direction, "distance": dist})
+            # whole distances are written as integers ("3", as the expert writes them)
+            return Call("dash", {"direction": direction, "distance": int(dist) if dist.is_integer() else dist})
         return Call(tool, {})
 
     def noop_action(self) -> dict[str, Any]:

@@ -286,6 +286,7 @@ class EngineBridge:
         self._result_ms: deque[float] = deque(maxlen=100_000)
         self._rtt_ms: deque[float] = deque(maxlen=10_000)
         self._taken_seq = -1
+        self._pinned: list[ToolSpec] | None = None
         self._t0 = time.monotonic()
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -449,6 +450,13 @@ class EngineBridge:
             self.counts["steps_sent"] += 1
             peer = sess.peer
         self._enqueue(peer, encode(step_message(seq=seq, calls=list(calls or []))))
+
+    def pin_tools(self, tools: list[Any] | None) -> None:
+        """Accept only engines offering exactly these tools from now on (None: any tools). A control
+        loop pins the tools it registered with the model; an engine that comes back with others gets
+        a fatal ``bad_tools`` error."""
+        with self._lock:
+            self._pinned = None if tools is None else normalize_tools(tools)
 
     def in_flight(self) -> list[EngineCall]:
         with self._lock:
@@ -695,6 +703,12 @@ class EngineBridge:
             tools = normalize_tools(hello.tools)
         except ToolSchemaError as exc:
             raise ProtocolError("bad_tools", str(exc), fatal=True, ref_type="hello") from None
+        pinned = self._pinned
+        if pinned is not None and tools != pinned:
+            raise ProtocolError(
+                "bad_tools", f"this tickcall run registered the tools {[t.name for t in pinned]} with "
+                f"its model; the engine now offers {[t.name for t in tools]} (or changed their "
+                "schemas): restart tickcall to use new tools", fatal=True, ref_type="hello")
         if hello.default_call is not None:
             spec = {t.name: t for t in tools}.get(hello.default_call["name"])
             reason = ("names no declared tool" if spec is None else
@@ -758,3 +772,11 @@ class EngineBridge:
             self._count("pings_sent")
             self._send(router, peer, encode(ping_message(epoch=self.epoch,
                                                          t_ms=(now - self._t0) * 1e3)))
+
+
+def make_world(spec: Any, **kwargs: Any) -> Any:
+    """The control loop's hook (``control_loop.world``): an ``EngineWorld`` for ``engine:ENDPOINT``.
+    See ``envs.engine_bridge_world.make_world``."""
+    from envs.engine_bridge_world import make_world as _make_world
+
+    return _make_world(spec, **kwargs)

@@ -79,9 +79,9 @@ def make_policy(kind: str, env_id: str, binding: EnvBinding, *, seed: int | None
         kw = {} if history_len is None else {"history_len": history_len}
         if engine is not None:
             return ModelPolicy(engine, binding, **kw)
-        if not model:
+        if not model and backend != "noop":
             raise ValueError("--policy model needs --model PATH (a local model folder)")
-        return ModelPolicy.from_path(model, binding, backend=backend, **kw)
+        return ModelPolicy.from_path(model or "noop", binding, backend=backend, **kw)
     from envs.experts import get_policy
 
     return get_policy(kind, env_id, binding, seed=seed)

@@ -211,7 +211,7 @@ class _BoxCodec(_ArrayCodec):
     def decode(self, value: Any, clip: bool, where: str) -> tuple[Any, bool]:
         arr, clipped = super().decode(value, clip, where)
         if not np.issubdtype(self.dtype, np.integer):
-            arr = np.clip(arr, self.space.low, self.space.high).astype(self.dtype)
+            arr = np.asarray(np.clip(arr, self.space.low, self.space.high), dtype=self.dtype).reshape(self.shape)
         return arr, clipped
 
 

@@ -1,0 +1,303 @@
+"""An external game engine as the *world* of a tickcall control loop (engine bridge, mode 1).
+
+``make_world("engine:tcp://127.0.0.1:5555")`` binds an ``EngineBridge`` there, waits for an engine's
+hello and returns an ``EngineWorld``: the same duck type as ``control_loop.world.World`` (``tools``,
+``observe()``, ``fallback(kind)``, ``apply_call``, ``hands``, ``episodes()``, ``describe()``, ...), so
+``tickcall run --env engine:tcp://127.0.0.1:5555`` drives an engine exactly like a gymnasium env.
+
+* ``observe()`` never waits: it returns the newest observation of the connected engine; when there
+  is none that is fresh (engine gone, restarting, silent past ``max_obs_age_ms``) it raises
+  ``NoObservation`` and the loop records the tick and applies its fallback.
+* ``hands``: an ``AsyncFC`` with one ``latest``-wins lane named ``engine`` whose actuator sends the call
+  to the engine and waits (in the lane's worker thread, never on the tick path) for the engine's
+  ``result``: ``done`` with the engine's value, or failed with the engine's error code.
+* The tools are the engine's (from its hello) and stay pinned for the run: an engine that comes back
+  with different tools is refused with a fatal ``bad_tools`` error (the model registered the old ones).
+* Fallbacks: ``hold`` sends nothing (the engine keeps the last call in force); ``default`` and
+  ``noop`` send the engine's declared ``default_call`` (or hold when it declared none or is gone).
+
+``run_lockstep`` is the deterministic driver for engines that said ``lockstep: N`` in their hello:
+LOCK-STEP, FOR TESTS AND EVALUATION ONLY (the engine waits for tickcall after every observation).
+
+Units: ``*_s`` seconds, ``*_ms`` milliseconds, ``taken_at`` on ``time.monotonic``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from envs.engine_bridge import (
+    DEFAULT_ENDPOINT,
+    BridgeConfig,
+    EngineBridge,
+    EngineCallError,
+)
+from models.calls import Call
+from models.tools import normalize_tools
+
+ENGINE_PREFIX = "engine:"
+# env_kwargs an engine world understands (everything else is refused with a clear message)
+WORLD_KWARGS = ("wait_s", "lane_timeout_s") + tuple(BridgeConfig.__dataclass_fields__)
+
+
+class NoObservation(RuntimeError):
+    """No fresh observation: no engine connected, or it has been silent too long."""
+
+
+class EngineWorldError(ValueError):
+    """An engine world that cannot be made (bad spec, no engine within the wait)."""
+
+
+@dataclass
+class WorldObservation:
+    """What the loop reads each tick (duck type of ``control_loop.loop.Observation``)."""
+
+    text: str
+    taken_at: float  # time.monotonic() seconds when the bridge received it
+    episode: int = 0
+    data: dict[str, Any] | None = None
+    seq: int = -1
+    frame: int = -1
+
+
+def endpoint_from_spec(env: str) -> str:
+    """``engine:tcp://127.0.0.1:5555`` -> ``tcp://127.0.0.1:5555``; ``engine:`` -> the default."""
+    if not env.startswith(ENGINE_PREFIX):
+        raise EngineWorldError(f"{env!r} is not an engine spec (expected engine:tcp://HOST:PORT)")
+    endpoint = env[len(ENGINE_PREFIX):] or DEFAULT_ENDPOINT
+    if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+        raise EngineWorldError(f"{env!r}: the endpoint must be tcp://HOST:PORT (or ipc://PATH)")
+    return endpoint
+
+
+class EngineActuator:
+    """Actuator for the futures layer: send a call to the engine and wait for its result.
+
+    Returns the engine's result value (``CallOutcome``); raises ``EngineCallError`` for an error
+    result, a call the engine never acknowledged, a lost engine, or an illegal call."""
+
+    def __init__(self, bridge: EngineBridge, timeout_s: float = 5.0) -> None:
+        self.bridge = bridge
+        self.timeout_s = timeout_s
+
+    def __call__(self, call: Call) -> Any:
+        handle = self.bridge.send_call(call)
+        try:
+            return handle.result.result(timeout=self.timeout_s)
+        except TimeoutError:
+            raise EngineCallError("timeout", "actuator_timeout",
+                                  f"no result within {self.timeout_s} s") from None
+
+
+class _NoPhysics:
+    """The engine runs its own frame loop: there is no physics thread here to start or stop."""
+
+    physics_hz = None
+
+    def stop(self) -> None:
+        pass
+
+
+class EngineWorld:
+    """The engine behind a bridge, seen as a world by the control loop (see module docstring)."""
+
+    def __init__(self, bridge: EngineBridge, *, env_id: str, history_chars: int = 40,
+                 lane_timeout_s: float = 1.0, with_hands: bool = True) -> None:
+        hello = bridge.session.hello if bridge.session else None
+        if hello is None:
+            raise EngineWorldError("no engine connected: call bridge.wait_for_engine() first")
+        self.bridge = bridge
+        self.env_id = env_id
+        self.history_chars = history_chars
+        self.rt = _NoPhysics()
+        self._tools = [dict(t) for t in hello.tools]
+        self.specs = normalize_tools(self._tools)
+        self.engine_name = hello.engine
+        self.fallbacks: dict[str, int] = {}
+        self.observe_failures = 0
+        bridge.pin_tools(self._tools)
+        self.hands = self._make_hands(lane_timeout_s) if with_hands else None
+
+    def _make_hands(self, lane_timeout_s: float) -> Any:
+        from control_loop.futures.core import AsyncFC
+        from control_loop.futures.lanes import Lane
+
+        names = tuple(s.name for s in self.specs)
+        order = {s.name: list(s.param_names) for s in self.specs}
+        lane = Lane("engine", tools=names, policy="latest", timeout_complete_s=lane_timeout_s)
+        actuator = EngineActuator(self.bridge, timeout_s=lane_timeout_s + 1.0)
+        return AsyncFC([lane], {"engine": actuator}, param_order=order)
+
+    # ---- what the loop uses -----------------------------------------------------------------
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        return [dict(t) for t in self._tools]
+
+    def observe(self) -> WorldObservation:
+        """The newest fresh observation; raises NoObservation (never waits)."""
+        obs = self.bridge.latest_observation()
+        if obs is None:
+            self.observe_failures += 1
+            why = "no engine connected" if not self.bridge.connected else (
+                f"no observation from {self.engine_name} in the last "
+                f"{self.bridge.config.max_obs_age_ms:.0f} ms")
+            raise NoObservation(why)
+        return WorldObservation(text=self.bridge.observation_text(obs), taken_at=obs.received,
+                                episode=obs.episode, data=obs.values, seq=obs.seq, frame=obs.frame)
+
+    def fallback(self, kind: str) -> str:
+        """``hold`` (send nothing) or ``default``/``noop`` (send the engine's default call)."""
+        done = "hold"
+        sess = self.bridge.session
+        if kind in ("default", "noop") and sess is not None and sess.hello.default_call is not None:
+            self.bridge.send_call(Call.from_dict(sess.hello.default_call))
+            done = kind
+        self.fallbacks[done] = self.fallbacks.get(done, 0) + 1
+        return done
+
+    def apply_call(self, call: Any) -> Any:
+        """Send a call directly (used when the world has no hands); returns the ``EngineCall``."""
+        return self.bridge.send_call(call if isinstance(call, Call) else Call.from_dict(call))
+
+    def episodes_done(self) -> int:
+        return len(self.bridge.episodes)
+
+    def episodes(self) -> list[dict[str, Any]]:
+        """Episodes the engine reported finished: ``{"return", "length", "index", "reason", "session"}``."""
+        return [dict(e) for e in self.bridge.episodes]
+
+    def current_episode(self) -> dict[str, Any]:
+        obs = self.bridge.latest_observation(max_age_ms=float("inf"))
+        if obs is None:
+            return {"index": None, "return": None, "length": None}
+        return {"index": obs.episode, "return": obs.ret, "length": None, "frame": obs.frame}
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> EngineWorld:
+        return self  # the engine runs its own frame loop
+
+    def close(self) -> None:
+        try:
+            if self.hands is not None:
+                self.hands.shutdown(timeout_s=0.5)
+        finally:
+            self.bridge.close()
+
+    def describe(self) -> dict[str, Any]:
+        stats = self.bridge.stats()
+        out: dict[str, Any] = {
+            "env": self.env_id, "tools": [s.name for s in self.specs], "engine": stats["engine"],
+            "fallbacks": dict(self.fallbacks), "observe_failures": self.observe_failures,
+            "bridge": {k: stats[k] for k in ("endpoint", "counts", "errors_by_code", "ack_ms",
+                                             "result_ms", "ping_rtt_ms", "events")},
+        }
+        if self.hands is not None:
+            try:
+                m = self.hands.metrics()
+                out["hands"] = {k: m[k] for k in ("accepted", "finished", "in_flight", "states",
+                                                  "late_results", "balanced", "dispatch_us") if k in m}
+            except Exception:  # description is best effort
+                pass
+        return out
+
+
+def make_world(spec: Any, **kwargs: Any) -> EngineWorld:
+    """Bind the bridge named by ``spec`` (a ``control_loop.world.WorldSpec`` or an ``engine:...``
+    string), wait up to ``wait_s`` (env_kwargs, default 60 s) for an engine and return its world."""
+    if isinstance(spec, str):
+        env, env_kwargs, history_chars = spec, dict(kwargs), 40
+    else:
+        env = spec.env
+        env_kwargs = {**(spec.env_kwargs or {}), **kwargs}
+        history_chars = getattr(spec, "history_chars", 40)
+    unknown = sorted(set(env_kwargs) - set(WORLD_KWARGS))
+    if unknown:
+        raise EngineWorldError(f"{env}: unknown env_kwargs {unknown}; an engine world takes "
+                               f"{list(WORLD_KWARGS)}")
+    wait_s = float(env_kwargs.pop("wait_s", 60.0))
+    lane_timeout_s = float(env_kwargs.pop("lane_timeout_s", 1.0))
+    cfg = BridgeConfig(endpoint=endpoint_from_spec(env), **env_kwargs)
+    bridge = EngineBridge(cfg).start()
+    try:
+        bridge.wait_for_engine(timeout_s=wait_s)
+        return EngineWorld(bridge, env_id=env, history_chars=history_chars,
+                           lane_timeout_s=lane_timeout_s)
+    except TimeoutError as exc:
+        bridge.close()
+        raise EngineWorldError(f"{exc}: start the engine (it connects to {cfg.endpoint}), e.g. "
+                               "engines/build/tickcall-reference-engine --connect "
+                               f"{cfg.endpoint}") from None
+    except Exception:
+        bridge.close()
+        raise
+
+
+# --------------------------------------------------------------------------- lock-step driver
+
+
+@dataclass
+class LockstepRecord:
+    """One lock-step: the observation answered, the call sent (if any) and its engine outcome."""
+
+    step: int
+    seq: int
+    text: str
+    call: dict[str, Any] | None
+    state: str
+    code: str = ""
+    ack_ms: float | None = None
+
+
+@dataclass
+class LockstepResult:
+    records: list[LockstepRecord] = field(default_factory=list)
+    timeouts: int = 0
+
+    @property
+    def states(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.records:
+            out[r.state] = out.get(r.state, 0) + 1
+        return out
+
+
+def run_lockstep(bridge: EngineBridge, decide: Callable[[str], Call | Mapping[str, Any] | None],
+                 steps: int, *, obs_timeout_s: float = 5.0, result_timeout_s: float = 5.0
+                 ) -> LockstepResult:
+    """LOCK-STEP (deterministic tests and evaluation only). For each of ``steps`` steps: wait for the
+    engine's next observation, ask ``decide(text)`` for a call (None = no call), send it, wait for its
+    result, then release the engine with ``step``. With a deterministic ``decide`` and a seeded
+    engine, two runs give the same records."""
+    out = LockstepResult()
+    seq = -1
+    for k in range(steps):
+        obs = bridge.wait_observation(after_seq=seq, timeout_s=obs_timeout_s)
+        if obs is None:
+            out.timeouts += 1
+            break
+        seq = obs.seq
+        text = bridge.observation_text(obs)
+        call = decide(text)
+        if call is None:
+            out.records.append(LockstepRecord(k, seq, text, None, "no_call"))
+            bridge.step(seq, [])
+            continue
+        handle = bridge.send_call(call, tick=k, obs_seq=seq)
+        bridge.step(seq, [handle.id])
+        rec = LockstepRecord(k, seq, text, handle.call.to_dict(), "in_flight")
+        try:
+            outcome = handle.result.result(timeout=result_timeout_s)
+            rec.state, rec.ack_ms = "done", outcome.ack_ms
+        except EngineCallError as exc:
+            rec.state, rec.code = exc.state, exc.code
+        except TimeoutError:
+            rec.state, rec.code = "timeout", "lockstep_result_timeout"
+        out.records.append(rec)
+    return out
+
+
+def engine_kwargs_help() -> str:
+    """One line for CLI help: the env_kwargs an engine world takes."""
+    return ", ".join(WORLD_KWARGS)
