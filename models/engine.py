@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from models.assembly import assemble
+from models.assembly import Assembled, assemble
 from models.calls import Call
 from models.format import Template, Turn, get_template, heads_for
 from models.tools import ToolSpec, normalize_tools
@@ -139,7 +139,7 @@ class Engine(ABC):
         out = []
         for reg, raw in zip(regs, raws, strict=True):
             ta = time.perf_counter()
-            assembled = assemble(raw.texts, reg.tool_map, raw.unfinished)
+            assembled = self._assemble(reg, raw)
             assemble_ms = (time.perf_counter() - ta) * 1e3
             out.append(Decision(
                 call=assembled.call, legal=assembled.legal, reason=assembled.reason, heads=raw.texts,
@@ -159,6 +159,10 @@ class Engine(ABC):
         """Release model memory and any engine processes."""
 
     # ---- backend hooks ----------------------------------------------------------------------
+    def _assemble(self, reg: Registration, raw: RawHeads) -> Assembled:
+        """Heads -> call (strict SimpleTool rules). The autoregressive baseline parses JSON instead."""
+        return assemble(raw.texts, reg.tool_map, raw.unfinished)
+
     @abstractmethod
     def _build_prefix(self, reg: Registration) -> None:
         """Tokenise and prefill ``reg.prefix_text``; set ``reg.prefix_tokens`` and ``reg.state``."""

@@ -152,21 +152,16 @@ class HFEngine(Engine):
             for slot, r in enumerate(live):
                 tok = next_tok[slot]
                 generated[r].append(tok)
-                stop = (not forced and tok in stops[r]) or len(generated[r]) >= limits[r]
-                if stop:
-                    finished[r] = not forced and tok in stops[r]
-                    if forced:
-                        finished[r] = True
-                else:
+                # forced (benchmarks): exactly limits[r] tokens; otherwise a stop id or the budget
+                finished[r] = len(generated[r]) >= limits[r] if forced else tok in stops[r]
+                if not finished[r] and len(generated[r]) < limits[r]:
                     still.append(slot)
             if not still:
                 break
             if rb is None:
                 rb = self.lm.rows(contexts, tag_kvs, budget)
-                if len(still) < len(live):
-                    rb.keep(torch.tensor(still, device=self.lm.device))
-            elif len(still) < len(live):
-                rb.keep(torch.tensor(still, device=self.lm.device))
+            if len(still) < len(live):
+                rb.keep(still)
             live = [live[s] for s in still]
             tokens = torch.tensor([generated[r][-1] for r in live], device=self.lm.device)
             next_tok = self.lm.step(rb, tokens).argmax(-1).tolist()

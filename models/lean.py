@@ -2,17 +2,20 @@
 
 Why: a generic ``model(...)`` call costs milliseconds of Python and module overhead per step, which is
 the whole budget of a small model at 16 Hz (FIELD-NOTES). This module reads the weights out of a
-loaded transformers model once (fusing q/k/v and gate/up) and runs the decoder with plain tensor ops:
+loaded transformers model once (fusing q/k/v and gate/up) and runs the decoder with plain tensor ops.
 
-* ``prefill(ids, past, tags)``: run ``ids`` on top of a cached ``past`` (the static prefix) and, in the
-  same forward, one *tag* token per head, each attending to past + ids + itself only (a small tree
-  mask). Returns the tags' next-token logits, so each head's first token costs no extra step.
-* ``RowBatch`` + ``step(rows, tokens)``: greedy decode of many heads (rows) in one batch. Each row has
-  the shared context of its request (copied once per decide into the row buffer) and its own
-  generated tokens; rows of different requests (different context lengths) are masked.
+Attention is computed over *segments* that are never copied: the cached static prefix, this tick's
+suffix, and each head's own tokens. So a decide costs the same whether the tool prefix holds 2 tools
+or 64 (no per-tick copy of the prefix KV, no per-head copy of the shared context).
+
+* ``prefill(ids, past, tags)``: run ``ids`` on top of the cached ``past`` and, in the same forward, one
+  *tag* token per head, each attending to past + ids + itself only (a small tree mask). Returns the
+  tags' next-token logits, so each head's first token costs no extra step.
+* ``rows(...)`` + ``step(rows, tokens)``: greedy decode of many heads (rows) in one batch. Rows of one
+  request share its context segments; rows of several requests are grouped by request.
 
 Numerics follow the transformers implementations (RMSNorm in float32, rotate-half RoPE with the
-model's own ``inv_freq`` and ``attention_scaling``, SDPA with GQA); tests compare token for token
+model's own ``inv_freq`` and ``attention_scaling``, softmax in float32); tests compare token for token
 with the transformers model.
 """
 
@@ -25,7 +28,8 @@ import torch.nn.functional as F
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
 
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (K [kv, T, d], V [kv, T, d])
+Segment = tuple[torch.Tensor, torch.Tensor]  # (K [kv, L, d], V [kv, L, d])
+Context = list[list[Segment]]  # per layer: the segments a request's heads attend to
 
 
 @dataclass
@@ -52,6 +56,7 @@ class LeanLM:
         inner = model.model
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
+        self.group = self.n_heads // self.n_kv
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
         self.scaling = self.head_dim ** -0.5
@@ -68,16 +73,16 @@ class LeanLM:
         with torch.no_grad():
             for layer in inner.layers:
                 a, m = layer.self_attn, layer.mlp
-                biases = [p.bias for p in (a.q_proj, a.k_proj, a.v_proj)]
+                projs = (a.q_proj, a.k_proj, a.v_proj)
                 b_qkv = None
-                if any(b is not None for b in biases):
-                    b_qkv = torch.cat([b if b is not None else torch.zeros(p.out_features, dtype=self.dtype,
-                                                                            device=self.device)
-                                       for b, p in zip(biases, (a.q_proj, a.k_proj, a.v_proj), strict=True)])
+                if any(p.bias is not None for p in projs):
+                    b_qkv = torch.cat([p.bias if p.bias is not None else
+                                       torch.zeros(p.out_features, dtype=self.dtype, device=self.device)
+                                       for p in projs])
                 self.layers.append(_Layer(
                     ln1=layer.input_layernorm.weight.detach(),
                     ln2=layer.post_attention_layernorm.weight.detach(),
-                    w_qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
+                    w_qkv=torch.cat([p.weight for p in projs]).detach(),
                     b_qkv=b_qkv,
                     w_o=a.o_proj.weight.detach(),
                     w_gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach(),
@@ -112,18 +117,39 @@ class LeanLM:
         return x * cos + rot * sin
 
     def _qkv(self, lw: _Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """h [..., T, H] -> q [..., heads, T, d], k/v [..., kv, T, d] with RoPE applied."""
+        """h [B, T, H] -> q [B, kv, g, T, d], k/v [B, kv, T, d] with RoPE (cos/sin [B or 1, T, d])."""
         qkv = F.linear(h, lw.w_qkv, lw.b_qkv)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        lead = h.shape[:-1]
-        q = q.view(*lead, self.n_heads, self.head_dim)
-        k = k.view(*lead, self.n_kv, self.head_dim)
-        v = v.view(*lead, self.n_kv, self.head_dim)
+        b, t = h.shape[0], h.shape[1]
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, t, self.n_kv, self.head_dim)
+        v = v.view(b, t, self.n_kv, self.head_dim)
         if lw.q_norm is not None:
             q = self._rms(q, lw.q_norm)
             k = self._rms(k, lw.k_norm)
-        q, k, v = q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2)
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin), v
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [B, T, 1, d]
+        q = self._rotate(q, cos, sin).permute(0, 2, 1, 3)  # [B, heads, T, d]
+        k = self._rotate(k, cos, sin).permute(0, 2, 1, 3)  # [B, kv, T, d]
+        return q.reshape(b, self.n_kv, self.group, t, self.head_dim), k, v.permute(0, 2, 1, 3)
+
+    def _attend(self, q: torch.Tensor, shared: list[Segment], own: Segment,
+                own_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax attention of q [B, kv, g, T, d] over ``shared`` segments (K/V [kv, L, d], the same
+        for every row, never copied) and ``own`` K/V [B, kv, L2, d] (masked by ``own_mask`` [T, L2]).
+        Returns [B, T, heads*d]."""
+        scores = [torch.matmul(q, k.unsqueeze(-3).transpose(-1, -2)) for k, _ in shared]
+        s_own = torch.matmul(q, own[0].unsqueeze(2).transpose(-1, -2))
+        if own_mask is not None:
+            s_own = s_own.masked_fill(~own_mask, float("-inf"))
+        scores.append(s_own)
+        sizes = [s.shape[-1] for s in scores]
+        probs = torch.softmax(torch.cat(scores, dim=-1).float() * self.scaling, dim=-1).to(q.dtype)
+        parts = probs.split(sizes, dim=-1)
+        out = torch.matmul(parts[-1], own[1].unsqueeze(2))
+        for p, (_, v) in zip(parts[:-1], shared, strict=True):
+            out = out + torch.matmul(p, v.unsqueeze(-3))
+        b, _, _, t, _ = out.shape
+        return out.reshape(b, self.n_heads, t, self.head_dim).transpose(1, 2).reshape(b, t, self.q_size)
 
     def _mlp(self, lw: _Layer, x: torch.Tensor) -> torch.Tensor:
         gate, up = F.linear(self._rms(x, lw.ln2), lw.w_gate_up).split(self.inter, dim=-1)
@@ -134,122 +160,112 @@ class LeanLM:
 
     # ------------------------------------------------------------------ prefill
     @torch.inference_mode()
-    def prefill(self, ids: list[int], past: KV | None = None, tags: list[int] = (),
-                want_last: bool = False) -> tuple[KV, KV, torch.Tensor | None]:
+    def prefill(self, ids: list[int], past: Context | None = None, tags: list[int] = (),
+                want_last: bool = False) -> tuple[Context, list[Segment], torch.Tensor | None]:
         """Run ``ids`` after ``past`` plus one tree-masked tag token per head.
 
-        Returns (context KV = past + ids, tag KV [kv, n_tags, d] per layer, logits): logits are
-        [n_tags, V] for the tags, or [1, V] for the last id when ``want_last`` and there are no tags.
+        Returns (context = past segments + a segment for ``ids``, the tags' K/V per layer
+        ([kv, n_tags, d] each), logits): logits are [n_tags, V] for the tags, or [1, V] for the last id
+        when ``want_last`` and there are no tags.
         """
-        p = past[0][0].shape[1] if past else 0
+        p = sum(seg[0].shape[1] for seg in past[0]) if past else 0
         s, n = len(ids), len(tags)
-        tokens = torch.tensor(list(ids) + list(tags), dtype=torch.long, device=self.device)
+        tokens = torch.tensor([*ids, *tags], dtype=torch.long, device=self.device)
         self._rope_tables(p + s + 1)
         pos = torch.cat([torch.arange(p, p + s, device=self.device),
                          torch.full((n,), p + s, device=self.device, dtype=torch.long)])
-        cos, sin = self._cos[pos], self._sin[pos]
-        # mask [s+n, p+s+n]: suffix is causal over past+suffix; tag j sees past+suffix+itself.
-        total = p + s + n
-        mask = torch.zeros(s + n, total, dtype=torch.bool, device=self.device)
-        if s:
-            mask[:s, : p + s] = torch.ones(s, p + s, dtype=torch.bool, device=self.device).tril(p)
-        if n:
-            mask[s:, : p + s] = True
-            mask[s:, p + s:] = torch.eye(n, dtype=torch.bool, device=self.device)
-        x = F.embedding(tokens, self.embed)
-        ctx: KV = []
-        tag_kv: KV = []
+        cos, sin = self._cos[pos].unsqueeze(0), self._sin[pos].unsqueeze(0)
+        # own mask [s+n, s+n]: the ids are causal; tag j sees all ids and itself (past is always visible)
+        mask = torch.zeros(s + n, s + n, dtype=torch.bool, device=self.device)
+        mask[:, :s] = torch.ones(s + n, s, dtype=torch.bool, device=self.device).tril()
+        mask[s:, :s] = True
+        mask[s:, s:] = torch.eye(n, dtype=torch.bool, device=self.device)
+        x = F.embedding(tokens, self.embed).unsqueeze(0)  # [1, s+n, H]
+        ctx: Context = []
+        tag_kv: list[Segment] = []
         for i, lw in enumerate(self.layers):
-            h = self._rms(x, lw.ln1)
-            q, k, v = self._qkv(lw, h, cos, sin)  # q [heads, s+n, d], k/v [kv, s+n, d]
-            if past:
-                k_all = torch.cat([past[i][0], k], dim=1)
-                v_all = torch.cat([past[i][1], v], dim=1)
-            else:
-                k_all, v_all = k, v
-            att = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=self.scaling,
-                                                 enable_gqa=self.n_kv != self.n_heads)
-            x = x + F.linear(att.transpose(0, 1).reshape(s + n, self.q_size), lw.w_o)
+            q, k, v = self._qkv(lw, self._rms(x, lw.ln1), cos, sin)
+            shared = past[i] if past else []
+            att = self._attend(q, shared, (k, v), mask)
+            x = x + F.linear(att, lw.w_o)
             x = self._mlp(lw, x)
-            ctx.append((k_all[:, : p + s], v_all[:, : p + s]))
-            tag_kv.append((k[:, s:], v[:, s:]))
+            ctx.append([*shared, (k[0, :, :s], v[0, :, :s])] if s else list(shared))
+            tag_kv.append((k[0, :, s:], v[0, :, s:]))
         out = None
         if n:
-            out = self.logits(x[s:])
+            out = self.logits(x[0, s:])
         elif want_last and s:
-            out = self.logits(x[s - 1 : s])
+            out = self.logits(x[0, s - 1 : s])
         return ctx, tag_kv, out
 
     # ------------------------------------------------------------------ batched decode
-    def rows(self, contexts: list[KV], tag_kvs: list[KV], budget: int) -> RowBatch:
-        """Row buffers for all heads of all requests: context copied once, room for ``budget`` tokens."""
+    def rows(self, contexts: list[Context], tag_kvs: list[list[Segment]], budget: int) -> RowBatch:
+        """Own-token buffers for all heads of all requests, with room for ``budget`` tokens each."""
         return RowBatch(self, contexts, tag_kvs, budget)
 
     @torch.inference_mode()
     def step(self, rb: RowBatch, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per live row; returns next-token logits [rows, V]."""
         n = tokens.shape[0]
-        col = rb.lmax + rb.t
-        pos = rb.ctx_len + rb.t
+        t = rb.t
+        pos = rb.ctx_len + t
         self._rope_tables(int(pos.max()) + 1)
         cos, sin = self._cos[pos].unsqueeze(1), self._sin[pos].unsqueeze(1)  # [n, 1, d]
         x = F.embedding(tokens, self.embed).unsqueeze(1)  # [n, 1, H]
-        mask = rb.mask[:, None, None, : col + 1] if rb.mask is not None else None
-        if mask is not None:
-            rb.mask[:, col] = True
         for i, lw in enumerate(self.layers):
-            h = self._rms(x, lw.ln1)
-            q, k, v = self._qkv(lw, h, cos.unsqueeze(1), sin.unsqueeze(1))  # q [n, heads, 1, d]
-            kb, vb = rb.k[i], rb.v[i]
-            kb[:, :, col] = k[:, :, 0]
-            vb[:, :, col] = v[:, :, 0]
-            att = F.scaled_dot_product_attention(q, kb[:, :, : col + 1], vb[:, :, : col + 1], attn_mask=mask,
-                                                 scale=self.scaling, enable_gqa=self.n_kv != self.n_heads)
-            x = x + F.linear(att.transpose(1, 2).reshape(n, 1, self.q_size), lw.w_o)
+            q, k, v = self._qkv(lw, self._rms(x, lw.ln1), cos, sin)
+            rb.k[i][:, :, t] = k[:, :, 0]
+            rb.v[i][:, :, t] = v[:, :, 0]
+            own_k, own_v = rb.k[i][:, :, : t + 1], rb.v[i][:, :, : t + 1]
+            if len(rb.groups) == 1:
+                att = self._attend(q, rb.contexts[rb.groups[0][0]][i], (own_k, own_v))
+            else:
+                att = torch.cat([self._attend(q[a:b], rb.contexts[item][i], (own_k[a:b], own_v[a:b]))
+                                 for item, a, b in rb.groups])
+            x = x + F.linear(att, lw.w_o)
             x = self._mlp(lw, x)
         rb.t += 1
         return self.logits(x[:, 0])
 
 
 class RowBatch:
-    """Per-row KV buffers ``[rows, kv, lmax + budget, d]``: context at ``[0:len)``, own tokens from
-    ``lmax`` on. ``keep(idx)`` drops finished rows (their buffers leave the batch)."""
+    """Per-row buffers of the heads' own tokens ``[rows, kv, budget + 1, d]`` (the tag at index 0).
 
-    def __init__(self, lm: LeanLM, contexts: list[KV], tag_kvs: list[KV], budget: int) -> None:
-        lens = [c[0][0].shape[1] for c in contexts]
-        counts = [t[0][0].shape[1] for t in tag_kvs]
-        self.lmax = max(lens)
+    Rows are ordered by request; ``groups`` lists (request, first row, end row). ``keep(idx)`` drops
+    finished rows (their buffers leave the batch)."""
+
+    def __init__(self, lm: LeanLM, contexts: list[Context], tag_kvs: list[list[Segment]], budget: int) -> None:
+        self.contexts = contexts
+        counts = [tk[0][0].shape[1] for tk in tag_kvs]
         n = sum(counts)
-        width = self.lmax + budget + 1
-        dev, dt = lm.device, lm.dtype
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
-        uniform = len(set(lens)) == 1
         for li in range(len(lm.layers)):
-            kb = torch.zeros(n, lm.n_kv, width, lm.head_dim, dtype=dt, device=dev)
-            vb = torch.zeros_like(kb)
-            r = 0
-            for ctx, tag, ln, c in zip(contexts, tag_kvs, lens, counts, strict=True):
-                kb[r : r + c, :, :ln] = ctx[li][0]
-                vb[r : r + c, :, :ln] = ctx[li][1]
-                kb[r : r + c, :, self.lmax] = tag[li][0].transpose(0, 1)
-                vb[r : r + c, :, self.lmax] = tag[li][1].transpose(0, 1)
-                r += c
+            kb = torch.empty(n, lm.n_kv, budget + 1, lm.head_dim, dtype=lm.dtype, device=lm.device)
+            vb = torch.empty_like(kb)
+            kb[:, :, 0] = torch.cat([tk[li][0].transpose(0, 1) for tk in tag_kvs])
+            vb[:, :, 0] = torch.cat([tk[li][1].transpose(0, 1) for tk in tag_kvs])
             self.k.append(kb)
             self.v.append(vb)
-        self.ctx_len = torch.tensor([ln for ln, c in zip(lens, counts, strict=True) for _ in range(c)],
-                                    device=dev)
-        self.mask: torch.Tensor | None = None
-        if not uniform:
-            self.mask = torch.zeros(n, width, dtype=torch.bool, device=dev)
-            for r, ln in enumerate(self.ctx_len.tolist()):
-                self.mask[r, :ln] = True
-            self.mask[:, self.lmax] = True
+        lens = [sum(seg[0].shape[1] for seg in ctx[0]) for ctx in contexts]
+        self.row_item = [i for i, c in enumerate(counts) for _ in range(c)]
+        self.ctx_len = torch.tensor([lens[i] for i in self.row_item], device=lm.device)
+        self.groups = self._groups()
         self.t = 1  # the tag token (own position 0) is already in the buffer
 
-    def keep(self, idx: torch.Tensor) -> None:
-        self.k = [b.index_select(0, idx) for b in self.k]
-        self.v = [b.index_select(0, idx) for b in self.v]
-        self.ctx_len = self.ctx_len.index_select(0, idx)
-        if self.mask is not None:
-            self.mask = self.mask.index_select(0, idx)
+    def _groups(self) -> list[tuple[int, int, int]]:
+        groups: list[tuple[int, int, int]] = []
+        for r, item in enumerate(self.row_item):
+            if groups and groups[-1][0] == item:
+                groups[-1] = (item, groups[-1][1], r + 1)
+            else:
+                groups.append((item, r, r + 1))
+        return groups
+
+    def keep(self, idx: list[int]) -> None:
+        index = torch.tensor(idx, device=self.ctx_len.device)
+        self.k = [b.index_select(0, index) for b in self.k]
+        self.v = [b.index_select(0, index) for b in self.v]
+        self.ctx_len = self.ctx_len.index_select(0, index)
+        self.row_item = [self.row_item[i] for i in idx]
+        self.groups = self._groups()
