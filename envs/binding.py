@@ -274,7 +274,8 @@ def _noop_from_entry(space: Any, noop: Any) -> Any:
 
 def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = None,
                  obs_names: tuple[str, ...] | None = None, entry: EnvEntry | None = None,
-                 render_mode: str | None = None, **env_kwargs: Any) -> EnvBinding:
+                 obs_formatter: Callable[[Any], str] | None = None, render_mode: str | None = None,
+                 **env_kwargs: Any) -> EnvBinding:
     """Bind an env id (``"CartPole-v1"``, ``"tickcall/Arena-v0"``) or an env instance.
 
     Args:
@@ -283,6 +284,7 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
         precision: decimals in the observation text (default from the catalog, else 3).
         obs_names: names for the observation entries (default from the catalog).
         entry: override the catalog entry (tool name, parameter names, labels, ...).
+        obs_formatter: ``obs -> str`` replacing the default text (e.g. features of an image).
         render_mode, env_kwargs: passed to ``gymnasium.make`` when ``env`` is an id.
     """
     import gymnasium as gym
@@ -302,16 +304,16 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
     if hasattr(raw, "tickcall_tools"):
         tools = raw.tickcall_tools()
         specs = normalize_tools(tools)
-        fmt = raw.obs_text if precision is None and obs_names is None else ObsFormatter(
-            names=obs_names, precision=3 if precision is None else precision)
+        fmt = obs_formatter or (raw.obs_text if precision is None and obs_names is None else ObsFormatter(
+            names=obs_names, precision=3 if precision is None else precision))
         return EnvBinding(env=env, env_id=env_id, tools=tools, specs=specs, obs_formatter=fmt,
                           on_invalid=on_invalid, adapter=None, env_kwargs=env_kwargs,
                           _noop=raw.noop_action())
     e = entry or entry_for(env_id)
     adapter = SpaceAdapter(env.action_space, name=e.tool, description=e.description,
                            param_names=e.param_names, labels=e.labels)
-    fmt = ObsFormatter(names=obs_names or e.obs_names,
-                       precision=e.precision if precision is None else precision)
+    fmt = obs_formatter or ObsFormatter(names=obs_names or e.obs_names,
+                                        precision=e.precision if precision is None else precision)
     return EnvBinding(env=env, env_id=env_id, tools=[adapter.tool], specs=[adapter.spec],
                       obs_formatter=fmt, on_invalid=on_invalid, adapter=adapter, env_kwargs=env_kwargs,
                       _noop=_noop_from_entry(env.action_space, e.noop))

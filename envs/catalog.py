@@ -50,6 +50,13 @@ CATALOG: dict[str, EnvEntry] = {
         tool="engine", description="Fire one engine for this step (or none).",
         param_names=("fire",), labels=("none", "left", "main", "right"),
         obs_names=("x", "y", "vx", "vy", "a", "w", "l", "r"), precision=2, noop=0),
+    "LunarLanderContinuous-v3": EnvEntry(
+        tool="engines", description="Main engine (-1..1, on above 0) and side engines (-1 left .. 1 right).",
+        param_names=("main", "lateral"), obs_names=("x", "y", "vx", "vy", "a", "w", "l", "r"),
+        precision=2, noop=0.0),
+    "BipedalWalker-v3": EnvEntry(
+        tool="motors", description="Torques of the four joints, -1 to 1.",
+        param_names=("hip1", "knee1", "hip2", "knee2"), precision=2, noop=0.0),
 }
 
 

@@ -42,17 +42,23 @@ class ObsFormatter:
         precision: decimals for floats (integer-typed entries print without decimals).
         signed: write an explicit ``+`` on non-negative numbers.
         units: optional unit suffix per name (``{"angle": "rad"}`` -> ``angle=+0.100rad``).
+        max_values: refuse observations with more values than this (images are not text).
     """
 
     names: Sequence[str] | None = None
     precision: int = 3
     signed: bool = True
     units: Mapping[str, str] = field(default_factory=dict)
+    max_values: int = 64
 
     def pairs(self, obs: Any) -> list[tuple[str, str]]:
         """The (name, formatted value) pairs of an observation."""
         flat: list[tuple[str, Any, bool]] = []
         _flatten("", obs, flat)
+        if len(flat) > self.max_values:
+            raise ValueError(f"the observation has {len(flat)} values; the per-tick text needs a small "
+                             f"vector (at most {self.max_values}): give make_binding an obs_formatter "
+                             "(or wrap the env to extract features), or raise max_values")
         if self.names is not None:
             if len(self.names) != len(flat):
                 raise ValueError(f"{len(self.names)} observation names for {len(flat)} values")

@@ -173,3 +173,26 @@ def test_expert_calls_use_the_bindings_tools():
         call = get_expert(env_id, b).act(obs)
         specs = {s.name: s for s in normalize_tools(b.tools)}
         assert validate_arguments(specs[call.name], call.arguments) is None
+
+
+@pytest.mark.parametrize("env_id", ["Acrobot-v1", "MountainCar-v0", "LunarLanderContinuous-v3",
+                                    "BipedalWalker-v3", "Blackjack-v1", "FrozenLake-v1", "Taxi-v4"])
+def test_any_registered_env_gets_tools_text_and_legal_random_calls(env_id):
+    b = make_binding(env_id)
+    obs, _ = b.env.reset(seed=0)
+    assert 0 < len(b.obs_text(obs)) < 300
+    for i in range(3):
+        res = b.call_to_action(b.random_call(i))
+        assert res.status == "ok" and b.env.action_space.contains(res.action)
+        b.env.step(res.action)
+    b.env.close()
+
+
+def test_image_observations_need_a_formatter():
+    b = make_binding("CarRacing-v3")
+    obs, _ = b.env.reset(seed=0)
+    with pytest.raises(ValueError, match="obs_formatter"):
+        b.obs_text(obs)
+    b2 = make_binding("CarRacing-v3", obs_formatter=lambda o: f"mean={o.mean():.1f}")
+    assert b2.obs_text(obs).startswith("mean=")
+    assert b2.specs[0].param_names == ("a0", "a1", "a2")
