@@ -31,8 +31,13 @@ class LoopActor:
     def __init__(self, settings: dict[str, Any], world: dict[str, Any], endpoint: str,
                  client_timeout_ms: float = 5000.0, register_timeout_ms: float = 120000.0,
                  curve: dict[str, Any] | None = None) -> None:
+        import sys
+
         from agent.client import PolicyClient
 
+        # A thread woken by its deadline waits for the GIL at most this long (default 5 ms): the physics
+        # thread and the actuator lanes share this process with the loop.
+        sys.setswitchinterval(0.001)
         self.settings = LoopSettings(**settings)
         self.world_spec = WorldSpec(**world)
         self.world = make_world(self.world_spec)
@@ -74,6 +79,7 @@ class LoopActor:
             "stray_replies": result.stray_replies,
             "warnings": result.warnings,
             "stopped": result.stopped,
+            "priority": result.priority,
             "episodes": self.world.episodes(),
             "current_episode": self.world.current_episode(),
             "world": world,

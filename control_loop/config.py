@@ -64,6 +64,7 @@ class RunConfig:
     plots: bool = True
     progress: bool = True
     warn_interval_s: float = 5.0
+    rt_priority: int | None = None            # SCHED_FIFO priority 1-99 for the loop thread (Linux)
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -202,6 +203,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     c.plots = _bool(c.plots, "plots")
     c.progress = _bool(c.progress, "progress")
     c.warn_interval_s = _num(c.warn_interval_s, "warn_interval_s", lo=0, unit="s")
+    c.rt_priority = _int(c.rt_priority, "rt_priority", lo=1, allow_none=True)
+    if c.rt_priority is not None and c.rt_priority > 99:
+        raise ConfigError(f"rt_priority: must be 1..99 (SCHED_FIFO), got {c.rt_priority}")
     return c
 
 
