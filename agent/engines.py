@@ -6,7 +6,8 @@
 Two optional keys make a *test stand-in* around any engine (never used for real decisions; tests and
 benchmarks that use them say so): ``batch_delay_ms`` sleeps that long once per ``decide_batch`` call
 (a decode whose cost is per batch, not per request, as a memory-bound decode step is), and
-``fail_on_query`` makes the engine raise ``EngineError`` for any turn whose query contains that text.
+``fail_on_query`` makes the engine raise ``EngineError`` for any turn whose query contains that text;
+``load_delay_ms`` sleeps once while building the engine (a slow model load, e.g. across a restart).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 INJECT_KEYS = ("batch_delay_ms", "fail_on_query")
+LOAD_DELAY_KEY = "load_delay_ms"
 
 
 class InjectedEngine:
@@ -53,6 +55,9 @@ def build_engine(spec: dict[str, Any] | None) -> Any:
     """An engine from its spec (see module docstring). Raises ValueError for an unusable spec."""
     spec = dict(spec or {"backend": "noop"})
     inject = {k: spec.pop(k) for k in INJECT_KEYS if k in spec}
+    load_delay_ms = float(spec.pop(LOAD_DELAY_KEY, 0) or 0)
+    if load_delay_ms > 0:
+        time.sleep(load_delay_ms / 1e3)
     backend = spec.get("backend", "noop")
     if backend == "noop":
         from models.engine import NoOpEngine
