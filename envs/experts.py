@@ -94,7 +94,8 @@ def pendulum_action(obs: Any) -> np.ndarray:
         # pump energy until the swing would reach the top (energy 0 = at rest upright), then damp
         energy = w * w / 3.0 + 10.0 * (c - 1.0)
         u = 2.0 * float(np.sign(w)) if energy < 0 else -0.5 * w
-    return np.array([float(np.clip(u, -2.0, 2.0))], dtype=np.float32)
+    # one decimal: a short, learnable argument ("torque(value=-1.3)")
+    return np.array([round(float(np.clip(u, -2.0, 2.0)), 1)], dtype=np.float32)
 
 
 def lunar_lander_action(env: Any) -> Callable[[Any], int]:

@@ -106,11 +106,22 @@ class _IntCodec:
         return min(max(i, self.lo), self.hi), True
 
 
-class _NumCodec:
-    """One number in [lo, hi] (bounds may be infinite); ``integer`` for integer-dtype Boxes."""
+def _shortest(x: float, dtype: Any) -> float:
+    """The shortest decimal that names the same ``dtype`` value (``float32(0.73)`` -> ``0.73``, not
+    ``0.7300000190734863``), so texts stay short and still round-trip exactly."""
+    if dtype is None or np.dtype(dtype) == np.float64 or not np.isfinite(x):
+        return float(x)
+    return float(str(np.dtype(dtype).type(x)))
 
-    def __init__(self, lo: float, hi: float, integer: bool) -> None:
-        self.lo, self.hi, self.integer = lo, hi, integer
+
+class _NumCodec:
+    """One number in [lo, hi] (bounds may be infinite); ``integer`` for integer-dtype Boxes.
+
+    Numbers of a float32 Box are written with their shortest float32 decimal (see ``_shortest``)."""
+
+    def __init__(self, lo: float, hi: float, integer: bool, dtype: Any = None) -> None:
+        self.integer, self.dtype = integer, dtype
+        self.lo, self.hi = _shortest(lo, dtype), _shortest(hi, dtype)
 
     def schema(self) -> dict[str, Any]:
         s: dict[str, Any] = {"type": "integer" if self.integer else "number"}
@@ -121,7 +132,7 @@ class _NumCodec:
         return s
 
     def encode(self, x: Any) -> Any:
-        return int(x) if self.integer else float(x)
+        return int(x) if self.integer else _shortest(x, self.dtype)
 
     def decode(self, value: Any, clip: bool, where: str) -> tuple[float | int, bool]:
         v = _as_int(value, where) if self.integer else float(_as_number(value, where))
@@ -204,7 +215,8 @@ class _BoxCodec(_ArrayCodec):
         low = np.asarray(space.low, dtype=np.float64).reshape(-1)
         high = np.asarray(space.high, dtype=np.float64).reshape(-1)
         integer = np.issubdtype(space.dtype, np.integer)
-        items = [_NumCodec(lo, hi, integer) for lo, hi in zip(low, high, strict=True)]
+        dtype = None if integer else space.dtype
+        items = [_NumCodec(lo, hi, integer, dtype) for lo, hi in zip(low, high, strict=True)]
         super().__init__(items, tuple(space.shape), space.dtype, scalar=(low.size == 1))
         self.space = space
 

@@ -167,3 +167,25 @@ def test_human_render_through_pygame_headless(monkeypatch):
     assert env._window is not None
     env.close()
     assert env._window is None
+
+
+def test_expert_call_is_a_function_of_the_observation_text():
+    """Learnability: states that read the same never get different expert calls (a student that reads
+    the text can match the expert exactly). States come from expert rollouts mixed with random calls."""
+    from collections import defaultdict
+
+    b = make_binding("tickcall/Arena-v0", max_steps=150)
+    expert, rand = ArenaExpert(), RandomPolicy(b, seed=1)
+    rng = np.random.default_rng(0)
+    seen: dict[str, set] = defaultdict(set)
+    for seed in range(8):
+        obs, _ = b.env.reset(seed=seed)
+        done = False
+        while not done:
+            call = expert.act(obs)
+            seen[b.obs_text(obs)].add((call.name, tuple(call.arguments.items())))
+            taken = call if rng.random() > 0.3 else rand.act(obs)
+            obs, _, term, trunc, _ = b.env.step(b.to_action(taken))
+            done = term or trunc
+    assert len(seen) > 500
+    assert all(len(calls) == 1 for calls in seen.values())

@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="episode length override for envs that take max_steps (the Arena)")
     parser.add_argument("--json", dest="json_path", default=None, help="write the report(s) here")
+    parser.add_argument("--describe", action="store_true",
+                        help="print the env's tools, a sample observation text and an expert call; run nothing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if bad or not kinds:
         raise SystemExit(f"tickcall eval: unknown policy {bad or kinds}; use expert, random or model")
     env_kwargs = {"max_steps": args.max_steps} if args.max_steps else {}
+    if args.describe:
+        return _describe(args.env, env_kwargs, args.seed)
     reports = []
     for kind in kinds:
         try:
@@ -77,3 +81,24 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json_path, "w") as fh:
             json.dump(data, fh, indent=1)
     return 0 if all(r.complete for r in reports) else 1
+
+
+def _describe(env_id: str, env_kwargs: dict, seed: int) -> int:
+    from envs.binding import make_binding
+    from envs.experts import EXPERTS, get_expert
+    from envs.policies import render_history
+
+    try:
+        b = make_binding(env_id, **env_kwargs)
+    except Exception as exc:  # an unknown id, a missing extra (box2d, mujoco)
+        raise SystemExit(f"tickcall eval: cannot make {env_id!r}: {exc}") from None
+    obs, _ = b.env.reset(seed=seed)
+    print(f"env: {env_id}   physics: {b.physics_hz:g} Hz   hold at 16 Hz: {b.hold} step(s)")
+    print("tools:")
+    for t in b.tools:
+        print("  " + json.dumps(t, ensure_ascii=False))
+    print(f"observation text: {b.obs_text(obs)}")
+    print(f"default call: {render_history(b, [b.default_call()])[0]}")
+    if env_id in EXPERTS:
+        print(f"expert call:  {render_history(b, [get_expert(env_id, b).act(obs)])[0]}")
+    return 0
