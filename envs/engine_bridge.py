@@ -277,7 +277,7 @@ class EngineBridge:
         self.counts: dict[str, int] = {k: 0 for k in (
             "calls", "done", "failed", "rejected", "lost", "timeout", "late_replies",
             "obs_received", "obs_replaced", "obs_taken", "obs_stale_queries",
-            "errors_sent", "errors_suppressed", "send_failures", "sessions", "sessions_lost",
+            "errors_sent", "errors_suppressed", "send_failures", "sessions", "sessions_lost", "rehellos",
             "pings_sent", "pongs_received", "episodes", "steps_sent")}
         self.errors_by_code: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
@@ -719,6 +719,17 @@ class EngineBridge:
         now = time.monotonic()
         with self._lock:
             old = self._session
+            if (old is not None and old.peer == peer and old.id == hello.session
+                    and old.tools == tools):
+                # the same engine session saying hello again (it missed our welcome or thought we
+                # were gone): idempotent, the session and its calls go on
+                old.hello = hello
+                old.last_seen = now
+                self.counts["rehellos"] += 1
+                old = None
+                keep = True
+            else:
+                keep = False
             if old is not None:
                 restarted = old.id != hello.session
                 self._event("engine_restarted" if restarted else "engine_rehello",
@@ -729,13 +740,14 @@ class EngineBridge:
                     err = ProtocolError("superseded", f"engine session {hello.session!r} "
                                         f"({hello.engine}) replaced this one", fatal=True)
                     self._reply_error(router, old.peer, err)
-            self._session = Session(peer=peer, hello=hello, tools=tools, started=now, last_seen=now,
-                                    last_ping=now)
-            self._taken_seq = -1
-            self.counts["sessions"] += 1
-            self._event("engine_connected", engine=hello.engine, session=hello.session,
-                        tools=[t.name for t in tools], lockstep=hello.lockstep)
-            self._obs_cond.notify_all()
+            if not keep:
+                self._session = Session(peer=peer, hello=hello, tools=tools, started=now,
+                                        last_seen=now, last_ping=now)
+                self._taken_seq = -1
+                self.counts["sessions"] += 1
+                self._event("engine_connected", engine=hello.engine, session=hello.session,
+                            tools=[t.name for t in tools], lockstep=hello.lockstep)
+                self._obs_cond.notify_all()
         self._send(router, peer, encode(welcome_message(
             epoch=self.epoch, session=hello.session, heartbeat_ms=self.config.heartbeat_ms,
             max_msg_bytes=self.config.max_msg_bytes, tools=[t.name for t in tools],

@@ -259,10 +259,8 @@ private:
                                      {"observation", obs}, {"frame_hz", opt_.frame_hz},
                                      {"heartbeat_ms", opt_.heartbeat_ms}, {"lockstep", opt_.lockstep},
                                      {"default_call", game_->default_call()}});
-        if (send(hello)) {  // not sent (no connection yet): retried on the next frame
-            ++hellos_;
-            last_hello_ = Clock::now();
-        }
+        last_hello_ = Clock::now();
+        if (send(hello)) ++hellos_;  // not sent (no connection yet): heartbeat() retries in 100 ms
     }
 
     void handle(const Value& msg) {
@@ -356,7 +354,7 @@ private:
             ++lost_;
             log_event("tickcall_lost", Value::object());
         }
-        if (!welcomed_ && now - last_hello_ >= std::chrono::milliseconds(250)) send_hello();
+        if (!welcomed_ && now - last_hello_ >= std::chrono::milliseconds(100)) send_hello();
     }
 
     // ---- game --------------------------------------------------------------------------------------------
