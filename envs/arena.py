@@ -207,6 +207,15 @@ class ArenaEnv(gym.Env):
                 p[i] = np.clip(p[i], 0.5, self.size - 0.5)
         self.tpos = p
 
+    def perturb(self, rng: Any, scale: float = 1.0) -> None:
+        """Nudge the state (dataset diversity for training): jitter the agent and the target by about
+        ``scale`` units and, with probability ``scale / 2``, point the gun somewhere random. The next
+        ``step`` observes the nudged state. ``rng``: a numpy Generator."""
+        self.pos = np.clip(self.pos + rng.normal(0.0, scale, size=2), 0.0, self.size)
+        self.tpos = np.clip(self.tpos + rng.normal(0.0, 0.5 * scale, size=2), 0.5, self.size - 0.5)
+        if rng.random() < 0.5 * scale:
+            self.aim = int(rng.integers(0, 8))
+
     # ---- tickcall: semantic tools and text -----------------------------------------------------
     def tickcall_tools(self) -> list[dict[str, Any]]:
         """The env's own tools (OpenAI-style dicts), in prompt order."""

@@ -189,3 +189,14 @@ def test_expert_call_is_a_function_of_the_observation_text():
             done = term or trunc
     assert len(seen) > 500
     assert all(len(calls) == 1 for calls in seen.values())
+
+
+def test_perturb_nudges_the_state_within_the_arena():
+    env = ArenaEnv()
+    env.reset(seed=0)
+    before = (env.pos.copy(), env.tpos.copy())
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        env.perturb(rng, 2.0)
+        assert env.observation_space.contains(env.step(env.noop_action())[0])
+    assert not np.array_equal(before[0], env.pos) and not np.array_equal(before[1], env.tpos)
