@@ -206,7 +206,6 @@ class LeanLM:
     @torch.inference_mode()
     def step(self, rb: RowBatch, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per live row; returns next-token logits [rows, V]."""
-        n = tokens.shape[0]
         t = rb.t
         pos = rb.ctx_len + t
         self._rope_tables(int(pos.max()) + 1)
