@@ -158,3 +158,26 @@ def test_tokenizer_without_simpletool_tokens_is_refused(tmp_path):
                                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     with pytest.raises(TokenizerFormatError, match="single tokens"):
         check_special_tokens(PreTrainedTokenizerFast(tokenizer_object=plain))
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_other_architectures_match_transformers(tiny_model_path, tmp_path, arena_tools, arch):
+    """The lean loop reads Qwen3 (q/k norms, no qkv bias) and Llama (GQA, no bias) weights correctly."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
+                  tie_word_embeddings=False, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    torch.manual_seed(1)
+    if arch == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    engine = HFEngine(tmp_path, device="cpu", max_new_tokens=6)
+    assert engine.model.config.model_type == arch
+    reg = engine.register(arena_tools)
+    for turn in TURNS[:2]:
+        assert_equivalent(engine, reg, turn, engine.decide(reg.handle, turn))
