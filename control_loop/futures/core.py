@@ -330,7 +330,8 @@ class AsyncFC:
         """
         deadline = time.monotonic() + timeout_s
         with self._lock:
-            while any(rt.startable() or rt.invoking for rt in self._lanes.values()):
+            while any(rt.startable() or rt.invoking or (not rt.up and not self._closing)
+                      for rt in self._lanes.values()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
