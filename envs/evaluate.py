@@ -54,6 +54,7 @@ class EvalReport:
     ticks: dict[str, int] = field(default_factory=dict)
     episode_info: dict[str, float] = field(default_factory=dict)
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    illegal_reasons: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
     complete: bool = True
 
@@ -130,7 +131,8 @@ def evaluate(env: str | EnvBinding, policy: Any = "expert", *, episodes: int = 5
         legal_rate=legal / decisions if decisions else 0.0, physics_hz=rt.physics_hz,
         rate_hz=rate, hold=hold_used, delay_ms=delay_ms, decision_ms=_percentiles(dec_ms),
         ticks=ticks, episode_info={k: float(np.mean([e.info.get(k, 0) for e in eps])) for k in info_keys},
-        reject_reasons=dict(binding.reasons.most_common(5)), wall_s=wall,
+        reject_reasons=dict(binding.reasons.most_common(5)),
+        illegal_reasons=dict(pol.reasons.most_common(5)) if hasattr(pol, "reasons") else {}, wall_s=wall,
         complete=len(eps) >= episodes)
 
 

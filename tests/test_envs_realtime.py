@@ -224,3 +224,16 @@ def test_eval_model_policy_reports_legal_rate():
 def test_eval_rejects_unknown_policy():
     with pytest.raises(SystemExit, match="unknown policy"):
         cli_main(["eval", "--env", "CartPole-v1", "--policy", "genius"])
+
+
+@pytest.mark.slow
+def test_eval_with_a_real_transformers_engine(tiny_model_path):
+    """The whole model path (engine registration, heads, strict assembly, binding) on a tiny random
+    model: its calls are mostly illegal, and every decision is accounted for either way."""
+    rep = evaluate("tickcall/Arena-v0", "model", model=str(tiny_model_path), episodes=1,
+                   env_kwargs={"max_steps": 3})
+    assert rep.decisions == 3 and rep.legal + rep.rejected == 3
+    assert rep.legal_rate == rep.legal / 3
+    assert set(rep.decision_ms) >= {"p50", "p90"}
+    if rep.legal < 3:
+        assert rep.illegal_reasons

@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         except (KeyError, ValueError) as exc:
             raise SystemExit(f"tickcall eval: {exc}") from None
         reports.append(rep)
+        if rep.illegal_reasons:
+            print(f"# {kind}: illegal model calls: {rep.illegal_reasons}", file=sys.stderr)
         if rep.reject_reasons:
             print(f"# {kind}: rejected calls: {rep.reject_reasons}", file=sys.stderr)
     print(format_table(reports))
