@@ -389,18 +389,25 @@ def bye_message(reason: str) -> dict[str, Any]:
 
 
 def render_values(values: Mapping[str, Any], spec: ObsSpec) -> str:
-    """``name=value`` pairs in the declared field order: numbers with a sign and the field's
-    precision (``x=+0.012``), bools as true/false, strings raw; units are in the hello, not here
-    (the per-tick text is prefilled every tick, so it stays short)."""
+    """``name=value`` pairs in the declared field order; units are in the hello, not here (the
+    per-tick text is prefilled every tick, so it stays short).
+
+    Numbers: the field's ``precision`` decides, never the msgpack type (msgpack-c >= 4 writes an
+    integral double such as 5.0 as an int): precision > 0 -> an explicit sign and that many decimals
+    (``x=+0.012``, ``-0.000`` printed ``+0.000``); precision 0 -> a plain integer (``cd=3``). Bools
+    ``true``/``false``; strings as they are."""
     parts = []
     for f in spec.fields:
         value = values[f.name]
         if isinstance(value, bool):
             text = "true" if value else "false"
-        elif isinstance(value, int):
-            text = str(value)
-        elif isinstance(value, float):
-            text = f"{value:+.{f.precision}f}"
+        elif isinstance(value, int | float):
+            if f.precision == 0:
+                text = str(int(round(value)))
+            else:
+                text = f"{value:+.{f.precision}f}"
+                if text.lstrip("+-").strip("0.") == "":
+                    text = "+" + text.lstrip("+-")
         else:
             text = str(value)
         parts.append(f"{f.name}={text}")

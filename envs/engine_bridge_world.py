@@ -24,6 +24,7 @@ Units: ``*_s`` seconds, ``*_ms`` milliseconds, ``taken_at`` on ``time.monotonic`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,7 +222,12 @@ def make_world(spec: Any, **kwargs: Any) -> EngineWorld:
     cfg = BridgeConfig(endpoint=endpoint_from_spec(env), **env_kwargs)
     bridge = EngineBridge(cfg).start()
     try:
+        t0 = time.monotonic()
         bridge.wait_for_engine(timeout_s=wait_s)
+        # the first tick must find an observation: wait for the engine's first one too
+        if bridge.wait_observation(after_seq=-1, timeout_s=max(0.0, wait_s - (time.monotonic() - t0))) is None:
+            raise TimeoutError(f"the engine on {cfg.endpoint} said hello but sent no observation "
+                               f"within {wait_s} s")
         return EngineWorld(bridge, env_id=env, history_chars=history_chars,
                            lane_timeout_s=lane_timeout_s)
     except TimeoutError as exc:

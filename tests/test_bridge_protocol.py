@@ -114,9 +114,10 @@ def test_ack_result_episode():
 
 def test_render_values_in_declared_order():
     spec = ObsSpec(format="values", fields=(ObsField("y", precision=1), ObsField("x"),
-                                            ObsField("aim"), ObsField("n"), ObsField("ok")))
-    text = render_values({"x": -0.0123, "y": 2.0, "aim": "NE", "n": 3, "ok": True}, spec)
-    assert text == "y=+2.0 x=-0.012 aim=NE n=3 ok=true"
+                                            ObsField("aim"), ObsField("n", precision=0), ObsField("ok"),
+                                            ObsField("z")))
+    text = render_values({"x": -0.0123, "y": 2, "aim": "NE", "n": 3.0, "ok": True, "z": -0.0001}, spec)
+    assert text == "y=+2.0 x=-0.012 aim=NE n=3 ok=true z=+0.000"  # ints and floats alike
 
 
 def test_every_error_code_is_documented():

@@ -135,7 +135,7 @@ def test_values_format_is_rendered_in_field_order(bridge, peer):
         {"name": "y", "precision": 1}, {"name": "x", "unit": "m"}]})
     peer.send({"v": 1, "type": "obs", "seq": 1, "frame": 1, "values": {"x": 0.5, "y": -2}})
     assert wait_until(lambda: bridge.latest_observation() is not None)
-    assert bridge.observation_text(bridge.latest_observation()) == "y=-2 x=+0.500"
+    assert bridge.observation_text(bridge.latest_observation()) == "y=-2.0 x=+0.500"
 
 
 def test_calls_acked_and_resolved(bridge, peer):

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <initializer_list>
 #include <msgpack.hpp>
 #include <stdexcept>
@@ -79,22 +80,33 @@ struct Value {
 
 // ---- msgpack -------------------------------------------------------------------------------------
 
-inline void pack_value(msgpack::packer<msgpack::sbuffer>& pk, const Value& v) {
+// msgpack-c >= 4 packs a double with an integral value (5.0) as an int; here a float stays a
+// float on the wire: 0xcb + the IEEE-754 bits, big-endian, written straight into the buffer.
+inline void pack_float64(msgpack::sbuffer& buf, double d) {
+    uint64_t bits;
+    std::memcpy(&bits, &d, sizeof bits);
+    char out[9];
+    out[0] = static_cast<char>(0xcb);
+    for (int k = 0; k < 8; ++k) out[1 + k] = static_cast<char>((bits >> (56 - 8 * k)) & 0xff);
+    buf.write(out, sizeof out);
+}
+
+inline void pack_value(msgpack::sbuffer& buf, msgpack::packer<msgpack::sbuffer>& pk, const Value& v) {
     switch (v.kind) {
         case Value::Nil: pk.pack_nil(); break;
         case Value::Bool: v.b ? pk.pack_true() : pk.pack_false(); break;
         case Value::Int: pk.pack_int64(v.i); break;
-        case Value::Float: pk.pack_double(v.f); break;
+        case Value::Float: pack_float64(buf, v.f); break;
         case Value::Str: pk.pack(v.s); break;
         case Value::Arr:
             pk.pack_array(static_cast<uint32_t>(v.arr.size()));
-            for (const auto& x : v.arr) pack_value(pk, x);
+            for (const auto& x : v.arr) pack_value(buf, pk, x);
             break;
         case Value::Map:
             pk.pack_map(static_cast<uint32_t>(v.map.size()));
             for (const auto& kv : v.map) {
                 pk.pack(kv.first);
-                pack_value(pk, kv.second);
+                pack_value(buf, pk, kv.second);
             }
             break;
     }
@@ -103,7 +115,7 @@ inline void pack_value(msgpack::packer<msgpack::sbuffer>& pk, const Value& v) {
 inline std::string pack(const Value& v) {
     msgpack::sbuffer buf;
     msgpack::packer<msgpack::sbuffer> pk(&buf);
-    pack_value(pk, v);
+    pack_value(buf, pk, v);
     return std::string(buf.data(), buf.size());
 }
 
