@@ -41,6 +41,7 @@ from control_loop.progress import Throttle
 from control_loop.rate import RateKeeper, Slot
 from control_loop.records import OUTCOMES, TickRecord
 from control_loop.stats import percentile
+from models.format import Turn
 
 log = logging.getLogger("tickcall.loop")
 
@@ -287,8 +288,6 @@ class ControlLoop:
                 history = list(self.hands.history_lines(self.s.history))
             except Exception as exc:  # history is advisory; the tick goes on without it
                 log.debug("history_lines failed: %s", exc)
-        from models.format import Turn
-
         turn = Turn(query=obs.text, history=history)
         deadline_at = slot.scheduled + self.s.deadline_s
         budget_ms = max(0.001, (deadline_at - self._clock()) * 1e3)

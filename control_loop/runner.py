@@ -53,22 +53,26 @@ def resolve_model(cfg: RunConfig) -> str | None:
         if not Path(cfg.model).expanduser().exists():
             raise RunError(f"model folder {cfg.model} does not exist (models load from local folders only)")
         return cfg.model
-    try:
-        from models.shipped import default_model_path
-    except ImportError:
-        default_model_path = None
-    path = None
-    if default_model_path is not None:
-        try:
-            path = default_model_path()
-        except Exception as exc:  # a shipped model that is missing or broken
-            raise RunError(f"the shipped default model is not usable: {exc}. Pass --model PATH "
-                           "(a SimpleTool-format model folder) or --backend noop") from None
+    path = shipped_default_model(cfg.env)
     if path is None or not Path(path).exists():
         raise RunError("no model given and no shipped default model is installed: pass --model PATH "
                        "(a SimpleTool-format model folder, e.g. one made by `tickcall train`) or "
                        "--backend noop to check the plumbing without a model")
     return str(path)
+
+
+def shipped_default_model(env_id: str | None = None) -> str | None:
+    """``models.shipped.default_model_path(env_id)`` when the project ships a model for it, else None."""
+    try:
+        from models.shipped import default_model_path
+    except ImportError:
+        return None
+    try:
+        path = default_model_path(env_id)
+    except Exception as exc:  # no shipped model for this env, or its folder is missing
+        raise RunError(f"no usable shipped model: {exc}. Pass --model PATH "
+                       "(a SimpleTool-format model folder) or --backend noop") from None
+    return None if path is None else str(path)
 
 
 def build_report(cfg: RunConfig, result: dict[str, Any], records: list[TickRecord], *,

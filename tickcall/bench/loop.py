@@ -2,9 +2,10 @@
 
 Part 1 (the figure of record): the real loop — a Ray actor ticking the arena in real time, sending every
 tick's turn over ZMQ to a policy service actor that runs the no-op engine, dispatching the answers
-through the futures layer — for ``--ticks`` ticks (default 2,000) at ``--rate`` Hz (default 16). It
-reports tick start lateness (P50/P90/P99/max, ms), cumulative drift (ms), missed periods, and the
-outcome counts.
+through the futures layer — for ``--ticks`` ticks (default 2,000) at ``--rate`` Hz (default 16), with
+the loop thread under SCHED_FIFO ``--rt-priority`` (10, as ``configs/run.yaml``), then the same again
+at normal priority for comparison. It reports tick start lateness (P50/P90/P99/max, ms), cumulative
+drift (ms), missed periods, and the outcome counts.
 
 Part 2 (side by side, same process, same simulated work of ``--work-ms`` LO HI ms slept per tick):
 three pacers over ``--baseline-ticks`` ticks: ``sleep(period)``, ``sleep(period - elapsed)`` and
@@ -37,8 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-ms", type=float, nargs=2, default=(5.0, 15.0), metavar=("LO", "HI"),
                         help="simulated work per tick in part 2, uniform in [LO, HI] ms (slept)")
     parser.add_argument("--skip-loop", action="store_true", help="part 2 only (no Ray)")
-    parser.add_argument("--rt-priority", type=int, metavar="N",
-                        help="also run part 1 with the loop thread under SCHED_FIFO priority N (1-99)")
+    parser.add_argument("--rt-priority", type=int, default=10, metavar="N",
+                        help="loop thread under SCHED_FIFO priority N (1-99) as in configs/run.yaml "
+                             "(default 10; 0: normal priority)")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="skip the second run of part 1 at normal priority")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
 
 
@@ -124,7 +128,7 @@ def _row(name: str, ticks: int, lat: dict[str, Any], drift: Any, missed: Any, ex
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    return (f"{name:<34} {ticks:>6} {f(lat['p50']):>9} {f(lat['p99']):>9} {f(lat['max']):>9} "
+    return (f"{name:<38} {ticks:>6} {f(lat['p50']):>9} {f(lat['p99']):>9} {f(lat['max']):>9} "
             f"{'-' if drift is None else f'{drift:.3f}':>10} {missed!s:>7}  {extra}")
 
 
@@ -134,30 +138,30 @@ def run(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"bench": "loop", "rate_hz": args.rate, "machine": {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "python": platform.python_version()}}
-    lines = [f"{'pacer':<34} {'ticks':>6} {'late p50':>9} {'late p99':>9} {'late max':>9} "
+    lines = [f"{'pacer':<38} {'ticks':>6} {'late p50':>9} {'late p99':>9} {'late max':>9} "
              f"{'drift ms':>10} {'missed':>7}  outcomes"]
     if not args.skip_loop:
         print(f"part 1: the real loop, {args.ticks} ticks at {args.rate:g} Hz "
               f"({args.ticks / args.rate:.0f} s) ...", file=sys.stderr, flush=True)
-        rep = _real_loop(args)
-        out.update({"ticks": rep["ticks"], "lateness_ms": rep["lateness_ms"], "drift_ms": rep["drift_ms"],
-                    "jitter_ms": rep["jitter_ms"], "achieved_hz": rep["achieved_hz"],
-                    "missed_periods": rep["missed_periods"], "outcomes": rep["outcomes"],
-                    "deadline_misses": rep["deadline_misses"], "latency_ms": rep["latency_ms"],
-                    "stages_ms": rep["stages_ms"]})
-        o = rep["outcomes"]
-        lines.append(_row("tickcall loop (Ray actor + ZMQ, noop)", rep["ticks"], rep["lateness_ms"],
+        prio = args.rt_priority or None
+        rep = _real_loop(args, prio)
+        out.update({"ticks": rep["ticks"], "priority": rep["priority"], "lateness_ms": rep["lateness_ms"],
+                    "drift_ms": rep["drift_ms"], "jitter_ms": rep["jitter_ms"],
+                    "achieved_hz": rep["achieved_hz"], "missed_periods": rep["missed_periods"],
+                    "outcomes": rep["outcomes"], "deadline_misses": rep["deadline_misses"],
+                    "latency_ms": rep["latency_ms"], "stages_ms": rep["stages_ms"]})
+        lines.append(_row(f"tickcall loop, {rep['priority']}", rep["ticks"], rep["lateness_ms"],
                           rep["drift_ms"], rep["missed_periods"],
-                          " ".join(f"{k}={v}" for k, v in o.items())))
-        if args.rt_priority:
-            print(f"part 1b: the same with SCHED_FIFO {args.rt_priority} ...", file=sys.stderr, flush=True)
-            rt = _real_loop(args, args.rt_priority)
-            out["rt_priority"] = {k: rt[k] for k in ("priority", "ticks", "lateness_ms", "drift_ms",
-                                                     "jitter_ms", "missed_periods", "outcomes",
-                                                     "deadline_misses", "latency_ms")}
-            lines.append(_row(f"  same, loop thread {rt['priority']}", rt["ticks"], rt["lateness_ms"],
-                              rt["drift_ms"], rt["missed_periods"],
-                              " ".join(f"{k}={v}" for k, v in rt["outcomes"].items())))
+                          " ".join(f"{k}={v}" for k, v in rep["outcomes"].items())))
+        if prio is not None and not args.no_compare:
+            print("part 1b: the same at normal priority ...", file=sys.stderr, flush=True)
+            nrm = _real_loop(args, None)
+            out["normal_priority"] = {k: nrm[k] for k in ("priority", "ticks", "lateness_ms", "drift_ms",
+                                                          "jitter_ms", "missed_periods", "outcomes",
+                                                          "deadline_misses", "latency_ms")}
+            lines.append(_row("tickcall loop, normal priority", nrm["ticks"], nrm["lateness_ms"],
+                              nrm["drift_ms"], nrm["missed_periods"],
+                              " ".join(f"{k}={v}" for k, v in nrm["outcomes"].items())))
     if args.baseline_ticks > 0:
         print(f"part 2: pacers side by side, {args.baseline_ticks} ticks each, work "
               f"{args.work_ms[0]:g}-{args.work_ms[1]:g} ms ...", file=sys.stderr, flush=True)

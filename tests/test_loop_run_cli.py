@@ -1,0 +1,68 @@
+"""``tickcall run`` end to end: config errors, the missing-model message, and a short real run.
+
+The short run is the real thing (Ray, the policy service actor, the loop actor, the arena in real time,
+report.json + plots) with the no-op engine standing in for a model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tickcall.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bad_config_value_exits_2_with_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rate_hz: 100\n")
+    assert main(["run", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "rate_hz: must be <= 60 Hz" in err and str(bad) in err
+
+
+def test_bad_rate_on_the_command_line(capsys):
+    assert main(["run", "--rate", "0.5", "--backend", "noop"]) == 2
+    assert "rate_hz: must be >= 1 Hz" in capsys.readouterr().err
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["run", "--model", str(tmp_path / "nope"), "--duration", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_resolve_model_without_a_shipped_model(monkeypatch):
+    from control_loop import runner
+    from control_loop.config import load_run_config
+
+    cfg = load_run_config(None, {"backend": "transformers"})
+    monkeypatch.setattr(runner, "shipped_default_model", lambda env=None: None)
+    with pytest.raises(runner.RunError, match="--model PATH"):
+        runner.resolve_model(cfg)
+    assert runner.resolve_model(load_run_config(None, {"backend": "noop"})) is None
+
+
+@pytest.mark.slow
+def test_tickcall_run_writes_the_report(tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tickcall.cli", "run", "--config", str(ROOT / "configs" / "run-noop.yaml"),
+         "--duration", "3", "--report", str(out), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("ticks", "rate_hz", "achieved_hz", "latency_ms", "stages_ms", "outcomes", "deadline_misses",
+                "episodes", "env", "model", "backend"):
+        assert key in rep, key
+    assert set(rep["latency_ms"]) >= {"p50", "p90", "p99", "max"}
+    assert set(rep["outcomes"]) == {"ok", "late", "fallback", "skipped", "error"}
+    assert rep["ticks"] == 48 == sum(rep["outcomes"].values())
+    assert (rep["env"], rep["backend"], rep["rate_hz"]) == ("tickcall/Arena-v0", "noop", 16.0)
+    assert len((out / "ticks.jsonl").read_text().splitlines()) == 48
+    assert (out / "latency_cdf.png").stat().st_size > 0 and (out / "timeline.png").stat().st_size > 0
+    assert "ticks 48 at 16 Hz" in proc.stderr and "report:" in proc.stderr
