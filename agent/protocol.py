@@ -21,6 +21,8 @@ from typing import Any
 
 import msgpack
 
+from models.format import Turn
+
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 
@@ -310,8 +312,6 @@ def format_observation(obs: Mapping[str, Any]) -> str:
 
 def to_turn(wire: WireTurn):
     """The engine's ``models.format.Turn``: an observation line goes before the query (own line)."""
-    from models.format import Turn
-
     query = wire.query
     if wire.observation:
         line = format_observation(wire.observation)

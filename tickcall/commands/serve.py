@@ -1,0 +1,152 @@
+"""``tickcall serve``: run the policy service standalone (ZeroMQ, protocol v1: docs/protocol.md).
+
+Examples::
+
+    tickcall serve --config configs/serve.yaml                      # in this process, until Ctrl-C
+    tickcall serve --backend transformers --model models/shipped/X  # no config file
+    tickcall serve --config configs/serve.yaml --ray                # as a Ray actor (GPU if any)
+    tickcall serve --gen-keys keys/                                 # CURVE key pairs for server/client
+    tickcall serve --probe tcp://127.0.0.1:5555                     # hello + ping a running service
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+HELP = "run the policy service standalone (ZeroMQ, wire protocol v1)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="serve YAML (configs/serve*.yaml); flags below override it")
+    parser.add_argument("--bind", help="ZMQ endpoint to bind (default tcp://127.0.0.1:5555)")
+    parser.add_argument("--backend", help="engine backend: noop, transformers, vllm")
+    parser.add_argument("--model", help="model folder for the engine")
+    parser.add_argument("--max-batch", type=int, help="most decides decoded in one batch")
+    parser.add_argument("--max-message-bytes", type=int, help="larger requests are answered 'oversized'")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback bind without CURVE (trusted networks only)")
+    parser.add_argument("--ray", action="store_true", help="run as a Ray actor (placed on a GPU if any)")
+    parser.add_argument("--stats-every", type=float, default=0.0, metavar="S",
+                        help="print the service counters every S seconds (0: only at exit)")
+    parser.add_argument("--gen-keys", metavar="DIR", help="write CURVE key pairs (server, client) and exit")
+    parser.add_argument("--probe", metavar="ENDPOINT", help="hello + ping a running service, print JSON, exit")
+    parser.add_argument("--server-public", help="--probe with CURVE: the server's .key file")
+    parser.add_argument("--client-secret", help="--probe with CURVE: this client's .key_secret file")
+    parser.add_argument("--timeout-ms", type=float, default=2000.0, help="--probe timeout (ms)")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from agent.config import ServeConfig
+
+    cfg = ServeConfig.from_yaml(args.config) if args.config else ServeConfig()
+    if args.bind:
+        cfg.bind = args.bind
+    if args.backend or args.model:
+        engine = dict(cfg.engine) if not args.backend or args.backend == cfg.engine.get("backend") else {}
+        engine["backend"] = args.backend or engine.get("backend") or "transformers"
+        if args.model:
+            engine["model"] = args.model
+        cfg.engine = engine
+    if args.max_batch:
+        cfg.max_batch = args.max_batch
+    if args.max_message_bytes:
+        cfg.max_message_bytes = args.max_message_bytes
+    if args.insecure:
+        cfg.allow_insecure = True
+    cfg.__post_init__()
+    return cfg
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from agent.client import PolicyClient, PolicyError, PolicyTimeout
+
+    curve = None
+    if args.server_public:
+        curve = {"server_public": args.server_public, "client_secret": args.client_secret}
+    client = PolicyClient(args.probe, timeout_ms=args.timeout_ms, curve=curve, name="tickcall-probe")
+    try:
+        welcome = client.hello()
+        rtts = sorted(client.ping() for _ in range(20))
+    except (PolicyTimeout, PolicyError) as exc:
+        print(f"tickcall serve --probe {args.probe}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(json.dumps({"endpoint": args.probe, "epoch": welcome.epoch, "versions": welcome.versions,
+                      "server": welcome.server, "engine": welcome.engine, "limits": welcome.limits,
+                      "ping_ms": {"p50": round(rtts[len(rtts) // 2], 3), "max": round(rtts[-1], 3)}},
+                     indent=2))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.gen_keys:
+        from agent.security import generate_keys
+
+        for name, secret in generate_keys(args.gen_keys).items():
+            print(f"{name}: public {secret.with_suffix('.key')}  secret {secret}")
+        print("server: curve.server_secret = server.key_secret; clients need server.key (public). "
+              "Authorise a client by copying its .key into the folder named by curve.client_keys.")
+        return 0
+    if args.probe:
+        return _probe(args)
+    try:
+        cfg = _config(args)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"tickcall serve: {exc}") from None
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.ray:
+        return _run_ray(cfg, stop, args.stats_every)
+    from agent.engines import build_engine
+    from agent.server import PolicyServer
+
+    try:
+        engine = build_engine(cfg.engine)
+        server = PolicyServer(engine, cfg)
+        endpoint = server.start()
+    except Exception as exc:
+        raise SystemExit(f"tickcall serve: {type(exc).__name__}: {exc}") from None
+    print(f"policy service on {endpoint}  epoch {server.epoch}  engine {json.dumps(engine.info())}", flush=True)
+    _wait(stop, server.stats, args.stats_every)
+    server.stop()
+    engine.close()
+    print(json.dumps(server.stats()), flush=True)
+    return 0
+
+
+def _wait(stop: threading.Event, stats: Any, every: float) -> None:
+    last = time.monotonic()
+    try:
+        while not stop.wait(0.5):
+            if every > 0 and time.monotonic() - last >= every:
+                last = time.monotonic()
+                print(json.dumps(stats()), flush=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def _run_ray(cfg: Any, stop: threading.Event, every: float) -> int:
+    import ray
+
+    from agent.actor import start_policy_service
+
+    ray.init(ignore_reinit_error=True, include_dashboard=False)
+    try:
+        handle, endpoint = start_policy_service(config=cfg)
+        info = ray.get(handle.ready.remote())
+        print(f"policy service actor on {endpoint}  epoch {info['epoch']}  engine {json.dumps(info['engine'])}",
+              flush=True)
+        _wait(stop, lambda: ray.get(handle.stats.remote()), every)
+        print(json.dumps(ray.get(handle.stats.remote())), flush=True)
+        ray.kill(handle, no_restart=True)
+    finally:
+        ray.shutdown()
+    return 0
