@@ -96,6 +96,30 @@ def measure(mode: str, hz: float = 16.0, seconds: float = 5.0, actuator_ms: floa
         fc.shutdown(timeout_s=actuator_ms / 1000.0 + 0.5)
 
 
+def measure_dispatch(n: int = 5000) -> dict[str, Any]:
+    """``dispatch`` alone: ``n`` calls into a ``latest`` lane whose actuator returns at once, pausing
+    1 ms every 10 calls so the worker runs too. Real µs per call (``time.perf_counter``)."""
+    from control_loop.futures import AsyncFC, Lane
+    from models.calls import Call
+    from tickcall.bench.common import summary_ms
+
+    fc = AsyncFC([Lane("move", policy="latest")], {"move": lambda call: None})
+    times = []
+    try:
+        for i in range(n):
+            call = Call("move", {"x": i})
+            t = time.perf_counter()
+            fc.dispatch(call)
+            times.append((time.perf_counter() - t) * 1e6)
+            if i % 10 == 9:
+                time.sleep(0.001)
+        fc.settle(5.0)
+        balanced = fc.ledger.balanced()
+    finally:
+        fc.shutdown()
+    return {"calls": n, "dispatch_us": summary_ms(times), "ledger_balanced": balanced}
+
+
 def run(args: argparse.Namespace) -> int:
     from tickcall.bench.common import machine, print_table, write_json
 
@@ -117,5 +141,9 @@ def run(args: argparse.Namespace) -> int:
                  "dispatch p50 µs", "dispatch p99 µs", "applied", "superseded"], rows,
                 title=f"asyncfc: {args.hz:g} Hz loop, {args.work_ms:g} ms work/tick, "
                       f"{args.actuator_ms:g} ms actuator, {args.seconds:g} s per mode")
+    results["dispatch_only"] = measure_dispatch()
+    d = results["dispatch_only"]["dispatch_us"]
+    print(f"dispatch alone ({d['n']} calls, no-op actuator): p50 {d['p50']:.1f} µs, p90 {d['p90']:.1f} µs, "
+          f"p99 {d['p99']:.1f} µs, max {d['max']:.1f} µs")
     write_json(args.json, results)
     return 0
