@@ -74,7 +74,7 @@ from models.tools import ToolSchemaError, ToolSpec, normalize_tools, validate_ar
 
 log = logging.getLogger("tickcall.engine_bridge")
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5560"
 TERMINAL_STATES = ("done", "failed", "rejected", "lost", "timeout")
 
 
@@ -244,7 +244,7 @@ def _pcts(values: Any) -> dict[str, float | None]:
 class EngineBridge:
     """The mode-1 bridge server. Use as a context manager or ``start()``/``close()``.
 
-    >>> with EngineBridge(BridgeConfig(endpoint="tcp://127.0.0.1:5555")) as bridge:
+    >>> with EngineBridge(BridgeConfig(endpoint="tcp://127.0.0.1:5560")) as bridge:
     ...     hello = bridge.wait_for_engine(timeout_s=10)
     ...     obs = bridge.latest_observation()
     ...     handle = bridge.send_call(Call("move", {"direction": "left"}))

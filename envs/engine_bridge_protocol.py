@@ -4,7 +4,7 @@ Everything here is pure data: message types, field checks, error codes, msgpack 
 No sockets, no threads. The normative description for engine developers is docs/protocol.md
 ("Engine bridge (mode 1)"); this module is its executable form and the two must agree.
 
-Transport: the bridge binds a ZMQ ROUTER (default ``tcp://127.0.0.1:5555``); the engine connects a
+Transport: the bridge binds a ZMQ ROUTER (default ``tcp://127.0.0.1:5560``); the engine connects a
 DEALER. Every ZMQ message is ONE frame holding ONE msgpack map. Every map has ``v`` (protocol major
 version, int) and ``type`` (str). Unknown extra keys are ignored (minor additions stay compatible);
 a missing or wrongly typed known key is an error (``bad_field``).
@@ -24,7 +24,7 @@ import msgpack
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
-DEFAULT_MAX_MSG_BYTES = 1 << 20  # 1 MiB: larger messages are answered ``too_large`` and dropped
+DEFAULT_MAX_MSG_BYTES = 1 << 20  # 1 MiB: larger messages are answered ``oversized`` and dropped
 DEFAULT_HEARTBEAT_MS = 250.0
 DEFAULT_HEARTBEAT_MISSES = 4  # peer silent for heartbeat_ms * misses => considered gone
 
@@ -35,7 +35,7 @@ BRIDGE_TYPES = ("welcome", "call", "step", "ping", "pong", "error", "bye")
 # error codes sent by the bridge in ``error`` messages ---------------------------------------------
 ERROR_CODES: dict[str, str] = {
     "malformed": "the frame is not one msgpack map (or has more than one frame)",
-    "too_large": "the message exceeds the bridge's max_msg_bytes",
+    "oversized": "the message exceeds the bridge's max_msg_bytes",
     "version_mismatch": "field v is missing or names a protocol version the bridge does not speak",
     "unknown_type": "field type names no engine->bridge message",
     "bad_field": "a required field is missing or has the wrong type or value",
@@ -81,11 +81,11 @@ def encode(msg: Mapping[str, Any]) -> bytes:
 def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_MSG_BYTES) -> dict[str, Any]:
     """Decode one frame into a message map with a supported ``v`` and a str ``type``.
 
-    Raises ProtocolError (``too_large``, ``malformed``, ``version_mismatch``, ``unknown_type`` is
+    Raises ProtocolError (``oversized``, ``malformed``, ``version_mismatch``, ``unknown_type`` is
     left to the caller since the allowed set depends on the direction).
     """
     if len(payload) > max_bytes:
-        raise ProtocolError("too_large", f"message of {len(payload)} bytes exceeds the limit of "
+        raise ProtocolError("oversized", f"message of {len(payload)} bytes exceeds the limit of "
                                          f"{max_bytes} bytes")
     try:
         msg = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)

@@ -1,9 +1,9 @@
 """An external game engine as the *world* of a tickcall control loop (engine bridge, mode 1).
 
-``make_world("engine:tcp://127.0.0.1:5555")`` binds an ``EngineBridge`` there, waits for an engine's
+``make_world("engine:tcp://127.0.0.1:5560")`` binds an ``EngineBridge`` there, waits for an engine's
 hello and returns an ``EngineWorld``: the same duck type as ``control_loop.world.World`` (``tools``,
 ``observe()``, ``fallback(kind)``, ``apply_call``, ``hands``, ``episodes()``, ``describe()``, ...), so
-``tickcall run --env engine:tcp://127.0.0.1:5555`` drives an engine exactly like a gymnasium env.
+``tickcall run --env engine:tcp://127.0.0.1:5560`` drives an engine exactly like a gymnasium env.
 
 * ``observe()`` never waits: it returns the newest observation of the connected engine; when there
   is none that is fresh (engine gone, restarting, silent past ``max_obs_age_ms``) it raises
@@ -64,7 +64,7 @@ class WorldObservation:
 
 
 def endpoint_from_spec(env: str) -> str:
-    """``engine:tcp://127.0.0.1:5555`` -> ``tcp://127.0.0.1:5555``; ``engine:`` -> the default."""
+    """``engine:tcp://127.0.0.1:5560`` -> ``tcp://127.0.0.1:5560``; ``engine:`` -> the default."""
     if not env.startswith(ENGINE_PREFIX):
         raise EngineWorldError(f"{env!r} is not an engine spec (expected engine:tcp://HOST:PORT)")
     endpoint = env[len(ENGINE_PREFIX):] or DEFAULT_ENDPOINT

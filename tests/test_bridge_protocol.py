@@ -62,7 +62,7 @@ def test_malformed_payloads_say_what_is_wrong():
     assert code_of(decode, encode({"v": 1, "type": 7})).code == "bad_field"
     big = encode({"v": 1, "type": "obs", "text": "x" * 5000})
     err = code_of(decode, big, 4096)
-    assert err.code == "too_large" and "4096" in err.message
+    assert err.code == "oversized" and "4096" in err.message
 
 
 def test_hello_fields():

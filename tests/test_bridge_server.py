@@ -214,7 +214,7 @@ def test_malformed_and_wrong_version_get_clear_errors_and_change_nothing(bridge,
              "bad_field"),
             (encode({"v": 1, "type": "hello", "engine": "x", "session": "r",
                      "tools": [{"name": "bad name!"}]}), "bad_tools"),
-            (encode({"v": 1, "type": "obs", "text": "x" * (2 << 20)}), "too_large"),
+            (encode({"v": 1, "type": "obs", "text": "x" * (2 << 20)}), "oversized"),
         ]
         for payload, code in cases:
             rogue.send(payload)

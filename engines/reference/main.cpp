@@ -1,7 +1,7 @@
 // tickcall reference engine: a small real-time game in C++ that is the *world* of a tickcall control
 // loop over the engine bridge protocol, mode 1 (docs/protocol.md, "Engine bridge (mode 1)").
 //
-//   engines/build/tickcall-reference-engine --connect tcp://127.0.0.1:5555 --game arena
+//   engines/build/tickcall-reference-engine --connect tcp://127.0.0.1:5560 --game arena
 //
 // The frame loop runs at --frame-hz (60) on absolute deadlines and NEVER waits for tickcall: between
 // frames it serves the socket (acks calls at once), every frame it runs the physics steps that are
@@ -43,7 +43,7 @@ std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop = true; }
 
 struct Options {
-    std::string endpoint = "tcp://127.0.0.1:5555";
+    std::string endpoint = "tcp://127.0.0.1:5560";
     std::string game = "arena";
     std::string name = "tickcall-reference-engine";
     std::string obs_format = "text";  // text | values
