@@ -227,13 +227,20 @@ def test_eval_rejects_unknown_policy():
 
 
 @pytest.mark.slow
-def test_eval_with_a_real_transformers_engine(tiny_model_path):
+def test_eval_with_a_real_transformers_engine(tiny_engine):
     """The whole model path (engine registration, heads, strict assembly, binding) on a tiny random
     model: its calls are mostly illegal, and every decision is accounted for either way."""
-    rep = evaluate("tickcall/Arena-v0", "model", model=str(tiny_model_path), episodes=1,
-                   env_kwargs={"max_steps": 3})
+    rep = evaluate("tickcall/Arena-v0", "model", engine=tiny_engine, episodes=1, env_kwargs={"max_steps": 3})
     assert rep.decisions == 3 and rep.legal + rep.rejected == 3
     assert rep.legal_rate == rep.legal / 3
     assert set(rep.decision_ms) >= {"p50", "p90"}
     if rep.legal < 3:
         assert rep.illegal_reasons
+
+
+def test_model_policy_from_path_reads_tickcall_json(tmp_path):
+    (tmp_path / "tickcall.json").write_text(json.dumps({"history_len": 3, "template": "v1"}))
+    pol = ModelPolicy.from_path(tmp_path, make_binding("tickcall/Arena-v0"), backend="noop")
+    assert pol.history_len == 3 and pol.registration.template.name == "v1"
+    assert ModelPolicy.from_path(tmp_path, make_binding("tickcall/Arena-v0"), backend="noop",
+                                 history_len=1).history_len == 1
