@@ -180,6 +180,7 @@ class AsyncFC:
         w.thread = threading.Thread(target=target, args=(w,), name=f"asyncfc-{rt.lane.name}", daemon=True)
         rt.workers.append(w)
         w.thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()]  # abandoned workers that ended
         self._threads.append(w.thread)
         return w
 
@@ -724,7 +725,9 @@ class AsyncFC:
                 if died is not None:
                     w.child = None
                     if fut.done():
-                        self.ledger.restart(self.clock(), rt.lane.name, f"restarted after {fut.id} {fut.state.value}")
+                        if not self._closed:
+                            self.ledger.restart(self.clock(), rt.lane.name,
+                                                f"restarted after {fut.id} {fut.state.value}")
                     else:
                         rt.restarts += 1
                         rt.last_error = died
