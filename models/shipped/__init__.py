@@ -1,0 +1,43 @@
+"""Model folders shipped inside the repository (a few MB each), trained here by ``tickcall train``.
+
+    from models.shipped import default_model_path
+    default_model_path()                      # the model for the built-in env, tickcall/Arena-v0
+    default_model_path("CartPole-v1")         # the model trained for CartPole-v1
+
+Each folder holds ``config.json``, ``model.safetensors``, the tokenizer (with the 17 SimpleTool
+tokens), ``tickcall.json`` (template, env ids) and a model card ``README.md`` with its data, command
+and scores. ``SHIPPED`` maps env ids to folder names; one folder may serve several envs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ENV = "tickcall/Arena-v0"
+# env id -> folder under models/shipped (checked in order when an env has no entry of its own)
+SHIPPED: dict[str, str] = {
+    "tickcall/Arena-v0": "tickcall-tiny",
+    "CartPole-v1": "tickcall-tiny",
+}
+
+
+def available() -> dict[str, Path]:
+    """Env id -> model folder, for the shipped folders that are present."""
+    return {env: HERE / name for env, name in SHIPPED.items() if (HERE / name / "config.json").exists()}
+
+
+def default_model_path(env_id: str | None = None) -> Path:
+    """The shipped model folder for ``env_id`` (None: the built-in env, ``tickcall/Arena-v0``).
+
+    Raises ``KeyError`` for an env with no shipped model (train one: ``tickcall train``) and
+    ``FileNotFoundError`` when the folder is missing from this checkout."""
+    env = env_id or DEFAULT_ENV
+    name = SHIPPED.get(env)
+    if name is None:
+        raise KeyError(f"no shipped model for {env!r}; shipped: {', '.join(SHIPPED)}. "
+                       "Train one with `tickcall train --config configs/train-tiny.yaml` (envs: [...]).")
+    path = HERE / name
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"the shipped model folder {path} is missing from this checkout")
+    return path

@@ -1,0 +1,85 @@
+"""The model card (README.md in the model folder): what the student is, its data, the command that
+made it, and its scores against the teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = None) -> Path:
+    """Write ``folder/README.md`` from the config and ``scores`` (the pipeline's result dict)."""
+    lines = [
+        f"# {cfg.name}",
+        "",
+        "A small SimpleTool-format student distilled by tickcall from scripted experts "
+        "(`tickcall train`). It emits one function call per tick with parallel heads "
+        "(`<function>`, `<arg1>`..`<argN>`); prompt template `" + cfg.template + "`.",
+        "",
+        "## Model",
+        "",
+        f"- Architecture: Qwen2, hidden {cfg.model.hidden}, {cfg.model.layers} layers, "
+        f"{cfg.model.heads} attention heads ({cfg.model.kv_heads} KV), MLP {cfg.model.intermediate}; "
+        f"{scores.get('params', 0) / 1e6:.2f}M parameters, tied embeddings, float32 safetensors.",
+        f"- Tokenizer: byte-level BPE, {scores.get('vocab', '?')} tokens, trained on this run's prompts; "
+        "chat tokens and the 17 SimpleTool tokens are single ids, digits split one per token.",
+        f"- Envs: {', '.join(cfg.envs)}.",
+        "",
+        "## Data",
+        "",
+        f"- Teacher: the scripted expert of each env. {cfg.data.episodes} seeded episodes per env, "
+        f"random actions at rate {cfg.data.epsilon}, state perturbations at rate {cfg.data.perturb_prob} "
+        f"per decision; each decision held for the env's real-time hold (16 Hz).",
+        f"- DAgger: {cfg.dagger.rounds} round(s) of {cfg.dagger.episodes} student episodes per env, "
+        "visited states relabelled by the teacher.",
+        f"- Rows per env (all rounds): {json.dumps(scores.get('rows', {}))}. One branch per head "
+        f"({cfg.heads_mode} heads), loss on the target only, head weights function 2.0, arg1..arg6 1.1..1.6.",
+        f"- Training: {cfg.train.steps} steps (+{cfg.dagger.steps} per DAgger round), batch "
+        f"{cfg.train.batch_size}, AdamW lr {cfg.train.lr}, seed {cfg.seed}.",
+        "",
+        "## Command",
+        "",
+        "```",
+        command or f"tickcall train --config {getattr(cfg, 'source_path', 'CONFIG')}",
+        "```",
+        "",
+        "## Scores",
+        "",
+        "Held-out states (teacher rollouts with unseen seeds): share of states where each head's text "
+        "equals the teacher's.",
+        "",
+    ]
+    for env_id, s in scores.get("envs", {}).items():
+        acc = s["heldout"]
+        heads = " ".join(f"{h} {_pct(v)}" for h, v in acc["per_head"].items())
+        lock = s["lockstep"]
+        lines += [
+            f"### {env_id}",
+            "",
+            f"- Head accuracy ({acc['n']} states): {heads}; exact call {_pct(acc['exact_call'])}; "
+            f"legal {_pct(acc['legal_rate'])}.",
+            f"- Lock-step closed loop (action held {lock['hold']} physics steps, {lock['student']['episodes']} "
+            f"seeded episodes): student {lock['student']['mean_return']:.1f}, teacher "
+            f"{lock['teacher']['mean_return']:.1f}, random {lock['random']['mean_return']:.1f}.",
+        ]
+        rt = s.get("realtime")
+        if rt:
+            lines.append(
+                f"- Real-time loop at {rt.get('hz', 16)} Hz ({rt['episodes']} seeded episodes): student "
+                f"{rt['student_return']:.1f}, teacher {rt['teacher_return']:.1f} "
+                f"({_pct(rt['ratio'])} of teacher); legal {_pct(rt['legal_rate'])}; deadline misses "
+                f"{rt['deadline_misses']}; decide P50 {rt['decide_p50_ms']:.2f} ms, "
+                f"P90 {rt['decide_p90_ms']:.2f} ms.")
+        lines.append("")
+    t = scores.get("timings_s", {})
+    if t:
+        lines += [f"Wall time: collection {t.get('collect_s', 0):.0f} s, training {t.get('train_s', 0):.0f} s "
+                  "(2-core AMD EPYC, AVX2, no GPU, shared with other jobs).", ""]
+    path = Path(folder) / "README.md"
+    path.write_text("\n".join(lines))
+    return path

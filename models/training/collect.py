@@ -1,0 +1,171 @@
+"""Roll a policy through seeded episodes and record the teacher's decision at every visited state.
+
+The acting policy and the labelling teacher are separate: the teacher (with random actions mixed in
+and state perturbations) gives the first data set; later rounds act with the *student* and still label
+with the teacher (DAgger), so the student learns to recover from its own mistakes.
+
+Episodes run in lock-step batches (``n_envs`` at once) so a student can decide for all of them in one
+batched forward. Each decision holds its action for ``source.hold`` physics steps, as the 16 Hz
+real-time loop does. Every record keeps the history items the runtime would show (last ``history_len``
+executed calls, oldest first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.calls import Call, render_call
+from models.training.sources import EnvSource
+
+
+@dataclass
+class Record:
+    """One labelled state: the turn the model sees and the teacher's call for it."""
+
+    env_id: str
+    query: str
+    history: list[str]
+    call: Call
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env_id": self.env_id, "query": self.query, "history": list(self.history),
+                "call": self.call.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Record:
+        return cls(d["env_id"], d["query"], list(d.get("history") or []), Call.from_dict(d["call"]))
+
+
+@dataclass
+class RolloutStats:
+    """Returns per episode and how many decisions were recorded."""
+
+    returns: list[float] = field(default_factory=list)
+    decisions: int = 0
+    illegal: int = 0
+
+    @property
+    def mean_return(self) -> float:
+        return sum(self.returns) / max(1, len(self.returns))
+
+
+BatchPolicy = Callable[[Sequence[str], Sequence[list[str]]], list[Call | None]]
+TEACHER = "teacher"  # act with each instance's teacher
+RANDOM = "random"  # act with uniformly random legal calls
+
+
+def rollout(source: EnvSource, policy: BatchPolicy | str, seeds: Sequence[int], *, n_envs: int = 16,
+            epsilon: float = 0.0, perturb_prob: float = 0.0, perturb_scale: float = 1.0,
+            history_len: int = 0, max_decisions: int = 1000, rng_seed: int = 0,
+            record: bool = True, hold: float | None = None, delay_prob: float = 0.0,
+            history_style: str = "futures") -> tuple[list[Record], RolloutStats]:
+    """Run one episode per seed (``n_envs`` at a time); label each visited state with the teacher.
+
+    ``policy(obs_texts, histories) -> calls`` (or ``TEACHER`` / ``RANDOM``) acts (None = an illegal
+    call: the previous action persists, as in the real-time env, and ``stats.illegal`` counts it);
+    with probability ``epsilon`` a random call is executed instead; with probability ``perturb_prob`` per decision the env state is nudged.
+    Each decision holds its action ``hold`` physics steps (default ``source.hold``; a fraction is
+    rounded stochastically); with probability ``delay_prob`` the previous action runs one more step
+    first (a decision that missed the next physics step, as happens on the wall clock).
+    """
+    hold = float(source.hold if hold is None else hold)
+    import numpy as np
+
+    rng = np.random.default_rng(rng_seed)
+    records: list[Record] = []
+    stats = RolloutStats()
+    order = {t.name: t.param_names for t in source.tools}
+    pending = list(seeds)
+    while pending:
+        chunk, pending = pending[:n_envs], pending[n_envs:]
+        insts = [source.instance() for _ in chunk]
+        envs = [inst.env for inst in insts]
+        obs = [env.reset(seed=int(s))[0] for env, s in zip(envs, chunk, strict=True)]
+        hist: list[list[str]] = [[] for _ in chunk]
+        ret = [0.0] * len(chunk)
+        alive = [True] * len(chunk)
+        n_dec = [0] * len(chunk)
+        prev: list[Any] = [None] * len(chunk)
+        timing = [np.random.default_rng(int(s) + 7) for s in chunk]  # hold/delay draws, per episode
+        while any(alive):
+            idx = [i for i, a in enumerate(alive) if a]
+            shown = {i: show_history(hist[i], history_len, history_style, rng) for i in idx}
+            if policy == TEACHER:
+                acts: list[Call | None] = [insts[i].teacher(obs[i]) for i in idx]
+            elif policy == RANDOM:
+                acts = [insts[i].random_call(rng) for i in idx]
+            else:
+                acts = policy([insts[i].obs_text(obs[i]) for i in idx], [shown[i] for i in idx])
+            for j, i in enumerate(idx):
+                label = insts[i].teacher(obs[i])
+                if record:
+                    records.append(Record(source.env_id, insts[i].obs_text(obs[i]), shown[i], label))
+                call = acts[j]
+                if epsilon and rng.random() < epsilon:
+                    call = insts[i].random_call(rng)
+                if call is None:  # illegal: the previous action persists (the env's default at first)
+                    stats.illegal += 1
+                    action = prev[i] if prev[i] is not None else insts[i].default_action()
+                else:
+                    action = insts[i].to_action(call)
+                steps = int(hold) + int(timing[i].random() < hold - int(hold))
+                if delay_prob and prev[i] is not None and timing[i].random() < delay_prob:
+                    o, r, term, trunc, _ = envs[i].step(prev[i])  # the decision arrives one step late
+                    obs[i] = o
+                    ret[i] += float(r)
+                    if term or trunc:
+                        alive[i] = False
+                        steps = 0
+                prev[i] = action
+                for _ in range(steps):
+                    o, r, term, trunc, _ = envs[i].step(action)
+                    obs[i] = o
+                    ret[i] += float(r)
+                    if term or trunc:
+                        alive[i] = False
+                        break
+                if call is not None:
+                    hist[i].append(render_call(call, order.get(call.name)))
+                n_dec[i] += 1
+                stats.decisions += 1
+                if n_dec[i] >= max_decisions:
+                    alive[i] = False
+                if alive[i] and perturb_prob and rng.random() < perturb_prob:
+                    source.perturb(envs[i], rng, perturb_scale)
+        stats.returns.extend(ret)
+        for env in envs:
+            env.close()
+    return records, stats
+
+
+
+def show_history(calls: list[str], history_len: int, style: str, rng: Any) -> list[str]:
+    """The history items a turn shows for the executed ``calls`` (rendered, oldest first).
+
+    ``plain``: the last ``history_len`` calls as ``name(p="v")``. ``futures``: as the AsyncFC layer
+    writes them in the real-time loop (``name(p="v")@f17 done``, the newest often ``running 12ms``,
+    sometimes ``superseded by @f18``), with ids counted from the start of the episode; one time in
+    five fewer items are shown, so the student is used to any number from 0 to ``history_len``."""
+    if history_len <= 0 or not calls:
+        return []
+    k = min(history_len, len(calls))
+    if rng.random() < 0.2:
+        k = int(rng.integers(0, k + 1))
+    if k == 0:
+        return []
+    first = len(calls) - k
+    if style == "plain":
+        return list(calls[first:])
+    out = []
+    for j in range(first, len(calls)):
+        head = f"{calls[j]}@f{j + 1}"
+        u = rng.random()
+        if j == len(calls) - 1 and u < 0.5:
+            out.append(f"{head} running {int(rng.integers(0, 70))}ms")
+        elif u < 0.1 and j < len(calls) - 1:
+            out.append(f"{head} superseded by @f{j + 2}")
+        else:
+            out.append(f"{head} done")
+    return out

@@ -1,0 +1,66 @@
+"""Scores of a student against its teacher.
+
+* :func:`head_accuracy`: per head (function, arg1..argN), the share of held-out states where the
+  student's head text equals the teacher's; plus exact-call accuracy and the legal rate.
+* :func:`closed_loop`: mean return of a batch policy over seeded episodes, lock-step, each decision
+  held ``source.hold`` physics steps (the 16 Hz timing without the wall clock). The wall-clock
+  figures (real-time loop, deadline misses, decide P50) come from :mod:`models.training.realtime`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from models.calls import Call
+from models.format import Turn, encode_call_heads
+from models.training.collect import BatchPolicy, Record, rollout
+from models.training.sources import EnvSource
+from models.training.student import BatchStudent
+
+
+def head_accuracy(student: BatchStudent, records: Sequence[Record]) -> dict[str, Any]:
+    """Per-head accuracy against the teacher's labels on ``records`` (held-out states)."""
+    decisions = student.decide([Turn(r.query, list(r.history)) for r in records])
+    heads = student.heads
+    right = dict.fromkeys(heads, 0)
+    exact = legal = 0
+    for rec, dec in zip(records, decisions, strict=True):
+        want = encode_call_heads(rec.call, student.tool_map[rec.call.name], heads)
+        for h in heads:
+            right[h] += int(dec.heads.get(h, "").strip() == want[h])
+        legal += int(dec.assembled.legal)
+        exact += int(dec.assembled.legal and dec.assembled.call == rec.call)
+    n = max(1, len(records))
+    return {"n": len(records), "per_head": {h: right[h] / n for h in heads}, "exact_call": exact / n,
+            "legal_rate": legal / n}
+
+
+def make_student_policy(student: BatchStudent, tally: dict[str, int] | None = None) -> BatchPolicy:
+    """Batch policy: observation text + history -> student call (None when illegal)."""
+
+    def act(texts: Sequence[str], histories: Sequence[list[str]]) -> list[Call | None]:
+        turns = [Turn(t, list(h)) for t, h in zip(texts, histories, strict=True)]
+        out: list[Call | None] = []
+        for d in student.decide(turns):
+            ok = d.assembled.legal and d.assembled.call is not None
+            if tally is not None:
+                tally["calls"] = tally.get("calls", 0) + 1
+                tally["legal"] = tally.get("legal", 0) + int(ok)
+            out.append(d.assembled.call if ok else None)
+        return out
+
+    return act
+
+
+def closed_loop(source: EnvSource, policy: BatchPolicy | str, seeds: Sequence[int], history_len: int = 0,
+                history_style: str = "futures", max_decisions: int = 100_000) -> dict[str, Any]:
+    """Mean return (lock-step, action held ``source.hold`` steps) over one episode per seed."""
+    _, stats = rollout(source, policy, seeds, n_envs=len(seeds), history_len=history_len,
+                       max_decisions=max_decisions, record=False, rng_seed=seeds[0] if seeds else 0,
+                       history_style=history_style)
+    rets = stats.returns
+    mean = sum(rets) / max(1, len(rets))
+    return {"episodes": len(rets), "mean_return": mean, "min_return": min(rets, default=0.0),
+            "max_return": max(rets, default=0.0), "decisions": stats.decisions,
+            "illegal": stats.illegal}

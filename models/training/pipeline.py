@@ -1,0 +1,344 @@
+"""The distillation pipeline: collect -> tokenizer -> student -> train -> DAgger rounds -> evaluate ->
+model folder. Configured by a YAML file (``configs/train-*.yaml``), driven by ``tickcall train``.
+
+Resumable: every stage writes into ``work_dir`` (data per round as JSONL, the tokenizer, a training
+checkpoint per round) and a restarted run reuses what is there. Reproducible: ``seed`` fixes episode
+seeds, noise, model init and data order (bit-exact on the same machine and thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.format import get_template
+from models.training.collect import RANDOM, TEACHER, Record, rollout
+from models.training.rows import RowCodec, branch_texts
+from models.training.sources import EnvSource, get_source
+from models.training.trainer import TrainSettings, train
+
+
+@dataclass
+class ModelSpec:
+    """The student. ``kind``: ``scratch`` (Qwen2 of this size, our tokenizer) or ``smollm2`` (LoRA)."""
+
+    kind: str = "scratch"
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 384
+    vocab_size: int = 512
+    lora_rank: int = 16
+    lora_alpha: int = 32
+
+
+@dataclass
+class DataSpec:
+    """Teacher rollouts: ``episodes`` per env, random-action rate ``epsilon``, state nudges."""
+
+    episodes: int = 100
+    epsilon: float = 0.2
+    perturb_prob: float = 0.05
+    perturb_scale: float = 1.0
+    history_len: int = 4
+    history_style: str = "futures"
+    max_decisions: int = 400
+    n_envs: int = 32
+    heldout_episodes: int = 8
+    delay_prob: float = 0.2
+
+
+@dataclass
+class DaggerSpec:
+    """Rounds of: roll the student (``episodes`` per env), relabel with the teacher, train ``steps``."""
+
+    rounds: int = 0
+    episodes: int = 32
+    steps: int = 300
+    lr_scale: float = 0.5
+    epsilon: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    name: str = "tickcall-student"
+    envs: list[str] = field(default_factory=lambda: ["CartPole-v1"])
+    out: str = "runs/student/model"
+    work_dir: str = "runs/student/work"
+    seed: int = 0
+    template: str = "compact"
+    system: str | None = None
+    heads_mode: str = "all"
+    prefer_builtin: bool = False
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    dagger: DaggerSpec = field(default_factory=DaggerSpec)
+    eval_episodes: int = 20
+    realtime_eval: bool = False
+    realtime_hz: float = 16.0
+    source_path: str | None = None  # the YAML file this came from (for the model card's command)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        subs = {"model": ModelSpec, "data": DataSpec, "train": TrainSettings, "dagger": DaggerSpec}
+        for key, typ in subs.items():
+            if key in d:
+                val = dict(d[key] or {})
+                bad = set(val) - set(typ.__dataclass_fields__)
+                if bad:
+                    raise ValueError(f"unknown keys in {key}: {', '.join(sorted(bad))}")
+                d[key] = typ(**val)
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _write_jsonl(path: Path, records: list[Record]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r.to_dict()) + "\n")
+    tmp.replace(path)
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    return [Record.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _episode_seeds(cfg: TrainConfig, env_index: int, stage: int, n: int) -> list[int]:
+    base = cfg.seed * 1_000_003 + env_index * 100_003 + stage * 10_007 + 1_000
+    return [base + i for i in range(n)]
+
+
+EVAL_SEED_BASE = 10_000  # closed-loop evaluation episodes use seeds 10000..10000+n-1 (never trained on)
+
+
+class Pipeline:
+    """One distillation run (see module docstring). ``log`` receives one-line progress messages."""
+
+    def __init__(self, cfg: TrainConfig, log=print, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.progress = progress
+        self.work = Path(cfg.work_dir)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.sources: dict[str, EnvSource] = {e: get_source(e, cfg.prefer_builtin) for e in cfg.envs}
+        self.template = get_template(cfg.template)
+        self.timings: dict[str, float] = {}
+
+    # ---- stages ------------------------------------------------------------------------------
+    def collect_teacher(self) -> dict[str, list[Record]]:
+        cfg, d = self.cfg, self.cfg.data
+        out: dict[str, list[Record]] = {}
+        for i, (env_id, src) in enumerate(self.sources.items()):
+            path = self.work / f"data-{_slug(env_id)}-r0.jsonl"
+            if path.exists():
+                out[env_id] = _read_jsonl(path)
+                continue
+            recs, stats = rollout(src, TEACHER, _episode_seeds(cfg, i, 0, d.episodes),
+                                  n_envs=d.n_envs, epsilon=d.epsilon, perturb_prob=d.perturb_prob,
+                                  perturb_scale=d.perturb_scale, history_len=d.history_len, history_style=d.history_style,
+                                  max_decisions=d.max_decisions, rng_seed=cfg.seed + i,
+                                  delay_prob=d.delay_prob)
+            _write_jsonl(path, recs)
+            self.log(f"collect {env_id}: {len(recs)} states from {d.episodes} noisy teacher episodes "
+                     f"(mean return {stats.mean_return:.1f})")
+            out[env_id] = recs
+        return out
+
+    def heldout(self) -> dict[str, list[Record]]:
+        cfg, d = self.cfg, self.cfg.data
+        out = {}
+        for i, (env_id, src) in enumerate(self.sources.items()):
+            path = self.work / f"heldout-{_slug(env_id)}.jsonl"
+            if path.exists():
+                out[env_id] = _read_jsonl(path)
+                continue
+            recs, _ = rollout(src, TEACHER, _episode_seeds(cfg, i, 99, d.heldout_episodes),
+                              n_envs=d.n_envs, epsilon=d.epsilon, perturb_prob=d.perturb_prob,
+                              perturb_scale=d.perturb_scale, history_len=d.history_len, history_style=d.history_style,
+                              max_decisions=d.max_decisions, rng_seed=cfg.seed + 7_919 + i,
+                              delay_prob=d.delay_prob)
+            _write_jsonl(path, recs)
+            out[env_id] = recs
+        return out
+
+    def build_student(self, data: dict[str, list[Record]]):
+        """Tokenizer + model (scratch) in ``work_dir/init`` (reused when present)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from models.tiny import make_tiny_model
+
+        m = self.cfg.model
+        init = self.work / "init"
+        if not (init / "tickcall.json").exists():
+            if m.kind != "scratch":
+                raise ValueError(f"model kind {m.kind!r} is trained by models.training.smollm2")
+            rng = random.Random(self.cfg.seed)
+            corpus: list[str] = []
+            for env_id, recs in data.items():
+                tools = self.sources[env_id].tools
+                for r in rng.sample(recs, min(2000, len(recs))):
+                    corpus.extend(i + t for i, t, _ in branch_texts(r, tools, self.template, self.cfg.system,
+                                                                    "all")[:2])
+            make_tiny_model(init, hidden=m.hidden, layers=m.layers, heads=m.heads, kv_heads=m.kv_heads,
+                            intermediate=m.intermediate, vocab_size=m.vocab_size, seed=self.cfg.seed,
+                            corpus=corpus, template=self.cfg.template)
+        tok = AutoTokenizer.from_pretrained(init)
+        model = AutoModelForCausalLM.from_pretrained(init)
+        return model, tok
+
+    def encode(self, codec: RowCodec, data: dict[str, list[Record]]):
+        examples = []
+        for env_id, recs in data.items():
+            tools = self.sources[env_id].tools
+            examples.extend(codec.encode(r, tools) for r in recs)
+        return examples
+
+    def run(self) -> dict[str, Any]:
+        """Every stage; returns the scores (also written to the model card and scores.json)."""
+        import torch
+
+        from models.training.evaluate import closed_loop, head_accuracy, make_student_policy
+        from models.training.student import BatchStudent
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        torch.set_num_threads(cfg.train.threads)
+        t0 = time.perf_counter()
+        data = self.collect_teacher()
+        held = self.heldout()
+        self.timings["collect_s"] = time.perf_counter() - t0
+        model, tok = self.build_student(data)
+        codec = RowCodec(tok, self.template, cfg.system, cfg.heads_mode)
+        prefixes = {e: codec.prefix_ids(s.tools) for e, s in self.sources.items()}
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        n_params = sum(p.numel() for p in model.parameters())
+        self.log(f"student: {n_params / 1e6:.2f}M parameters, vocab {len(tok)}; "
+                 f"prefix tokens {', '.join(f'{e}={len(p)}' for e, p in prefixes.items())}")
+        t1 = time.perf_counter()
+        history: list[dict[str, Any]] = []
+        rounds = 1 + cfg.dagger.rounds
+        for r in range(rounds):
+            if r > 0:
+                data = self._dagger_round(r, model, tok, data)
+            settings = TrainSettings(**asdict(cfg.train))
+            if r > 0:
+                settings.steps = cfg.dagger.steps
+                settings.lr = cfg.train.lr * cfg.dagger.lr_scale
+                settings.warmup = min(settings.warmup, 20)
+            settings.seed = cfg.seed + r
+            done_flag = self.work / f"trained-r{r}.json"
+            ckpt = self.work / f"ckpt-r{r}.pt"
+            if done_flag.exists():
+                state = torch.load(ckpt, weights_only=False)
+                model.load_state_dict(state["model"])
+                history.append(json.loads(done_flag.read_text()))
+                continue
+            examples = self.encode(codec, data)
+            res = train(model, examples, prefixes, pad, settings, checkpoint=ckpt,
+                        desc=f"train r{r} ({len(examples)} rows)", progress=self.progress, log=self.log)
+            res["rows"] = len(examples)
+            done_flag.write_text(json.dumps(res))
+            history.append(res)
+            self.log(f"round {r}: {res['steps']} steps on {len(examples)} examples, "
+                     f"loss {res['loss']:.4f}, teacher-forced branch accuracy {res['branch_acc']:.3f}")
+        self.timings["train_s"] = time.perf_counter() - t1
+        model.eval()
+        scores: dict[str, Any] = {"params": n_params, "vocab": len(tok), "rounds": history,
+                                  "rows": {e: len(v) for e, v in data.items()}, "envs": {}}
+        for i, (env_id, src) in enumerate(self.sources.items()):
+            student = BatchStudent(model, tok, src.tools, self.template, cfg.system)
+            acc = head_accuracy(student, held[env_id])
+            seeds = [EVAL_SEED_BASE + k for k in range(cfg.eval_episodes)]
+            tally: dict[str, int] = {}
+            st = closed_loop(src, make_student_policy(student, tally), seeds, cfg.data.history_len, cfg.data.history_style)
+            te = closed_loop(src, TEACHER, seeds, cfg.data.history_len, cfg.data.history_style)
+            rnd = closed_loop(src, RANDOM, seeds, cfg.data.history_len, cfg.data.history_style)
+            scores["envs"][env_id] = {"heldout": acc, "lockstep": {"student": st, "teacher": te, "random": rnd,
+                                                                    "hold": src.hold},
+                                      "source": src.origin}
+            self.log(f"{env_id}: head accuracy {acc['per_head']}, exact {acc['exact_call']:.4f}; "
+                     f"lock-step return student {st['mean_return']:.1f} teacher {te['mean_return']:.1f} "
+                     f"random {rnd['mean_return']:.1f}")
+            del i
+        scores["timings_s"] = dict(self.timings)
+        out = self.save(model, tok, scores)
+        if cfg.realtime_eval:
+            self.realtime(out, scores)
+        return scores
+
+    def realtime(self, folder: Path, scores: dict[str, Any]) -> dict[str, Any]:
+        """Real-time loop figures for every env of the config; updates scores.json and the card."""
+        from models.training.card import write_card
+        from models.training.realtime import compare
+
+        for env_id in self.cfg.envs:
+            scores["envs"].setdefault(env_id, {})["realtime"] = compare(
+                env_id, folder, self.cfg.eval_episodes, self.cfg.realtime_hz, EVAL_SEED_BASE,
+                self.cfg.data.history_len, self.cfg.train.threads, log=self.log)
+        (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+        write_card(folder, self.cfg, scores)
+        return scores
+
+    def _dagger_round(self, r: int, model, tok, data: dict[str, list[Record]]) -> dict[str, list[Record]]:
+        from models.training.evaluate import make_student_policy
+        from models.training.student import BatchStudent
+
+        cfg, dg = self.cfg, self.cfg.dagger
+        out = {}
+        for i, (env_id, src) in enumerate(self.sources.items()):
+            path = self.work / f"data-{_slug(env_id)}-r{r}.jsonl"
+            if path.exists():
+                new = _read_jsonl(path)
+            else:
+                student = BatchStudent(model, tok, src.tools, self.template, cfg.system)
+                tally: dict[str, int] = {}
+                new, stats = rollout(src, make_student_policy(student, tally),
+                                     _episode_seeds(cfg, i, r, dg.episodes), n_envs=cfg.data.n_envs,
+                                     epsilon=dg.epsilon, perturb_prob=cfg.data.perturb_prob,
+                                     perturb_scale=cfg.data.perturb_scale, history_len=cfg.data.history_len,
+                                     history_style=cfg.data.history_style,
+                                     max_decisions=cfg.data.max_decisions, rng_seed=cfg.seed + 31 * r + i,
+                                     delay_prob=cfg.data.delay_prob)
+                _write_jsonl(path, new)
+                self.log(f"dagger r{r} {env_id}: student mean return {stats.mean_return:.1f}, "
+                         f"{len(new)} states relabelled, {stats.illegal} illegal calls")
+            out[env_id] = data[env_id] + new
+        return out
+
+    def save(self, model, tok, scores: dict[str, Any]) -> Path:
+        from models.training.card import write_card
+
+        out = Path(self.cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        meta = {"template": self.cfg.template, "system": self.cfg.system, "envs": list(self.cfg.envs),
+                "name": self.cfg.name, "history_len": self.cfg.data.history_len}
+        (out / "tickcall.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+        write_card(out, self.cfg, scores)
+        return out
+
+
+def _slug(env_id: str) -> str:
+    return env_id.replace("/", "_")

@@ -1,0 +1,155 @@
+"""The shipped-model figures in the real-time loop: the env runs on the wall clock (its own physics
+rate, ``envs.realtime.RealTimeEnv``), a policy decides at ``hz`` (16) on absolute deadlines, and an
+action persists until the next decision lands, so a slow decide costs score.
+
+Per tick: take the newest observation, render the turn (observation text + the last ``history``
+executed calls in the AsyncFC status format), decide with the engine (``models.hf_engine.HFEngine``),
+apply the call. A decide that ends after its tick's deadline (1/hz) is a deadline miss; ticks the
+clock had to skip are counted too. The teacher runs the same loop (its decide takes microseconds).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.calls import render_call
+from models.format import Turn
+
+
+@dataclass
+class RealTimeResult:
+    """One policy on one env. Times in ms; ``returns`` per finished episode."""
+
+    policy: str
+    env_id: str
+    hz: float
+    episodes: int
+    returns: list[float] = field(default_factory=list)
+    ticks: int = 0
+    decisions: int = 0
+    legal: int = 0
+    deadline_misses: int = 0
+    skipped_ticks: int = 0
+    decide_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def mean_return(self) -> float:
+        return sum(self.returns) / max(1, len(self.returns))
+
+    def summary(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "decide_ms"}
+        ms = sorted(self.decide_ms)
+        d.update(mean_return=self.mean_return, legal_rate=self.legal / max(1, self.decisions),
+                 decide_p50_ms=_pct(ms, 50), decide_p90_ms=_pct(ms, 90), decide_p99_ms=_pct(ms, 99),
+                 decide_mean_ms=statistics.fmean(ms) if ms else 0.0)
+        return d
+
+
+def _pct(sorted_ms: list[float], q: float) -> float:
+    if not sorted_ms:
+        return 0.0
+    k = min(len(sorted_ms) - 1, max(0, int(round(q / 100 * (len(sorted_ms) - 1)))))
+    return sorted_ms[k]
+
+
+def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | None = None,
+                 episodes: int = 20, hz: float = 16.0, seed: int = 10_000, history: int = 4,
+                 threads: int | None = 2, warmup: int = 5, log=None) -> RealTimeResult:
+    """Run ``episodes`` seeded episodes (episode i resets with ``seed + i``) in the real-time loop.
+
+    ``policy``: ``model`` (the folder ``model_path`` through HFEngine), ``teacher`` (the env's expert)
+    or ``random``."""
+    import numpy as np
+
+    from envs.binding import make_binding
+    from envs.experts import RandomPolicy, get_expert
+    from envs.realtime import RealTimeEnv
+    from models.training.collect import show_history
+
+    binding = make_binding(env_id)
+    engine = handle = None
+    if policy == "model":
+        from models.hf_engine import HFEngine
+
+        if model_path is None:
+            from models.shipped import default_model_path
+
+            model_path = default_model_path(env_id)
+        engine = HFEngine(model_path, device="cpu", threads=threads)
+        handle = engine.register(binding.tools, engine.meta.get("system")).handle
+        probe = Turn(binding.obs_text(binding.env.observation_space.sample()), [])
+        for _ in range(warmup):
+            engine.decide(handle, probe)
+    elif policy == "teacher":
+        expert = get_expert(env_id, binding)
+    elif policy == "random":
+        expert = RandomPolicy(binding, seed)
+    else:
+        raise ValueError(f"policy must be model, teacher or random, not {policy!r}")
+    order = {s.name: s.param_names for s in binding.specs}
+    rng = np.random.default_rng(seed)
+    res = RealTimeResult(policy, env_id, hz, episodes)
+    period = 1.0 / hz
+    rt = RealTimeEnv(binding, mode="realtime", seed=seed, max_episodes=episodes)
+    calls: list[str] = []
+    episode = 0
+    with rt:
+        t0 = time.monotonic()
+        k = 0
+        while not rt.done:
+            deadline = t0 + (k + 1) * period
+            snap = rt.latest()
+            if snap.episode != episode:
+                episode, calls = snap.episode, []
+            res.ticks += 1
+            ts = time.perf_counter()
+            if engine is not None:
+                turn = Turn(binding.obs_text(snap.obs), show_history(calls, history, "futures", rng))
+                dec = engine.decide(handle, turn)
+                call = dec.call if dec.legal else None
+            else:
+                call = expert.act(snap.obs)
+            res.decide_ms.append((time.perf_counter() - ts) * 1e3)
+            res.decisions += 1
+            if call is not None:
+                res.legal += 1
+                rt.apply(call)
+                calls.append(render_call(call, order.get(call.name)))
+            else:
+                rt.apply(None)  # counted as rejected by the env; the previous action persists
+            now = time.monotonic()
+            if now > deadline:
+                res.deadline_misses += 1
+            k += 1
+            nxt = t0 + k * period
+            if now > nxt:  # skip ahead: never run ticks back to back to catch up
+                skip = int((now - nxt) / period) + 1
+                res.skipped_ticks += skip
+                k += skip
+                nxt = t0 + k * period
+            time.sleep(max(0.0, nxt - time.monotonic()))
+    res.returns = [e.episode_return for e in rt.episodes][:episodes]
+    rt.close()
+    if engine is not None:
+        engine.close()
+    if log:
+        s = res.summary()
+        log(f"realtime {env_id} {policy}: mean return {s['mean_return']:.1f} over {len(res.returns)} episodes, "
+            f"legal {s['legal_rate']:.4f}, misses {res.deadline_misses}, decide P50 {s['decide_p50_ms']:.2f} ms")
+    return res
+
+
+def compare(env_id: str, model_path: str | Path, episodes: int = 20, hz: float = 16.0, seed: int = 10_000,
+            history: int = 4, threads: int | None = 2, log=None) -> dict[str, Any]:
+    """Student vs teacher under the same timing: the figures of the model card."""
+    st = run_realtime(env_id, "model", model_path, episodes, hz, seed, history, threads, log=log).summary()
+    te = run_realtime(env_id, "teacher", None, episodes, hz, seed, history, threads, log=log).summary()
+    return {"hz": hz, "episodes": episodes, "seed": seed, "student": st, "teacher": te,
+            "student_return": st["mean_return"], "teacher_return": te["mean_return"],
+            "ratio": st["mean_return"] / te["mean_return"] if te["mean_return"] else float("nan"),
+            "legal_rate": st["legal_rate"], "deadline_misses": st["deadline_misses"],
+            "decide_p50_ms": st["decide_p50_ms"], "decide_p90_ms": st["decide_p90_ms"]}

@@ -1,0 +1,127 @@
+"""Training rows in the SimpleTool format (docs: simpletool-format.md, "Training data").
+
+One labelled decision becomes one *branch per head*: input = full prompt + ``<head>``, target =
+value + ``</head><|im_end|>`` (an unused or omitted slot: ``<|null|></argN><|im_end|>``); the loss is
+on the target tokens only, weighted per head (function 2.0, arg1..arg6 1.1..1.6).
+
+Token layout (what the engine sees at run time): the static prefix and the per-tick suffix are
+tokenised separately and concatenated; a branch is ``[<head>] + tokens(value) + [</head>, <|im_end|>]``
+(``<|null|>`` is one token). :class:`Example` keeps the three parts apart so the trainer can run the
+prefix once per batch, the suffix once per example, and only the short branches per head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from models.format import (
+    HEAD_NAMES,
+    IM_END,
+    NULL,
+    Template,
+    Turn,
+    close_tag,
+    encode_call_heads,
+    head_target,
+    heads_for,
+    open_tag,
+)
+from models.tools import ToolSpec
+from models.training.collect import Record
+
+DEFAULT_HEAD_WEIGHTS: dict[str, float] = {"function": 2.0, **{f"arg{i}": 1.0 + 0.1 * i for i in range(1, 7)}}
+
+
+def train_heads(tools: Sequence[ToolSpec], mode: str = "all") -> tuple[str, ...]:
+    """Heads trained per example: ``all`` = function + arg1..arg6 (the public recipe); ``used`` = the
+    heads the engine decodes for these tools (function + arg1..argN)."""
+    if mode == "all":
+        return HEAD_NAMES
+    if mode == "used":
+        return heads_for(tools)
+    raise ValueError(f"heads mode must be 'all' or 'used', not {mode!r}")
+
+
+def record_turn(record: Record) -> Turn:
+    return Turn(query=record.query, history=list(record.history))
+
+
+def head_values(record: Record, tools: Sequence[ToolSpec], heads: Sequence[str]) -> dict[str, str]:
+    """Text each head must produce for the record's call (``<|null|>`` for unused slots)."""
+    tool = {t.name: t for t in tools}.get(record.call.name)
+    if tool is None:
+        raise ValueError(f"teacher called {record.call.name!r}, which is not among the tools")
+    return encode_call_heads(record.call, tool, tuple(heads))
+
+
+def branch_texts(record: Record, tools: Sequence[ToolSpec], template: Template, system: str | None = None,
+                 heads_mode: str = "all") -> list[tuple[str, str, float]]:
+    """The rows as text: ``(input, target, weight)`` per head, exactly as the format describes."""
+    prompt = template.prefix(tools, system) + template.suffix(record_turn(record))
+    heads = train_heads(tools, heads_mode)
+    values = head_values(record, tools, heads)
+    return [(prompt + open_tag(h), head_target(h, values[h]), DEFAULT_HEAD_WEIGHTS[h]) for h in heads]
+
+
+@dataclass
+class Example:
+    """One decision, tokenised: shared prefix key, suffix ids, and one branch per head.
+
+    ``branches[k]`` = ``[<head>] + value ids + [</head>, <|im_end|>]``; the model reads
+    ``branch[:-1]`` and is scored on ``branch[1:]`` (the target), with weight ``weights[k]``."""
+
+    group: str
+    suffix_ids: list[int]
+    branches: list[list[int]]
+    weights: list[float]
+    heads: tuple[str, ...]
+
+
+class RowCodec:
+    """Tokenises records for one tokenizer + template; checks the 17 tokens are single ids."""
+
+    def __init__(self, tokenizer, template: Template, system: str | None = None, heads_mode: str = "all",
+                 head_weights: dict[str, float] | None = None) -> None:
+        self.tok = tokenizer
+        self.template = template
+        self.system = system
+        self.heads_mode = heads_mode
+        self.weights = dict(DEFAULT_HEAD_WEIGHTS, **(head_weights or {}))
+        self._ids: dict[str, int] = {}
+        for tag in [IM_END, NULL, *[open_tag(h) for h in HEAD_NAMES], *[close_tag(h) for h in HEAD_NAMES]]:
+            ids = tokenizer.encode(tag, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"tokenizer splits {tag!r} into {len(ids)} tokens; it must be one id")
+            self._ids[tag] = ids[0]
+        self._value_cache: dict[str, list[int]] = {}
+
+    def token_id(self, tag: str) -> int:
+        return self._ids[tag]
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def prefix_ids(self, tools: Sequence[ToolSpec]) -> list[int]:
+        return self.encode_text(self.template.prefix(tools, self.system))
+
+    def suffix_ids(self, turn: Turn) -> list[int]:
+        return self.encode_text(self.template.suffix(turn))
+
+    def value_ids(self, value: str) -> list[int]:
+        if value == NULL:
+            return [self._ids[NULL]]
+        ids = self._value_cache.get(value)
+        if ids is None:
+            ids = self.encode_text(value)
+            if len(self._value_cache) < 100_000:
+                self._value_cache[value] = ids
+        return ids
+
+    def encode(self, record: Record, tools: Sequence[ToolSpec]) -> Example:
+        heads = train_heads(tools, self.heads_mode)
+        values = head_values(record, tools, heads)
+        branches = [[self._ids[open_tag(h)], *self.value_ids(values[h]), self._ids[close_tag(h)],
+                     self._ids[IM_END]] for h in heads]
+        return Example(group=record.env_id, suffix_ids=self.suffix_ids(record_turn(record)),
+                       branches=branches, weights=[self.weights[h] for h in heads], heads=tuple(heads))

@@ -1,0 +1,162 @@
+"""Where training decisions come from: an env's tools, its observation text, and a teacher.
+
+An :class:`EnvSource` bundles what distillation needs from one env id; ``source.instance()`` makes
+one independent copy (env + converters + teacher) for a rollout:
+
+* ``tools``: the tool schemas offered to the model (the static prompt prefix);
+* ``instance.obs_text(obs) -> str``: the per-tick observation text (the turn's query);
+* ``instance.teacher(obs) -> Call``: the decision the student must copy;
+* ``instance.to_action(call)``: the env action a call stands for;
+* ``hold``: mean physics steps per decision. The real-time loop decides at ``decision_hz`` (16) while
+  the env steps at its own rate (CartPole 50 Hz -> 3.125, Arena 20 Hz -> 1.25); rollouts round it
+  stochastically per decision so training sees the jitter the wall clock gives.
+
+The envs package (``envs.binding.make_binding``, ``envs.experts.get_expert``) supplies bindings and
+experts, so the student sees exactly the text and tools the runtime uses. A built-in CartPole-v1
+source (tool ``push(direction)``, linear expert) stands in when that package is missing; the tests
+may use it with ``prefer_builtin=True``. Imports of ``envs`` are lazy: ``models`` depends on nothing
+of ours at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from models.calls import Call
+from models.tools import ToolSpec, normalize_tools
+
+DECISION_HZ = 16.0
+
+CARTPOLE_TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "push",
+        "description": "Push the cart to the left or to the right.",
+        "parameters": {"type": "object", "properties": {
+            "direction": {"type": "string", "enum": ["left", "right"]}}, "required": ["direction"]},
+    },
+}]
+
+
+def cartpole_obs_text(obs: Any) -> str:
+    """``x=+0.012 v=-0.340 a=+0.021 w=+0.551`` (cart position m, velocity m/s, angle rad, rad/s)."""
+    x, v, a, w = (float(o) for o in obs)
+    return f"x={x:+.3f} v={v:+.3f} a={a:+.3f} w={w:+.3f}"
+
+
+def cartpole_expert(obs: Any) -> Call:
+    """Linear state feedback: push right when 0.05 x + 0.3 v + 3 a + 0.6 w > 0."""
+    x, v, a, w = (float(o) for o in obs)
+    right = 0.05 * x + 0.3 * v + 3.0 * a + 0.6 * w > 0
+    return Call("push", {"direction": "right" if right else "left"})
+
+
+@dataclass
+class Instance:
+    """One env copy with its converters and teacher (teachers may read the env, e.g. LunarLander)."""
+
+    env: Any
+    obs_text: Callable[[Any], str]
+    teacher: Callable[[Any], Call]
+    to_action: Callable[[Call], Any]
+    random_call: Callable[[Any], Call]
+    default_action: Callable[[], Any]
+
+
+@dataclass
+class EnvSource:
+    """One env prepared for distillation (see module docstring)."""
+
+    env_id: str
+    tools: list[ToolSpec]
+    instance: Callable[[], Instance]
+    physics_hz: float
+    decision_hz: float = DECISION_HZ
+    origin: str = "builtin"
+
+    @property
+    def hold(self) -> float:
+        """Mean physics steps per decision (>= 1)."""
+        return max(1.0, self.physics_hz / self.decision_hz)
+
+    def perturb(self, env: Any, rng: Any, scale: float) -> None:
+        """Nudge the env's internal state so the teacher is seen recovering (no-op when unknown)."""
+        import numpy as np
+
+        inner = getattr(env, "unwrapped", env)
+        fn = getattr(inner, "perturb", None)
+        if callable(fn):
+            fn(rng, scale)
+            return
+        if self.env_id.startswith("CartPole") and getattr(inner, "state", None) is not None:
+            s = np.asarray(inner.state, dtype=np.float64)
+            inner.state = s + rng.normal(0.0, 1.0, size=4) * scale * np.array([0.1, 0.2, 0.03, 0.2])
+        elif self.env_id == "tickcall/Arena-v0" and hasattr(inner, "tpos"):
+            # move the target somewhere else in the arena: the teacher re-aims and closes in
+            inner.tpos = np.clip(inner.tpos + rng.normal(0.0, 2.5 * scale, size=2), 0.5, inner.size - 0.5)
+
+
+def _env_rate(env: Any) -> float:
+    fps = (getattr(env, "metadata", None) or {}).get("render_fps")
+    if fps:
+        return float(fps)
+    dt = getattr(env.unwrapped, "dt", None) or getattr(env.unwrapped, "tau", None)
+    return 1.0 / float(dt) if dt else 50.0
+
+
+def _builtin_cartpole(env_id: str = "CartPole-v1") -> EnvSource:
+    import gymnasium as gym
+
+    def make() -> Instance:
+        return Instance(
+            env=gym.make(env_id), obs_text=cartpole_obs_text, teacher=cartpole_expert,
+            to_action=lambda call: 1 if call.arguments.get("direction") == "right" else 0,
+            random_call=lambda rng: Call("push", {"direction": "right" if rng.random() < 0.5 else "left"}),
+            default_action=lambda: 0)
+
+    return EnvSource(env_id=env_id, tools=normalize_tools(CARTPOLE_TOOLS), instance=make, physics_hz=50.0,
+                     origin="builtin")
+
+
+def _from_envs_package(env_id: str) -> EnvSource | None:
+    """A source from ``envs.binding`` + ``envs.experts`` (None when that package is missing)."""
+    try:
+        from envs.binding import make_binding
+        from envs.experts import RandomPolicy, get_expert
+    except ImportError:
+        return None
+    probe = make_binding(env_id)
+    get_expert(env_id, probe)  # raises KeyError when the env has no expert
+    tools = normalize_tools(probe.tools)
+    rate = _env_rate(probe.env)
+    probe.env.close()
+
+    def make() -> Instance:
+        b = make_binding(env_id)
+        expert = get_expert(env_id, b)
+        rnd = RandomPolicy(b, seed=None)
+
+        def random_call(rng: Any) -> Call:
+            rnd.space.seed(int(rng.integers(2**31)))
+            return rnd.act(None)
+
+        def to_action(call: Call) -> Any:
+            return b.call_to_action(call).action
+
+        return Instance(env=b.env, obs_text=b.obs_text, teacher=expert.act, to_action=to_action,
+                        random_call=random_call, default_action=b.default_action)
+
+    return EnvSource(env_id=env_id, tools=tools, instance=make, physics_hz=rate, origin="envs")
+
+
+def get_source(env_id: str, prefer_builtin: bool = False) -> EnvSource:
+    """The :class:`EnvSource` for ``env_id``: the envs package's binding, else the built-in one."""
+    if not (prefer_builtin and env_id.startswith("CartPole")):
+        src = _from_envs_package(env_id)
+        if src is not None:
+            return src
+    if env_id.startswith("CartPole"):
+        return _builtin_cartpole(env_id)
+    raise ValueError(f"no training source for {env_id!r}: the envs package has no binding/expert for it")

@@ -1,0 +1,87 @@
+"""``tickcall train --config configs/train-tiny.yaml``: distil a teacher into a SimpleTool-format student.
+
+Stages (each resumable from ``work_dir``): teacher rollouts -> tokenizer + student -> training ->
+DAgger rounds -> held-out head accuracy and lock-step returns -> model folder with a model card.
+``--realtime`` adds the real-time loop figures (16 Hz, wall clock) to the card. ``--evaluate FOLDER``
+only scores an existing folder in the real-time loop and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "distil a teacher into a SimpleTool-format student (small model from scratch, or SmolLM2 LoRA)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/train-tiny.yaml", help="training config (YAML)")
+    parser.add_argument("--out", help="model folder to write (overrides the config's out)")
+    parser.add_argument("--work-dir", help="data, checkpoints (overrides the config's work_dir)")
+    parser.add_argument("--env", action="append", dest="envs", metavar="ENV_ID",
+                        help="train on this env (repeatable; overrides the config's envs)")
+    parser.add_argument("--steps", type=int, help="training steps of round 0 (overrides the config)")
+    parser.add_argument("--seed", type=int, help="seed (overrides the config)")
+    parser.add_argument("--realtime", action="store_true",
+                        help="after training, measure the real-time loop figures (20 episodes per env)")
+    parser.add_argument("--evaluate", metavar="FOLDER",
+                        help="no training: score FOLDER in the real-time loop against the teacher")
+    parser.add_argument("--episodes", type=int, default=20, help="real-time episodes per env (default 20)")
+    parser.add_argument("--hz", type=float, default=16.0, help="decision rate of the real-time loop (Hz)")
+    parser.add_argument("--json", metavar="FILE", help="write the scores as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.training.pipeline import Pipeline, TrainConfig
+
+    path = Path(args.config)
+    if not path.exists():
+        print(f"tickcall train: config {path} not found", file=sys.stderr)
+        return 2
+    try:
+        cfg = TrainConfig.load(path)
+    except (ValueError, TypeError) as exc:
+        print(f"tickcall train: bad config {path}: {exc}", file=sys.stderr)
+        return 2
+    cfg.source_path = str(path)
+    if args.out:
+        cfg.out = args.out
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    if args.envs:
+        cfg.envs = list(args.envs)
+    if args.steps is not None:
+        cfg.train.steps = args.steps
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.realtime:
+        cfg.realtime_eval = True
+    cfg.realtime_hz = args.hz
+    cfg.eval_episodes = args.episodes if args.realtime else cfg.eval_episodes
+
+    if args.evaluate:
+        from models.training.realtime import compare
+
+        scores = {env: compare(env, args.evaluate, args.episodes, args.hz, log=print) for env in cfg.envs}
+        _table(scores)
+    else:
+        scores = Pipeline(cfg, progress=not args.no_progress).run()
+        print(f"model written to {cfg.out}")
+        rt = {e: s["realtime"] for e, s in scores["envs"].items() if "realtime" in s}
+        if rt:
+            _table(rt)
+    if args.json:
+        Path(args.json).write_text(json.dumps(scores, indent=2) + "\n")
+    return 0
+
+
+def _table(scores: dict) -> None:
+    print(f"{'env':<20} {'student':>9} {'teacher':>9} {'ratio':>7} {'legal':>8} {'misses':>7} "
+          f"{'P50 ms':>7} {'P90 ms':>7}")
+    for env, s in scores.items():
+        print(f"{env:<20} {s['student_return']:>9.1f} {s['teacher_return']:>9.1f} {100 * s['ratio']:>6.1f}% "
+              f"{100 * s['legal_rate']:>7.2f}% {s['deadline_misses']:>7d} {s['decide_p50_ms']:>7.2f} "
+              f"{s['decide_p90_ms']:>7.2f}")
