@@ -181,6 +181,24 @@ def test_wrong_version_engine_is_told_and_exits(engines):
         assert not bridge.connected and bridge.stats()["errors_by_code"]["version_mismatch"] >= 1
 
 
+def test_check_command_real_time_and_lockstep(engines, tmp_path):
+    from envs.engine_bridge_cli import main
+
+    endpoint = free_endpoint()
+    engines(endpoint, "check")
+    assert main(["check", "--endpoint", endpoint, "--seconds", "1", "--json", str(tmp_path / "c.json")]) == 0
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["ok"] and r["calls"]["calls"] == r["calls"]["done"] > 0 and r["ack_ms"]["n"] == r["calls"]["done"]
+    assert r["obs_received"] > 0 and ARENA_TEXT.match(r["sample_observations"][0])
+    endpoint = free_endpoint()
+    engines(endpoint, "check-lockstep", "--lockstep", "3")
+    assert main(["check", "--endpoint", endpoint, "--steps", "20", "--call", '{"name": "fire", "arguments": {}}',
+                 "--json", str(tmp_path / "l.json")]) == 0
+    r = json.loads((tmp_path / "l.json").read_text())
+    assert r["lockstep_states"]["done"] + r["lockstep_states"].get("failed", 0) == 20
+    assert r["lockstep_states"].get("failed", 0) > 0  # fire every step: the engine reports its cooldown
+
+
 # --------------------------------------------------------------------------- with the control loop
 
 ray = pytest.importorskip("ray")

@@ -1,0 +1,133 @@
+"""``python -m envs.engine_bridge_cli check``: try an engine against the bridge, without a model.
+
+    python -m envs.engine_bridge_cli check --endpoint tcp://127.0.0.1:5560 --seconds 5 --json out.json
+
+Binds the bridge, waits for an engine's hello, prints what it declared, then for ``--seconds``
+watches its observations and sends its ``default_call`` (or ``--call JSON``) at ``--rate`` Hz,
+measuring ack and result latency (ms). A lock-step engine is driven step by step instead
+(LOCK-STEP: deterministic, not real time). Prints a table; ``--json FILE`` writes the figures.
+Exit status 0 when the engine made no protocol error and every call ended ``done`` or ``failed``.
+
+The module has the shape of a ``tickcall`` command (``HELP``, ``add_arguments``, ``run``), so it can
+be registered as ``tickcall bridge``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from typing import Any
+
+HELP = "check an engine against the engine bridge (mode 1) without a model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser("check", help=HELP, description=HELP)
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5560", help="where the bridge binds")
+    p.add_argument("--seconds", type=float, default=5.0, help="how long to watch (real time)")
+    p.add_argument("--steps", type=int, default=100, help="steps for a lock-step engine")
+    p.add_argument("--rate", type=float, default=16.0, help="calls per second (Hz)")
+    p.add_argument("--call", default=None, help='JSON call to send, e.g. \'{"name": "wait", "arguments": {}}\' '
+                                                "(default: the engine's default_call)")
+    p.add_argument("--wait-s", type=float, default=60.0, help="how long to wait for the engine's hello")
+    p.add_argument("--curve-secret-key", default=None, help="bridge CURVE secret key (z85) or key file")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the figures as JSON")
+
+
+def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: float = 16.0,
+          call: dict[str, Any] | None = None, wait_s: float = 60.0,
+          curve_secret_key: str | None = None, out: Any = sys.stdout) -> dict[str, Any]:
+    """Run the check (see module docstring); returns the figures."""
+    from envs.engine_bridge import BridgeConfig, EngineBridge, EngineCallError
+    from envs.engine_bridge_world import run_lockstep
+    from models.calls import Call
+
+    cfg = BridgeConfig(endpoint=endpoint, curve_secret_key=curve_secret_key)
+    with EngineBridge(cfg) as bridge:
+        print(f"bridge listening on {bridge.endpoint}: start the engine (it connects there) ...", file=out)
+        hello = bridge.wait_for_engine(wait_s)
+        sess = bridge.session
+        print(f"engine {hello.engine!r} {hello.engine_version} session {hello.session} "
+              f"frame {hello.frame_hz:g} Hz, heartbeat {hello.heartbeat_ms:g} ms, "
+              f"{'LOCK-STEP every ' + str(hello.lockstep) + ' frames' if hello.lockstep else 'real time'}",
+              file=out)
+        for t in sess.tools:
+            print(f"  tool {t.name}({', '.join(t.param_names)})", file=out)
+        print(f"  observation format {hello.observation.format!r}: {hello.observation.description}", file=out)
+        use = Call.from_dict(call or hello.default_call or {"name": sess.tools[0].name})
+        t0 = time.monotonic()
+        obs0 = bridge.stats()["counts"]["obs_received"]
+        handles = []
+        texts = []
+        if hello.lockstep:
+            res = run_lockstep(bridge, lambda text: (texts.append(text), use)[1], steps)
+            lockstep_states = res.states
+        else:
+            lockstep_states = None
+            next_at = t0
+            while time.monotonic() - t0 < seconds:
+                obs = bridge.latest_observation()
+                if obs is not None and (not texts or texts[-1] != bridge.observation_text(obs)):
+                    texts.append(bridge.observation_text(obs))
+                handles.append(bridge.send_call(use))
+                next_at += 1.0 / rate_hz
+                time.sleep(max(0.0, next_at - time.monotonic()))
+            for h in handles:
+                with contextlib.suppress(EngineCallError):  # its state is counted in the stats
+                    h.result.result(timeout=bridge.config.result_timeout_ms / 1e3 + 1)
+        elapsed = time.monotonic() - t0
+        stats = bridge.stats()
+    c = stats["counts"]
+    report = {
+        "engine": stats["engine"] or {"name": hello.engine, "session": hello.session},
+        "endpoint": stats["endpoint"], "elapsed_s": round(elapsed, 3), "call": use.to_dict(),
+        "obs_received": c["obs_received"] - obs0, "obs_hz": round((c["obs_received"] - obs0) / elapsed, 2),
+        "calls": {k: c[k] for k in ("calls", "done", "failed", "rejected", "lost", "timeout", "in_flight")},
+        "ack_ms": stats["ack_ms"], "result_ms": stats["result_ms"], "ping_rtt_ms": stats["ping_rtt_ms"],
+        "engine_errors": stats["errors_by_code"], "episodes": stats["episodes"],
+        "lockstep_states": lockstep_states, "sample_observations": texts[:3],
+    }
+    report["ok"] = (not report["engine_errors"] and c["calls"] == c["done"] + c["failed"])
+    _table(report, out)
+    return report
+
+
+def _table(r: dict[str, Any], out: Any) -> None:
+    def fmt(p: dict[str, Any]) -> str:
+        return "-" if not p.get("n") else f"p50 {p['p50']}  p90 {p['p90']}  p99 {p['p99']}  max {p['max']}  (n {p['n']})"
+
+    rows = [("observations", f"{r['obs_received']} in {r['elapsed_s']} s ({r['obs_hz']} /s)"),
+            ("calls", "  ".join(f"{k} {v}" for k, v in r["calls"].items())),
+            ("ack ms", fmt(r["ack_ms"])), ("result ms", fmt(r["result_ms"])),
+            ("ping rtt ms", fmt(r["ping_rtt_ms"])),
+            ("engine protocol errors", json.dumps(r["engine_errors"]) if r["engine_errors"] else "none"),
+            ("episodes", str(len(r["episodes"]))),
+            ("sample observation", r["sample_observations"][0] if r["sample_observations"] else "-"),
+            ("verdict", "OK" if r["ok"] else "PROBLEMS (see above)")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}", file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    call = json.loads(args.call) if args.call else None
+    report = check(args.endpoint, seconds=args.seconds, steps=args.steps, rate_hz=args.rate, call=call,
+                   wait_s=args.wait_s, curve_secret_key=args.curve_secret_key)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    return 0 if report["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m envs.engine_bridge_cli", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
