@@ -90,7 +90,7 @@ def measure(mode: str, hz: float = 16.0, seconds: float = 5.0, actuator_ms: floa
             "work_ms": summary_ms(work), "tick_ms": summary_ms(tick_ms), "lateness_ms": summary_ms(lateness),
             "dispatch_us": m["dispatch_us"], "actuator_run_ms": m["run_ms"],
             "calls": m["states"], "applied_per_s": round(m["states"]["done"] / elapsed, 2) if elapsed else 0.0,
-            "ledger_balanced": m["balanced"],
+            "in_flight_at_end": m["in_flight"], "ledger_balanced": m["balanced"],
         }
     finally:
         fc.shutdown(timeout_s=actuator_ms / 1000.0 + 0.5)
