@@ -10,11 +10,15 @@ Rules (docs/simpletool-format.md, "From heads to a call"):
 * Slots beyond the tool's arity must be null. Arguments are validated against the schema; a missing
   required argument is illegal, never silently defaulted.
 * A head that did not finish (no stop token within its token budget) makes the call illegal.
+* With ``allow_future_refs``, a whole argument ``@fN`` names the future of an earlier call (AsyncFC):
+  it is kept as the string ``"@fN"`` for any parameter type and validated after the futures layer
+  substitutes the result (off by default: strict SimpleTool rules).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,10 +65,14 @@ def is_null_text(text: str | None) -> bool:
     return text is None or text == "" or text.strip() == NULL
 
 
+FUTURE_REF = re.compile(r"@f\d+")
+
+
 def assemble(
     heads: Mapping[str, str],
     tools: Mapping[str, ToolSpec],
     unfinished: frozenset[str] | set[str] = frozenset(),
+    allow_future_refs: bool = False,
 ) -> Assembled:
     """Heads (``{"function": ..., "arg1": ...}``) -> :class:`Assembled`. Never raises on model output."""
     raw = dict(heads)
@@ -79,6 +87,7 @@ def assemble(
         return Assembled(None, False, f"unknown function {name!r}; offered: {', '.join(tools)}", raw)
 
     arguments: dict[str, Any] = {}
+    futures: set[str] = set()  # parameters given as "@fN" (validated once the future resolves)
     params = tool.param_names
     slot_heads = sorted((h for h in heads if h.startswith("arg")), key=lambda h: int(h[3:]))
     for head in slot_heads:
@@ -91,6 +100,10 @@ def assemble(
                              f"{head} is set ({text[:40]!r}) but {name} takes {len(params)} parameter(s)",
                              raw)
         pname = params[i]
+        if allow_future_refs and FUTURE_REF.fullmatch(text.strip()):
+            arguments[pname] = text.strip()
+            futures.add(pname)
+            continue
         if tool.param_is_string(pname):
             arguments[pname] = text
             continue
@@ -101,7 +114,8 @@ def assemble(
                              f"{name}.{pname} ({head}) is not valid JSON: {text[:40]!r} ({exc})", raw)
     ordered = {p: arguments[p] for p in params if p in arguments}
     call = Call(name, ordered)
-    err = validate_arguments(tool, ordered)
+    err = validate_arguments(tool, {k: v for k, v in ordered.items() if k not in futures},
+                             present=frozenset(futures))
     if err:
         return Assembled(call, False, err, raw)
     return Assembled(call, True, "ok", raw)

@@ -100,8 +100,9 @@ class Engine(ABC):
     backend: str = "abstract"
     default_template: str = "v2"
 
-    def __init__(self, max_new_tokens: int = 32) -> None:
+    def __init__(self, max_new_tokens: int = 32, allow_future_refs: bool = False) -> None:
         self.max_new_tokens = max_new_tokens
+        self.allow_future_refs = allow_future_refs  # accept "@fN" argument values (AsyncFC futures)
         self._registrations: dict[str, Registration] = {}
         self._ids = itertools.count(1)
 
@@ -161,7 +162,7 @@ class Engine(ABC):
     # ---- backend hooks ----------------------------------------------------------------------
     def _assemble(self, reg: Registration, raw: RawHeads) -> Assembled:
         """Heads -> call (strict SimpleTool rules). The autoregressive baseline parses JSON instead."""
-        return assemble(raw.texts, reg.tool_map, raw.unfinished)
+        return assemble(raw.texts, reg.tool_map, raw.unfinished, allow_future_refs=self.allow_future_refs)
 
     @abstractmethod
     def _build_prefix(self, reg: Registration) -> None:

@@ -59,14 +59,16 @@ class HFEngine(Engine):
 
     ``model_path``: a local folder (config.json, safetensors, tokenizer). ``device``: "cpu", "cuda"
     or "auto". ``dtype``: defaults to float32 on CPU and bfloat16 on CUDA. ``threads``: torch CPU
-    threads (None leaves torch's default). ``max_new_tokens``: per head budget.
+    threads (None leaves torch's default). ``max_new_tokens``: per head budget. ``allow_future_refs``:
+    accept ``@fN`` argument values (see models.assembly).
     """
 
     backend = "transformers"
 
     def __init__(self, model_path: str | Path, *, device: str | None = "auto", dtype: str | None = None,
-                 threads: int | None = None, max_new_tokens: int = 32, template: str | None = None) -> None:
-        super().__init__(max_new_tokens=max_new_tokens)
+                 threads: int | None = None, max_new_tokens: int = 32, template: str | None = None,
+                 allow_future_refs: bool = False) -> None:
+        super().__init__(max_new_tokens=max_new_tokens, allow_future_refs=allow_future_refs)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_path = Path(model_path)

@@ -371,13 +371,16 @@ def validate_value(value: Any, schema: Mapping[str, Any], where: str = "value") 
     return None
 
 
-def validate_arguments(spec: ToolSpec, arguments: Mapping[str, Any]) -> str | None:
-    """Validate a call's arguments against its tool. Returns None when legal, else the reason."""
+def validate_arguments(spec: ToolSpec, arguments: Mapping[str, Any],
+                       present: frozenset[str] = frozenset()) -> str | None:
+    """Validate a call's arguments against its tool. Returns None when legal, else the reason.
+
+    ``present``: parameters given but not checkable yet (future references), counted as supplied."""
     for name in arguments:
         if name not in spec.properties:
             return f"{spec.name} has no parameter {name!r}"
     for req in spec.required:
-        if req not in arguments:
+        if req not in arguments and req not in present:
             return f"{spec.name}: required argument {req!r} is missing"
     for name, value in arguments.items():
         err = validate_value(value, spec.properties[name], f"{spec.name}.{name}")

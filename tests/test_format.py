@@ -253,3 +253,12 @@ def test_bfcl_round_trip(category):
             checked += 1
     assert checked > 150
     print(f"{category}: {checked} calls round-tripped, {refused} tool sets refused (>6 parameters)")
+
+
+def test_future_references_only_when_allowed():
+    heads = {"function": "move", "arg1": "n", "arg2": "@f17"}
+    assert not assemble(heads, TOOLS).legal  # strict: not JSON for a number parameter
+    a = assemble(heads, TOOLS, allow_future_refs=True)
+    assert a.legal and a.call == Call("move", {"dir": "n", "speed": "@f17"})
+    b = assemble({"function": "move", "arg1": "@f3"}, TOOLS, allow_future_refs=True)
+    assert b.legal and b.call.arguments == {"dir": "@f3"}  # a required argument given as a future
