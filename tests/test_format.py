@@ -18,8 +18,8 @@ from models.format import (
     Turn,
     encode_call_heads,
     get_template,
-    heads_for,
     head_target,
+    heads_for,
 )
 from models.tools import ToolSchemaError, normalize_tool, normalize_tools
 
