@@ -39,6 +39,8 @@ class ServeConfig:
     ``oversized`` error; ``hard_max_message_bytes`` (ZMQ_MAXMSGSIZE; default 4x + 64 KiB) drops the
     connection of a peer that sends more, unanswered. ``max_batch``: most decides in one
     ``decide_batch`` call. ``max_registrations``: distinct tool sets kept (least recently used evicted).
+    ``gather_ms``: when fewer decides are queued than the previous batch held, the engine thread waits
+    up to this long for the others before decoding (0: never wait; a lone client never waits).
     ``poll_ms``: idle wake-up period of the serving loop (stop checks only; requests wake it at once).
     """
 
@@ -48,6 +50,7 @@ class ServeConfig:
     hard_max_message_bytes: int | None = None
     max_batch: int = 32
     max_registrations: int = 256
+    gather_ms: float = 1.0
     poll_ms: int = 100
     curve: CurveConfig | None = None
     allow_insecure: bool = False
@@ -59,6 +62,8 @@ class ServeConfig:
             self.curve = CurveConfig(**self.curve)
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
+        if not 0 <= self.gather_ms <= 100:
+            raise ValueError("gather_ms must be in [0, 100] ms")
         if self.max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if self.max_registrations < 1:

@@ -10,7 +10,8 @@ Two threads:
 * the **engine thread** owns the engine. It runs ``register``/``bye`` in arrival order, answers
   ``expired`` to queued decides whose deadline passed before decoding starts (nothing decoded), then
   calls ``engine.decide_batch`` once for up to ``max_batch`` queued decides — all clients' heads in one
-  batch — and replies ``call`` to each (``engine_failure`` for a request the engine could not decide; a
+  batch (when fewer decides wait than the previous batch held, it first waits up to ``gather_ms`` for
+  the rest, like Triton's dynamic-batching queue delay; one client alone never waits) — and replies ``call`` to each (``engine_failure`` for a request the engine could not decide; a
   failing batch is retried request by request, so one bad request fails alone).
 
 Every request gets exactly one reply. Replies that cannot be delivered (the peer is gone:
@@ -85,6 +86,7 @@ class PolicyServer:
         self._eng_stats: dict[str, int] = {}
         self._batch_sizes: dict[int, int] = {}
         self._busy_since: float | None = None
+        self._last_batch = 0
         # shared (guarded by _cond)
         self._cond = threading.Condition()
         self._pending: dict[tuple[bytes, str], _Pending] = {}
@@ -326,6 +328,7 @@ class PolicyServer:
                 with self._cond:
                     while not self._pending and not self._commands and not self._stop.is_set():
                         self._cond.wait(self.config.poll_ms / 1e3)
+                    self._gather()
                     commands = list(self._commands)
                     self._commands.clear()
                     expired, batch = self._take_batch()
@@ -342,6 +345,19 @@ class PolicyServer:
                     self._decide(batch)
         finally:
             out.close(0)
+
+    def _gather(self) -> None:
+        """Under the lock: when fewer decides wait than the last batch held, wait up to ``gather_ms``
+        for the others (closed-loop clients resend a moment after their reply) so batches stay whole."""
+        gather_s = self.config.gather_ms / 1e3
+        if gather_s <= 0 or not self._pending or len(self._pending) >= self._last_batch:
+            return
+        end = time.perf_counter() + gather_s
+        while len(self._pending) < self._last_batch and not self._commands and not self._stop.is_set():
+            left = end - time.perf_counter()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _send(self, ident: bytes, msg: dict[str, Any]) -> None:
         try:
@@ -433,6 +449,7 @@ class PolicyServer:
             else:  # evicted or dropped (bye) after it was queued
                 self._error(p.ident, "unknown_handle", f"handle {p.req.handle!r} is no longer registered: "
                             "register the tools again", p.req.msg_id, tick=p.req.tick, handle=p.req.handle)
+        self._last_batch = len(live)
         if not live:
             return
         self._count(self._eng_stats, "batches")

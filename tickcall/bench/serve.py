@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder for part 2 (default: a tiny random Qwen2 built here)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="head budget (tokens) in part 2")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the engine in part 2")
+    parser.add_argument("--standin-ms", type=float, default=10.0,
+                        help="also run part 2 against a stand-in engine costing this many ms per batch "
+                             "whatever its size (no-op + batch_delay_ms): the service's own batching; 0: skip")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-batching", action="store_true")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -240,10 +243,50 @@ def _batching(args: argparse.Namespace) -> dict[str, Any]:
                   flush=True)
     finally:
         ray.kill(handle, no_restart=True)
-    per = {r["clients"]: r["per_s"] for r in rows}
-    gain = per[max(per)] / per[1] if 1 in per and max(per) == 8 else None
+    engine_rows = _engine_alone(model, args)
+    standin = []
+    if args.standin_ms > 0:
+        handle, endpoint = start_policy_service({"backend": "noop", "batch_delay_ms": args.standin_ms})
+        try:
+            for n in args.clients:
+                standin.append(_closed_loop(endpoint, n, min(args.duration, 3.0), TOOLS))
+        finally:
+            ray.kill(handle, no_restart=True)
     return {"model": desc, "engine": info["engine"], "max_new_tokens": args.max_new_tokens, "rows": rows,
-            "batching_gain_8": gain}
+            "batching_gain_8": _gain(rows), "engine_alone": engine_rows, "engine_alone_gain_8": _gain(engine_rows),
+            "standin": standin, "standin_gain_8": _gain(standin) if standin else None}
+
+
+def _gain(rows: list[dict[str, Any]]) -> float | None:
+    per = {r["clients"]: r["per_s"] for r in rows}
+    return per[8] / per[1] if 1 in per and 8 in per else None
+
+
+def _engine_alone(model: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The same engine in this process: decide_batch(N) of N different turns, median of 15 (no service)."""
+    import statistics
+
+    import torch
+
+    from agent.protocol import parse_turn, to_turn
+    from models.loading import load_engine
+
+    torch.set_num_threads(args.threads)
+    engine = load_engine({"backend": "transformers", "model": str(model), "max_new_tokens": args.max_new_tokens})
+    reg = engine.register(TOOLS)
+    rows = []
+    for n in args.clients:
+        times = []
+        for k in range(16):
+            turns = [to_turn(parse_turn(_turn(1000 * k + i), None)) for i in range(n)]
+            t = time.perf_counter()
+            engine.decide_batch([(reg.handle, turn) for turn in turns])
+            if k:  # the first is a warm-up
+                times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        rows.append({"clients": n, "batch_ms": med * 1e3, "per_s": n / med})
+    engine.close()
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -270,9 +313,19 @@ def run(args: argparse.Namespace) -> int:
                         [[r["clients"], r["per_s"], r["mean_batch"], r["latency_ms"]["p50"],
                           r["latency_ms"]["p90"], r["errors"]] for r in bt["rows"]],
                         title=f"closed-loop clients, {bt['model']}, {bt['max_new_tokens']} tokens per head")
+            print_table(["clients", "batch ms", "decisions/s"],
+                        [[r["clients"], r["batch_ms"], r["per_s"]] for r in bt["engine_alone"]],
+                        title="the same engine alone in this process: decide_batch(N turns), median")
+            if bt["standin"]:
+                print_table(["clients", "decisions/s", "mean batch", "p50 ms"],
+                            [[r["clients"], r["per_s"], r["mean_batch"], r["latency_ms"]["p50"]]
+                             for r in bt["standin"]],
+                            title=f"service with a stand-in engine costing {args.standin_ms:g} ms per batch "
+                                  "(any size)")
             if bt["batching_gain_8"] is not None:
-                print(f"batching_gain_8 (throughput 8 clients / 1 client) = {bt['batching_gain_8']:.2f} "
-                      "(goal >= 3)")
+                print(f"batching_gain_8 (service, tiny model: throughput 8 clients / 1 client) = "
+                      f"{bt['batching_gain_8']:.2f} (goal >= 3); engine alone: {bt['engine_alone_gain_8']:.2f}"
+                      + (f"; stand-in engine: {bt['standin_gain_8']:.2f}" if bt["standin_gain_8"] else ""))
     finally:
         ray.shutdown()
     out["loadavg_after"] = os.getloadavg()
