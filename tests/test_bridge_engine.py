@@ -156,6 +156,40 @@ def test_lockstep_is_deterministic_and_applies_every_call(engines):
     assert any(c == {"name": "fire", "arguments": {}} for _, c, s, _ in runs[0] if s == "done")
 
 
+def test_cartpole_physics_hold_up_with_the_expert(engines):
+    """LOCK-STEP at 50 frames/s, one physics step per decision: the C++ CartPole (gymnasium's equations)
+    with the linear expert of envs.experts, reading the text, balances the pole for the full 500 steps,
+    as it does in gymnasium; a policy that always pushes left drops it within a few dozen steps."""
+    from envs.experts import cartpole_action
+
+    def expert(text: str) -> Call:
+        obs = [float(kv.split("=")[1]) for kv in text.split()]
+        return Call("push", {"direction": "right" if cartpole_action(obs) else "left"})
+
+    returns = {}
+    for name, policy, steps in (("expert", expert, 505),
+                                ("left", lambda _t: Call("push", {"direction": "left"}), 100)):
+        with EngineBridge(endpoint="tcp://127.0.0.1:0") as bridge:
+            engines(bridge.endpoint, f"cartpole-{name}", "--game", "cartpole", "--frame-hz", "50",
+                    "--lockstep", "1", "--seed", "0")
+            assert [t["function"]["name"] for t in bridge.wait_for_engine(30).tools] == ["push"]
+            res = run_lockstep(bridge, policy, steps=steps)
+            assert res.timeouts == 0 and set(res.states) == {"done"}
+            assert re.match(r"^x=[+-]\d\.\d{3} v=[+-]\d\.\d{3} a=[+-]\d\.\d{3} w=[+-]\d\.\d{3}$",
+                            res.records[0].text)
+            assert wait_until_episode(bridge)
+            returns[name] = bridge.stats()["episodes"][0]
+    assert returns["expert"]["return"] == 500 and returns["expert"]["reason"] == "time"
+    assert returns["left"]["return"] < 100 and returns["left"]["reason"] == "fell"
+
+
+def wait_until_episode(bridge, timeout_s: float = 5.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and not bridge.stats()["episodes"]:
+        time.sleep(0.01)
+    return bool(bridge.stats()["episodes"])
+
+
 def test_values_format_over_curve(engines):
     import zmq
 
