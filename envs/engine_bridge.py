@@ -40,7 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,6 +227,19 @@ class _PeerLimiter:
         return True
 
 
+def _settle(fut: Future, value: Any = None, exc: BaseException | None = None) -> None:
+    """Resolve a future unless it is already done (a caller may have cancelled it)."""
+    if fut.done():
+        return
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+    except InvalidStateError:  # cancelled between the check and the set
+        pass
+
+
 def _pcts(values: Any) -> dict[str, float | None]:
     xs = sorted(values)
     if not xs:
@@ -278,7 +291,7 @@ class EngineBridge:
             "calls", "done", "failed", "rejected", "lost", "timeout", "late_replies",
             "obs_received", "obs_replaced", "obs_taken", "obs_stale_queries",
             "errors_sent", "errors_suppressed", "send_failures", "sessions", "sessions_lost", "rehellos",
-            "pings_sent", "pongs_received", "episodes", "steps_sent")}
+            "pings_sent", "pongs_received", "episodes", "steps_sent", "io_errors")}
         self.errors_by_code: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
         self.episodes: list[dict[str, Any]] = []
@@ -510,15 +523,12 @@ class EngineBridge:
         handle.state = state
         self._calls.pop(handle.id, None)
         self.counts[state] += 1
-        if not handle.acked.done():
-            if state == "done":
-                handle.acked.set_result(handle.ack_frame)
-            else:
-                handle.acked.set_exception(EngineCallError(state, code, message))
         if state == "done":
-            handle.result.set_result(outcome)
+            _settle(handle.acked, handle.ack_frame)
+            _settle(handle.result, outcome)
         else:
-            handle.result.set_exception(EngineCallError(state, code, message))
+            _settle(handle.acked, exc=EngineCallError(state, code, message))
+            _settle(handle.result, exc=EngineCallError(state, code, message))
 
     def _end_session_locked(self, state: str, code: str, message: str) -> None:
         for handle in list(self._calls.values()):
@@ -542,15 +552,21 @@ class EngineBridge:
                             wake.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                if router in events:
-                    for _ in range(1000):  # bounded burst, then timers and sends get a turn
-                        try:
-                            frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
-                        except zmq.Again:
-                            break
-                        self._handle_frames(router, frames)
-                self._drain_out(router)
-                self._timers(router, hb_s)
+                try:
+                    if router in events:
+                        for _ in range(1000):  # bounded burst, then timers and sends get a turn
+                            try:
+                                frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
+                            except zmq.Again:
+                                break
+                            self._handle_frames(router, frames)
+                    self._drain_out(router)
+                    self._timers(router, hb_s)
+                except zmq.ContextTerminated:
+                    raise
+                except Exception:  # a bug must be loud but must not stop the bridge
+                    log.exception("engine bridge I/O iteration failed; continuing")
+                    self._count("io_errors")
             self._drain_out(router)  # the final bye
         except Exception:  # pragma: no cover - a bug here must be loud, not silent
             log.exception("engine bridge I/O thread crashed")
@@ -650,7 +666,7 @@ class EngineBridge:
                 handle.ack_at = now
                 handle.ack_frame = ack.frame
                 self._ack_ms.append((now - handle.sent_at) * 1e3)
-                handle.acked.set_result(ack.frame)
+                _settle(handle.acked, ack.frame)
         elif mtype == "result":
             res = parse_result(msg)
             handle = self._calls.get(res.id)

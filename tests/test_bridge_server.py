@@ -164,6 +164,18 @@ def test_calls_acked_and_resolved(bridge, peer):
     assert balanced(bridge)
 
 
+def test_a_cancelled_future_does_not_break_the_bridge(bridge, peer):
+    peer.hello()
+    h = bridge.send_call(Call("wait", {}))
+    assert h.result.cancel() and h.acked.cancel()  # the caller lost interest
+    peer.expect("call", id=h.id)
+    peer.send({"v": 1, "type": "result", "id": h.id, "ok": True})
+    assert wait_until(lambda: h.state == "done")
+    h2 = bridge.send_call(Call("wait", {}))  # the I/O thread is still serving
+    peer.expect("call", id=h2.id)
+    assert bridge.stats()["counts"]["io_errors"] == 0 and balanced(bridge)
+
+
 def test_illegal_calls_are_never_sent(bridge, peer):
     assert bridge.send_call(Call("move", {"direction": "N"})).state == "rejected"  # no engine yet
     peer.hello()
