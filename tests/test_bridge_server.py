@@ -173,6 +173,7 @@ def test_a_cancelled_future_does_not_break_the_bridge(bridge, peer):
     assert wait_until(lambda: h.state == "done")
     h2 = bridge.send_call(Call("wait", {}))  # the I/O thread is still serving
     peer.expect("call", id=h2.id)
+    assert not [m for m in peer.inbox if m["type"] == "error"]  # its result was handled cleanly
     assert bridge.stats()["counts"]["io_errors"] == 0 and balanced(bridge)
 
 
