@@ -149,6 +149,10 @@ class RealTimeEnv:
     def start(self) -> RealTimeEnv:
         """Start the physics thread (real-time mode; a no-op in lock-step)."""
         if self.mode == "realtime" and self._thread is None:
+            with self._lock:  # the clock starts now: re-stamp the first observation of the episode
+                if self._ep_len == 0:
+                    self._ep_start = self._now()
+                    self._snap = Snapshot(**{**self._snap.__dict__, "t": self._ep_start})
             self._thread = threading.Thread(target=self._run, name="tickcall-physics", daemon=True)
             self._thread.start()
         return self
