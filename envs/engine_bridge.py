@@ -82,7 +82,8 @@ class EngineCallError(RuntimeError):
     """A call that did not succeed: ``state`` is its terminal state, ``code`` says why."""
 
     def __init__(self, state: str, code: str, message: str) -> None:
-        super().__init__(f"{state}/{code}: {message}")
+        # str() is what a history line shows: "cooldown: fire is cooling down: 3 steps left"
+        super().__init__(f"{code}: {message}" if message else code)
         self.state = state
         self.code = code
         self.message = message

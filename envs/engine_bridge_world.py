@@ -76,8 +76,9 @@ def endpoint_from_spec(env: str) -> str:
 class EngineActuator:
     """Actuator for the futures layer: send a call to the engine and wait for its result.
 
-    Returns the engine's result value (``CallOutcome``); raises ``EngineCallError`` for an error
-    result, a call the engine never acknowledged, a lost engine, or an illegal call."""
+    Returns the engine's result value (what the history line shows: ``fire()@f16 done: {"hit":
+    true}``); raises ``EngineCallError`` (``cooldown: ...``) for an error result, a call the engine
+    never acknowledged, a lost engine, or an illegal call."""
 
     def __init__(self, bridge: EngineBridge, timeout_s: float = 5.0) -> None:
         self.bridge = bridge
@@ -86,7 +87,7 @@ class EngineActuator:
     def __call__(self, call: Call) -> Any:
         handle = self.bridge.send_call(call)
         try:
-            return handle.result.result(timeout=self.timeout_s)
+            return handle.result.result(timeout=self.timeout_s).value
         except TimeoutError:
             raise EngineCallError("timeout", "actuator_timeout",
                                   f"no result within {self.timeout_s} s") from None

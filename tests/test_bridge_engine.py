@@ -134,6 +134,45 @@ def test_reference_engine_offers_the_arena_tools_and_text(engines):
         assert obs is not None and ARENA_TEXT.match(bridge.observation_text(obs)), obs
 
 
+def test_engine_world_resolves_futures_with_the_engines_results(engines):
+    """The world the control loop gets: observations as text, calls through the AsyncFC `engine` lane
+    whose futures end with the engine's result value or its error (fire twice: the second one hits the
+    cooldown), history lines for the next turn, the engine's default call as the fallback."""
+    from envs.engine_bridge import make_world
+
+    endpoint = free_endpoint()
+    engines(endpoint, "world", "--seed", "4")
+    world = make_world(f"engine:{endpoint}", wait_s=30)
+    try:
+        assert [s.name for s in world.specs] == ["wait", "move", "aim", "fire", "dash"]
+        obs = world.observe()
+        assert ARENA_TEXT.match(obs.text) and obs.seq >= 1 and obs.taken_at <= time.monotonic()
+        first = world.hands.dispatch(Call("fire", {}), seq=1)
+        assert first.wait(5) and first.state.value == "done" and set(first.result) == {"hit"}
+        second = world.hands.dispatch(Call("fire", {}), seq=2)
+        assert second.wait(5) and second.state.value == "failed"
+        assert second.error.startswith("cooldown: fire is cooling down")
+        lines = world.hands.history_lines(4)
+        assert lines[-2].startswith("fire()@") and " done: " in lines[-2] and "hit" in lines[-2], lines
+        assert lines[-1].startswith("fire()@") and "failed: cooldown" in lines[-1]
+        assert world.fallback("default") == "default" and world.fallback("hold") == "hold"
+        d = world.describe()
+        assert d["engine"]["name"] == "tickcall-reference-engine" and d["hands"]["balanced"]
+        assert wait_until_counts(world, lambda c: c["done"] == 2 and c["failed"] == 1 and c["calls"] == 3)
+    finally:
+        world.close()
+    assert not world.bridge.connected
+
+
+def wait_until_counts(world, pred, timeout_s: float = 5.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred(world.bridge.stats()["counts"]):
+            return True
+        time.sleep(0.01)
+    return pred(world.bridge.stats()["counts"])
+
+
 def test_lockstep_is_deterministic_and_applies_every_call(engines):
     """LOCK-STEP: two runs of the same seeded engine with the same (text) expert give identical
     observations, calls and results; every call is acked and applied by the engine."""
