@@ -319,3 +319,29 @@ def test_history_from_the_futures_layer_goes_into_the_turn():
     loop.run(max_ticks=4)
     assert turns[0].history == [] and turns[3].history == ["move()@f0", "move()@f1"]
     assert turns[0].query == "x=1"
+
+
+def test_falling_behind_warnings_are_throttled():
+    loop, policy, world, hands, clock = make(lambda t: 0.005, warn_interval_s=5.0)
+    real_observe = world.observe
+
+    def stalling_observe():
+        clock.sleep(0.1)   # every tick overruns by more than a period: behind all the time
+        return real_observe()
+
+    world.observe = stalling_observe
+    res = loop.run(max_ticks=160)   # 10 s simulated
+    assert sum(count_outcomes(res.records).values()) == 160
+    assert len(res.warnings) == 2   # one per 5 s, not one per tick
+    assert "more since the last warning" in res.warnings[1]
+
+
+def test_progress_line():
+    from control_loop.progress import format_progress
+
+    line = format_progress({"ticks": 480, "ticks_planned": 960, "achieved_hz": 16.0,
+                            "latency_p50_ms": 4.12, "latency_p99_ms": 9.8,
+                            "outcomes": {"ok": 470, "late": 2, "fallback": 3, "error": 0, "skipped": 5},
+                            "episodes_done": 3, "last_return": 41.0})
+    assert line == ("tick 480/960  16.0 Hz  lat p50 4.1 p99 9.8 ms  ok 470 late 2 fb 3 err 0 skip 5  "
+                    "ep 3 ret 41.0")
