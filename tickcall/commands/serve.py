@@ -139,6 +139,7 @@ def _run_ray(cfg: Any, stop: threading.Event, every: float) -> int:
     from agent.actor import start_policy_service
 
     ray.init(ignore_reinit_error=True, include_dashboard=False)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # ray.init installs its own handler
     try:
         handle, endpoint = start_policy_service(config=cfg)
         info = ray.get(handle.ready.remote())
