@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="episode length override for envs that take max_steps (the Arena)")
     parser.add_argument("--json", dest="json_path", default=None, help="write the report(s) here")
+    parser.add_argument("--render", action="store_true",
+                        help="watch the episodes in a window (render_mode=human; needs pygame and a display)")
     parser.add_argument("--describe", action="store_true",
                         help="print the env's tools, a sample observation text and an expert call; run nothing")
 
@@ -56,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     bad = [k for k in kinds if k not in ("expert", "random", "model")]
     if bad or not kinds:
         raise SystemExit(f"tickcall eval: unknown policy {bad or kinds}; use expert, random or model")
-    env_kwargs = {"max_steps": args.max_steps} if args.max_steps else {}
+    env_kwargs: dict = {"max_steps": args.max_steps} if args.max_steps else {}
+    if args.render:
+        env_kwargs["render_mode"] = "human"
     if args.describe:
         return _describe(args.env, env_kwargs, args.seed)
     reports = []
