@@ -163,3 +163,38 @@ def test_service_killed_mid_run_then_restarted(ray_session):
     assert res["renewals"] >= 1 or res["client"]["renewals"] >= 1   # tools registered again
     assert time.monotonic() > t_kill
     print("outcomes around the outage:", "".join(o[0] for o in outcomes[max(0, first_miss - 5):]))
+
+
+def test_episodes_end_the_run_and_are_reported(ray_session):
+    # CartPole falls within a second when every call is refused (the fallback holds push-left)
+    svc, endpoint = _service({"backend": "noop"})
+    loop = _loop(endpoint, env="CartPole-v1")
+    try:
+        res, records = _run(loop, episodes=2, max_ticks=2000)
+        _check_accounting(records)
+        assert res["stopped"] == "episodes done"
+        assert len(res["episodes"]) == 2
+        assert all(e["length"] >= 1 and e["return"] == e["length"] for e in res["episodes"])
+        assert {r.episode for r in records} >= {0, 1}
+    finally:
+        _stop(loop, svc)
+
+
+def test_history_lines_reach_the_turn():
+    """The world's hands render what was dispatched; the loop puts those lines in the next turn."""
+    from control_loop.world import make_world
+    from models.calls import Call
+
+    world = make_world("tickcall/Arena-v0")
+    try:
+        world.start()
+        world.hands.dispatch(Call("aim", {"direction": "N"}), seq=1)
+        assert world.hands.settle(5.0)
+        lines = world.hands.history_lines(4)
+        assert lines and lines[-1].startswith('aim(direction="N")@f1')
+        obs = world.observe()
+        assert "tgt=" in obs.text and obs.taken_at > 0
+        assert world.fallback("noop") == "noop" and world.fallback("hold") == "hold"
+        assert world.fallback("default") == "default"
+    finally:
+        world.close()
