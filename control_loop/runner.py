@@ -175,7 +175,8 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             with contextlib.suppress(Exception):
                 service_info["stats"] = ray.get(service_actor.stats.remote(), timeout=10)
         records = [TickRecord.from_dict(r) for r in result["records"]]
-        report = build_report(cfg, result, records, model=model, service=service_info)
+        engine = service_info.get("engine") or {}
+        report = build_report(cfg, result, records, model=model or engine.get("model"), service=service_info)
         if printer is not None:
             printer.close({"ticks": report["ticks"], "ticks_planned": None,
                            "achieved_hz": report["achieved_hz"], "outcomes": report["outcomes"],
