@@ -345,3 +345,13 @@ def test_progress_line():
                             "episodes_done": 3, "last_return": 41.0})
     assert line == ("tick 480/960  16.0 Hz  lat p50 4.1 p99 9.8 ms  ok 470 late 2 fb 3 err 0 skip 5  "
                     "ep 3 ret 41.0")
+
+
+@pytest.mark.parametrize("rate", [1, 16, 60])
+def test_any_rate_from_1_to_60_hz(rate):
+    loop, policy, world, hands, clock = make(lambda t: 0.2 / rate, rate_hz=rate)
+    res = loop.run(duration_s=3)
+    assert len(res.records) == 3 * rate == count_outcomes(res.records)["ok"]
+    assert policy.sent[0][1] == pytest.approx(1e3 / rate, abs=0.01)   # deadline = one period
+    rep = summarize(res.records, rate, res.elapsed_s)
+    assert rep["achieved_hz"] == pytest.approx(rate)
