@@ -45,7 +45,6 @@ ERROR_CODES: dict[str, str] = {
     "unknown_call": "ack/result names a call id the bridge never sent to this session, or one "
                     "already finished",
     "stale_observation": "obs.seq is not greater than the newest seq seen in this session",
-    "shutting_down": "the bridge is closing",
 }
 
 # observation formats declared in hello.observation.format
