@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what acts when no legal call arrives by the deadline")
     parser.add_argument("--endpoint", metavar="URL", help="use a running policy service "
                         "(tickcall serve) instead of starting one")
+    parser.add_argument("--rt-priority", type=int, metavar="N", help="SCHED_FIFO priority of the loop "
+                        "thread, 1-99 (0: normal priority; default from the config: 10)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--report", metavar="DIR", help="report folder (default reports/run-<UTC time>/)")
     parser.add_argument("--no-plots", action="store_true", help="write report.json and ticks.jsonl only")
@@ -54,12 +56,16 @@ def config_from_args(args: argparse.Namespace):
         "deadline_ms": args.deadline_ms, "in_flight": args.in_flight, "fallback": args.fallback,
         "service.endpoint": args.endpoint, "seed": args.seed, "report_dir": args.report,
         "plots": False if args.no_plots else None, "progress": False if args.quiet else None,
+        "rt_priority": args.rt_priority,
     }
     unset: tuple[str, ...] = ()
+    if args.rt_priority == 0:
+        unset += ("rt_priority",)
+        overrides["rt_priority"] = None
     if args.episodes is not None:
-        unset = ("duration_s",)
+        unset += ("duration_s",)
     elif args.duration is not None:
-        unset = ("episodes",)
+        unset += ("episodes",)
     return load_run_config(args.config, overrides, unset=unset)
 
 
