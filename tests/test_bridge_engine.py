@@ -195,6 +195,25 @@ def test_lockstep_is_deterministic_and_applies_every_call(engines):
     assert any(c == {"name": "fire", "arguments": {}} for _, c, s, _ in runs[0] if s == "done")
 
 
+def test_arena_port_scores_like_the_python_arena(engines):
+    """LOCK-STEP, one physics step per decision: the scripted expert scores on the C++ arena what it
+    scores on tickcall/Arena-v0 (same rules; the target positions come from a different RNG), and far
+    above a random policy there (about -1)."""
+    from envs.evaluate import evaluate
+
+    cpp = []
+    for seed in range(3):
+        with EngineBridge(endpoint="tcp://127.0.0.1:0") as bridge:
+            engines(bridge.endpoint, f"arena-{seed}", "--lockstep", "3", "--seed", str(seed))
+            bridge.wait_for_engine(30)
+            assert run_lockstep(bridge, text_expert, steps=300).timeouts == 0
+            assert wait_until_episode(bridge)
+            cpp.append(bridge.stats()["episodes"][0]["return"])
+    py = evaluate("tickcall/Arena-v0", "expert", episodes=3, seed=0).returns
+    mean_cpp, mean_py = sum(cpp) / 3, sum(py) / 3
+    assert min(cpp) > 20 and abs(mean_cpp - mean_py) < 0.25 * mean_py, (cpp, py)
+
+
 def test_cartpole_physics_hold_up_with_the_expert(engines):
     """LOCK-STEP at 50 frames/s, one physics step per decision: the C++ CartPole (gymnasium's equations)
     with the linear expert of envs.experts, reading the text, balances the pole for the full 500 steps,
