@@ -33,13 +33,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=16.0, help="calls per second (Hz)")
     p.add_argument("--call", default=None, help='JSON call to send, e.g. \'{"name": "wait", "arguments": {}}\' '
                                                 "(default: the engine's default_call)")
+    p.add_argument("--policy", choices=("call", "arena-expert"), default="call",
+                   help="call: send --call (or the default call) every time; arena-expert: the scripted "
+                        "arena expert reading the observation text (reference engine's arena)")
     p.add_argument("--wait-s", type=float, default=60.0, help="how long to wait for the engine's hello")
     p.add_argument("--curve-secret-key", default=None, help="bridge CURVE secret key (z85) or key file")
     p.add_argument("--json", metavar="FILE", default=None, help="write the figures as JSON")
 
 
+def arena_text_expert(text: str) -> Any:
+    """``envs.experts.ArenaExpert`` deciding from the arena's observation text
+    (``tgt=SE d=2.4 aim=N cd=0 dcd=0 tl=3.0``) instead of the observation array."""
+    from models.calls import Call
+
+    f = dict(kv.split("=", 1) for kv in text.split())
+    if f["tgt"] != f["aim"]:
+        return Call("aim", {"direction": f["tgt"]})
+    gap = float(f["d"]) - 4.0
+    if gap > 0:
+        if f["dcd"] == "0":
+            return Call("dash", {"direction": f["tgt"], "distance": 3 if gap > 2 else 2 if gap > 1 else 1})
+        return Call("move", {"direction": f["tgt"], "speed": "run"})
+    return Call("fire", {}) if f["cd"] == "0" else Call("wait", {})
+
+
 def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: float = 16.0,
-          call: dict[str, Any] | None = None, wait_s: float = 60.0,
+          call: dict[str, Any] | None = None, policy: str = "call", wait_s: float = 60.0,
           curve_secret_key: str | None = None, out: Any = sys.stdout) -> dict[str, Any]:
     """Run the check (see module docstring); returns the figures."""
     from envs.engine_bridge import BridgeConfig, EngineBridge, EngineCallError
@@ -63,9 +82,16 @@ def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: flo
         obs0 = bridge.stats()["counts"]["obs_received"]
         handles = []
         texts = []
+        def decide(text: str) -> Any:
+            texts.append(text)
+            return arena_text_expert(text) if policy == "arena-expert" else use
+
         if hello.lockstep:
-            res = run_lockstep(bridge, lambda text: (texts.append(text), use)[1], steps)
+            res = run_lockstep(bridge, decide, steps)
             lockstep_states = res.states
+            end = time.monotonic() + 2.0  # an episode that ended on the last step is reported just after
+            while hello.lockstep and not bridge.episodes and steps and time.monotonic() < end:
+                time.sleep(0.01)
         else:
             lockstep_states = None
             next_at = t0
@@ -73,7 +99,8 @@ def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: flo
                 obs = bridge.latest_observation()
                 if obs is not None and (not texts or texts[-1] != bridge.observation_text(obs)):
                     texts.append(bridge.observation_text(obs))
-                handles.append(bridge.send_call(use))
+                decided = decide(texts[-1]) if policy == "arena-expert" and texts else use
+                handles.append(bridge.send_call(decided))
                 next_at += 1.0 / rate_hz
                 time.sleep(max(0.0, next_at - time.monotonic()))
             for h in handles:
@@ -105,7 +132,8 @@ def _table(r: dict[str, Any], out: Any) -> None:
             ("ack ms", fmt(r["ack_ms"])), ("result ms", fmt(r["result_ms"])),
             ("ping rtt ms", fmt(r["ping_rtt_ms"])),
             ("engine protocol errors", json.dumps(r["engine_errors"]) if r["engine_errors"] else "none"),
-            ("episodes", str(len(r["episodes"]))),
+            ("episodes", str(len(r["episodes"])) + ("  returns " + " ".join(
+                f"{e['return']:.2f}" for e in r["episodes"]) if r["episodes"] else "")),
             ("sample observation", r["sample_observations"][0] if r["sample_observations"] else "-"),
             ("verdict", "OK" if r["ok"] else "PROBLEMS (see above)")]
     width = max(len(k) for k, _ in rows)
@@ -116,7 +144,7 @@ def _table(r: dict[str, Any], out: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     call = json.loads(args.call) if args.call else None
     report = check(args.endpoint, seconds=args.seconds, steps=args.steps, rate_hz=args.rate, call=call,
-                   wait_s=args.wait_s, curve_secret_key=args.curve_secret_key)
+                   policy=args.policy, wait_s=args.wait_s, curve_secret_key=args.curve_secret_key)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from envs.engine_bridge import BridgeConfig, EngineBridge
+from envs.engine_bridge_cli import arena_text_expert as text_expert
 from envs.engine_bridge_world import run_lockstep
 from models.calls import Call
 from models.tools import normalize_tools
@@ -96,19 +97,6 @@ def engines(engine_bin, tmp_path):
     yield start
     for e in started:
         e.stop()
-
-
-def text_expert(text: str) -> Call:
-    """The Arena expert (envs.experts.ArenaExpert) reading the observation text instead of the array."""
-    f = dict(kv.split("=") for kv in text.split())
-    if f["tgt"] != f["aim"]:
-        return Call("aim", {"direction": f["tgt"]})
-    gap = float(f["d"]) - 4.0
-    if gap > 0:
-        if f["dcd"] == "0":
-            return Call("dash", {"direction": f["tgt"], "distance": 3 if gap > 2 else 2 if gap > 1 else 1})
-        return Call("move", {"direction": f["tgt"], "speed": "run"})
-    return Call("fire", {}) if f["cd"] == "0" else Call("wait", {})
 
 
 def balanced(counts: dict) -> bool:
