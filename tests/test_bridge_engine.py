@@ -161,6 +161,24 @@ def wait_until_counts(world, pred, timeout_s: float = 5.0) -> bool:
     return pred(world.bridge.stats()["counts"])
 
 
+def test_tickcall_restarts_under_a_running_engine(engines):
+    """tickcall goes away (bye) and comes back on the same endpoint with a new epoch: the same engine
+    process, still running its frames, says hello again and is served by the new bridge."""
+    endpoint = free_endpoint()
+    eng = engines(endpoint, "survivor")
+    with EngineBridge(endpoint=endpoint) as first:
+        session = first.wait_for_engine(30).session
+        assert first.send_call(Call("wait", {})).result.result(timeout=10) is not None
+    time.sleep(0.5)  # no tickcall at all for a while: the engine keeps its frame loop going
+    with EngineBridge(endpoint=endpoint) as second:
+        assert second.epoch != first.epoch
+        assert second.wait_for_engine(30).session == session  # the same process, a new bridge
+        assert second.wait_observation(after_seq=0, timeout_s=10) is not None
+        assert second.send_call(Call("wait", {})).result.result(timeout=10) is not None
+    assert eng.proc.poll() is None
+    assert eng.stop() == 0 and len(eng.events("welcome")) == 2
+
+
 def test_lockstep_is_deterministic_and_applies_every_call(engines):
     """LOCK-STEP: two runs of the same seeded engine with the same (text) expert give identical
     observations, calls and results; every call is acked and applied by the engine."""
