@@ -29,6 +29,10 @@ if (( ${#need[@]} )); then
     fi
     log "installing ${need[*]} (apt-get)"
     $sudo apt-get update -qq >&2
+    # older Debian/Ubuntu ship msgpack-c's C++ headers in libmsgpack-dev (no libmsgpack-cxx-dev yet)
+    if [[ " ${need[*]} " == *" libmsgpack-cxx-dev "* ]] && ! apt-cache show libmsgpack-cxx-dev >/dev/null 2>&1; then
+        need=("${need[@]/libmsgpack-cxx-dev/libmsgpack-dev}")
+    fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
 
