@@ -270,6 +270,17 @@ def test_values_format_over_curve(engines):
         assert out.value == {"moving": "E"}
 
 
+def test_a_second_engine_supersedes_the_first(engines):
+    with EngineBridge(endpoint="tcp://127.0.0.1:0") as bridge:
+        first = engines(bridge.endpoint, "first-of-two", "--name", "one")
+        assert bridge.wait_for_engine(30).engine == "one"
+        engines(bridge.endpoint, "second-of-two", "--name", "two")
+        assert first.proc.wait(30) == 4  # told `superseded` (fatal), it stops
+        assert "tickcall error superseded" in first.stderr()
+        assert bridge.session.hello.engine == "two"
+        assert bridge.send_call(Call("wait", {})).result.result(timeout=10) is not None
+
+
 def test_wrong_version_engine_is_told_and_exits(engines):
     with EngineBridge(endpoint="tcp://127.0.0.1:0") as bridge:
         eng = engines(bridge.endpoint, "v2", "--protocol-version", "2")

@@ -226,7 +226,7 @@ private:
     }
 
     void drain() {
-        for (int k = 0; k < 1000; ++k) {
+        for (int k = 0; k < 1000 && exit_code_ < 0; ++k) {
             zmq_msg_t m;
             zmq_msg_init(&m);
             if (zmq_msg_recv(&m, sock_, ZMQ_DONTWAIT) < 0) {
@@ -252,6 +252,7 @@ private:
 
     // ---- protocol ----------------------------------------------------------------------------------------
     void send_hello() {
+        if (exit_code_ >= 0) return;  // a fatal error ended this engine's session for good
         Value obs = Value::object({{"format", opt_.obs_format}, {"description", game_->description()}});
         if (opt_.obs_format == "values") obs.set("fields", game_->obs_fields());
         Value hello = Value::object({{"v", opt_.protocol_version}, {"type", "hello"}, {"engine", opt_.name},
