@@ -97,6 +97,7 @@ class PolicyServer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._io_ready = threading.Event()
+        self._engine_done = threading.Event()
         self._start_error: BaseException | None = None
         check_bind(self.config.bind, self.config.curve, self.config.allow_insecure)
 
@@ -112,7 +113,7 @@ class PolicyServer:
             raise self._start_error
         eng = threading.Thread(target=self._engine_main, name="policy-engine", daemon=True)
         eng.start()
-        self._threads = [io, eng]
+        self._threads = [eng, io]  # stop() joins the engine thread first
         assert self.endpoint is not None
         log.info("policy service epoch %s on %s (engine %s)", self.epoch, self.endpoint,
                  self.engine.info().get("backend"))
@@ -135,6 +136,8 @@ class PolicyServer:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout_s)
+            if t.is_alive():
+                log.warning("policy server thread %s did not stop within %.1f s", t.name, timeout_s)
         self._threads = []
 
     @property
@@ -195,8 +198,9 @@ class PolicyServer:
         poller.register(inbox, zmq.POLLIN)
         self._router = router
         try:
-            while not self._stop.is_set():
-                ready = dict(poller.poll(self.config.poll_ms))
+            # on stop, keep forwarding until the engine thread has finished (its last replies go out)
+            while not (self._stop.is_set() and self._engine_done.is_set()):
+                ready = dict(poller.poll(self.config.poll_ms if not self._stop.is_set() else 10))
                 if inbox in ready:
                     self._forward(inbox)
                 if router in ready:
@@ -345,6 +349,7 @@ class PolicyServer:
                     self._decide(batch)
         finally:
             out.close(0)
+            self._engine_done.set()
 
     def _gather(self) -> None:
         """Under the lock: when fewer decides wait than the last batch held, wait up to ``gather_ms``
@@ -352,6 +357,7 @@ class PolicyServer:
         gather_s = self.config.gather_ms / 1e3
         if gather_s <= 0 or not self._pending or len(self._pending) >= self._last_batch:
             return
+        self._count(self._eng_stats, "gather_waits")
         end = time.perf_counter() + gather_s
         while len(self._pending) < self._last_batch and not self._commands and not self._stop.is_set():
             left = end - time.perf_counter()
@@ -366,7 +372,10 @@ class PolicyServer:
             msg = P.error_message("engine_failure", f"reply not encodable: {exc}"[:300], msg.get("id"),
                                   self.epoch, tick=msg.get("tick"))
             payload = P.pack(msg)
-        self._out.send_multipart([ident, payload, _kind(msg).encode()])
+        try:  # never blocks: unlimited HWM while the I/O thread runs; after it is gone, drop
+            self._out.send_multipart([ident, payload, _kind(msg).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            self._count(self._eng_stats, "dropped_stopping")
 
     def _error(self, ident: bytes, code: str, message: str, msg_id: Any, **extra: Any) -> None:
         self._send(ident, P.error_message(code, message, msg_id, self.epoch, **extra))

@@ -405,3 +405,26 @@ def test_curve_authentication(serve, tmp_path):
             bad.hello()
         bad.close()
     good.close()
+
+
+def test_gather_never_delays_a_lone_client(serve):
+    """gather_ms waits only for the rest of a previous batch: one client's decides are never held back."""
+    srv = serve({"backend": "noop", "batch_delay_ms": 50}, gather_ms=100.0)
+    c = PolicyClient(srv.endpoint, timeout_ms=30_000)
+    c.register(TOOLS)
+    for tick in range(5):
+        r = c.decide("x", tick_id=tick)
+        assert r.type == "call" and r.batch == 1
+    assert srv.stats().get("gather_waits", 0) == 0
+    # several clients: after a batch of 3, a lone arrival waits for the others (counted)
+    clients = [PolicyClient(srv.endpoint, timeout_ms=30_000) for _ in range(3)]
+    for cl in clients:
+        cl.register(TOOLS)
+    for rnd in range(4):
+        for cl in clients:
+            cl.send_decide("y", tick_id=rnd)
+        for cl in clients:
+            assert [r.type for r in cl.poll(timeout_ms=30_000)] == ["call"]
+    assert srv.stats()["gather_waits"] >= 1
+    for cl in [c, *clients]:
+        cl.close()

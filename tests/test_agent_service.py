@@ -209,10 +209,11 @@ def test_actor_killed_and_restarted_client_recovers(ray_session):
                 break
             assert r.code == "timeout", r  # a clean, accounted timeout; nothing raised, nothing hung
             tick += 1
-        assert outcomes[-1] == "call" and "timeout" in outcomes
+        assert outcomes[-1] == "call" and "timeout" in outcomes, outcomes
         second = ray.get(handle.ready.remote())
         assert second["pid"] != first["pid"] and second["epoch"] != first["epoch"]
-        assert c.epoch == second["epoch"] and reg.renewals == 1 and reg.epoch == second["epoch"]
+        assert c.epoch == second["epoch"] and reg.epoch == second["epoch"], (c.stats, reg)
+        assert reg.renewals >= 1, (c.stats, reg)
         assert c.decide("y", tick_id=tick + 1).type == "call"
         c.close()
     finally:
