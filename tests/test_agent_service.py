@@ -181,7 +181,10 @@ def _wait_dead(pid: int, timeout_s: float = 60.0) -> None:
     while time.monotonic() < end:
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # a zombie is dead, just not reaped
+                    return
+        except (ProcessLookupError, FileNotFoundError):
             return
         time.sleep(0.02)
     raise AssertionError(f"actor process {pid} still alive")
@@ -190,8 +193,8 @@ def _wait_dead(pid: int, timeout_s: float = 60.0) -> None:
 def test_actor_killed_and_restarted_client_recovers(ray_session):
     from agent.actor import start_policy_service
 
-    # load_delay_ms: a model that takes 1.5 s to load (stand-in), so the restart leaves a gap
-    handle, endpoint = start_policy_service({"backend": "noop", "load_delay_ms": 1500}, max_restarts=-1)
+    # load_delay_ms: a model that takes 2.5 s to load (stand-in), so the restart leaves a gap
+    handle, endpoint = start_policy_service({"backend": "noop", "load_delay_ms": 2500}, max_restarts=-1)
     try:
         first = ray.get(handle.ready.remote())
         c = PolicyClient(endpoint, timeout_ms=400)
