@@ -97,7 +97,7 @@ def start_policy_service(engine_spec: dict[str, Any] | None = None, bind: str | 
     num_gpus = serve.num_gpus
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": 1, "max_restarts": serve.max_restarts,
+    options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": serve.num_cpus, "max_restarts": serve.max_restarts,
                                "max_task_retries": 0}
     if name:
         options["name"] = name

@@ -55,6 +55,7 @@ class ServeConfig:
     curve: CurveConfig | None = None
     allow_insecure: bool = False
     num_gpus: float | None = None  # Ray actor: None = 1 when the cluster has a GPU, else 0
+    num_cpus: float = 1.0  # Ray actor's CPU reservation (0 lets it start on a fully reserved node)
     max_restarts: int = -1  # Ray actor restarts (-1: forever)
 
     def __post_init__(self) -> None:
