@@ -43,7 +43,7 @@ class ARBaseline(Engine):
         reg.prefix_text = (f"{IM_START}system\n{reg.system or AR_SYSTEM}\n\n# Tools\n\n"
                            f"{render_tools_json(reg.tools)}{IM_END}\n")
         ids = self.hf.encode(reg.prefix_text)
-        reg.state, _, _ = self.hf.lm.prefill(ids)
+        reg.state = self.hf.lm.prefill_prefix(ids)
         reg.prefix_tokens = len(ids)
 
     @staticmethod
@@ -58,11 +58,11 @@ class ARBaseline(Engine):
         for reg, turn in items:
             t0 = time.perf_counter()
             ids = self.hf.encode(self.suffix(turn))
-            ctx, tag_kv, logits = lm.prefill(ids[:-1], reg.state, tags=ids[-1:])  # last id acts as the tag
+            group = lm.prefill_group([ids[:-1]], reg.state, ids[-1:])  # the last id acts as the tag
             t1 = time.perf_counter()
             limit = self.forced_length or self.max_new_tokens
-            generated = [int(logits.argmax(-1))]
-            rb = lm.rows([ctx], [tag_kv], limit)
+            generated = [int(group.logits[0, 0].argmax(-1))]
+            rb = lm.rows([group], limit)
             while len(generated) < limit and (self.forced_length or generated[-1] != stop):
                 nxt = lm.step(rb, torch.tensor(generated[-1:], device=lm.device))
                 generated.append(int(nxt.argmax(-1)))

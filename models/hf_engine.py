@@ -115,28 +115,30 @@ class HFEngine(Engine):
     # ---------------------------------------------------------------- engine hooks
     def _build_prefix(self, reg: Registration) -> None:
         ids = self.encode(reg.prefix_text)
-        ctx, _, _ = self.lm.prefill(ids)
+        reg.state = self.lm.prefill_prefix(ids)
         reg.prefix_tokens = len(ids)
-        reg.state = ctx
 
     def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
         t0 = time.perf_counter()
-        contexts, tag_kvs, first_logits, suffix_lens = [], [], [], []
-        for reg, turn in items:
-            suffix = self.encode(reg.template.suffix(turn))
+        suffixes = [self.encode(reg.template.suffix(turn)) for reg, turn in items]
+        by_reg: dict[str, list[int]] = {}  # requests sharing a registration prefill together
+        for i, (reg, _) in enumerate(items):
+            by_reg.setdefault(reg.handle, []).append(i)
+        groups, row_item, row_head = [], [], []
+        for idxs in by_reg.values():
+            reg = items[idxs[0]][0]
             tags = [self.token_ids[open_tag(h)] for h in reg.heads]
-            ctx, tag_kv, logits = self.lm.prefill(suffix, reg.state, tags)
-            contexts.append(ctx)
-            tag_kvs.append(tag_kv)
-            first_logits.append(logits)
-            suffix_lens.append(len(suffix))
+            groups.append(self.lm.prefill_group([suffixes[i] for i in idxs], reg.state, tags))
+            for i in idxs:
+                row_item.extend([i] * len(reg.heads))
+                row_head.extend(reg.heads)
+        first_logits = torch.cat([g.logits.reshape(-1, g.logits.shape[-1]) for g in groups])
+        suffix_lens = [len(x) for x in suffixes]
         if self.device == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()
 
-        # rows: every head of every request
-        row_item = [i for i, (reg, _) in enumerate(items) for _ in reg.heads]
-        row_head = [h for reg, _ in items for h in reg.heads]
+        # rows: every head of every request, ordered by group, request, head
         generated: list[list[int]] = [[] for _ in row_head]
         finished = [False] * len(row_head)
         budget = self.max_new_tokens
@@ -146,7 +148,7 @@ class HFEngine(Engine):
         stops = [self.stop_ids(h) for h in row_head]
         limits = [forced.get(h, 1) if forced else budget for h in row_head]
 
-        next_tok = torch.cat(first_logits).argmax(-1).tolist()
+        next_tok = first_logits.argmax(-1).tolist()
         live = list(range(len(row_head)))  # row index of each batch slot
         rb = None
         while True:
@@ -161,7 +163,7 @@ class HFEngine(Engine):
             if not still:
                 break
             if rb is None:
-                rb = self.lm.rows(contexts, tag_kvs, budget)
+                rb = self.lm.rows(groups, budget)
             if len(still) < len(live):
                 rb.keep(still)
             live = [live[s] for s in still]

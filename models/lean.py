@@ -132,22 +132,27 @@ class LeanLM:
         k = self._rotate(k, cos, sin).permute(0, 2, 1, 3)  # [B, kv, T, d]
         return q.reshape(b, self.n_kv, self.group, t, self.head_dim), k, v.permute(0, 2, 1, 3)
 
-    def _attend(self, q: torch.Tensor, shared: list[Segment], own: Segment,
-                own_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Softmax attention of q [B, kv, g, T, d] over ``shared`` segments (K/V [kv, L, d], the same
-        for every row, never copied) and ``own`` K/V [B, kv, L2, d] (masked by ``own_mask`` [T, L2]).
-        Returns [B, T, heads*d]."""
-        scores = [torch.matmul(q, k.unsqueeze(-3).transpose(-1, -2)) for k, _ in shared]
-        s_own = torch.matmul(q, own[0].unsqueeze(2).transpose(-1, -2))
-        if own_mask is not None:
-            s_own = s_own.masked_fill(~own_mask, float("-inf"))
-        scores.append(s_own)
-        sizes = [s.shape[-1] for s in scores]
+    def _attend(self, q: torch.Tensor, segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+                ) -> torch.Tensor:
+        """Softmax attention of q [B, kv, g, T, d] over K/V segments that are never copied.
+
+        A segment is (K, V, mask): K/V [kv, L, d] are shared by every row (the cached prefix);
+        K/V [B, kv, L, d] belong to each row (a request's suffix, a head's own tokens); ``mask``
+        (bool, True = visible) broadcasts to [B, kv, g, T, L], or is None. Returns [B, T, heads*d]."""
+        scores, values = [], []
+        for k, v, mask in segments:
+            kk, vv = (k.unsqueeze(-3), v.unsqueeze(-3)) if k.dim() == 3 else (k.unsqueeze(2), v.unsqueeze(2))
+            sc = torch.matmul(q, kk.transpose(-1, -2))
+            if mask is not None:
+                sc = sc.masked_fill(~mask, float("-inf"))
+            scores.append(sc)
+            values.append(vv)
+        sizes = [sc.shape[-1] for sc in scores]
         probs = torch.softmax(torch.cat(scores, dim=-1).float() * self.scaling, dim=-1).to(q.dtype)
-        parts = probs.split(sizes, dim=-1)
-        out = torch.matmul(parts[-1], own[1].unsqueeze(2))
-        for p, (_, v) in zip(parts[:-1], shared, strict=True):
-            out = out + torch.matmul(p, v.unsqueeze(-3))
+        out = None
+        for p, vv in zip(probs.split(sizes, dim=-1), values, strict=True):
+            part = torch.matmul(p, vv)
+            out = part if out is None else out + part
         b, _, _, t, _ = out.shape
         return out.reshape(b, self.n_heads, t, self.head_dim).transpose(1, 2).reshape(b, t, self.q_size)
 
@@ -160,48 +165,63 @@ class LeanLM:
 
     # ------------------------------------------------------------------ prefill
     @torch.inference_mode()
-    def prefill(self, ids: list[int], past: Context | None = None, tags: list[int] = (),
-                want_last: bool = False) -> tuple[Context, list[Segment], torch.Tensor | None]:
-        """Run ``ids`` after ``past`` plus one tree-masked tag token per head.
+    def prefill_prefix(self, ids: list[int]) -> Context:
+        """The static prefix's KV cache (one shared segment per layer)."""
+        g = self.prefill_group([ids], None, [])
+        return [[(g.suf_k[i][0], g.suf_v[i][0])] for i in range(len(self.layers))]
 
-        Returns (context = past segments + a segment for ``ids``, the tags' K/V per layer
-        ([kv, n_tags, d] each), logits): logits are [n_tags, V] for the tags, or [1, V] for the last id
-        when ``want_last`` and there are no tags.
-        """
-        p = sum(seg[0].shape[1] for seg in past[0]) if past else 0
-        s, n = len(ids), len(tags)
-        tokens = torch.tensor([*ids, *tags], dtype=torch.long, device=self.device)
-        self._rope_tables(p + s + 1)
-        pos = torch.cat([torch.arange(p, p + s, device=self.device),
-                         torch.full((n,), p + s, device=self.device, dtype=torch.long)])
-        cos, sin = self._cos[pos].unsqueeze(0), self._sin[pos].unsqueeze(0)
-        # own mask [s+n, s+n]: the ids are causal; tag j sees all ids and itself (past is always visible)
-        mask = torch.zeros(s + n, s + n, dtype=torch.bool, device=self.device)
-        mask[:, :s] = torch.ones(s + n, s, dtype=torch.bool, device=self.device).tril()
-        mask[s:, :s] = True
-        mask[s:, s:] = torch.eye(n, dtype=torch.bool, device=self.device)
-        x = F.embedding(tokens, self.embed).unsqueeze(0)  # [1, s+n, H]
-        ctx: Context = []
-        tag_kv: list[Segment] = []
+    @torch.inference_mode()
+    def prefill_group(self, suffixes: list[list[int]], prefix: Context | None, tags: list[int]) -> GroupPrefill:
+        """Prefill several requests that share one cached ``prefix``, in one forward.
+
+        Each request's suffix (padded to the longest) is causal over prefix + itself; each of its tag
+        tokens (one per head, the same for every request) sees prefix + suffix + itself only, at
+        position ``P + len(suffix)``. Returns the suffixes' and tags' K/V and the tags' logits."""
+        dev = self.device
+        p = sum(seg[0].shape[1] for seg in prefix[0]) if prefix else 0
+        m, n = len(suffixes), len(tags)
+        lens = torch.tensor([len(x) for x in suffixes], device=dev)
+        smax = int(lens.max())
+        width = smax + n
+        tokens = torch.zeros(m, width, dtype=torch.long, device=dev)
+        for i, ids in enumerate(suffixes):
+            tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long, device=dev)
+        if n:
+            tokens[:, smax:] = torch.tensor(tags, dtype=torch.long, device=dev)
+        cols = torch.arange(width, device=dev)
+        pos = torch.where(cols < smax, p + cols, p + lens[:, None])  # [m, width]; tags sit at P + len
+        self._rope_tables(p + width + 1)
+        cos, sin = self._cos[pos], self._sin[pos]  # [m, width, d]
+        # mask [m, width, width]: keys must be real suffix tokens (k < len) at or before the query,
+        # or, for a tag, the tag itself.
+        valid = cols[None, :] < lens[:, None]  # [m, width] real suffix keys
+        causal = cols[None, :, None] >= cols[None, None, :]  # query >= key
+        is_tag_q = (cols >= smax)[None, :, None]
+        mask = valid[:, None, :] & (causal | is_tag_q)
+        if n:
+            mask = mask | (is_tag_q & (cols[None, :, None] == cols[None, None, :]))
+        mask = mask[:, None, None]  # [m, 1, 1, width, width]
+        x = F.embedding(tokens, self.embed)  # [m, width, H]
+        suf_k, suf_v, tag_k, tag_v = [], [], [], []
         for i, lw in enumerate(self.layers):
             q, k, v = self._qkv(lw, self._rms(x, lw.ln1), cos, sin)
-            shared = past[i] if past else []
-            att = self._attend(q, shared, (k, v), mask)
+            shared = [(kp, vp, None) for kp, vp in prefix[i]] if prefix else []
+            att = self._attend(q, [*shared, (k, v, mask)])
             x = x + F.linear(att, lw.w_o)
             x = self._mlp(lw, x)
-            ctx.append([*shared, (k[0, :, :s], v[0, :, :s])] if s else list(shared))
-            tag_kv.append((k[0, :, s:], v[0, :, s:]))
-        out = None
-        if n:
-            out = self.logits(x[0, s:])
-        elif want_last and s:
-            out = self.logits(x[0, s - 1 : s])
-        return ctx, tag_kv, out
+            suf_k.append(k[:, :, :smax])
+            suf_v.append(v[:, :, :smax])
+            tag_k.append(k[:, :, smax:])
+            tag_v.append(v[:, :, smax:])
+        logits = self.logits(x[:, smax:]) if n else None
+        return GroupPrefill(prefix=prefix or [[] for _ in self.layers], suf_k=suf_k, suf_v=suf_v,
+                            suf_valid=valid[:, :smax], tag_k=tag_k, tag_v=tag_v, ctx_len=p + lens,
+                            logits=logits)
 
     # ------------------------------------------------------------------ batched decode
-    def rows(self, contexts: list[Context], tag_kvs: list[list[Segment]], budget: int) -> RowBatch:
+    def rows(self, groups: list[GroupPrefill], budget: int) -> RowBatch:
         """Own-token buffers for all heads of all requests, with room for ``budget`` tokens each."""
-        return RowBatch(self, contexts, tag_kvs, budget)
+        return RowBatch(self, groups, budget)
 
     @torch.inference_mode()
     def step(self, rb: RowBatch, tokens: torch.Tensor) -> torch.Tensor:
@@ -216,55 +236,87 @@ class LeanLM:
             rb.k[i][:, :, t] = k[:, :, 0]
             rb.v[i][:, :, t] = v[:, :, 0]
             own_k, own_v = rb.k[i][:, :, : t + 1], rb.v[i][:, :, : t + 1]
-            if len(rb.groups) == 1:
-                att = self._attend(q, rb.contexts[rb.groups[0][0]][i], (own_k, own_v))
-            else:
-                att = torch.cat([self._attend(q[a:b], rb.contexts[item][i], (own_k[a:b], own_v[a:b]))
-                                 for item, a, b in rb.groups])
+            parts = []
+            for g, a, b in rb.spans():
+                segs = [(kp, vp, None) for kp, vp in g.prefix[i]]
+                segs.append((g.row_k[i], g.row_v[i], g.row_valid))
+                segs.append((own_k[a:b], own_v[a:b], None))
+                parts.append(self._attend(q[a:b], segs))
+            att = parts[0] if len(parts) == 1 else torch.cat(parts)
             x = x + F.linear(att, lw.w_o)
             x = self._mlp(lw, x)
         rb.t += 1
         return self.logits(x[:, 0])
 
 
+@dataclass
+class GroupPrefill:
+    """Requests that share one cached prefix, after ``prefill_group``.
+
+    Per layer: ``suf_k``/``suf_v`` [m, kv, Smax, d] (``suf_valid`` [m, Smax] marks real tokens),
+    ``tag_k``/``tag_v`` [m, kv, n, d]; ``ctx_len`` [m] = prefix + suffix tokens; ``logits`` [m, n, V]."""
+
+    prefix: Context
+    suf_k: list[torch.Tensor]
+    suf_v: list[torch.Tensor]
+    suf_valid: torch.Tensor
+    tag_k: list[torch.Tensor]
+    tag_v: list[torch.Tensor]
+    ctx_len: torch.Tensor
+    logits: torch.Tensor | None
+    # set by RowBatch: the suffix of each live row (copied from its request; suffixes are short)
+    row_k: list[torch.Tensor] | None = None
+    row_v: list[torch.Tensor] | None = None
+    row_valid: torch.Tensor | None = None
+    rows: int = 0
+
+
 class RowBatch:
-    """Per-row buffers of the heads' own tokens ``[rows, kv, budget + 1, d]`` (the tag at index 0).
+    """The heads being decoded: rows ordered by group (shared prefix), then request, then head.
 
-    Rows are ordered by request; ``groups`` lists (request, first row, end row). ``keep(idx)`` drops
-    finished rows (their buffers leave the batch)."""
+    Own tokens live in ``k``/``v`` [rows, kv, budget + 1, d] (the tag at index 0); each group keeps
+    its rows' suffixes (``row_k``/``row_v``, with a validity mask). ``keep(idx)`` drops finished rows."""
 
-    def __init__(self, lm: LeanLM, contexts: list[Context], tag_kvs: list[list[Segment]], budget: int) -> None:
-        self.contexts = contexts
-        counts = [tk[0][0].shape[1] for tk in tag_kvs]
-        n = sum(counts)
+    def __init__(self, lm: LeanLM, groups: list[GroupPrefill], budget: int) -> None:
+        self.groups = groups
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         for li in range(len(lm.layers)):
-            kb = torch.empty(n, lm.n_kv, budget + 1, lm.head_dim, dtype=lm.dtype, device=lm.device)
+            kb = torch.empty(sum(g.tag_k[0].shape[0] * g.tag_k[0].shape[2] for g in groups), lm.n_kv,
+                             budget + 1, lm.head_dim, dtype=lm.dtype, device=lm.device)
             vb = torch.empty_like(kb)
-            kb[:, :, 0] = torch.cat([tk[li][0].transpose(0, 1) for tk in tag_kvs])
-            vb[:, :, 0] = torch.cat([tk[li][1].transpose(0, 1) for tk in tag_kvs])
+            kb[:, :, 0] = torch.cat([g.tag_k[li].permute(0, 2, 1, 3).reshape(-1, lm.n_kv, lm.head_dim)
+                                     for g in groups])
+            vb[:, :, 0] = torch.cat([g.tag_v[li].permute(0, 2, 1, 3).reshape(-1, lm.n_kv, lm.head_dim)
+                                     for g in groups])
             self.k.append(kb)
             self.v.append(vb)
-        lens = [sum(seg[0].shape[1] for seg in ctx[0]) for ctx in contexts]
-        self.row_item = [i for i, c in enumerate(counts) for _ in range(c)]
-        self.ctx_len = torch.tensor([lens[i] for i in self.row_item], device=lm.device)
-        self.groups = self._groups()
+        for g in groups:
+            n = g.tag_k[0].shape[2]
+            g.row_k = [sk.repeat_interleave(n, dim=0) for sk in g.suf_k]
+            g.row_v = [sv.repeat_interleave(n, dim=0) for sv in g.suf_v]
+            g.row_valid = g.suf_valid.repeat_interleave(n, dim=0)[:, None, None, None, :]
+            g.rows = g.row_valid.shape[0]
+        self.ctx_len = torch.cat([g.ctx_len.repeat_interleave(g.tag_k[0].shape[2]) for g in groups])
         self.t = 1  # the tag token (own position 0) is already in the buffer
 
-    def _groups(self) -> list[tuple[int, int, int]]:
-        groups: list[tuple[int, int, int]] = []
-        for r, item in enumerate(self.row_item):
-            if groups and groups[-1][0] == item:
-                groups[-1] = (item, groups[-1][1], r + 1)
-            else:
-                groups.append((item, r, r + 1))
-        return groups
+    def spans(self) -> list[tuple[GroupPrefill, int, int]]:
+        out, a = [], 0
+        for g in self.groups:
+            if g.rows:
+                out.append((g, a, a + g.rows))
+                a += g.rows
+        return out
 
     def keep(self, idx: list[int]) -> None:
+        """Keep only rows ``idx`` (ascending row indices of the current batch)."""
         index = torch.tensor(idx, device=self.ctx_len.device)
         self.k = [b.index_select(0, index) for b in self.k]
         self.v = [b.index_select(0, index) for b in self.v]
         self.ctx_len = self.ctx_len.index_select(0, index)
-        self.row_item = [self.row_item[i] for i in idx]
-        self.groups = self._groups()
+        for g, a, b in self.spans():
+            local = torch.tensor([r - a for r in idx if a <= r < b], dtype=torch.long, device=index.device)
+            g.row_k = [x.index_select(0, local) for x in g.row_k]
+            g.row_v = [x.index_select(0, local) for x in g.row_v]
+            g.row_valid = g.row_valid.index_select(0, local)
+            g.rows = len(local)

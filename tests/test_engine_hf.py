@@ -181,3 +181,13 @@ def test_other_architectures_match_transformers(tiny_model_path, tmp_path, arena
     reg = engine.register(arena_tools)
     for turn in TURNS[:2]:
         assert_equivalent(engine, reg, turn, engine.decide(reg.handle, turn))
+
+
+def test_many_requests_on_one_prefix_batch_like_singles(tiny_engine, arena_tools):
+    """Several clients on one registration: suffixes of different lengths prefill as one padded batch."""
+    reg = tiny_engine.register(arena_tools)
+    turns = TURNS + [Turn("a much longer observation: x=1.25 y=-3.5 hp=77 enemies=[3, 4, 9] ammo=12")]
+    singles = [tiny_engine.decide(reg.handle, t).head_token_ids for t in turns]
+    batch = tiny_engine.decide_batch([(reg.handle, t) for t in turns])
+    assert [b.head_token_ids for b in batch] == singles
+    assert all(b.prompt_tokens == len(tiny_engine.encode(reg.template.suffix(t))) for b, t in zip(batch, turns, strict=True))

@@ -42,11 +42,11 @@ def run(args: argparse.Namespace) -> int:
     step_ms, rows = {}, []
     for n in [int(h) for h in args.heads.split(",")]:
         tags = [tags_all[i % len(tags_all)] for i in range(n)]
-        ctx, tag_kv, logits = lm.prefill(suffix, reg.state, tags)
         times = []
         for r in range(args.repeats + 3):
-            rb = lm.rows([ctx], [tag_kv], args.steps + 1)
-            tok = logits.argmax(-1)
+            group = lm.prefill_group([suffix], reg.state, tags)
+            rb = lm.rows([group], args.steps + 1)
+            tok = group.logits[0].argmax(-1)
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 tok = lm.step(rb, tok).argmax(-1)
