@@ -190,6 +190,8 @@ class Pipeline:
         m = self.cfg.model
         init = self.work / "init"
         if not (init / "tickcall.json").exists():
+            if not data:
+                raise FileNotFoundError(f"{init} is missing: run the pipeline first")
             if m.kind != "scratch":
                 raise ValueError(f"model kind {m.kind!r} is trained by models.training.smollm2")
             rng = random.Random(self.cfg.seed)
@@ -213,19 +215,55 @@ class Pipeline:
             examples.extend(codec.encode(r, tools) for r in recs)
         return examples
 
+    def export(self, checkpoint: str | Path, episodes: int | None = None) -> dict[str, Any]:
+        """Score a training checkpoint of this run (held-out heads, lock-step returns) and write the
+        model folder from it: a model can be shipped while later rounds still train."""
+        import torch
+
+        model, tok = self.build_student({})
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        model.eval()
+        scores = self.score(model, tok, episodes)
+        scores["checkpoint"] = {"file": Path(checkpoint).name, "step": int(state["step"])}
+        self.save(model, tok, scores)
+        return scores
+
+    def score(self, model, tok, episodes: int | None = None) -> dict[str, Any]:
+        """Held-out head accuracy and lock-step returns (student, teacher, random) per env."""
+        from models.training.evaluate import closed_loop, head_accuracy, make_student_policy
+        from models.training.student import BatchStudent
+
+        cfg = self.cfg
+        held = self.heldout()
+        scores: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
+                                  "envs": {}}
+        for env_id, src in self.sources.items():
+            student = BatchStudent(model, tok, src.tools, self.template, cfg.system)
+            acc = head_accuracy(student, held[env_id])
+            seeds = [EVAL_SEED_BASE + k for k in range(episodes or cfg.eval_episodes)]
+            args = (cfg.data.history_len, cfg.data.history_style)
+            st = closed_loop(src, make_student_policy(student, {}), seeds, *args)
+            te = closed_loop(src, TEACHER, seeds, *args)
+            rnd = closed_loop(src, RANDOM, seeds, *args)
+            scores["envs"][env_id] = {"heldout": acc, "lockstep": {"student": st, "teacher": te, "random": rnd,
+                                                                    "hold": src.hold},
+                                      "source": src.origin}
+            self.log(f"{env_id}: head accuracy {acc['per_head']}, exact {acc['exact_call']:.4f}, legal "
+                     f"{acc['legal_rate']:.4f}; lock-step return student {st['mean_return']:.1f} (illegal "
+                     f"{st['illegal']}/{st['decisions']}) teacher {te['mean_return']:.1f} random {rnd['mean_return']:.1f}")
+        return scores
+
     def run(self) -> dict[str, Any]:
         """Every stage; returns the scores (also written to the model card and scores.json)."""
         import torch
-
-        from models.training.evaluate import closed_loop, head_accuracy, make_student_policy
-        from models.training.student import BatchStudent
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(cfg.train.threads)
         t0 = time.perf_counter()
         data = self.collect_teacher()
-        held = self.heldout()
+        self.heldout()
         self.timings["collect_s"] = time.perf_counter() - t0
         model, tok = self.build_student(data)
         codec = RowCodec(tok, self.template, cfg.system, cfg.heads_mode)
@@ -263,23 +301,8 @@ class Pipeline:
                      f"loss {res['loss']:.4f}, teacher-forced branch accuracy {res['branch_acc']:.3f}")
         self.timings["train_s"] = time.perf_counter() - t1
         model.eval()
-        scores: dict[str, Any] = {"params": n_params, "vocab": len(tok), "rounds": history,
-                                  "rows": {e: len(v) for e, v in data.items()}, "envs": {}}
-        for i, (env_id, src) in enumerate(self.sources.items()):
-            student = BatchStudent(model, tok, src.tools, self.template, cfg.system)
-            acc = head_accuracy(student, held[env_id])
-            seeds = [EVAL_SEED_BASE + k for k in range(cfg.eval_episodes)]
-            tally: dict[str, int] = {}
-            st = closed_loop(src, make_student_policy(student, tally), seeds, cfg.data.history_len, cfg.data.history_style)
-            te = closed_loop(src, TEACHER, seeds, cfg.data.history_len, cfg.data.history_style)
-            rnd = closed_loop(src, RANDOM, seeds, cfg.data.history_len, cfg.data.history_style)
-            scores["envs"][env_id] = {"heldout": acc, "lockstep": {"student": st, "teacher": te, "random": rnd,
-                                                                    "hold": src.hold},
-                                      "source": src.origin}
-            self.log(f"{env_id}: head accuracy {acc['per_head']}, exact {acc['exact_call']:.4f}; "
-                     f"lock-step return student {st['mean_return']:.1f} teacher {te['mean_return']:.1f} "
-                     f"random {rnd['mean_return']:.1f}")
-            del i
+        scores = self.score(model, tok)
+        scores.update(rounds=history, rows={e: len(v) for e, v in data.items()})
         scores["timings_s"] = dict(self.timings)
         out = self.save(model, tok, scores)
         if cfg.realtime_eval:

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after training, measure the real-time loop figures (20 episodes per env)")
     parser.add_argument("--evaluate", metavar="FOLDER",
                         help="no training: score FOLDER in the real-time loop against the teacher")
+    parser.add_argument("--export", metavar="CHECKPOINT",
+                        help="no training: score a checkpoint of this run (work_dir/ckpt-rN.pt) and write the "
+                             "model folder from it")
     parser.add_argument("--episodes", type=int, default=20, help="real-time episodes per env (default 20)")
     parser.add_argument("--hz", type=float, default=16.0, help="decision rate of the real-time loop (Hz)")
     parser.add_argument("--json", metavar="FILE", help="write the scores as JSON")
@@ -62,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
     cfg.realtime_hz = args.hz
     cfg.eval_episodes = args.episodes if args.realtime else cfg.eval_episodes
 
-    if args.evaluate:
+    if args.export:
+        scores = Pipeline(cfg, progress=not args.no_progress).export(args.export, args.episodes)
+        print(f"model written to {cfg.out} from {args.export}")
+    elif args.evaluate:
         from models.training.realtime import compare
 
         scores = {env: compare(env, args.evaluate, args.episodes, args.hz, log=print) for env in cfg.envs}

@@ -1,0 +1,136 @@
+"""Training rows exactly as the SimpleTool format describes them, the history the student is shown,
+the teacher sources, configs, and the shipped-model lookup. Fast: no training here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.calls import Call
+from models.format import get_template
+from models.tools import normalize_tools
+from models.training.collect import RANDOM, TEACHER, Record, rollout, show_history
+from models.training.rows import DEFAULT_HEAD_WEIGHTS, RowCodec, branch_texts, train_heads
+from models.training.sources import get_source
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ARENA_LIKE = normalize_tools([
+    {"name": "wait", "description": "", "parameters": {"type": "object", "properties": {}}},
+    {"name": "dash", "description": "", "parameters": {"type": "object", "properties": {
+        "direction": {"type": "string", "enum": ["N", "S"]}, "distance": {"type": "number"}}}},
+])
+
+
+def test_branch_texts_follow_the_format():
+    rec = Record("x", "tgt=N d=5.2", ['wait()@f1 done'], Call("dash", {"direction": "N", "distance": 2}))
+    tmpl = get_template("compact")
+    rows = branch_texts(rec, ARENA_LIKE, tmpl, heads_mode="all")
+    prompt = tmpl.prefix(ARENA_LIKE) + tmpl.suffix(__import__("models.format").format.Turn(
+        "tgt=N d=5.2", ['wait()@f1 done']))
+    assert [r[0] for r in rows] == [prompt + f"<{h}>" for h in
+                                    ("function", "arg1", "arg2", "arg3", "arg4", "arg5", "arg6")]
+    targets = [r[1] for r in rows]
+    assert targets[:4] == ["dash</function><|im_end|>", "N</arg1><|im_end|>", "2</arg2><|im_end|>",
+                           "<|null|></arg3><|im_end|>"]
+    assert [r[2] for r in rows] == [2.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6]
+    # an omitted or unused slot is <|null|>; the used-heads mode stops at the largest arity
+    wait = branch_texts(Record("x", "q", [], Call("wait", {})), ARENA_LIKE, tmpl, heads_mode="used")
+    assert [r[1] for r in wait] == ["wait</function><|im_end|>", "<|null|></arg1><|im_end|>",
+                                    "<|null|></arg2><|im_end|>"]
+    assert train_heads(ARENA_LIKE, "used") == ("function", "arg1", "arg2")
+    with pytest.raises(ValueError, match="heads mode"):
+        train_heads(ARENA_LIKE, "some")
+
+
+def test_unknown_teacher_call_is_refused():
+    rec = Record("x", "q", [], Call("jump", {}))
+    with pytest.raises(ValueError, match="jump"):
+        branch_texts(rec, ARENA_LIKE, get_template("compact"))
+
+
+def test_codec_refuses_a_tokenizer_that_splits_the_tags():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["plain text only <function> x"] * 5, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    with pytest.raises(ValueError, match="must be one id"):
+        RowCodec(PreTrainedTokenizerFast(tokenizer_object=tok), get_template("compact"))
+
+
+def test_show_history_matches_the_async_status_lines():
+    rng = np.random.default_rng(0)
+    calls = [f'push(direction="{d}")' for d in ("left", "right", "left", "right", "left")]
+    seen = [show_history(calls, 4, "futures", rng) for _ in range(200)]
+    assert all(len(s) <= 4 for s in seen)
+    full = [s for s in seen if len(s) == 4]
+    assert full and all(s[0].startswith('push(direction="right")@f2 ') for s in full)
+    tails = {s[-1].split(" ", 1)[1].split(" ")[0] for s in full}
+    assert tails == {"done", "running"}
+    assert show_history(calls, 2, "plain", np.random.default_rng(1))[-1:] in ([calls[-1]], [])
+    assert show_history(calls, 0, "futures", rng) == [] and show_history([], 4, "futures", rng) == []
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "tickcall/Arena-v0"])
+def test_teacher_rollouts_are_seeded_and_labelled(env_id):
+    src = get_source(env_id)
+    recs, stats = rollout(src, TEACHER, [1, 2], n_envs=2, history_len=2, max_decisions=40, rng_seed=5)
+    again, _ = rollout(src, TEACHER, [1, 2], n_envs=2, history_len=2, max_decisions=40, rng_seed=5)
+    assert [r.to_dict() for r in recs] == [r.to_dict() for r in again]
+    assert stats.decisions == len(recs) and stats.illegal == 0
+    names = {t.name for t in src.tools}
+    assert all(r.call.name in names for r in recs)
+    _, rnd = rollout(src, RANDOM, [1, 2], n_envs=2, max_decisions=40, record=False)
+    assert rnd.decisions > 0
+
+
+def test_an_illegal_call_holds_the_previous_action_and_is_counted():
+    src = get_source("CartPole-v1", prefer_builtin=True)
+    _, stats = rollout(src, lambda texts, hist: [None] * len(texts), [0], n_envs=1, record=False)
+    assert stats.illegal == stats.decisions > 0
+    assert stats.mean_return < 100  # never pushing the right way: the pole falls
+
+
+def test_builtin_cartpole_source_matches_the_envs_binding():
+    ours, theirs = get_source("CartPole-v1", prefer_builtin=True), get_source("CartPole-v1")
+    assert [t.rendered for t in ours.tools] == [t.rendered for t in theirs.tools]
+    a, b = ours.instance(), theirs.instance()
+    obs, _ = a.env.reset(seed=3)
+    assert a.obs_text(obs) == b.obs_text(obs) and a.teacher(obs) == b.teacher(obs)
+    assert ours.hold == pytest.approx(50 / 16)
+
+
+def test_configs_load_and_unknown_keys_are_refused(tmp_path):
+    from models.training.pipeline import TrainConfig
+
+    for path in sorted((ROOT / "configs").glob("train*.yaml")):
+        cfg = TrainConfig.load(path)
+        assert cfg.envs and cfg.train.steps > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("envs: [CartPole-v1]\ntrain: {stepz: 3}\n")
+    with pytest.raises(ValueError, match="stepz"):
+        TrainConfig.load(bad)
+    bad.write_text("envz: [CartPole-v1]\n")
+    with pytest.raises(ValueError, match="envz"):
+        TrainConfig.load(bad)
+
+
+def test_default_head_weights_are_the_papers():
+    assert DEFAULT_HEAD_WEIGHTS["function"] == 2.0
+    assert [round(DEFAULT_HEAD_WEIGHTS[f"arg{i}"], 2) for i in range(1, 7)] == [1.1, 1.2, 1.3, 1.4, 1.5, 1.6]
+
+
+def test_shipped_lookup():
+    from models.shipped import SHIPPED, default_model_path
+
+    with pytest.raises(KeyError, match="no shipped model"):
+        default_model_path("Nope-v0")
+    assert "tickcall/Arena-v0" in SHIPPED and "CartPole-v1" in SHIPPED
+    path = default_model_path()
+    assert (path / "config.json").exists() and (path / "README.md").exists()
+    assert default_model_path("tickcall/Arena-v0") == path
