@@ -28,7 +28,8 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         f"{scores.get('params', 0) / 1e6:.2f}M parameters, tied embeddings, float32 safetensors.",
         f"- Tokenizer: byte-level BPE, {scores.get('vocab', '?')} tokens, trained on this run's prompts; "
         "chat tokens and the 17 SimpleTool tokens are single ids, digits split one per token.",
-        f"- Envs: {', '.join(cfg.envs)}.",
+        f"- Envs: {', '.join(cfg.envs)}." + (f" Initialised from `{cfg.init_from}` (an earlier run of this "
+                                             "recipe), then trained further." if cfg.init_from else ""),
         "",
         "## Data",
         "",

@@ -83,6 +83,7 @@ class TrainConfig:
     realtime_eval: bool = False
     realtime_hz: float = 16.0
     source_path: str | None = None  # the YAML file this came from (for the model card's command)
+    init_from: str | None = None  # start from this model folder (weights + tokenizer), e.g. a shipped one
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -189,6 +190,14 @@ class Pipeline:
 
         m = self.cfg.model
         init = self.work / "init"
+        if not (init / "tickcall.json").exists() and self.cfg.init_from:
+            src = Path(self.cfg.init_from)
+            if not (src / "config.json").exists():
+                raise FileNotFoundError(f"init_from: {src} is not a model folder")
+            init.mkdir(parents=True, exist_ok=True)
+            for f in src.iterdir():
+                if f.is_file():
+                    (init / f.name).write_bytes(f.read_bytes())
         if not (init / "tickcall.json").exists():
             if not data:
                 raise FileNotFoundError(f"{init} is missing: run the pipeline first")

@@ -65,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
     cfg.realtime_hz = args.hz
     cfg.eval_episodes = args.episodes if args.realtime else cfg.eval_episodes
 
-    if args.export:
+    if cfg.model.kind == "smollm2" and not args.evaluate:
+        from models.training.smollm2 import train_smollm2
+
+        scores = train_smollm2(cfg, progress=not args.no_progress)
+        print(f"model written to {cfg.out}")
+    elif args.export:
         scores = Pipeline(cfg, progress=not args.no_progress).export(args.export, args.episodes)
         print(f"model written to {cfg.out} from {args.export}")
     elif args.evaluate:
