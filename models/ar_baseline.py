@@ -69,7 +69,7 @@ class ARBaseline(Engine):
             t2 = time.perf_counter()
             done = bool(self.forced_length) or generated[-1] == stop
             body = generated[:-1] if (done and not self.forced_length) else generated
-            out.append(RawHeads(texts={"json": self.hf.tokenizer.decode(body, skip_special_tokens=False)},
+            out.append(RawHeads(texts={"json": self.hf.decode_ids(body)},
                                 token_ids={"json": generated}, unfinished=set() if done else {"json"},
                                 prompt_tokens=len(ids), cached_tokens=reg.prefix_tokens,
                                 prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3))
