@@ -139,21 +139,29 @@ class LeanLM:
         A segment is (K, V, mask): K/V [kv, L, d] are shared by every row (the cached prefix);
         K/V [B, kv, L, d] belong to each row (a request's suffix, a head's own tokens); ``mask``
         (bool, True = visible) broadcasts to [B, kv, g, T, L], or is None. Returns [B, T, heads*d]."""
-        scores, values = [], []
-        for k, v, mask in segments:
-            kk, vv = (k.unsqueeze(-3), v.unsqueeze(-3)) if k.dim() == 3 else (k.unsqueeze(2), v.unsqueeze(2))
-            sc = torch.matmul(q, kk.transpose(-1, -2))
+        b, kv, g, t, d = q.shape
+        q_kv = None  # q as [kv, B*g*T, d] for shared segments: one bmm per kv head, K never expanded
+        scores = []
+        for k, _, mask in segments:
+            if k.dim() == 3:
+                if q_kv is None:
+                    q_kv = q.permute(1, 0, 2, 3, 4).reshape(kv, b * g * t, d)
+                sc = torch.bmm(q_kv, k.transpose(1, 2)).view(kv, b, g, t, -1).permute(1, 0, 2, 3, 4)
+            else:
+                sc = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2))
             if mask is not None:
                 sc = sc.masked_fill(~mask, float("-inf"))
             scores.append(sc)
-            values.append(vv)
         sizes = [sc.shape[-1] for sc in scores]
         probs = torch.softmax(torch.cat(scores, dim=-1).float() * self.scaling, dim=-1).to(q.dtype)
         out = None
-        for p, vv in zip(probs.split(sizes, dim=-1), values, strict=True):
-            part = torch.matmul(p, vv)
+        for p, (k, v, _) in zip(probs.split(sizes, dim=-1), segments, strict=True):
+            if k.dim() == 3:
+                p_kv = p.permute(1, 0, 2, 3, 4).reshape(kv, b * g * t, -1)
+                part = torch.bmm(p_kv, v).view(kv, b, g, t, d).permute(1, 0, 2, 3, 4)
+            else:
+                part = torch.matmul(p, v.unsqueeze(2))
             out = part if out is None else out + part
-        b, _, _, t, _ = out.shape
         return out.reshape(b, self.n_heads, t, self.head_dim).transpose(1, 2).reshape(b, t, self.q_size)
 
     def _mlp(self, lw: _Layer, x: torch.Tensor) -> torch.Tensor:
