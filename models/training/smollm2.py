@@ -41,8 +41,7 @@ def load_base():
 
     path = gguf_path()
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    added = tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)},
-                                   replace_additional_special_tokens=False)
+    added = tok.add_tokens(list(SPECIAL_TOKENS), special_tokens=True)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     old = model.get_input_embeddings().weight.shape[0]
     model.resize_token_embeddings(len(tok), mean_resizing=True)
@@ -155,6 +154,10 @@ def train_smollm2(cfg, log=print, progress: bool = True, heldout_n: int = 200,
         f"loss {res['loss']:.4f}")
     merge_lora(model)
     model.eval()
+    # the weights were dequantised to float32 at load time: save them as a plain checkpoint
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
