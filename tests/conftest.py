@@ -42,3 +42,16 @@ ARENA_LIKE_TOOLS = [
 @pytest.fixture
 def arena_tools():
     return [dict(t) for t in ARENA_LIKE_TOOLS]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray for the tests that start actors; shut down after the module if it started it."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    if started:
+        ray.shutdown()

@@ -313,16 +313,6 @@ def test_check_command_real_time_and_lockstep(engines, tmp_path):
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    if started:
-        ray.shutdown()
-
-
 def shipped_model() -> str | None:
     try:
         from models.shipped import available

@@ -26,16 +26,6 @@ ray = pytest.importorskip("ray")
 RATE = 20.0  # Hz: 50 ms periods (and deadlines)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _service(spec, **kw):
     from agent.actor import start_policy_service
 
