@@ -21,6 +21,9 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         "(`tickcall train`). It emits one function call per tick with parallel heads "
         "(`<function>`, `<arg1>`..`<argN>`); prompt template `" + cfg.template + "`.",
         "",
+        f"History items per turn in training: {cfg.data.history_len} (`tickcall.json` `history_len`); run it "
+        "the same way (`envs.policies.ModelPolicy.from_path` reads it).",
+        "",
         "## Model",
         "",
         f"- Architecture: Qwen2, hidden {cfg.model.hidden}, {cfg.model.layers} layers, "
@@ -47,6 +50,8 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         "",
         "```",
         command or f"tickcall train --config {getattr(cfg, 'source_path', 'CONFIG')}",
+        f"tickcall train --config {getattr(cfg, 'source_path', 'CONFIG')} --evaluate {cfg.out} --episodes 20 --card"
+        "   # real-time figures",
         "```",
         "",
         "## Scores",
@@ -79,8 +84,9 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         lines.append("")
     t = scores.get("timings_s", {})
     if t:
-        lines += [f"Wall time: collection {t.get('collect_s', 0):.0f} s, training {t.get('train_s', 0):.0f} s "
-                  "(2-core AMD EPYC, AVX2, no GPU, shared with other jobs).", ""]
+        lines += [f"Wall time of the last invocation (a resumed run counts only the stages it ran): collection "
+                  f"{t.get('collect_s', 0):.0f} s, training {t.get('train_s', 0):.0f} s (2-core Intel Xeon VM, "
+                  "AVX-512, no GPU, shared with other jobs).", ""]
     path = Path(folder) / "README.md"
     path.write_text("\n".join(lines))
     return path

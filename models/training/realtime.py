@@ -57,7 +57,7 @@ def _pct(sorted_ms: list[float], q: float) -> float:
 
 
 def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | None = None,
-                 episodes: int = 20, hz: float = 16.0, seed: int = 10_000, history: int = 4,
+                 episodes: int = 20, hz: float = 16.0, seed: int = 10_000, history: int | None = None,
                  threads: int | None = 1, warmup: int = 5, log=None) -> RealTimeResult:
     """Run ``episodes`` seeded episodes (episode i resets with ``seed + i``) in the real-time loop.
 
@@ -81,6 +81,8 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
             model_path = default_model_path(env_id)
         engine = HFEngine(model_path, device="cpu", threads=threads)
         handle = engine.register(binding.tools, engine.meta.get("system")).handle
+        if history is None:  # as the model was trained (tickcall.json history_len)
+            history = int(engine.meta.get("history_len") or 0)
         probe = Turn(binding.obs_text(binding.env.observation_space.sample()), [])
         for _ in range(warmup):
             engine.decide(handle, probe)
@@ -90,6 +92,7 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
         expert = RandomPolicy(binding, seed)
     else:
         raise ValueError(f"policy must be model, teacher or random, not {policy!r}")
+    history = int(history or 0)
     order = {s.name: s.param_names for s in binding.specs}
     rng = np.random.default_rng(seed)
     res = RealTimeResult(policy, env_id, hz, episodes)
@@ -143,12 +146,13 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
     return res
 
 
-def _teacher_summary(env_id: str, episodes: int, hz: float, seed: int, history: int) -> dict[str, Any]:
+def _teacher_summary(env_id: str, episodes: int, hz: float, seed: int, history: int | None) -> dict[str, Any]:
     return run_realtime(env_id, "teacher", None, episodes, hz, seed, history, None).summary()
 
 
 def compare(env_id: str, model_path: str | Path, episodes: int = 20, hz: float = 16.0, seed: int = 10_000,
-            history: int = 4, threads: int | None = 1, log=None, parallel: bool = True) -> dict[str, Any]:
+            history: int | None = None, threads: int | None = 1, log=None, parallel: bool = True
+            ) -> dict[str, Any]:
     """Student vs teacher under the same timing: the figures of the model card.
 
     ``parallel``: the teacher's loop (microsecond decisions, little CPU) runs at the same time in a

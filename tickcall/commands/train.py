@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", metavar="CHECKPOINT",
                         help="no training: score a checkpoint of this run (work_dir/ckpt-rN.pt) and write the "
                              "model folder from it")
+    parser.add_argument("--card", action="store_true",
+                        help="with --evaluate: add the figures to FOLDER's scores.json and model card")
     parser.add_argument("--episodes", type=int, default=20, help="real-time episodes per env (default 20)")
     parser.add_argument("--hz", type=float, default=16.0, help="decision rate of the real-time loop (Hz)")
     parser.add_argument("--json", metavar="FILE", help="write the scores as JSON")
@@ -78,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
         scores = {env: compare(env, args.evaluate, args.episodes, args.hz, log=print) for env in cfg.envs}
         _table(scores)
+        if args.card:
+            _update_card(Path(args.evaluate), cfg, scores)
     else:
         scores = Pipeline(cfg, progress=not args.no_progress).run()
         print(f"model written to {cfg.out}")
@@ -96,3 +100,16 @@ def _table(scores: dict) -> None:
         print(f"{env:<20} {s['student_return']:>9.1f} {s['teacher_return']:>9.1f} {100 * s['ratio']:>6.1f}% "
               f"{100 * s['legal_rate']:>7.2f}% {s['deadline_misses']:>7d} {s['decide_p50_ms']:>7.2f} "
               f"{s['decide_p90_ms']:>7.2f}")
+
+
+def _update_card(folder: Path, cfg, realtime: dict) -> None:
+    """Merge real-time figures into ``folder/scores.json`` and rewrite its model card."""
+    from models.training.card import write_card
+
+    path = folder / "scores.json"
+    scores = json.loads(path.read_text()) if path.exists() else {"envs": {}}
+    for env, fig in realtime.items():
+        scores.setdefault("envs", {}).setdefault(env, {})["realtime"] = fig
+    path.write_text(json.dumps(scores, indent=2) + "\n")
+    write_card(folder, cfg, scores)
+    print(f"model card updated: {folder / 'README.md'}")
