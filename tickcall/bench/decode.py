@@ -12,17 +12,15 @@ import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model folder (default: the shipped model, else a random one of its size)")
+    from tickcall.bench.workload import add_model_arguments
+
+    add_model_arguments(p)
     p.add_argument("--backend", default="transformers",
                    help="transformers, vllm, or both as 'transformers,vllm' (side by side in one run)")
-    p.add_argument("--hidden", type=int, default=128, help="random model: hidden size")
-    p.add_argument("--layers", type=int, default=4, help="random model: layers")
     p.add_argument("--ticks", type=int, default=200, help="timed decides per side")
     p.add_argument("--warmup", type=int, default=5, help="discarded decides per side")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--natural", action="store_true",
                    help="let heads stop on their own (trained models only) instead of forcing lengths")
-    p.add_argument("--json", help="write results to this file")
 
 
 def measure_pair(engine, ar, ticks: int, warmup: int, natural: bool) -> dict:
@@ -85,11 +83,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tickcall.bench.common import machine, print_table, write_json
-    from tickcall.bench.workload import resolve_model
+    from tickcall.bench.workload import model_from_args
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    path, desc = resolve_model(args.model, args.hidden, args.layers)
+    path, desc = model_from_args(args)
     result: dict = {"bench": "decode", "model": desc, "machine": machine(), "ticks": args.ticks,
                     "forced_lengths": not args.natural, "threads": torch.get_num_threads()}
     rows = []

@@ -12,14 +12,12 @@ import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model folder (default: the shipped model, else a random one of its size)")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
+    from tickcall.bench.workload import add_model_arguments
+
+    add_model_arguments(p)
     p.add_argument("--heads", default="1,2,4,8")
     p.add_argument("--steps", type=int, default=8, help="decode steps per measurement")
     p.add_argument("--repeats", type=int, default=60)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,11 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from models.format import Turn, open_tag
     from models.hf_engine import HFEngine
     from tickcall.bench.common import machine, print_table, summary_ms, write_json
-    from tickcall.bench.workload import GAME_TOOLS, resolve_model
+    from tickcall.bench.workload import GAME_TOOLS, model_from_args
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    path, desc = resolve_model(args.model, args.hidden, args.layers)
+    path, desc = model_from_args(args)
     engine = HFEngine(path, device="auto")
     lm = engine.lm
     reg = engine.register(GAME_TOOLS)

@@ -12,13 +12,11 @@ import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model folder (default: the shipped model, else a random one of its size)")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
+    from tickcall.bench.workload import add_model_arguments
+
+    add_model_arguments(p)
     p.add_argument("--tools", default="2,8,32,64", help="comma-separated tool counts")
     p.add_argument("--ticks", type=int, default=60, help="timed decides per tool count and mode")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,11 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from models.format import Turn
     from models.hf_engine import HFEngine
     from tickcall.bench.common import machine, print_table, summary_ms, write_json
-    from tickcall.bench.workload import forced_head_lengths, resolve_model, synthetic_tools
+    from tickcall.bench.workload import forced_head_lengths, model_from_args, synthetic_tools
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    path, desc = resolve_model(args.model, args.hidden, args.layers)
+    path, desc = model_from_args(args)
     engine = HFEngine(path, device="auto")
     counts = [int(c) for c in args.tools.split(",")]
     turn = Turn("x=12.5 y=-3.0 hp=87 enemy=3 dist=14.2 bearing=-37", ["tool_01(mode=\"a\")"])

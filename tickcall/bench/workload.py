@@ -7,6 +7,7 @@ of the same call written as JSON (+1 for ``<|im_end|>``): both sides decode what
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -97,3 +98,21 @@ def resolve_model(model: str | None, hidden: int, layers: int, workdir: Path | N
                            intermediate=hidden * 3, vocab_size=512, corpus=corpus, init_std=0.2,
                            tie_embeddings=True)
     return path, f"random Qwen2 (hidden {hidden}, {layers} layers)"
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every decode benchmark shares: which model, its size if random, threads, output."""
+    p.add_argument("--model", help="model folder (default: the shipped model, else a random one of its size)")
+    p.add_argument("--hidden", type=int, default=128, help="random model: hidden size")
+    p.add_argument("--layers", type=int, default=4, help="random model: layers")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", help="write results to this file")
+
+
+def model_from_args(args: argparse.Namespace) -> tuple[Path, str]:
+    """Apply ``--threads`` and resolve the model folder (see :func:`resolve_model`)."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return resolve_model(args.model, args.hidden, args.layers)
