@@ -615,18 +615,22 @@ class AsyncFC:
             for _ in range(rt.lane.capacity):
                 self._spawn_worker(rt)
 
+    def _actuator_unavailable(self, rt: _LaneRuntime, what: str, exc: BaseException) -> None:
+        """An actuator could not be (re)built: record it and fail the call at the head of its queue."""
+        with self._lock:
+            rt.last_error = f"{what} failed: {_reason(exc)}"
+            self.ledger.restart(self.clock(), rt.lane.name, rt.last_error)
+            if rt.queue:
+                self._finish(rt.queue[0], CallState.FAILED, f"actuator unavailable: {_reason(exc)}")
+        self._run_callbacks()
+
     def _rebuild(self, rt: _LaneRuntime) -> None:
         backoff = 0.05
         while not self._stop.is_set():
             try:
                 actuator = rt.spec()
             except Exception as exc:
-                with self._lock:
-                    rt.last_error = f"restart failed: {_reason(exc)}"
-                    self.ledger.restart(self.clock(), rt.lane.name, rt.last_error)
-                    if rt.queue:
-                        self._finish(rt.queue[0], CallState.FAILED, f"actuator unavailable: {_reason(exc)}")
-                self._run_callbacks()
+                self._actuator_unavailable(rt, "restart", exc)
                 self._stop.wait(backoff)
                 backoff = min(1.0, backoff * 2)
                 continue
@@ -692,12 +696,7 @@ class AsyncFC:
                 try:
                     child = ChildActuator(rt.spec, factory=rt.lane.factory)
                 except Exception as exc:
-                    with self._lock:
-                        rt.last_error = f"start failed: {_reason(exc)}"
-                        self.ledger.restart(self.clock(), rt.lane.name, rt.last_error)
-                        if rt.queue:
-                            self._finish(rt.queue[0], CallState.FAILED, f"actuator unavailable: {_reason(exc)}")
-                    self._run_callbacks()
+                    self._actuator_unavailable(rt, "start", exc)
                     self._stop.wait(backoff)
                     backoff = min(1.0, backoff * 2)
                     continue
