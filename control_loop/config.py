@@ -57,7 +57,8 @@ class RunConfig:
     in_flight: str = "skip"                   # previous request unanswered: skip this tick | supersede
     in_flight_timeout_ms: float | None = None  # None: 4 deadlines; then an unanswered request is dropped
     fallback: str = "hold"                    # no legal call by the deadline: hold | default | noop
-    history: int = 4                          # recent calls shown in the turn's history line
+    history: int | None = None                # recent calls in the turn's history line; None: the model's
+                                              # tickcall.json history_len (what it was trained with), else 4
     seed: int = 0
     service: ServiceConfig = field(default_factory=ServiceConfig)
     report_dir: str | None = None
@@ -189,7 +190,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"in_flight_timeout_ms ({c.in_flight_timeout_ms:g}) must be >= the deadline "
                           f"({c.effective_deadline_ms:g} ms)")
     c.fallback = _choice(c.fallback, "fallback", FALLBACKS)
-    c.history = _int(c.history, "history", lo=0)
+    c.history = _int(c.history, "history", lo=0, allow_none=True)
     c.seed = _int(c.seed, "seed")
     if not isinstance(c.service, ServiceConfig):
         raise ConfigError(f"service: expected a mapping, got {c.service!r}")

@@ -86,7 +86,7 @@ class LoopSettings:
     def from_run_config(cls, cfg: Any) -> LoopSettings:
         return cls(rate_hz=cfg.rate_hz, deadline_ms=cfg.deadline_ms, in_flight=cfg.in_flight,
                    in_flight_timeout_ms=cfg.in_flight_timeout_ms, fallback=cfg.fallback,
-                   history=cfg.history, warn_interval_s=cfg.warn_interval_s, rt_priority=cfg.rt_priority)
+                   history=4 if cfg.history is None else cfg.history, warn_interval_s=cfg.warn_interval_s, rt_priority=cfg.rt_priority)
 
 
 @dataclass

@@ -14,9 +14,10 @@ builds the world and registers the tools) -> run, printing a live progress line 
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -59,6 +60,26 @@ def resolve_model(cfg: RunConfig) -> str | None:
                        "(a SimpleTool-format model folder, e.g. one made by `tickcall train`) or "
                        "--backend noop to check the plumbing without a model")
     return str(path)
+
+
+DEFAULT_HISTORY = 4  # history items when neither the config nor the model folder says
+
+
+def resolve_history(cfg: RunConfig, model: str | None) -> int:
+    """History items per turn: ``cfg.history`` when set, else the ``history_len`` the model was trained
+    with (its ``tickcall.json``), else ``DEFAULT_HISTORY``. A student trained without a history line
+    makes mostly illegal calls when shown one, so the model's own setting is the safe default."""
+    if cfg.history is not None:
+        return int(cfg.history)
+    if model is not None:
+        meta = Path(model).expanduser() / "tickcall.json"
+        try:
+            value = json.loads(meta.read_text()).get("history_len")
+        except (OSError, ValueError, AttributeError):
+            value = None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return DEFAULT_HISTORY
 
 
 def shipped_default_model(env_id: str | None = None) -> str | None:
@@ -108,6 +129,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
 
     stream = stream or sys.stderr
     model = resolve_model(cfg)
+    cfg = replace(cfg, history=resolve_history(cfg, model))
     started_ray = False
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,

@@ -313,16 +313,6 @@ def test_check_command_real_time_and_lockstep(engines, tmp_path):
 ray = pytest.importorskip("ray")
 
 
-def shipped_model() -> str | None:
-    try:
-        from models.shipped import available
-
-        path = available().get("tickcall/Arena-v0")
-        return str(path) if path else None
-    except ImportError:
-        return None
-
-
 @pytest.fixture(scope="module")
 def noop_service(ray_session):
     from agent.actor import start_policy_service
@@ -373,15 +363,15 @@ def test_tickcall_run_with_the_engine_10s_at_16hz(engines, ray_session, tmp_path
     from control_loop.config import from_dict
     from control_loop.runner import run_job
 
+    # The no-op engine (always the first tool, wait()): this test is about the bridge, not a model's
+    # skill. The shipped arena student learned the Python Arena's tools, not the C++ game's (other
+    # names and arguments), so with it most calls are illegal and never reach the engine.
     endpoint = free_endpoint()
     eng = engines(endpoint, "run", "--seed", "3")
-    model = shipped_model()
-    cfg = from_dict({"env": f"engine:{endpoint}", "env_kwargs": {"wait_s": 60},
-                     "backend": "transformers" if model else "noop", "model": model,
+    cfg = from_dict({"env": f"engine:{endpoint}", "env_kwargs": {"wait_s": 60}, "backend": "noop",
                      "rate_hz": 16, "duration_s": 10, "report_dir": str(tmp_path / "report"),
                      "plots": False, "progress": False})
     outcome = run_job(cfg)
-    print(f"model: {model or 'none shipped yet: no-op engine (always wait())'}")
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report == json.loads(json.dumps(outcome.report))
     ticks, outs = report["ticks"], report["outcomes"]

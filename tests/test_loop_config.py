@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from control_loop.config import ConfigError, RunConfig, load_run_config, validate
+from control_loop.config import ConfigError, RunConfig, from_dict, load_run_config, validate
 from control_loop.records import TickRecord
 from control_loop.report import read_ticks, write_report
 from control_loop.stats import percentile, summarize, summary
@@ -130,3 +130,23 @@ def test_report_files_and_plots(tmp_path):
     for key in ("report", "ticks", "latency_cdf", "timeline"):
         assert Path(paths[key]).stat().st_size > 0
     assert [r.to_dict() for r in read_ticks(tmp_path / "r")] == [r.to_dict() for r in recs]
+
+
+def test_history_defaults_to_what_the_model_was_trained_with(tmp_path):
+    """history null -> the model folder's tickcall.json history_len; an explicit value wins; a folder
+    without one (or no model) -> 4."""
+    import json
+
+    from control_loop.runner import DEFAULT_HISTORY, resolve_history
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "tickcall.json").write_text(json.dumps({"template": "compact", "history_len": 0}))
+    assert from_dict({}).history is None
+    assert resolve_history(from_dict({}), str(model)) == 0
+    assert resolve_history(from_dict({"history": 3}), str(model)) == 3
+    (model / "tickcall.json").write_text(json.dumps({"template": "compact"}))
+    assert resolve_history(from_dict({}), str(model)) == DEFAULT_HISTORY == 4
+    assert resolve_history(from_dict({}), None) == 4
+    with pytest.raises(ConfigError, match="history"):
+        from_dict({"history": -1})
