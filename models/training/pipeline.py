@@ -39,7 +39,8 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    """Teacher rollouts: ``episodes`` per env, random-action rate ``epsilon``, state nudges."""
+    """Teacher rollouts: ``episodes`` per env, random-action rate ``epsilon``, state nudges; plus
+    ``coverage`` rows per env from states sampled directly (see ``models.training.coverage``)."""
 
     episodes: int = 100
     epsilon: float = 0.2
@@ -51,6 +52,9 @@ class DataSpec:
     n_envs: int = 32
     heldout_episodes: int = 8
     delay_prob: float = 0.2
+    coverage: int = 0  # extra rows per env from states sampled over the state space (models.training.coverage)
+    heldout_coverage: int = 0  # held-out sampled states per env (scored apart from the rollout states)
+    text_labels: bool = False  # the teacher decides on the values the text shows (CartPole: rounded)
 
 
 @dataclass
@@ -80,6 +84,8 @@ class TrainConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     dagger: DaggerSpec = field(default_factory=DaggerSpec)
     eval_episodes: int = 20
+    eval_every: int = 0  # log held-out head accuracy every this many training steps (0: only at the end)
+    eval_states: int = 600  # held-out states per env (rollout and sampled each) for those checks
     realtime_eval: bool = False
     realtime_hz: float = 16.0
     source_path: str | None = None  # the YAML file this came from (for the model card's command)
@@ -141,7 +147,8 @@ class Pipeline:
         self.progress = progress
         self.work = Path(cfg.work_dir)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.sources: dict[str, EnvSource] = {e: get_source(e, cfg.prefer_builtin) for e in cfg.envs}
+        self.sources: dict[str, EnvSource] = {e: get_source(e, cfg.prefer_builtin, cfg.data.text_labels)
+                                              for e in cfg.envs}
         self.template = get_template(cfg.template)
         self.timings: dict[str, float] = {}
 
@@ -163,7 +170,30 @@ class Pipeline:
             self.log(f"collect {env_id}: {len(recs)} states from {d.episodes} noisy teacher episodes "
                      f"(mean return {stats.mean_return:.1f})")
             out[env_id] = recs
+        for i, (env_id, src) in enumerate(self.sources.items()):
+            if d.coverage > 0:
+                out[env_id] = out[env_id] + self._coverage(src, "cov", d.coverage, cfg.seed * 7_727 + 17 + i)
         return out
+
+    def _coverage(self, src: EnvSource, tag: str, n: int, rng_seed: int) -> list[Record]:
+        """``n`` sampled-state rows of ``src`` (cached in ``work_dir/{tag}-ENV.jsonl``)."""
+        from models.training.coverage import coverage_records
+
+        path = self.work / f"{tag}-{_slug(src.env_id)}.jsonl"
+        if path.exists():
+            return _read_jsonl(path)
+        recs = coverage_records(src, n, rng_seed)
+        _write_jsonl(path, recs)
+        self.log(f"coverage {src.env_id}: {len(recs)} sampled states ({tag})")
+        return recs
+
+    def heldout_coverage(self) -> dict[str, list[Record]]:
+        """Held-out sampled states per env (empty when ``data.heldout_coverage`` is 0 or no sampler)."""
+        from models.training.coverage import has_sampler
+
+        n = self.cfg.data.heldout_coverage
+        return {e: self._coverage(s, "heldout-cov", n, self.cfg.seed * 7_727 + 90_001 + i)
+                for i, (e, s) in enumerate(self.sources.items()) if n > 0 and has_sampler(e)}
 
     def heldout(self) -> dict[str, list[Record]]:
         cfg, d = self.cfg, self.cfg.data
@@ -250,6 +280,8 @@ class Pipeline:
         for env_id, src in self.sources.items():
             student = BatchStudent(model, tok, src.tools, self.template, cfg.system)
             acc = head_accuracy(student, held[env_id])
+            held_cov = self.heldout_coverage().get(env_id)
+            acc_cov = head_accuracy(student, held_cov) if held_cov else None
             seeds = [EVAL_SEED_BASE + k for k in range(episodes or cfg.eval_episodes)]
             args = (cfg.data.history_len, cfg.data.history_style)
             st = closed_loop(src, make_student_policy(student, {}), seeds, *args)
@@ -258,6 +290,10 @@ class Pipeline:
             scores["envs"][env_id] = {"heldout": acc, "lockstep": {"student": st, "teacher": te, "random": rnd,
                                                                     "hold": src.hold},
                                       "source": src.origin}
+            if acc_cov is not None:
+                scores["envs"][env_id]["heldout_coverage"] = acc_cov
+                self.log(f"{env_id}: sampled held-out states ({acc_cov['n']}): head accuracy {acc_cov['per_head']}, "
+                         f"exact {acc_cov['exact_call']:.4f}, legal {acc_cov['legal_rate']:.4f}")
             self.log(f"{env_id}: head accuracy {acc['per_head']}, exact {acc['exact_call']:.4f}, legal "
                      f"{acc['legal_rate']:.4f}; lock-step return student {st['mean_return']:.1f} (illegal "
                      f"{st['illegal']}/{st['decisions']}) teacher {te['mean_return']:.1f} random {rnd['mean_return']:.1f}")
@@ -301,8 +337,10 @@ class Pipeline:
                 history.append(json.loads(done_flag.read_text()))
                 continue
             examples = self.encode(codec, data)
+            on_step = self._checker(model, tok, r) if cfg.eval_every > 0 else None
             res = train(model, examples, prefixes, pad, settings, checkpoint=ckpt,
-                        desc=f"train r{r} ({len(examples)} rows)", progress=self.progress, log=self.log)
+                        desc=f"train r{r} ({len(examples)} rows)", progress=self.progress, log=self.log,
+                        on_step=on_step)
             res["rows"] = len(examples)
             done_flag.write_text(json.dumps(res))
             history.append(res)
@@ -317,6 +355,37 @@ class Pipeline:
         if cfg.realtime_eval:
             self.realtime(out, scores)
         return scores
+
+    def _checker(self, model, tok, r: int):
+        """An ``on_step`` hook: every ``eval_every`` steps, held-out head accuracy on ``eval_states``
+        rollout and sampled states per env, logged and kept in ``work_dir/curve-r{r}.jsonl``."""
+        from models.training.evaluate import head_accuracy
+        from models.training.student import BatchStudent
+
+        cfg = self.cfg
+        held = {e: v[: cfg.eval_states] for e, v in self.heldout().items()}
+        cov = {e: v[: cfg.eval_states] for e, v in self.heldout_coverage().items()}
+        path = self.work / f"curve-r{r}.jsonl"
+
+        def check(step: int, loss: float) -> None:
+            if step % cfg.eval_every:
+                return
+            model.eval()
+            row: dict[str, Any] = {"round": r, "step": step, "loss": loss}
+            for env_id, src in self.sources.items():
+                student = BatchStudent(model, tok, src.tools, self.template, cfg.system)
+                for name, recs in (("rollout", held[env_id]), ("sampled", cov.get(env_id))):
+                    if recs:
+                        acc = head_accuracy(student, recs)
+                        row[f"{env_id}/{name}"] = acc
+                        self.log(f"r{r} step {step} {env_id} {name} ({acc['n']}): exact {acc['exact_call']:.4f} "
+                                 f"legal {acc['legal_rate']:.4f} heads "
+                                 + " ".join(f"{h} {v:.3f}" for h, v in acc["per_head"].items()))
+            with path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            model.train()
+
+        return check
 
     def realtime(self, folder: Path, scores: dict[str, Any]) -> dict[str, Any]:
         """Real-time loop figures for every env of the config; updates scores.json and the card."""

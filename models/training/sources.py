@@ -106,12 +106,15 @@ def _env_rate(env: Any) -> float:
     return 1.0 / float(dt) if dt else 50.0
 
 
-def _builtin_cartpole(env_id: str = "CartPole-v1") -> EnvSource:
+def _builtin_cartpole(env_id: str = "CartPole-v1", text_labels: bool = False) -> EnvSource:
     import gymnasium as gym
+
+    def teacher(obs: Any) -> Call:
+        return cartpole_expert(text_values(cartpole_obs_text(obs)) if text_labels else obs)
 
     def make() -> Instance:
         return Instance(
-            env=gym.make(env_id), obs_text=cartpole_obs_text, teacher=cartpole_expert,
+            env=gym.make(env_id), obs_text=cartpole_obs_text, teacher=teacher,
             to_action=lambda call: 1 if call.arguments.get("direction") == "right" else 0,
             random_call=lambda rng: Call("push", {"direction": "right" if rng.random() < 0.5 else "left"}),
             default_action=lambda: 0)
@@ -120,8 +123,19 @@ def _builtin_cartpole(env_id: str = "CartPole-v1") -> EnvSource:
                      origin="builtin")
 
 
-def _from_envs_package(env_id: str) -> EnvSource | None:
-    """A source from ``envs.binding`` + ``envs.experts`` (None when that package is missing)."""
+def text_values(text: str) -> list[float]:
+    """The numbers of a ``k=v k=v`` observation text, in order (``x=+0.012 v=-0.340`` -> [0.012, -0.34])."""
+    return [float(pair.split("=", 1)[1]) for pair in text.split()]
+
+
+def _from_envs_package(env_id: str, text_labels: bool = False) -> EnvSource | None:
+    """A source from ``envs.binding`` + ``envs.experts`` (None when that package is missing).
+
+    ``text_labels``: the teacher decides on the observation *as the text shows it* (numbers rounded
+    to the text's precision) rather than on the raw values, so every label is a function of the
+    student's input (CartPole's expert reads raw floats; beside its decision boundary the raw label
+    is noise from the text's point of view). Only for envs whose text is the plain ``k=v`` list of
+    the observation's entries; semantic envs (the Arena) already decide on what their text shows."""
     try:
         from envs.binding import make_binding
         from envs.experts import RandomPolicy, get_expert
@@ -145,18 +159,32 @@ def _from_envs_package(env_id: str) -> EnvSource | None:
         def to_action(call: Call) -> Any:
             return b.call_to_action(call).action
 
-        return Instance(env=b.env, obs_text=b.obs_text, teacher=expert.act, to_action=to_action,
+        teacher = expert.act
+        if text_labels and not b.semantic:
+            import numpy as np
+
+            def teacher(obs: Any) -> Call:
+                shown = np.asarray(text_values(b.obs_text(obs)), dtype=np.float32)
+                if shown.shape != np.asarray(obs).shape:
+                    raise ValueError(f"{env_id}: the text shows {shown.size} numbers for an observation of "
+                                     f"shape {np.asarray(obs).shape}; text_labels needs one per entry")
+                return expert.act(shown)
+
+        return Instance(env=b.env, obs_text=b.obs_text, teacher=teacher, to_action=to_action,
                         random_call=random_call, default_action=b.default_action)
 
     return EnvSource(env_id=env_id, tools=tools, instance=make, physics_hz=rate, origin="envs")
 
 
-def get_source(env_id: str, prefer_builtin: bool = False) -> EnvSource:
-    """The :class:`EnvSource` for ``env_id``: the envs package's binding, else the built-in one."""
+def get_source(env_id: str, prefer_builtin: bool = False, text_labels: bool = False) -> EnvSource:
+    """The :class:`EnvSource` for ``env_id``: the envs package's binding, else the built-in one.
+
+    ``text_labels``: label with the teacher applied to the values the text shows (see
+    ``_from_envs_package``; the built-in CartPole source does the same)."""
     if not (prefer_builtin and env_id.startswith("CartPole")):
-        src = _from_envs_package(env_id)
+        src = _from_envs_package(env_id, text_labels)
         if src is not None:
             return src
     if env_id.startswith("CartPole"):
-        return _builtin_cartpole(env_id)
+        return _builtin_cartpole(env_id, text_labels)
     raise ValueError(f"no training source for {env_id!r}: the envs package has no binding/expert for it")
