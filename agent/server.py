@@ -219,15 +219,17 @@ class PolicyServer:
             self._deliver(ident, payload, kind.decode())
 
     def _deliver(self, ident: bytes, payload: bytes, kind: str) -> None:
+        # Counted before the send, taken back if it fails: a client that has its reply must find it
+        # counted when it asks for stats() right after (counting after the send raced with it).
+        self._count(self._io_stats, kind)
         try:
             self._router.send_multipart([ident, payload], zmq.NOBLOCK)
         except zmq.Again:
+            self._count(self._io_stats, kind, -1)
             self._count(self._io_stats, "dropped_hwm")
-            return
         except zmq.ZMQError:  # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY)
+            self._count(self._io_stats, kind, -1)
             self._count(self._io_stats, "unroutable")
-            return
-        self._count(self._io_stats, kind)
 
     def _io_send(self, ident: bytes, msg: dict[str, Any]) -> None:
         self._deliver(ident, P.pack(msg), _kind(msg))
