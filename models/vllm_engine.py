@@ -13,7 +13,9 @@ How a decide runs (the invariants the tests check):
 * All heads of all requests of a ``decide_batch`` are added before the engine steps, so they are
   scheduled together. ``in_process=True`` (default) runs the engine core in this process
   (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): no race between adding requests and the first step, and no
-  engine subprocess to leak when a Ray actor dies. ``last_stats["extra_steps"]`` counts engine steps
+  engine subprocess to leak when a Ray actor dies. With ``in_process=False`` vLLM's engine-core
+  processes are watched by :mod:`models.vllm_reaper`, which ends them when this process dies without
+  ``close()`` (SIGKILL, OOM killer): no engine process outlives its owner. ``last_stats["extra_steps"]`` counts engine steps
   beyond the longest head (0 when all heads were scheduled in the first step).
 * The static prefix is warmed at registration. Only full KV blocks are cached: ``prefix_align="pad"``
   left-pads the prefix with the pad token to a whole number of blocks; ``"none"`` (default) keeps the
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -130,6 +133,13 @@ def _env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _descendants() -> set[int]:
+    """Pids of this process's descendants (psutil), to find the processes vLLM starts."""
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
 def _default_device() -> str:
     import torch
 
@@ -154,7 +164,7 @@ class VLLMEngine(Engine):
     ``model_path``: local folder (dense or compressed-tensors W4A16). ``dtype``: default float32 on CPU
     (bfloat16 for int4 checkpoints: the CPU int4 kernels take bf16), "auto" on CUDA. ``block_size``: KV block, tokens (CPU: multiple of 32, default 32; CUDA default 16).
     ``prefix_align``: "none" or "pad" (see module doc). ``in_process``: engine core in this process.
-    ``kv_cache_gib``: CPU KV cache size (sets ``VLLM_CPU_KVCACHE_SPACE``). ``gpu_memory_utilization``:
+    ``kv_cache_gib``: CPU KV cache size, whole GiB (sets ``VLLM_CPU_KVCACHE_SPACE``; a fraction rounds up). ``gpu_memory_utilization``:
     CUDA only. ``max_new_tokens``: per-head budget. ``llm_kwargs`` go to ``vllm.LLM`` unchanged.
     """
 
@@ -199,7 +209,9 @@ class VLLMEngine(Engine):
 
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1"}
         if self.device == "cpu":
-            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
+            # vLLM reads a whole number of GiB: round a fraction up (0.25 -> 1)
+            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE",
+                                                           str(max(1, math.ceil(kv_cache_gib))))
         if quiet:
             env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")
             env["VLLM_CONFIGURE_LOGGING"] = os.environ.get("VLLM_CONFIGURE_LOGGING", "1")
@@ -226,8 +238,15 @@ class VLLMEngine(Engine):
             self._SamplingParams = SamplingParams
             self._final_only = RequestOutputKind.FINAL_ONLY
             t0 = time.perf_counter()
+            before = _descendants()
             self.llm = LLM(**kwargs)
             self.startup_s = time.perf_counter() - t0
+        self.engine_pids = sorted(_descendants() - before)  # vLLM's engine-core processes (none in process)
+        self._reaper = None
+        if self.engine_pids:
+            from models.vllm_reaper import start_reaper
+
+            self._reaper = start_reaper(self.engine_pids)
         self._engine = self.llm.llm_engine
         self._req_ids = itertools.count(1)
         self.forced_lengths: dict[str, int] | None = None  # benchmarks only: decode exactly N tokens
@@ -275,6 +294,12 @@ class VLLMEngine(Engine):
         import gc
 
         gc.collect()
+        reaper, self._reaper = getattr(self, "_reaper", None), None
+        if reaper is not None:  # end of its stdin: it ends any engine process shutdown() left, then exits
+            with contextlib.suppress(Exception):
+                reaper.stdin.close()
+            with contextlib.suppress(Exception):
+                reaper.wait(timeout=10)
 
     def __enter__(self) -> VLLMEngine:
         return self

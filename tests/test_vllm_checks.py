@@ -63,3 +63,45 @@ def test_engine_refuses_before_starting_vllm(tmp_path, monkeypatch):
         ve.VLLMEngine(tmp_path / "missing", device="cpu")
     with pytest.raises(ValueError, match="prefix_align"):
         ve.VLLMEngine(tmp_path, device="cpu", prefix_align="left")
+
+
+def test_reaper_ends_watched_processes_when_the_owner_is_killed(tmp_path):
+    """models.vllm_reaper without vLLM: an owner process starts a long ``sleep`` (standing in for vLLM's
+    engine core) and a reaper watching it; SIGKILL the owner: the reaper ends the sleep."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    psutil = pytest.importorskip("psutil")
+    code = ("import subprocess, sys, time\n"
+            "from models.vllm_reaper import start_reaper\n"
+            "child = subprocess.Popen(['sleep', '300'])\n"
+            "start_reaper([child.pid], grace_s=1.0)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(300)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=repo)
+    child = psutil.Process(int(owner.stdout.readline()))
+    try:
+        assert child.is_running()
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        _, alive = psutil.wait_procs([child], timeout=20)
+        assert not alive, "the watched process outlived its SIGKILLed owner"
+    finally:
+        if child.is_running():
+            child.kill()
+
+
+def test_reaper_never_signals_a_reused_pid():
+    """A pid whose start time differs from the recorded one is another process: left alone."""
+    import os
+
+    from models import vllm_reaper
+
+    me = vllm_reaper.describe([os.getpid()])
+    assert me and me[0]["pid"] == os.getpid()
+    stale = [{"pid": os.getpid(), "create_time": me[0]["create_time"] - 100.0}]
+    assert vllm_reaper.reap(stale, grace_s=0.1) == 0  # this test process is still running
+    assert vllm_reaper.describe([2**22 + 12345]) == []  # no such pid
