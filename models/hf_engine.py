@@ -85,7 +85,10 @@ class HFEngine(Engine):
         self.default_template = template or self.meta.get("template", "v2")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.token_ids = check_special_tokens(self.tokenizer)
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype).to(self.device)
+        from models.quantize_load import transformers_load_kwargs  # W4A16 (compressed-tensors): dequantized
+
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype,
+                                                          **transformers_load_kwargs(self.model_path)).to(self.device)
         self.model.eval()
         self.lm = LeanLM(self.model)
         self._fast = getattr(self.tokenizer, "_tokenizer", None)  # the Rust tokenizer: no Python wrapping

@@ -10,9 +10,10 @@ Calibration uses our own training data: SimpleTool training rows (prompt + head 
 ``models.training.rows.branch_texts`` builds them) from the scripted teachers of the model's envs, or
 from a JSONL file of training records / ``{"text": ...}`` lines.
 
-:func:`round_trip` quantizes, loads the W4A16 checkpoint with transformers (decompressed to dense
-weights: correct, not faster) and compares the calls with the unquantized model on held-out turns
-(teacher states from other seeds than the calibration ones). Units: seconds, fractions (0..1).
+:func:`round_trip` quantizes and :func:`check` loads the W4A16 folder with the transformers backend
+(``models.quantize_load``: dequantized to dense weights, correct, not faster) and optionally vLLM
+(int4 kernels), and compares the calls with the unquantized model on held-out turns (teacher states
+from other seeds than the calibration ones). Units: seconds, fractions (0..1).
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ class Agreement:
     legal_a: float
     legal_b: float
     disagreements: list[dict[str, Any]] = field(default_factory=list)
+    per_head: dict[str, float] = field(default_factory=dict)  # head -> fraction of turns with identical ids
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,6 +225,7 @@ def compare_engines(a, b, tools: Sequence[Any], turns: Sequence[Any], keep: int 
     ra, rb = a.register(tools), b.register(tools)
     same_calls = same_heads = same_first = n_heads = legal_a = legal_b = 0
     diffs: list[dict[str, Any]] = []
+    per_head = dict.fromkeys(ra.heads, 0)
     for turn in turns:
         da, db = a.decide(ra.handle, turn), b.decide(rb.handle, turn)
         ca = da.call.to_dict() if da.call else None
@@ -232,6 +235,7 @@ def compare_engines(a, b, tools: Sequence[Any], turns: Sequence[Any], keep: int 
             n_heads += 1
             ia, ib = da.head_token_ids.get(h) or [], db.head_token_ids.get(h) or []
             same_heads += ia == ib
+            per_head[h] += ia == ib
             same_first += ia[:1] == ib[:1]
         legal_a += da.legal
         legal_b += db.legal
@@ -242,7 +246,8 @@ def compare_engines(a, b, tools: Sequence[Any], turns: Sequence[Any], keep: int 
     n = max(1, len(turns))
     return Agreement(turns=len(turns), calls=same_calls / n, heads=same_heads / max(1, n_heads),
                      first_tokens=same_first / max(1, n_heads),
-                     legal_a=legal_a / n, legal_b=legal_b / n, disagreements=diffs)
+                     legal_a=legal_a / n, legal_b=legal_b / n, disagreements=diffs,
+                     per_head={h: c / n for h, c in per_head.items()})
 
 
 def heldout_turns(model: str | Path, n: int = 200, seed: int = 50_000):
@@ -260,25 +265,30 @@ def heldout_turns(model: str | Path, n: int = 200, seed: int = 50_000):
 def round_trip(model: str | Path, workdir: str | Path, *, samples: int = 128, turns: int = 200,
                n_grid: int = 20, calib: str | Path | None = None, python: str | Path | None = None,
                vllm: bool = False) -> dict[str, Any]:
-    """Quantize ``model`` into ``workdir/w4a16``, load it with transformers, compare calls with the
-    dense model on held-out turns. With ``vllm=True`` also run the W4A16 folder on vLLM (needs int4
-    kernels: a GPU or an AVX-512 CPU) against the transformers W4A16 model."""
+    """Quantize ``model`` into ``workdir/w4a16`` and :func:`check` it (see there)."""
+    w4 = Path(workdir) / "w4a16"
+    q = quantize_awq(model, w4, calib=calib, samples=samples, n_grid=n_grid, python=python)
+    return {"quantize": asdict(q), **check(model, w4, turns=turns, vllm=vllm)}
+
+
+def check(model: str | Path, w4a16: str | Path, *, turns: int = 200, vllm: bool = False,
+          max_new_tokens: int = 16) -> dict[str, Any]:
+    """Calls of the W4A16 folder (loaded by the transformers backend: dequantized) against the dense
+    ``model`` on held-out turns. With ``vllm=True`` also the W4A16 folder on vLLM (int4 kernels: a GPU
+    or an AVX-512 CPU, bf16) against the dense model and against transformers' W4A16."""
     from models.hf_engine import HFEngine
 
-    workdir = Path(workdir)
-    w4 = workdir / "w4a16"
-    q = quantize_awq(model, w4, calib=calib, samples=samples, n_grid=n_grid, python=python)
-    dense = dense_copy(w4, workdir / "w4a16-dense")
     tools, held = heldout_turns(model, turns)
-    ref = HFEngine(model, device="cpu", max_new_tokens=16)
-    quant = HFEngine(dense, device="cpu", max_new_tokens=16)
-    agree = compare_engines(ref, quant, tools, held)
-    out: dict[str, Any] = {"model": str(model), "quantize": asdict(q), "transformers_w4a16_vs_dense": agree.to_dict(),
-                           "size_bytes": {"dense": _size(Path(model)), "w4a16": _size(w4)}}
+    ref = HFEngine(model, device="cpu", max_new_tokens=max_new_tokens)
+    quant = HFEngine(w4a16, device="cpu", max_new_tokens=max_new_tokens)
+    out: dict[str, Any] = {"model": str(model), "w4a16": str(w4a16), "turns": len(held),
+                           "transformers_w4a16_vs_dense": compare_engines(ref, quant, tools, held).to_dict(),
+                           "size_bytes": {"dense": _size(Path(model)), "w4a16": _size(Path(w4a16))}}
     if vllm:
         from models.vllm_engine import VLLMEngine
 
-        with VLLMEngine(w4, device="cpu", max_new_tokens=16) as v:
+        with VLLMEngine(w4a16, device="cpu", max_new_tokens=max_new_tokens) as v:
+            out["vllm_w4a16_vs_dense"] = compare_engines(v, ref, tools, held).to_dict()
             out["vllm_w4a16_vs_transformers_w4a16"] = compare_engines(v, quant, tools, held).to_dict()
     return out
 

@@ -1,17 +1,18 @@
 """``tickcall quantize --method awq MODEL OUT``: AWQ -> compressed-tensors W4A16 (int4, group 128).
 
 Runs llm-compressor in its own environment (``.venv-quant``; ``bash scripts/setup_quant.sh``), calibrated
-on SimpleTool training rows of the model's envs (or ``--calib FILE.jsonl``). ``--check N`` then loads the
-W4A16 folder with transformers and reports call agreement with the dense model on N held-out turns.
+on SimpleTool training rows of the model's envs (or ``--calib FILE.jsonl``, e.g. the training run's
+``data-*.jsonl``). ``--check N`` then loads the W4A16 folder with the transformers backend (dequantized)
+and, with ``--vllm``, on vLLM (int4 kernels), and reports call and per-head agreement with the dense
+model on N held-out turns. ``--check-only`` checks an existing W4A16 folder.
 
-    tickcall quantize --method awq models/shipped/tickcall-tiny /tmp/tiny-w4a16 --check 200
+    tickcall quantize --method awq runs/quant-student/model /tmp/w4a16 --check 300 --vllm
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 HELP = "quantize a model folder to W4A16 (AWQ recipe, llm-compressor in .venv-quant)"
@@ -31,32 +32,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-grid", type=int, default=20, help="AWQ scale search grid points (default 20)")
     p.add_argument("--python", help="Python of the quantization environment (default .venv-quant)")
     p.add_argument("--check", type=int, default=0, metavar="N",
-                   help="after quantizing, compare calls with the dense model on N held-out turns")
+                   help="after quantizing, compare calls with the dense model on N held-out turns "
+                        "(the W4A16 folder loaded by the transformers backend, dequantized)")
+    p.add_argument("--vllm", action="store_true",
+                   help="with --check: also run the W4A16 folder on vLLM (int4 kernels: GPU or AVX-512 CPU)")
+    p.add_argument("--check-only", action="store_true",
+                   help="do not quantize: check the existing W4A16 folder OUT against MODEL")
     p.add_argument("--json", help="write the result to this file")
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.quantize import QuantizeError, compare_engines, dense_copy, heldout_turns, quantize_awq
+    from models.engine import EngineError
+    from models.quantize import QuantizeError, check, quantize_awq
 
-    try:
-        res = quantize_awq(args.model, args.out, calib=args.calib, samples=args.samples,
-                           max_seq_length=args.max_seq_length, group_size=args.group_size,
-                           n_grid=args.n_grid, symmetric=args.symmetric, python=args.python)
-    except QuantizeError as exc:
-        raise SystemExit(f"tickcall quantize: {exc}") from None
-    result = {"out": res.out, "seconds": round(res.seconds, 1), "samples": res.samples,
-              "quantization": res.quantization}
-    print(f"wrote {res.out}: {res.quantization} ({res.samples} calibration samples, {res.seconds:.1f} s)")
-    if args.check:
-        from models.hf_engine import HFEngine
-
-        with tempfile.TemporaryDirectory(prefix="tickcall-w4dense-") as tmp:
-            dense = dense_copy(res.out, Path(tmp) / "dense")
-            tools, turns = heldout_turns(args.model, args.check)
-            agree = compare_engines(HFEngine(args.model, device="cpu"), HFEngine(dense, device="cpu"), tools, turns)
-        result["check"] = agree.to_dict()
-        print(f"held-out turns {agree.turns}: calls agree {agree.calls:.1%}, heads agree {agree.heads:.1%}, "
-              f"legal dense {agree.legal_a:.1%} / W4A16 {agree.legal_b:.1%}")
+    result: dict = {}
+    if not args.check_only:
+        try:
+            res = quantize_awq(args.model, args.out, calib=args.calib, samples=args.samples,
+                               max_seq_length=args.max_seq_length, group_size=args.group_size,
+                               n_grid=args.n_grid, symmetric=args.symmetric, python=args.python)
+        except QuantizeError as exc:
+            raise SystemExit(f"tickcall quantize: {exc}") from None
+        result.update({"out": res.out, "seconds": round(res.seconds, 1), "samples": res.samples,
+                       "quantization": res.quantization})
+        print(f"wrote {res.out}: {res.quantization} ({res.samples} calibration samples, {res.seconds:.1f} s)")
+    if args.check or args.check_only:
+        try:
+            found = check(args.model, args.out, turns=args.check or 200, vllm=args.vllm)
+        except EngineError as exc:
+            raise SystemExit(f"tickcall quantize: {exc}") from None
+        result["check"] = found
+        for key, agree in found.items():
+            if not key.endswith(("_vs_dense", "_vs_transformers_w4a16")):
+                continue
+            heads = ", ".join(f"{h} {v:.1%}" for h, v in agree["per_head"].items())
+            print(f"{key}: {agree['turns']} held-out turns, calls agree {agree['calls']:.1%} "
+                  f"(heads: {heads}), legal {agree['legal_a']:.1%} / {agree['legal_b']:.1%}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
