@@ -1,9 +1,9 @@
 """AWQ / W4A16: calibration data, refusals, and the real round trip (llm-compressor in .venv-quant).
 
 The round trip runs wherever the quantization environment exists (``scripts/setup.sh --dev`` makes it)
-and skips with the reason otherwise. On a tiny *random* model the call agreement is reported, not
-held to the 95% goal (random weights have near-ties everywhere); docs/benchmarks.md has the figure
-for a trained model.
+and skips with the reason otherwise: it trains a small CartPole student (~1 minute), quantizes it,
+and holds the W4A16 calls to the dense ones on held-out turns (a random model would say little: its
+near-ties flip under any rounding). docs/benchmarks.md ("## vLLM backend") has the figures.
 """
 
 from __future__ import annotations
@@ -70,38 +70,78 @@ def _quant_env_or_skip() -> Path:
         pytest.skip(str(exc))
 
 
-@pytest.mark.slow
-def test_round_trip_w4a16_loads_in_transformers_and_vllm(tmp_path):
-    """Quantize a tiny model for real, check the checkpoint format, load it with transformers, compare
-    calls with the dense model; then vLLM: runs it where int4 kernels exist, refuses clearly elsewhere."""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small CartPole-v1 student trained here (configs/train-ci.yaml reshaped to hidden 128, 4 heads:
+    head size 32 for vLLM-CPU, widths that are multiples of the W4A16 group 128)."""
     _quant_env_or_skip()
+    from models.training.pipeline import Pipeline, TrainConfig
+
+    tmp = tmp_path_factory.mktemp("awq")
+    cfg = TrainConfig.load(ROOT / "configs" / "train-ci.yaml")
+    cfg.out, cfg.work_dir = str(tmp / "model"), str(tmp / "work")
+    cfg.model.hidden, cfg.model.heads, cfg.model.kv_heads, cfg.model.intermediate = 128, 4, 2, 384
+    cfg.eval_episodes, cfg.train.steps = 1, 250
+    scores = Pipeline(cfg, log=lambda _: None, progress=False).run()
+    return tmp, Path(cfg.out), Path(cfg.work_dir) / "data-CartPole-v1-r0.jsonl", scores
+
+
+def _reshard(src: Path, dst: Path) -> Path:
+    """The same checkpoint laid out as the public RT-Qwen folders: weights in two shards + an index."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    state = load_file(dst / "model.safetensors")
+    (dst / "model.safetensors").unlink()
+    names = sorted(state)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate((names[:half], names[half:]), 1):
+        file = f"model-0000{i}-of-00002.safetensors"
+        save_file({k: state[k].contiguous() for k in part}, dst / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return dst
+
+
+@pytest.mark.slow
+def test_trained_model_w4a16_agrees_with_dense(trained):
+    """Quantize a trained student with AWQ (calibrated on its own training rows), load the W4A16 folder
+    with load_engine (transformers, dequantized) in our layout and in the public sharded one, and
+    compare calls with the dense model on held-out turns; then vLLM's int4 kernels where they exist."""
     import torch
 
-    from models.hf_engine import HFEngine
-    from models.tiny import make_tiny_model
+    from models.loading import load_engine
 
-    model = make_tiny_model(tmp_path / "dense", hidden=128, heads=4, kv_heads=2, intermediate=384,
-                            seed=3, init_std=0.2, tie_embeddings=False)
-    res = q.quantize_awq(model, tmp_path / "w4", samples=8, n_grid=4)
+    tmp, model, data, scores = trained
+    assert scores["envs"]["CartPole-v1"]["heldout"]["per_head"]["function"] > 0.95  # it did learn
+    res = q.quantize_awq(model, tmp / "w4", calib=data, samples=32, n_grid=5)
     assert res.quantization == {"method": "compressed-tensors", "format": "pack-quantized",
                                 "weight_bits": 4, "group_size": 128}
-    assert (tmp_path / "w4" / "tickcall.json").exists()
-    assert q._size(tmp_path / "w4") < q._size(model)
+    assert (tmp / "w4" / "tickcall.json").exists()
+    assert q._size(tmp / "w4") < q._size(model)
 
-    dense = q.dense_copy(tmp_path / "w4", tmp_path / "w4-dense")
-    from safetensors.torch import load_file
-
-    w = load_file(dense / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
-    ref = load_file(model / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
-    assert w.shape == ref.shape and not torch.equal(w, ref)
-    assert all(w[r, g:g + 128].unique().numel() <= 16 for r in range(4) for g in range(0, w.shape[1], 128))
-
-    tools, turns = q.heldout_turns(model, n=12)
-    a, b = HFEngine(model, device="cpu", max_new_tokens=8), HFEngine(dense, device="cpu", max_new_tokens=8)
-    agree = q.compare_engines(a, b, tools, turns)
+    tools, turns = q.heldout_turns(model, n=60)
+    dense = load_engine(model, device="cpu", max_new_tokens=8)
+    w4 = load_engine(tmp / "w4", device="cpu", max_new_tokens=8)
+    w = w4.model.model.layers[0].mlp.down_proj.weight.detach()
+    ref = dense.model.model.layers[0].mlp.down_proj.weight.detach()
+    assert w.shape == ref.shape and not torch.equal(w, ref)  # really the int4 weights ...
+    assert all(w[r, g:g + 128].unique().numel() <= 16 for r in range(8) for g in range(0, w.shape[1], 128))
+    agree = q.compare_engines(dense, w4, tools, turns)
+    print("trained student, W4A16 (transformers) vs dense:", agree.to_dict())
     assert agree.turns == len(turns) > 0
-    assert 0.0 <= agree.heads <= agree.first_tokens <= 1.0 and agree.first_tokens > 0.0
-    print("random tiny model, W4A16 vs dense:", agree.to_dict())
+    # measured 100% on this student and on a 1200-step one (docs/benchmarks.md); a trained model's margins
+    # dwarf the int4 rounding, so near-ties are rare
+    assert agree.calls >= 0.9, agree.disagreements
+    public = load_engine(_reshard(tmp / "w4", tmp / "w4-sharded"), device="cpu", max_new_tokens=8)
+    same = q.compare_engines(w4, public, tools, turns[:20])
+    assert same.heads == 1.0  # same weights, other layout
 
     try:
         import vllm  # noqa: F401
@@ -111,10 +151,10 @@ def test_round_trip_w4a16_loads_in_transformers_and_vllm(tmp_path):
 
     if not cpu_has_int4_kernels():
         with pytest.raises(UnsupportedQuantizationError, match="AVX-512"):
-            VLLMEngine(tmp_path / "w4", device="cpu")
+            VLLMEngine(tmp / "w4", device="cpu")
         return
-    with VLLMEngine(tmp_path / "w4", device="cpu", max_new_tokens=8) as v:
+    with VLLMEngine(tmp / "w4-sharded", device="cpu", max_new_tokens=8) as v:
         assert v.info()["quantization"]["weight_bits"] == 4
-        vq = q.compare_engines(v, b, tools, turns)
-    print("random tiny model, vLLM int4 kernels vs transformers dequantized:", vq.to_dict())
-    assert vq.first_tokens > 0.5  # same int4 weights, different kernels: mostly the same argmax
+        vq = q.compare_engines(v, dense, tools, turns)
+    print("trained student, W4A16 on vLLM int4 kernels (bf16) vs dense:", vq.to_dict())
+    assert vq.calls >= 0.9, vq.disagreements
