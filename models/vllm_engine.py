@@ -481,13 +481,14 @@ class VLLMAutoregressive(Engine):
             requests.append((reg.state.ids + suffix, params))
         outs, stats = eng.run_requests(requests)
         out = []
-        for o, n in zip(outs, suffix_lens, strict=True):
+        for o, (prompt, _) in zip(outs, requests, strict=True):
             ids = list(o.outputs[0].token_ids)
             done = bool(self.forced_length) or (bool(ids) and ids[-1] == stop)
             body = ids[:-1] if (done and not self.forced_length) else ids
             out.append(RawHeads(texts={"json": eng.tokenizer.decode(body, skip_special_tokens=False)},
                                 token_ids={"json": ids}, unfinished=set() if done else {"json"},
-                                prompt_tokens=n, cached_tokens=int(o.num_cached_tokens or 0),
+                                prompt_tokens=len(prompt) - int(o.num_cached_tokens or 0),  # computed
+                                cached_tokens=int(o.num_cached_tokens or 0),
                                 prefill_ms=stats["first_step_ms"],
                                 decode_ms=stats["total_ms"] - stats["first_step_ms"]))
         return out
