@@ -39,11 +39,18 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         f"- Teacher: the scripted expert of each env. {cfg.data.episodes} seeded episodes per env, "
         f"random actions at rate {cfg.data.epsilon}, state perturbations at rate {cfg.data.perturb_prob} "
         f"per decision; each decision held for the env's real-time hold (16 Hz).",
-        f"- DAgger: {cfg.dagger.rounds} round(s) of {cfg.dagger.episodes} student episodes per env, "
-        "visited states relabelled by the teacher.",
+        *([f"- Coverage: {cfg.data.coverage} more states per env sampled directly over the state space the text "
+            "can show (`models/training/coverage.py`: balanced over the teacher's cases, dense beside its "
+            "decision thresholds), labelled by the same teacher."] if getattr(cfg.data, "coverage", 0) else []),
+        *(["- Labels: the teacher decides on the observation as the text shows it (numbers rounded to the "
+           "text's precision), so every label is a function of the student's input."]
+          if getattr(cfg.data, "text_labels", False) else []),
+        (f"- DAgger: {cfg.dagger.rounds} round(s) of {cfg.dagger.episodes} student episodes per env, "
+         "visited states relabelled by the teacher." if cfg.dagger.rounds else "- DAgger: none."),
         f"- Rows per env (all rounds): {json.dumps(scores.get('rows', {}))}. One branch per head "
         f"({cfg.heads_mode} heads), loss on the target only, head weights function 2.0, arg1..arg6 1.1..1.6.",
-        f"- Training: {cfg.train.steps} steps (+{cfg.dagger.steps} per DAgger round), batch "
+        f"- Training: {cfg.train.steps} steps"
+        + (f" (+{cfg.dagger.steps} per DAgger round)" if cfg.dagger.rounds else "") + ", batch "
         f"{cfg.train.batch_size}, AdamW lr {cfg.train.lr}, seed {cfg.seed}.",
         "",
         "## Command",
@@ -69,6 +76,13 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
             "",
             f"- Head accuracy ({acc['n']} states): {heads}; exact call {_pct(acc['exact_call'])}; "
             f"legal {_pct(acc['legal_rate'])}.",
+        ]
+        cov = s.get("heldout_coverage")
+        if cov:
+            heads = " ".join(f"{h} {_pct(v)}" for h, v in cov["per_head"].items())
+            lines.append(f"- Head accuracy on held-out sampled states ({cov['n']}, balanced over the teacher's "
+                         f"cases): {heads}; exact call {_pct(cov['exact_call'])}; legal {_pct(cov['legal_rate'])}.")
+        lines += [
             f"- Lock-step closed loop (action held {lock['hold']} physics steps, {lock['student']['episodes']} "
             f"seeded episodes): student {lock['student']['mean_return']:.1f}, teacher "
             f"{lock['teacher']['mean_return']:.1f}, random {lock['random']['mean_return']:.1f}.",
