@@ -102,7 +102,7 @@ def check_quantization_runs(config: dict[str, Any], device: str) -> None:
     if bits is not None and int(bits) < 8 and not cpu_has_int4_kernels():
         raise UnsupportedQuantizationError(
             f"this checkpoint is {q['method']} int{bits} (W{bits}A16, group {q.get('group_size')}); vLLM's "
-            "CPU int4 kernels need AVX-512 and this CPU has only AVX2. Use the dense (fp32/bf16) "
+            "CPU int4 kernels need AVX-512 and this CPU has none (AVX2 at most). Use the dense (fp32/bf16) "
             "checkpoint here, the transformers backend (it decompresses W4A16 to dense weights), or a GPU.")
 
 
