@@ -61,8 +61,8 @@ def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Pro
 @pytest.fixture(scope="module")
 def ray_no_child_cleanup():
     """A local Ray that does not kill a dead worker's child processes (so the engine's own guard is tested)."""
-    if ray.is_initialized():
-        pytest.skip("Ray is already running with other settings")
+    if ray.is_initialized():  # left up by an earlier module (tests run one at a time): restart with ours
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              _system_config={"kill_child_processes_on_worker_exit": False, "process_group_cleanup_enabled": False})
     yield
