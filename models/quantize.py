@@ -137,7 +137,7 @@ def quantize_awq(model: str | Path, out: str | Path, *, calib: str | Path | None
     Runs llm-compressor in the quantization environment (see module doc); raises :class:`QuantizeError`
     with the job's last output lines when it fails. ``out`` must not exist or be empty.
     """
-    from models.vllm_engine import quantization_summary, read_config
+    from models.quantize_load import quantization_summary, read_config
 
     model, out = Path(model), Path(out)
     cfg = read_config(model)

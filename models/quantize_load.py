@@ -28,6 +28,33 @@ class QuantizedCheckpointError(EngineError):
     """The folder's quantization cannot be loaded by the transformers backend (the message says why)."""
 
 
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A model folder's ``config.json`` as a dict; EngineError when the folder has none."""
+    cfg = Path(path) / "config.json"
+    if not cfg.exists():
+        raise EngineError(f"{path} is not a model folder (no config.json)")
+    return json.loads(cfg.read_text())
+
+
+def quantization_summary(config: dict[str, Any]) -> dict[str, Any] | None:
+    """``{"method", "format", "weight_bits", "group_size"}`` of a checkpoint's ``quantization_config``,
+    or None for a dense checkpoint. Reads compressed-tensors (``config_groups``) and AutoAWQ/GPTQ
+    (``bits``) dialects."""
+    q = config.get("quantization_config")
+    if not q:
+        return None
+    out: dict[str, Any] = {"method": q.get("quant_method"), "format": q.get("format"),
+                           "weight_bits": q.get("bits") or q.get("w_bit"),
+                           "group_size": q.get("group_size") or q.get("q_group_size")}
+    for group in (q.get("config_groups") or {}).values():
+        weights = (group or {}).get("weights") or {}
+        if weights.get("num_bits"):
+            out["weight_bits"] = weights["num_bits"]
+            out["group_size"] = weights.get("group_size")
+            break
+    return out
+
+
 def _check_shards(path: Path) -> None:
     index = path / "model.safetensors.index.json"
     if index.exists():
@@ -47,17 +74,14 @@ def transformers_load_kwargs(path: str | Path, config: dict[str, Any] | None = N
     Raises :class:`QuantizedCheckpointError` for a quantized folder it cannot load."""
     path = Path(path)
     if config is None:
-        cfg_file = path / "config.json"
-        if not cfg_file.exists():
-            raise EngineError(f"{path} is not a model folder (no config.json)")
-        config = json.loads(cfg_file.read_text())
+        config = read_config(path)
     q = config.get("quantization_config")
     if not q:
         return {}
     method = q.get("quant_method")
     if method != "compressed-tensors":
         raise QuantizedCheckpointError(
-            f"{path}: quant_method {method!r} ({_describe(q)}) is not supported by the transformers backend: "
+            f"{path}: quant_method {method!r} ({_describe(config)}) is not supported by the transformers backend: "
             "AutoAWQ/GPTQ folders need GPU kernels (vLLM on a GPU loads them). Use a compressed-tensors "
             "W4A16 folder (the RT-Qwen \"AWQ\" checkpoints, or `tickcall quantize --method awq`) or the "
             "dense model")
@@ -77,9 +101,9 @@ def transformers_load_kwargs(path: str | Path, config: dict[str, Any] | None = N
     return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
 
 
-def _describe(q: dict[str, Any]) -> str:
-    bits = q.get("bits") or q.get("w_bit")
-    group = q.get("group_size") or q.get("q_group_size")
-    version = q.get("version")
+def _describe(config: dict[str, Any]) -> str:
+    summary = quantization_summary(config) or {}
+    bits, group = summary.get("weight_bits"), summary.get("group_size")
+    version = config["quantization_config"].get("version")
     parts = [f"{bits}-bit" if bits else None, f"group {group}" if group else None, version]
     return ", ".join(p for p in parts if p) or "no details"

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import math
 import os
 import time
@@ -44,6 +43,7 @@ from typing import Any
 
 from models.engine import Engine, EngineError, RawHeads, Registration
 from models.format import IM_END, NULL, Turn, close_tag, open_tag
+from models.quantize_load import quantization_summary, read_config
 
 #: head sizes vLLM's CPU attention backend implements (vllm/v1/attention/backends/cpu_attn.py, 0.32)
 CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
@@ -58,32 +58,6 @@ class UnsupportedModelError(EngineError):
 
 
 # --------------------------------------------------------------------------- checkpoint checks
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    cfg = Path(path) / "config.json"
-    if not cfg.exists():
-        raise EngineError(f"{path} is not a model folder (no config.json)")
-    return json.loads(cfg.read_text())
-
-
-def quantization_summary(config: dict[str, Any]) -> dict[str, Any] | None:
-    """``{"method", "format", "weight_bits", "group_size"}`` of a checkpoint's ``quantization_config``,
-    or None for a dense checkpoint. Reads compressed-tensors (``config_groups``) and AutoAWQ/GPTQ
-    (``bits``) dialects."""
-    q = config.get("quantization_config")
-    if not q:
-        return None
-    out: dict[str, Any] = {"method": q.get("quant_method"), "format": q.get("format"),
-                           "weight_bits": q.get("bits") or q.get("w_bit"),
-                           "group_size": q.get("group_size") or q.get("q_group_size")}
-    for group in (q.get("config_groups") or {}).values():
-        weights = (group or {}).get("weights") or {}
-        if weights.get("num_bits"):
-            out["weight_bits"] = weights["num_bits"]
-            out["group_size"] = weights.get("group_size")
-            break
-    return out
 
 
 def cpu_has_int4_kernels() -> bool:
@@ -467,10 +441,9 @@ class VLLMAutoregressive(Engine):
 
         eng = self.engine
         stop = eng.token_ids[IM_END]
-        requests, suffix_lens = [], []
+        requests = []
         for reg, turn in items:
             suffix = eng.encode(ARBaseline.suffix(turn))
-            suffix_lens.append(len(suffix))
             if self.forced_length:
                 params = eng.sampling("function", forced=self.forced_length)
             else:
