@@ -274,14 +274,13 @@ class Pipeline:
         from models.training.student import BatchStudent
 
         cfg = self.cfg
-        held = self.heldout()
+        held, held_cov = self.heldout(), self.heldout_coverage()
         scores: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
                                   "envs": {}}
         for env_id, src in self.sources.items():
             student = BatchStudent(model, tok, src.tools, self.template, cfg.system)
             acc = head_accuracy(student, held[env_id])
-            held_cov = self.heldout_coverage().get(env_id)
-            acc_cov = head_accuracy(student, held_cov) if held_cov else None
+            acc_cov = head_accuracy(student, held_cov[env_id]) if held_cov.get(env_id) else None
             seeds = [EVAL_SEED_BASE + k for k in range(episodes or cfg.eval_episodes)]
             args = (cfg.data.history_len, cfg.data.history_style)
             st = closed_loop(src, make_student_policy(student, {}), seeds, *args)
