@@ -173,31 +173,6 @@ def quantize_awq(model: str | Path, out: str | Path, *, calib: str | Path | None
                           quantization=quantization_summary(read_config(out)))
 
 
-def dense_copy(w4a16: str | Path, out: str | Path) -> Path:
-    """Load a compressed-tensors checkpoint with transformers, decompressed (``run_compressed=False``),
-    and save it as a dense folder that any backend loads: the weights are exactly the int4 values
-    times their scales. Returns ``out``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, CompressedTensorsConfig
-
-    w4a16, out = Path(w4a16), Path(out)
-    model = AutoModelForCausalLM.from_pretrained(
-        w4a16, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=True))
-    state = {k: v for k, v in model.state_dict().items()
-             if not k.endswith(("weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx"))}
-    model.config.quantization_config = None
-    if hasattr(model.config, "__dict__"):
-        model.config.__dict__.pop("quantization_config", None)
-    model.save_pretrained(out, state_dict=state)
-    AutoTokenizer.from_pretrained(w4a16).save_pretrained(out)
-    if (w4a16 / "tickcall.json").exists():
-        shutil.copy(w4a16 / "tickcall.json", out / "tickcall.json")
-    cfg = json.loads((out / "config.json").read_text())
-    cfg.pop("quantization_config", None)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    return out
-
-
 # --------------------------------------------------------------------------- compare
 
 
