@@ -664,9 +664,7 @@ class EngineBridge:
                 self._late_or_unknown(ack.id, "ack")
                 return
             if handle.ack_at is None:
-                handle.ack_at = now
-                handle.ack_frame = ack.frame
-                self._ack_ms.append((now - handle.sent_at) * 1e3)
+                self._record_ack(handle, ack.frame, now)
                 _settle(handle.acked, ack.frame)
         elif mtype == "result":
             res = parse_result(msg)
@@ -675,9 +673,7 @@ class EngineBridge:
                 self._late_or_unknown(res.id, "result")
                 return
             if handle.ack_at is None:  # a result implies the ack
-                handle.ack_at = now
-                handle.ack_frame = res.frame
-                self._ack_ms.append((now - handle.sent_at) * 1e3)
+                self._record_ack(handle, res.frame, now)
             result_ms = (now - handle.sent_at) * 1e3
             self._result_ms.append(result_ms)
             if res.ok:
@@ -706,6 +702,13 @@ class EngineBridge:
             self.counts["sessions_lost"] += 1
             self._event("engine_bye", session=sess.id, reason=str(msg.get("reason") or ""))
             self._end_session_locked("lost", "engine_bye", "the engine said bye")
+
+    def _record_ack(self, handle: EngineCall, frame: Any, now: float) -> None:
+        """Under the lock: the call's first acknowledgement (an ``ack``, or a ``result`` that implies
+        one) at ``now`` (monotonic s), with the engine's frame; its latency goes to the ack statistics."""
+        handle.ack_at = now
+        handle.ack_frame = frame
+        self._ack_ms.append((now - handle.sent_at) * 1e3)
 
     def _late_or_unknown(self, call_id: int, what: str) -> None:
         if 0 < call_id < self._next_id:
