@@ -14,7 +14,6 @@ builds the world and registers the tools) -> run, printing a live progress line 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -72,10 +71,11 @@ def resolve_history(cfg: RunConfig, model: str | None) -> int:
     if cfg.history is not None:
         return int(cfg.history)
     if model is not None:
-        meta = Path(model).expanduser() / "tickcall.json"
+        from models.loading import read_model_meta
+
         try:
-            value = json.loads(meta.read_text()).get("history_len")
-        except (OSError, ValueError, AttributeError):
+            value = read_model_meta(Path(model).expanduser()).get("history_len")
+        except (OSError, ValueError, AttributeError):  # unreadable: the engine reports it when it loads
             value = None
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value

@@ -15,7 +15,6 @@ must use the same function so training text matches run-time text byte for byte)
 
 from __future__ import annotations
 
-import json
 from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,12 +70,10 @@ class ModelPolicy:
                   **kwargs: Any) -> ModelPolicy:
         """Load a model folder with ``models.loading.load_engine``; its ``tickcall.json`` (if any) may
         set ``template``, ``system`` and ``history_len`` (explicit keyword arguments win)."""
-        from models.loading import load_engine
+        from models.loading import load_engine, read_model_meta
 
         path = Path(model_path)
-        meta: dict[str, Any] = {}
-        if (path / "tickcall.json").is_file():
-            meta = json.loads((path / "tickcall.json").read_text())
+        meta = read_model_meta(path)
         opts = {k: meta[k] for k in ("template", "system", "history_len") if meta.get(k) is not None}
         opts.update(kwargs)
         engine = load_engine(path, backend=backend)

