@@ -72,10 +72,24 @@ class RandomPolicy:
 # --------------------------------------------------------------------------- the experts
 
 
+def cartpole_margin(obs: Any) -> float:
+    """The linear state feedback 0.05 x + 0.3 v + 3 a + 0.6 w on (x m, v m/s, angle rad, rad/s)."""
+    x, v, a, w = (float(t) for t in obs)
+    return 0.05 * x + 0.3 * v + 3.0 * a + 0.6 * w
+
+
 def cartpole_action(obs: Any) -> int:
     """Linear state feedback on (x, v, angle, angular velocity): push right (1) when positive."""
-    x, v, a, w = (float(t) for t in obs)
-    return int(0.05 * x + 0.3 * v + 3.0 * a + 0.6 * w > 0)
+    return int(cartpole_margin(obs) > 0)
+
+
+def cartpole_logits(obs: Any) -> dict[str, dict[str, float]]:
+    """The expert's scores per value of ``push(direction)``: ``right`` wins exactly when it pushes right.
+
+    The margin's size says how sure the expert is (0.4 is a typical |margin| while balancing); a
+    student distilled on these scores (``data.soft_tau``) learns the margin, not only its sign."""
+    m = cartpole_margin(obs)
+    return {"direction": {"left": 0.0, "right": m}}
 
 
 def mountaincar_cont_action(obs: Any) -> np.ndarray:
@@ -161,6 +175,14 @@ def get_expert(env_id: str, binding: EnvBinding | None = None) -> Policy:
     if env_id == "Pendulum-v1":
         return ActionPolicy(binding, pendulum_action)
     return ActionPolicy(binding, lunar_lander_action(binding.env))
+
+
+EXPERT_LOGITS: dict[str, Any] = {"CartPole-v1": cartpole_logits}  # env id -> obs -> {parameter: {value: logit}}
+
+
+def get_expert_logits(env_id: str) -> Any:
+    """``obs -> {parameter: {value: logit}}`` for an expert that scores its choices, else None."""
+    return EXPERT_LOGITS.get(env_id)
 
 
 def get_policy(kind: str, env_id: str, binding: EnvBinding, seed: int | None = 0) -> Policy:

@@ -134,3 +134,20 @@ def test_shipped_lookup():
     path = default_model_path()
     assert (path / "config.json").exists() and (path / "README.md").exists()
     assert default_model_path("tickcall/Arena-v0") == path
+
+
+@pytest.mark.parametrize("prefer_builtin", [True, False])
+def test_cartpole_teacher_logits_agree_with_its_calls(prefer_builtin):
+    """Rollout records carry the expert's scores; the call is always the value with the higher score,
+    and with text labels the scores are those of the numbers the text shows."""
+    src = get_source("CartPole-v1", prefer_builtin=prefer_builtin, text_labels=True)
+    recs, _ = rollout(src, TEACHER, [0, 1], n_envs=2, epsilon=0.3, max_decisions=60)
+    assert recs and all(r.logits is not None for r in recs)
+    for r in recs:
+        scores = r.logits["direction"]
+        x, v, a, w = (float(p.split("=")[1]) for p in r.query.split())
+        assert scores["right"] - scores["left"] == pytest.approx(0.05 * x + 0.3 * v + 3 * a + 0.6 * w)
+        assert r.call.arguments["direction"] == ("right" if scores["right"] > scores["left"] else "left")
+    assert Record.from_dict(recs[0].to_dict()) == recs[0]
+    arena, _ = rollout(get_source("tickcall/Arena-v0"), TEACHER, [0], n_envs=1, max_decisions=5)
+    assert arena[0].logits is None and "logits" not in arena[0].to_dict()

@@ -111,3 +111,61 @@ def test_batch_student_decodes_what_the_engine_decodes(tiny):
     for turn, got in zip(turns, ours, strict=True):
         want = engine.decide(handle, turn)
         assert got.heads == want.heads
+
+
+def test_soft_targets_replace_the_one_hot_on_the_first_value_token(tiny):
+    """A soft target changes the CE of exactly that token: to -sum(p log q) over the scored tokens.
+    A one-hot soft target gives back the plain loss."""
+    import torch.nn.functional as F
+
+    from models.training.rows import SoftTarget
+    from models.training.tree import tree_loss
+
+    _, model, _ = tiny
+    prefix, suffixes = [5, 6, 7], [[8, 9], [10, 11, 12]]
+    branches = [[[20, 21, 22], [23, 24, 25]], [[20, 21, 22], [23, 26, 25]]]
+    weights = [[2.0, 1.1], [2.0, 1.1]]
+    with torch.no_grad():
+        plain, _ = tree_loss(model, prefix, suffixes, branches, weights, pad=0)
+        one_hot = [[SoftTarget(1, (24, 26), (1.0, 0.0))], [SoftTarget(1, (24, 26), (0.0, 1.0))]]
+        same, _ = tree_loss(model, prefix, suffixes, branches, weights, pad=0, soft=one_hot)
+        assert torch.allclose(plain, same, atol=1e-6)
+        soft = [[SoftTarget(1, (24, 26), (0.7, 0.3))], []]
+        got, _ = tree_loss(model, prefix, suffixes, branches, weights, pad=0, soft=soft)
+        # reference: example 0's arg branch, first target token, against (0.7, 0.3)
+        num, den = 0.0, 0.0
+        for b, suf in enumerate(suffixes):
+            for h, br in enumerate(branches[b]):
+                logits = model(input_ids=torch.tensor([prefix + suf + br[:-1]])).logits[0, -(len(br) - 1):]
+                ce = F.cross_entropy(logits, torch.tensor(br[1:]), reduction="none")
+                if (b, h) == (0, 1):
+                    logq = logits[0].log_softmax(-1)
+                    ce[0] = -(0.7 * logq[24] + 0.3 * logq[26])
+                num = num + weights[b][h] * ce.sum()
+                den += weights[b][h] * len(ce)
+        assert torch.allclose(got, num / den, atol=1e-5)
+        assert not torch.allclose(got, plain, atol=1e-4)
+
+
+def test_codec_turns_teacher_logits_into_soft_targets(tiny):
+    import math
+
+    _, _, tok = tiny
+    tools = normalize_tools(CARTPOLE_TOOLS)
+    rec = Record("CartPole-v1", "x=+0.000 v=+0.000 a=+0.010 w=+0.000", [], Call("push", {"direction": "right"}),
+                 {"direction": {"left": 0.0, "right": 0.03}})
+    hard = RowCodec(tok, get_template("compact"), heads_mode="used").encode(rec, tools)
+    assert hard.soft == []
+    ex = RowCodec(tok, get_template("compact"), heads_mode="used", soft_tau=0.1).encode(rec, tools)
+    (st,) = ex.soft
+    assert st.branch == 1
+    right = tok.encode("right", add_special_tokens=False)[0]
+    left = tok.encode("left", add_special_tokens=False)[0]
+    assert st.ids == (left, right) and ex.branches[1][1] == right
+    assert st.probs[1] == pytest.approx(1 / (1 + math.exp(-0.3)))
+    # logits that would pick the other value than the call: refused, nothing silently relabelled
+    bad = Record(rec.env_id, rec.query, [], Call("push", {"direction": "left"}), rec.logits)
+    with pytest.raises(ValueError, match="do not pick"):
+        RowCodec(tok, get_template("compact"), heads_mode="used", soft_tau=0.1).encode(bad, tools)
+    with pytest.raises(ValueError, match="soft_tau"):
+        RowCodec(tok, get_template("compact"), soft_tau=-1.0)

@@ -45,6 +45,10 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         *(["- Labels: the teacher decides on the observation as the text shows it (numbers rounded to the "
            "text's precision), so every label is a function of the student's input."]
           if getattr(cfg.data, "text_labels", False) else []),
+        *([f"- Soft targets: where the teacher scores its choices (CartPole: the margin 0.05 x + 0.3 v + 3 a + "
+           f"0.6 w is the logit of `right`), the first value token learns softmax(logit / {cfg.data.soft_tau}) "
+           "instead of the one-hot label; the label is still the teacher's choice."]
+          if getattr(cfg.data, "soft_tau", 0) else []),
         (f"- DAgger: {cfg.dagger.rounds} round(s) of {cfg.dagger.episodes} student episodes per env, "
          "visited states relabelled by the teacher." if cfg.dagger.rounds else "- DAgger: none."),
         f"- Rows per env (all rounds): {json.dumps(scores.get('rows', {}))}. One branch per head "

@@ -22,20 +22,29 @@ from models.training.sources import EnvSource
 
 @dataclass
 class Record:
-    """One labelled state: the turn the model sees and the teacher's call for it."""
+    """One labelled state: the turn the model sees and the teacher's call for it.
+
+    ``logits`` (optional): the teacher's scores behind the call, ``{parameter: {value: logit}}``, for
+    teachers that have them (CartPole's linear expert: its margin). Training with ``data.soft_tau``
+    turns them into soft targets; the call stays the hard label (its value has the highest logit)."""
 
     env_id: str
     query: str
     history: list[str]
     call: Call
+    logits: dict[str, dict[str, float]] | None = None  # the teacher's scores, parameter -> value -> logit
 
     def to_dict(self) -> dict[str, Any]:
-        return {"env_id": self.env_id, "query": self.query, "history": list(self.history),
-                "call": self.call.to_dict()}
+        d = {"env_id": self.env_id, "query": self.query, "history": list(self.history),
+             "call": self.call.to_dict()}
+        if self.logits is not None:
+            d["logits"] = self.logits
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
-        return cls(d["env_id"], d["query"], list(d.get("history") or []), Call.from_dict(d["call"]))
+        return cls(d["env_id"], d["query"], list(d.get("history") or []), Call.from_dict(d["call"]),
+                   d.get("logits"))
 
 
 @dataclass
@@ -101,7 +110,8 @@ def rollout(source: EnvSource, policy: BatchPolicy | str, seeds: Sequence[int], 
             for j, i in enumerate(idx):
                 label = insts[i].teacher(obs[i])
                 if record:
-                    records.append(Record(source.env_id, insts[i].obs_text(obs[i]), shown[i], label))
+                    records.append(Record(source.env_id, insts[i].obs_text(obs[i]), shown[i], label,
+                                          insts[i].logits_of(obs[i])))
                 call = acts[j]
                 if epsilon and rng.random() < epsilon:
                     call = insts[i].random_call(rng)

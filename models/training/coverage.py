@@ -98,6 +98,6 @@ def coverage_records(source: EnvSource, n: int, rng_seed: int) -> list[Record]:
     inst = source.instance()
     try:
         states = SAMPLERS[source.env_id](rng, n)
-        return [Record(source.env_id, inst.obs_text(o), [], inst.teacher(o)) for o in states]
+        return [Record(source.env_id, inst.obs_text(o), [], inst.teacher(o), inst.logits_of(o)) for o in states]
     finally:
         inst.env.close()

@@ -55,6 +55,7 @@ class DataSpec:
     coverage: int = 0  # extra rows per env from states sampled over the state space (models.training.coverage)
     heldout_coverage: int = 0  # held-out sampled states per env (scored apart from the rollout states)
     text_labels: bool = False  # the teacher decides on the values the text shows (CartPole: rounded)
+    soft_tau: float = 0.0  # > 0: distil the teacher's scores, softmax(logit / soft_tau), where it has them
 
 
 @dataclass
@@ -310,7 +311,7 @@ class Pipeline:
         self.heldout()
         self.timings["collect_s"] = time.perf_counter() - t0
         model, tok = self.build_student(data)
-        codec = RowCodec(tok, self.template, cfg.system, cfg.heads_mode)
+        codec = RowCodec(tok, self.template, cfg.system, cfg.heads_mode, soft_tau=cfg.data.soft_tau)
         prefixes = {e: codec.prefix_ids(s.tools) for e, s in self.sources.items()}
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         n_params = sum(p.numel() for p in model.parameters())

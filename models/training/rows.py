@@ -8,12 +8,17 @@ Token layout (what the engine sees at run time): the static prefix and the per-t
 tokenised separately and concatenated; a branch is ``[<head>] + tokens(value) + [</head>, <|im_end|>]``
 (``<|null|>`` is one token). :class:`Example` keeps the three parts apart so the trainer can run the
 prefix once per batch, the suffix once per example, and only the short branches per head.
+
+Soft targets (``RowCodec(soft_tau=...)``, beyond the format's recipe): where the teacher's record
+carries scores per value (``Record.logits``), the first value token of that head is trained against
+``softmax(logit / soft_tau)`` over the scored values' first tokens instead of the one-hot label.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from models.format import (
     HEAD_NAMES,
@@ -76,13 +81,27 @@ class Example:
     branches: list[list[int]]
     weights: list[float]
     heads: tuple[str, ...]
+    soft: list[SoftTarget] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SoftTarget:
+    """A soft target on the first value token of branch ``branch``: probability ``probs[k]`` on token
+    ``ids[k]`` (the first token of each value the teacher scored), in place of the one-hot label."""
+
+    branch: int
+    ids: tuple[int, ...]
+    probs: tuple[float, ...]
 
 
 class RowCodec:
     """Tokenises records for one tokenizer + template; checks the 17 tokens are single ids."""
 
     def __init__(self, tokenizer, template: Template, system: str | None = None, heads_mode: str = "all",
-                 head_weights: dict[str, float] | None = None) -> None:
+                 head_weights: dict[str, float] | None = None, soft_tau: float = 0.0) -> None:
+        if soft_tau < 0:
+            raise ValueError(f"soft_tau must be >= 0 (0 = hard labels), not {soft_tau}")
+        self.soft_tau = soft_tau
         self.tok = tokenizer
         self.template = template
         self.system = system
@@ -124,4 +143,36 @@ class RowCodec:
         branches = [[self._ids[open_tag(h)], *self.value_ids(values[h]), self._ids[close_tag(h)],
                      self._ids[IM_END]] for h in heads]
         return Example(group=record.env_id, suffix_ids=self.suffix_ids(record_turn(record)),
-                       branches=branches, weights=[self.weights[h] for h in heads], heads=tuple(heads))
+                       branches=branches, weights=[self.weights[h] for h in heads], heads=tuple(heads),
+                       soft=self.soft_targets(record, tools, heads, branches))
+
+    def soft_targets(self, record: Record, tools: Sequence[ToolSpec], heads: Sequence[str],
+                     branches: list[list[int]]) -> list[SoftTarget]:
+        """Soft targets from the teacher's logits: ``softmax(logit / soft_tau)`` over the scored values,
+        on each scored argument's first value token (none with ``soft_tau`` 0 or no logits).
+
+        Raises ValueError when the scored values do not start with distinct tokens, or the call's own
+        value is not among them, or it does not have the highest logit (the hard label would disagree)."""
+        if self.soft_tau <= 0 or not record.logits:
+            return []
+        tool = {t.name: t for t in tools}[record.call.name]
+        out = []
+        for param, scores in record.logits.items():
+            if param not in tool.param_names:
+                raise ValueError(f"teacher logits for {param!r}, which {tool.name} does not take")
+            head = f"arg{tool.param_names.index(param) + 1}"
+            if head not in heads:
+                continue
+            chosen = str(record.call.arguments.get(param))
+            if chosen not in scores or scores[chosen] < max(scores.values()):
+                raise ValueError(f"teacher logits {scores} do not pick the call's {param}={chosen!r}")
+            ids = tuple(self.value_ids(v)[0] for v in scores)
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"the values {list(scores)} do not start with distinct tokens")
+            top = max(scores.values())
+            e = [math.exp((x - top) / self.soft_tau) for x in scores.values()]
+            k = heads.index(head)
+            if branches[k][1] not in ids:
+                raise ValueError(f"{head}'s first target token is not one of the scored values")
+            out.append(SoftTarget(k, ids, tuple(x / sum(e) for x in e)))
+        return out

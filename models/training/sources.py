@@ -46,11 +46,20 @@ def cartpole_obs_text(obs: Any) -> str:
     return f"x={x:+.3f} v={v:+.3f} a={a:+.3f} w={w:+.3f}"
 
 
+def cartpole_margin(obs: Any) -> float:
+    """0.05 x + 0.3 v + 3 a + 0.6 w: the built-in expert pushes right when it is positive."""
+    x, v, a, w = (float(o) for o in obs)
+    return 0.05 * x + 0.3 * v + 3.0 * a + 0.6 * w
+
+
 def cartpole_expert(obs: Any) -> Call:
     """Linear state feedback: push right when 0.05 x + 0.3 v + 3 a + 0.6 w > 0."""
-    x, v, a, w = (float(o) for o in obs)
-    right = 0.05 * x + 0.3 * v + 3.0 * a + 0.6 * w > 0
-    return Call("push", {"direction": "right" if right else "left"})
+    return Call("push", {"direction": "right" if cartpole_margin(obs) > 0 else "left"})
+
+
+def cartpole_logits(obs: Any) -> dict[str, dict[str, float]]:
+    """The built-in expert's scores: ``{"direction": {"left": 0, "right": margin}}``."""
+    return {"direction": {"left": 0.0, "right": cartpole_margin(obs)}}
 
 
 @dataclass
@@ -63,6 +72,11 @@ class Instance:
     to_action: Callable[[Call], Any]
     random_call: Callable[[Any], Call]
     default_action: Callable[[], Any]
+    teacher_logits: Callable[[Any], dict[str, dict[str, float]]] | None = None  # scores behind teacher()
+
+    def logits_of(self, obs: Any) -> dict[str, dict[str, float]] | None:
+        """The teacher's ``{parameter: {value: logit}}`` for ``obs`` (None when it has no scores)."""
+        return self.teacher_logits(obs) if self.teacher_logits is not None else None
 
 
 @dataclass
@@ -109,15 +123,15 @@ def _env_rate(env: Any) -> float:
 def _builtin_cartpole(env_id: str = "CartPole-v1", text_labels: bool = False) -> EnvSource:
     import gymnasium as gym
 
-    def teacher(obs: Any) -> Call:
-        return cartpole_expert(text_values(cartpole_obs_text(obs)) if text_labels else obs)
+    def seen(obs: Any) -> Any:
+        return text_values(cartpole_obs_text(obs)) if text_labels else obs
 
     def make() -> Instance:
         return Instance(
-            env=gym.make(env_id), obs_text=cartpole_obs_text, teacher=teacher,
+            env=gym.make(env_id), obs_text=cartpole_obs_text, teacher=lambda obs: cartpole_expert(seen(obs)),
             to_action=lambda call: 1 if call.arguments.get("direction") == "right" else 0,
             random_call=lambda rng: Call("push", {"direction": "right" if rng.random() < 0.5 else "left"}),
-            default_action=lambda: 0)
+            default_action=lambda: 0, teacher_logits=lambda obs: cartpole_logits(seen(obs)))
 
     return EnvSource(env_id=env_id, tools=normalize_tools(CARTPOLE_TOOLS), instance=make, physics_hz=50.0,
                      origin="builtin")
@@ -138,7 +152,7 @@ def _from_envs_package(env_id: str, text_labels: bool = False) -> EnvSource | No
     the observation's entries; semantic envs (the Arena) already decide on what their text shows."""
     try:
         from envs.binding import make_binding
-        from envs.experts import RandomPolicy, get_expert
+        from envs.experts import RandomPolicy, get_expert, get_expert_logits
     except ImportError:
         return None
     probe = make_binding(env_id)
@@ -159,19 +173,21 @@ def _from_envs_package(env_id: str, text_labels: bool = False) -> EnvSource | No
         def to_action(call: Call) -> Any:
             return b.call_to_action(call).action
 
-        teacher = expert.act
-        if text_labels and not b.semantic:
+        def seen(obs: Any) -> Any:
+            if not (text_labels and not b.semantic):
+                return obs
             import numpy as np
 
-            def teacher(obs: Any) -> Call:
-                shown = np.asarray(text_values(b.obs_text(obs)), dtype=np.float32)
-                if shown.shape != np.asarray(obs).shape:
-                    raise ValueError(f"{env_id}: the text shows {shown.size} numbers for an observation of "
-                                     f"shape {np.asarray(obs).shape}; text_labels needs one per entry")
-                return expert.act(shown)
+            shown = np.asarray(text_values(b.obs_text(obs)), dtype=np.float32)
+            if shown.shape != np.asarray(obs).shape:
+                raise ValueError(f"{env_id}: the text shows {shown.size} numbers for an observation of "
+                                 f"shape {np.asarray(obs).shape}; text_labels needs one per entry")
+            return shown
 
-        return Instance(env=b.env, obs_text=b.obs_text, teacher=teacher, to_action=to_action,
-                        random_call=random_call, default_action=b.default_action)
+        scores = get_expert_logits(env_id)
+        return Instance(env=b.env, obs_text=b.obs_text, teacher=lambda obs: expert.act(seen(obs)),
+                        to_action=to_action, random_call=random_call, default_action=b.default_action,
+                        teacher_logits=(lambda obs: scores(seen(obs))) if scores is not None else None)
 
     return EnvSource(env_id=env_id, tools=tools, instance=make, physics_hz=rate, origin="envs")
 

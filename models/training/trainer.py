@@ -85,7 +85,8 @@ def train(model, examples: Sequence[Example], prefixes: dict[str, list[int]], pa
         from models.training.tree import tree_loss
 
         loss, exact = tree_loss(model, prefixes[g], [ex.suffix_ids for ex in batch],
-                                [ex.branches for ex in batch], [ex.weights for ex in batch], pad)
+                                [ex.branches for ex in batch], [ex.weights for ex in batch], pad,
+                                [ex.soft for ex in batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip:

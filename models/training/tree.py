@@ -86,11 +86,14 @@ def branch_hidden(model, kv, prefix_len: int, s_mask, s_len, branches: Sequence[
 
 
 def tree_loss(model, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]],
-              branches: Sequence[Sequence[Sequence[int]]], weights: Sequence[Sequence[float]], pad: int):
+              branches: Sequence[Sequence[Sequence[int]]], weights: Sequence[Sequence[float]], pad: int,
+              soft: Sequence[Sequence[Any]] | None = None):
     """Weighted token cross-entropy on the branch targets.
 
     ``branches[b][h]`` is the full branch ``[<head>, target...]``; the model reads ``branch[:-1]`` and
     is scored on ``branch[1:]``. Loss = sum(w_h * CE(token)) / sum(w_h) over all target tokens.
+    ``soft[b]`` (optional): :class:`models.training.rows.SoftTarget` items of example b; on those
+    branches' first target token the CE is against the soft distribution instead of the one-hot.
     Returns (loss, per-branch exact-match bool tensor [B*H] under teacher forcing)."""
     import torch
     import torch.nn.functional as F
@@ -105,6 +108,22 @@ def tree_loss(model, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]
     sel = t_mask.bool()
     logits = head(hidden[sel])  # only target positions: [n_tokens, V]
     ce = F.cross_entropy(logits.float(), t_ids[sel], reduction="none")
+    if soft is not None and any(soft):
+        # row of token (r, 0) in logits[sel]: the number of target tokens before it
+        first = torch.cumsum(t_mask.flatten(), 0).view_as(t_mask)[:, 0] - 1
+        h = len(branches[0])
+        rows, ids, probs = [], [], []
+        for b, items in enumerate(soft):
+            for it in items:
+                rows.append(int(first[b * h + it.branch]))
+                ids.append(list(it.ids))
+                probs.append(list(it.probs))
+        width = max(len(i) for i in ids)
+        id_t = torch.tensor([i + [i[0]] * (width - len(i)) for i in ids], dtype=torch.long)
+        pr_t = torch.tensor([p + [0.0] * (width - len(p)) for p in probs], dtype=torch.float32)
+        logp = logits[rows].float().log_softmax(-1).gather(1, id_t)
+        ce = ce.clone()
+        ce[rows] = -(pr_t * logp).sum(1)
     tok_w = w.unsqueeze(1).expand_as(t_mask)[sel]
     loss = (ce * tok_w).sum() / tok_w.sum()
     with torch.no_grad():
