@@ -18,7 +18,7 @@ DEFAULT_ENV = "tickcall/Arena-v0"
 # env id -> folder under models/shipped (checked in order when an env has no entry of its own)
 SHIPPED: dict[str, str] = {
     "tickcall/Arena-v0": "tickcall-arena",  # configs/train-arena.yaml
-    "CartPole-v1": "tickcall-tiny",  # configs/train-tiny.yaml (trained on both envs; best on CartPole)
+    "CartPole-v1": "tickcall-cartpole",  # configs/train-cartpole.yaml (soft targets from the expert's margin)
 }
 
 
