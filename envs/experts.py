@@ -177,10 +177,11 @@ def get_expert(env_id: str, binding: EnvBinding | None = None) -> Policy:
     return ActionPolicy(binding, lunar_lander_action(binding.env))
 
 
-EXPERT_LOGITS: dict[str, Any] = {"CartPole-v1": cartpole_logits}  # env id -> obs -> {parameter: {value: logit}}
+ExpertLogits = Callable[[Any], dict[str, dict[str, float]]]  # obs -> {parameter: {value: logit}}
+EXPERT_LOGITS: dict[str, ExpertLogits] = {"CartPole-v1": cartpole_logits}
 
 
-def get_expert_logits(env_id: str) -> Any:
+def get_expert_logits(env_id: str) -> ExpertLogits | None:
     """``obs -> {parameter: {value: logit}}`` for an expert that scores its choices, else None."""
     return EXPERT_LOGITS.get(env_id)
 

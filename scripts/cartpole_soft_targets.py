@@ -24,12 +24,6 @@ from tempfile import TemporaryDirectory
 BINS = ((0.0, 0.03), (0.03, 0.1), (0.1, 0.3), (0.3, float("inf")))
 
 
-def margin(query: str) -> float:
-    """The expert's margin on the numbers the text shows (``x=+0.012 v=... a=... w=...``)."""
-    x, v, a, w = (float(p.split("=", 1)[1]) for p in query.split())
-    return 0.05 * x + 0.3 * v + 3.0 * a + 0.6 * w
-
-
 def bin_name(lo: float, hi: float) -> str:
     return f"|m| >= {lo:g}" if hi == float("inf") else f"{lo:g} <= |m| < {hi:g}"
 
@@ -42,6 +36,7 @@ def run_arm(tau: float, args, train_recs, held_recs, src, workdir: Path) -> dict
     from models.tiny import make_tiny_model
     from models.training.evaluate import closed_loop, head_accuracy, make_student_policy
     from models.training.rows import RowCodec, branch_texts
+    from models.training.sources import cartpole_margin, text_values
     from models.training.student import BatchStudent
     from models.training.trainer import TrainSettings, train
 
@@ -64,7 +59,7 @@ def run_arm(tau: float, args, train_recs, held_recs, src, workdir: Path) -> dict
     decisions = student.decide([Turn(r.query, []) for r in held_recs])
     right = {b: [0, 0] for b in BINS}
     for r, d in zip(held_recs, decisions, strict=True):
-        m = abs(margin(r.query))
+        m = abs(cartpole_margin(text_values(r.query)))  # on the numbers the text shows
         b = next(b for b in BINS if b[0] <= m < b[1])
         right[b][1] += 1
         right[b][0] += int(d.assembled.legal and d.assembled.call == r.call)
