@@ -11,16 +11,16 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from agent.config import ServeConfig
-from agent.security import is_local_endpoint
+from tickcall.agent.config import ServeConfig
+from tickcall.agent.security import is_local_endpoint
 
 
 class PolicyServiceActor:
     """Ray actor body: builds the engine, binds, and serves in a background thread."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from agent.engines import build_engine
-        from agent.server import PolicyServer
+        from tickcall.agent.engines import build_engine
+        from tickcall.agent.server import PolicyServer
 
         self.config = ServeConfig.from_dict(config)
         self.engine = build_engine(self.config.engine)

@@ -28,9 +28,9 @@ from typing import Any
 
 import zmq
 
-from agent import protocol as P
-from agent.config import CurveConfig
-from models.calls import Call
+from tickcall.agent import protocol as P
+from tickcall.agent.config import CurveConfig
+from tickcall.models.calls import Call
 
 CLIENT_CODES = {
     "timeout": "no reply within timeout_ms (or the request was lost when the socket was reset)",
@@ -137,7 +137,7 @@ def _wire_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
     """Tool dicts go on the wire as given (key order kept); callables are converted with models.tools."""
     if all(isinstance(t, dict) for t in tools):
         return [dict(t) for t in tools]
-    from models.tools import normalize_tools
+    from tickcall.models.tools import normalize_tools
 
     return [s.rendered for s in normalize_tools(tools)]
 
@@ -181,7 +181,7 @@ class PolicyClient:
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self.curve is not None:
-            from agent.security import setup_client_curve
+            from tickcall.agent.security import setup_client_curve
 
             setup_client_curve(sock, self.curve)
         sock.connect(self.endpoint)

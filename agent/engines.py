@@ -32,7 +32,7 @@ class InjectedEngine:
         return getattr(self.inner, name)
 
     def decide_batch(self, requests: Sequence[tuple[str, Any]]) -> list[Any]:
-        from models.engine import EngineError
+        from tickcall.models.engine import EngineError
 
         if self.fail_on_query is not None:
             for _handle, turn in requests:
@@ -60,7 +60,7 @@ def build_engine(spec: dict[str, Any] | None) -> Any:
         time.sleep(load_delay_ms / 1e3)
     backend = spec.get("backend", "noop")
     if backend == "noop":
-        from models.engine import NoOpEngine
+        from tickcall.models.engine import NoOpEngine
 
         extra = sorted(set(spec) - {"backend", "max_new_tokens"})
         if extra:
@@ -68,7 +68,7 @@ def build_engine(spec: dict[str, Any] | None) -> Any:
         engine: Any = NoOpEngine(max_new_tokens=int(spec.get("max_new_tokens", 32)))
     else:
         try:
-            from models.loading import load_engine
+            from tickcall.models.loading import load_engine
         except ImportError as exc:  # pragma: no cover - models.loading is part of the project
             raise ValueError(f"backend {backend!r} needs models.loading: {exc}") from exc
         engine = load_engine(spec)

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from models.format import Turn
+from tickcall.models.format import Turn
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)

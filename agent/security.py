@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.config import CurveConfig
+from tickcall.agent.config import CurveConfig
 
 LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
 

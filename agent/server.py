@@ -33,11 +33,11 @@ from typing import Any
 import msgpack
 import zmq
 
-from agent import protocol as P
-from agent.config import ServeConfig
-from agent.security import check_bind, setup_server_curve
-from models.format import TEMPLATES
-from models.tools import ToolSchemaError
+from tickcall.agent import protocol as P
+from tickcall.agent.config import ServeConfig
+from tickcall.agent.security import check_bind, setup_server_curve
+from tickcall.models.format import TEMPLATES
+from tickcall.models.tools import ToolSchemaError
 
 log = logging.getLogger("tickcall.agent.server")
 

@@ -12,8 +12,8 @@ Modules (imported on demand; this package imports nothing heavy):
 * ``runner``   ``run_job(cfg)``: what ``tickcall run`` does (service + loop + report);
 * ``futures``  ``AsyncFC``: dispatch calls to actuators without waiting (its own package).
 
-    from control_loop.config import load_run_config
-    from control_loop.runner import run_job
+    from tickcall.control_loop.config import load_run_config
+    from tickcall.control_loop.runner import run_job
     outcome = run_job(load_run_config("configs/run-noop.yaml", {"duration_s": 10}))
     print(outcome.report["outcomes"], outcome.paths["report"])
 """

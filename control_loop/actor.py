@@ -20,8 +20,8 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-from control_loop.loop import ControlLoop, LoopSettings
-from control_loop.world import WorldSpec, make_world
+from tickcall.control_loop.loop import ControlLoop, LoopSettings
+from tickcall.control_loop.world import WorldSpec, make_world
 
 
 class LoopActor:
@@ -33,7 +33,7 @@ class LoopActor:
                  curve: dict[str, Any] | None = None) -> None:
         import sys
 
-        from agent.client import PolicyClient
+        from tickcall.agent.client import PolicyClient
 
         # A thread woken by its deadline waits for the GIL at most this long (default 5 ms): the physics
         # thread and the actuator lanes share this process with the loop.

@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from control_loop.rate import MAX_RATE_HZ, MIN_RATE_HZ
+from tickcall.configs import config_path
+from tickcall.control_loop.rate import MAX_RATE_HZ, MIN_RATE_HZ
 
 IN_FLIGHT_POLICIES = ("skip", "supersede")
 FALLBACKS = ("hold", "default", "noop")
 BACKENDS = ("transformers", "noop", "vllm")
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "run.yaml"
+DEFAULT_CONFIG = config_path("run.yaml")
 
 
 class ConfigError(ValueError):

@@ -37,11 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_loop.progress import Throttle
-from control_loop.rate import RateKeeper, Slot
-from control_loop.records import OUTCOMES, TickRecord
-from control_loop.stats import percentile
-from models.format import Turn
+from tickcall.control_loop.progress import Throttle
+from tickcall.control_loop.rate import RateKeeper, Slot
+from tickcall.control_loop.records import OUTCOMES, TickRecord
+from tickcall.control_loop.stats import percentile
+from tickcall.models.format import Turn
 
 log = logging.getLogger("tickcall.loop")
 
@@ -509,7 +509,7 @@ def _timings(reply: Any) -> dict[str, float]:
 
 
 def _as_call(call: Any) -> Any:
-    from models.calls import Call
+    from tickcall.models.calls import Call
 
     if isinstance(call, Call):
         return call

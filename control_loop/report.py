@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from control_loop.records import OUTCOMES, TickRecord
+from tickcall.control_loop.records import OUTCOMES, TickRecord
 
 OUTCOME_COLOURS = {"ok": "#2a9d4b", "late": "#e9a23b", "fallback": "#d1495b", "skipped": "#8d99ae",
                    "error": "#6a0dad"}

@@ -1,7 +1,7 @@
 """The ``tickcall run`` job: env + loop actor + policy service + model, wired together, then the report.
 
-    from control_loop.config import load_run_config
-    from control_loop.runner import run_job
+    from tickcall.control_loop.config import load_run_config
+    from tickcall.control_loop.runner import run_job
     outcome = run_job(load_run_config("configs/run-noop.yaml"))
     outcome.report["outcomes"], outcome.paths["report"]
 
@@ -21,13 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from control_loop.config import RunConfig
-from control_loop.loop import LoopSettings
-from control_loop.progress import ProgressPrinter
-from control_loop.records import TickRecord
-from control_loop.report import write_report
-from control_loop.stats import summarize
-from control_loop.world import WorldSpec
+from tickcall.control_loop.config import RunConfig
+from tickcall.control_loop.loop import LoopSettings
+from tickcall.control_loop.progress import ProgressPrinter
+from tickcall.control_loop.records import TickRecord
+from tickcall.control_loop.report import write_report
+from tickcall.control_loop.stats import summarize
+from tickcall.control_loop.world import WorldSpec
 
 
 class RunError(RuntimeError):
@@ -71,7 +71,7 @@ def resolve_history(cfg: RunConfig, model: str | None) -> int:
     if cfg.history is not None:
         return int(cfg.history)
     if model is not None:
-        from models.loading import read_model_meta
+        from tickcall.models.loading import read_model_meta
 
         try:
             value = read_model_meta(Path(model).expanduser()).get("history_len")
@@ -85,7 +85,7 @@ def resolve_history(cfg: RunConfig, model: str | None) -> int:
 def shipped_default_model(env_id: str | None = None) -> str | None:
     """``models.shipped.default_model_path(env_id)`` when the project ships a model for it, else None."""
     try:
-        from models.shipped import default_model_path
+        from tickcall.models.shipped import default_model_path
     except ImportError:
         return None
     try:
@@ -141,7 +141,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         endpoint = cfg.service.endpoint
         service_info: dict[str, Any] = {}
         if endpoint is None:
-            from agent.actor import start_policy_service
+            from tickcall.agent.actor import start_policy_service
 
             spec = cfg.engine_spec()
             if model is not None:
@@ -157,7 +157,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         else:
             service_info = {"endpoint": endpoint, "started_here": False}
 
-        from control_loop.actor import start_loop_actor
+        from tickcall.control_loop.actor import start_loop_actor
 
         settings = LoopSettings.from_run_config(cfg)
         world = WorldSpec(env=cfg.env, env_kwargs=cfg.env_kwargs or None, seed=cfg.seed,

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from control_loop.records import MISS_OUTCOMES, TickRecord, count_outcomes
+from tickcall.control_loop.records import MISS_OUTCOMES, TickRecord, count_outcomes
 
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from control_loop.loop import Observation
+from tickcall.control_loop.loop import Observation
 
 
 class WorldError(ValueError):
@@ -135,7 +135,7 @@ def _declared_noop(binding: Any) -> Any:
     raw = binding.env.unwrapped
     if hasattr(raw, "noop_action"):
         return raw.noop_action()
-    from envs.catalog import entry_for
+    from tickcall.envs.catalog import entry_for
 
     if entry_for(binding.env_id).noop is not None:
         return binding.default_action()
@@ -144,7 +144,7 @@ def _declared_noop(binding: Any) -> Any:
 
 def _make_engine_world(spec: WorldSpec) -> World:
     try:
-        from envs import engine_bridge
+        from tickcall.envs import engine_bridge
     except ImportError as exc:
         raise WorldError(f"{spec.env}: the engine bridge is not available ({exc})") from None
     factory = getattr(engine_bridge, "make_world", None) or getattr(engine_bridge, "make_engine_world", None)
@@ -157,9 +157,9 @@ def _make_engine_world(spec: WorldSpec) -> World:
 def make_hands(rt: Any, binding: Any, clock: Any = time.monotonic) -> Any:
     """An ``AsyncFC`` with one ``latest``-wins lane named ``env`` that applies every tool's calls to the
     real-time env (set-point semantics: a newer call replaces a queued one; stale ticks are refused)."""
-    from control_loop.futures.core import AsyncFC
-    from control_loop.futures.lanes import Lane
-    from envs.actuators import actuator_for
+    from tickcall.control_loop.futures.core import AsyncFC
+    from tickcall.control_loop.futures.lanes import Lane
+    from tickcall.envs.actuators import actuator_for
 
     names = [s.name for s in binding.specs]
     order = {s.name: list(s.param_names) for s in binding.specs}
@@ -175,8 +175,8 @@ def make_world(spec: WorldSpec | str, **kwargs: Any) -> World:
         return _make_engine_world(spec)
     import gymnasium as gym
 
-    from envs.binding import make_binding
-    from envs.realtime import RealTimeEnv
+    from tickcall.envs.binding import make_binding
+    from tickcall.envs.realtime import RealTimeEnv
 
     try:
         binding = make_binding(spec.env, **(spec.env_kwargs or {}))

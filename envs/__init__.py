@@ -1,23 +1,23 @@
 """envs/: the world. Gymnasium adapters (tools from action spaces, observation text), built-in game
 envs, real-time stepping, the game-engine bridge, scripted experts.
 
-Built-in envs are registered with gymnasium when this package is imported (``import envs``; calling
-``envs.register()`` again is harmless)::
+Built-in envs are registered with gymnasium through the ``gymnasium.envs`` entry point of the
+installed distribution, so no import of ours is needed::
 
     import gymnasium as gym
-    import envs  # registers tickcall/Arena-v0
     env = gym.make("tickcall/Arena-v0")
-    # or, without an explicit import: gym.make("envs:tickcall/Arena-v0")
 
-Main entry points: ``envs.binding.make_binding(env_id_or_env)`` (tools, observation text, call ->
-action), ``envs.realtime.RealTimeEnv`` (wall-clock stepping and lock-step), ``envs.experts.get_expert``
-and ``envs.policies.ModelPolicy`` (policies emitting calls), ``envs.actuators`` (for the futures layer).
+Importing this package registers them too (``register()`` is idempotent).
+
+Main entry points: ``binding.make_binding(env_id_or_env)`` (tools, observation text, call -> action),
+``realtime.RealTimeEnv`` (wall-clock stepping and lock-step), ``experts.get_expert`` and
+``policies.ModelPolicy`` (policies emitting calls), ``actuators`` (for the futures layer).
 """
 
 from __future__ import annotations
 
 BUILTIN_ENVS: dict[str, str] = {
-    "tickcall/Arena-v0": "envs.arena:ArenaEnv",
+    "tickcall/Arena-v0": "tickcall.envs.arena:ArenaEnv",
 }
 
 

@@ -1,6 +1,6 @@
 """Actuators for the futures layer: callables ``(call: Call) -> result`` that apply a call to an env.
 
-    from envs.actuators import actuator_for
+    from tickcall.envs.actuators import actuator_for
     act = actuator_for(rt)            # rt: envs.realtime.RealTimeEnv (real time or lock-step)
     act(Call("aim", {"direction": "N"}))   # -> ApplyResult; raises CallRejected for an illegal call
     act = actuator_for(binding)       # a plain EnvBinding: each call steps the env once (lock-step)
@@ -16,9 +16,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from envs.binding import EnvBinding
-from envs.realtime import ApplyResult, RealTimeEnv
-from models.calls import Call
+from tickcall.envs.binding import EnvBinding
+from tickcall.envs.realtime import ApplyResult, RealTimeEnv
+from tickcall.models.calls import Call
 
 
 class CallRejected(RuntimeError):

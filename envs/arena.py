@@ -35,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from models.calls import Call
+from tickcall.models.calls import Call
 
 DIRECTIONS: tuple[str, ...] = ("N", "NE", "E", "SE", "S", "SW", "W", "NW")
 TOOLS: tuple[str, ...] = ("wait", "move", "aim", "fire", "dash")

@@ -1,6 +1,6 @@
 """``EnvBinding``: one env with its tools, its observation text and call -> action conversion.
 
-    from envs.binding import make_binding
+    from tickcall.envs.binding import make_binding
     b = make_binding("CartPole-v1")            # or an env instance, or "tickcall/Arena-v0"
     b.tools                                     # OpenAI-style tool dicts for Engine.register
     obs, info = b.env.reset(seed=0)
@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from envs.catalog import EnvEntry, entry_for
-from envs.obs_text import ObsFormatter
-from envs.spaces import ActionError, SpaceAdapter
-from models.calls import Call
-from models.tools import ToolSpec, normalize_tools, validate_arguments
+from tickcall.envs.catalog import EnvEntry, entry_for
+from tickcall.envs.obs_text import ObsFormatter
+from tickcall.envs.spaces import ActionError, SpaceAdapter
+from tickcall.models.calls import Call
+from tickcall.models.tools import ToolSpec, normalize_tools, validate_arguments
 
 STATUSES = ("ok", "clipped", "rejected")
 
@@ -106,7 +106,7 @@ class EnvBinding:
     @property
     def physics_hz(self) -> float:
         """Physics steps per second of the env (``1/dt``, else ``render_fps``, else 50)."""
-        from envs.realtime import _env_rate
+        from tickcall.envs.realtime import _env_rate
 
         return _env_rate(self.env)
 
@@ -289,7 +289,7 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
     """
     import gymnasium as gym
 
-    import envs  # noqa: F401  (registers the built-in envs)
+    import tickcall.envs  # noqa: F401  (registers the built-in envs)
 
     if on_invalid not in ("clip", "reject"):
         raise ValueError(f"on_invalid must be 'clip' or 'reject', not {on_invalid!r}")

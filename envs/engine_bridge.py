@@ -46,7 +46,7 @@ from typing import Any
 
 import zmq
 
-from envs.engine_bridge_protocol import (
+from tickcall.envs.engine_bridge_protocol import (
     DEFAULT_HEARTBEAT_MISSES,
     DEFAULT_HEARTBEAT_MS,
     DEFAULT_MAX_MSG_BYTES,
@@ -69,8 +69,8 @@ from envs.engine_bridge_protocol import (
     step_message,
     welcome_message,
 )
-from models.calls import Call
-from models.tools import ToolSchemaError, ToolSpec, normalize_tools, validate_arguments
+from tickcall.models.calls import Call
+from tickcall.models.tools import ToolSchemaError, ToolSpec, normalize_tools, validate_arguments
 
 log = logging.getLogger("tickcall.engine_bridge")
 
@@ -809,6 +809,6 @@ class EngineBridge:
 def make_world(spec: Any, **kwargs: Any) -> Any:
     """The control loop's hook (``control_loop.world``): an ``EngineWorld`` for ``engine:ENDPOINT``.
     See ``envs.engine_bridge_world.make_world``."""
-    from envs.engine_bridge_world import make_world as _make_world
+    from tickcall.envs.engine_bridge_world import make_world as _make_world
 
     return _make_world(spec, **kwargs)

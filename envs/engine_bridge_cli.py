@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def arena_text_expert(text: str) -> Any:
     """``envs.experts.ArenaExpert`` deciding from the arena's observation text
     (``tgt=SE d=2.4 aim=N cd=0 dcd=0 tl=3.0``) instead of the observation array."""
-    from models.calls import Call
+    from tickcall.models.calls import Call
 
     f = dict(kv.split("=", 1) for kv in text.split())
     if f["tgt"] != f["aim"]:
@@ -61,9 +61,9 @@ def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: flo
           call: dict[str, Any] | None = None, policy: str = "call", wait_s: float = 60.0,
           curve_secret_key: str | None = None, out: Any = sys.stdout) -> dict[str, Any]:
     """Run the check (see module docstring); returns the figures."""
-    from envs.engine_bridge import BridgeConfig, EngineBridge, EngineCallError
-    from envs.engine_bridge_world import run_lockstep
-    from models.calls import Call
+    from tickcall.envs.engine_bridge import BridgeConfig, EngineBridge, EngineCallError
+    from tickcall.envs.engine_bridge_world import run_lockstep
+    from tickcall.models.calls import Call
 
     cfg = BridgeConfig(endpoint=endpoint, curve_secret_key=curve_secret_key)
     with EngineBridge(cfg) as bridge:

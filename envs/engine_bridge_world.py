@@ -29,14 +29,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.engine_bridge import (
+from tickcall.envs.engine_bridge import (
     DEFAULT_ENDPOINT,
     BridgeConfig,
     EngineBridge,
     EngineCallError,
 )
-from models.calls import Call
-from models.tools import normalize_tools
+from tickcall.models.calls import Call
+from tickcall.models.tools import normalize_tools
 
 ENGINE_PREFIX = "engine:"
 # env_kwargs an engine world understands (everything else is refused with a clear message)
@@ -123,8 +123,8 @@ class EngineWorld:
         self.hands = self._make_hands(lane_timeout_s) if with_hands else None
 
     def _make_hands(self, lane_timeout_s: float) -> Any:
-        from control_loop.futures.core import AsyncFC
-        from control_loop.futures.lanes import Lane
+        from tickcall.control_loop.futures.core import AsyncFC
+        from tickcall.control_loop.futures.lanes import Lane
 
         names = tuple(s.name for s in self.specs)
         order = {s.name: list(s.param_names) for s in self.specs}

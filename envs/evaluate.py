@@ -1,6 +1,6 @@
 """Evaluate a policy on an env, in lock-step (deterministic) or in real time at a decision rate.
 
-    from envs.evaluate import evaluate
+    from tickcall.envs.evaluate import evaluate
     report = evaluate("tickcall/Arena-v0", "expert", episodes=10, seed=0)                 # lock-step
     report = evaluate("tickcall/Arena-v0", "expert", episodes=3, seed=0, realtime=True, rate=16)
     report.mean_return, report.std_return, report.legal_rate
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.binding import EnvBinding, make_binding
-from envs.realtime import RealTimeEnv
+from tickcall.envs.binding import EnvBinding, make_binding
+from tickcall.envs.realtime import RealTimeEnv
 
 
 @dataclass
@@ -75,7 +75,7 @@ def make_policy(kind: str, env_id: str, binding: EnvBinding, *, seed: int | None
                 engine: Any = None) -> Any:
     """``expert``, ``random`` or ``model`` (``model`` needs a model folder or an ``engine``)."""
     if kind == "model":
-        from envs.policies import ModelPolicy
+        from tickcall.envs.policies import ModelPolicy
 
         kw = {} if history_len is None else {"history_len": history_len}
         if engine is not None:
@@ -83,7 +83,7 @@ def make_policy(kind: str, env_id: str, binding: EnvBinding, *, seed: int | None
         if not model and backend != "noop":
             raise ValueError("--policy model needs --model PATH (a local model folder)")
         return ModelPolicy.from_path(model or "noop", binding, backend=backend, **kw)
-    from envs.experts import get_policy
+    from tickcall.envs.experts import get_policy
 
     return get_policy(kind, env_id, binding, seed=seed)
 

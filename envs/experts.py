@@ -1,6 +1,6 @@
 """Scripted experts and a random baseline, as policies that emit the calls a model would emit.
 
-    from envs.experts import get_expert, RandomPolicy
+    from tickcall.envs.experts import get_expert, RandomPolicy
     expert = get_expert("CartPole-v1")         # also Pendulum-v1, MountainCarContinuous-v0,
     call = expert.act(obs)                     # LunarLander-v3, tickcall/Arena-v0
     # Call(name='push', arguments={'direction': 'right'})
@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from envs.binding import EnvBinding, make_binding
-from models.calls import Call
+from tickcall.envs.binding import EnvBinding, make_binding
+from tickcall.models.calls import Call
 
 
 class Policy(Protocol):
@@ -137,7 +137,7 @@ class ArenaExpert:
         self.fire_range = fire_range
 
     def act(self, obs: Any) -> Call:
-        from envs.arena import features
+        from tickcall.envs.arena import features
 
         f = features(obs)
         if f["tgt"] != f["aim"]:

@@ -1,7 +1,7 @@
 """``ModelPolicy``: a decoding engine as a policy over an ``EnvBinding``.
 
-    from envs.binding import make_binding
-    from envs.policies import ModelPolicy
+    from tickcall.envs.binding import make_binding
+    from tickcall.envs.policies import ModelPolicy
     b = make_binding("tickcall/Arena-v0")
     policy = ModelPolicy.from_path("models/shipped/arena", b)      # or ModelPolicy(engine, b)
     call = policy.act(obs)          # a legal Call, or None when the model's call was illegal
@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from envs.binding import EnvBinding
-from models.calls import Call, render_call
-from models.format import Turn
+from tickcall.envs.binding import EnvBinding
+from tickcall.models.calls import Call, render_call
+from tickcall.models.format import Turn
 
 
 def render_history(binding: EnvBinding, calls: Sequence[Call]) -> list[str]:
@@ -70,7 +70,7 @@ class ModelPolicy:
                   **kwargs: Any) -> ModelPolicy:
         """Load a model folder with ``models.loading.load_engine``; its ``tickcall.json`` (if any) may
         set ``template``, ``system`` and ``history_len`` (explicit keyword arguments win)."""
-        from models.loading import load_engine, read_model_meta
+        from tickcall.models.loading import load_engine, read_model_meta
 
         path = Path(model_path)
         meta = read_model_meta(path)

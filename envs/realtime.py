@@ -1,7 +1,7 @@
 """``RealTimeEnv``: the world advances on the wall clock whether or not the agent acts.
 
-    from envs.binding import make_binding
-    from envs.realtime import RealTimeEnv
+    from tickcall.envs.binding import make_binding
+    from tickcall.envs.realtime import RealTimeEnv
     rt = RealTimeEnv(make_binding("tickcall/Arena-v0"), seed=0)      # physics at the env's rate
     with rt:                                    # starts the physics thread; stops it on exit
         snap = rt.latest()                      # newest obs, its time, episode info; never waits
@@ -39,8 +39,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from envs.binding import ActionResult, EnvBinding
-from models.calls import Call
+from tickcall.envs.binding import ActionResult, EnvBinding
+from tickcall.models.calls import Call
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ class RealTimeEnv:
     def _default_action(self) -> Any:
         if self.binding is not None:
             return self.binding.default_action()
-        from envs.binding import default_for_space
+        from tickcall.envs.binding import default_for_space
 
         return default_for_space(self.env.action_space)
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from models.calls import Call
-from models.tools import MAX_ARITY, ToolSpec, normalize_tool
+from tickcall.models.calls import Call
+from tickcall.models.tools import MAX_ARITY, ToolSpec, normalize_tool
 
 
 class ActionError(ValueError):

@@ -26,7 +26,7 @@ class Game:
     """YOUR ENGINE: tools (JSON schema), observation text, apply(call), step(). Here: the Arena env."""
 
     def __init__(self, seed: int = 0) -> None:
-        from envs.arena import ArenaEnv  # stand-in game; an engine has its own world instead
+        from tickcall.envs.arena import ArenaEnv  # stand-in game; an engine has its own world instead
 
         self.env, self.frame_s = ArenaEnv(), 0.05  # 20 frames per second
         self.obs, _ = self.env.reset(seed=seed)
@@ -37,7 +37,7 @@ class Game:
         return self.env.obs_text(self.obs)
 
     def apply(self, call: dict) -> None:  # a legal call from the service
-        from models.calls import Call
+        from tickcall.models.calls import Call
 
         self.action, _ = self.env.action_from_call(Call(call["name"], call.get("arguments") or {}))
 

@@ -4,10 +4,10 @@ training and quantization. Imports nothing of ours, nothing of Ray or ZeroMQ.
 Heavy backends (torch, vLLM) are imported only from their own modules.
 """
 
-from models.calls import Call, render_call
-from models.engine import Decision, Engine, EngineError, NoOpEngine, Registration, UnknownHandleError
-from models.format import SPECIAL_TOKENS, Turn, get_template
-from models.tools import ToolSchemaError, ToolSpec, normalize_tool, normalize_tools
+from tickcall.models.calls import Call, render_call
+from tickcall.models.engine import Decision, Engine, EngineError, NoOpEngine, Registration, UnknownHandleError
+from tickcall.models.format import SPECIAL_TOKENS, Turn, get_template
+from tickcall.models.tools import ToolSchemaError, ToolSpec, normalize_tool, normalize_tools
 
 __all__ = [
     "Call", "Decision", "Engine", "EngineError", "NoOpEngine", "Registration", "SPECIAL_TOKENS",

@@ -13,12 +13,12 @@ import time
 
 import torch
 
-from models.assembly import Assembled, parse_json_strict
-from models.calls import Call
-from models.engine import Engine, RawHeads, Registration
-from models.format import IM_END, IM_START, Turn, render_tools_json
-from models.hf_engine import HFEngine
-from models.tools import validate_arguments
+from tickcall.models.assembly import Assembled, parse_json_strict
+from tickcall.models.calls import Call
+from tickcall.models.engine import Engine, RawHeads, Registration
+from tickcall.models.format import IM_END, IM_START, Turn, render_tools_json
+from tickcall.models.hf_engine import HFEngine
+from tickcall.models.tools import validate_arguments
 
 AR_SYSTEM = ("You are a function calling assistant. Reply with exactly one JSON object "
              '{"name": <tool name>, "arguments": {<parameter>: <value>, ...}} and nothing else.')

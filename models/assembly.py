@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.calls import Call
-from models.format import NULL
-from models.tools import ToolSpec, validate_arguments
+from tickcall.models.calls import Call
+from tickcall.models.format import NULL
+from tickcall.models.tools import ToolSpec, validate_arguments
 
 
 @dataclass

@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from models.assembly import Assembled, assemble
-from models.calls import Call
-from models.format import Template, Turn, get_template, heads_for
-from models.tools import ToolSpec, normalize_tools
+from tickcall.models.assembly import Assembled, assemble
+from tickcall.models.calls import Call
+from tickcall.models.format import Template, Turn, get_template, heads_for
+from tickcall.models.tools import ToolSpec, normalize_tools
 
 
 class EngineError(RuntimeError):

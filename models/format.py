@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.calls import Call
-from models.tools import MAX_ARITY, ToolSpec
+from tickcall.models.calls import Call
+from tickcall.models.tools import MAX_ARITY, ToolSpec
 
 NULL = "<|null|>"
 IM_START = "<|im_start|>"

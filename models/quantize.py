@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.loading import read_model_meta
+from tickcall.models.loading import read_model_meta
 
 REPO = Path(__file__).resolve().parent.parent
 JOB_SCRIPT = Path(__file__).resolve().parent / "quantize_awq_job.py"
@@ -58,8 +58,8 @@ def quant_python() -> Path:
 
 def teacher_records(env_id: str, episodes: int, seed: int, max_decisions: int = 200):
     """Teacher-labelled states of ``env_id`` (the training pipeline's collector), one episode per seed."""
-    from models.training.collect import TEACHER, rollout
-    from models.training.sources import get_source
+    from tickcall.models.training.collect import TEACHER, rollout
+    from tickcall.models.training.sources import get_source
 
     source = get_source(env_id)
     records, _ = rollout(source, TEACHER, list(range(seed, seed + episodes)), n_envs=min(8, episodes),
@@ -68,7 +68,7 @@ def teacher_records(env_id: str, episodes: int, seed: int, max_decisions: int = 
 
 
 def _texts_from_records(records, tools, template, system) -> list[str]:
-    from models.training.rows import branch_texts
+    from tickcall.models.training.rows import branch_texts
 
     return [inp + tgt for r in records for inp, tgt, _ in branch_texts(r, tools, template, system, "used")]
 
@@ -77,7 +77,7 @@ def calibration_texts(model: str | Path, calib: str | Path | None = None, sample
                       seed: int = 0) -> list[str]:
     """``samples`` calibration texts: training rows of the model's envs (``tickcall.json`` ``envs``;
     default CartPole-v1), or lines of ``calib`` (JSONL: training records or ``{"text": ...}``)."""
-    from models.format import get_template
+    from tickcall.models.format import get_template
 
     model = Path(model)
     meta = read_model_meta(model)
@@ -86,8 +86,8 @@ def calibration_texts(model: str | Path, calib: str | Path | None = None, sample
     rng = random.Random(seed)
     texts: list[str] = []
     if calib:
-        from models.training.collect import Record
-        from models.training.sources import get_source
+        from tickcall.models.training.collect import Record
+        from tickcall.models.training.sources import get_source
 
         tools_by_env: dict[str, Any] = {}
         for n, line in enumerate(Path(calib).read_text().splitlines(), 1):
@@ -134,7 +134,7 @@ def quantize_awq(model: str | Path, out: str | Path, *, calib: str | Path | None
     Runs llm-compressor in the quantization environment (see module doc); raises :class:`QuantizeError`
     with the job's last output lines when it fails. ``out`` must not exist or be empty.
     """
-    from models.quantize_load import quantization_summary, read_config
+    from tickcall.models.quantize_load import quantization_summary, read_config
 
     model, out = Path(model), Path(out)
     cfg = read_config(model)
@@ -224,7 +224,7 @@ def compare_engines(a, b, tools: Sequence[Any], turns: Sequence[Any], keep: int 
 
 def heldout_turns(model: str | Path, n: int = 200, seed: int = 50_000):
     """(tools, turns) of held-out teacher states of the model's first env (seeds far from calibration)."""
-    from models.training.rows import record_turn
+    from tickcall.models.training.rows import record_turn
 
     meta = read_model_meta(Path(model))
     env_id = (meta.get("envs") or [DEFAULT_ENV])[0]
@@ -248,7 +248,7 @@ def check(model: str | Path, w4a16: str | Path, *, turns: int = 200, vllm: bool 
     """Calls of the W4A16 folder (loaded by the transformers backend: dequantized) against the dense
     ``model`` on held-out turns. With ``vllm=True`` also the W4A16 folder on vLLM (int4 kernels: a GPU
     or an AVX-512 CPU, bf16) against the dense model and against transformers' W4A16."""
-    from models.hf_engine import HFEngine
+    from tickcall.models.hf_engine import HFEngine
 
     tools, held = heldout_turns(model, turns)
     ref = HFEngine(model, device="cpu", max_new_tokens=max_new_tokens)
@@ -257,7 +257,7 @@ def check(model: str | Path, w4a16: str | Path, *, turns: int = 200, vllm: bool 
                            "transformers_w4a16_vs_dense": compare_engines(ref, quant, tools, held).to_dict(),
                            "size_bytes": {"dense": _size(Path(model)), "w4a16": _size(Path(w4a16))}}
     if vllm:
-        from models.vllm_engine import VLLMEngine
+        from tickcall.models.vllm_engine import VLLMEngine
 
         with VLLMEngine(w4a16, device="cpu", max_new_tokens=max_new_tokens) as v:
             out["vllm_w4a16_vs_dense"] = compare_engines(v, ref, tools, held).to_dict()

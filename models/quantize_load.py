@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from models.engine import EngineError
+from tickcall.models.engine import EngineError
 
 #: compressed-tensors formats that transformers can decompress to dense weights on any device
 DEQUANTIZABLE_FORMATS = ("pack-quantized", "int-quantized", "naive-quantized", "dense")

@@ -12,8 +12,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from models.format import CHAT_TOKENS, SPECIAL_TOKENS, TEMPLATES, Turn
-from models.tools import normalize_tools
+from tickcall.models.format import CHAT_TOKENS, SPECIAL_TOKENS, TEMPLATES, Turn
+from tickcall.models.tools import normalize_tools
 
 PAD_TOKEN = "<|endoftext|>"
 ALL_ADDED_TOKENS: tuple[str, ...] = (PAD_TOKEN, *CHAT_TOKENS, *SPECIAL_TOKENS)

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.engine import Engine, EngineError, RawHeads, Registration
-from models.format import IM_END, NULL, Turn, close_tag, open_tag
-from models.quantize_load import quantization_summary, read_config
+from tickcall.models.engine import Engine, EngineError, RawHeads, Registration
+from tickcall.models.format import IM_END, NULL, Turn, close_tag, open_tag
+from tickcall.models.quantize_load import quantization_summary, read_config
 
 #: head sizes vLLM's CPU attention backend implements (vllm/v1/attention/backends/cpu_attn.py, 0.32)
 CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
@@ -151,8 +151,8 @@ class VLLMEngine(Engine):
                  max_new_tokens: int = 32, template: str | None = None, seed: int = 0,
                  gate: str = "buffer", quiet: bool = True, **llm_kwargs: Any) -> None:
         super().__init__(max_new_tokens=max_new_tokens)
-        from models.hf_engine import check_special_tokens
-        from models.loading import read_model_meta
+        from tickcall.models.hf_engine import check_special_tokens
+        from tickcall.models.loading import read_model_meta
 
         if prefix_align not in ("none", "pad"):
             raise ValueError(f"prefix_align must be 'none' or 'pad', not {prefix_align!r}")
@@ -219,7 +219,7 @@ class VLLMEngine(Engine):
         self.engine_pids = sorted(_descendants() - before)  # vLLM's engine-core processes (none in process)
         self._reaper = None
         if self.engine_pids:
-            from models.vllm_reaper import start_reaper
+            from tickcall.models.vllm_reaper import start_reaper
 
             self._reaper = start_reaper(self.engine_pids)
         self._engine = self.llm.llm_engine
@@ -425,8 +425,8 @@ class VLLMAutoregressive(Engine):
         self.forced_length: int | None = None
 
     def _build_prefix(self, reg: Registration) -> None:
-        from models.ar_baseline import AR_SYSTEM
-        from models.format import IM_START, render_tools_json
+        from tickcall.models.ar_baseline import AR_SYSTEM
+        from tickcall.models.format import IM_START, render_tools_json
 
         reg.prefix_text = (f"{IM_START}system\n{reg.system or AR_SYSTEM}\n\n# Tools\n\n"
                            f"{render_tools_json(reg.tools)}{IM_END}\n")
@@ -438,7 +438,7 @@ class VLLMAutoregressive(Engine):
                                    self.engine.sampling("function", forced=1))] * 2)
 
     def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
-        from models.ar_baseline import ARBaseline
+        from tickcall.models.ar_baseline import ARBaseline
 
         eng = self.engine
         stop = eng.token_ids[IM_END]
@@ -468,7 +468,7 @@ class VLLMAutoregressive(Engine):
         return out
 
     def _assemble(self, reg: Registration, raw: RawHeads):
-        from models.ar_baseline import ARBaseline
+        from tickcall.models.ar_baseline import ARBaseline
 
         return ARBaseline._assemble(self, reg, raw)  # type: ignore[arg-type]
 

@@ -42,7 +42,7 @@ def start_reaper(pids: list[int], grace_s: float = 2.0) -> subprocess.Popen:
     Close ``proc.stdin`` to make the reaper end the watched processes now and exit (``close()``)."""
     watched = describe(pids)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
-    proc = subprocess.Popen([sys.executable, "-m", "models.vllm_reaper", json.dumps(watched), str(grace_s)],
+    proc = subprocess.Popen([sys.executable, "-m", "tickcall.models.vllm_reaper", json.dumps(watched), str(grace_s)],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             start_new_session=True)  # not in the owner's process group: a group kill spares it

@@ -32,13 +32,13 @@ def run_arm(tau: float, args, train_recs, held_recs, src, workdir: Path) -> dict
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from models.format import Turn, get_template
-    from models.tiny import make_tiny_model
-    from models.training.evaluate import closed_loop, head_accuracy, make_student_policy
-    from models.training.rows import RowCodec, branch_texts
-    from models.training.sources import cartpole_margin, text_values
-    from models.training.student import BatchStudent
-    from models.training.trainer import TrainSettings, train
+    from tickcall.models.format import Turn, get_template
+    from tickcall.models.tiny import make_tiny_model
+    from tickcall.models.training.evaluate import closed_loop, head_accuracy, make_student_policy
+    from tickcall.models.training.rows import RowCodec, branch_texts
+    from tickcall.models.training.sources import cartpole_margin, text_values
+    from tickcall.models.training.student import BatchStudent
+    from tickcall.models.training.trainer import TrainSettings, train
 
     template = get_template("compact")
     corpus = [i + t for r in train_recs[:2000] for i, t, _ in branch_texts(r, src.tools, template)[:2]]
@@ -85,8 +85,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
-    from models.training.collect import TEACHER, rollout
-    from models.training.sources import get_source
+    from tickcall.models.training.collect import TEACHER, rollout
+    from tickcall.models.training.sources import get_source
 
     src = get_source("CartPole-v1", text_labels=True)
     kw = {"n_envs": 32, "epsilon": 0.2, "perturb_prob": 0.05, "delay_prob": 0.2, "max_decisions": 400}

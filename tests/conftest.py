@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """A tiny randomly initialised Qwen2 model folder whose tokenizer holds the 17 SimpleTool tokens."""
-    from models.tiny import make_tiny_model
+    from tickcall.models.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0, init_std=0.2,
                            tie_embeddings=False)
@@ -16,7 +16,7 @@ def tiny_model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_path):
-    from models.hf_engine import HFEngine
+    from tickcall.models.hf_engine import HFEngine
 
     return HFEngine(tiny_model_path, device="cpu", max_new_tokens=12)
 
@@ -55,3 +55,18 @@ def ray_session():
     yield
     if started:
         ray.shutdown()
+
+
+BARE_ROOMS = ("models", "agent", "envs", "control_loop")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if anything imported a room as a bare top-level package (``import models``): from
+    the repository root that works by accident, but an installed tickcall has only ``tickcall.*``."""
+    import sys
+
+    bare = sorted(name for name in sys.modules if name.split(".")[0] in BARE_ROOMS)
+    if bare:
+        print(f"\nbare imports of tickcall rooms (use tickcall.<room>): {', '.join(bare[:10])}",
+              file=sys.stderr)
+        session.exitstatus = 1

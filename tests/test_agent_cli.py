@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from agent.client import PolicyClient
+from tickcall.agent.client import PolicyClient
 
 TOOLS = [{"name": "wait", "description": "Do nothing.", "parameters": {"type": "object", "properties": {}}}]
 

@@ -14,12 +14,12 @@ import msgpack
 import pytest
 import zmq
 
-from agent import protocol as P
-from agent.client import PolicyClient, PolicyError, PolicyTimeout
-from agent.config import CurveConfig, ServeConfig
-from agent.engines import build_engine
-from agent.security import check_bind, generate_keys, is_local_endpoint
-from agent.server import PolicyServer
+from tickcall.agent import protocol as P
+from tickcall.agent.client import PolicyClient, PolicyError, PolicyTimeout
+from tickcall.agent.config import CurveConfig, ServeConfig
+from tickcall.agent.engines import build_engine
+from tickcall.agent.security import check_bind, generate_keys, is_local_endpoint
+from tickcall.agent.server import PolicyServer
 
 TOOLS = [
     {"type": "function", "function": {"name": "push", "description": "Push the cart.", "parameters": {

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import protocol as P
-from agent.client import PolicyClient
+from tickcall.agent import protocol as P
+from tickcall.agent.client import PolicyClient
 
 ray = pytest.importorskip("ray")
 
@@ -32,7 +32,7 @@ TOOLS = [
 
 @pytest.fixture(scope="module")
 def noop_service(ray_session):
-    from agent.actor import start_policy_service
+    from tickcall.agent.actor import start_policy_service
 
     handle, endpoint = start_policy_service({"backend": "noop"}, max_message_bytes=4096)
     yield handle, endpoint
@@ -40,7 +40,7 @@ def noop_service(ray_session):
 
 
 def test_tiny_model_round_trip_and_clients_batched(ray_session, tiny_model_path):
-    from agent.actor import start_policy_service
+    from tickcall.agent.actor import start_policy_service
 
     handle, endpoint = start_policy_service(
         {"backend": "transformers", "model": str(tiny_model_path), "max_new_tokens": 6})
@@ -181,7 +181,7 @@ def _wait_dead(pid: int, timeout_s: float = 60.0) -> None:
 
 
 def test_actor_killed_and_restarted_client_recovers(ray_session):
-    from agent.actor import start_policy_service
+    from tickcall.agent.actor import start_policy_service
 
     # load_delay_ms: a model that takes 2.5 s to load (stand-in), so the restart leaves a gap
     handle, endpoint = start_policy_service({"backend": "noop", "load_delay_ms": 2500}, max_restarts=-1)

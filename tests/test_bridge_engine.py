@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from envs.engine_bridge import BridgeConfig, EngineBridge
-from envs.engine_bridge_cli import arena_text_expert as text_expert
-from envs.engine_bridge_world import run_lockstep
-from models.calls import Call
-from models.tools import normalize_tools
+from tickcall.envs.engine_bridge import BridgeConfig, EngineBridge
+from tickcall.envs.engine_bridge_cli import arena_text_expert as text_expert
+from tickcall.envs.engine_bridge_world import run_lockstep
+from tickcall.models.calls import Call
+from tickcall.models.tools import normalize_tools
 
 ROOT = Path(__file__).resolve().parents[1]
 ARENA_TEXT = re.compile(r"^tgt=(N|NE|E|SE|S|SW|W|NW) d=\d+\.\d aim=(N|NE|E|SE|S|SW|W|NW) "
@@ -110,7 +110,7 @@ def balanced(counts: dict) -> bool:
 def test_reference_engine_offers_the_arena_tools_and_text(engines):
     """The C++ arena is the same game the shipped model learned: identical tool schemas (so the prompt
     prefix is byte-identical) and observation text of the same shape."""
-    from envs.arena import ARENA_TOOLS
+    from tickcall.envs.arena import ARENA_TOOLS
 
     with EngineBridge(endpoint="tcp://127.0.0.1:0") as bridge:
         engines(bridge.endpoint, "arena")
@@ -126,7 +126,7 @@ def test_engine_world_resolves_futures_with_the_engines_results(engines):
     """The world the control loop gets: observations as text, calls through the AsyncFC `engine` lane
     whose futures end with the engine's result value or its error (fire twice: the second one hits the
     cooldown), history lines for the next turn, the engine's default call as the fallback."""
-    from envs.engine_bridge import make_world
+    from tickcall.envs.engine_bridge import make_world
 
     endpoint = free_endpoint()
     engines(endpoint, "world", "--seed", "4")
@@ -205,7 +205,7 @@ def test_arena_port_scores_like_the_python_arena(engines):
     """LOCK-STEP, one physics step per decision: the scripted expert scores on the C++ arena what it
     scores on tickcall/Arena-v0 (same rules; the target positions come from a different RNG), and far
     above a random policy there (about -1)."""
-    from envs.evaluate import evaluate
+    from tickcall.envs.evaluate import evaluate
 
     cpp = []
     for seed in range(3):
@@ -224,7 +224,7 @@ def test_cartpole_physics_hold_up_with_the_expert(engines):
     """LOCK-STEP at 50 frames/s, one physics step per decision: the C++ CartPole (gymnasium's equations)
     with the linear expert of envs.experts, reading the text, balances the pole for the full 500 steps,
     as it does in gymnasium; a policy that always pushes left drops it within a few dozen steps."""
-    from envs.experts import cartpole_action
+    from tickcall.envs.experts import cartpole_action
 
     def expert(text: str) -> Call:
         obs = [float(kv.split("=")[1]) for kv in text.split()]
@@ -291,7 +291,7 @@ def test_wrong_version_engine_is_told_and_exits(engines):
 
 
 def test_check_command_real_time_and_lockstep(engines, tmp_path):
-    from envs.engine_bridge_cli import main
+    from tickcall.envs.engine_bridge_cli import main
 
     endpoint = free_endpoint()
     engines(endpoint, "check")
@@ -315,7 +315,7 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def noop_service(ray_session):
-    from agent.actor import start_policy_service
+    from tickcall.agent.actor import start_policy_service
 
     actor, endpoint = start_policy_service({"backend": "noop"}, "tcp://127.0.0.1:0")
     yield endpoint
@@ -326,9 +326,9 @@ def noop_service(ray_session):
 
 
 def start_loop(service_endpoint: str, engine_endpoint: str):
-    from control_loop.actor import start_loop_actor
-    from control_loop.loop import LoopSettings
-    from control_loop.world import WorldSpec
+    from tickcall.control_loop.actor import start_loop_actor
+    from tickcall.control_loop.loop import LoopSettings
+    from tickcall.control_loop.world import WorldSpec
 
     return start_loop_actor(LoopSettings(rate_hz=16.0), WorldSpec(env=f"engine:{engine_endpoint}",
                                                                   env_kwargs={"wait_s": 60}),
@@ -360,8 +360,8 @@ def test_tickcall_run_with_the_engine_10s_at_16hz(engines, ray_session, tmp_path
     """`tickcall run --env engine:tcp://...` (run_job, the command's own code path): 10 s at 16 Hz,
     every tick accounted for, every dispatched call acked and applied by the C++ engine, the bridge's
     latencies in report.json."""
-    from control_loop.config import from_dict
-    from control_loop.runner import run_job
+    from tickcall.control_loop.config import from_dict
+    from tickcall.control_loop.runner import run_job
 
     # The no-op engine (always the first tool, wait()): this test is about the bridge, not a model's
     # skill. The shipped arena student learned the Python Arena's tools, not the C++ game's (other
@@ -403,7 +403,7 @@ def test_malformed_and_wrong_version_messages_leave_the_loop_unaffected(engines,
     import msgpack
     import zmq
 
-    from envs.engine_bridge_protocol import encode
+    from tickcall.envs.engine_bridge_protocol import encode
 
     endpoint = free_endpoint()
     engines(endpoint, "good", "--seed", "1")

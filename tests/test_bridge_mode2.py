@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ServeConfig
-from agent.server import PolicyServer
-from models.engine import NoOpEngine
+from tickcall.agent.config import ServeConfig
+from tickcall.agent.server import PolicyServer
+from tickcall.models.engine import NoOpEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTCOMES = ("applied", "illegal", "error", "stale", "lost")

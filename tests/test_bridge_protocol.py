@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.engine_bridge_protocol import (
+from tickcall.envs.engine_bridge_protocol import (
     ERROR_CODES,
     ObsField,
     ObsSpec,

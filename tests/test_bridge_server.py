@@ -14,9 +14,9 @@ import msgpack
 import pytest
 import zmq
 
-from envs.engine_bridge import BridgeConfig, BridgeConfigError, EngineBridge, EngineCallError
-from envs.engine_bridge_protocol import encode
-from models.calls import Call
+from tickcall.envs.engine_bridge import BridgeConfig, BridgeConfigError, EngineBridge, EngineCallError
+from tickcall.envs.engine_bridge_protocol import encode
+from tickcall.models.calls import Call
 
 TOOLS = [
     {"type": "function", "function": {

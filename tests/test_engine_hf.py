@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.format import IM_END, NULL, Turn, close_tag, open_tag
-from models.hf_engine import HFEngine, TokenizerFormatError
+from tickcall.models.format import IM_END, NULL, Turn, close_tag, open_tag
+from tickcall.models.hf_engine import HFEngine, TokenizerFormatError
 
 TURNS = [
     Turn("x=+0.012 v=-0.340 a=+0.021 w=+0.551"),
@@ -79,7 +79,7 @@ def test_batch_of_requests_with_different_prefixes_equals_single(tiny_engine, ar
 
 
 def test_unknown_handle_is_a_clear_error(tiny_engine):
-    from models.engine import UnknownHandleError
+    from tickcall.models.engine import UnknownHandleError
 
     with pytest.raises(UnknownHandleError, match="register the tools first"):
         tiny_engine.decide("h999", TURNS[0])
@@ -103,7 +103,7 @@ def stopping_engine(tiny_model_path, arena_tools):
 
 
 def _rebuild(engine: HFEngine) -> HFEngine:
-    from models.lean import LeanLM
+    from tickcall.models.lean import LeanLM
 
     engine.lm = LeanLM(engine.model)
     engine._registrations.clear()
@@ -141,10 +141,10 @@ def test_forced_lengths_decode_exactly(tiny_engine, arena_tools):
 
 
 def test_tokenizer_without_simpletool_tokens_is_refused(tmp_path):
-    from models.tiny import build_tokenizer
+    from tickcall.models.tiny import build_tokenizer
 
     tok = build_tokenizer(["hello world"], vocab_size=300)
-    from models.hf_engine import check_special_tokens
+    from tickcall.models.hf_engine import check_special_tokens
 
     check_special_tokens(tok)  # ours holds them
     from tokenizers import Tokenizer, models, pre_tokenizers

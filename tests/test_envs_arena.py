@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers the built-in envs)
-from envs.arena import DIRECTIONS, ArenaEnv, features, sector
-from envs.binding import make_binding
-from envs.experts import ArenaExpert, RandomPolicy
-from models.calls import Call
-from models.tools import normalize_tools
+import tickcall.envs as envs
+from tickcall.envs.arena import DIRECTIONS, ArenaEnv, features, sector
+from tickcall.envs.binding import make_binding
+from tickcall.envs.experts import ArenaExpert, RandomPolicy
+from tickcall.models.calls import Call
+from tickcall.models.tools import normalize_tools
 
 
 @pytest.mark.parametrize("env_id", sorted(envs.BUILTIN_ENVS))

@@ -6,11 +6,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.binding import make_binding
-from envs.experts import EXPERTS, RandomPolicy, get_expert
-from envs.obs_text import ObsFormatter, fmt_number
-from models.calls import Call
-from models.tools import normalize_tools, validate_arguments
+from tickcall.envs.binding import make_binding
+from tickcall.envs.experts import EXPERTS, RandomPolicy, get_expert
+from tickcall.envs.obs_text import ObsFormatter, fmt_number
+from tickcall.models.calls import Call
+from tickcall.models.tools import normalize_tools, validate_arguments
 
 
 def test_cartpole_binding_tools_text_and_conversion():

@@ -13,14 +13,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.actuators import CallRejected, EnvStepActuator, RealTimeActuator, actuator_for
-from envs.binding import make_binding
-from envs.evaluate import evaluate
-from envs.experts import ArenaExpert
-from envs.policies import ModelPolicy, turn_for
-from envs.realtime import RealTimeEnv
-from models.calls import Call
-from models.engine import NoOpEngine
+from tickcall.envs.actuators import CallRejected, EnvStepActuator, RealTimeActuator, actuator_for
+from tickcall.envs.binding import make_binding
+from tickcall.envs.evaluate import evaluate
+from tickcall.envs.experts import ArenaExpert
+from tickcall.envs.policies import ModelPolicy, turn_for
+from tickcall.envs.realtime import RealTimeEnv
+from tickcall.models.calls import Call
+from tickcall.models.engine import NoOpEngine
 from tickcall.cli import main as cli_main
 
 

@@ -10,11 +10,11 @@ from gymnasium import spaces as S
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envs.spaces import ActionError, SpaceAdapter, UnsupportedSpaceError, actions_equal
-from models.assembly import assemble
-from models.calls import Call
-from models.format import encode_call_heads, heads_for
-from models.tools import validate_arguments
+from tickcall.envs.spaces import ActionError, SpaceAdapter, UnsupportedSpaceError, actions_equal
+from tickcall.models.assembly import assemble
+from tickcall.models.calls import Call
+from tickcall.models.format import encode_call_heads, heads_for
+from tickcall.models.tools import validate_arguments
 
 # ---------------------------------------------------------------------------- space strategies
 

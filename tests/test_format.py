@@ -8,9 +8,9 @@ from typing import Literal
 
 import pytest
 
-from models.assembly import assemble
-from models.calls import Call, render_call
-from models.format import (
+from tickcall.models.assembly import assemble
+from tickcall.models.calls import Call, render_call
+from tickcall.models.format import (
     HEAD_NAMES,
     NULL,
     SPECIAL_TOKENS,
@@ -21,7 +21,7 @@ from models.format import (
     head_target,
     heads_for,
 )
-from models.tools import ToolSchemaError, normalize_tool, normalize_tools
+from tickcall.models.tools import ToolSchemaError, normalize_tool, normalize_tools
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.",
                                             "parameters": {"type": "object", "properties": {

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from control_loop.futures import PENDING, ActuatorCrash, AsyncFC, CallState, Lane, ManualClock
-from models.calls import Call
+from tickcall.control_loop.futures import PENDING, ActuatorCrash, AsyncFC, CallState, Lane, ManualClock
+from tickcall.models.calls import Call
 
 WAIT = 10.0  # seconds; only stops a broken run from hanging
 

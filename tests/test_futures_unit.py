@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from control_loop.futures import (
+from tickcall.control_loop.futures import (
     PENDING,
     ActuatorCrash,
     AsyncFC,
@@ -19,8 +19,8 @@ from control_loop.futures import (
     Lane,
     ManualClock,
 )
-from control_loop.futures.deps import future_ref, references, substitute
-from models.calls import Call
+from tickcall.control_loop.futures.deps import future_ref, references, substitute
+from tickcall.models.calls import Call
 
 WAIT = 10.0  # seconds; an upper bound for a broken test, never a performance claim
 
@@ -303,7 +303,7 @@ def test_actuator_exception_fails_only_its_call():
 
 
 def test_crashing_thread_actuator_fails_its_calls_and_is_rebuilt():
-    from control_loop.futures.demo_actuators import Counter
+    from tickcall.control_loop.futures.demo_actuators import Counter
 
     built: list[Counter] = []
 
@@ -463,7 +463,7 @@ def test_references_are_whole_values_only():
 
 
 # ---------------------------------------------------------------------- child processes
-ACT = "control_loop.futures.demo_actuators"
+ACT = "tickcall.control_loop.futures.demo_actuators"
 
 
 def test_process_lane_runs_outside_this_process_and_survives_a_crash():
@@ -505,7 +505,7 @@ def test_process_lane_keeps_state_in_its_child_and_replaces_a_hung_one():
 
 
 def test_process_lane_with_a_bad_target_fails_calls_instead_of_hanging():
-    fc = AsyncFC([Lane("cpu", executor="process")], {"cpu": "control_loop.futures.no_such_module:f"})
+    fc = AsyncFC([Lane("cpu", executor="process")], {"cpu": "tickcall.control_loop.futures.no_such_module:f"})
     try:
         f = fc.dispatch(Call("cpu", {}))
         assert f.wait(WAIT)

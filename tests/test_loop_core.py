@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from control_loop.loop import ControlLoop, LoopSettings, Observation
-from control_loop.rate import RateKeeper
-from control_loop.records import OUTCOMES, count_outcomes
-from control_loop.stats import summarize
-from models.calls import Call
+from tickcall.control_loop.loop import ControlLoop, LoopSettings, Observation
+from tickcall.control_loop.rate import RateKeeper
+from tickcall.control_loop.records import OUTCOMES, count_outcomes
+from tickcall.control_loop.stats import summarize
+from tickcall.models.calls import Call
 
 
 class SimClock:
@@ -337,7 +337,7 @@ def test_falling_behind_warnings_are_throttled():
 
 
 def test_progress_line():
-    from control_loop.progress import format_progress
+    from tickcall.control_loop.progress import format_progress
 
     line = format_progress({"ticks": 480, "ticks_planned": 960, "achieved_hz": 16.0,
                             "latency_p50_ms": 4.12, "latency_p99_ms": 9.8,

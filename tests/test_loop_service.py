@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from control_loop.loop import LoopSettings
-from control_loop.records import OUTCOMES, TickRecord, count_outcomes
-from control_loop.runner import wait_for
-from control_loop.world import WorldSpec
+from tickcall.control_loop.loop import LoopSettings
+from tickcall.control_loop.records import OUTCOMES, TickRecord, count_outcomes
+from tickcall.control_loop.runner import wait_for
+from tickcall.control_loop.world import WorldSpec
 
 ray = pytest.importorskip("ray")
 
@@ -27,13 +27,13 @@ RATE = 20.0  # Hz: 50 ms periods (and deadlines)
 
 
 def _service(spec, **kw):
-    from agent.actor import start_policy_service
+    from tickcall.agent.actor import start_policy_service
 
     return start_policy_service(spec, "tcp://127.0.0.1:0", **kw)
 
 
 def _loop(endpoint, env="tickcall/Arena-v0", **settings):
-    from control_loop.actor import start_loop_actor
+    from tickcall.control_loop.actor import start_loop_actor
 
     s = LoopSettings(rate_hz=RATE, **settings)
     return start_loop_actor(s, WorldSpec(env=env, seed=0), endpoint, client_timeout_ms=1000)
@@ -172,8 +172,8 @@ def test_episodes_end_the_run_and_are_reported(ray_session):
 
 def test_history_lines_reach_the_turn():
     """The world's hands render what was dispatched; the loop puts those lines in the next turn."""
-    from control_loop.world import make_world
-    from models.calls import Call
+    from tickcall.control_loop.world import make_world
+    from tickcall.models.calls import Call
 
     world = make_world("tickcall/Arena-v0")
     try:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from models import quantize as q
-from models.calls import Call
-from models.training.collect import Record
+from tickcall.models import quantize as q
+from tickcall.models.calls import Call
+from tickcall.models.training.collect import Record
 
 
 def test_calibration_from_text_and_training_records(tmp_path):
-    from models.tiny import make_tiny_model
+    from tickcall.models.tiny import make_tiny_model
 
     model = make_tiny_model(tmp_path / "m", hidden=128, heads=4, kv_heads=2, intermediate=384)
     calib = tmp_path / "calib.jsonl"
@@ -37,7 +37,7 @@ def test_calibration_from_text_and_training_records(tmp_path):
 
 
 def test_refusals_before_running_anything(tmp_path, monkeypatch):
-    from models.tiny import make_tiny_model
+    from tickcall.models.tiny import make_tiny_model
 
     odd = make_tiny_model(tmp_path / "odd", hidden=64, heads=2, kv_heads=1, intermediate=192)
     with pytest.raises(q.QuantizeError, match="hidden_size 64 is not a multiple of the group size 128"):
@@ -54,7 +54,7 @@ def test_refusals_before_running_anything(tmp_path, monkeypatch):
 
 
 def test_cli_reports_a_missing_environment(tmp_path, monkeypatch, capsys):
-    from models.tiny import make_tiny_model
+    from tickcall.models.tiny import make_tiny_model
     from tickcall.cli import main
 
     model = make_tiny_model(tmp_path / "m", hidden=128, heads=4, kv_heads=2, intermediate=384)
@@ -78,7 +78,7 @@ def trained(tmp_path_factory):
     """A small CartPole-v1 student trained here (configs/train-ci.yaml reshaped to hidden 128, 4 heads:
     head size 32 for vLLM-CPU, widths that are multiples of the W4A16 group 128)."""
     _quant_env_or_skip()
-    from models.training.pipeline import Pipeline, TrainConfig
+    from tickcall.models.training.pipeline import Pipeline, TrainConfig
 
     tmp = tmp_path_factory.mktemp("awq")
     cfg = TrainConfig.load(ROOT / "configs" / "train-ci.yaml")
@@ -116,7 +116,7 @@ def test_trained_model_w4a16_agrees_with_dense(trained):
     compare calls with the dense model on held-out turns; then vLLM's int4 kernels where they exist."""
     import torch
 
-    from models.loading import load_engine
+    from tickcall.models.loading import load_engine
 
     tmp, model, data, scores = trained
     assert scores["envs"]["CartPole-v1"]["heldout"]["per_head"]["function"] > 0.95  # it did learn
@@ -147,7 +147,7 @@ def test_trained_model_w4a16_agrees_with_dense(trained):
         import vllm  # noqa: F401
     except ImportError:
         return
-    from models.vllm_engine import UnsupportedQuantizationError, VLLMEngine, cpu_has_int4_kernels
+    from tickcall.models.vllm_engine import UnsupportedQuantizationError, VLLMEngine, cpu_has_int4_kernels
 
     if not cpu_has_int4_kernels():
         with pytest.raises(UnsupportedQuantizationError, match="AVX-512"):

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from models.loading import load_engine
-from models.quantize_load import QuantizedCheckpointError, transformers_load_kwargs
+from tickcall.models.loading import load_engine
+from tickcall.models.quantize_load import QuantizedCheckpointError, transformers_load_kwargs
 
 W4A16 = {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
          "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
@@ -22,7 +22,7 @@ AUTOAWQ = {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm
 
 @pytest.fixture
 def model(tmp_path):
-    from models.tiny import make_tiny_model
+    from tickcall.models.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path / "m", hidden=64, heads=2, kv_heads=1, intermediate=128)
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from models.training.pipeline import Pipeline, TrainConfig
+    from tickcall.models.training.pipeline import Pipeline, TrainConfig
 
     tmp = tmp_path_factory.mktemp("ci")
     cfg = TrainConfig.load(ROOT / "configs" / "train-ci.yaml")
@@ -42,9 +42,9 @@ def test_small_student_beats_random_clearly(trained):
 
 @pytest.mark.slow
 def test_model_folder_is_complete_and_loads_in_the_engine(trained):
-    from envs.binding import make_binding
-    from models.format import Turn
-    from models.hf_engine import HFEngine
+    from tickcall.envs.binding import make_binding
+    from tickcall.models.format import Turn
+    from tickcall.models.hf_engine import HFEngine
 
     cfg, scores, _ = trained
     out = Path(cfg.out)
@@ -67,7 +67,7 @@ def test_model_folder_is_complete_and_loads_in_the_engine(trained):
 @pytest.mark.slow
 def test_rerun_resumes_from_the_work_dir(trained):
     """A second run with the same work dir reuses data and checkpoints: same scores, no training."""
-    from models.training.pipeline import Pipeline
+    from tickcall.models.training.pipeline import Pipeline
 
     cfg, scores, _ = trained
     logs: list[str] = []

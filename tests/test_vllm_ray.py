@@ -32,7 +32,7 @@ TOOLS = [
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    from models.tiny import make_tiny_model
+    from tickcall.models.tiny import make_tiny_model
 
     # head size 32: vLLM's CPU attention has no 16
     return make_tiny_model(tmp_path_factory.mktemp("vllm-ray") / "model", hidden=64, heads=2, kv_heads=1,
@@ -74,8 +74,8 @@ def ray_no_child_cleanup():
 def test_killed_actor_leaves_no_engine_process(ray_no_child_cleanup, model_path, in_process, kill):
     """``ray.kill``: Ray ends the worker (no ``close()``, no finalizers). ``SIGKILL``: the actor dies as
     under the kernel's OOM killer; vLLM's engine-core subprocess must go with it."""
-    from agent.actor import start_policy_service
-    from agent.client import PolicyClient
+    from tickcall.agent.actor import start_policy_service
+    from tickcall.agent.client import PolicyClient
 
     spec = {"backend": "vllm", "model": str(model_path), "device": "cpu", "in_process": in_process,
             "kv_cache_gib": 1, "max_new_tokens": 6, "max_model_len": 1024}

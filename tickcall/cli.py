@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("tickcall.commands.eval", "evaluate a policy (expert, random, model) on an env"),
     "train": ("tickcall.commands.train", "distil a teacher into a SimpleTool-format student"),
     "quantize": ("tickcall.commands.quantize", "quantize a model folder to W4A16 (AWQ recipe)"),
-    "bridge": ("envs.engine_bridge_cli", "check a game engine against the engine bridge (no model)"),
+    "bridge": ("tickcall.envs.engine_bridge_cli", "check a game engine against the engine bridge (no model)"),
 }
 
 

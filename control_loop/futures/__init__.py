@@ -5,7 +5,7 @@
 ``"@fN"``; ``history_lines`` renders the status of recent and in-flight calls for the next prompt;
 ``ledger`` accounts for every call (accepted == finished + in flight).
 
-    from control_loop.futures import AsyncFC, Lane
+    from tickcall.control_loop.futures import AsyncFC, Lane
     fc = AsyncFC([Lane("move", policy="latest"), Lane("fire", policy="fifo", queue=4)],
                  actuators={"move": move_fn, "fire": fire_fn})
     fut = fc.dispatch(Call("move", {"x": 3}))
@@ -13,12 +13,12 @@
     fc.shutdown()
 """
 
-from control_loop.futures.clock import ManualClock
-from control_loop.futures.core import DEFAULT_LANE, AsyncFC
-from control_loop.futures.deps import future_ref, references
-from control_loop.futures.lanes import Lane
-from control_loop.futures.ledger import Ledger, LedgerEntry, LedgerError
-from control_loop.futures.states import (
+from tickcall.control_loop.futures.clock import ManualClock
+from tickcall.control_loop.futures.core import DEFAULT_LANE, AsyncFC
+from tickcall.control_loop.futures.deps import future_ref, references
+from tickcall.control_loop.futures.lanes import Lane
+from tickcall.control_loop.futures.ledger import Ledger, LedgerEntry, LedgerError
+from tickcall.control_loop.futures.states import (
     PENDING,
     TERMINAL_STATES,
     ActuatorCrash,

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from typing import Any
 
-from control_loop.futures.wire import FrameError, read_frame, write_frame
-from models.calls import Call
+from tickcall.control_loop.futures.wire import FrameError, read_frame, write_frame
+from tickcall.models.calls import Call
 
 
 class ChildDied(RuntimeError):  # noqa: N818 - an event, not a programming error
@@ -28,7 +28,7 @@ class ChildActuator:
         # the child imports what the parent can import (editable installs, test folders)
         paths = [p for p in sys.path if p]
         env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        cmd = [sys.executable, "-m", "control_loop.futures.procworker", target] + (["--factory"] if factory else [])
+        cmd = [sys.executable, "-m", "tickcall.control_loop.futures.procworker", target] + (["--factory"] if factory else [])
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
         self.target = target
         try:

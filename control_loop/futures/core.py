@@ -27,20 +27,20 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from control_loop.futures.child import ChildActuator, ChildDied
-from control_loop.futures.deps import references, substitute
-from control_loop.futures.history import status_line
-from control_loop.futures.lanes import Lane
-from control_loop.futures.ledger import Ledger
-from control_loop.futures.samples import Samples
-from control_loop.futures.states import (
+from tickcall.control_loop.futures.child import ChildActuator, ChildDied
+from tickcall.control_loop.futures.deps import references, substitute
+from tickcall.control_loop.futures.history import status_line
+from tickcall.control_loop.futures.lanes import Lane
+from tickcall.control_loop.futures.ledger import Ledger
+from tickcall.control_loop.futures.samples import Samples
+from tickcall.control_loop.futures.states import (
     ActuatorCrash,
     CallContext,
     CallFuture,
     CallState,
     Pending,
 )
-from models.calls import Call
+from tickcall.models.calls import Call
 
 DEFAULT_LANE = Lane("default", policy="fifo", queue=16)
 

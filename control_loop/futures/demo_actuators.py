@@ -12,8 +12,8 @@ import os
 import time
 from typing import Any
 
-from control_loop.futures.states import ActuatorCrash
-from models.calls import Call
+from tickcall.control_loop.futures.states import ActuatorCrash
+from tickcall.models.calls import Call
 
 
 def sleep_actuator(call: Call) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from models.calls import Call
+from tickcall.models.calls import Call
 
 _REF = re.compile(r"@(f[1-9][0-9]*)")
 

@@ -11,8 +11,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from control_loop.futures.states import CallFuture, CallState
-from models.calls import render_call
+from tickcall.control_loop.futures.states import CallFuture, CallState
+from tickcall.models.calls import render_call
 
 
 def short_value(value: Any, max_chars: int = 40) -> str:

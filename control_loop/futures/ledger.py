@@ -12,7 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-from control_loop.futures.states import CallState
+from tickcall.control_loop.futures.states import CallState
 
 
 class LedgerError(RuntimeError):

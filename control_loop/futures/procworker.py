@@ -37,9 +37,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from control_loop.futures.states import ActuatorCrash
-    from control_loop.futures.wire import FrameError, read_frame, write_frame
-    from models.calls import Call
+    from tickcall.control_loop.futures.states import ActuatorCrash
+    from tickcall.control_loop.futures.wire import FrameError, read_frame, write_frame
+    from tickcall.models.calls import Call
 
     args = list(sys.argv[1:] if argv is None else argv)
     factory = "--factory" in args

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from models.calls import Call
+from tickcall.models.calls import Call
 
 if TYPE_CHECKING:  # pragma: no cover
-    from control_loop.futures.core import AsyncFC
+    from tickcall.control_loop.futures.core import AsyncFC
 
 
 class CallState(enum.StrEnum):

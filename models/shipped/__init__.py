@@ -1,6 +1,6 @@
 """Model folders shipped inside the repository (a few MB each), trained here by ``tickcall train``.
 
-    from models.shipped import default_model_path
+    from tickcall.models.shipped import default_model_path
     default_model_path()                      # the model for the built-in env, tickcall/Arena-v0
     default_model_path("CartPole-v1")         # the model trained for CartPole-v1
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.calls import Call, render_call
-from models.training.sources import EnvSource
+from tickcall.models.calls import Call, render_call
+from tickcall.models.training.sources import EnvSource
 
 
 @dataclass

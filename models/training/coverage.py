@@ -24,8 +24,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from models.training.collect import Record
-from models.training.sources import EnvSource
+from tickcall.models.training.collect import Record
+from tickcall.models.training.sources import EnvSource
 
 Sampler = Callable[[Any, int], list[Any]]
 

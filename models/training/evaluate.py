@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from models.calls import Call
-from models.format import Turn, encode_call_heads
-from models.training.collect import BatchPolicy, Record, rollout
-from models.training.sources import EnvSource
-from models.training.student import BatchStudent
+from tickcall.models.calls import Call
+from tickcall.models.format import Turn, encode_call_heads
+from tickcall.models.training.collect import BatchPolicy, Record, rollout
+from tickcall.models.training.sources import EnvSource
+from tickcall.models.training.student import BatchStudent
 
 
 def head_accuracy(student: BatchStudent, records: Sequence[Record]) -> dict[str, Any]:

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.format import get_template
-from models.training.collect import RANDOM, TEACHER, Record, rollout
-from models.training.rows import RowCodec, branch_texts
-from models.training.sources import EnvSource, get_source
-from models.training.trainer import TrainSettings, train
+from tickcall.models.format import get_template
+from tickcall.models.training.collect import RANDOM, TEACHER, Record, rollout
+from tickcall.models.training.rows import RowCodec, branch_texts
+from tickcall.models.training.sources import EnvSource, get_source
+from tickcall.models.training.trainer import TrainSettings, train
 
 
 @dataclass
@@ -178,7 +178,7 @@ class Pipeline:
 
     def _coverage(self, src: EnvSource, tag: str, n: int, rng_seed: int) -> list[Record]:
         """``n`` sampled-state rows of ``src`` (cached in ``work_dir/{tag}-ENV.jsonl``)."""
-        from models.training.coverage import coverage_records
+        from tickcall.models.training.coverage import coverage_records
 
         path = self.work / f"{tag}-{_slug(src.env_id)}.jsonl"
         if path.exists():
@@ -190,7 +190,7 @@ class Pipeline:
 
     def heldout_coverage(self) -> dict[str, list[Record]]:
         """Held-out sampled states per env (empty when ``data.heldout_coverage`` is 0 or no sampler)."""
-        from models.training.coverage import has_sampler
+        from tickcall.models.training.coverage import has_sampler
 
         n = self.cfg.data.heldout_coverage
         return {e: self._coverage(s, "heldout-cov", n, self.cfg.seed * 7_727 + 90_001 + i)
@@ -217,7 +217,7 @@ class Pipeline:
         """Tokenizer + model (scratch) in ``work_dir/init`` (reused when present)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from models.tiny import make_tiny_model
+        from tickcall.models.tiny import make_tiny_model
 
         m = self.cfg.model
         init = self.work / "init"
@@ -271,8 +271,8 @@ class Pipeline:
 
     def score(self, model, tok, episodes: int | None = None) -> dict[str, Any]:
         """Held-out head accuracy and lock-step returns (student, teacher, random) per env."""
-        from models.training.evaluate import closed_loop, head_accuracy, make_student_policy
-        from models.training.student import BatchStudent
+        from tickcall.models.training.evaluate import closed_loop, head_accuracy, make_student_policy
+        from tickcall.models.training.student import BatchStudent
 
         cfg = self.cfg
         held, held_cov = self.heldout(), self.heldout_coverage()
@@ -359,8 +359,8 @@ class Pipeline:
     def _checker(self, model, tok, r: int):
         """An ``on_step`` hook: every ``eval_every`` steps, held-out head accuracy on ``eval_states``
         rollout and sampled states per env, logged and kept in ``work_dir/curve-r{r}.jsonl``."""
-        from models.training.evaluate import head_accuracy
-        from models.training.student import BatchStudent
+        from tickcall.models.training.evaluate import head_accuracy
+        from tickcall.models.training.student import BatchStudent
 
         cfg = self.cfg
         held = {e: v[: cfg.eval_states] for e, v in self.heldout().items()}
@@ -389,8 +389,8 @@ class Pipeline:
 
     def realtime(self, folder: Path, scores: dict[str, Any]) -> dict[str, Any]:
         """Real-time loop figures for every env of the config; updates scores.json and the card."""
-        from models.training.card import write_card
-        from models.training.realtime import compare
+        from tickcall.models.training.card import write_card
+        from tickcall.models.training.realtime import compare
 
         for env_id in self.cfg.envs:
             scores["envs"].setdefault(env_id, {})["realtime"] = compare(
@@ -401,8 +401,8 @@ class Pipeline:
         return scores
 
     def _dagger_round(self, r: int, model, tok, data: dict[str, list[Record]]) -> dict[str, list[Record]]:
-        from models.training.evaluate import make_student_policy
-        from models.training.student import BatchStudent
+        from tickcall.models.training.evaluate import make_student_policy
+        from tickcall.models.training.student import BatchStudent
 
         cfg, dg = self.cfg, self.cfg.dagger
         out = {}
@@ -427,7 +427,7 @@ class Pipeline:
         return out
 
     def save(self, model, tok, scores: dict[str, Any]) -> Path:
-        from models.training.card import write_card
+        from tickcall.models.training.card import write_card
 
         out = Path(self.cfg.out)
         out.mkdir(parents=True, exist_ok=True)

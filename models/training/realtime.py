@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.calls import render_call
-from models.format import Turn
+from tickcall.models.calls import render_call
+from tickcall.models.format import Turn
 
 
 @dataclass
@@ -65,18 +65,18 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
     or ``random``."""
     import numpy as np
 
-    from envs.binding import make_binding
-    from envs.experts import RandomPolicy, get_expert
-    from envs.realtime import RealTimeEnv
-    from models.training.collect import show_history
+    from tickcall.envs.binding import make_binding
+    from tickcall.envs.experts import RandomPolicy, get_expert
+    from tickcall.envs.realtime import RealTimeEnv
+    from tickcall.models.training.collect import show_history
 
     binding = make_binding(env_id)
     engine = handle = None
     if policy == "model":
-        from models.hf_engine import HFEngine
+        from tickcall.models.hf_engine import HFEngine
 
         if model_path is None:
-            from models.shipped import default_model_path
+            from tickcall.models.shipped import default_model_path
 
             model_path = default_model_path(env_id)
         engine = HFEngine(model_path, device="cpu", threads=threads)

@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from models.format import (
+from tickcall.models.format import (
     HEAD_NAMES,
     IM_END,
     NULL,
@@ -32,8 +32,8 @@ from models.format import (
     heads_for,
     open_tag,
 )
-from models.tools import ToolSpec
-from models.training.collect import Record
+from tickcall.models.tools import ToolSpec
+from tickcall.models.training.collect import Record
 
 DEFAULT_HEAD_WEIGHTS: dict[str, float] = {"function": 2.0, **{f"arg{i}": 1.0 + 0.1 * i for i in range(1, 7)}}
 

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from models.format import SPECIAL_TOKENS
+from tickcall.models.format import SPECIAL_TOKENS
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -125,12 +125,12 @@ def train_smollm2(cfg, log=print, progress: bool = True, heldout_n: int = 200,
 
     import torch
 
-    from models.format import Turn
-    from models.training.evaluate import head_accuracy
-    from models.training.pipeline import Pipeline
-    from models.training.rows import RowCodec
-    from models.training.student import BatchStudent
-    from models.training.trainer import TrainSettings, train
+    from tickcall.models.format import Turn
+    from tickcall.models.training.evaluate import head_accuracy
+    from tickcall.models.training.pipeline import Pipeline
+    from tickcall.models.training.rows import RowCodec
+    from tickcall.models.training.student import BatchStudent
+    from tickcall.models.training.trainer import TrainSettings, train
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.train.threads)
@@ -166,7 +166,7 @@ def train_smollm2(cfg, log=print, progress: bool = True, heldout_n: int = 200,
                                                    "name": cfg.name, "history_len": cfg.data.history_len}))
     scores: dict[str, Any] = {"base": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32)",
                               "lora_params": n_train, "train": res, "train_s": train_s, "envs": {}}
-    from models.hf_engine import HFEngine
+    from tickcall.models.hf_engine import HFEngine
 
     engine = HFEngine(out, device="cpu", threads=cfg.train.threads)
     for env_id, src in pipe.sources.items():

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from models.calls import Call
-from models.tools import ToolSpec, normalize_tools
+from tickcall.models.calls import Call
+from tickcall.models.tools import ToolSpec, normalize_tools
 
 DECISION_HZ = 16.0
 
@@ -151,8 +151,8 @@ def _from_envs_package(env_id: str, text_labels: bool = False) -> EnvSource | No
     is noise from the text's point of view). Only for envs whose text is the plain ``k=v`` list of
     the observation's entries; semantic envs (the Arena) already decide on what their text shows."""
     try:
-        from envs.binding import make_binding
-        from envs.experts import RandomPolicy, get_expert, get_expert_logits
+        from tickcall.envs.binding import make_binding
+        from tickcall.envs.experts import RandomPolicy, get_expert, get_expert_logits
     except ImportError:
         return None
     probe = make_binding(env_id)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from models.assembly import Assembled, assemble
-from models.format import IM_END, NULL, Template, Turn, close_tag, heads_for, open_tag
-from models.tools import ToolSpec
-from models.training.rows import RowCodec
+from tickcall.models.assembly import Assembled, assemble
+from tickcall.models.format import IM_END, NULL, Template, Turn, close_tag, heads_for, open_tag
+from tickcall.models.tools import ToolSpec
+from tickcall.models.training.rows import RowCodec
 
 
 @dataclass
@@ -50,7 +50,7 @@ class BatchStudent:
     def _decide(self, turns: Sequence[Turn]) -> list[BatchDecision]:
         import torch
 
-        from models.training.tree import _cache_from, decoder_and_head, prompt_cache
+        from tickcall.models.training.tree import _cache_from, decoder_and_head, prompt_cache
 
         if not turns:
             return []

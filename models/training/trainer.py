@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.training.rows import Example
+from tickcall.models.training.rows import Example
 
 
 @dataclass
@@ -82,7 +82,7 @@ def train(model, examples: Sequence[Example], prefixes: dict[str, list[int]], pa
         # all examples of a group have the same heads; the tree needs equal head counts
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, settings)
-        from models.training.tree import tree_loss
+        from tickcall.models.training.tree import tree_loss
 
         loss, exact = tree_loss(model, prefixes[g], [ex.suffix_ids for ex in batch],
                                 [ex.branches for ex in batch], [ex.weights for ex in batch], pad,

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 MODES = ("sync", "async", "async_cpu_thread", "async_cpu_process")
-ACT = "control_loop.futures.demo_actuators"
+ACT = "tickcall.control_loop.futures.demo_actuators"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,10 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def measure(mode: str, hz: float = 16.0, seconds: float = 5.0, actuator_ms: float = 150.0,
             work_ms: float = 20.0) -> dict[str, Any]:
     """Run one mode for ``seconds`` and return its figures (ms unless named otherwise)."""
-    from control_loop.futures import AsyncFC, Lane
-    from control_loop.futures.demo_actuators import sleep_actuator, spin, spin_actuator
-    from control_loop.rate import RateKeeper
-    from models.calls import Call
+    from tickcall.control_loop.futures import AsyncFC, Lane
+    from tickcall.control_loop.futures.demo_actuators import sleep_actuator, spin, spin_actuator
+    from tickcall.control_loop.rate import RateKeeper
+    from tickcall.models.calls import Call
     from tickcall.bench.common import summary_ms
 
     if mode not in MODES:
@@ -99,8 +99,8 @@ def measure(mode: str, hz: float = 16.0, seconds: float = 5.0, actuator_ms: floa
 def measure_dispatch(n: int = 5000) -> dict[str, Any]:
     """``dispatch`` alone: ``n`` calls into a ``latest`` lane whose actuator returns at once, pausing
     1 ms every 10 calls so the worker runs too. Real µs per call (``time.perf_counter``)."""
-    from control_loop.futures import AsyncFC, Lane
-    from models.calls import Call
+    from tickcall.control_loop.futures import AsyncFC, Lane
+    from tickcall.models.calls import Call
     from tickcall.bench.common import summary_ms
 
     fc = AsyncFC([Lane("move", policy="latest")], {"move": lambda call: None})

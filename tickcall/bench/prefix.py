@@ -22,9 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from models.calls import Call
-    from models.format import Turn
-    from models.hf_engine import HFEngine
+    from tickcall.models.calls import Call
+    from tickcall.models.format import Turn
+    from tickcall.models.hf_engine import HFEngine
     from tickcall.bench.common import machine, print_table, summary_ms, write_json
     from tickcall.bench.workload import forced_head_lengths, model_from_args, synthetic_tools
 

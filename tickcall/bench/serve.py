@@ -95,9 +95,9 @@ def _overhead(args: argparse.Namespace) -> dict[str, Any]:
     import ray
     import zmq
 
-    from agent import protocol as P
-    from agent.actor import start_policy_service
-    from agent.client import PolicyClient
+    from tickcall.agent import protocol as P
+    from tickcall.agent.actor import start_policy_service
+    from tickcall.agent.client import PolicyClient
 
     ctx = mp.get_context("spawn")
     echo_ep, mp_ep = _free_endpoint(), _free_endpoint()
@@ -169,7 +169,7 @@ def _overhead(args: argparse.Namespace) -> dict[str, Any]:
 def _closed_loop(endpoint: str, n: int, duration_s: float, reg_tools: list) -> dict[str, Any]:
     import zmq
 
-    from agent.client import PolicyClient
+    from tickcall.agent.client import PolicyClient
 
     clients = [PolicyClient(endpoint, timeout_ms=120_000, name=f"bench{i}") for i in range(n)]
     for c in clients:
@@ -222,12 +222,12 @@ def _closed_loop(endpoint: str, n: int, duration_s: float, reg_tools: list) -> d
 def _batching(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from agent.actor import start_policy_service
+    from tickcall.agent.actor import start_policy_service
 
     if args.model:
         model, desc = Path(args.model), args.model
     else:
-        from models.tiny import make_tiny_model
+        from tickcall.models.tiny import make_tiny_model
 
         model = make_tiny_model(Path(tempfile.mkdtemp(prefix="tickcall-bench-serve-")) / "tiny")
         desc = "tiny random Qwen2 (models.tiny.make_tiny_model defaults)"
@@ -268,8 +268,8 @@ def _engine_alone(model: Path, args: argparse.Namespace) -> list[dict[str, Any]]
 
     import torch
 
-    from agent.protocol import parse_turn, to_turn
-    from models.loading import load_engine
+    from tickcall.agent.protocol import parse_turn, to_turn
+    from tickcall.models.loading import load_engine
 
     torch.set_num_threads(args.threads)
     engine = load_engine({"backend": "transformers", "model": str(model), "max_new_tokens": args.max_new_tokens})

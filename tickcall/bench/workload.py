@@ -11,10 +11,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from models.ar_baseline import call_json
-from models.calls import Call
-from models.format import Turn, encode_call_heads
-from models.tools import ToolSpec, normalize_tools
+from tickcall.models.ar_baseline import call_json
+from tickcall.models.calls import Call
+from tickcall.models.format import Turn, encode_call_heads
+from tickcall.models.tools import ToolSpec, normalize_tools
 
 # Shaped like a game's tools: enums, numbers, booleans, strings, several arities.
 GAME_TOOLS = [
@@ -83,14 +83,14 @@ def resolve_model(model: str | None, hidden: int, layers: int, workdir: Path | N
     if model:
         return Path(model), f"{model}"
     try:
-        from models.shipped import default_model_path
+        from tickcall.models.shipped import default_model_path
 
         path = default_model_path()
         if path and Path(path).exists():
             return Path(path), f"shipped default ({Path(path).name})"
     except (ImportError, FileNotFoundError, LookupError):
         pass
-    from models.tiny import default_corpus, make_tiny_model
+    from tickcall.models.tiny import default_corpus, make_tiny_model
 
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tickcall-bench-"))
     corpus = default_corpus() + [t.query for t, _ in REFERENCE]

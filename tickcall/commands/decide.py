@@ -25,21 +25,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.format import Turn
-    from models.loading import load_engine
+    from tickcall.models.format import Turn
+    from tickcall.models.loading import load_engine
 
     env_id = args.env or "tickcall/Arena-v0"
     if args.model:
         model = args.model
     else:
-        from models.shipped import default_model_path
+        from tickcall.models.shipped import default_model_path
 
         model = default_model_path(env_id)
     if args.tools:
         with open(args.tools) as fh:
             tools = json.load(fh)
     else:
-        from envs.binding import make_binding
+        from tickcall.envs.binding import make_binding
 
         tools = make_binding(env_id).tools
     engine = load_engine({"backend": args.backend, "model": str(model)})

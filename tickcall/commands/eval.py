@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from envs.evaluate import evaluate, format_table
+    from tickcall.envs.evaluate import evaluate, format_table
 
     if args.episodes < 1:
         raise SystemExit("tickcall eval: --episodes must be at least 1")
@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _describe(env_id: str, env_kwargs: dict, seed: int) -> int:
-    from envs.binding import make_binding
-    from envs.experts import EXPERTS, get_expert
-    from envs.policies import render_history
+    from tickcall.envs.binding import make_binding
+    from tickcall.envs.experts import EXPERTS, get_expert
+    from tickcall.envs.policies import render_history
 
     try:
         b = make_binding(env_id, **env_kwargs)

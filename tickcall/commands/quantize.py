@@ -42,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.engine import EngineError
-    from models.quantize import QuantizeError, check, quantize_awq
+    from tickcall.models.engine import EngineError
+    from tickcall.models.quantize import QuantizeError, check, quantize_awq
 
     result: dict = {}
     if not args.check_only:

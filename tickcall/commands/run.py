@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The validated RunConfig: the file, then the command-line options."""
-    from control_loop.config import load_run_config
+    from tickcall.control_loop.config import load_run_config
 
     overrides = {
         "env": args.env, "model": args.model, "backend": args.backend, "device": args.device,
@@ -70,15 +70,15 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from control_loop.config import ConfigError
+    from tickcall.control_loop.config import ConfigError
 
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:
         print(f"tickcall run: bad configuration: {exc}", file=sys.stderr)
         return 2
-    from control_loop.runner import RunError, run_job, summary_lines
-    from control_loop.world import WorldError
+    from tickcall.control_loop.runner import RunError, run_job, summary_lines
+    from tickcall.control_loop.world import WorldError
 
     try:
         outcome = run_job(cfg)

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from agent.config import ServeConfig
+    from tickcall.agent.config import ServeConfig
 
     cfg = ServeConfig.from_yaml(args.config) if args.config else ServeConfig()
     if args.bind:
@@ -64,7 +64,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from agent.client import PolicyClient, PolicyError, PolicyTimeout
+    from tickcall.agent.client import PolicyClient, PolicyError, PolicyTimeout
 
     curve = None
     if args.server_public:
@@ -87,7 +87,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.gen_keys:
-        from agent.security import generate_keys
+        from tickcall.agent.security import generate_keys
 
         for name, secret in generate_keys(args.gen_keys).items():
             print(f"{name}: public {secret.with_suffix('.key')}  secret {secret}")
@@ -105,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.ray:
         return _run_ray(cfg, stop, args.stats_every)
-    from agent.engines import build_engine
-    from agent.server import PolicyServer
+    from tickcall.agent.engines import build_engine
+    from tickcall.agent.server import PolicyServer
 
     try:
         engine = build_engine(cfg.engine)
@@ -136,7 +136,7 @@ def _wait(stop: threading.Event, stats: Any, every: float) -> None:
 def _run_ray(cfg: Any, stop: threading.Event, every: float) -> int:
     import ray
 
-    from agent.actor import start_policy_service
+    from tickcall.agent.actor import start_policy_service
 
     ray.init(ignore_reinit_error=True, include_dashboard=False)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # ray.init installs its own handler

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.training.pipeline import Pipeline, TrainConfig
+    from tickcall.models.training.pipeline import Pipeline, TrainConfig
 
     path = Path(args.config)
     if not path.exists():
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.eval_episodes = args.episodes if args.realtime else cfg.eval_episodes
 
     if cfg.model.kind == "smollm2" and not args.evaluate:
-        from models.training.smollm2 import train_smollm2
+        from tickcall.models.training.smollm2 import train_smollm2
 
         scores = train_smollm2(cfg, progress=not args.no_progress)
         print(f"model written to {cfg.out}")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         scores = Pipeline(cfg, progress=not args.no_progress).export(args.export, args.episodes)
         print(f"model written to {cfg.out} from {args.export}")
     elif args.evaluate:
-        from models.training.realtime import compare
+        from tickcall.models.training.realtime import compare
 
         scores = {env: compare(env, args.evaluate, args.episodes, args.hz, log=print) for env in cfg.envs}
         _table(scores)
@@ -104,7 +104,7 @@ def _table(scores: dict) -> None:
 
 def _update_card(folder: Path, cfg, realtime: dict) -> None:
     """Merge real-time figures into ``folder/scores.json`` and rewrite its model card."""
-    from models.training.card import write_card
+    from tickcall.models.training.card import write_card
 
     path = folder / "scores.json"
     scores = json.loads(path.read_text()) if path.exists() else {"envs": {}}
