@@ -68,7 +68,7 @@ def resolve_bind(bind: str) -> str:
 def start_policy_service(engine_spec: dict[str, Any] | None = None, bind: str | None = None, *,
                          config: ServeConfig | dict[str, Any] | None = None, name: str | None = None,
                          timeout_s: float = 300.0, **config_overrides: Any) -> tuple[Any, str]:
-    """Start the policy service actor (``ray.init`` first, or it is called with defaults).
+    """Start the policy service actor on the running Ray (``tickcall.cluster.init_ray()`` starts one).
 
     ``engine_spec``: ``{"backend": "noop"}``, ``{"backend": "transformers", "model": PATH}``, ...
     ``bind``: default ``tcp://127.0.0.1:0`` (a free loopback port) unless ``config`` gives one.
@@ -93,7 +93,7 @@ def start_policy_service(engine_spec: dict[str, Any] | None = None, bind: str | 
     serve = ServeConfig.from_dict(cfg)  # validates before anything starts
     serve.bind = resolve_bind(serve.bind)
     if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, log_to_driver=False)
+        raise RuntimeError("the policy service actor needs Ray: call tickcall.cluster.init_ray() first")
     num_gpus = serve.num_gpus
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0

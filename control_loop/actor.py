@@ -5,13 +5,14 @@ Ray places, starts and stops the loop; per-tick traffic goes over the policy ser
 the env's physics thread and the actuator lanes; decoding happens in the policy service's own process
 (FIELD-NOTES: a decode thread sharing the GIL with physics or actuators gets delayed).
 
-    actor = start_loop_actor(settings, WorldSpec("tickcall/Arena-v0"), endpoint)
+    actor = start_loop_actor(settings, world_factory("tickcall/Arena-v0"), endpoint)  # tickcall.world
     ref = actor.run.remote(duration_s=10)      # returns when the run ends
     ray.get(actor.status.remote())             # live snapshot while it runs (second thread)
     result = ray.get(ref)                      # {"records": [...], "elapsed_s", "episodes", ...}
 
 ``run`` returns plain JSON-able data (records as dicts), so the driver can build the report without
-importing anything of the actor's.
+importing anything of the actor's. The world comes as a zero-argument factory, called in the actor's
+process: this room never builds one (the composition root does, ``tickcall.world``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from dataclasses import asdict
 from typing import Any
 
 from tickcall.control_loop.loop import ControlLoop, LoopSettings
-from tickcall.control_loop.world import WorldSpec, make_world
+from tickcall.control_loop.world import World, WorldFactory
 
 
 class LoopActor:
     """Ray actor body (use ``start_loop_actor``). ``max_concurrency=2``: ``status``/``stop`` are served
     while ``run`` is running."""
 
-    def __init__(self, settings: dict[str, Any], world: dict[str, Any], endpoint: str,
+    def __init__(self, settings: dict[str, Any], make_world: WorldFactory, endpoint: str,
                  client_timeout_ms: float = 5000.0, register_timeout_ms: float = 120000.0,
                  curve: dict[str, Any] | None = None) -> None:
         import sys
@@ -39,8 +40,7 @@ class LoopActor:
         # thread and the actuator lanes share this process with the loop.
         sys.setswitchinterval(0.001)
         self.settings = LoopSettings(**settings)
-        self.world_spec = WorldSpec(**world)
-        self.world = make_world(self.world_spec)
+        self.world: World = make_world()
         self.endpoint = endpoint
         self.client = PolicyClient(endpoint, timeout_ms=client_timeout_ms, curve=curve, name="tickcall-loop")
         self.welcome = self.client.hello(timeout_ms=register_timeout_ms)
@@ -67,7 +67,7 @@ class LoopActor:
         try:
             result = self.loop.run(max_ticks=max_ticks, duration_s=duration_s, episodes=episodes)
         finally:
-            self.world.rt.stop()
+            self.world.stop()
         world = self.world.describe()
         if self.world.hands is not None:
             self.world.hands.settle(timeout_s=1.0)
@@ -106,12 +106,12 @@ class LoopActor:
         return True
 
 
-def start_loop_actor(settings: LoopSettings, world: WorldSpec, endpoint: str, *,
+def start_loop_actor(settings: LoopSettings, make_world: WorldFactory, endpoint: str, *,
                      client_timeout_ms: float = 5000.0, register_timeout_ms: float = 120000.0,
                      curve: dict[str, Any] | None = None, num_cpus: float = 0,
                      same_node: bool = True) -> Any:
-    """Start a ``LoopActor`` (``ray.init`` first, or it is called with defaults). Returns the handle
-    once the actor has built its world and registered the tools with the service.
+    """Start a ``LoopActor`` on the running Ray (``tickcall.cluster.init_ray()`` starts one). Returns the
+    handle once the actor has built its world (``make_world()``, called in the actor's process) and registered the tools with the service.
 
     ``num_cpus=0``: the loop is light; on a small machine the policy service gets the CPUs.
     ``same_node``: pin the actor to this node (a loopback endpoint is only reachable here).
@@ -119,7 +119,7 @@ def start_loop_actor(settings: LoopSettings, world: WorldSpec, endpoint: str, *,
     import ray
 
     if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, log_to_driver=True, include_dashboard=False)
+        raise RuntimeError("the loop actor needs Ray: call tickcall.cluster.init_ray() first")
     options: dict[str, Any] = {"num_cpus": num_cpus, "max_concurrency": 2, "max_restarts": 0}
     if same_node:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -127,6 +127,6 @@ def start_loop_actor(settings: LoopSettings, world: WorldSpec, endpoint: str, *,
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
             node_id=ray.get_runtime_context().get_node_id(), soft=False)
     handle = ray.remote(LoopActor).options(**options).remote(
-        asdict(settings), asdict(world), endpoint, client_timeout_ms, register_timeout_ms, curve)
+        asdict(settings), make_world, endpoint, client_timeout_ms, register_timeout_ms, curve)
     ray.get(handle.info.remote(), timeout=register_timeout_ms / 1e3 + 60)
     return handle

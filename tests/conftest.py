@@ -46,15 +46,12 @@ def arena_tools():
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """A local Ray for the tests that start actors; shut down after the module if it started it."""
-    import ray
+    """A local Ray (loopback, as ``tickcall run`` starts it) for the tests that start actors; shut down
+    after the module if it started it."""
+    from tickcall.cluster import ray_session as session
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    if started:
-        ray.shutdown()
+    with session(num_cpus=2, logging_level="ERROR"):
+        yield
 
 
 BARE_ROOMS = ("models", "agent", "envs", "control_loop")

@@ -328,11 +328,11 @@ def noop_service(ray_session):
 def start_loop(service_endpoint: str, engine_endpoint: str):
     from tickcall.control_loop.actor import start_loop_actor
     from tickcall.control_loop.loop import LoopSettings
-    from tickcall.control_loop.world import WorldSpec
+    from tickcall.world import WorldSpec, world_factory
 
-    return start_loop_actor(LoopSettings(rate_hz=16.0), WorldSpec(env=f"engine:{engine_endpoint}",
-                                                                  env_kwargs={"wait_s": 60}),
-                            service_endpoint, client_timeout_ms=1000)
+    spec = WorldSpec(env=f"engine:{engine_endpoint}", env_kwargs={"wait_s": 60})
+    return start_loop_actor(LoopSettings(rate_hz=16.0), world_factory(spec), service_endpoint,
+                            client_timeout_ms=1000)
 
 
 def outcomes(loop) -> dict:
@@ -361,7 +361,7 @@ def test_tickcall_run_with_the_engine_10s_at_16hz(engines, ray_session, tmp_path
     every tick accounted for, every dispatched call acked and applied by the C++ engine, the bridge's
     latencies in report.json."""
     from tickcall.control_loop.config import from_dict
-    from tickcall.control_loop.runner import run_job
+    from tickcall.job import run_job
 
     # The no-op engine (always the first tool, wait()): this test is about the bridge, not a model's
     # skill. The shipped arena student learned the Python Arena's tools, not the C++ game's (other

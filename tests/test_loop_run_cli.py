@@ -37,7 +37,7 @@ def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
 
 
 def test_resolve_model_without_a_shipped_model(monkeypatch):
-    from tickcall.control_loop import runner
+    from tickcall import job as runner
     from tickcall.control_loop.config import load_run_config
 
     cfg = load_run_config(None, {"backend": "transformers"})

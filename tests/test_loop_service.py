@@ -15,11 +15,11 @@ import contextlib
 import time
 
 import pytest
-
+from polling import wait_for
 from tickcall.control_loop.loop import LoopSettings
 from tickcall.control_loop.records import OUTCOMES, TickRecord, count_outcomes
-from tickcall.control_loop.runner import wait_for
-from tickcall.control_loop.world import WorldSpec
+
+from tickcall.world import WorldSpec, world_factory
 
 ray = pytest.importorskip("ray")
 
@@ -36,7 +36,7 @@ def _loop(endpoint, env="tickcall/Arena-v0", **settings):
     from tickcall.control_loop.actor import start_loop_actor
 
     s = LoopSettings(rate_hz=RATE, **settings)
-    return start_loop_actor(s, WorldSpec(env=env, seed=0), endpoint, client_timeout_ms=1000)
+    return start_loop_actor(s, world_factory(WorldSpec(env=env, seed=0)), endpoint, client_timeout_ms=1000)
 
 
 def _run(actor, **kw):
@@ -172,8 +172,9 @@ def test_episodes_end_the_run_and_are_reported(ray_session):
 
 def test_history_lines_reach_the_turn():
     """The world's hands render what was dispatched; the loop puts those lines in the next turn."""
-    from tickcall.control_loop.world import make_world
     from tickcall.models.calls import Call
+
+    from tickcall.world import make_world
 
     world = make_world("tickcall/Arena-v0")
     try:

@@ -87,20 +87,19 @@ def _real_loop(args: argparse.Namespace, rt_priority: int | None = None) -> dict
     import ray
 
     from tickcall.agent.actor import start_policy_service
+    from tickcall.cluster import init_ray
     from tickcall.control_loop.actor import start_loop_actor
     from tickcall.control_loop.loop import LoopSettings
     from tickcall.control_loop.records import TickRecord
     from tickcall.control_loop.stats import summarize
-    from tickcall.control_loop.world import WorldSpec
+    from tickcall.world import WorldSpec, world_factory
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    started = init_ray(logging_level="ERROR")
     svc = loop = None
     try:
         svc, endpoint = start_policy_service({"backend": "noop"}, "tcp://127.0.0.1:0")
         loop = start_loop_actor(LoopSettings(rate_hz=args.rate, rt_priority=rt_priority),
-                                WorldSpec(env=args.env, seed=0), endpoint)
+                                world_factory(WorldSpec(env=args.env, seed=0)), endpoint)
         ref = loop.run.remote(max_ticks=args.ticks)
         last = 0.0
         while not ray.wait([ref], timeout=1.0)[0]:

@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tickcall run: bad configuration: {exc}", file=sys.stderr)
         return 2
-    from tickcall.control_loop.runner import RunError, run_job, summary_lines
     from tickcall.control_loop.world import WorldError
+    from tickcall.job import RunError, run_job, summary_lines
 
     try:
         outcome = run_job(cfg)

@@ -137,8 +137,9 @@ def _run_ray(cfg: Any, stop: threading.Event, every: float) -> int:
     import ray
 
     from tickcall.agent.actor import start_policy_service
+    from tickcall.cluster import init_ray
 
-    ray.init(ignore_reinit_error=True, include_dashboard=False)
+    init_ray(log_to_driver=True)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # ray.init installs its own handler
     try:
         handle, endpoint = start_policy_service(config=cfg)

@@ -1,11 +1,12 @@
 """The ``tickcall run`` job: env + loop actor + policy service + model, wired together, then the report.
 
     from tickcall.control_loop.config import load_run_config
-    from tickcall.control_loop.runner import run_job
+    from tickcall.job import run_job
     outcome = run_job(load_run_config("configs/run-noop.yaml"))
     outcome.report["outcomes"], outcome.paths["report"]
 
-Steps: start Ray (if needed) -> resolve the model (``--model`` or the shipped default) -> start the
+This is the composition root's job: it is the only code that holds a policy service, a loop and a
+world at once. Steps: start Ray (if needed, ``tickcall.cluster``) -> resolve the model (``--model`` or the shipped default) -> start the
 policy service actor (unless ``service.endpoint`` names a running one) -> start the loop actor (it
 builds the world and registers the tools) -> run, printing a live progress line -> write
 ``report.json``, ``ticks.jsonl`` and plots into the report folder -> stop what was started.
@@ -15,19 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from tickcall.cluster import init_ray
 from tickcall.control_loop.config import RunConfig
 from tickcall.control_loop.loop import LoopSettings
 from tickcall.control_loop.progress import ProgressPrinter
 from tickcall.control_loop.records import TickRecord
 from tickcall.control_loop.report import write_report
 from tickcall.control_loop.stats import summarize
-from tickcall.control_loop.world import WorldSpec
+from tickcall.world import WorldSpec, world_factory
 
 
 class RunError(RuntimeError):
@@ -130,11 +131,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
     stream = stream or sys.stderr
     model = resolve_model(cfg)
     cfg = replace(cfg, history=resolve_history(cfg, model))
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
-                 logging_level="WARNING")
-        started_ray = True
+    started_ray = init_ray(log_to_driver=True)
     service_actor = None
     loop_actor = None
     try:
@@ -166,7 +163,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             [f"{cfg.episodes} episodes"] if cfg.episodes else [])
         _say(stream, f"starting the control loop: {cfg.env} at {cfg.rate_hz:g} Hz ({' / '.join(ends)}) ...")
         try:
-            loop_actor = start_loop_actor(settings, world, endpoint,
+            loop_actor = start_loop_actor(settings, world_factory(world), endpoint,
                                           client_timeout_ms=cfg.service.timeout_ms)
         except Exception as exc:
             raise RunError(f"the control loop did not start: {type(exc).__name__}: {exc}") from exc
@@ -257,12 +254,3 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"returns {', '.join(f'{r:.1f}' for r in rets[:10])}{' ...' if len(rets) > 10 else ''}")
     return lines
 
-
-def wait_for(predicate: Any, timeout_s: float, every_s: float = 0.05) -> bool:
-    """Poll ``predicate()`` until true or timeout (seconds); for tests and demos."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(every_s)
-    return bool(predicate())

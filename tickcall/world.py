@@ -1,0 +1,79 @@
+"""Worlds for the control loop, built here (the composition root) from an env spec.
+
+``make_world(spec)`` is the one place where env construction is decided:
+
+* a gymnasium id (``"tickcall/Arena-v0"``, ``"CartPole-v1"``): ``envs.binding.make_binding`` +
+  ``envs.realtime.RealTimeEnv`` (physics in its own thread at the env's rate, actions persist until
+  replaced), with hands (``make_hands``: an ``AsyncFC`` whose one ``latest``-wins lane applies calls
+  through ``envs.actuators.actuator_for``), as an ``envs.world.EnvWorld``;
+* ``engine:tcp://HOST:PORT``: an external game engine over the bridge (``tickcall.bridge_world``).
+
+The loop actor builds its world in its own process: pass it ``world_factory(spec)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tickcall.control_loop.futures.core import AsyncFC
+from tickcall.control_loop.futures.lanes import Lane
+from tickcall.control_loop.world import World, WorldError, WorldFactory
+
+__all__ = ["WorldError", "WorldSpec", "make_hands", "make_world", "world_factory"]
+
+
+@dataclass
+class WorldSpec:
+    """What ``make_world`` needs (JSON-able)."""
+
+    env: str                                # gymnasium id, or "engine:tcp://HOST:PORT"
+    env_kwargs: dict[str, Any] | None = None
+    seed: int | None = 0
+    max_episodes: int | None = None         # the physics stops after this many episodes
+    physics_hz: float | None = None         # None: the env's own rate (its metadata)
+    history_chars: int = 40                 # longest result text one history line shows
+
+
+def make_hands(rt: Any, binding: Any, clock: Callable[[], float] = time.monotonic) -> AsyncFC:
+    """An ``AsyncFC`` with one ``latest``-wins lane named ``env`` that applies every tool's calls to the
+    real-time env (set-point semantics: a newer call replaces a queued one; stale ticks are refused)."""
+    from tickcall.envs.actuators import actuator_for
+
+    names = [s.name for s in binding.specs]
+    order = {s.name: list(s.param_names) for s in binding.specs}
+    lane = Lane("env", tools=tuple(names), policy="latest", timeout_complete_s=1.0)
+    return AsyncFC([lane], {"env": actuator_for(rt)}, clock=clock, param_order=order)
+
+
+def make_world(spec: WorldSpec | str, **kwargs: Any) -> World:
+    """Build the world for an env spec (see module docstring). Does not start the physics."""
+    if isinstance(spec, str):
+        spec = WorldSpec(env=spec, **kwargs)
+    if spec.env.startswith("engine:"):
+        from tickcall.bridge_world import make_engine_world
+
+        return make_engine_world(spec)
+    import gymnasium as gym
+
+    from tickcall.envs.binding import make_binding
+    from tickcall.envs.realtime import RealTimeEnv
+    from tickcall.envs.world import EnvWorld
+
+    try:
+        binding = make_binding(spec.env, **(spec.env_kwargs or {}))
+    except gym.error.Error as exc:
+        raise WorldError(f"cannot make env {spec.env!r}: {exc}") from None
+    rt = RealTimeEnv(binding, physics_hz=spec.physics_hz, mode="realtime", seed=spec.seed,
+                     max_episodes=spec.max_episodes)
+    return EnvWorld(binding, rt, make_hands(rt, binding), env_id=spec.env, history_chars=spec.history_chars)
+
+
+def world_factory(spec: WorldSpec | str, **kwargs: Any) -> WorldFactory:
+    """A picklable zero-argument factory of ``make_world(spec)``, for the loop actor."""
+    if isinstance(spec, str):
+        spec = WorldSpec(env=spec, **kwargs)
+    return functools.partial(make_world, spec)
