@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from tickcall.configs import config_path
-from tickcall.control_loop.rate import MAX_RATE_HZ, MIN_RATE_HZ
 
 IN_FLIGHT_POLICIES = ("skip", "supersede")
 FALLBACKS = ("hold", "default", "noop")
 BACKENDS = ("transformers", "noop", "vllm")
 DEFAULT_CONFIG = config_path("run.yaml")
+MIN_RATE_HZ = 1.0    # the loop's supported rates (Hz); the rate keeper itself takes any positive rate
+MAX_RATE_HZ = 60.0
 
 
 class ConfigError(ValueError):

@@ -1,6 +1,6 @@
 """The control loop: ticks at a fixed rate, asks the policy service, dispatches calls, records every tick.
 
-One tick ``k`` (scheduled at ``t0 + k*period``, see ``rate.RateKeeper``):
+One tick ``k`` (scheduled at ``t0 + k*period``, see ``tickcall.timing.RateKeeper``):
 
 1. take the newest observation from the world without waiting for the env;
 2. if the previous request is still unanswered: ``in_flight="skip"`` records this tick as
@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tickcall.control_loop.progress import Throttle
-from tickcall.control_loop.rate import RateKeeper, Slot
 from tickcall.control_loop.records import OUTCOMES, TickRecord
-from tickcall.control_loop.stats import percentile
 from tickcall.models.format import Turn
+from tickcall.timing import RateKeeper, Slot, percentile
 
 log = logging.getLogger("tickcall.loop")
 

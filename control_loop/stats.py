@@ -1,6 +1,7 @@
-"""Statistics over tick records: percentiles, rate, jitter, drift, misses (all times in ms).
+"""Statistics over tick records: rate, jitter, drift, misses (all times in ms).
 
-Definitions (the report and the bench use exactly these):
+Percentiles come from ``tickcall.timing`` (``summary``: linear interpolation, the one definition
+every report, bench and evaluation uses). Definitions (the report and the bench use exactly these):
 
 * ``latency_ms``: observation taken -> call dispatched, over ``ok`` ticks.
 * ``lateness_ms``: start lateness of the ticks that ran (scheduled start -> actual start).
@@ -21,33 +22,7 @@ from typing import Any
 
 from tickcall.control_loop.records import MISS_OUTCOMES, TickRecord, count_outcomes
 
-PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) of already sorted values."""
-    if not sorted_values:
-        raise ValueError("percentile of no values")
-    if len(sorted_values) == 1:
-        return float(sorted_values[0])
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    frac = pos - lo
-    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac)
-
-
-def summary(values: Iterable[float | None]) -> dict[str, Any]:
-    """``{n, p50, p90, p99, max, mean}`` of the non-None values (None for each when there are none)."""
-    vals = sorted(float(v) for v in values if v is not None)
-    if not vals:
-        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    out: dict[str, Any] = {"n": len(vals)}
-    for key, q in PERCENTILES:
-        out[key] = round(percentile(vals, q), 4)
-    out["max"] = round(vals[-1], 4)
-    out["mean"] = round(sum(vals) / len(vals), 4)
-    return out
+from tickcall.timing import summary
 
 
 def longest_streak(flags: Iterable[bool]) -> int:

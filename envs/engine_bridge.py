@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-
 from tickcall.envs.engine_bridge_protocol import (
     DEFAULT_HEARTBEAT_MISSES,
     DEFAULT_HEARTBEAT_MS,
@@ -71,6 +70,8 @@ from tickcall.envs.engine_bridge_protocol import (
 )
 from tickcall.models.calls import Call
 from tickcall.models.tools import ToolSchemaError, ToolSpec, normalize_tools, validate_arguments
+
+from tickcall.timing import summary
 
 log = logging.getLogger("tickcall.engine_bridge")
 
@@ -239,17 +240,6 @@ def _settle(fut: Future, value: Any = None, exc: BaseException | None = None) ->
             fut.set_result(value)
     except InvalidStateError:  # cancelled between the check and the set
         pass
-
-
-def _pcts(values: Any) -> dict[str, float | None]:
-    xs = sorted(values)
-    if not xs:
-        return {"p50": None, "p90": None, "p99": None, "max": None, "n": 0}
-
-    def q(p: float) -> float:
-        return round(xs[min(len(xs) - 1, int(p * len(xs)))], 3)
-
-    return {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": round(xs[-1], 3), "n": len(xs)}
 
 
 # --------------------------------------------------------------------------- the bridge
@@ -487,8 +477,8 @@ class EngineBridge:
             return {
                 "endpoint": self.endpoint, "epoch": self.epoch, "counts": counts,
                 "errors_by_code": dict(self.errors_by_code),
-                "ack_ms": _pcts(self._ack_ms), "result_ms": _pcts(self._result_ms),
-                "ping_rtt_ms": _pcts(self._rtt_ms),
+                "ack_ms": summary(self._ack_ms, digits=3), "result_ms": summary(self._result_ms, digits=3),
+                "ping_rtt_ms": summary(self._rtt_ms, digits=3),
                 "engine": None if sess is None else {
                     "name": sess.hello.engine, "version": sess.hello.engine_version,
                     "session": sess.id, "tools": [t.name for t in sess.tools],

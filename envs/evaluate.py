@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-
 from tickcall.envs.binding import EnvBinding, make_binding
 from tickcall.envs.realtime import RealTimeEnv
+
+from tickcall.timing import RateKeeper, summary
 
 
 @dataclass
@@ -60,14 +61,6 @@ class EvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _percentiles(xs: list[float]) -> dict[str, float]:
-    if not xs:
-        return {}
-    a = np.asarray(xs)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "max": float(a.max())}
 
 
 def make_policy(kind: str, env_id: str, binding: EnvBinding, *, seed: int | None = 0,
@@ -129,7 +122,7 @@ def evaluate(env: str | EnvBinding, policy: Any = "expert", *, episodes: int = 5
         std_return=float(np.std(rets)) if rets else math.nan,
         decisions=decisions, legal=legal, rejected=counts["rejected"], clipped=counts["clipped"],
         legal_rate=legal / decisions if decisions else 0.0, physics_hz=rt.physics_hz,
-        rate_hz=rate, hold=hold_used, delay_ms=delay_ms, decision_ms=_percentiles(dec_ms),
+        rate_hz=rate, hold=hold_used, delay_ms=delay_ms, decision_ms=summary(dec_ms) if dec_ms else {},
         ticks=ticks, episode_info={k: float(np.mean([e.info.get(k, 0) for e in eps])) for k in info_keys},
         reject_reasons=dict(binding.reasons.most_common(5)),
         illegal_reasons=dict(pol.reasons.most_common(5)) if hasattr(pol, "reasons") else {}, wall_s=wall,
@@ -156,21 +149,17 @@ def _run_lockstep(binding: EnvBinding, pol: Any, episodes: int, seed: int | None
 def _run_realtime(binding: EnvBinding, pol: Any, episodes: int, seed: int | None, rate: float,
                   delay_ms: float, max_seconds: float | None) -> tuple[RealTimeEnv, list[float], dict]:
     rt = RealTimeEnv(binding, mode="realtime", seed=seed, max_episodes=episodes)
-    period = 1.0 / rate
     dec_ms: list[float] = []
     ticks = {"ticks": 0, "late_ticks": 0, "skipped_ticks": 0}
     episode = -1
+    keeper = RateKeeper(rate)
     with rt:
-        t0 = time.monotonic()
-        k = 0
+        t0 = keeper.start()
         while not rt.done:
             if max_seconds is not None and time.monotonic() - t0 > max_seconds:
                 break
-            deadline = t0 + k * period
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            if time.monotonic() - deadline > period / 2:
+            slot = keeper.wait()  # absolute deadlines; periods already missed are skipped, counted
+            if slot.lateness_ms > keeper.period * 1e3 / 2:
                 ticks["late_ticks"] += 1
             snap = rt.latest()
             if snap.episode != episode:
@@ -185,10 +174,7 @@ def _run_realtime(binding: EnvBinding, pol: Any, episodes: int, seed: int | None
                 break
             rt.apply(call)
             ticks["ticks"] += 1
-            # next absolute deadline; skip the ones already missed (counted)
-            nxt = max(k + 1, math.ceil((time.monotonic() - t0) / period))
-            ticks["skipped_ticks"] += nxt - (k + 1)
-            k = nxt
+        ticks["skipped_ticks"] = keeper.skipped_total
     ticks.update({k2: rt.stats[k2] for k2 in ("physics_steps", "late_steps", "skipped_steps",
                                                "superseded")})
     ticks["max_physics_lateness_ms"] = round(rt.stats["max_lateness_ms"], 3)  # type: ignore[assignment]

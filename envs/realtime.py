@@ -12,9 +12,10 @@
 Modes:
 
 * ``"realtime"``: a background thread steps the env at ``physics_hz`` on absolute deadlines
-  (``t0 + k / physics_hz``, never ``sleep(period)``). Each step uses the action applied last: **an
-  action persists until replaced**, so a late decision costs score. When the thread falls behind it
-  catches up (up to ``max_catchup`` steps at once) and then skips ahead, counting both.
+  (``tickcall.timing.RateKeeper``: ``t0 + k / physics_hz``, never ``sleep(period)``). Each step
+  uses the action applied last: **an action persists until replaced**, so a late decision costs
+  score. When the thread falls behind it catches up (up to ``max_catchup`` steps at once) and then
+  skips ahead, counting both.
 * ``"lockstep"``: no thread; each ``apply`` runs ``hold_steps`` physics steps at once, so an
   evaluation is deterministic under a seed. ``hold_steps = physics_hz / decision_rate`` emulates a
   decision rate (CartPole at 50 Hz with ``hold_steps=3`` is about 16 Hz). Snapshot times are the
@@ -41,6 +42,8 @@ from typing import Any
 
 from tickcall.envs.binding import ActionResult, EnvBinding
 from tickcall.models.calls import Call
+
+from tickcall.timing import RateKeeper
 
 
 @dataclass(frozen=True)
@@ -289,25 +292,22 @@ class RealTimeEnv:
             return True
 
     def _run(self) -> None:
-        t0 = self.clock()
-        k = 0
-        while not self._stop.is_set() and not self._finished.is_set():
-            k += 1
-            deadline = t0 + k * self.dt
-            delay = deadline - self.clock()
-            if delay > 0 and self._stop.wait(delay):
+        # Step k is due at t0 + (k + 1) * dt: the first step comes one period after start, like a
+        # real world that moves on its own. Up to ``max_catchup`` overdue steps run back to back (a
+        # simulation must not silently lose time); older ones are skipped and counted.
+        rk = RateKeeper(self.physics_hz, clock=self.clock, max_catchup=int(self.max_catchup))
+        rk.start(self.clock() + self.dt)
+        while not self._finished.is_set():
+            slot = rk.wait_or_stop(self._stop)
+            if slot is None:
                 break
-            lateness = self.clock() - deadline
+            lateness_s = slot.started - slot.scheduled
             with self._lock:
-                if lateness > self.dt / 2:
+                if lateness_s > self.dt / 2:
                     self.stats["late_steps"] += 1
-                self.stats["max_lateness_ms"] = max(self.stats["max_lateness_ms"], lateness * 1e3)
+                self.stats["max_lateness_ms"] = max(self.stats["max_lateness_ms"], slot.lateness_ms)
+                self.stats["skipped_steps"] += slot.skipped
             self._step_once()
-            behind = int((self.clock() - t0) / self.dt) - k
-            if behind > self.max_catchup:  # too far behind: skip ahead, counting the lost steps
-                with self._lock:
-                    self.stats["skipped_steps"] += behind - self.max_catchup
-                k += behind - self.max_catchup
 
 
 def _env_rate(env: Any) -> float:

@@ -9,7 +9,8 @@ import pytest
 from tickcall.control_loop.config import ConfigError, RunConfig, from_dict, load_run_config, validate
 from tickcall.control_loop.records import TickRecord
 from tickcall.control_loop.report import read_ticks, write_report
-from tickcall.control_loop.stats import percentile, summarize, summary
+from tickcall.control_loop.stats import summarize
+from tickcall.timing import percentile, summary
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("run*.yaml"))
 
@@ -137,7 +138,7 @@ def test_history_defaults_to_what_the_model_was_trained_with(tmp_path):
     without one (or no model) -> 4."""
     import json
 
-    from tickcall.control_loop.runner import DEFAULT_HISTORY, resolve_history
+    from tickcall.job import DEFAULT_HISTORY, resolve_history
 
     model = tmp_path / "m"
     model.mkdir()

@@ -1,7 +1,7 @@
 """The control loop's logic on a simulated clock: rate keeping, outcome accounting, fallbacks.
 
-These are unit tests of ``control_loop.rate`` and ``control_loop.loop``. Wall-clock time is replaced by
-a simulated clock (``SimClock``) so that every figure is exact and no test depends on how busy the
+These are unit tests of ``control_loop.loop`` (the rate keeper itself: ``tests/test_timing.py``).
+Wall-clock time is replaced by a simulated clock (``SimClock``) so that every figure is exact and no test depends on how busy the
 machine is; the policy is an in-process script (``ScriptedPolicy``) that answers each request after a
 chosen delay, because the point here is the loop's bookkeeping. The same behaviours are tested with a
 real policy service (Ray actor, ZMQ sockets) in ``tests/test_loop_service.py``.
@@ -9,14 +9,12 @@ real policy service (Ray actor, ZMQ sockets) in ``tests/test_loop_service.py``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from tickcall.control_loop.loop import ControlLoop, LoopSettings, Observation
-from tickcall.control_loop.rate import RateKeeper
 from tickcall.control_loop.records import OUTCOMES, count_outcomes
 from tickcall.control_loop.stats import summarize
 from tickcall.models.calls import Call
@@ -123,56 +121,6 @@ def make(delay, kind=lambda t: "ok", **settings):
     world, hands = SimWorld(clock), Hands()
     loop = ControlLoop(LoopSettings(**settings), policy, world, hands, clock=clock, sleep=clock.sleep)
     return loop, policy, world, hands, clock
-
-
-# --------------------------------------------------------------------------- rate keeper
-
-
-def test_rate_keeper_uses_absolute_deadlines_without_drift():
-    clock = SimClock(5.0)
-    rk = RateKeeper(16, clock=clock, sleep=clock.sleep)
-    t0 = rk.start()
-    starts = []
-    for _ in range(1000):
-        slot = rk.wait()
-        starts.append(slot.started)
-        clock.sleep(0.013)  # work inside the tick must not push the schedule
-    assert [round(s - t0, 9) for s in starts[:3]] == [0.0, 0.0625, 0.125]
-    assert starts[-1] - t0 == pytest.approx(999 / 16, abs=1e-9)
-    assert rk.skipped_total == 0
-
-
-def test_rate_keeper_skips_and_counts_missed_periods_never_bursts():
-    clock = SimClock(0.0)
-    rk = RateKeeper(10, clock=clock, sleep=clock.sleep)
-    rk.start()
-    assert rk.wait().index == 0
-    clock.sleep(0.35)               # the tick body overran by 3.5 periods
-    slot = rk.wait()
-    assert (slot.index, slot.skipped) == (3, 2)   # ticks 1 and 2 can no longer start on time
-    assert list(slot.skipped_indices) == [1, 2]
-    assert slot.lateness_ms == pytest.approx(50.0)
-    nxt = rk.wait()                 # no burst: the next tick waits for its own time
-    assert (nxt.index, nxt.skipped) == (4, 0)
-    assert nxt.started == pytest.approx(0.4)
-    assert rk.slots_issued + rk.skipped_total == nxt.index + 1
-
-
-def test_rate_keeper_real_clock_counts_missed_periods():
-    """Real time.monotonic / time.sleep: a tick body that sleeps 3.5 periods loses >= 2 periods."""
-    rk = RateKeeper(50)
-    rk.start()
-    first = rk.wait()
-    time.sleep(3.5 / 50)
-    slot = rk.wait()
-    assert slot.skipped >= 2 and slot.index == first.index + 1 + slot.skipped
-    assert 0 <= slot.lateness_ms < 20.0 + 1e-6   # lateness always under one period (skips absorb it)
-
-
-@pytest.mark.parametrize("rate", [0, -1, float("nan"), "16"])
-def test_rate_keeper_refuses_bad_rates(rate):
-    with pytest.raises(ValueError, match="rate_hz"):
-        RateKeeper(rate)
 
 
 # --------------------------------------------------------------------------- outcome accounting

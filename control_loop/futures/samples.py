@@ -1,13 +1,15 @@
-"""Bounded samples with nearest-rank percentiles (for dispatch/start/complete times)."""
+"""Bounded samples of durations (dispatch/start/complete times), summarised with ``tickcall.timing``."""
 
 from __future__ import annotations
 
-import math
 from collections import deque
+from typing import Any
+
+from tickcall.timing import summary
 
 
 class Samples:
-    """Keeps the newest ``maxlen`` values; ``count`` counts all ever added."""
+    """Keeps the newest ``maxlen`` values (seconds); ``count`` and ``max`` cover all ever added."""
 
     def __init__(self, maxlen: int = 4096) -> None:
         self._values: deque[float] = deque(maxlen=maxlen)
@@ -20,16 +22,10 @@ class Samples:
         if value > self.max:
             self.max = value
 
-    def percentile(self, p: float) -> float | None:
-        if not self._values:
-            return None
-        ordered = sorted(self._values)
-        rank = max(1, math.ceil(p / 100.0 * len(ordered)))
-        return ordered[rank - 1]
-
-    def summary(self, scale: float = 1.0, digits: int = 3) -> dict[str, float | int | None]:
-        def r(v: float | None) -> float | None:
-            return None if v is None else round(v * scale, digits)
-
-        return {"n": self.count, "p50": r(self.percentile(50)), "p90": r(self.percentile(90)),
-                "p99": r(self.percentile(99)), "max": r(self.max) if self.count else None}
+    def summary(self, scale: float = 1.0, digits: int = 3) -> dict[str, Any]:
+        """``{n, p50, p90, p99, max, mean}`` times ``scale`` (1e3: ms); percentiles and mean over the
+        kept window, ``n`` and ``max`` over every value ever added (None before the first)."""
+        out = summary(self._values, scale=scale, digits=digits)
+        out["n"] = self.count
+        out["max"] = round(self.max * scale, digits) if self.count else None
+        return out

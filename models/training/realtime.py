@@ -10,7 +10,6 @@ clock had to skip are counted too. The teacher runs the same loop (its decide ta
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,9 @@ from typing import Any
 
 from tickcall.models.calls import render_call
 from tickcall.models.format import Turn
+
+from tickcall.timing import RateKeeper
+from tickcall.timing import summary as timing_summary
 
 
 @dataclass
@@ -42,18 +44,10 @@ class RealTimeResult:
 
     def summary(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "decide_ms"}
-        ms = sorted(self.decide_ms)
+        ms = timing_summary(self.decide_ms)
         d.update(mean_return=self.mean_return, legal_rate=self.legal / max(1, self.decisions),
-                 decide_p50_ms=_pct(ms, 50), decide_p90_ms=_pct(ms, 90), decide_p99_ms=_pct(ms, 99),
-                 decide_mean_ms=statistics.fmean(ms) if ms else 0.0)
+                 **{f"decide_{k}_ms": ms[k] or 0.0 for k in ("p50", "p90", "p99", "mean")})
         return d
-
-
-def _pct(sorted_ms: list[float], q: float) -> float:
-    if not sorted_ms:
-        return 0.0
-    k = min(len(sorted_ms) - 1, max(0, int(round(q / 100 * (len(sorted_ms) - 1)))))
-    return sorted_ms[k]
 
 
 def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | None = None,
@@ -64,7 +58,6 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
     ``policy``: ``model`` (the folder ``model_path`` through HFEngine), ``teacher`` (the env's expert)
     or ``random``."""
     import numpy as np
-
     from tickcall.envs.binding import make_binding
     from tickcall.envs.experts import RandomPolicy, get_expert
     from tickcall.envs.realtime import RealTimeEnv
@@ -96,15 +89,15 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
     order = {s.name: s.param_names for s in binding.specs}
     rng = np.random.default_rng(seed)
     res = RealTimeResult(policy, env_id, hz, episodes)
-    period = 1.0 / hz
     rt = RealTimeEnv(binding, mode="realtime", seed=seed, max_episodes=episodes)
     calls: list[str] = []
     episode = 0
+    keeper = RateKeeper(hz)  # absolute deadlines; ticks it had to skip are counted, never burst
     with rt:
-        t0 = time.monotonic()
-        k = 0
+        keeper.start()
         while not rt.done:
-            deadline = t0 + (k + 1) * period
+            slot = keeper.wait()
+            deadline = slot.scheduled + keeper.period  # the decision must land before the next tick
             snap = rt.latest()
             if snap.episode != episode:
                 episode, calls = snap.episode, []
@@ -124,17 +117,9 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
                 calls.append(render_call(call, order.get(call.name)))
             else:
                 rt.apply(None)  # counted as rejected by the env; the previous action persists
-            now = time.monotonic()
-            if now > deadline:
+            if time.monotonic() > deadline:
                 res.deadline_misses += 1
-            k += 1
-            nxt = t0 + k * period
-            if now > nxt:  # skip ahead: never run ticks back to back to catch up
-                skip = int((now - nxt) / period) + 1
-                res.skipped_ticks += skip
-                k += skip
-                nxt = t0 + k * period
-            time.sleep(max(0.0, nxt - time.monotonic()))
+        res.skipped_ticks = keeper.skipped_total
     res.returns = [e.episode_return for e in rt.episodes][:episodes]
     rt.close()
     if engine is not None:

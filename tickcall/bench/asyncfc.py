@@ -1,6 +1,6 @@
 """``tickcall bench asyncfc``: a fixed-rate loop whose actuator is slow, with async and sync dispatch.
 
-Each tick (absolute deadlines, ``control_loop.rate.RateKeeper``) does ``--work-ms`` of pure-Python
+Each tick (absolute deadlines, ``tickcall.timing.RateKeeper``) does ``--work-ms`` of pure-Python
 CPU work (a stand-in for decoding), then hands one ``move`` call to the actuator:
 
 * ``sync``: ``fc.dispatch(call).wait()``: the loop waits for the actuator (``--actuator-ms`` sleep);
@@ -40,9 +40,8 @@ def measure(mode: str, hz: float = 16.0, seconds: float = 5.0, actuator_ms: floa
     """Run one mode for ``seconds`` and return its figures (ms unless named otherwise)."""
     from tickcall.control_loop.futures import AsyncFC, Lane
     from tickcall.control_loop.futures.demo_actuators import sleep_actuator, spin, spin_actuator
-    from tickcall.control_loop.rate import RateKeeper
     from tickcall.models.calls import Call
-    from tickcall.bench.common import summary_ms
+    from tickcall.timing import RateKeeper, summary
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -87,7 +86,7 @@ def measure(mode: str, hz: float = 16.0, seconds: float = 5.0, actuator_ms: floa
             "ticks": n_ticks, "periods": periods, "elapsed_s": round(elapsed, 3),
             "achieved_hz": round(n_ticks / elapsed, 2) if elapsed > 0 else 0.0,
             "misses": overruns + keeper.skipped_total, "overruns": overruns, "skipped": keeper.skipped_total,
-            "work_ms": summary_ms(work), "tick_ms": summary_ms(tick_ms), "lateness_ms": summary_ms(lateness),
+            "work_ms": summary(work), "tick_ms": summary(tick_ms), "lateness_ms": summary(lateness),
             "dispatch_us": m["dispatch_us"], "actuator_run_ms": m["run_ms"],
             "calls": m["states"], "applied_per_s": round(m["states"]["done"] / elapsed, 2) if elapsed else 0.0,
             "in_flight_at_end": m["in_flight"], "ledger_balanced": m["balanced"],
@@ -101,7 +100,7 @@ def measure_dispatch(n: int = 5000) -> dict[str, Any]:
     1 ms every 10 calls so the worker runs too. Real µs per call (``time.perf_counter``)."""
     from tickcall.control_loop.futures import AsyncFC, Lane
     from tickcall.models.calls import Call
-    from tickcall.bench.common import summary_ms
+    from tickcall.timing import summary
 
     fc = AsyncFC([Lane("move", policy="latest")], {"move": lambda call: None})
     times = []
@@ -117,7 +116,7 @@ def measure_dispatch(n: int = 5000) -> dict[str, Any]:
         balanced = fc.ledger.balanced()
     finally:
         fc.shutdown()
-    return {"calls": n, "dispatch_us": summary_ms(times), "ledger_balanced": balanced}
+    return {"calls": n, "dispatch_us": summary(times), "ledger_balanced": balanced}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,32 +1,16 @@
-"""Shared bench helpers: percentiles, a plain-text table, JSON output, machine description."""
+"""Shared bench helpers: a plain-text table, JSON output, machine description.
+
+Percentiles come from ``tickcall.timing.summary`` (the one definition every report uses).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile, q in [0, 100]. NaN for no values."""
-    if not values:
-        return float("nan")
-    xs = sorted(values)
-    k = (len(xs) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
-def summary_ms(values: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99/max/mean of a list of milliseconds."""
-    return {"p50": percentile(values, 50), "p90": percentile(values, 90), "p99": percentile(values, 99),
-            "max": max(values) if values else float("nan"),
-            "mean": statistics.fmean(values) if values else float("nan"), "n": len(values)}
 
 
 def machine() -> dict[str, Any]:

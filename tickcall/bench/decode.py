@@ -30,8 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def measure_pair(engine, ar, ticks: int, warmup: int, natural: bool, fresh_turns: bool = False) -> dict:
     """Alternate parallel and autoregressive decides over the reference turns; latencies in ms."""
-    from tickcall.bench.common import summary_ms
     from tickcall.bench.workload import GAME_TOOLS, REFERENCE, forced_head_lengths, forced_json_length
+    from tickcall.timing import summary
 
     reg = engine.register(GAME_TOOLS)
     ar_reg = ar.register(GAME_TOOLS)
@@ -66,7 +66,7 @@ def measure_pair(engine, ar, ticks: int, warmup: int, natural: bool, fresh_turns
                 extra_steps.append(stats["extra_steps"])
     engine.forced_lengths = None
     ar.forced_length = None
-    par, auto = summary_ms(par_ms), summary_ms(ar_ms)
+    par, auto = summary(par_ms), summary(ar_ms)
     return {
         "parallel": {"p50_ms": par["p50"], "p90_ms": par["p90"], "p99_ms": par["p99"], "mean_ms": par["mean"],
                      "heads": len(reg.heads), "mean_longest_head_tokens": sum(longest) / len(longest),

@@ -23,10 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from tickcall.bench.common import machine, print_table, write_json
+    from tickcall.bench.workload import GAME_TOOLS, model_from_args
     from tickcall.models.format import Turn, open_tag
     from tickcall.models.hf_engine import HFEngine
-    from tickcall.bench.common import machine, print_table, summary_ms, write_json
-    from tickcall.bench.workload import GAME_TOOLS, model_from_args
+    from tickcall.timing import summary
 
     path, desc = model_from_args(args)
     engine = HFEngine(path, device="auto")
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                 torch.cuda.synchronize()
             if r >= 3:
                 times.append((time.perf_counter() - t0) * 1e3 / args.steps)
-        step_ms[n] = summary_ms(times)["p50"]
+        step_ms[n] = summary(times)["p50"]
     base = step_ms[min(step_ms)]
     for n, ms in step_ms.items():
         rows.append([n, ms, ms / base])

@@ -22,11 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from tickcall.bench.common import machine, print_table, write_json
+    from tickcall.bench.workload import forced_head_lengths, model_from_args, synthetic_tools
     from tickcall.models.calls import Call
     from tickcall.models.format import Turn
     from tickcall.models.hf_engine import HFEngine
-    from tickcall.bench.common import machine, print_table, summary_ms, write_json
-    from tickcall.bench.workload import forced_head_lengths, model_from_args, synthetic_tools
+    from tickcall.timing import summary
 
     path, desc = model_from_args(args)
     engine = HFEngine(path, device="auto")
@@ -52,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
                 c_ms.append((t1 - t0) * 1e3)
                 u_ms.append((t2 - t1) * 1e3)
         engine.unregister(reg.handle)
-        cached[n] = summary_ms(c_ms)["p50"]
-        uncached[n] = summary_ms(u_ms)["p50"]
+        cached[n] = summary(c_ms)["p50"]
+        uncached[n] = summary(u_ms)["p50"]
         rows.append([n, reg.prefix_tokens, cached[n], uncached[n], uncached[n] / cached[n]])
     engine.forced_lengths = None
     flatness = cached[counts[-1]] / cached[counts[0]]

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tickcall.bench.common import machine, print_table, summary_ms, write_json
+from tickcall.bench.common import machine, print_table, write_json
+from tickcall.timing import summary
 
 TOOLS = [
     {"type": "function", "function": {"name": "move", "description": "Move the player in a direction.",
@@ -154,7 +155,7 @@ def _overhead(args: argparse.Namespace) -> dict[str, Any]:
         sock.close(0)
     client.close()
     ray.kill(handle, no_restart=True)
-    rows = {k: summary_ms(v) for k, v in times.items()}
+    rows = {k: summary(v) for k, v in times.items()}
     echo_p50 = rows["raw echo"]["p50"]
     return {"round_trip_ms": rows, "payload_bytes": len(payload),
             "added_us_p50": (rows["service (PolicyClient)"]["p50"] - echo_p50) * 1e3,
@@ -216,7 +217,7 @@ def _closed_loop(endpoint: str, n: int, duration_s: float, reg_tools: list) -> d
     for c in clients:
         c.close()
     return {"clients": n, "decisions": count, "seconds": elapsed, "per_s": count / elapsed,
-            "latency_ms": summary_ms(lat), "mean_batch": sum(batches) / max(1, len(batches)), "errors": errors}
+            "latency_ms": summary(lat), "mean_batch": sum(batches) / max(1, len(batches)), "errors": errors}
 
 
 def _batching(args: argparse.Namespace) -> dict[str, Any]:
