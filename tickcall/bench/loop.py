@@ -9,7 +9,7 @@ drift (ms), missed periods, and the outcome counts.
 
 Part 2 (side by side, same process, same simulated work of ``--work-ms`` LO HI ms slept per tick):
 three pacers over ``--baseline-ticks`` ticks: ``sleep(period)``, ``sleep(period - elapsed)`` and
-absolute deadlines (``control_loop.rate.RateKeeper``). Drift there is how far the last tick started
+absolute deadlines (``tickcall.timing.RateKeeper``). Drift there is how far the last tick started
 from its ideal time ``t0 + k * period``.
 
 Writes ``--json FILE`` with top-level ``lateness_ms`` {p50, p90, p99, max} and ``drift_ms`` of part 1.
@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from tickcall.control_loop.stats import summary
+from tickcall.timing import summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pace(kind: str, ticks: int, rate: float, work_ms: tuple[float, float], seed: int = 0) -> dict[str, Any]:
     """Run ``ticks`` ticks of slept work with one pacer; lateness vs the ideal ``t0 + k*period``."""
-    from tickcall.control_loop.rate import RateKeeper
+    from tickcall.timing import RateKeeper
 
     rng = random.Random(seed)
     period = 1.0 / rate
