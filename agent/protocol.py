@@ -291,23 +291,14 @@ def parse_request(msg: Mapping[str, Any]) -> Request:
 
 
 def format_observation(obs: Mapping[str, Any]) -> str:
-    """``name=value`` pairs joined by single spaces, in the sender's key order.
-
-    Values: strings as they are, booleans ``true``/``false``, nil ``null``, integers in decimal, floats
-    with Python's shortest round-trip ``repr`` (``0.25``, ``-1e-05``).
+    """``name=value`` pairs joined by single spaces, in the sender's key order, in the one observation
+    format of ``models.prompt_text`` (the text the students are trained on): strings as they are,
+    booleans ``true``/``false``, nil ``null``, integers in decimal, floats signed with 3 decimals
+    (``0.25`` -> ``+0.250``; ``-1e-05`` -> ``+0.000``: send a string for other precisions).
     """
-    parts = []
-    for key, val in obs.items():
-        if val is None:
-            text = "null"
-        elif isinstance(val, bool):
-            text = "true" if val else "false"
-        elif isinstance(val, float):
-            text = repr(val)
-        else:
-            text = str(val)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
+    from tickcall.models.prompt_text import render_observation
+
+    return render_observation(obs)
 
 
 def to_turn(wire: WireTurn):

@@ -394,20 +394,9 @@ def render_values(values: Mapping[str, Any], spec: ObsSpec) -> str:
     Numbers: the field's ``precision`` decides, never the msgpack type (msgpack-c >= 4 writes an
     integral double such as 5.0 as an int): precision > 0 -> an explicit sign and that many decimals
     (``x=+0.012``, ``-0.000`` printed ``+0.000``); precision 0 -> a plain integer (``cd=3``). Bools
-    ``true``/``false``; strings as they are."""
-    parts = []
-    for f in spec.fields:
-        value = values[f.name]
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            if f.precision == 0:
-                text = str(int(round(value)))
-            else:
-                text = f"{value:+.{f.precision}f}"
-                if text.lstrip("+-").strip("0.") == "":
-                    text = "+" + text.lstrip("+-")
-        else:
-            text = str(value)
-        parts.append(f"{f.name}={text}")
-    return " ".join(parts)
+    ``true``/``false``; strings as they are. The format is ``models.prompt_text``'s, shared with
+    training and the other observation paths."""
+    from tickcall.models.prompt_text import render_observation
+
+    return render_observation({f.name: values[f.name] for f in spec.fields},
+                              precision={f.name: f.precision for f in spec.fields})

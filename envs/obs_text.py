@@ -2,7 +2,9 @@
 
 The text is prefilled every tick, so it stays short: one pair per observation entry, separated by
 single spaces, numbers with a fixed number of decimals and an explicit sign (``x=+0.012``), so the
-same quantity always has the same shape and a small model can read it digit by digit.
+same quantity always has the same shape and a small model can read it digit by digit. The format
+itself (numbers, booleans, pairs) is ``models.prompt_text``'s, shared with training, the engine
+bridge and the policy service; this module only flattens a gymnasium observation into named values.
 
 Invariant: the same observation always renders to the same string (no locale, no time).
 """
@@ -14,22 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tickcall.models.prompt_text import fmt_number, fmt_value, render_pairs
 
-
-def fmt_number(x: float, precision: int = 3, signed: bool = True) -> str:
-    """``+0.012`` / ``-3.400`` (``signed``) or ``0.012``; integers when ``precision`` is 0.
-
-    Negative zero prints as ``+0.000``; NaN and infinities print as ``nan``/``+inf``/``-inf``.
-    """
-    x = float(x)
-    if np.isnan(x):
-        return "nan"
-    if np.isinf(x):
-        return "+inf" if x > 0 else "-inf"
-    text = f"{x:+.{precision}f}" if signed else f"{x:.{precision}f}"
-    if text.lstrip("+-").strip("0.") == "":  # all zeros: drop the sign of -0.000
-        text = ("+" if signed else "") + text.lstrip("+-")
-    return text
+__all__ = ["ObsFormatter", "fmt_number"]
 
 
 @dataclass
@@ -39,7 +28,8 @@ class ObsFormatter:
     Args:
         names: names of the flattened observation entries (default ``o0``, ``o1``, ...; the keys
             of a Dict observation, each flattened as ``key`` or ``key0``.. when it has several).
-        precision: decimals for floats (integer-typed entries print without decimals).
+        precision: decimals for floats (integer-typed entries print without decimals, booleans
+            ``true``/``false``).
         signed: write an explicit ``+`` on non-negative numbers.
         units: optional unit suffix per name (``{"angle": "rad"}`` -> ``angle=+0.100rad``).
         max_values: refuse observations with more values than this (images are not text).
@@ -66,12 +56,12 @@ class ObsFormatter:
         out = []
         for i, (name, value, is_int) in enumerate(flat):
             key = name or f"o{i}"
-            text = str(int(value)) if is_int else fmt_number(value, self.precision, self.signed)
+            text = fmt_value(value, None if is_int else self.precision, self.signed)
             out.append((key, text + self.units.get(key, "")))
         return out
 
     def __call__(self, obs: Any) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.pairs(obs))
+        return render_pairs(self.pairs(obs))
 
 
 def _flatten(prefix: str, obs: Any, out: list[tuple[str, Any, bool]]) -> None:

@@ -8,9 +8,9 @@
     policy.stats                    # decisions, legal, illegal, reasons; latencies in policy.latency_ms
 
 Per step the engine sees ``Turn(query=binding.obs_text(obs), history=[...])``; the history holds the
-last ``history_len`` calls this policy emitted, oldest first, each rendered with
-``models.calls.render_call`` in the tool's parameter order (``turn_for`` builds it; dataset builders
-must use the same function so training text matches run-time text byte for byte).
+last ``history_len`` calls this policy emitted since ``reset``, oldest first, as ``models.prompt_text``
+history lines (``push(direction="left")@f3 done``: in lock-step every call has run before the next
+decision) — the format the control loop's futures layer writes and training rows use (``turn_for``).
 """
 
 from __future__ import annotations
@@ -23,18 +23,32 @@ from typing import Any
 from tickcall.envs.binding import EnvBinding
 from tickcall.models.calls import Call, render_call
 from tickcall.models.format import Turn
+from tickcall.models.prompt_text import done_statuses, history_lines, make_turn
 
 
-def render_history(binding: EnvBinding, calls: Sequence[Call]) -> list[str]:
-    """History items for the turn: ``move(direction="N", speed="run")`` in schema order."""
+def render_calls(binding: EnvBinding, calls: Sequence[Call]) -> list[str]:
+    """Calls as text, ``move(direction="N", speed="run")``: parameters in schema order."""
     specs = binding.spec_map
     return [render_call(c, specs[c.name].param_names if c.name in specs else None) for c in calls]
 
 
-def turn_for(binding: EnvBinding, obs: Any, history: Sequence[Call] = (), history_len: int = 0) -> Turn:
-    """The per-tick turn for an observation (the one text format shared by runtime and training)."""
-    recent = list(history)[-history_len:] if history_len > 0 else []
-    return Turn(query=binding.obs_text(obs), history=render_history(binding, recent))
+def render_history(binding: EnvBinding, calls: Sequence[Call], first_id: int = 1) -> list[str]:
+    """History items for calls that each ran before the next decision: ``move(...)@f3 done``, ids from
+    ``f{first_id}``."""
+    order = {name: spec.param_names for name, spec in binding.spec_map.items()}
+    return history_lines(done_statuses(calls, order, first_id))
+
+
+def turn_for(binding: EnvBinding, obs: Any, history: Sequence[Call] = (), history_len: int = 0,
+             first_id: int | None = None) -> Turn:
+    """The per-tick turn for an observation (the one text format shared by runtime and training).
+
+    ``history``: the calls since the episode began (oldest first); the last ``history_len`` are shown.
+    ``first_id``: the id number of ``history[0]`` (default 1: ``history`` is the whole episode)."""
+    calls = list(history)
+    recent = calls[-history_len:] if history_len > 0 else []
+    first = (1 if first_id is None else first_id) + len(calls) - len(recent)
+    return make_turn(binding.obs_text(obs), render_history(binding, recent, first))
 
 
 class ModelPolicy:
@@ -60,6 +74,7 @@ class ModelPolicy:
         self.registration = engine.register(binding.tools, system, template)
         self.handle = self.registration.handle
         self._history: deque[Call] = deque(maxlen=max(1, self.history_len))
+        self._emitted = 0  # legal calls since reset: the next call's id is f{_emitted + 1}
         self.stats: dict[str, int] = {"decisions": 0, "legal": 0, "illegal": 0}
         self.reasons: Counter = Counter()
         self.latency_ms: list[float] = []
@@ -80,7 +95,8 @@ class ModelPolicy:
         return cls(engine, binding, **opts)
 
     def turn(self, obs: Any) -> Turn:
-        return turn_for(self.binding, obs, list(self._history), self.history_len)
+        return turn_for(self.binding, obs, list(self._history), self.history_len,
+                        first_id=self._emitted - len(self._history) + 1)
 
     def decide(self, obs: Any) -> Any:
         """The engine's ``Decision`` for this observation (recorded in stats and history)."""
@@ -91,6 +107,7 @@ class ModelPolicy:
         if decision.legal and decision.call is not None:
             self.stats["legal"] += 1
             self._history.append(decision.call)
+            self._emitted += 1
         else:
             self.stats["illegal"] += 1
             self.reasons[(decision.reason or "illegal")[:120]] += 1
@@ -103,6 +120,7 @@ class ModelPolicy:
     def reset(self) -> None:
         """Forget the history (call at each episode start)."""
         self._history.clear()
+        self._emitted = 0
 
     @property
     def legal_rate(self) -> float:

@@ -59,7 +59,7 @@ def quant_python() -> Path:
 def teacher_records(env_id: str, episodes: int, seed: int, max_decisions: int = 200):
     """Teacher-labelled states of ``env_id`` (the training pipeline's collector), one episode per seed."""
     from tickcall.models.training.collect import TEACHER, rollout
-    from tickcall.models.training.sources import get_source
+    from tickcall.envs.teaching import get_source  # models -> envs: to move to the root (layering)
 
     source = get_source(env_id)
     records, _ = rollout(source, TEACHER, list(range(seed, seed + episodes)), n_envs=min(8, episodes),
@@ -87,7 +87,7 @@ def calibration_texts(model: str | Path, calib: str | Path | None = None, sample
     texts: list[str] = []
     if calib:
         from tickcall.models.training.collect import Record
-        from tickcall.models.training.sources import get_source
+        from tickcall.envs.teaching import get_source  # models -> envs: to move to the root (layering)
 
         tools_by_env: dict[str, Any] = {}
         for n, line in enumerate(Path(calib).read_text().splitlines(), 1):

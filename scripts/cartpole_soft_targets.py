@@ -32,11 +32,13 @@ def run_arm(tau: float, args, train_recs, held_recs, src, workdir: Path) -> dict
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tickcall.models.format import Turn, get_template
+    from tickcall.envs.experts import cartpole_margin
+    from tickcall.models.format import get_template
+    from tickcall.models.prompt_text import make_turn
     from tickcall.models.tiny import make_tiny_model
     from tickcall.models.training.evaluate import closed_loop, head_accuracy, make_student_policy
     from tickcall.models.training.rows import RowCodec, branch_texts
-    from tickcall.models.training.sources import cartpole_margin, text_values
+    from tickcall.models.training.sources import text_values
     from tickcall.models.training.student import BatchStudent
     from tickcall.models.training.trainer import TrainSettings, train
 
@@ -56,7 +58,7 @@ def run_arm(tau: float, args, train_recs, held_recs, src, workdir: Path) -> dict
                 desc=f"tau={tau:g}", progress=not args.no_progress)
     train_s = time.perf_counter() - t0
     student = BatchStudent(model, tok, src.tools, template)
-    decisions = student.decide([Turn(r.query, []) for r in held_recs])
+    decisions = student.decide([make_turn(r.query) for r in held_recs])
     right = {b: [0, 0] for b in BINS}
     for r, d in zip(held_recs, decisions, strict=True):
         m = abs(cartpole_margin(text_values(r.query)))  # on the numbers the text shows
@@ -85,8 +87,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
+    from tickcall.envs.teaching import get_source
     from tickcall.models.training.collect import TEACHER, rollout
-    from tickcall.models.training.sources import get_source
 
     src = get_source("CartPole-v1", text_labels=True)
     kw = {"n_envs": 32, "epsilon": 0.2, "perturb_prob": 0.05, "delay_prob": 0.2, "max_decisions": 400}

@@ -128,9 +128,9 @@ def test_parse_valid_decide_and_render_observation():
     assert isinstance(req, P.Decide)
     assert (req.tick, req.deadline_ms, req.sent_ms, req.stream) == (1, 60.0, 12.5, "npc1")
     turn = P.to_turn(req.turn)
-    assert turn.query == "x=0.25 ok=true n=3 s=hi z=null\ngo"
+    assert turn.query == "x=+0.250 ok=true n=3 s=hi z=null\ngo"  # models.prompt_text's one format
     assert turn.history == ['push(dir="left")']
-    assert P.to_turn(P.WireTurn(observation={"a": -1e-05})).query == "a=-1e-05"
+    assert P.to_turn(P.WireTurn(observation={"a": -1e-05})).query == "a=+0.000"
 
 
 def test_unpack_refuses_non_maps_ext_and_oversize():

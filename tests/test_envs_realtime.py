@@ -135,7 +135,7 @@ def test_model_policy_registers_tools_and_builds_turns():
     pol.act(obs)
     pol.act(obs)
     turn = pol.turn(obs)
-    assert turn.query == b.obs_text(obs) and turn.history == ["wait()", "wait()"]
+    assert turn.query == b.obs_text(obs) and turn.history == ["wait()@f2 done", "wait()@f3 done"]
     assert pol.stats == {"decisions": 3, "legal": 3, "illegal": 0}
     pol.reset()
     assert pol.turn(obs).history == []
@@ -145,7 +145,7 @@ def test_history_is_rendered_in_schema_order():
     b = make_binding("tickcall/Arena-v0")
     obs, _ = b.env.reset(seed=0)
     t = turn_for(b, obs, [Call("dash", {"distance": 2, "direction": "N"}), Call("fire", {})], history_len=5)
-    assert t.history == ['dash(direction="N", distance=2)', "fire()"]
+    assert t.history == ['dash(direction="N", distance=2)@f1 done', "fire()@f2 done"]  # models.prompt_text
     assert turn_for(b, obs, [Call("fire", {})], history_len=0).history == []
 
 

@@ -78,14 +78,15 @@ def trained(tmp_path_factory):
     """A small CartPole-v1 student trained here (configs/train-ci.yaml reshaped to hidden 128, 4 heads:
     head size 32 for vLLM-CPU, widths that are multiples of the W4A16 group 128)."""
     _quant_env_or_skip()
-    from tickcall.models.training.pipeline import Pipeline, TrainConfig
+    from tickcall.models.training.pipeline import TrainConfig
+    from tickcall.training import make_pipeline
 
     tmp = tmp_path_factory.mktemp("awq")
     cfg = TrainConfig.load(ROOT / "configs" / "train-ci.yaml")
     cfg.out, cfg.work_dir = str(tmp / "model"), str(tmp / "work")
     cfg.model.hidden, cfg.model.heads, cfg.model.kv_heads, cfg.model.intermediate = 128, 4, 2, 384
     cfg.eval_episodes, cfg.train.steps = 1, 250
-    scores = Pipeline(cfg, log=lambda _: None, progress=False).run()
+    scores = make_pipeline(cfg, log=lambda _: None, progress=False).run()
     return tmp, Path(cfg.out), Path(cfg.work_dir) / "data-CartPole-v1-r0.jsonl", scores
 
 

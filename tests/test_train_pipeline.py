@@ -16,13 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from tickcall.models.training.pipeline import Pipeline, TrainConfig
+    from tickcall.models.training.pipeline import TrainConfig
+    from tickcall.training import make_pipeline
 
     tmp = tmp_path_factory.mktemp("ci")
     cfg = TrainConfig.load(ROOT / "configs" / "train-ci.yaml")
     cfg.out, cfg.work_dir = str(tmp / "model"), str(tmp / "work")
     logs: list[str] = []
-    scores = Pipeline(cfg, log=logs.append, progress=False).run()
+    scores = make_pipeline(cfg, log=logs.append, progress=False).run()
     return cfg, scores, logs
 
 
@@ -67,10 +68,10 @@ def test_model_folder_is_complete_and_loads_in_the_engine(trained):
 @pytest.mark.slow
 def test_rerun_resumes_from_the_work_dir(trained):
     """A second run with the same work dir reuses data and checkpoints: same scores, no training."""
-    from tickcall.models.training.pipeline import Pipeline
+    from tickcall.training import make_pipeline
 
     cfg, scores, _ = trained
     logs: list[str] = []
-    again = Pipeline(cfg, log=logs.append, progress=False).run()
+    again = make_pipeline(cfg, log=logs.append, progress=False).run()
     assert not any(line.startswith(("collect", "round")) for line in logs)
     assert again["envs"]["CartPole-v1"]["heldout"] == scores["envs"]["CartPole-v1"]["heldout"]

@@ -13,7 +13,7 @@ from tickcall.models.format import Turn, get_template
 from tickcall.models.tools import normalize_tools
 from tickcall.models.training.collect import RANDOM, TEACHER, Record, rollout, show_history
 from tickcall.models.training.rows import DEFAULT_HEAD_WEIGHTS, RowCodec, branch_texts, train_heads
-from tickcall.models.training.sources import get_source
+from tickcall.envs.teaching import get_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +72,11 @@ def test_show_history_matches_the_async_status_lines():
     assert full and all(s[0].startswith('push(direction="right")@f2 ') for s in full)
     tails = {s[-1].split(" ", 1)[1].split(" ")[0] for s in full}
     assert tails == {"done", "running"}
-    assert show_history(calls, 2, "plain", np.random.default_rng(1))[-1:] in ([calls[-1]], [])
+    assert show_history(calls, 2, "lockstep", rng) == ['push(direction="right")@f4 done',
+                                                       'push(direction="left")@f5 done']
     assert show_history(calls, 0, "futures", rng) == [] and show_history([], 4, "futures", rng) == []
+    with pytest.raises(ValueError, match="history_style"):
+        show_history(calls, 2, "plain", rng)
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "tickcall/Arena-v0"])

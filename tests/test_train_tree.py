@@ -12,7 +12,7 @@ from tickcall.models.format import get_template  # noqa: E402
 from tickcall.models.tools import normalize_tools  # noqa: E402
 from tickcall.models.training.collect import Record  # noqa: E402
 from tickcall.models.training.rows import RowCodec  # noqa: E402
-from tickcall.models.training.sources import CARTPOLE_TOOLS  # noqa: E402
+from tickcall.envs.teaching import CARTPOLE_TOOLS  # noqa: E402
 
 
 @pytest.fixture(scope="module")

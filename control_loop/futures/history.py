@@ -1,58 +1,38 @@
-"""Compact status lines of recent and in-flight calls, for the next turn's prompt.
+"""History lines of recent and in-flight calls, for the next turn's prompt.
 
-Examples: ``move(x=3)@f17 running 120ms``, ``fire()@f16 failed: cooldown``,
-``scan(r=5)@f15 done: [2, 7]``, ``aim(target="@f15")@f18 waiting @f15``,
+The text is ``models.prompt_text``'s (``status_line``), the one format training rows use too; this
+module only reads a ``CallFuture`` into a ``CallStatus``. Examples: ``move(x=3)@f17 running 120ms``,
+``fire()@f16 failed: cooldown``, ``scan(r=5)@f15 done: [2, 7]``, ``aim(target="@f15")@f18 waiting @f15``,
 ``move(x=1)@f12 superseded by @f17``. Ages are whole milliseconds on the ``AsyncFC`` clock.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from tickcall.control_loop.futures.states import CallFuture, CallState
+from tickcall.models import prompt_text
 from tickcall.models.calls import render_call
 
 
-def short_value(value: Any, max_chars: int = 40) -> str:
-    """JSON text of a value (``repr`` if not JSON), cut to ``max_chars`` with an ellipsis."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+def call_status(fut: CallFuture, now: float,
+                param_order: Mapping[str, Sequence[str]] | None = None) -> prompt_text.CallStatus:
+    """What a history line says about ``fut`` at clock time ``now`` (seconds on the AsyncFC clock)."""
+    order = tuple(param_order.get(fut.call.name, ())) if param_order else None
+    s = fut.state
+    if s is CallState.RUNNING:
+        age = now - (fut.started_at or now)
+    elif s is CallState.QUEUED:
+        age = now - fut.dispatched_at
+    else:
+        age = 0.0
+    return prompt_text.CallStatus(
+        call=render_call(fut.call, order or None), id=fut.id, state=s.value, age_ms=age * 1000.0,
+        result=fut.result if s is CallState.DONE else None, error=fut.error,
+        superseded_by=fut.superseded_by, waiting_on=tuple(fut._waiting_on) if s is CallState.WAITING else ())
 
 
 def status_line(fut: CallFuture, now: float, param_order: Mapping[str, Sequence[str]] | None = None,
-                max_chars: int = 40) -> str:
-    """One line for one future (see the module docstring for the shapes)."""
-    order = tuple(param_order.get(fut.call.name, ())) if param_order else None
-    head = f"{render_call(fut.call, order or None)}@{fut.id}"
-    s = fut.state
-    if s is CallState.RUNNING:
-        return f"{head} running {_ms(now - (fut.started_at or now))}"
-    if s is CallState.QUEUED:
-        return f"{head} queued {_ms(now - fut.dispatched_at)}"
-    if s is CallState.WAITING:
-        return f"{head} waiting " + " ".join(f"@{r}" for r in sorted(fut._waiting_on, key=_num))
-    if s is CallState.DONE:
-        return head + " done" + ("" if fut.result is None else ": " + short_value(fut.result, max_chars))
-    if s is CallState.SUPERSEDED and fut.superseded_by:
-        return f"{head} superseded by @{fut.superseded_by}"
-    if s is CallState.TIMED_OUT:
-        return f"{head} timed out: {fut.error}" if fut.error else f"{head} timed out"
-    label = s.value
-    return f"{head} {label}: {_cut(fut.error, max_chars)}" if fut.error else f"{head} {label}"
-
-
-def _ms(seconds: float) -> str:
-    return f"{max(0, round(seconds * 1000))}ms"
-
-
-def _num(call_id: str) -> int:
-    return int(call_id[1:]) if call_id[1:].isdigit() else 0
-
-
-def _cut(text: str, max_chars: int) -> str:
-    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+                max_chars: int = prompt_text.DEFAULT_RESULT_CHARS) -> str:
+    """One history line for one future (``models.prompt_text.status_line`` of its ``call_status``)."""
+    return prompt_text.status_line(call_status(fut, now, param_order), max_chars)

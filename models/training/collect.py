@@ -7,7 +7,8 @@ with the teacher (DAgger), so the student learns to recover from its own mistake
 Episodes run in lock-step batches (``n_envs`` at once) so a student can decide for all of them in one
 batched forward. Each decision holds its action for ``source.hold`` physics steps, as the 16 Hz
 real-time loop does. Every record keeps the history items the runtime would show (last ``history_len``
-executed calls, oldest first).
+executed calls, oldest first, with their AsyncFC status: ``show_history``, rendered by
+``models.prompt_text`` like the futures layer's history lines).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tickcall.models.calls import Call, render_call
+from tickcall.models.prompt_text import CallStatus, history_lines
 from tickcall.models.training.sources import EnvSource
 
 
@@ -80,6 +82,8 @@ def rollout(source: EnvSource, policy: BatchPolicy | str, seeds: Sequence[int], 
     first (a decision that missed the next physics step, as happens on the wall clock).
     """
     hold = float(source.hold if hold is None else hold)
+    if history_style not in HISTORY_STYLES:
+        raise ValueError(f"history_style must be one of {', '.join(HISTORY_STYLES)}, not {history_style!r}")
     import numpy as np
 
     rng = np.random.default_rng(rng_seed)
@@ -151,31 +155,40 @@ def rollout(source: EnvSource, policy: BatchPolicy | str, seeds: Sequence[int], 
 
 
 
-def show_history(calls: list[str], history_len: int, style: str, rng: Any) -> list[str]:
-    """The history items a turn shows for the executed ``calls`` (rendered, oldest first).
+HISTORY_STYLES = ("futures", "lockstep")
 
-    ``plain``: the last ``history_len`` calls as ``name(p="v")``. ``futures``: as the AsyncFC layer
-    writes them in the real-time loop (``name(p="v")@f17 done``, the newest often ``running 12ms``,
-    sometimes ``superseded by @f18``), with ids counted from the start of the episode; one time in
-    five fewer items are shown, so the student is used to any number from 0 to ``history_len``."""
+
+def show_history(calls: list[str], history_len: int, style: str, rng: Any) -> list[str]:
+    """The history items a turn shows for the executed ``calls`` (rendered calls, oldest first), in the
+    one run-time format (``models.prompt_text.status_line``, as ``control_loop.futures`` writes them).
+
+    ``lockstep``: the last ``history_len`` calls, each ``done`` (``ModelPolicy``, lock-step evaluation).
+    ``futures``: as in the real-time loop, where the newest call may still be in flight: the newest is
+    ``running 0..69ms`` half the time, an older one ``superseded by`` the next one time in ten, the rest
+    ``done``; one time in five fewer items are shown, so the student is used to any number from 0 to
+    ``history_len``. Ids (``@fN``) count calls from the start of the episode."""
+    return history_lines(history_statuses(calls, history_len, style, rng))
+
+
+def history_statuses(calls: list[str], history_len: int, style: str, rng: Any) -> list[CallStatus]:
+    """The ``CallStatus`` of each history item ``show_history`` shows (draws from ``rng`` for
+    ``futures`` only)."""
+    if style not in HISTORY_STYLES:
+        raise ValueError(f"history_style must be one of {', '.join(HISTORY_STYLES)}, not {style!r}")
     if history_len <= 0 or not calls:
         return []
     k = min(history_len, len(calls))
+    if style == "lockstep":
+        return [CallStatus(calls[j], f"f{j + 1}", "done") for j in range(len(calls) - k, len(calls))]
     if rng.random() < 0.2:
         k = int(rng.integers(0, k + 1))
-    if k == 0:
-        return []
-    first = len(calls) - k
-    if style == "plain":
-        return list(calls[first:])
     out = []
-    for j in range(first, len(calls)):
-        head = f"{calls[j]}@f{j + 1}"
+    for j in range(len(calls) - k, len(calls)):
         u = rng.random()
         if j == len(calls) - 1 and u < 0.5:
-            out.append(f"{head} running {int(rng.integers(0, 70))}ms")
+            out.append(CallStatus(calls[j], f"f{j + 1}", "running", age_ms=int(rng.integers(0, 70))))
         elif u < 0.1 and j < len(calls) - 1:
-            out.append(f"{head} superseded by @f{j + 2}")
+            out.append(CallStatus(calls[j], f"f{j + 1}", "superseded", superseded_by=f"f{j + 2}"))
         else:
-            out.append(f"{head} done")
+            out.append(CallStatus(calls[j], f"f{j + 1}", "done"))
     return out

@@ -4,7 +4,7 @@
   student's head text equals the teacher's; plus exact-call accuracy and the legal rate.
 * :func:`closed_loop`: mean return of a batch policy over seeded episodes, lock-step, each decision
   held ``source.hold`` physics steps (the 16 Hz timing without the wall clock). The wall-clock
-  figures (real-time loop, deadline misses, decide P50) come from :mod:`models.training.realtime`.
+  figures (real-time loop, deadline misses, decide P50) come from ``tickcall.envs.realtime_eval``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from tickcall.models.calls import Call
-from tickcall.models.format import Turn, encode_call_heads
+from tickcall.models.format import encode_call_heads
+from tickcall.models.prompt_text import make_turn
 from tickcall.models.training.collect import BatchPolicy, Record, rollout
 from tickcall.models.training.sources import EnvSource
 from tickcall.models.training.student import BatchStudent
@@ -21,7 +22,7 @@ from tickcall.models.training.student import BatchStudent
 
 def head_accuracy(student: BatchStudent, records: Sequence[Record]) -> dict[str, Any]:
     """Per-head accuracy against the teacher's labels on ``records`` (held-out states)."""
-    decisions = student.decide([Turn(r.query, list(r.history)) for r in records])
+    decisions = student.decide([make_turn(r.query, r.history) for r in records])
     heads = student.heads
     right = dict.fromkeys(heads, 0)
     exact = legal = 0
@@ -40,7 +41,7 @@ def make_student_policy(student: BatchStudent, tally: dict[str, int] | None = No
     """Batch policy: observation text + history -> student call (None when illegal)."""
 
     def act(texts: Sequence[str], histories: Sequence[list[str]]) -> list[Call | None]:
-        turns = [Turn(t, list(h)) for t, h in zip(texts, histories, strict=True)]
+        turns = [make_turn(t, h) for t, h in zip(texts, histories, strict=True)]
         out: list[Call | None] = []
         for d in student.decide(turns):
             ok = d.assembled.legal and d.assembled.call is not None

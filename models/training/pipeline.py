@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from tickcall.models.format import get_template
 from tickcall.models.training.collect import RANDOM, TEACHER, Record, rollout
 from tickcall.models.training.rows import RowCodec, branch_texts
-from tickcall.models.training.sources import EnvSource, get_source
+from tickcall.models.training.sources import EnvSource, SourceFactory
 from tickcall.models.training.trainer import TrainSettings, train
 
 
@@ -139,16 +140,27 @@ def _episode_seeds(cfg: TrainConfig, env_index: int, stage: int, n: int) -> list
 EVAL_SEED_BASE = 10_000  # closed-loop evaluation episodes use seeds 10000..10000+n-1 (never trained on)
 
 
-class Pipeline:
-    """One distillation run (see module docstring). ``log`` receives one-line progress messages."""
+#: ``compare(env_id, folder, episodes, hz, seed, history, threads, log=) -> figures``: the real-time
+#: loop figures of a model folder against the teacher (``tickcall.envs.realtime_eval.compare``).
+RealtimeCompare = Callable[..., dict[str, Any]]
 
-    def __init__(self, cfg: TrainConfig, log=print, progress: bool = True) -> None:
+
+class Pipeline:
+    """One distillation run (see module docstring). ``log`` receives one-line progress messages.
+
+    ``sources``: how to get each env's ``EnvSource`` (``tickcall.envs.teaching.get_source``; this room
+    does not import the envs: ``tickcall.training.make_pipeline`` wires both). ``realtime``: the
+    real-time comparison used when ``cfg.realtime_eval`` is set."""
+
+    def __init__(self, cfg: TrainConfig, log=print, progress: bool = True, *, sources: SourceFactory,
+                 realtime: RealtimeCompare | None = None) -> None:
         self.cfg = cfg
         self.log = log
         self.progress = progress
+        self.realtime_compare = realtime
         self.work = Path(cfg.work_dir)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.sources: dict[str, EnvSource] = {e: get_source(e, cfg.prefer_builtin, cfg.data.text_labels)
+        self.sources: dict[str, EnvSource] = {e: sources(e, cfg.prefer_builtin, cfg.data.text_labels)
                                               for e in cfg.envs}
         self.template = get_template(cfg.template)
         self.timings: dict[str, float] = {}
@@ -390,10 +402,12 @@ class Pipeline:
     def realtime(self, folder: Path, scores: dict[str, Any]) -> dict[str, Any]:
         """Real-time loop figures for every env of the config; updates scores.json and the card."""
         from tickcall.models.training.card import write_card
-        from tickcall.models.training.realtime import compare
 
+        if self.realtime_compare is None:
+            raise ValueError("realtime_eval needs the Pipeline's realtime comparison (tickcall.training."
+                             "make_pipeline passes it)")
         for env_id in self.cfg.envs:
-            scores["envs"].setdefault(env_id, {})["realtime"] = compare(
+            scores["envs"].setdefault(env_id, {})["realtime"] = self.realtime_compare(
                 env_id, folder, self.cfg.eval_episodes, self.cfg.realtime_hz, EVAL_SEED_BASE,
                 self.cfg.data.history_len, self.cfg.train.threads, log=self.log)
         (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")

@@ -32,6 +32,7 @@ from tickcall.models.format import (
     heads_for,
     open_tag,
 )
+from tickcall.models.prompt_text import make_turn
 from tickcall.models.tools import ToolSpec
 from tickcall.models.training.collect import Record
 
@@ -49,7 +50,8 @@ def train_heads(tools: Sequence[ToolSpec], mode: str = "all") -> tuple[str, ...]
 
 
 def record_turn(record: Record) -> Turn:
-    return Turn(query=record.query, history=list(record.history))
+    """The user turn of a record: built by ``models.prompt_text.make_turn`` like the run-time turn."""
+    return make_turn(record.query, record.history)
 
 
 def head_values(record: Record, tools: Sequence[ToolSpec], heads: Sequence[str]) -> dict[str, str]:

@@ -116,16 +116,17 @@ def merge_lora(model) -> None:
 
 
 def train_smollm2(cfg, log=print, progress: bool = True, heldout_n: int = 200,
-                  latency_decides: int = 30) -> dict[str, Any]:
+                  latency_decides: int = 30, *, sources) -> dict[str, Any]:
     """Fine-tune SmolLM2 on ``cfg``'s envs (data from ``cfg.work_dir``, collected when missing) and
-    report held-out head accuracy and CPU decide latency (HFEngine). Writes ``cfg.out``."""
+    report held-out head accuracy and CPU decide latency (HFEngine). Writes ``cfg.out``. ``sources``:
+    the pipeline's ``SourceFactory`` (``tickcall.envs.teaching.get_source``)."""
     import json
     import statistics
     import time
 
     import torch
 
-    from tickcall.models.format import Turn
+    from tickcall.models.prompt_text import make_turn
     from tickcall.models.training.evaluate import head_accuracy
     from tickcall.models.training.pipeline import Pipeline
     from tickcall.models.training.rows import RowCodec
@@ -134,7 +135,7 @@ def train_smollm2(cfg, log=print, progress: bool = True, heldout_n: int = 200,
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.train.threads)
-    pipe = Pipeline(cfg, log=log, progress=progress)
+    pipe = Pipeline(cfg, log=log, progress=progress, sources=sources)
     data = pipe.collect_teacher()
     held = pipe.heldout()
     t0 = time.perf_counter()
@@ -175,7 +176,7 @@ def train_smollm2(cfg, log=print, progress: bool = True, heldout_n: int = 200,
         handle = engine.register([t.rendered for t in src.tools], cfg.system, cfg.template).handle
         times = []
         for rec in held[env_id][:latency_decides + 5]:
-            d = engine.decide(handle, Turn(rec.query, rec.history))
+            d = engine.decide(handle, make_turn(rec.query, rec.history))
             times.append(d.timings_ms["total"])
         times = sorted(times[5:])
         scores["envs"][env_id] = {"heldout": acc, "decide_p50_ms": statistics.median(times),

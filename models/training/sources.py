@@ -1,7 +1,7 @@
-"""Where training decisions come from: an env's tools, its observation text, and a teacher.
+"""What distillation needs from one env, as plain callables: ``EnvSource`` and its ``Instance``.
 
-An :class:`EnvSource` bundles what distillation needs from one env id; ``source.instance()`` makes
-one independent copy (env + converters + teacher) for a rollout:
+An :class:`EnvSource` bundles the tools, the physics rate and a factory of independent copies
+(``source.instance()``: env + converters + teacher) for a rollout:
 
 * ``tools``: the tool schemas offered to the model (the static prompt prefix);
 * ``instance.obs_text(obs) -> str``: the per-tick observation text (the turn's query);
@@ -11,11 +11,8 @@ one independent copy (env + converters + teacher) for a rollout:
   the env steps at its own rate (CartPole 50 Hz -> 3.125, Arena 20 Hz -> 1.25); rollouts round it
   stochastically per decision so training sees the jitter the wall clock gives.
 
-The envs package (``envs.binding.make_binding``, ``envs.experts.get_expert``) supplies bindings and
-experts, so the student sees exactly the text and tools the runtime uses. A built-in CartPole-v1
-source (tool ``push(direction)``, linear expert) stands in when that package is missing; the tests
-may use it with ``prefer_builtin=True``. Imports of ``envs`` are lazy: ``models`` depends on nothing
-of ours at import time.
+``models`` imports nothing of ours: sources are built outside it (``tickcall.envs.teaching.get_source``
+from the envs' bindings and experts) and handed to the pipeline (``SourceFactory``).
 """
 
 from __future__ import annotations
@@ -25,41 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tickcall.models.calls import Call
-from tickcall.models.tools import ToolSpec, normalize_tools
+from tickcall.models.tools import ToolSpec
 
 DECISION_HZ = 16.0
-
-CARTPOLE_TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "push",
-        "description": "Push the cart to the left or to the right.",
-        "parameters": {"type": "object", "properties": {
-            "direction": {"type": "string", "enum": ["left", "right"]}}, "required": ["direction"]},
-    },
-}]
-
-
-def cartpole_obs_text(obs: Any) -> str:
-    """``x=+0.012 v=-0.340 a=+0.021 w=+0.551`` (cart position m, velocity m/s, angle rad, rad/s)."""
-    x, v, a, w = (float(o) for o in obs)
-    return f"x={x:+.3f} v={v:+.3f} a={a:+.3f} w={w:+.3f}"
-
-
-def cartpole_margin(obs: Any) -> float:
-    """0.05 x + 0.3 v + 3 a + 0.6 w: the built-in expert pushes right when it is positive."""
-    x, v, a, w = (float(o) for o in obs)
-    return 0.05 * x + 0.3 * v + 3.0 * a + 0.6 * w
-
-
-def cartpole_expert(obs: Any) -> Call:
-    """Linear state feedback: push right when 0.05 x + 0.3 v + 3 a + 0.6 w > 0."""
-    return Call("push", {"direction": "right" if cartpole_margin(obs) > 0 else "left"})
-
-
-def cartpole_logits(obs: Any) -> dict[str, dict[str, float]]:
-    """The built-in expert's scores: ``{"direction": {"left": 0, "right": margin}}``."""
-    return {"direction": {"left": 0.0, "right": cartpole_margin(obs)}}
 
 
 @dataclass
@@ -112,95 +77,10 @@ class EnvSource:
             inner.tpos = np.clip(inner.tpos + rng.normal(0.0, 2.5 * scale, size=2), 0.5, inner.size - 0.5)
 
 
-def _env_rate(env: Any) -> float:
-    fps = (getattr(env, "metadata", None) or {}).get("render_fps")
-    if fps:
-        return float(fps)
-    dt = getattr(env.unwrapped, "dt", None) or getattr(env.unwrapped, "tau", None)
-    return 1.0 / float(dt) if dt else 50.0
-
-
-def _builtin_cartpole(env_id: str = "CartPole-v1", text_labels: bool = False) -> EnvSource:
-    import gymnasium as gym
-
-    def seen(obs: Any) -> Any:
-        return text_values(cartpole_obs_text(obs)) if text_labels else obs
-
-    def make() -> Instance:
-        return Instance(
-            env=gym.make(env_id), obs_text=cartpole_obs_text, teacher=lambda obs: cartpole_expert(seen(obs)),
-            to_action=lambda call: 1 if call.arguments.get("direction") == "right" else 0,
-            random_call=lambda rng: Call("push", {"direction": "right" if rng.random() < 0.5 else "left"}),
-            default_action=lambda: 0, teacher_logits=lambda obs: cartpole_logits(seen(obs)))
-
-    return EnvSource(env_id=env_id, tools=normalize_tools(CARTPOLE_TOOLS), instance=make, physics_hz=50.0,
-                     origin="builtin")
+#: ``(env_id, prefer_builtin, text_labels) -> EnvSource``: how the pipeline gets its sources.
+SourceFactory = Callable[[str, bool, bool], EnvSource]
 
 
 def text_values(text: str) -> list[float]:
     """The numbers of a ``k=v k=v`` observation text, in order (``x=+0.012 v=-0.340`` -> [0.012, -0.34])."""
     return [float(pair.split("=", 1)[1]) for pair in text.split()]
-
-
-def _from_envs_package(env_id: str, text_labels: bool = False) -> EnvSource | None:
-    """A source from ``envs.binding`` + ``envs.experts`` (None when that package is missing).
-
-    ``text_labels``: the teacher decides on the observation *as the text shows it* (numbers rounded
-    to the text's precision) rather than on the raw values, so every label is a function of the
-    student's input (CartPole's expert reads raw floats; beside its decision boundary the raw label
-    is noise from the text's point of view). Only for envs whose text is the plain ``k=v`` list of
-    the observation's entries; semantic envs (the Arena) already decide on what their text shows."""
-    try:
-        from tickcall.envs.binding import make_binding
-        from tickcall.envs.experts import RandomPolicy, get_expert, get_expert_logits
-    except ImportError:
-        return None
-    probe = make_binding(env_id)
-    get_expert(env_id, probe)  # raises KeyError when the env has no expert
-    tools = normalize_tools(probe.tools)
-    rate = _env_rate(probe.env)
-    probe.env.close()
-
-    def make() -> Instance:
-        b = make_binding(env_id)
-        expert = get_expert(env_id, b)
-        rnd = RandomPolicy(b, seed=None)
-
-        def random_call(rng: Any) -> Call:
-            rnd.space.seed(int(rng.integers(2**31)))
-            return rnd.act(None)
-
-        def to_action(call: Call) -> Any:
-            return b.call_to_action(call).action
-
-        def seen(obs: Any) -> Any:
-            if not (text_labels and not b.semantic):
-                return obs
-            import numpy as np
-
-            shown = np.asarray(text_values(b.obs_text(obs)), dtype=np.float32)
-            if shown.shape != np.asarray(obs).shape:
-                raise ValueError(f"{env_id}: the text shows {shown.size} numbers for an observation of "
-                                 f"shape {np.asarray(obs).shape}; text_labels needs one per entry")
-            return shown
-
-        scores = get_expert_logits(env_id)
-        return Instance(env=b.env, obs_text=b.obs_text, teacher=lambda obs: expert.act(seen(obs)),
-                        to_action=to_action, random_call=random_call, default_action=b.default_action,
-                        teacher_logits=(lambda obs: scores(seen(obs))) if scores is not None else None)
-
-    return EnvSource(env_id=env_id, tools=tools, instance=make, physics_hz=rate, origin="envs")
-
-
-def get_source(env_id: str, prefer_builtin: bool = False, text_labels: bool = False) -> EnvSource:
-    """The :class:`EnvSource` for ``env_id``: the envs package's binding, else the built-in one.
-
-    ``text_labels``: label with the teacher applied to the values the text shows (see
-    ``_from_envs_package``; the built-in CartPole source does the same)."""
-    if not (prefer_builtin and env_id.startswith("CartPole")):
-        src = _from_envs_package(env_id, text_labels)
-        if src is not None:
-            return src
-    if env_id.startswith("CartPole"):
-        return _builtin_cartpole(env_id, text_labels)
-    raise ValueError(f"no training source for {env_id!r}: the envs package has no binding/expert for it")

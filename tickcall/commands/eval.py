@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 def _describe(env_id: str, env_kwargs: dict, seed: int) -> int:
     from tickcall.envs.binding import make_binding
     from tickcall.envs.experts import EXPERTS, get_expert
-    from tickcall.envs.policies import render_history
+    from tickcall.envs.policies import render_calls
 
     try:
         b = make_binding(env_id, **env_kwargs)
@@ -104,7 +104,7 @@ def _describe(env_id: str, env_kwargs: dict, seed: int) -> int:
     for t in b.tools:
         print("  " + json.dumps(t, ensure_ascii=False))
     print(f"observation text: {b.obs_text(obs)}")
-    print(f"default call: {render_history(b, [b.default_call()])[0]}")
+    print(f"default call: {render_calls(b, [b.default_call()])[0]}")
     if env_id in EXPERTS:
-        print(f"expert call:  {render_history(b, [get_expert(env_id, b).act(obs)])[0]}")
+        print(f"expert call:  {render_calls(b, [get_expert(env_id, b).act(obs)])[0]}")
     return 0

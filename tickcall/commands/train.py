@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tickcall.models.training.pipeline import Pipeline, TrainConfig
+    from tickcall.models.training.pipeline import TrainConfig
+    from tickcall.training import make_pipeline
 
     path = Path(args.config)
     if not path.exists():
@@ -68,22 +69,22 @@ def run(args: argparse.Namespace) -> int:
     cfg.eval_episodes = args.episodes if args.realtime else cfg.eval_episodes
 
     if cfg.model.kind == "smollm2" and not args.evaluate:
-        from tickcall.models.training.smollm2 import train_smollm2
+        from tickcall.training import train_smollm2
 
         scores = train_smollm2(cfg, progress=not args.no_progress)
         print(f"model written to {cfg.out}")
     elif args.export:
-        scores = Pipeline(cfg, progress=not args.no_progress).export(args.export, args.episodes)
+        scores = make_pipeline(cfg, progress=not args.no_progress).export(args.export, args.episodes)
         print(f"model written to {cfg.out} from {args.export}")
     elif args.evaluate:
-        from tickcall.models.training.realtime import compare
+        from tickcall.envs.realtime_eval import compare
 
         scores = {env: compare(env, args.evaluate, args.episodes, args.hz, log=print) for env in cfg.envs}
         _table(scores)
         if args.card:
             _update_card(Path(args.evaluate), cfg, scores)
     else:
-        scores = Pipeline(cfg, progress=not args.no_progress).run()
+        scores = make_pipeline(cfg, progress=not args.no_progress).run()
         print(f"model written to {cfg.out}")
         rt = {e: s["realtime"] for e, s in scores["envs"].items() if "realtime" in s}
         if rt:

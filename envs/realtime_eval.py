@@ -2,9 +2,9 @@
 rate, ``envs.realtime.RealTimeEnv``), a policy decides at ``hz`` (16) on absolute deadlines, and an
 action persists until the next decision lands, so a slow decide costs score.
 
-Per tick: take the newest observation, render the turn (observation text + the last ``history``
-executed calls in the AsyncFC status format), decide with the engine (``models.hf_engine.HFEngine``),
-apply the call. A decide that ends after its tick's deadline (1/hz) is a deadline miss; ticks the
+Per tick: take the newest observation, render the turn (``models.prompt_text``: observation text + the
+last ``history`` calls of the episode, each ``done``: ``apply`` is synchronous here), decide with the
+engine (``models.hf_engine.HFEngine``), apply the call. A decide that ends after its tick's deadline (1/hz) is a deadline miss; ticks the
 clock had to skip are counted too. The teacher runs the same loop (its decide takes microseconds).
 """
 
@@ -15,8 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tickcall.models.calls import render_call
-from tickcall.models.format import Turn
+from tickcall.envs.binding import make_binding
+from tickcall.envs.experts import RandomPolicy, get_expert
+from tickcall.envs.realtime import RealTimeEnv
+from tickcall.models.calls import Call
+from tickcall.models.prompt_text import done_statuses, history_lines, make_turn
 
 from tickcall.timing import RateKeeper
 from tickcall.timing import summary as timing_summary
@@ -57,12 +60,6 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
 
     ``policy``: ``model`` (the folder ``model_path`` through HFEngine), ``teacher`` (the env's expert)
     or ``random``."""
-    import numpy as np
-    from tickcall.envs.binding import make_binding
-    from tickcall.envs.experts import RandomPolicy, get_expert
-    from tickcall.envs.realtime import RealTimeEnv
-    from tickcall.models.training.collect import show_history
-
     binding = make_binding(env_id)
     engine = handle = None
     if policy == "model":
@@ -76,7 +73,7 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
         handle = engine.register(binding.tools, engine.meta.get("system")).handle
         if history is None:  # as the model was trained (tickcall.json history_len)
             history = int(engine.meta.get("history_len") or 0)
-        probe = Turn(binding.obs_text(binding.env.observation_space.sample()), [])
+        probe = make_turn(binding.obs_text(binding.env.observation_space.sample()))
         for _ in range(warmup):
             engine.decide(handle, probe)
     elif policy == "teacher":
@@ -87,10 +84,9 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
         raise ValueError(f"policy must be model, teacher or random, not {policy!r}")
     history = int(history or 0)
     order = {s.name: s.param_names for s in binding.specs}
-    rng = np.random.default_rng(seed)
     res = RealTimeResult(policy, env_id, hz, episodes)
     rt = RealTimeEnv(binding, mode="realtime", seed=seed, max_episodes=episodes)
-    calls: list[str] = []
+    calls: list[Call] = []
     episode = 0
     keeper = RateKeeper(hz)  # absolute deadlines; ticks it had to skip are counted, never burst
     with rt:
@@ -104,7 +100,7 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
             res.ticks += 1
             ts = time.perf_counter()
             if engine is not None:
-                turn = Turn(binding.obs_text(snap.obs), show_history(calls, history, "futures", rng))
+                turn = make_turn(binding.obs_text(snap.obs), _history(calls, history, order))
                 dec = engine.decide(handle, turn)
                 call = dec.call if dec.legal else None
             else:
@@ -114,7 +110,7 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
             if call is not None:
                 res.legal += 1
                 rt.apply(call)
-                calls.append(render_call(call, order.get(call.name)))
+                calls.append(call)
             else:
                 rt.apply(None)  # counted as rejected by the env; the previous action persists
             if time.monotonic() > deadline:
@@ -129,6 +125,12 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
         log(f"realtime {env_id} {policy}: mean return {s['mean_return']:.1f} over {len(res.returns)} episodes, "
             f"legal {s['legal_rate']:.4f}, misses {res.deadline_misses}, decide P50 {s['decide_p50_ms']:.2f} ms")
     return res
+
+
+def _history(calls: list[Call], n: int, order: dict[str, tuple[str, ...]]) -> list[str]:
+    """The last ``n`` calls of the episode as history lines, each ``done`` (ids count from its start)."""
+    recent = calls[-n:] if n > 0 else []
+    return history_lines(done_statuses(recent, order, first_id=len(calls) - len(recent) + 1))
 
 
 def _teacher_summary(env_id: str, episodes: int, hz: float, seed: int, history: int | None) -> dict[str, Any]:
