@@ -1,8 +1,8 @@
 """envs/: the world. Gymnasium adapters (tools from action spaces, observation text), built-in game
 envs, real-time stepping, the game-engine bridge, scripted experts.
 
-Built-in envs are registered with gymnasium through the ``gymnasium.envs`` entry point of the
-installed distribution, so no import of ours is needed::
+Built-in envs are registered with gymnasium as soon as gymnasium is imported (``tickcall.gym_hook``,
+run by the ``tickcall-gym.pth`` start-up file the distribution installs), so no import of ours is needed::
 
     import gymnasium as gym
     env = gym.make("tickcall/Arena-v0")
@@ -16,18 +16,14 @@ Main entry points: ``binding.make_binding(env_id_or_env)`` (tools, observation t
 
 from __future__ import annotations
 
-BUILTIN_ENVS: dict[str, str] = {
-    "tickcall/Arena-v0": "tickcall.envs.arena:ArenaEnv",
-}
+from tickcall.gym_hook import BUILTIN_ENVS, register_builtin_envs
+
+__all__ = ["BUILTIN_ENVS", "register"]
 
 
 def register() -> None:
     """Register the built-in envs with gymnasium (idempotent)."""
-    import gymnasium as gym
-
-    for env_id, entry_point in BUILTIN_ENVS.items():
-        if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry_point, disable_env_checker=False)
+    register_builtin_envs()
 
 
 register()
