@@ -119,7 +119,7 @@ def test_latest_wins_replaces_queued_and_rejects_stale_seq():
         stale = fc.dispatch(Call("move", {"x": 9}), seq=11)
         assert b.state is CallState.SUPERSEDED and b.superseded_by == c.id
         assert stale.state is CallState.REJECTED and "stale seq 11 < 12" in stale.error
-        assert a.state is CallState.RUNNING  # no preempt: the running command finishes
+        assert a.state is CallState.RUNNING  # the running command finishes
         gate.release.set()
         assert a.wait(WAIT) and c.wait(WAIT)
         assert (a.state, c.state) == (CallState.DONE, CallState.DONE)
@@ -134,7 +134,7 @@ def test_latest_wins_under_reordered_completions():
     """Two commands run at once (k=2); the newer completes first; the older's later result is
     recorded as late and never applied."""
     rec = Recorder()
-    fc = make([Lane("steer", policy="latest", k=2, context=True, preempt=False)], {"steer": rec})
+    fc = make([Lane("steer", policy="latest", k=2, context=True)], {"steer": rec})
     try:
         old = fc.dispatch(Call("steer", {"a": 1}))
         assert fc.settle(WAIT)
@@ -152,25 +152,9 @@ def test_latest_wins_under_reordered_completions():
         fc.shutdown(timeout_s=0)
 
 
-def test_preempt_supersedes_running_and_signals_the_actuator():
-    rec = Recorder()
-    fc = make([Lane("move", policy="latest", preempt=True, context=True)], {"move": rec})
-    try:
-        a = fc.dispatch(Call("move", {"x": 1}))
-        assert fc.settle(WAIT) and a.state is CallState.RUNNING
-        b = fc.dispatch(Call("move", {"x": 2}))
-        assert fc.settle(WAIT)
-        assert a.state is CallState.SUPERSEDED and rec.contexts[a.id].cancelled.is_set()
-        assert b.state is CallState.RUNNING
-        assert fc.resolve(a.id, "late") is False  # recorded, still superseded
-        assert a.state is CallState.SUPERSEDED and a.late_result == "late"
-    finally:
-        fc.shutdown(timeout_s=0)
-
-
 def test_dependent_call_waits_for_its_input_and_gets_its_value():
     rec = Recorder()
-    fc = make([Lane("scan", policy="parallel", k=2, context=True),
+    fc = make([Lane("scan", policy="fifo", k=2, context=True),
                Lane("fire", policy="fifo", context=True)], {"scan": rec, "fire": rec})
     try:
         scan = fc.dispatch(Call("scan", {"r": 5}))
@@ -192,7 +176,7 @@ def test_dependent_call_waits_for_its_input_and_gets_its_value():
 @pytest.mark.parametrize("how", ["failed", "cancelled", "timed_out"])
 def test_dependent_call_is_rejected_without_running_when_its_input_fails(how, clock):
     rec = Recorder()
-    fc = make([Lane("scan", policy="parallel", k=2, context=True)], {"scan": rec}, clock=clock)
+    fc = make([Lane("scan", policy="fifo", k=2, context=True)], {"scan": rec}, clock=clock)
     try:
         src = fc.dispatch(Call("scan", {"r": 1}), timeout_complete_s=0.5)
         dep = fc.dispatch(Call("scan", {"q": f"@{src.id}"}))
@@ -329,7 +313,7 @@ def test_crashing_thread_actuator_fails_its_calls_and_is_rebuilt():
 
 def test_crash_fails_every_call_the_actuator_was_running():
     rec = Recorder()
-    fc = make([Lane("eng", policy="parallel", k=3, context=True)], {"eng": rec})
+    fc = make([Lane("eng", policy="fifo", k=3, context=True)], {"eng": rec})
     try:
         a = fc.dispatch(Call("eng", {"i": 1}))
         b = fc.dispatch(Call("eng", {"i": 2}))
@@ -377,9 +361,9 @@ def test_routing_default_lane_and_unknown_tools():
         assert fc.lanes["default"].policy == "fifo"
     finally:
         fc.shutdown(timeout_s=0)
-    fc = make([], {"look": lambda c: 1}, default_lane=Lane("default", policy="parallel", k=2))
+    fc = make([], {"look": lambda c: 1}, default_lane=Lane("default", policy="fifo", k=2))
     try:
-        assert fc.lanes["look"].policy == "parallel" and fc.lanes["look"].k == 2  # auto lane per actuator
+        assert fc.lanes["look"].policy == "fifo" and fc.lanes["look"].k == 2  # auto lane per actuator
         f = fc.dispatch({"name": "jump", "arguments": {}})
         assert f.state is CallState.REJECTED and f.error == "no lane for tool 'jump'"
     finally:

@@ -1,7 +1,7 @@
 """AsyncFC futures layer (after Feng et al., "Concurrency without Model Changes", 2026).
 
 ``AsyncFC.dispatch(call)`` returns a ``CallFuture`` in microseconds; the call runs in its lane
-(latest-wins, FIFO or parallel(k); threads or child processes); later calls may name it as
+(latest-wins or FIFO with k at once; threads or child processes, see ``executors``); later calls may name it as
 ``"@fN"``; ``history_lines`` renders the status of recent and in-flight calls for the next prompt;
 ``ledger`` accounts for every call (accepted == finished + in flight).
 

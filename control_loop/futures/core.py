@@ -1,8 +1,10 @@
 """AsyncFC: dispatch decided calls to actuators without waiting for them, and lose none.
 
 ``dispatch(call) -> CallFuture`` takes one lock, records the call and wakes a lane worker: it
-returns in microseconds whatever the actuators do. Each lane runs its own workers (threads, or
-child processes for CPU-heavy actuators); see ``lanes`` for the policies.
+returns in microseconds whatever the actuators do. Each lane runs its own workers (``executors``:
+threads, or child processes for CPU-heavy actuators); see ``lanes`` for the policies. This module
+is the state machine: accept, admit to a lane, start, finish; ``deps`` holds ``@fN`` inputs,
+``runtime`` the per-lane state.
 
 Invariants
 ----------
@@ -20,71 +22,23 @@ Invariants
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from tickcall.control_loop.futures.child import ChildActuator, ChildDied
-from tickcall.control_loop.futures.deps import references, substitute
+from tickcall.control_loop.futures.deps import Dependents, references, substitute
+from tickcall.control_loop.futures.executors import EXECUTORS
 from tickcall.control_loop.futures.history import status_line
-from tickcall.control_loop.futures.lanes import Lane
+from tickcall.control_loop.futures.lanes import Lane, declare_lanes
 from tickcall.control_loop.futures.ledger import Ledger
+from tickcall.control_loop.futures.runtime import ABANDONING, LaneRuntime, Worker, overdue, short_reason
 from tickcall.control_loop.futures.samples import Samples
-from tickcall.control_loop.futures.states import (
-    ActuatorCrash,
-    CallContext,
-    CallFuture,
-    CallState,
-    Pending,
-)
+from tickcall.control_loop.futures.states import CallContext, CallFuture, CallState
 from tickcall.models.calls import Call
 
 DEFAULT_LANE = Lane("default", policy="fifo", queue=16)
-
-_ABANDONING = (CallState.TIMED_OUT, CallState.CANCELLED, CallState.SUPERSEDED)
-
-
-class _Worker:
-    """One lane worker: a thread (thread lanes) or a thread owning a child process (process lanes)."""
-
-    __slots__ = ("rt", "abandoned", "thread", "child", "fut")
-
-    def __init__(self, rt: _LaneRuntime) -> None:
-        self.rt = rt
-        self.abandoned = False  # replaced: exit after the current actuator call returns
-        self.thread: threading.Thread | None = None
-        self.child: ChildActuator | None = None
-        self.fut: CallFuture | None = None
-
-
-class _LaneRuntime:
-    """Mutable state of one lane; every field is guarded by ``AsyncFC._lock``."""
-
-    def __init__(self, lane: Lane, spec: Any, lock: threading.RLock) -> None:
-        self.lane = lane
-        self.spec = spec  # callable, factory, or "module:attr" for process lanes
-        self.actuator: Callable[..., Any] | None = None
-        self.queue: deque[CallFuture] = deque()
-        self.running: dict[str, CallFuture] = {}
-        self.cond = threading.Condition(lock)
-        self.workers: list[_Worker] = []
-        self.up = False  # actuator built and workers started
-        self.max_seq: int | None = None
-        self.applied: CallFuture | None = None  # latest lane: the newest call that ended done
-        self.restarts = 0
-        self.abandoned = 0
-        self.invoking = 0
-        self.last_error: str | None = None
-
-    def startable(self) -> bool:
-        return self.up and bool(self.queue) and len(self.running) < self.lane.capacity
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
 
 
 class AsyncFC:
@@ -110,14 +64,14 @@ class AsyncFC:
         self.ledger = Ledger(max_entries=max_ledger_entries)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._lanes: dict[str, _LaneRuntime] = {}
+        self._lanes: dict[str, LaneRuntime] = {}
         self._routes: dict[str, str] = {}
         self._param_order = dict(param_order or {})
         self._futures: dict[str, CallFuture] = {}
         self._open: dict[str, CallFuture] = {}
         self._finished_ids: deque[str] = deque()
         self._recent: deque[CallFuture] = deque(maxlen=64)
-        self._dependents: dict[str, list[CallFuture]] = {}
+        self._dependents = Dependents()
         self._keep = max(16, int(keep))
         self._n = 0
         self._closing = False
@@ -131,21 +85,13 @@ class AsyncFC:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-        declared = list(lanes)
-        names = [lane.name for lane in declared]
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate lane names in {names}")
-        for name in actuators:
-            if name not in names:
-                declared.append(dataclasses.replace(default_lane, name=name, tools=(name,)))
-        for lane in declared:
-            if lane.name not in actuators:
-                raise ValueError(f"lane {lane.name!r} has no actuator (actuators has {sorted(actuators)})")
-            self._add_lane(lane, actuators[lane.name])
+        for lane in declare_lanes(lanes, actuators, default_lane):
+            EXECUTORS[lane.executor].check_spec(lane, actuators[lane.name])
+            self._lanes[lane.name] = LaneRuntime(lane, actuators[lane.name], self._lock)
+            self._routes.update(dict.fromkeys(lane.tools, lane.name))
         self._default = default_lane.name if default_lane.name in self._lanes else None
         for rt in self._lanes.values():  # build every actuator before any worker starts
-            if rt.lane.executor == "thread":
-                rt.actuator = rt.spec() if rt.lane.factory else rt.spec
+            EXECUTORS[rt.lane.executor].prepare(rt)
         for rt in self._lanes.values():
             self._start_lane(rt)
         if watchdog_s is not None:
@@ -155,29 +101,16 @@ class AsyncFC:
             self._threads.append(t)
 
     # ------------------------------------------------------------------ setup
-    def _add_lane(self, lane: Lane, spec: Any) -> None:
-        if lane.executor == "process":
-            if not isinstance(spec, str):
-                raise ValueError(f"process lane {lane.name!r} needs an import path 'module:attr', not {spec!r}")
-        elif not callable(spec):
-            raise ValueError(f"actuator of lane {lane.name!r} is not callable: {spec!r}")
-        rt = _LaneRuntime(lane, spec, self._lock)
-        self._lanes[lane.name] = rt
-        for tool in lane.tools:
-            if tool in self._routes:
-                raise ValueError(f"tool {tool!r} is in lanes {self._routes[tool]!r} and {lane.name!r}")
-            self._routes[tool] = lane.name
-
-    def _start_lane(self, rt: _LaneRuntime) -> None:
+    def _start_lane(self, rt: LaneRuntime) -> None:
         with self._lock:
             rt.up = True
             for _ in range(rt.lane.capacity):
                 self._spawn_worker(rt)
 
-    def _spawn_worker(self, rt: _LaneRuntime) -> _Worker:
-        w = _Worker(rt)
-        target = self._process_worker if rt.lane.executor == "process" else self._thread_worker
-        w.thread = threading.Thread(target=target, args=(w,), name=f"asyncfc-{rt.lane.name}", daemon=True)
+    def _spawn_worker(self, rt: LaneRuntime) -> Worker:
+        w = Worker(rt)
+        w.thread = threading.Thread(target=EXECUTORS[rt.lane.executor].run, args=(self, w),
+                                    name=f"asyncfc-{rt.lane.name}", daemon=True)
         rt.workers.append(w)
         w.thread.start()
         self._threads = [t for t in self._threads if t.is_alive()]  # abandoned workers that ended
@@ -235,7 +168,7 @@ class AsyncFC:
                 raise KeyError(f"unknown call {call_id!r}")
             if fut.state in (CallState.WAITING, CallState.QUEUED):
                 raise ValueError(f"{call_id} has not started (state {fut.state.value}); it cannot be resolved")
-            err = None if error is None else (error if isinstance(error, str) else _reason(error))
+            err = None if error is None else (error if isinstance(error, str) else short_reason(error))
             self._complete(fut, result, err)
             ok = fut.state in (CallState.DONE, CallState.FAILED) and not fut.has_late
         self._run_callbacks()
@@ -259,18 +192,10 @@ class AsyncFC:
         count = 0
         with self._lock:
             for fut in list(self._open.values()):
-                if fut.done():
-                    continue
-                if fut.state in (CallState.WAITING, CallState.QUEUED):
-                    limit = fut.timeout_start_s
-                    if limit is not None and now - fut.dispatched_at > limit:
-                        self._finish(fut, CallState.TIMED_OUT, f"not started within {_ms(limit)}")
-                        count += 1
-                elif fut.state is CallState.RUNNING:
-                    limit = fut.timeout_complete_s
-                    if limit is not None and fut.started_at is not None and now - fut.started_at > limit:
-                        self._finish(fut, CallState.TIMED_OUT, f"no result within {_ms(limit)}")
-                        count += 1
+                why = None if fut.done() else overdue(fut, now)
+                if why is not None:
+                    self._finish(fut, CallState.TIMED_OUT, why)
+                    count += 1
         self._run_callbacks()
         return count
 
@@ -307,12 +232,6 @@ class AsyncFC:
         """Counts and times: ``dispatch_us`` (real µs), ``start_ms``/``complete_ms``/``run_ms`` (clock ms),
         ``states`` (terminal counts), ``in_flight``, per-lane queue/running/restarts."""
         with self._lock:
-            lanes = {
-                name: {"policy": rt.lane.policy, "executor": rt.lane.executor, "queued": len(rt.queue),
-                       "running": len(rt.running), "restarts": rt.restarts, "abandoned_workers": rt.abandoned,
-                       "up": rt.up, "last_error": rt.last_error}
-                for name, rt in self._lanes.items()
-            }
             return {
                 "accepted": self.ledger.accepted, "finished": self.ledger.finished,
                 "in_flight": self.ledger.in_flight, "started": self.ledger.started,
@@ -321,7 +240,8 @@ class AsyncFC:
                 "balanced": self.ledger.balanced(), "callback_errors": self._callback_errors,
                 "dispatch_us": self._dispatch_s.summary(1e6, 1),
                 "start_ms": self._start_s.summary(1e3, 2), "complete_ms": self._complete_s.summary(1e3, 2),
-                "run_ms": self._run_s.summary(1e3, 2), "lanes": lanes,
+                "run_ms": self._run_s.summary(1e3, 2),
+                "lanes": {name: rt.metrics() for name, rt in self._lanes.items()},
             }
 
     def settle(self, timeout_s: float = 5.0) -> bool:
@@ -356,17 +276,16 @@ class AsyncFC:
                 if not fut.done():
                     self._finish(fut, CallState.CANCELLED, reason)
             self._closed = True
-            children = []
+            workers = []
             for rt in self._lanes.values():
                 for w in rt.workers:
                     w.abandoned = True
-                    if w.child is not None:
-                        children.append(w.child)
+                    workers.append(w)
                 rt.cond.notify_all()
             self._changed.notify_all()
         self._stop.set()
-        for child in children:
-            child.kill()
+        for w in workers:
+            EXECUTORS[w.rt.lane.executor].release(w)
         self._run_callbacks()
         me = threading.current_thread()
         join_until = time.monotonic() + 1.0  # hung actuator threads are daemons: do not wait on them long
@@ -409,22 +328,10 @@ class AsyncFC:
             return fut
         if seq is not None:
             rt.max_seq = seq if rt.max_seq is None else max(rt.max_seq, seq)
-        refs = references(call)
-        for ref in refs:
-            src = self._futures.get(ref)
-            if src is None or src.n >= n:
-                self._finish(fut, CallState.REJECTED, f"unknown future @{ref}")
-                return fut
-            if src.done() and src.state is not CallState.DONE:
-                self._finish(fut, CallState.REJECTED, f"input @{ref} {src.state.value}")
-                return fut
-        for ref in refs:
-            src = self._futures[ref]
-            if src.state is CallState.DONE:
-                fut._inputs[ref] = src.result
-            else:
-                fut._waiting_on.add(ref)
-                self._dependents.setdefault(ref, []).append(fut)
+        refused = self._dependents.admit(fut, references(call), self._futures)
+        if refused is not None:
+            self._finish(fut, CallState.REJECTED, refused)
+            return fut
         if fut._waiting_on:
             fut.state = CallState.WAITING
             return fut
@@ -445,9 +352,6 @@ class AsyncFC:
                 return
             for old in list(rt.queue):
                 self._finish(old, CallState.SUPERSEDED, f"superseded by @{fut.id}", by=fut.id)
-            if lane.preempt:
-                for old in list(rt.running.values()):
-                    self._finish(old, CallState.SUPERSEDED, f"superseded by @{fut.id}", by=fut.id)
         else:
             room = lane.queue + max(0, lane.capacity - len(rt.running))
             if len(rt.queue) >= room:
@@ -458,7 +362,7 @@ class AsyncFC:
         rt.cond.notify()
         self._changed.notify_all()
 
-    def _take(self, w: _Worker) -> CallFuture | None:
+    def _take(self, w: Worker) -> CallFuture | None:
         """Wait for a call this worker may start; mark it running. None: the worker must exit."""
         rt = w.rt
         while True:
@@ -467,9 +371,9 @@ class AsyncFC:
             if rt.startable():
                 fut = rt.queue.popleft()
                 now = self.clock()
-                limit = fut.timeout_start_s
-                if limit is not None and now - fut.dispatched_at > limit:
-                    self._finish(fut, CallState.TIMED_OUT, f"not started within {_ms(limit)}")
+                why = overdue(fut, now)
+                if why is not None:
+                    self._finish(fut, CallState.TIMED_OUT, why)
                     continue
                 fut.state = CallState.RUNNING
                 fut.started_at = now
@@ -491,9 +395,9 @@ class AsyncFC:
         if fut.done():
             self._record_late(fut, result, error, now)
             return
-        limit = fut.timeout_complete_s
-        if limit is not None and fut.started_at is not None and now - fut.started_at > limit:
-            self._finish(fut, CallState.TIMED_OUT, f"no result within {_ms(limit)}")
+        why = overdue(fut, now)
+        if why is not None:
+            self._finish(fut, CallState.TIMED_OUT, why)
             self._record_late(fut, result, error, now)
             return
         if error is not None:
@@ -531,14 +435,11 @@ class AsyncFC:
                     rt.queue.remove(fut)
             elif prev is CallState.RUNNING:
                 rt.running.pop(fut.id, None)
-                if state in _ABANDONING:
+                if state in ABANDONING:
                     self._abandon(rt, fut)
             rt.cond.notify()
         if prev is CallState.WAITING:
-            for ref in fut._waiting_on:
-                deps = self._dependents.get(ref)
-                if deps and fut in deps:
-                    deps.remove(fut)
+            self._dependents.forget(fut)
         self.ledger.finish(fut.finished_at, fut.id, fut.lane, state, error)
         self._open.pop(fut.id, None)
         self._recent.append(fut)
@@ -554,18 +455,15 @@ class AsyncFC:
             self._callbacks.append((cb, (fut,)))
         fut._callbacks = []
         self._changed.notify_all()
-        for dep in self._dependents.pop(fut.id, []):
-            if dep.done():
+        for dep, ready in self._dependents.release(fut):
+            if dep.done():  # ended by an earlier step of this cascade
                 continue
-            if state is CallState.DONE:
-                dep._waiting_on.discard(fut.id)
-                dep._inputs[fut.id] = fut.result
-                if not dep._waiting_on:
-                    self._ready(dep)
+            if ready:
+                self._ready(dep)
             else:
                 self._finish(dep, CallState.REJECTED, f"input @{fut.id} {state.value}")
 
-    def _abandon(self, rt: _LaneRuntime, fut: CallFuture) -> None:
+    def _abandon(self, rt: LaneRuntime, fut: CallFuture) -> None:
         """A running call ended without its actuator's answer: tell the actuator, free the slot."""
         if fut._ctx is not None:
             fut._ctx.cancelled.set()
@@ -574,175 +472,7 @@ class AsyncFC:
         w = fut._worker
         if not fut._invoking or w is None or w.abandoned:
             return
-        if rt.lane.executor == "process":
-            if w.child is not None:
-                w.child.kill()  # the worker sees the child die, records it and starts a fresh one
-            return
-        # a thread stuck in the actuator: leave it, and start a replacement so the lane keeps its k workers
-        w.abandoned = True
-        rt.abandoned += 1
-        if w in rt.workers:
-            rt.workers.remove(w)
-        if not self._closing:
-            self._spawn_worker(rt)
-
-    def _crash_lane(self, rt: _LaneRuntime, reason: str) -> None:
-        """Thread lane: the actuator raised ActuatorCrash. Fail its running calls, restart it."""
-        for fut in list(rt.running.values()):
-            if not fut.done():
-                fut._invoking = False  # its thread is abandoned below; no replacement per call
-                if fut._ctx is not None:
-                    fut._ctx.cancelled.set()
-                self._finish(fut, CallState.FAILED, f"actuator crashed: {reason}")
-        for w in rt.workers:
-            w.abandoned = True
-        rt.abandoned += len(rt.workers)
-        rt.workers = []
-        rt.up = False
-        rt.restarts += 1
-        rt.last_error = reason
-        self.ledger.restart(self.clock(), rt.lane.name, f"crashed: {reason}")
-        rt.cond.notify_all()
-        if self._closing:
-            return
-        if rt.lane.factory:
-            t = threading.Thread(target=self._rebuild, args=(rt,), name=f"asyncfc-restart-{rt.lane.name}",
-                                 daemon=True)
-            t.start()
-            self._threads.append(t)
-        else:
-            rt.up = True
-            for _ in range(rt.lane.capacity):
-                self._spawn_worker(rt)
-
-    def _actuator_unavailable(self, rt: _LaneRuntime, what: str, exc: BaseException) -> None:
-        """An actuator could not be (re)built: record it and fail the call at the head of its queue."""
-        with self._lock:
-            rt.last_error = f"{what} failed: {_reason(exc)}"
-            self.ledger.restart(self.clock(), rt.lane.name, rt.last_error)
-            if rt.queue:
-                self._finish(rt.queue[0], CallState.FAILED, f"actuator unavailable: {_reason(exc)}")
-        self._run_callbacks()
-
-    def _rebuild(self, rt: _LaneRuntime) -> None:
-        backoff = 0.05
-        while not self._stop.is_set():
-            try:
-                actuator = rt.spec()
-            except Exception as exc:
-                self._actuator_unavailable(rt, "restart", exc)
-                self._stop.wait(backoff)
-                backoff = min(1.0, backoff * 2)
-                continue
-            with self._lock:
-                if self._closing:
-                    return
-                rt.actuator = actuator
-                rt.up = True
-                for _ in range(rt.lane.capacity):
-                    self._spawn_worker(rt)
-                self._changed.notify_all()
-            return
-
-    # ------------------------------------------------------------------ worker threads
-    def _thread_worker(self, w: _Worker) -> None:
-        rt = w.rt
-        lane = rt.lane
-        while True:
-            with self._lock:
-                fut = self._take(w)
-                if fut is None:
-                    return
-                actuator = rt.actuator
-                call = fut.resolved_call or fut.call
-                ctx = fut._ctx
-            out: Any = None
-            error: str | None = None
-            crash: str | None = None
-            try:
-                out = actuator(call, ctx) if lane.context else actuator(call)  # type: ignore[misc]
-            except ActuatorCrash as exc:
-                crash = _reason(exc)
-            except Exception as exc:
-                error = _reason(exc)
-            except BaseException as exc:  # SystemExit / KeyboardInterrupt inside an actuator thread
-                crash = f"{type(exc).__name__}: {exc}"
-            with self._lock:
-                fut._invoking = False
-                w.fut = None
-                rt.invoking -= 1
-                if crash is not None:
-                    self._complete(fut, None, f"actuator crashed: {crash}")
-                    if not w.abandoned and not self._closed:
-                        self._crash_lane(rt, crash)
-                elif isinstance(out, Pending):
-                    if not fut.done():
-                        fut._pending = out  # stays running until resolve / timeout / cancel
-                    elif fut.state in _ABANDONING and out.on_cancel is not None:
-                        self._callbacks.append((out.on_cancel, ()))
-                else:
-                    self._complete(fut, out, error)
-                self._changed.notify_all()
-                leave = w.abandoned or self._closed
-            self._run_callbacks()
-            if leave:
-                return
-
-    def _process_worker(self, w: _Worker) -> None:
-        rt = w.rt
-        backoff = 0.05
-        while not (self._closed or w.abandoned):
-            if w.child is None:
-                try:
-                    child = ChildActuator(rt.spec, factory=rt.lane.factory)
-                except Exception as exc:
-                    self._actuator_unavailable(rt, "start", exc)
-                    self._stop.wait(backoff)
-                    backoff = min(1.0, backoff * 2)
-                    continue
-                with self._lock:
-                    w.child = child
-                    if self._closed or w.abandoned:
-                        break
-                backoff = 0.05
-            with self._lock:
-                fut = self._take(w)
-                if fut is None:
-                    break
-                call = fut.resolved_call or fut.call
-                child = w.child
-            reply: dict[str, Any] | None = None
-            died: str | None = None
-            try:
-                reply = child.request(fut.n, call)
-            except ChildDied as exc:
-                died = str(exc)
-            with self._lock:
-                fut._invoking = False
-                w.fut = None
-                rt.invoking -= 1
-                if died is not None:
-                    w.child = None
-                    if fut.done():
-                        if not self._closed:
-                            self.ledger.restart(self.clock(), rt.lane.name,
-                                                f"restarted after {fut.id} {fut.state.value}")
-                    else:
-                        rt.restarts += 1
-                        rt.last_error = died
-                        self.ledger.restart(self.clock(), rt.lane.name, f"crashed: {died}")
-                        self._complete(fut, None, f"actuator crashed: {died}")
-                elif reply.get("ok"):
-                    self._complete(fut, reply.get("result"), None)
-                else:
-                    self._complete(fut, None, str(reply.get("error") or "actuator error"))
-                self._changed.notify_all()
-            if died is not None:
-                child.close()
-            self._run_callbacks()
-        if w.child is not None:
-            w.child.close()
-            w.child = None
+        EXECUTORS[rt.lane.executor].abandon(self, rt, w)
 
     def _watchdog(self, period_s: float) -> None:
         while not self._stop.wait(period_s):
@@ -763,6 +493,3 @@ class AsyncFC:
                 with self._lock:
                     self._callback_errors += 1
 
-
-def _ms(seconds: float) -> str:
-    return f"{round(seconds * 1000)}ms"

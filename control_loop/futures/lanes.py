@@ -3,13 +3,13 @@
 Policies
 --------
 * ``latest`` (set-points): at most one queued call; a newer call replaces the queued one (which
-  ends ``superseded``) and, with ``preempt=True``, also supersedes the running one. A call whose
-  ``seq`` is below the newest seq the lane has seen is rejected as stale; a completion that arrives
-  after a newer call of the lane was applied ends ``superseded``, so only the newest command is ever
+  ends ``superseded``); the running one finishes (an actuator applies a set-point quickly; one that
+  must stop early watches ``ctx.cancelled``, set on timeout and cancel). A call whose ``seq`` is
+  below the newest seq the lane has seen is rejected as stale; a completion that arrives after a
+  newer call of the lane was applied ends ``superseded``, so only the newest command is ever
   applied even when completions come back out of order.
-* ``fifo`` (discrete actions): calls start in dispatch order; at most ``queue`` wait; one more is
-  rejected with ``queue full`` (never dropped silently).
-* ``parallel`` (queries): up to ``k`` run at once; at most ``queue`` wait.
+* ``fifo`` (discrete actions, queries): calls start in dispatch order, up to ``k`` at once; at most
+  ``queue`` wait; one more is rejected with ``queue full`` (never dropped silently).
 
 Executors
 ---------
@@ -24,10 +24,12 @@ Executors
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-POLICIES = ("latest", "fifo", "parallel")
+POLICIES = ("latest", "fifo")
 EXECUTORS = ("thread", "process")
 
 
@@ -36,7 +38,7 @@ class Lane:
     """One actuator's lane.
 
     ``tools``: tool names routed here (default: the lane's own name). ``k``: calls running at once
-    (``latest`` and ``fifo`` default to 1). ``queue``: calls allowed to wait (``latest``: always 1).
+    (default 1). ``queue``: calls allowed to wait (``latest``: always 1).
     ``timeout_start_s`` / ``timeout_complete_s``: defaults for calls of this lane (seconds;
     start is measured from dispatch, complete from start). ``context=True``: the actuator is called
     ``fn(call, ctx)`` with a ``CallContext``. ``factory=True``: the actuator given is a zero-argument
@@ -48,7 +50,6 @@ class Lane:
     policy: str = "fifo"
     k: int = 1
     queue: int = 8
-    preempt: bool = False
     executor: str = "thread"
     context: bool = False
     factory: bool = False
@@ -79,3 +80,24 @@ class Lane:
     def capacity(self) -> int:
         """Calls that may run at once."""
         return int(self.k)
+
+
+def declare_lanes(lanes: Iterable[Lane], actuators: Mapping[str, Any], default_lane: Lane) -> list[Lane]:
+    """The lanes an ``AsyncFC`` runs: the declared ones, plus one shaped like ``default_lane`` for each
+    actuator without a declared lane. Raises ``ValueError`` for duplicate names, a lane without an
+    actuator, or a tool routed to two lanes."""
+    declared = list(lanes)
+    names = [lane.name for lane in declared]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate lane names in {names}")
+    declared += [dataclasses.replace(default_lane, name=name, tools=(name,))
+                 for name in actuators if name not in names]
+    routes: dict[str, str] = {}
+    for lane in declared:
+        if lane.name not in actuators:
+            raise ValueError(f"lane {lane.name!r} has no actuator (actuators has {sorted(actuators)})")
+        for tool in lane.tools:
+            if tool in routes:
+                raise ValueError(f"tool {tool!r} is in lanes {routes[tool]!r} and {lane.name!r}")
+            routes[tool] = lane.name
+    return declared
