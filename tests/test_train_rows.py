@@ -154,3 +154,23 @@ def test_cartpole_teacher_logits_agree_with_its_calls(prefer_builtin):
     assert Record.from_dict(recs[0].to_dict()) == recs[0]
     arena, _ = rollout(get_source("tickcall/Arena-v0"), TEACHER, [0], n_envs=1, max_decisions=5)
     assert arena[0].logits is None and "logits" not in arena[0].to_dict()
+
+
+def test_a_config_turns_history_on_with_the_run_time_status_lines(tmp_path):
+    """``data.history_len`` > 0 in a training config: the rows carry AsyncFC status lines as the
+    futures layer writes them (``models.prompt_text``), at most ``history_len`` per turn."""
+    import re
+
+    from tickcall.models.training.pipeline import TrainConfig
+    from tickcall.training import make_pipeline
+
+    cfg = TrainConfig.load(ROOT / "configs" / "train-ci.yaml")
+    cfg.work_dir, cfg.out = str(tmp_path / "work"), str(tmp_path / "model")
+    cfg.data.episodes, cfg.data.max_decisions, cfg.data.history_len = 2, 30, 3
+    data = make_pipeline(cfg, log=lambda _: None, progress=False).collect_teacher()
+    recs = data["CartPole-v1"]
+    line = re.compile(r'push\(direction="(left|right)"\)@f\d+ (done|running \d+ms|superseded by @f\d+)')
+    assert any(r.history for r in recs) and all(len(r.history) <= 3 for r in recs)
+    assert all(line.fullmatch(h) for r in recs for h in r.history)
+    with pytest.raises(ValueError, match="history_style"):
+        TrainConfig.from_dict({"envs": ["CartPole-v1"], "data": {"history_style": "plain"}})

@@ -21,8 +21,9 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         "(`tickcall train`). It emits one function call per tick with parallel heads "
         "(`<function>`, `<arg1>`..`<argN>`); prompt template `" + cfg.template + "`.",
         "",
-        f"History items per turn in training: {cfg.data.history_len} (`tickcall.json` `history_len`); run it "
-        "the same way (`envs.policies.ModelPolicy.from_path` reads it).",
+        f"History items per turn in training: {cfg.data.history_len} (`tickcall.json` `history_len`; "
+        f"style `{cfg.data.history_style}`, AsyncFC status lines rendered by `tickcall.models.prompt_text`); "
+        "run it the same way (`envs.policies.ModelPolicy.from_path` and the control loop read it).",
         "",
         "## Model",
         "",

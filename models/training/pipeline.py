@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tickcall.models.format import get_template
-from tickcall.models.training.collect import RANDOM, TEACHER, Record, rollout
+from tickcall.models.training.collect import HISTORY_STYLES, RANDOM, TEACHER, Record, rollout
 from tickcall.models.training.rows import RowCodec, branch_texts
 from tickcall.models.training.sources import EnvSource, SourceFactory
 from tickcall.models.training.trainer import TrainSettings, train
@@ -41,7 +41,11 @@ class ModelSpec:
 @dataclass
 class DataSpec:
     """Teacher rollouts: ``episodes`` per env, random-action rate ``epsilon``, state nudges; plus
-    ``coverage`` rows per env from states sampled directly (see ``models.training.coverage``)."""
+    ``coverage`` rows per env from states sampled directly (see ``models.training.coverage``).
+
+    ``history_len``: history items per turn (0: none), written to the model's ``tickcall.json`` so
+    the run uses the same number; ``history_style``: ``futures`` (AsyncFC status lines as a real-time
+    run shows them) or ``lockstep`` (every call ``done``); both rendered by ``models.prompt_text``."""
 
     episodes: int = 100
     epsilon: float = 0.2
@@ -57,6 +61,13 @@ class DataSpec:
     heldout_coverage: int = 0  # held-out sampled states per env (scored apart from the rollout states)
     text_labels: bool = False  # the teacher decides on the values the text shows (CartPole: rounded)
     soft_tau: float = 0.0  # > 0: distil the teacher's scores, softmax(logit / soft_tau), where it has them
+
+    def __post_init__(self) -> None:
+        if self.history_style not in HISTORY_STYLES:
+            raise ValueError(f"data.history_style must be one of {', '.join(HISTORY_STYLES)}, "
+                             f"not {self.history_style!r}")
+        if self.history_len < 0:
+            raise ValueError(f"data.history_len must be >= 0, not {self.history_len}")
 
 
 @dataclass
