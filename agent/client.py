@@ -1,10 +1,13 @@
 """Python client of the policy service (protocol v1, docs/protocol.md): a ZMQ DEALER with timeouts,
 reconnect, and automatic re-registration when the server's epoch changes.
 
-Accounting invariant: every ``send_decide`` produces exactly one :class:`Reply` from ``poll`` (or
-``decide``): the server's ``call`` or ``error``, or one made here: ``timeout`` (no reply within
-``timeout_ms``; also for requests lost when the socket is reset) or ``superseded`` (a newer decide for
-the same registration and stream replaced one that was waiting for a re-registration).
+Accounting invariant: every ``send_decide`` produces exactly one reply from ``poll`` (or ``decide``),
+typed as the wire structs (``agent.messages.DecideReply`` = ``CallReply | ErrorReply``; an error's text
+is ``ErrorReply.message``, a call's illegality ``CallReply.reason``): the server's ``call`` or
+``error``, or an ``ErrorReply`` made here: ``timeout`` (no reply within ``timeout_ms``; also for
+requests lost when the socket is reset), ``superseded`` (a newer decide for the same registration and
+stream replaced one that was waiting for a re-registration) or ``bad_reply`` (the server answered a
+decide with another reply type). Every ``ErrorReply`` handed out carries the decide's ``tick``.
 
 Recovery: a timeout resets the socket (a fresh DEALER drops anything queued for a dead server) and
 sends a ``hello``; when the reply shows a new epoch (the server restarted) every kept registration is
@@ -21,132 +24,45 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import zmq
-
 from tickcall.agent import protocol as P
+from tickcall.agent.client_state import CLIENT_CODES, ClientRegistration, Out, PolicyTimeout, now_ms
 from tickcall.agent.config import CurveConfig
-from tickcall.models.calls import Call
+from tickcall.agent.messages import (
+    Bye,
+    CallReply,
+    Decide,
+    DecideReply,
+    ErrorReply,
+    Hello,
+    Ping,
+    Register,
+    Registered,
+    Reply,
+    Request,
+    Welcome,
+)
+from tickcall.agent.protocol import PolicyError
 
-CLIENT_CODES = {
-    "timeout": "no reply within timeout_ms (or the request was lost when the socket was reset)",
-}
-
-
-class PolicyError(RuntimeError):
-    """The server answered a blocking request (hello, register, ping) with an error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class PolicyTimeout(TimeoutError):
-    """No reply to a blocking request within its timeout (the socket has been reset)."""
-
-
-def _now_ms() -> float:
-    return time.monotonic() * 1e3
-
-
-@dataclass
-class Reply:
-    """The answer to one ``decide``: ``type`` is ``'call'`` or ``'error'``.
-
-    For a call: ``call`` (None if no tool was identified), ``legal``/``reason``, raw ``heads``, ``tokens``
-    (prompt, cached, generated per head), server ``timings_ms`` (queue, prefill, decode, assemble,
-    engine, server) and ``batch`` (decides decoded together). For an error: ``code`` and ``message``.
-    ``rtt_ms``: send to receipt on this client's clock (includes any wait for a re-registration).
-    """
-
-    type: str
-    msg_id: int
-    tick_id: int | None
-    handle: str | None = None
-    call: Call | None = None
-    legal: bool = False
-    reason: str = ""
-    heads: dict[str, str] = field(default_factory=dict)
-    tokens: dict[str, Any] = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    batch: int = 0
-    code: str | None = None
-    message: str = ""
-    epoch: str | None = None
-    rtt_ms: float = 0.0
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        """A legal call that may be applied."""
-        return self.type == "call" and self.legal and self.call is not None
-
-
-@dataclass
-class Welcome:
-    epoch: str
-    versions: list[int]
-    engine: dict[str, Any]
-    server: dict[str, Any]
-    templates: list[str]
-    limits: dict[str, Any]
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
-
-
-@dataclass
-class ClientRegistration:
-    """A tool set kept by the client. ``handle``/``epoch`` change when it is registered again."""
-
-    tools: list[dict[str, Any]]
-    system: str | None
-    template: str | None
-    handle: str | None = None
-    epoch: str | None = None
-    heads: list[str] = field(default_factory=list)
-    prefix_tokens: int = 0
-    tool_names: list[str] = field(default_factory=list)
-    renewals: int = 0
-    _pending_id: int | None = field(default=None, repr=False)
-
-
-@dataclass
-class _Out:
-    """A request in flight (or waiting for a re-registration)."""
-
-    kind: str  # decide | hello | register | ping | bye
-    msg_id: int
-    t_ms: float  # first send (client clock)
-    timeout_at: float  # ms, client clock
-    reg: ClientRegistration | None = None
-    tick: int | None = None
-    turn: dict[str, Any] | None = None
-    deadline_ms: float | None = None
-    stream: str | None = None
-    retried: bool = False
-    internal: bool = False
-    result: Any = None
-    done: bool = False
-
-
-def _wire_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
-    """Tool dicts go on the wire as given (key order kept); callables are converted with models.tools."""
-    if all(isinstance(t, dict) for t in tools):
-        return [dict(t) for t in tools]
-    from tickcall.models.tools import normalize_tools
-
-    return [s.rendered for s in normalize_tools(tools)]
+__all__ = ["CLIENT_CODES", "ClientRegistration", "PolicyClient", "PolicyError", "PolicyTimeout"]
 
 
 class PolicyClient:
     """DEALER client of one policy service endpoint. Not thread-safe: use one per thread."""
 
-    def __init__(self, endpoint: str, timeout_ms: float = 1000, curve: CurveConfig | dict | None = None, *,
-                 name: str | None = None, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_ms: float = 1000,
+        curve: CurveConfig | dict | None = None,
+        *,
+        name: str | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_ms = float(timeout_ms)
         self.curve = CurveConfig(**curve) if isinstance(curve, dict) else curve
@@ -158,12 +74,20 @@ class PolicyClient:
         self.welcome: Welcome | None = None
         self.registrations: list[ClientRegistration] = []
         self._default: ClientRegistration | None = None
-        self._out: dict[int, _Out] = {}
-        self._waiting: dict[tuple[int, str], _Out] = {}  # (id(reg), stream) -> decide waiting for its reg
-        self._ready: list[Reply] = []
-        self.stats: dict[str, int] = {"sent": 0, "replies": 0, "timeouts": 0, "resets": 0, "renewals": 0,
-                                      "late_replies": 0, "bad_replies": 0, "resent": 0,
-                                      "register_errors": 0}
+        self._out: dict[int, Out] = {}
+        self._waiting: dict[tuple[int, str], Out] = {}  # (id(reg), stream) -> decide waiting for its reg
+        self._ready: list[DecideReply] = []
+        self.stats: dict[str, int] = {
+            "sent": 0,
+            "replies": 0,
+            "timeouts": 0,
+            "resets": 0,
+            "renewals": 0,
+            "late_replies": 0,
+            "bad_replies": 0,
+            "resent": 0,
+            "register_errors": 0,
+        }
         self._connect()
 
     # ------------------------------------------------------------------ socket
@@ -192,7 +116,7 @@ class PolicyClient:
         self.stats["resets"] += 1
         if self._sock is not None:
             self._sock.close(0)
-        now = _now_ms()
+        now = now_ms()
         for out in list(self._out.values()):
             self._expire(out, now, f"connection reset ({reason}) before a reply")
         self._out.clear()
@@ -205,94 +129,111 @@ class PolicyClient:
             if id(reg) in waiting_regs or reg.epoch != self.epoch:
                 self._send_register(reg)
 
-    def _send(self, msg: dict[str, Any], out: _Out) -> None:
-        msg["v"] = P.PROTOCOL_VERSION
-        msg["id"] = out.msg_id
+    def _send(self, msg: Request, out: Out) -> None:
+        """Send ``msg`` (whose ``id`` is ``out.msg_id``) and track ``out`` until its reply or timeout."""
         with contextlib.suppress(zmq.Again):  # high-water mark: the server is not reading; it will time out
-            self.socket.send(P.pack(msg), zmq.NOBLOCK)
+            self.socket.send(P.encode(msg), zmq.NOBLOCK)
         self.stats["sent"] += 1
         self._out[out.msg_id] = out
 
-    def _new_out(self, kind: str, timeout_ms: float | None = None, **kw: Any) -> _Out:
-        now = _now_ms()
-        return _Out(kind=kind, msg_id=next(self._ids), t_ms=now,
-                    timeout_at=now + (self.timeout_ms if timeout_ms is None else float(timeout_ms)), **kw)
+    def _new_out(self, kind: str, timeout_ms: float | None = None, **kw: Any) -> Out:
+        now = now_ms()
+        return Out(
+            kind=kind,
+            msg_id=next(self._ids),
+            t_ms=now,
+            timeout_at=now + (self.timeout_ms if timeout_ms is None else float(timeout_ms)),
+            **kw,
+        )
 
     # ------------------------------------------------------------------ blocking requests
-    def _wait(self, out: _Out, what: str) -> Any:
+    def _wait(self, out: Out, what: str) -> Any:
         while not out.done:
-            left = out.timeout_at - _now_ms()
+            left = out.timeout_at - now_ms()
             if left <= 0:
                 break
             self._pump(left)
         if not out.done:
             if self._out.pop(out.msg_id, None) is not None:  # else _expire_all already reset the socket
                 self._reset(f"{what} timed out")
-            raise PolicyTimeout(f"no reply to {what} from {self.endpoint} within "
-                                f"{out.timeout_at - out.t_ms:.0f} ms")
+            raise PolicyTimeout(
+                f"no reply to {what} from {self.endpoint} within {out.timeout_at - out.t_ms:.0f} ms"
+            )
         if isinstance(out.result, PolicyError):
             raise out.result
         return out.result
 
-    def _send_hello(self, internal: bool, timeout_ms: float | None = None) -> _Out:
+    def _send_hello(self, internal: bool, timeout_ms: float | None = None) -> Out:
         out = self._new_out("hello", timeout_ms, internal=internal)
-        msg: dict[str, Any] = {"type": "hello", "versions": list(P.SUPPORTED_VERSIONS)}
-        if self.name:
-            msg["client"] = self.name
-        self._send(msg, out)
+        self._send(Hello(id=out.msg_id, client=self.name or None, versions=list(P.SUPPORTED_VERSIONS)), out)
         return out
 
     def hello(self, timeout_ms: float | None = None) -> Welcome:
         """Handshake: the server's epoch, versions, engine and limits. Raises PolicyTimeout/PolicyError."""
         return self._wait(self._send_hello(internal=False, timeout_ms=timeout_ms), "hello")
 
-    def register(self, tools: Sequence[Any], system: str | None = None, template: str | None = None,
-                 timeout_ms: float | None = None) -> ClientRegistration:
+    def register(
+        self,
+        tools: Sequence[Any],
+        system: str | None = None,
+        template: str | None = None,
+        timeout_ms: float | None = None,
+    ) -> ClientRegistration:
         """Register a tool set; it is kept and registered again automatically after a server restart.
 
         The last registration is the default one for ``send_decide``. Raises PolicyError (e.g.
         ``illegal_tools``) or PolicyTimeout.
         """
-        reg = ClientRegistration(tools=_wire_tools(tools), system=system, template=template)
+        reg = ClientRegistration(tools=P.wire_tools(tools), system=system, template=template)
         out = self._send_register(reg, timeout_ms)
         self._wait(out, "register")
         self.registrations.append(reg)
         self._default = reg
         return reg
 
-    def _send_register(self, reg: ClientRegistration, timeout_ms: float | None = None) -> _Out:
+    def _send_register(self, reg: ClientRegistration, timeout_ms: float | None = None) -> Out:
         out = self._new_out("register", timeout_ms, reg=reg)
-        msg: dict[str, Any] = {"type": "register", "tools": reg.tools}
-        if reg.system is not None:
-            msg["system"] = reg.system
-        if reg.template is not None:
-            msg["template"] = reg.template
         reg._pending_id = out.msg_id
-        self._send(msg, out)
+        self._send(Register(id=out.msg_id, tools=reg.tools, system=reg.system, template=reg.template), out)
         return out
 
     def ping(self, timeout_ms: float | None = None) -> float:
         """Round trip of a ping in ms (client clock)."""
         out = self._new_out("ping", timeout_ms)
-        self._send({"type": "ping", "sent_ms": out.t_ms}, out)
+        self._send(Ping(id=out.msg_id, sent_ms=out.t_ms), out)
         self._wait(out, "ping")
-        return _now_ms() - out.t_ms
+        return now_ms() - out.t_ms
 
     # ------------------------------------------------------------------ decisions
-    def send_decide(self, turn: Any, tick_id: int, deadline_ms: float | None = None, *,
-                    reg: ClientRegistration | None = None, stream: str | None = None,
-                    timeout_ms: float | None = None) -> int:
-        """Send a decide without waiting; returns its message id (the ``msg_id`` of its Reply).
+    def send_decide(
+        self,
+        turn: Any,
+        tick_id: int,
+        deadline_ms: float | None = None,
+        *,
+        reg: ClientRegistration | None = None,
+        stream: str | None = None,
+        timeout_ms: float | None = None,
+    ) -> int:
+        """Send a decide without waiting; returns its message id (the ``id`` of its reply).
 
-        ``turn``: a ``models.format.Turn``, a mapping with the wire keys (query, history, environment,
-        observation) or a query string. ``deadline_ms``: budget from the server's receipt (ms) after which
-        it answers ``expired`` instead of decoding. ``stream``: latest-wins key (default: the handle).
+        ``turn``: a ``models.format.Turn``, a ``WireTurn``, a mapping with the wire keys (query, history,
+        environment, observation) or a query string; a mapping that is no valid turn raises ValueError.
+        ``deadline_ms``: budget from the server's receipt (ms) after which it answers ``expired`` instead
+        of decoding. ``stream``: latest-wins key (default: the handle).
         """
         reg = reg or self._default
         if reg is None:
             raise RuntimeError("register tools before send_decide")
-        out = self._new_out("decide", timeout_ms, reg=reg, tick=int(tick_id), turn=P.turn_to_wire(turn),
-                            deadline_ms=None if deadline_ms is None else float(deadline_ms), stream=stream)
+        out = self._new_out(
+            "decide",
+            timeout_ms,
+            reg=reg,
+            tick=int(tick_id),
+            turn=P.turn_to_wire(turn),
+            deadline_ms=None if deadline_ms is None else float(deadline_ms),
+            stream=stream,
+        )
         if reg.handle is None or reg.epoch != self.epoch or reg._pending_id is not None:
             self._hold(out)
             if reg._pending_id is None:
@@ -301,33 +242,47 @@ class PolicyClient:
             self._send_decide(out)
         return out.msg_id
 
-    def _hold(self, out: _Out) -> None:
+    def _hold(self, out: Out) -> None:
         key = (id(out.reg), out.stream or "")
         old = self._waiting.pop(key, None)
         if old is not None:
-            self._ready.append(self._client_reply(old, "superseded", f"tick {old.tick} replaced by tick "
-                                                  f"{out.tick} while the registration was renewed"))
+            self._ready.append(
+                self._client_reply(
+                    old,
+                    "superseded",
+                    f"tick {old.tick} replaced by tick {out.tick} while the registration was renewed",
+                )
+            )
         self._waiting[key] = out
 
-    def _send_decide(self, out: _Out) -> None:
-        assert out.reg is not None
-        msg: dict[str, Any] = {"type": "decide", "handle": out.reg.handle, "tick": out.tick, "turn": out.turn,
-                               "sent_ms": _now_ms()}
+    def _send_decide(self, out: Out) -> None:
+        assert out.reg is not None and out.reg.handle is not None and out.tick is not None
+        assert out.turn is not None
+        deadline = None
         if out.deadline_ms is not None:
-            left = out.deadline_ms - (_now_ms() - out.t_ms)  # time already spent waiting counts
-            msg["deadline_ms"] = max(left, 0.001)
-        if out.stream is not None:
-            msg["stream"] = out.stream
-        self._send(msg, out)
+            left = out.deadline_ms - (now_ms() - out.t_ms)  # time already spent waiting counts
+            deadline = max(left, 0.001)
+        self._send(
+            Decide(
+                id=out.msg_id,
+                handle=out.reg.handle,
+                tick=out.tick,
+                turn=out.turn,
+                sent_ms=now_ms(),
+                deadline_ms=deadline,
+                stream=out.stream,
+            ),
+            out,
+        )
 
-    def poll(self, timeout_ms: float = 0) -> list[Reply]:
+    def poll(self, timeout_ms: float = 0) -> list[DecideReply]:
         """Replies to decides that are ready, waiting up to ``timeout_ms`` for the first one."""
-        end = _now_ms() + max(0.0, float(timeout_ms))
+        end = now_ms() + max(0.0, float(timeout_ms))
         while True:
             self._pump(0)
             if self._ready:
                 break
-            left = end - _now_ms()
+            left = end - now_ms()
             if left <= 0:
                 break
             self._pump(min(left, self._next_timeout_in()))
@@ -336,9 +291,17 @@ class PolicyClient:
         out, self._ready = self._ready, []
         return out
 
-    def decide(self, turn: Any, tick_id: int, deadline_ms: float | None = None, timeout_ms: float | None = None,
-               *, reg: ClientRegistration | None = None, stream: str | None = None) -> Reply:
-        """Blocking decide: the Reply (``type == 'error'`` with ``code == 'timeout'`` when none came).
+    def decide(
+        self,
+        turn: Any,
+        tick_id: int,
+        deadline_ms: float | None = None,
+        timeout_ms: float | None = None,
+        *,
+        reg: ClientRegistration | None = None,
+        stream: str | None = None,
+    ) -> DecideReply:
+        """Blocking decide: its reply (an ``ErrorReply`` with ``code == 'timeout'`` when none came).
 
         Replies to other decides that arrive meanwhile are kept for the next ``poll``.
         """
@@ -346,7 +309,7 @@ class PolicyClient:
         while True:
             self._pump(self._next_timeout_in())
             for i, r in enumerate(self._ready):
-                if r.msg_id == msg_id:
+                if r.id == msg_id:
                     return self._ready.pop(i)
 
     @property
@@ -359,7 +322,7 @@ class PolicyClient:
         if self._sock is None:
             return
         with contextlib.suppress(zmq.ZMQError):
-            self._sock.send(P.pack({"v": P.PROTOCOL_VERSION, "type": "bye", "id": next(self._ids)}), zmq.NOBLOCK)
+            self._sock.send(P.encode(Bye(id=next(self._ids))), zmq.NOBLOCK)
         self._sock.close(0)
         self._sock = None
 
@@ -373,7 +336,7 @@ class PolicyClient:
     def _next_timeout_in(self) -> float:
         if not self._out and not self._waiting:
             return 50.0
-        now = _now_ms()
+        now = now_ms()
         times = [o.timeout_at for o in self._out.values()] + [o.timeout_at for o in self._waiting.values()]
         return max(0.0, min(times) - now) + 0.05
 
@@ -389,7 +352,7 @@ class PolicyClient:
             self._expire_all()
 
     def _expire_all(self) -> None:
-        now = _now_ms()
+        now = now_ms()
         expired = [o for o in self._out.values() if now >= o.timeout_at]
         waiting = [k for k, o in self._waiting.items() if now >= o.timeout_at]
         for key in waiting:
@@ -401,45 +364,45 @@ class PolicyClient:
             self._expire(o, now, "no reply within timeout")
         self._reset("timeout")
 
-    def _expire(self, out: _Out, now: float, why: str) -> None:
+    def _expire(self, out: Out, now: float, why: str) -> None:
         if out.kind == "decide":
             self.stats["timeouts"] += 1
             self._ready.append(self._client_reply(out, "timeout", f"{why} ({now - out.t_ms:.0f} ms)"))
         elif out.kind == "register" and out.reg is not None:
             out.reg._pending_id = None
 
-    def _client_reply(self, out: _Out, code: str, message: str) -> Reply:
-        return Reply(type="error", msg_id=out.msg_id, tick_id=out.tick, handle=out.reg.handle if out.reg else None,
-                     code=code, message=message, epoch=self.epoch, rtt_ms=_now_ms() - out.t_ms)
+    def _client_reply(self, out: Out, code: str, message: str) -> ErrorReply:
+        return ErrorReply(
+            id=out.msg_id,
+            epoch=self.epoch or "",
+            code=code,
+            message=message,
+            tick=out.tick,
+            handle=out.reg.handle if out.reg else None,
+        )
 
     def _on_reply(self, payload: bytes) -> None:
         try:
-            msg = P.unpack(payload, 1 << 30)
+            reply = P.decode_reply(payload)
         except P.ProtocolError:
             self.stats["bad_replies"] += 1
             return
-        epoch = msg.get("epoch")
-        if isinstance(epoch, str) and epoch != self.epoch:
-            self._new_epoch(epoch)
-        out = self._out.pop(msg.get("id"), None) if isinstance(msg.get("id"), int) else None
+        if reply.epoch != self.epoch:
+            self._new_epoch(reply.epoch)
+        out = self._out.pop(reply.id, None) if isinstance(reply.id, int) else None
         if out is None:
             self.stats["late_replies"] += 1
             return
-        mtype = msg.get("type")
         if out.kind == "decide":
-            self._on_decide_reply(out, msg)
+            self._on_decide_reply(out, reply)
         elif out.kind == "register":
-            self._on_register_reply(out, msg)
-        elif out.kind == "hello":
-            if mtype == "welcome":
-                out.result = Welcome(epoch=msg["epoch"], versions=msg.get("versions", []),
-                                     engine=msg.get("engine", {}), server=msg.get("server", {}),
-                                     templates=msg.get("templates", []), limits=msg.get("limits", {}), raw=msg)
-                self.welcome = out.result
-            else:
-                out.result = PolicyError(msg.get("code", "?"), msg.get("message", ""))
-        else:  # ping / bye
-            out.result = msg if mtype != "error" else PolicyError(msg.get("code", "?"), msg.get("message", ""))
+            self._on_register_reply(out, reply)
+        elif isinstance(reply, ErrorReply):  # hello, ping, bye
+            out.result = PolicyError(reply.code, reply.message)
+        else:
+            out.result = reply
+            if isinstance(reply, Welcome):
+                self.welcome = reply
         out.done = True
 
     def _new_epoch(self, epoch: str) -> None:
@@ -452,18 +415,18 @@ class PolicyClient:
             if reg.epoch != epoch and reg._pending_id is None:
                 self._send_register(reg)
 
-    def _on_register_reply(self, out: _Out, msg: dict[str, Any]) -> None:
+    def _on_register_reply(self, out: Out, reply: Reply) -> None:
         reg = out.reg
         assert reg is not None
         if reg._pending_id == out.msg_id:
             reg._pending_id = None
-        if msg.get("type") == "registered":
+        if isinstance(reply, Registered):
             renewed = reg.handle is not None
-            reg.handle = msg["handle"]
-            reg.epoch = msg.get("epoch")
-            reg.heads = list(msg.get("heads", []))
-            reg.prefix_tokens = int(msg.get("prefix_tokens", 0))
-            reg.tool_names = list(msg.get("tools", []))
+            reg.handle = reply.handle
+            reg.epoch = reply.epoch
+            reg.heads = list(reply.heads)
+            reg.prefix_tokens = reply.prefix_tokens
+            reg.tool_names = list(reply.tools)
             if renewed:
                 reg.renewals += 1
                 self.stats["renewals"] += 1
@@ -471,40 +434,40 @@ class PolicyClient:
             for key in [k for k in self._waiting if k[0] == id(reg)]:
                 self._send_decide(self._waiting.pop(key))
         else:
-            err = PolicyError(msg.get("code", "?"), msg.get("message", ""))
+            err = (
+                PolicyError(reply.code, reply.message)
+                if isinstance(reply, ErrorReply)
+                else PolicyError("bad_reply", f"unexpected reply type {reply.type!r} to register")
+            )
             out.result = err
             self.stats["register_errors"] += 1
             for key in [k for k in self._waiting if k[0] == id(reg)]:
                 w = self._waiting.pop(key)
                 self._ready.append(self._client_reply(w, err.code, f"re-registration failed: {err.message}"))
 
-    def _on_decide_reply(self, out: _Out, msg: dict[str, Any]) -> None:
-        mtype = msg.get("type")
-        if (mtype == "error" and msg.get("code") == "unknown_handle" and not out.retried
-                and out.reg is not None):
+    def _on_decide_reply(self, out: Out, reply: Reply) -> None:
+        if (
+            isinstance(reply, ErrorReply)
+            and reply.code == "unknown_handle"
+            and not out.retried
+            and out.reg is not None
+        ):
             # the server restarted or evicted the tool set: renew it and send this decide once more
             out.retried = True
             self.stats["resent"] += 1
             reg = out.reg
-            if reg.handle == msg.get("handle"):
+            if reg.handle == reply.handle:
                 reg.epoch = None  # force renewal even within the same epoch (eviction)
             self._hold(out)
             if reg._pending_id is None:
                 self._send_register(reg)
             return
         self.stats["replies"] += 1
-        rtt = _now_ms() - out.t_ms
-        if mtype == "call":
-            c = msg.get("call")
-            self._ready.append(Reply(
-                type="call", msg_id=out.msg_id, tick_id=msg.get("tick", out.tick), handle=msg.get("handle"),
-                call=Call(name=c["name"], arguments=dict(c.get("arguments") or {})) if c else None,
-                legal=bool(msg.get("legal")), reason=msg.get("reason", ""), heads=msg.get("heads", {}),
-                tokens=msg.get("tokens", {}), timings_ms=msg.get("timings_ms", {}), batch=msg.get("batch", 0),
-                epoch=msg.get("epoch"), rtt_ms=rtt, raw=msg))
+        if isinstance(reply, CallReply):
+            self._ready.append(reply)
+        elif isinstance(reply, ErrorReply):
+            self._ready.append(
+                reply if reply.tick is not None else msgspec.structs.replace(reply, tick=out.tick)
+            )
         else:
-            self._ready.append(Reply(
-                type="error", msg_id=out.msg_id, tick_id=msg.get("tick", out.tick), handle=msg.get("handle"),
-                code=msg.get("code", "?") if mtype == "error" else "bad_reply",
-                message=msg.get("message", "") if mtype == "error" else f"unexpected reply type {mtype!r}",
-                epoch=msg.get("epoch"), rtt_ms=rtt, raw=msg))
+            self._ready.append(self._client_reply(out, "bad_reply", f"unexpected reply type {reply.type!r}"))

@@ -1,7 +1,9 @@
 """Wire protocol v1 of the policy service: msgpack maps over ZeroMQ DEALER (client) <-> ROUTER (server).
 
-Full specification: docs/protocol.md. This module is the single source of the constants, the strict
-request parsing used by the server, and the encoding used by both sides.
+Full specification: docs/protocol.md; the message types are the structs of ``agent.messages``. This
+module holds the constants and error codes, and the one validation path of both sides:
+``decode_request`` (server) and ``decode_reply`` (client) turn one payload into one typed message,
+checking size, envelope and field types/limits together; ``encode`` writes any message.
 
 Invariants:
 * One ZMQ frame per message (the ROUTER adds the peer identity frame); the frame is one msgpack map.
@@ -9,26 +11,74 @@ Invariants:
   the request it answers (``None`` when the request's id could not be read) and carries the server
   ``epoch``.
 * No pickle, no msgpack extension types: only nil, bool, int, float, str, bin, array, map.
-* Parsing never raises anything but :class:`ProtocolError`, whose ``code`` is one of :data:`ERROR_CODES`.
+* Decoding never raises anything but :class:`ProtocolError`, whose ``code`` is one of :data:`ERROR_CODES`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import datetime
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
-
+import msgspec
+from tickcall.agent.messages import (
+    MAX_DEADLINE_MS,
+    MAX_ENV_ITEMS,
+    MAX_HISTORY_ITEMS,
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_OBS_KEYS,
+    MAX_TOOLS,
+    PROTOCOL_VERSION,
+    REPLY_CLASSES,
+    REQUEST_CLASSES,
+    Bye,
+    Decide,
+    ErrorReply,
+    Hello,
+    Ping,
+    Register,
+    Reply,
+    WireTurn,
+)
 from tickcall.models.format import Turn
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+__all__ = [
+    "ERROR_CODES",
+    "MAX_DEADLINE_MS",
+    "MAX_ENV_ITEMS",
+    "MAX_HISTORY_ITEMS",
+    "MAX_ID_CHARS",
+    "MAX_NAME_CHARS",
+    "MAX_OBS_KEYS",
+    "MAX_TOOLS",
+    "PROTOCOL_VERSION",
+    "REPLY_TYPES",
+    "REQUEST_TYPES",
+    "SUPPORTED_VERSIONS",
+    "PolicyError",
+    "ProtocolError",
+    "Request",
+    "WireTurn",
+    "decode_reply",
+    "decode_request",
+    "encode",
+    "error_reply",
+    "format_observation",
+    "pack",
+    "parse_request",
+    "parse_turn",
+    "to_turn",
+    "turn_to_wire",
+    "wire_tools",
+]
+
+SUPPORTED_VERSIONS: tuple[int, ...] = (PROTOCOL_VERSION,)
 
 # request types (client -> server) and reply types (server -> client)
-REQUEST_TYPES: tuple[str, ...] = ("hello", "register", "decide", "ping", "bye")
-REPLY_TYPES: tuple[str, ...] = ("welcome", "registered", "call", "pong", "bye", "error")
+REQUEST_TYPES: tuple[str, ...] = tuple(REQUEST_CLASSES)
+REPLY_TYPES: tuple[str, ...] = tuple(REPLY_CLASSES)
 
 # error codes, each with its meaning (docs/protocol.md lists the same table)
 ERROR_CODES: dict[str, str] = {
@@ -44,14 +94,7 @@ ERROR_CODES: dict[str, str] = {
     "engine_failure": "the engine raised while deciding this request",
 }
 
-# field limits (a message larger than max_message_bytes is refused before these apply)
-MAX_ID_CHARS = 128
-MAX_NAME_CHARS = 256
-MAX_TOOLS = 256
-MAX_HISTORY_ITEMS = 1024
-MAX_ENV_ITEMS = 1024
-MAX_OBS_KEYS = 1024
-MAX_DEADLINE_MS = 3_600_000.0
+Request = Hello | Register | Decide | Ping | Bye
 
 
 class ProtocolError(Exception):
@@ -66,230 +109,184 @@ class ProtocolError(Exception):
         self.extra = extra or {}
 
 
+class PolicyError(RuntimeError):
+    """The service answered a blocking request (hello, register, ping) with an error (a client's view)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
 # --------------------------------------------------------------------------- encoding
 
-
-def pack(message: Mapping[str, Any]) -> bytes:
-    """Encode one message (a map) as msgpack; str as str, bytes as bin."""
-    return msgpack.packb(message, use_bin_type=True)
+_encoder = msgspec.msgpack.Encoder()
 
 
-def _no_ext(code: int, data: bytes) -> Any:
+def encode(message: msgspec.Struct | Mapping[str, Any]) -> bytes:
+    """One message (a struct of ``agent.messages``, or a plain map) as msgpack; str as str, bytes as bin."""
+    return _encoder.encode(message)
+
+
+pack = encode  # the name v1 callers use for plain maps
+
+
+def error_reply(code: str, message: str, msg_id: Any, epoch: str, **extra: Any) -> ErrorReply:
+    """An ``error`` reply; ``extra`` are the "where known" fields (tick, handle, versions, ...)."""
+    assert code in ERROR_CODES, code
+    return ErrorReply(id=msg_id, epoch=epoch, code=code, message=message, **extra)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _no_ext(code: int, data: memoryview) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
-def unpack(payload: bytes, max_bytes: int) -> dict[str, Any]:
-    """Decode one payload into a map, or raise ProtocolError (oversized / malformed)."""
-    if len(payload) > max_bytes:
-        raise ProtocolError("oversized", f"message of {len(payload)} bytes exceeds the limit of {max_bytes}")
-    try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_no_ext,
-                              timestamp=0)
-    except Exception as exc:  # msgpack raises several types (ExtraData, ValueError, UnicodeDecodeError...)
-        raise ProtocolError("malformed", f"not valid msgpack: {type(exc).__name__}: {exc}"[:300]) from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("malformed", f"a message must be a msgpack map, got {type(obj).__name__}")
-    return obj
+class _Envelope(msgspec.Struct):
+    """What every message must have, read before its own fields (so the error codes keep their order:
+    an unreadable id, then the version, then the type). Types are checked by hand, hence Any."""
+
+    v: Any = None
+    type: Any = None
+    id: Any = None
 
 
-# --------------------------------------------------------------------------- field checks
+_envelope = msgspec.msgpack.Decoder(_Envelope, ext_hook=_no_ext)
+_request_decoders = {t: msgspec.msgpack.Decoder(c, ext_hook=_no_ext) for t, c in REQUEST_CLASSES.items()}
+_reply_decoders = {t: msgspec.msgpack.Decoder(c, ext_hook=_no_ext) for t, c in REPLY_CLASSES.items()}
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+def _read_envelope(payload: bytes, max_bytes: float) -> _Envelope:
+    if len(payload) > max_bytes:
+        raise ProtocolError("oversized", f"message of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    try:
+        return _envelope.decode(payload)
+    except msgspec.ValidationError as exc:  # valid msgpack, but not a map with string keys
+        raise ProtocolError(
+            "malformed", f"a message must be a msgpack map with string keys: {exc}"[:300]
+        ) from None
+    except Exception as exc:  # DecodeError, or the ext hook's ValueError
+        raise ProtocolError("malformed", f"not valid msgpack: {type(exc).__name__}: {exc}"[:300]) from None
 
 
-def _str_field(msg: Mapping[str, Any], key: str, *, optional: bool, max_chars: int | None = None,
-               msg_id: Any = None) -> str | None:
-    v = msg.get(key)
-    if v is None:
-        if optional:
-            return None
-        raise ProtocolError("malformed", f"field {key!r} (string) is required", msg_id)
-    if not isinstance(v, str):
-        raise ProtocolError("malformed", f"field {key!r} must be a string, got {type(v).__name__}", msg_id)
-    if max_chars is not None and len(v) > max_chars:
-        raise ProtocolError("malformed", f"field {key!r} is longer than {max_chars} characters", msg_id)
-    return v
-
-
-def _str_list(v: Any, key: str, max_items: int, msg_id: Any) -> list[str]:
-    if not isinstance(v, list):
-        raise ProtocolError("malformed", f"field {key!r} must be an array of strings", msg_id)
-    if len(v) > max_items:
-        raise ProtocolError("malformed", f"field {key!r} has more than {max_items} items", msg_id)
-    for i, item in enumerate(v):
-        if not isinstance(item, str):
-            raise ProtocolError("malformed", f"{key}[{i}] must be a string, got {type(item).__name__}", msg_id)
-    return list(v)
-
-
-def read_envelope(msg: Mapping[str, Any]) -> tuple[str, Any]:
-    """Check ``v``, ``type`` and ``id``; return (type, id). Raises ProtocolError."""
-    msg_id = msg.get("id")
-    if not ((_is_int(msg_id) and -(2**63) <= msg_id < 2**64)
-            or (isinstance(msg_id, str) and len(msg_id) <= MAX_ID_CHARS)):
-        raise ProtocolError("malformed", "field 'id' (integer or string of at most "
-                            f"{MAX_ID_CHARS} characters) is required")
-    version = msg.get("v")
-    if not _is_int(version):
+def _check_envelope(env: _Envelope) -> tuple[str, Any]:
+    """``v``, ``type`` and ``id`` of a request; returns (type, id). Raises ProtocolError."""
+    msg_id = env.id
+    if not (
+        (_is_int(msg_id) and -(2**63) <= msg_id < 2**64)
+        or (isinstance(msg_id, str) and len(msg_id) <= MAX_ID_CHARS)
+    ):
+        raise ProtocolError(
+            "malformed", f"field 'id' (integer or string of at most {MAX_ID_CHARS} characters) is required"
+        )
+    if not _is_int(env.v):
         raise ProtocolError("malformed", "field 'v' (protocol version, integer) is required", msg_id)
-    if version not in SUPPORTED_VERSIONS:
-        raise ProtocolError("version_mismatch", f"protocol version {version} is not supported; this server "
-                            f"speaks {list(SUPPORTED_VERSIONS)}", msg_id,
-                            {"versions": list(SUPPORTED_VERSIONS)})
-    mtype = msg.get("type")
-    if not isinstance(mtype, str):
+    if env.v not in SUPPORTED_VERSIONS:
+        raise ProtocolError(
+            "version_mismatch",
+            f"protocol version {env.v} is not supported; this server speaks {list(SUPPORTED_VERSIONS)}",
+            msg_id,
+            {"versions": list(SUPPORTED_VERSIONS)},
+        )
+    if not isinstance(env.type, str):
         raise ProtocolError("malformed", "field 'type' (string) is required", msg_id)
-    if mtype not in REQUEST_TYPES:
-        raise ProtocolError("unknown_type", f"unknown message type {mtype[:64]!r}; requests are "
-                            f"{', '.join(REQUEST_TYPES)}", msg_id)
-    return mtype, msg_id
+    if env.type not in REQUEST_CLASSES:
+        raise ProtocolError(
+            "unknown_type",
+            f"unknown message type {env.type[:64]!r}; requests are {', '.join(REQUEST_TYPES)}",
+            msg_id,
+        )
+    return env.type, msg_id
 
 
-# --------------------------------------------------------------------------- requests
+def _has_timestamp(value: Any) -> bool:
+    """True if a msgpack timestamp (decoded as datetime) hides in free-form data such as tool schemas."""
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time | datetime.timedelta):
+        return True
+    if isinstance(value, dict):
+        return any(_has_timestamp(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_timestamp(v) for v in value)
+    return False
 
 
-@dataclass
-class Hello:
-    msg_id: Any
-    client: str | None
-    versions: list[int]
+def decode_request(payload: bytes, max_bytes: float) -> Request:
+    """One payload -> its typed request: size, envelope, then every field's type and limit.
 
-
-@dataclass
-class Register:
-    msg_id: Any
-    tools: list[dict[str, Any]]
-    system: str | None
-    template: str | None
-
-
-@dataclass
-class WireTurn:
-    """The per-tick turn as sent on the wire (see ``to_turn`` for the rendering of ``observation``)."""
-
-    query: str = ""
-    history: list[str] = field(default_factory=list)
-    environment: list[str] | None = None
-    observation: dict[str, Any] | None = None
-
-
-@dataclass
-class Decide:
-    msg_id: Any
-    handle: str
-    tick: int
-    turn: WireTurn
-    sent_ms: float | None
-    deadline_ms: float | None
-    stream: str | None
-
-
-@dataclass
-class Ping:
-    msg_id: Any
-    sent_ms: float | None
-
-
-@dataclass
-class Bye:
-    msg_id: Any
-
-
-Request = Hello | Register | Decide | Ping | Bye
-
-
-def _opt_num(msg: Mapping[str, Any], key: str, msg_id: Any) -> float | None:
-    v = msg.get(key)
-    if v is None:
-        return None
-    if not _is_num(v):
-        raise ProtocolError("malformed", f"field {key!r} must be a finite number (ms)", msg_id)
-    return float(v)
-
-
-def parse_turn(v: Any, msg_id: Any) -> WireTurn:
-    if not isinstance(v, dict):
-        raise ProtocolError("malformed", "field 'turn' (map with query/history/environment/observation) "
-                            "is required", msg_id)
-    query = v.get("query", "")
-    if query is None:
-        query = ""
-    if not isinstance(query, str):
-        raise ProtocolError("malformed", "turn.query must be a string", msg_id)
-    history = v.get("history")
-    history = [] if history is None else _str_list(history, "turn.history", MAX_HISTORY_ITEMS, msg_id)
-    env = v.get("environment")
-    env = None if env is None else _str_list(env, "turn.environment", MAX_ENV_ITEMS, msg_id)
-    obs = v.get("observation")
-    if obs is not None:
-        if not isinstance(obs, dict):
-            raise ProtocolError("malformed", "turn.observation must be a map of name -> scalar", msg_id)
-        if len(obs) > MAX_OBS_KEYS:
-            raise ProtocolError("malformed", f"turn.observation has more than {MAX_OBS_KEYS} keys", msg_id)
-        for key, val in obs.items():
-            if not isinstance(key, str):
-                raise ProtocolError("malformed", "turn.observation keys must be strings", msg_id)
-            if not (val is None or isinstance(val, str | bool | int) or _is_num(val)):
-                raise ProtocolError("malformed", f"turn.observation[{key[:40]!r}] must be a string, "
-                                    "number, boolean or nil", msg_id)
-    return WireTurn(query=query, history=history, environment=env, observation=obs)
+    Raises ProtocolError: ``oversized``, ``malformed``, ``version_mismatch``, ``unknown_type``, or
+    ``illegal_tools`` for more than MAX_TOOLS tools."""
+    mtype, msg_id = _check_envelope(_read_envelope(payload, max_bytes))
+    try:
+        req = _request_decoders[mtype].decode(payload)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError("malformed", f"{mtype}: {exc}"[:300], msg_id) from None
+    except Exception as exc:
+        raise ProtocolError(
+            "malformed", f"not valid msgpack: {type(exc).__name__}: {exc}"[:300], msg_id
+        ) from None
+    if (
+        isinstance(req, Hello)
+        and req.versions is not None
+        and not set(req.versions) & set(SUPPORTED_VERSIONS)
+    ):
+        raise ProtocolError(
+            "version_mismatch",
+            f"client speaks {req.versions[:8]}, server speaks {list(SUPPORTED_VERSIONS)}",
+            msg_id,
+            {"versions": list(SUPPORTED_VERSIONS)},
+        )
+    if isinstance(req, Register):
+        if len(req.tools) > MAX_TOOLS:
+            raise ProtocolError(
+                "illegal_tools", f"{len(req.tools)} tools: at most {MAX_TOOLS} per registration", msg_id
+            )
+        if _has_timestamp(req.tools):
+            raise ProtocolError(
+                "malformed", "tools must not hold msgpack extension types (timestamps)", msg_id
+            )
+    return req
 
 
 def parse_request(msg: Mapping[str, Any]) -> Request:
-    """Validate one decoded message and return its typed request. Raises ProtocolError."""
-    mtype, msg_id = read_envelope(msg)
-    if mtype == "decide":
-        handle = _str_field(msg, "handle", optional=False, max_chars=MAX_NAME_CHARS, msg_id=msg_id)
-        tick = msg.get("tick")
-        if not (_is_int(tick) and -(2**63) <= tick < 2**63):
-            raise ProtocolError("malformed", "field 'tick' (integer) is required", msg_id)
-        deadline = _opt_num(msg, "deadline_ms", msg_id)
-        if deadline is not None and not 0 < deadline <= MAX_DEADLINE_MS:
-            raise ProtocolError("malformed", f"deadline_ms must be in (0, {MAX_DEADLINE_MS:.0f}] ms, or nil",
-                                msg_id)
-        return Decide(msg_id=msg_id, handle=handle, tick=tick, turn=parse_turn(msg.get("turn"), msg_id),
-                      sent_ms=_opt_num(msg, "sent_ms", msg_id), deadline_ms=deadline,
-                      stream=_str_field(msg, "stream", optional=True, max_chars=MAX_NAME_CHARS,
-                                        msg_id=msg_id))
-    if mtype == "hello":
-        versions = msg.get("versions")
-        if versions is None:
-            versions = [PROTOCOL_VERSION]
-        if not (isinstance(versions, list) and versions and all(_is_int(x) for x in versions)):
-            raise ProtocolError("malformed", "field 'versions' must be a non-empty array of integers", msg_id)
-        if not set(versions) & set(SUPPORTED_VERSIONS):
-            raise ProtocolError("version_mismatch", f"client speaks {versions[:8]}, server speaks "
-                                f"{list(SUPPORTED_VERSIONS)}", msg_id, {"versions": list(SUPPORTED_VERSIONS)})
-        return Hello(msg_id=msg_id, client=_str_field(msg, "client", optional=True,
-                                                      max_chars=MAX_NAME_CHARS, msg_id=msg_id),
-                     versions=versions)
-    if mtype == "register":
-        tools = msg.get("tools")
-        if not isinstance(tools, list) or not tools:
-            raise ProtocolError("malformed", "field 'tools' (non-empty array of tool maps) is required", msg_id)
-        if len(tools) > MAX_TOOLS:
-            raise ProtocolError("illegal_tools", f"{len(tools)} tools: at most {MAX_TOOLS} per registration",
-                                msg_id)
-        for i, t in enumerate(tools):
-            if not isinstance(t, dict):
-                raise ProtocolError("malformed", f"tools[{i}] must be a map (JSON-schema tool)", msg_id)
-        return Register(msg_id=msg_id, tools=tools,
-                        system=_str_field(msg, "system", optional=True, msg_id=msg_id),
-                        template=_str_field(msg, "template", optional=True, max_chars=64, msg_id=msg_id))
-    if mtype == "ping":
-        return Ping(msg_id=msg_id, sent_ms=_opt_num(msg, "sent_ms", msg_id))
-    return Bye(msg_id=msg_id)
+    """A request given as a plain map (as a v1 peer writes it) -> its typed request, by the same path
+    as a payload off the socket. Raises ProtocolError."""
+    try:
+        payload = msgpack.packb(msg, use_bin_type=True)
+    except Exception as exc:  # e.g. non-msgpack values in a hand-made map
+        raise ProtocolError("malformed", f"not encodable as msgpack: {exc}"[:300]) from None
+    return decode_request(payload, float("inf"))
+
+
+def decode_reply(payload: bytes) -> Reply:
+    """One payload from the server -> its typed reply. Raises ProtocolError (``malformed``) for anything
+    that is not a v1 reply (a wrong version, an unknown type, a field of the wrong type)."""
+    env = _read_envelope(payload, float("inf"))
+    if env.v not in SUPPORTED_VERSIONS or not _is_int(env.v):
+        raise ProtocolError("malformed", f"reply of protocol version {env.v!r}")
+    decoder = _reply_decoders.get(env.type) if isinstance(env.type, str) else None
+    if decoder is None:
+        raise ProtocolError("malformed", f"unknown reply type {str(env.type)[:64]!r}")
+    try:
+        return decoder.decode(payload)
+    except Exception as exc:
+        raise ProtocolError("malformed", f"{env.type}: {exc}"[:300], env.id) from None
+
+
+def parse_turn(v: Any, msg_id: Any = None) -> WireTurn:
+    """A wire ``turn`` map -> WireTurn (the same checks as inside a decide). Raises ProtocolError."""
+    try:
+        return msgspec.convert(v, WireTurn)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError("malformed", f"turn: {exc}"[:300], msg_id) from None
 
 
 # --------------------------------------------------------------------------- turns
-
-
 def format_observation(obs: Mapping[str, Any]) -> str:
     """``name=value`` pairs joined by single spaces, in the sender's key order, in the one observation
     format of ``models.prompt_text`` (the text the students are trained on): strings as they are,
@@ -310,24 +307,29 @@ def to_turn(wire: WireTurn):
     return Turn(query=query, history=wire.history, environment=wire.environment)
 
 
-def turn_to_wire(turn: Any) -> dict[str, Any]:
-    """A ``Turn``, a mapping with the wire keys, or a plain string (the query) -> the wire ``turn`` map."""
+def wire_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
+    """Tool dicts go on the wire as given (key order kept); callables are converted with models.tools."""
+    if all(isinstance(t, dict) for t in tools):
+        return [dict(t) for t in tools]
+    from tickcall.models.tools import normalize_tools
+
+    return [s.rendered for s in normalize_tools(tools)]
+
+
+def turn_to_wire(turn: Any) -> WireTurn:
+    """A ``Turn``, a mapping with the wire keys, or a plain string (the query) -> the wire turn.
+
+    Raises ValueError (msgspec.ValidationError) for a mapping that is not a valid wire turn."""
+    if isinstance(turn, WireTurn):
+        return turn
     if isinstance(turn, str):
-        return {"query": turn}
+        return WireTurn(query=turn)
     if isinstance(turn, Mapping):
-        return {k: turn[k] for k in ("query", "history", "environment", "observation") if k in turn}
-    out: dict[str, Any] = {"query": turn.query, "history": list(turn.history)}
-    if turn.environment is not None:
-        out["environment"] = list(turn.environment)
-    return out
-
-
-# --------------------------------------------------------------------------- replies
-
-
-def error_message(code: str, message: str, msg_id: Any, epoch: str, **extra: Any) -> dict[str, Any]:
-    assert code in ERROR_CODES, code
-    out = {"v": PROTOCOL_VERSION, "type": "error", "id": msg_id, "epoch": epoch, "code": code,
-           "message": message}
-    out.update(extra)
-    return out
+        return msgspec.convert(
+            {k: turn[k] for k in ("query", "history", "environment", "observation") if k in turn}, WireTurn
+        )
+    return WireTurn(
+        query=turn.query,
+        history=list(turn.history),
+        environment=None if turn.environment is None else list(turn.environment),
+    )

@@ -21,14 +21,14 @@ deadlines as they come:
   ``in_flight_timeout_ms`` so a dead service cannot block the loop; ticks keep their rate meanwhile.
 
 Every tick gets exactly one ``TickRecord`` and one final outcome: ``sum(outcomes) == ticks``.
-The loop knows its collaborators only by duck type: ``policy`` (``agent.client.PolicyClient``: ``send_decide``,
-``poll``), ``world`` (``control_loop.world.World``: ``observe``, ``fallback``, ``episodes_done``) and
-``hands`` (``control_loop.futures.AsyncFC``: ``dispatch``, ``history_lines``; may be None).
+The loop's collaborators: ``policy`` (``control_loop.policy.Policy``: ``send_decide``, ``poll``, answered
+with typed replies, read by ``control_loop.replies``), ``world`` (``control_loop.world.World``:
+``observe``, ``fallback``, ``episodes_done``) and ``hands`` (``control_loop.futures.AsyncFC``:
+``dispatch``, ``history_lines``; may be None).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -37,55 +37,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tickcall.agent.messages import DecideReply
+from tickcall.control_loop.policy import Policy
+from tickcall.control_loop.priority import raise_priority
 from tickcall.control_loop.progress import Throttle
 from tickcall.control_loop.records import OUTCOMES, TickRecord
+from tickcall.control_loop.replies import call_dict, is_round_trip, judge, no_decision, stage_timings
+from tickcall.control_loop.settings import LoopSettings
 from tickcall.models.format import Turn
+
 from tickcall.timing import RateKeeper, Slot, percentile
+
+__all__ = ["ControlLoop", "LoopResult", "LoopSettings", "Observation"]
 
 log = logging.getLogger("tickcall.loop")
 
-# Service error codes that mean "no decision was made in time" (not a bad answer): counted as a
-# missing reply, not as an error.
-# ``timeout`` and ``superseded`` also come from the client itself (agent.client.PolicyClient), never
-# from the model.
-NO_DECISION_CODES = frozenset({"expired", "superseded", "cancelled", "timeout"})
-POLL_GUARD_S = 0.0015   # stop polling this long before a tick is due; the rate keeper sleeps the rest
-MIN_POLL_MS = 1.0       # socket polls have 1 ms resolution: shorter waits are slept instead
-MAX_STALE = 256         # abandoned/superseded requests remembered to recognise their late replies
-
-
-@dataclass
-class LoopSettings:
-    """The loop's own knobs (ms unless stated). ``deadline_ms`` None = one period."""
-
-    rate_hz: float = 16.0
-    deadline_ms: float | None = None
-    in_flight: str = "skip"
-    in_flight_timeout_ms: float | None = None
-    fallback: str = "hold"
-    history: int = 4
-    warn_interval_s: float = 5.0
-    rt_priority: int | None = None   # SCHED_FIFO priority (1-99) for the loop thread; None: normal
-
-    @property
-    def period_s(self) -> float:
-        return 1.0 / self.rate_hz
-
-    @property
-    def deadline_s(self) -> float:
-        return self.period_s if self.deadline_ms is None else self.deadline_ms / 1e3
-
-    @property
-    def in_flight_timeout_s(self) -> float:
-        if self.in_flight_timeout_ms is None:
-            return 4.0 * self.deadline_s
-        return max(self.in_flight_timeout_ms / 1e3, self.deadline_s)
-
-    @classmethod
-    def from_run_config(cls, cfg: Any) -> LoopSettings:
-        return cls(rate_hz=cfg.rate_hz, deadline_ms=cfg.deadline_ms, in_flight=cfg.in_flight,
-                   in_flight_timeout_ms=cfg.in_flight_timeout_ms, fallback=cfg.fallback,
-                   history=4 if cfg.history is None else cfg.history, warn_interval_s=cfg.warn_interval_s, rt_priority=cfg.rt_priority)
+POLL_GUARD_S = 0.0015  # stop polling this long before a tick is due; the rate keeper sleeps the rest
+MIN_POLL_MS = 1.0  # socket polls have 1 ms resolution: shorter waits are slept instead
+MAX_STALE = 256  # abandoned/superseded requests remembered to recognise their late replies
 
 
 @dataclass
@@ -95,7 +64,7 @@ class Observation:
     text: str
     taken_at: float
     episode: int = 0
-    data: dict[str, Any] | None = None   # scalar observation fields, if the world provides them
+    data: dict[str, Any] | None = None  # scalar observation fields, if the world provides them
 
 
 @dataclass
@@ -125,9 +94,16 @@ class LoopResult:
 class ControlLoop:
     """Runs the tick loop in the calling thread (the Ray actor runs it in its own thread)."""
 
-    def __init__(self, settings: LoopSettings, policy: Any, world: Any, hands: Any = None, *,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        settings: LoopSettings,
+        policy: Policy,
+        world: Any,
+        hands: Any = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if settings.in_flight not in ("skip", "supersede"):
             raise ValueError(f"in_flight must be 'skip' or 'supersede', got {settings.in_flight!r}")
         self.s = settings
@@ -192,8 +168,9 @@ class ControlLoop:
         return status
 
     # ------------------------------------------------------------------ run
-    def run(self, *, max_ticks: int | None = None, duration_s: float | None = None,
-            episodes: int | None = None) -> LoopResult:
+    def run(
+        self, *, max_ticks: int | None = None, duration_s: float | None = None, episodes: int | None = None
+    ) -> LoopResult:
         """Tick until ``max_ticks`` ticks, ``duration_s`` seconds, ``episodes`` finished episodes or
         ``stop()``, whichever comes first; then wait for outstanding replies and return the records."""
         if max_ticks is None and duration_s is None and episodes is None:
@@ -204,7 +181,7 @@ class ControlLoop:
             limit = by_time if limit is None else min(limit, by_time)
         self._planned = limit
         rk = RateKeeper(self.s.rate_hz, clock=self._clock, sleep=self._sleep)
-        priority, restore = _raise_priority(self.s.rt_priority)
+        priority, restore = raise_priority(self.s.rt_priority)
         if priority.startswith("refused"):
             self._warnings.append(f"real-time priority {priority}")
             log.warning("real-time priority %s", priority)
@@ -224,8 +201,14 @@ class ControlLoop:
                 for k in slot.skipped_indices:
                     if limit is not None and k >= limit:
                         break
-                    self._add(TickRecord(tick=k, scheduled_ms=self._rel_ms(rk.deadline(k)),
-                                         outcome="skipped", reason="missed_period"))
+                    self._add(
+                        TickRecord(
+                            tick=k,
+                            scheduled_ms=self._rel_ms(rk.deadline(k)),
+                            outcome="skipped",
+                            reason="missed_period",
+                        )
+                    )
                     self._missed += 1
                 if slot.skipped:
                     self._behind(f"{slot.skipped} missed period(s) before tick {slot.index}")
@@ -243,16 +226,23 @@ class ControlLoop:
             restore()
         self._finalize()
         records = sorted(self._records, key=lambda r: r.tick)
-        return LoopResult(records=records, t0=self._t0, elapsed_s=end - self._t0,
-                          stray_replies=self._stray, warnings=list(self._warnings), stopped=stopped,
-                          priority=priority)
+        return LoopResult(
+            records=records,
+            t0=self._t0,
+            elapsed_s=end - self._t0,
+            stray_replies=self._stray,
+            warnings=list(self._warnings),
+            stopped=stopped,
+            priority=priority,
+        )
 
     # ------------------------------------------------------------------ one tick
     def _tick(self, slot: Slot) -> None:
         self._collect(0.0)
         self._expire(self._clock())
-        rec = TickRecord(tick=slot.index, scheduled_ms=self._rel_ms(slot.scheduled),
-                         lateness_ms=slot.lateness_ms)
+        rec = TickRecord(
+            tick=slot.index, scheduled_ms=self._rel_ms(slot.scheduled), lateness_ms=slot.lateness_ms
+        )
         if slot.lateness_ms > 0.5e3 * self.s.period_s:
             self._behind(f"tick {slot.index} started {slot.lateness_ms:.1f} ms late")
         try:
@@ -298,8 +288,14 @@ class ControlLoop:
             return
         sent_at = self._clock()
         rec.sent = True
-        self._pending[slot.index] = _Pending(tick=slot.index, msg_id=msg_id, sent_at=sent_at,
-                                             deadline_at=deadline_at, obs_at=obs_at, record=rec)
+        self._pending[slot.index] = _Pending(
+            tick=slot.index,
+            msg_id=msg_id,
+            sent_at=sent_at,
+            deadline_at=deadline_at,
+            obs_at=obs_at,
+            record=rec,
+        )
         self._newest = slot.index
 
     # ------------------------------------------------------------------ replies and deadlines
@@ -316,7 +312,7 @@ class ControlLoop:
                 if not p.expired:
                     wake = min(wake, p.deadline_at)
             wait_ms = (wake - now) * 1e3
-            if wait_ms < MIN_POLL_MS:     # too short for a socket poll: sleep it, then look once
+            if wait_ms < MIN_POLL_MS:  # too short for a socket poll: sleep it, then look once
                 self._sleep(max(0.0, wake - now))
                 self._collect(0.0)
                 if wake >= t_end:
@@ -337,66 +333,56 @@ class ControlLoop:
             for reply in replies:
                 self._on_reply(reply, now)
 
-    def _on_reply(self, reply: Any, now: float) -> None:
-        tick = getattr(reply, "tick_id", None)
-        p = self._pending.pop(tick, None) if tick is not None else None
+    def _on_reply(self, reply: DecideReply, now: float) -> None:
+        p = self._pending.pop(reply.tick, None) if reply.tick is not None else None
         if p is None:
-            old = self._stale.pop(tick, None) if tick is not None else None
-            if old is None:
-                self._stray += 1
-                return
-            if getattr(reply, "type", "call") == "error" and getattr(reply, "code", None) in NO_DECISION_CODES:
-                return                                 # the client gave up on it too: still no reply
-            old.record.rtt_ms = (now - old.sent_at) * 1e3
-            old.record.stages_ms = _timings(reply)
-            if old.record.outcome == "fallback":      # abandoned, then the reply came after all
-                self._resolve(old.record, "late", f"reply after {old.record.rtt_ms:.0f} ms (dropped)")
+            self._on_stale_reply(reply, now)
             return
         rec = p.record
-        if getattr(reply, "code", None) != "timeout":   # a client-made timeout is not a round trip
+        if is_round_trip(reply):
             rec.rtt_ms = (now - p.sent_at) * 1e3
-            rec.stages_ms = _timings(reply)
+            rec.stages_ms = stage_timings(reply)
         if p.expired:
-            if getattr(reply, "type", "call") == "error" and getattr(reply, "code", None) in NO_DECISION_CODES:
-                rec.reason = f"no reply by the deadline; then {reply.code}"   # stays a fallback
+            if no_decision(reply):
+                rec.reason = f"no reply by the deadline; then {reply.code}"  # stays a fallback
                 return
             self._resolve(rec, "late", f"reply {rec.rtt_ms:.1f} ms after send, past the deadline")
             return
-        rtype = getattr(reply, "type", "call")
-        if rtype == "error":
-            code = getattr(reply, "code", None) or "error"
-            why = getattr(reply, "reason", "") or ""
-            if code in NO_DECISION_CODES:
-                self._resolve(rec, "fallback", f"service: {code} {why}".strip())
-            else:
-                self._resolve(rec, "error", f"service error {code}: {why}".strip())
-            self._fallback(rec)
-            return
-        call = getattr(reply, "call", None)
-        if call is None or not getattr(reply, "legal", False):
-            why = getattr(reply, "reason", "") or "no call"
-            rec.call = _call_dict(call)
-            self._resolve(rec, "error", f"illegal call: {why}")
+        verdict = judge(reply)
+        rec.call = call_dict(verdict.call)
+        if verdict.outcome != "ok" or verdict.call is None:
+            self._resolve(rec, verdict.outcome, verdict.reason)
             self._fallback(rec)
             return
         try:
             t1 = self._clock()
             if self.hands is not None:
-                self.hands.dispatch(_as_call(call), seq=p.tick)
+                self.hands.dispatch(verdict.call, seq=p.tick)
             else:
-                self.world.apply_call(_as_call(call))
+                self.world.apply_call(verdict.call)
             t2 = self._clock()
         except Exception as exc:
-            rec.call = _call_dict(call)
             self._resolve(rec, "error", f"dispatch failed: {type(exc).__name__}: {exc}")
             self._fallback(rec)
             return
-        rec.call = _call_dict(call)
         rec.dispatch_ms = (t2 - t1) * 1e3
         rec.latency_ms = (t2 - p.obs_at) * 1e3
         with self._lock:
             self._latencies.append(rec.latency_ms)
         self._resolve(rec, "ok", "")
+
+    def _on_stale_reply(self, reply: DecideReply, now: float) -> None:
+        """A reply to a request the loop no longer waits for (superseded or dropped), or to none."""
+        old = self._stale.pop(reply.tick, None) if reply.tick is not None else None
+        if old is None:
+            self._stray += 1
+            return
+        if no_decision(reply):
+            return  # the client gave up on it too: still no reply
+        old.record.rtt_ms = (now - old.sent_at) * 1e3
+        old.record.stages_ms = stage_timings(reply)
+        if old.record.outcome == "fallback":  # abandoned, then the reply came after all
+            self._resolve(old.record, "late", f"reply after {old.record.rtt_ms:.0f} ms (dropped)")
 
     def _expire(self, now: float) -> None:
         for tick in list(self._pending):
@@ -408,8 +394,9 @@ class ControlLoop:
                     self._fallback(p.record)
             if now >= p.sent_at + self.s.in_flight_timeout_s:
                 self._pending.pop(tick)
-                p.record.reason = (f"no reply within {self.s.in_flight_timeout_s * 1e3:.0f} ms "
-                                   "(request dropped)")
+                p.record.reason = (
+                    f"no reply within {self.s.in_flight_timeout_s * 1e3:.0f} ms (request dropped)"
+                )
                 self._remember_stale(p)
 
     def _remember_stale(self, p: _Pending) -> None:
@@ -430,7 +417,7 @@ class ControlLoop:
 
     def _finalize(self) -> None:
         for rec in self._records:
-            if rec.outcome is None:          # cannot happen after _drain; kept as a safety net
+            if rec.outcome is None:  # cannot happen after _drain; kept as a safety net
                 self._resolve(rec, "fallback", "loop ended before its deadline")
 
     # ------------------------------------------------------------------ bookkeeping
@@ -461,9 +448,11 @@ class ControlLoop:
     def _behind(self, what: str) -> None:
         self._behind_since_warn += 1
         if self._warn.ready():
-            msg = (f"control loop is falling behind at {self.s.rate_hz:g} Hz: {what}"
-                   + (f" (+{self._behind_since_warn - 1} more since the last warning)"
-                      if self._behind_since_warn > 1 else ""))
+            msg = f"control loop is falling behind at {self.s.rate_hz:g} Hz: {what}" + (
+                f" (+{self._behind_since_warn - 1} more since the last warning)"
+                if self._behind_since_warn > 1
+                else ""
+            )
             self._behind_since_warn = 0
             self._warnings.append(msg)
             log.warning(msg)
@@ -474,54 +463,3 @@ class ControlLoop:
 
     def _rel_ms(self, t: float) -> float:
         return (t - (self._t0 or 0.0)) * 1e3
-
-
-def _raise_priority(priority: int | None) -> tuple[str, Callable[[], None]]:
-    """Put the calling thread under SCHED_FIFO at ``priority`` (Linux, needs CAP_SYS_NICE).
-
-    Returns (description, restore). The loop thread sleeps most of each period, so a real-time
-    priority costs others little and removes most wake-up delay on a busy machine (ROS 2 control
-    loops do the same). Refusal is reported, never fatal."""
-    import os
-
-    if priority is None:
-        return "normal", lambda: None
-    if not hasattr(os, "sched_setscheduler"):
-        return "refused: SCHED_FIFO is not available on this platform", lambda: None
-    try:
-        old_policy = os.sched_getscheduler(0)
-        old_param = os.sched_getparam(0)
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(priority)))
-    except (OSError, ValueError) as exc:
-        return f"refused: {exc}", lambda: None
-
-    def restore() -> None:
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, old_policy, old_param)
-
-    return f"SCHED_FIFO {int(priority)}", restore
-
-
-def _timings(reply: Any) -> dict[str, float]:
-    t = getattr(reply, "timings_ms", None) or {}
-    return {str(k): float(v) for k, v in dict(t).items() if isinstance(v, int | float)}
-
-
-def _as_call(call: Any) -> Any:
-    from tickcall.models.calls import Call
-
-    if isinstance(call, Call):
-        return call
-    if isinstance(call, dict):
-        return Call.from_dict(call)
-    return call
-
-
-def _call_dict(call: Any) -> dict[str, Any] | None:
-    if call is None:
-        return None
-    if hasattr(call, "to_dict"):
-        return call.to_dict()
-    if isinstance(call, dict):
-        return dict(call)
-    return {"repr": repr(call)}

@@ -1,8 +1,8 @@
 """Policy service wire protocol v1: parsing, and the server over real ZMQ sockets (server in threads of
 this process; the Ray actor tests are in test_agent_service.py).
 
-Engines: ``NoOpEngine`` (plumbing only), wrapped by agent.engines.InjectedEngine where a test needs a
-slow decode (a fixed per-batch sleep) or a failing one (a marker query): stand-ins for a model, chosen
+Engines: ``NoOpEngine`` (plumbing only), wrapped by tests/helpers.py's InjectedEngine where a test needs
+a slow decode (a fixed per-batch sleep) or a failing one (a marker query): stand-ins for a model, chosen
 so that queueing, superseding, expiry and failure isolation can be provoked deterministically.
 """
 
@@ -13,11 +13,12 @@ import time
 import msgpack
 import pytest
 import zmq
-
+from helpers import injected
 from tickcall.agent import protocol as P
 from tickcall.agent.client import PolicyClient, PolicyError, PolicyTimeout
 from tickcall.agent.config import CurveConfig, ServeConfig
 from tickcall.agent.engines import build_engine
+from tickcall.agent.messages import CallReply, ErrorReply
 from tickcall.agent.security import check_bind, generate_keys, is_local_endpoint
 from tickcall.agent.server import PolicyServer
 
@@ -67,7 +68,7 @@ def serve():
 
     def _start(engine=None, **cfg) -> PolicyServer:
         cfg.setdefault("bind", "tcp://127.0.0.1:0")
-        srv = PolicyServer(build_engine(engine or {"backend": "noop"}), ServeConfig(**cfg))
+        srv = PolicyServer(build_engine(engine or {"backend": "noop"}), ServeConfig(**cfg))  # a spec
         srv.start()
         servers.append(srv)
         return srv
@@ -133,15 +134,43 @@ def test_parse_valid_decide_and_render_observation():
     assert P.to_turn(P.WireTurn(observation={"a": -1e-05})).query == "a=+0.000"
 
 
-def test_unpack_refuses_non_maps_ext_and_oversize():
+def test_decode_refuses_non_maps_ext_and_oversize():
+    hello = {"v": 1, "type": "hello", "id": 1}
     for payload in (b"\xc1", msgpack.packb([1, 2]), msgpack.packb({1: 2}), b"\x82\xa1a",
-                    msgpack.packb(msgpack.ExtType(5, b"x"))):
+                    msgpack.packb(msgpack.ExtType(5, b"x")),
+                    msgpack.packb({**hello, "client": msgpack.ExtType(5, b"x")}),
+                    msgpack.packb({"v": 1, "type": "register", "id": 1,
+                                   "tools": [{"name": "f", "x": msgpack.Timestamp(1, 0)}]})):
         with pytest.raises(P.ProtocolError) as exc:
-            P.unpack(payload, 1024)
+            P.decode_request(payload, 1024)
         assert exc.value.code == "malformed"
     with pytest.raises(P.ProtocolError) as exc:
-        P.unpack(b"\x80" * 2000, 1024)
+        P.decode_request(b"\x80" * 2000, 1024)
     assert exc.value.code == "oversized"
+
+
+@pytest.mark.parametrize(("msg", "code"), [
+    ({"v": 1, "type": "hello", "id": "x" * (P.MAX_ID_CHARS + 1)}, "malformed"),
+    ({"v": 1, "type": "hello", "id": 2**64}, "malformed"),
+    ({"v": 1, "type": "hello", "id": 1, "client": "c" * (P.MAX_NAME_CHARS + 1)}, "malformed"),
+    (_decide(handle="h" * (P.MAX_NAME_CHARS + 1)), "malformed"),
+    (_decide(tick=2**63), "malformed"),
+    (_decide(deadline_ms=P.MAX_DEADLINE_MS + 1), "malformed"),
+    (_decide(turn={"history": ["a"] * (P.MAX_HISTORY_ITEMS + 1)}), "malformed"),
+    (_decide(turn={"environment": ["a"] * (P.MAX_ENV_ITEMS + 1)}), "malformed"),
+    (_decide(turn={"observation": {f"k{i}": i for i in range(P.MAX_OBS_KEYS + 1)}}), "malformed"),
+])
+def test_field_limits(msg, code):
+    with pytest.raises(P.ProtocolError) as exc:
+        P.parse_request(msg)
+    assert exc.value.code == code
+
+
+def test_limits_are_inclusive():
+    req = P.parse_request(_decide(tick=2**63 - 1, deadline_ms=P.MAX_DEADLINE_MS, id="x" * P.MAX_ID_CHARS,
+                                  turn={"history": ["a"] * P.MAX_HISTORY_ITEMS, "query": None}))
+    assert req.tick == 2**63 - 1 and req.turn.query == "" and len(req.turn.history) == P.MAX_HISTORY_ITEMS
+    assert P.parse_request({"v": 1, "type": "hello", "id": 2**64 - 1}).id == 2**64 - 1
 
 
 def test_bind_policy():
@@ -248,7 +277,7 @@ def _wait_busy(raw: Raw, max_ms: float) -> None:
 
 
 def test_latest_wins_supersedes_queued_decide(serve):
-    srv = serve({"backend": "noop", "batch_delay_ms": 400})
+    srv = serve(injected(batch_delay_ms=400))
     raw = Raw(srv.endpoint)
     handle = (raw.request("register", tools=TOOLS), raw.recv())[1]["handle"]
     raw.request("decide", handle=handle, tick=1, turn={"query": "a"}, stream="blocker")
@@ -266,7 +295,7 @@ def test_latest_wins_supersedes_queued_decide(serve):
 
 
 def test_expired_deadline_is_not_decoded(serve):
-    srv = serve({"backend": "noop", "batch_delay_ms": 500})
+    srv = serve(injected(batch_delay_ms=500))
     raw = Raw(srv.endpoint)
     handle = (raw.request("register", tools=TOOLS), raw.recv())[1]["handle"]
     raw.request("decide", handle=handle, tick=1, turn={"query": "a"}, stream="blocker")
@@ -281,7 +310,7 @@ def test_expired_deadline_is_not_decoded(serve):
 
 
 def test_engine_failure_is_isolated_within_a_batch(serve):
-    srv = serve({"backend": "noop", "batch_delay_ms": 300, "fail_on_query": "boom"})
+    srv = serve(injected(batch_delay_ms=300, fail_on_query="boom"))
     raw = Raw(srv.endpoint)
     handle = (raw.request("register", tools=TOOLS), raw.recv())[1]["handle"]
     raw.request("decide", handle=handle, tick=1, turn={"query": "a"}, stream="blocker")
@@ -298,7 +327,7 @@ def test_engine_failure_is_isolated_within_a_batch(serve):
 
 
 def test_bye_cancels_queued_decides(serve):
-    srv = serve({"backend": "noop", "batch_delay_ms": 300})
+    srv = serve(injected(batch_delay_ms=300))
     raw = Raw(srv.endpoint)
     handle = (raw.request("register", tools=TOOLS), raw.recv())[1]["handle"]
     raw.request("decide", handle=handle, tick=1, turn={"query": "a"}, stream="blocker")
@@ -314,7 +343,7 @@ def test_bye_cancels_queued_decides(serve):
 
 
 def test_client_decide_poll_and_many_clients(serve):
-    srv = serve({"backend": "noop", "batch_delay_ms": 20})
+    srv = serve(injected(batch_delay_ms=20))
     clients = [PolicyClient(srv.endpoint, timeout_ms=10_000, name=f"c{i}") for i in range(6)]
     for c in clients:
         c.register(TOOLS)
@@ -324,9 +353,9 @@ def test_client_decide_poll_and_many_clients(serve):
         got = {}
         for c in clients:
             for r in c.poll(timeout_ms=10_000):
-                got[r.msg_id] = r
+                got[r.id] = r
         assert set(got) == set(ids)
-        assert all(r.type == "call" and r.tick_id == rnd and r.call.name == "push" for r in got.values())
+        assert all(isinstance(r, CallReply) and r.tick == rnd and r.call.name == "push" for r in got.values())
     st = srv.stats()
     assert st["decided"] == 18 and max(st["batch_sizes"]) > 1  # several clients decoded together
     for c in clients:
@@ -345,7 +374,7 @@ def test_client_times_out_cleanly_then_recovers_on_restart():
     assert c.decide("x", tick_id=1).type == "call"
     srv.stop()
     r = c.decide("x", tick_id=2)
-    assert (r.type, r.code, r.tick_id) == ("error", "timeout", 2)
+    assert isinstance(r, ErrorReply) and (r.code, r.tick) == ("timeout", 2) and "no reply" in r.message
     srv2 = PolicyServer(build_engine({"backend": "noop"}), ServeConfig(bind=endpoint))
     srv2.start()
     try:
@@ -354,7 +383,7 @@ def test_client_times_out_cleanly_then_recovers_on_restart():
             if r.type == "call":
                 break
             assert r.code == "timeout"
-        assert r.type == "call" and r.tick_id == tick
+        assert r.type == "call" and r.tick == tick
         assert c.epoch == srv2.epoch != old_epoch and reg.handle != old_handle and reg.renewals == 1
         assert c.stats["resets"] >= 1
     finally:
@@ -409,7 +438,7 @@ def test_curve_authentication(serve, tmp_path):
 
 def test_gather_never_delays_a_lone_client(serve):
     """gather_ms waits only for the rest of a previous batch: one client's decides are never held back."""
-    srv = serve({"backend": "noop", "batch_delay_ms": 50}, gather_ms=100.0)
+    srv = serve(injected(batch_delay_ms=50), gather_ms=100.0)
     c = PolicyClient(srv.endpoint, timeout_ms=30_000)
     c.register(TOOLS)
     for tick in range(5):

@@ -13,9 +13,9 @@ import time
 
 import msgpack
 import pytest
+from helpers import injected
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from tickcall.agent import protocol as P
 from tickcall.agent.client import PolicyClient
 
@@ -52,9 +52,9 @@ def test_tiny_model_round_trip_and_clients_batched(ray_session, tiny_model_path)
         assert reg.heads == ["function", "arg1"] and reg.prefix_tokens > 0
         r = c.decide({"query": "lean right", "observation": {"x": 0.1, "v": -0.3}}, tick_id=5)
         assert r.type == "call", r
-        assert r.tick_id == 5 and set(r.heads) == {"function", "arg1"}
-        assert r.tokens["prompt"] > 0 and r.tokens["cached"] == reg.prefix_tokens
-        assert all(1 <= n <= 6 for n in r.tokens["generated"].values())
+        assert r.tick == 5 and set(r.heads) == {"function", "arg1"}
+        assert r.tokens.prompt > 0 and r.tokens.cached == reg.prefix_tokens
+        assert all(1 <= n <= 6 for n in r.tokens.generated.values())
         assert r.legal or r.reason  # an illegal call always says why
         # several clients at once: their decides are decoded together
         clients = [c] + [PolicyClient(endpoint, timeout_ms=60_000) for _ in range(3)]
@@ -64,7 +64,7 @@ def test_tiny_model_round_trip_and_clients_batched(ray_session, tiny_model_path)
         for rnd in range(3):
             ids = {cl.send_decide(f"round {rnd}", tick_id=rnd) for cl in clients}
             got = [x for cl in clients for x in cl.poll(timeout_ms=60_000)]
-            assert {x.msg_id for x in got} == ids and all(x.type == "call" for x in got)
+            assert {x.id for x in got} == ids and all(x.type == "call" for x in got)
             batches += [x.batch for x in got]
         assert max(batches) > 1
         stats = ray.get(handle.stats.remote())
@@ -184,7 +184,7 @@ def test_actor_killed_and_restarted_client_recovers(ray_session):
     from tickcall.agent.actor import start_policy_service
 
     # load_delay_ms: a model that takes 2.5 s to load (stand-in), so the restart leaves a gap
-    handle, endpoint = start_policy_service({"backend": "noop", "load_delay_ms": 2500}, max_restarts=-1)
+    handle, endpoint = start_policy_service(injected(load_delay_ms=2500), max_restarts=-1)
     try:
         first = ray.get(handle.ready.remote())
         c = PolicyClient(endpoint, timeout_ms=400)

@@ -2,18 +2,21 @@
 
 These are unit tests of ``control_loop.loop`` (the rate keeper itself: ``tests/test_timing.py``).
 Wall-clock time is replaced by a simulated clock (``SimClock``) so that every figure is exact and no test depends on how busy the
-machine is; the policy is an in-process script (``ScriptedPolicy``) that answers each request after a
-chosen delay, because the point here is the loop's bookkeeping. The same behaviours are tested with a
-real policy service (Ray actor, ZMQ sockets) in ``tests/test_loop_service.py``.
+machine is; the policy (``ScriptedPolicy``) holds each reply for a chosen simulated delay, because the
+point here is the loop's bookkeeping. The replies themselves are real: an in-process policy
+(``agent.inproc.InProcPolicy``, the service's own assembly and validation path) over a scripted engine
+(tests/helpers.py) makes them, so they are the types ``PolicyClient`` hands out and cannot drift from
+them. The same behaviours are tested with a real policy service (Ray actor, ZMQ sockets) in
+``tests/test_loop_service.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import time
 
 import pytest
-
+from helpers import ScriptedEngine, injected
+from tickcall.agent.inproc import InProcPolicy
 from tickcall.control_loop.loop import ControlLoop, LoopSettings, Observation
 from tickcall.control_loop.records import OUTCOMES, count_outcomes
 from tickcall.control_loop.stats import summarize
@@ -34,45 +37,37 @@ class SimClock:
         self.t += s
 
 
-@dataclass
-class Reply:
-    type: str
-    tick_id: int
-    call: Any = None
-    legal: bool = True
-    reason: str = ""
-    timings_ms: dict = field(default_factory=dict)
-    code: str | None = None
+MOVE = [{"type": "function", "function": {"name": "move", "description": "Move.", "parameters": {
+    "type": "object", "properties": {"direction": {"type": "string", "enum": ["N", "E", "S", "W"]}},
+    "required": ["direction"]}}}]
 
 
 class ScriptedPolicy:
     """Answers request ``tick`` after ``delay(tick)`` simulated seconds (None: never) with ``kind(tick)``.
 
-    ``kind``: 'ok' (legal call), 'illegal' (an illegal call), 'error' (an engine failure reply)."""
+    ``kind``: 'ok' (a legal call), 'illegal' (an illegal call), 'error' (the engine fails). The reply is
+    made at once by an ``InProcPolicy`` and held back until its simulated time."""
 
     def __init__(self, clock: SimClock, delay, kind=lambda tick: "ok") -> None:
         self.clock = clock
         self.delay = delay
         self.kind = kind
         self.sent: list[tuple[int, float]] = []
-        self._queue: list[tuple[float, Reply]] = []
+        self.engine = ScriptedEngine(ok_args={"direction": "N"}, illegal_args={"direction": "up?"})
+        self.inner = InProcPolicy(self.engine)
+        self.inner.register(MOVE)
+        self._queue: list[tuple[float, object]] = []
 
     def send_decide(self, turn, tick_id, deadline_ms):
         assert deadline_ms > 0
         self.sent.append((tick_id, deadline_ms))
+        self.engine.kind = self.kind(tick_id)
+        msg_id = self.inner.send_decide(turn, tick_id, deadline_ms)
+        [reply] = self.inner.poll()
         d = self.delay(tick_id)
         if d is not None:
-            kind = self.kind(tick_id)
-            if kind == "ok":
-                r = Reply("call", tick_id, Call("move", {"direction": "N"}), True,
-                          timings_ms={"decode": d * 1e3})
-            elif kind == "illegal":
-                r = Reply("call", tick_id, Call("move", {"direction": "up?"}), False,
-                          reason="direction is not one of ...")
-            else:
-                r = Reply("error", tick_id, None, False, reason="boom", code="engine_failure")
-            self._queue.append((self.clock() + d, r))
-        return f"m{tick_id}"
+            self._queue.append((self.clock() + d, reply))
+        return msg_id
 
     def poll(self, timeout_ms):
         now = self.clock()
@@ -137,7 +132,7 @@ def test_all_ok_when_the_service_answers_in_time():
     assert r.rtt_ms == pytest.approx(10.0, abs=1e-6)
     assert r.latency_ms == pytest.approx(10.0, abs=1e-6)   # tick took the obs -> call dispatched
     assert r.obs_age_ms == pytest.approx(2.0, abs=1e-6)     # the env made it 2 ms before the tick
-    assert r.stages_ms == {"decode": pytest.approx(10.0)}
+    assert set(r.stages_ms) == {"queue", "prefill", "decode", "assemble", "engine", "server"}
     # the deadline sent with each request is the time left until the next tick (16 Hz: 62.5 ms)
     assert policy.sent[0][1] == pytest.approx(62.5, abs=0.01)
     rep = summarize(res.records, 16.0, res.elapsed_s)
@@ -180,7 +175,8 @@ def test_illegal_calls_and_service_errors_are_errors_with_fallback():
     bad = res.records[1]
     assert bad.outcome == "error" and bad.reason.startswith("illegal call")
     assert bad.call == {"name": "move", "arguments": {"direction": "up?"}}
-    assert res.records[2].reason.startswith("service error engine_failure")
+    # the error's own text reaches the record (ErrorReply.message), not just its code
+    assert res.records[2].reason == "service error engine_failure: EngineError: boom"
 
 
 def test_dead_service_keeps_the_rate_with_fallbacks_then_recovers():
@@ -303,3 +299,26 @@ def test_any_rate_from_1_to_60_hz(rate):
     assert policy.sent[0][1] == pytest.approx(1e3 / rate, abs=0.01)   # deadline = one period
     rep = summarize(res.records, rate, res.elapsed_s)
     assert rep["achieved_hz"] == pytest.approx(rate)
+
+
+def test_service_error_detail_reaches_the_record_over_real_sockets():
+    """A real PolicyClient and PolicyServer (ZMQ, real clock): an engine failure's message, as the
+    client hands it out, is what the loop records as the tick's reason."""
+    from tickcall.agent.client import PolicyClient
+    from tickcall.agent.config import ServeConfig
+    from tickcall.agent.engines import build_engine
+    from tickcall.agent.server import PolicyServer
+
+    srv = PolicyServer(build_engine(injected(fail_on_query="x=1")), ServeConfig(bind="tcp://127.0.0.1:0"))
+    client = PolicyClient(srv.start(), timeout_ms=5000)
+    try:
+        client.register(MOVE)
+        world = SimWorld(time.monotonic)
+        loop = ControlLoop(LoopSettings(rate_hz=10, deadline_ms=2000, in_flight_timeout_ms=4000), client, world)
+        res = loop.run(max_ticks=2)
+    finally:
+        client.close()
+        srv.stop()
+    assert [r.outcome for r in res.records] == ["error", "error"]
+    assert res.records[0].reason == ("service error engine_failure: EngineError: injected failure: "
+                                     "query contains 'x=1'")

@@ -2,7 +2,7 @@
 
 Nothing is faked here except the model: the service runs the no-op engine (``models.engine.NoOpEngine``,
 which always answers the first tool without arguments), with the service's own test injections
-(``batch_delay_ms``: every decode takes that long) where a slow model is needed. The loop runs as a
+(tests/helpers.py, ``batch_delay_ms``: every decode takes that long) where a slow model is needed. The loop runs as a
 Ray actor (``control_loop.actor.LoopActor``) in its own process with a real-time env.
 
 Assertions are on accounting and behaviour, never on how fast this machine is: a "late" service takes
@@ -15,6 +15,7 @@ import contextlib
 import time
 
 import pytest
+from helpers import injected
 from polling import wait_for
 from tickcall.control_loop.loop import LoopSettings
 from tickcall.control_loop.records import OUTCOMES, TickRecord, count_outcomes
@@ -83,7 +84,7 @@ def test_service_that_answers(ray_session):
 
 def test_service_that_answers_late(ray_session):
     # every decode takes 1.5 periods: no reply can beat its deadline
-    svc, endpoint = _service({"backend": "noop", "batch_delay_ms": 1.5e3 / RATE})
+    svc, endpoint = _service(injected(batch_delay_ms=1.5e3 / RATE))
     loop = _loop(endpoint, fallback="default")
     try:
         res, records = _run(loop, max_ticks=30)

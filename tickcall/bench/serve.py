@@ -28,6 +28,9 @@ from typing import Any
 from tickcall.bench.common import machine, print_table, write_json
 from tickcall.timing import summary
 
+# a no-op engine whose every batch takes batch_delay_ms: the service's own batching, whatever the model
+STANDIN = "tickcall.bench.standin:slow_noop"
+
 TOOLS = [
     {"type": "function", "function": {"name": "move", "description": "Move the player in a direction.",
      "parameters": {"type": "object", "properties": {
@@ -202,7 +205,7 @@ def _closed_loop(endpoint: str, n: int, duration_s: float, reg_tools: list) -> d
                         continue
                     if record:
                         count += 1
-                        lat.append(r.rtt_ms)
+                        lat.append(time.monotonic() * 1e3 - r.sent_ms)  # sent_ms: the client's clock
                         batches.append(r.batch)
                     if time.perf_counter() < end:
                         tick += 1
@@ -247,7 +250,8 @@ def _batching(args: argparse.Namespace) -> dict[str, Any]:
     engine_rows = _engine_alone(model, args)
     standin = []
     if args.standin_ms > 0:
-        handle, endpoint = start_policy_service({"backend": "noop", "batch_delay_ms": args.standin_ms})
+        handle, endpoint = start_policy_service({"backend": "factory", "factory": STANDIN,
+                                                 "batch_delay_ms": args.standin_ms})
         try:
             for n in args.clients:
                 standin.append(_closed_loop(endpoint, n, min(args.duration, 3.0), TOOLS))

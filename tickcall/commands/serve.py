@@ -64,6 +64,8 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    import msgspec
+
     from tickcall.agent.client import PolicyClient, PolicyError, PolicyTimeout
 
     curve = None
@@ -81,7 +83,7 @@ def _probe(args: argparse.Namespace) -> int:
     print(json.dumps({"endpoint": args.probe, "epoch": welcome.epoch, "versions": welcome.versions,
                       "server": welcome.server, "engine": welcome.engine, "limits": welcome.limits,
                       "ping_ms": {"p50": round(rtts[len(rtts) // 2], 3), "max": round(rtts[-1], 3)}},
-                     indent=2))
+                     indent=2, default=msgspec.to_builtins))  # welcome's parts are typed structs
     return 0
 
 

@@ -1,0 +1,283 @@
+"""The engine side of the policy service, without sockets or threads: shared registrations and batched
+decisions answered with the typed replies of ``agent.messages``.
+
+``agent.server.PolicyServer`` runs one ``PolicyCore`` in its engine thread; ``agent.inproc.InProcPolicy``
+runs one in the caller's thread. Both therefore answer the same requests with the same replies.
+
+Invariants:
+* A tool set (tools, system, template), byte for byte, has one handle per epoch, whoever registers it;
+  at most ``max_registrations`` are kept, the least recently registered is evicted first.
+* ``decide`` answers every job exactly once, in order: ``call``, or ``error`` (``unknown_handle`` for
+  a handle dropped after it was queued, ``engine_failure`` for a request the engine could not decide;
+  a failing batch is retried request by request, so one bad request fails alone).
+* Times: ``recv_t`` and the clocks here are ``time.perf_counter`` seconds; reply timings are ms.
+* Not thread-safe: one thread uses a core (``busy_since`` and ``handles`` may be read from others).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from tickcall.agent import protocol as P
+from tickcall.agent.messages import (
+    Bye,
+    ByeReply,
+    CallReply,
+    Decide,
+    DecideReply,
+    ErrorReply,
+    Hello,
+    Limits,
+    Register,
+    Registered,
+    ServerInfo,
+    Timings,
+    Tokens,
+    Welcome,
+    WireCall,
+)
+from tickcall.models.format import TEMPLATES, Turn
+from tickcall.models.tools import ToolSchemaError
+
+log = logging.getLogger("tickcall.agent.core")
+
+
+def server_version() -> str:
+    """tickcall's installed version (for ``welcome.server``); this room never imports the CLI package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tickcall")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+@dataclass
+class Registration:
+    """One registered tool set, shared by every owner that registers the same (tools, system, template)."""
+
+    handle: str  # the wire handle: "<epoch prefix>.<n>", never valid in another epoch
+    engine_handle: str
+    heads: tuple[str, ...]
+    prefix_tokens: int
+    template: str
+    tool_names: list[str]
+    key: bytes
+    owners: set[Any] = field(default_factory=set)
+
+
+@dataclass
+class Job:
+    """One decide waiting for the engine. ``owner``: who gets the reply (a ZMQ identity, or anything)."""
+
+    owner: Any
+    req: Decide
+    turn: Turn
+    recv_t: float  # time.perf_counter() at receipt (s): the origin of deadline_ms
+    expires_t: float | None = None  # recv_t + deadline (s); None without a deadline
+
+
+class PolicyCore:
+    """Registrations and decisions of one engine in one epoch."""
+
+    def __init__(self, engine: Any, epoch: str, max_registrations: int) -> None:
+        self.engine = engine
+        self.epoch = epoch
+        self.max_registrations = max_registrations
+        self.stats: dict[str, int] = {}
+        self.batch_sizes: dict[int, int] = {}
+        self.busy_since: float | None = None  # perf_counter s while inside engine.decide_batch
+        self.handles: frozenset[str] = frozenset()  # republished after every change (safe to read)
+        self._regs: OrderedDict[str, Registration] = OrderedDict()  # LRU order: oldest first
+        self._by_key: dict[bytes, str] = {}
+        self._reg_ids = 0
+        self._info: dict[str, Any] | None = None
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    @property
+    def engine_info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = dict(self.engine.info())
+        return self._info
+
+    # ------------------------------------------------------------------ requests
+    def welcome(self, req: Hello, limits: Limits) -> Welcome:
+        return Welcome(
+            id=req.id,
+            epoch=self.epoch,
+            versions=list(P.SUPPORTED_VERSIONS),
+            server=ServerInfo(name="tickcall", version=server_version()),
+            engine=self.engine_info,
+            templates=list(TEMPLATES),
+            limits=limits,
+        )
+
+    def register(self, owner: Any, req: Register) -> Registered | ErrorReply:
+        """Register (or find) the tool set; ``owner`` keeps it alive until its ``bye``."""
+        if req.template is not None and req.template not in TEMPLATES:
+            return P.error_reply(
+                "malformed",
+                f"unknown template {req.template!r}; choose from "
+                f"{', '.join(TEMPLATES)} or nil for the engine's default",
+                req.id,
+                self.epoch,
+            )
+        key = hashlib.blake2b(
+            msgspec.msgpack.encode([req.tools, req.system, req.template]), digest_size=16
+        ).digest()
+        handle = self._by_key.get(key)
+        if handle is not None:
+            reg = self._regs[handle]
+            self._regs.move_to_end(handle)
+        else:
+            try:
+                r = self.engine.register(req.tools, system=req.system, template=req.template)
+            except ToolSchemaError as exc:
+                return P.error_reply("illegal_tools", str(exc)[:1000], req.id, self.epoch)
+            except Exception as exc:
+                log.exception("engine.register failed")
+                return P.error_reply(
+                    "engine_failure",
+                    f"register failed: {type(exc).__name__}: {exc}"[:1000],
+                    req.id,
+                    self.epoch,
+                )
+            self._reg_ids += 1
+            reg = Registration(
+                handle=f"{self.epoch[:8]}.{self._reg_ids}",
+                engine_handle=r.handle,
+                heads=tuple(r.heads),
+                prefix_tokens=int(r.prefix_tokens),
+                template=r.template.name,
+                tool_names=[t.name for t in r.tools],
+                key=key,
+            )
+            self._regs[reg.handle] = reg
+            self._by_key[key] = reg.handle
+            while len(self._regs) > self.max_registrations:
+                _, old = self._regs.popitem(last=False)
+                del self._by_key[old.key]
+                self.engine.unregister(old.engine_handle)
+                self._count("evicted")
+            self.handles = frozenset(self._regs)
+        reg.owners.add(owner)
+        return Registered(
+            id=req.id,
+            epoch=self.epoch,
+            handle=reg.handle,
+            heads=list(reg.heads),
+            head_count=len(reg.heads),
+            prefix_tokens=reg.prefix_tokens,
+            template=reg.template,
+            tools=list(reg.tool_names),
+        )
+
+    def bye(self, owner: Any, req: Bye) -> ByeReply:
+        """Drop the tool sets that only ``owner`` registered."""
+        for handle in list(self._regs):
+            reg = self._regs[handle]
+            if owner in reg.owners:
+                reg.owners.discard(owner)
+                if not reg.owners:
+                    del self._regs[handle]
+                    del self._by_key[reg.key]
+                    self.engine.unregister(reg.engine_handle)
+        self.handles = frozenset(self._regs)
+        return ByeReply(id=req.id, epoch=self.epoch)
+
+    # ------------------------------------------------------------------ decisions
+    def decide(self, jobs: list[Job]) -> list[DecideReply]:
+        """One reply per job, in order: all live jobs decoded in one ``engine.decide_batch``."""
+        replies: list[DecideReply | None] = [None] * len(jobs)
+        live: list[int] = []
+        for i, job in enumerate(jobs):
+            if job.req.handle in self._regs:
+                live.append(i)
+            else:  # evicted or dropped (bye) after it was queued
+                replies[i] = P.error_reply(
+                    "unknown_handle",
+                    f"handle {job.req.handle!r} is no longer registered: register the tools again",
+                    job.req.id,
+                    self.epoch,
+                    tick=job.req.tick,
+                    handle=job.req.handle,
+                )
+        if live:
+            self._count("batches")
+            self._count("decided", len(live))
+            self.batch_sizes[len(live)] = self.batch_sizes.get(len(live), 0) + 1
+            for i, reply in zip(live, self._decide_live([jobs[i] for i in live]), strict=True):
+                replies[i] = reply
+        return [r for r in replies if r is not None]
+
+    def _decide_live(self, jobs: list[Job]) -> list[DecideReply]:
+        t0 = self.busy_since = time.perf_counter()
+        try:
+            decisions = self.engine.decide_batch(
+                [(self._regs[j.req.handle].engine_handle, j.turn) for j in jobs]
+            )
+            if len(decisions) != len(jobs):
+                raise RuntimeError(f"engine returned {len(decisions)} decisions for {len(jobs)} requests")
+        except Exception as exc:
+            if len(jobs) == 1:
+                self.busy_since = None
+                return [self._engine_failure(jobs[0], exc)]
+            self._count("batch_retries")
+            out: list[DecideReply] = []
+            for job in jobs:  # isolate the request that fails
+                t0 = time.perf_counter()
+                try:
+                    d = self.engine.decide_batch([(self._regs[job.req.handle].engine_handle, job.turn)])[0]
+                except Exception as exc1:
+                    out.append(self._engine_failure(job, exc1))
+                    continue
+                out.append(self.call_reply(job, d, t0, time.perf_counter(), 1))
+            self.busy_since = None
+            return out
+        t1 = time.perf_counter()
+        self.busy_since = None
+        return [self.call_reply(j, d, t0, t1, len(jobs)) for j, d in zip(jobs, decisions, strict=True)]
+
+    def _engine_failure(self, job: Job, exc: BaseException) -> ErrorReply:
+        log.warning("engine failure on tick %s: %s", job.req.tick, exc)
+        return P.error_reply(
+            "engine_failure",
+            f"{type(exc).__name__}: {exc}"[:1000],
+            job.req.id,
+            self.epoch,
+            tick=job.req.tick,
+            handle=job.req.handle,
+        )
+
+    def call_reply(self, job: Job, d: Any, t0: float, t1: float, batch: int) -> CallReply:
+        """The ``call`` reply for a ``models.engine.Decision`` decoded from ``t0`` to ``t1`` (perf s)."""
+        tm = d.timings_ms
+        return CallReply(
+            id=job.req.id,
+            epoch=self.epoch,
+            tick=job.req.tick,
+            handle=job.req.handle,
+            call=None if d.call is None else WireCall(name=d.call.name, arguments=dict(d.call.arguments)),
+            legal=bool(d.legal),
+            reason=d.reason,
+            heads=dict(d.heads),
+            tokens=Tokens(prompt=d.prompt_tokens, cached=d.cached_tokens, generated=dict(d.generated_tokens)),
+            timings_ms=Timings(
+                queue=(t0 - job.recv_t) * 1e3,
+                prefill=tm.get("prefill", 0.0),
+                decode=tm.get("decode", 0.0),
+                assemble=tm.get("assemble", 0.0),
+                engine=(t1 - t0) * 1e3,
+                server=(time.perf_counter() - job.recv_t) * 1e3,
+            ),
+            batch=batch,
+            sent_ms=job.req.sent_ms,
+        )

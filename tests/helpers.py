@@ -1,0 +1,96 @@
+"""Engine stand-ins for tests (not part of tickcall).
+
+``InjectedEngine`` wraps any engine: ``batch_delay_ms`` sleeps that long once per ``decide_batch``
+call (a decode whose cost is per batch, as a memory-bound decode step is) and ``fail_on_query`` raises
+``EngineError`` for any turn whose query contains that text. ``injected_engine`` builds one from a
+service engine spec, so a policy service in another process (a Ray actor) can build it too:
+
+    {"backend": "factory", "factory": "tests.helpers:injected_engine", "batch_delay_ms": 400}
+
+(``load_delay_ms`` sleeps once while building: a slow model load, e.g. across a restart.) Ray workers
+import ``tests.helpers`` from the driver's working directory, the repository root under pytest.
+
+``ScriptedEngine`` answers each turn with what the test asks for next (a legal call, an illegal one,
+or a failure), through the real assembly of ``models.engine.Engine``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tickcall.models.engine import EngineError, NoOpEngine, RawHeads, Registration
+from tickcall.models.format import Turn
+
+FACTORY = "tests.helpers:injected_engine"
+
+
+class InjectedEngine:
+    """Delegates to ``inner``; adds the fixed per-batch delay (ms) and the failure marker."""
+
+    def __init__(self, inner: Any, batch_delay_ms: float = 0.0, fail_on_query: str | None = None) -> None:
+        self.inner = inner
+        self.batch_delay_ms = float(batch_delay_ms or 0.0)
+        self.fail_on_query = fail_on_query
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def decide_batch(self, requests: Sequence[tuple[str, Any]]) -> list[Any]:
+        if self.fail_on_query is not None:
+            for _handle, turn in requests:
+                if self.fail_on_query in turn.query:
+                    raise EngineError(f"injected failure: query contains {self.fail_on_query!r}")
+        if self.batch_delay_ms > 0:
+            time.sleep(self.batch_delay_ms / 1e3)
+        return self.inner.decide_batch(requests)
+
+    def decide(self, handle: str, turn: Any) -> Any:
+        return self.decide_batch([(handle, turn)])[0]
+
+    def info(self) -> dict[str, Any]:
+        info = dict(self.inner.info())
+        info["injected"] = {"batch_delay_ms": self.batch_delay_ms, "fail_on_query": self.fail_on_query}
+        return info
+
+
+def injected_engine(
+    inner: dict[str, Any] | None = None,
+    batch_delay_ms: float = 0.0,
+    fail_on_query: str | None = None,
+    load_delay_ms: float = 0.0,
+) -> InjectedEngine:
+    """The ``factory`` of a service engine spec: ``inner`` is the wrapped engine's spec (default noop)."""
+    from tickcall.agent.engines import build_engine
+
+    if load_delay_ms > 0:
+        time.sleep(load_delay_ms / 1e3)
+    return InjectedEngine(build_engine(inner or {"backend": "noop"}), batch_delay_ms, fail_on_query)
+
+
+def injected(**kw: Any) -> dict[str, Any]:
+    """A service engine spec for ``injected_engine`` (keyword arguments as there)."""
+    return {"backend": "factory", "factory": FACTORY, **kw}
+
+
+class ScriptedEngine(NoOpEngine):
+    """Answers with the kind of decision set in ``kind`` before each decide: ``"ok"`` (the first tool
+    with ``ok_args``), ``"illegal"`` (the first tool with ``illegal_args``, which the assembly refuses)
+    or ``"error"`` (raises EngineError ``boom``). Heads go through the real strict assembly."""
+
+    def __init__(self, ok_args: dict[str, str], illegal_args: dict[str, str]) -> None:
+        super().__init__()
+        self.kind = "ok"
+        self.ok_args = ok_args
+        self.illegal_args = illegal_args
+
+    def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
+        if self.kind == "error":
+            raise EngineError("boom")
+        out = super()._decode(items)
+        args = self.ok_args if self.kind == "ok" else self.illegal_args
+        for raw in out:
+            for i, value in enumerate(args.values(), start=1):
+                raw.texts[f"arg{i}"] = value
+        return out
