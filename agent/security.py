@@ -1,39 +1,77 @@
-"""Bind policy and ZMQ CURVE setup for the policy service and its clients.
+"""The one bind policy and CURVE key handling, for every ZMQ server of tickcall.
 
-A bind that is reachable from other machines (tcp other than 127.0.0.0/8, ::1 or localhost) is refused
-unless CURVE keys are configured or ``allow_insecure`` is set explicitly. Keys are files in the
-zmq.auth certificate format (``tickcall serve --gen-keys DIR`` writes them).
+Used by the policy service (``agent/server.py``) and the engine bridge (``envs/engine_bridge*.py``),
+so both answer these questions the same way:
+
+* **Is this bind local?** ``is_local_endpoint``: ``ipc://`` and ``inproc://``, or ``tcp://`` on a
+  literal loopback address (127.0.0.0/8, ``::1``, bracketed or not) or the name ``localhost``.
+  Everything else is exposed: other names (``127.example.com`` and ``localhost.evil`` resolve
+  anywhere), ``*``, ``0.0.0.0``, interface names, other transports (``udp://``, ``ws://``, ``pgm://``).
+  Servers bind ``127.0.0.1`` unless told otherwise.
+* **Is CURVE required?** For every bind that is not local (``check_bind``). The only way around it is
+  an explicit ``allow_insecure`` (a trusted network), which is logged as a warning.
+* **How are keys loaded?** Only from zmq.auth certificate files (``tickcall serve --gen-keys DIR``
+  writes ``NAME.key`` and ``NAME.key_secret``), never from raw key strings in configs or command
+  lines. A CURVE server may restrict clients to a folder of their public ``.key`` files; without one
+  any client that knows the server's public key connects (encrypted, unauthenticated).
+
+Nothing here ever unpickles anything; keys are text files.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from pathlib import Path
 from typing import Any
 
 from tickcall.agent.config import CurveConfig
 
-LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
+log = logging.getLogger("tickcall.security")
+
+LOCAL_TRANSPORTS = ("ipc://", "inproc://")
+
+
+def endpoint_host(endpoint: str) -> str | None:
+    """The host of a ``tcp://HOST:PORT`` endpoint (brackets removed), or None for other transports."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def is_local_endpoint(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on a loopback address."""
-    if endpoint.startswith(("ipc://", "inproc://")):
+    """True when only this machine can reach ``endpoint`` (see module docstring)."""
+    if endpoint.startswith(LOCAL_TRANSPORTS):
         return True
-    if not endpoint.startswith("tcp://"):
+    host = endpoint_host(endpoint)
+    if host is None:
         return False
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
-    return host.startswith(LOOPBACK_HOSTS)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name or an interface: not known to be loopback
+        return False
+
+
+def curve_required(endpoint: str) -> bool:
+    """True when binding ``endpoint`` needs CURVE (any bind that is not local)."""
+    return not is_local_endpoint(endpoint)
 
 
 def check_bind(endpoint: str, curve: CurveConfig | None, allow_insecure: bool) -> None:
-    """Raise ValueError for an exposed bind without CURVE (unless explicitly allowed)."""
-    if is_local_endpoint(endpoint) or allow_insecure:
+    """Raise ValueError for an exposed bind without CURVE keys (unless ``allow_insecure``)."""
+    if not curve_required(endpoint) or (curve is not None and curve.server_secret):
         return
-    if curve is None or not curve.server_secret:
-        raise ValueError(
-            f"refusing to bind {endpoint} without authentication: it is reachable from other machines. "
-            "Configure curve.server_secret (tickcall serve --gen-keys DIR), bind 127.0.0.1, "
-            "or set allow_insecure: true")
+    if allow_insecure:
+        log.warning("binding %s without CURVE (allow_insecure): anyone who can reach it may connect",
+                    endpoint)
+        return
+    raise ValueError(
+        f"refusing to bind {endpoint} without authentication (ZMQ CURVE): it is reachable from other "
+        "machines. Bind 127.0.0.1, configure a CURVE server secret key file (tickcall serve "
+        "--gen-keys DIR writes one), or set allow_insecure on a trusted network")
 
 
 def generate_keys(folder: str | Path, names: tuple[str, ...] = ("server", "client")) -> dict[str, Path]:
@@ -49,27 +87,44 @@ def generate_keys(folder: str | Path, names: tuple[str, ...] = ("server", "clien
     return out
 
 
-def _load(path: str | Path, secret: bool) -> tuple[bytes, bytes | None]:
+def load_public_key(path: str | Path) -> bytes:
+    """The z85 public key in a certificate file (``.key`` or ``.key_secret``)."""
+    return _load(path)[0]
+
+
+def load_secret_key(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) z85 keys from a ``.key_secret`` certificate file."""
+    public, secret = _load(path)
+    if not secret:
+        raise ValueError(f"{path}: no secret key in this file (use the .key_secret file)")
+    return public, secret
+
+
+def _load(path: str | Path) -> tuple[bytes, bytes | None]:
     import zmq.auth
 
-    public, sec = zmq.auth.load_certificate(str(path))
-    if secret and not sec:
-        raise ValueError(f"{path}: no secret key in this file (use the .key_secret file)")
-    return public, sec
+    if not Path(path).is_file():
+        raise ValueError(f"CURVE key file {str(path)[:80]!r} not found: keys are certificate files "
+                         "(tickcall serve --gen-keys DIR), never raw key strings")
+    try:
+        return zmq.auth.load_certificate(str(path))
+    except Exception as exc:  # zmq.auth raises ValueError/KeyError/... for a file that is no certificate
+        raise ValueError(f"{path}: not a zmq.auth certificate file ({exc})") from None
 
 
 def setup_server_curve(ctx: Any, sock: Any, curve: CurveConfig) -> Any:
-    """Make ``sock`` a CURVE server. Returns the authenticator thread (stop it on close) or None."""
+    """Make ``sock`` a CURVE server. Returns the authenticator thread: stop it before closing ``ctx``."""
     import zmq
     from zmq.auth.thread import ThreadAuthenticator
 
-    public, secret = _load(curve.server_secret, secret=True)
-    auth = None
+    if not curve.server_secret:
+        raise ValueError("a CURVE server needs its secret key file (curve.server_secret)")
+    public, secret = load_secret_key(curve.server_secret)
+    if curve.client_keys and not Path(curve.client_keys).is_dir():
+        raise ValueError(f"curve.client_keys {curve.client_keys!r} is not a folder of .key files")
     auth = ThreadAuthenticator(ctx)
     auth.start()
     if curve.client_keys:
-        if not Path(curve.client_keys).is_dir():
-            raise ValueError(f"curve.client_keys {curve.client_keys!r} is not a folder of .key files")
         auth.configure_curve(domain="*", location=str(curve.client_keys))
     else:
         auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
@@ -85,9 +140,9 @@ def setup_client_curve(sock: Any, curve: CurveConfig) -> None:
 
     if not curve.server_public:
         raise ValueError("curve.server_public (the server's .key file) is required on the client")
-    server_public, _ = _load(curve.server_public, secret=False)
+    server_public = load_public_key(curve.server_public)
     if curve.client_secret:
-        public, secret = _load(curve.client_secret, secret=True)
+        public, secret = load_secret_key(curve.client_secret)
     else:
         public, secret = zmq.curve_keypair()
     sock.curve_secretkey = secret
