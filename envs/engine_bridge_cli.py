@@ -1,6 +1,6 @@
-"""``python -m envs.engine_bridge_cli check``: try an engine against the bridge, without a model.
+"""``python -m tickcall.envs.engine_bridge_cli check``: try an engine against the bridge, without a model.
 
-    python -m envs.engine_bridge_cli check --endpoint tcp://127.0.0.1:5560 --seconds 5 --json out.json
+    python -m tickcall.envs.engine_bridge_cli check --endpoint tcp://127.0.0.1:5560 --seconds 5 --json out.json
 
 Binds the bridge, waits for an engine's hello, prints what it declared, then for ``--seconds``
 watches its observations and sends its ``default_call`` (or ``--call JSON``) at ``--rate`` Hz,
@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="call: send --call (or the default call) every time; arena-expert: the scripted "
                         "arena expert reading the observation text (reference engine's arena)")
     p.add_argument("--wait-s", type=float, default=60.0, help="how long to wait for the engine's hello")
-    p.add_argument("--curve-secret-key", default=None, help="bridge CURVE secret key (z85) or key file")
+    p.add_argument("--curve-secret-key", default=None, metavar="FILE",
+                   help="the bridge's CURVE secret key file (.key_secret; tickcall serve --gen-keys DIR "
+                        "writes one); needed to bind a non-loopback address")
     p.add_argument("--json", metavar="FILE", default=None, help="write the figures as JSON")
 
 
@@ -77,7 +79,9 @@ def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: flo
         for t in sess.tools:
             print(f"  tool {t.name}({', '.join(t.param_names)})", file=out)
         print(f"  observation format {hello.observation.format!r}: {hello.observation.description}", file=out)
-        use = Call.from_dict(call or hello.default_call or {"name": sess.tools[0].name})
+        default = hello.default_call
+        use = (Call.from_dict(call) if call else Call(default.name, dict(default.arguments)) if default
+               else Call(sess.tools[0].name, {}))
         t0 = time.monotonic()
         obs0 = bridge.stats()["counts"]["obs_received"]
         handles = []
@@ -152,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m envs.engine_bridge_cli", description=HELP)
+    parser = argparse.ArgumentParser(prog="python -m tickcall.envs.engine_bridge_cli", description=HELP)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

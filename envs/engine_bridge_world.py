@@ -1,16 +1,18 @@
 """An external game engine as the *world* of a tickcall control loop (engine bridge, mode 1).
 
-``make_world("engine:tcp://127.0.0.1:5560")`` binds an ``EngineBridge`` there, waits for an engine's
-hello and returns an ``EngineWorld``: the same duck type as ``control_loop.world.World`` (``tools``,
-``observe()``, ``fallback(kind)``, ``apply_call``, ``hands``, ``episodes()``, ``describe()``, ...), so
-``tickcall run --env engine:tcp://127.0.0.1:5560`` drives an engine exactly like a gymnasium env.
+``open_bridge("engine:tcp://127.0.0.1:5560", env_kwargs)`` binds an ``EngineBridge`` there and waits
+for an engine's hello and first observation; ``EngineWorld(bridge, hands=...)`` is that engine seen
+as a world, by shape (``control_loop.world.World``: ``tools``, ``observe()``, ``fallback(kind)``,
+``apply_call``, ``hands``, ``episodes()``, ``describe()``, ...). The composition root builds the
+hands and the world: ``tickcall.bridge_world.make_engine_world(spec)``, what
+``tickcall run --env engine:tcp://127.0.0.1:5560`` uses. This module imports nothing of the loop.
 
 * ``observe()`` never waits: it returns the newest observation of the connected engine; when there
   is none that is fresh (engine gone, restarting, silent past ``max_obs_age_ms``) it raises
   ``NoObservation`` and the loop records the tick and applies its fallback.
-* ``hands``: an ``AsyncFC`` with one ``latest``-wins lane named ``engine`` whose actuator sends the call
-  to the engine and waits (in the lane's worker thread, never on the tick path) for the engine's
-  ``result``: ``done`` with the engine's value, or failed with the engine's error code.
+* ``hands`` (given by the caller): an AsyncFC whose lane calls ``EngineActuator``, which sends the
+  call to the engine and waits (in the lane's worker thread, never on the tick path) for the
+  engine's ``result``: the engine's value, or ``EngineCallError`` with the engine's error code.
 * The tools are the engine's (from its hello) and stay pinned for the run: an engine that comes back
   with different tools is refused with a fatal ``bad_tools`` error (the model registered the old ones).
 * Fallbacks: ``hold`` sends nothing (the engine keeps the last call in force); ``default`` and
@@ -39,7 +41,9 @@ from tickcall.models.calls import Call
 from tickcall.models.tools import normalize_tools
 
 ENGINE_PREFIX = "engine:"
-# env_kwargs an engine world understands (everything else is refused with a clear message)
+# env_kwargs an engine world understands (everything else is refused with a clear message):
+# wait_s (s, for the engine's hello and first observation), lane_timeout_s (s, the hands' lane
+# completion timeout) and every BridgeConfig field
 WORLD_KWARGS = ("wait_s", "lane_timeout_s") + tuple(BridgeConfig.__dataclass_fields__)
 
 
@@ -53,7 +57,7 @@ class EngineWorldError(ValueError):
 
 @dataclass
 class WorldObservation:
-    """What the loop reads each tick (duck type of ``control_loop.loop.Observation``)."""
+    """What the loop reads each tick (the shape of ``control_loop.world.Observation``)."""
 
     text: str
     taken_at: float  # time.monotonic() seconds when the bridge received it
@@ -106,13 +110,14 @@ class EngineWorld:
     """The engine behind a bridge, seen as a world by the control loop (see module docstring)."""
 
     def __init__(self, bridge: EngineBridge, *, env_id: str, history_chars: int = 40,
-                 lane_timeout_s: float = 1.0, with_hands: bool = True) -> None:
+                 hands: Any = None) -> None:
         hello = bridge.session.hello if bridge.session else None
         if hello is None:
             raise EngineWorldError("no engine connected: call bridge.wait_for_engine() first")
         self.bridge = bridge
         self.env_id = env_id
         self.history_chars = history_chars
+        self.hands = hands
         self.rt = _NoPhysics()
         self._tools = [dict(t) for t in hello.tools]
         self.specs = normalize_tools(self._tools)
@@ -120,17 +125,6 @@ class EngineWorld:
         self.fallbacks: dict[str, int] = {}
         self.observe_failures = 0
         bridge.pin_tools(self._tools)
-        self.hands = self._make_hands(lane_timeout_s) if with_hands else None
-
-    def _make_hands(self, lane_timeout_s: float) -> Any:
-        from tickcall.control_loop.futures.core import AsyncFC
-        from tickcall.control_loop.futures.lanes import Lane
-
-        names = tuple(s.name for s in self.specs)
-        order = {s.name: list(s.param_names) for s in self.specs}
-        lane = Lane("engine", tools=names, policy="latest", timeout_complete_s=lane_timeout_s)
-        actuator = EngineActuator(self.bridge, timeout_s=lane_timeout_s + 1.0)
-        return AsyncFC([lane], {"engine": actuator}, param_order=order)
 
     # ---- what the loop uses -----------------------------------------------------------------
     @property
@@ -153,8 +147,9 @@ class EngineWorld:
         """``hold`` (send nothing) or ``default``/``noop`` (send the engine's default call)."""
         done = "hold"
         sess = self.bridge.session
-        if kind in ("default", "noop") and sess is not None and sess.hello.default_call is not None:
-            self.bridge.send_call(Call.from_dict(sess.hello.default_call))
+        default = sess.hello.default_call if sess is not None else None
+        if kind in ("default", "noop") and default is not None:
+            self.bridge.send_call(Call(default.name, dict(default.arguments)))
             done = kind
         self.fallbacks[done] = self.fallbacks.get(done, 0) + 1
         return done
@@ -179,6 +174,10 @@ class EngineWorld:
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> EngineWorld:
         return self  # the engine runs its own frame loop
+
+    def stop(self) -> None:
+        """Nothing to stop: the engine keeps its own frame loop, and the bridge stays open so calls in
+        flight can still end (``close`` ends the session)."""
 
     def close(self) -> None:
         try:
@@ -205,38 +204,34 @@ class EngineWorld:
         return out
 
 
-def make_world(spec: Any, **kwargs: Any) -> EngineWorld:
-    """Bind the bridge named by ``spec`` (a ``control_loop.world.WorldSpec`` or an ``engine:...``
-    string), wait up to ``wait_s`` (env_kwargs, default 60 s) for an engine and return its world."""
-    if isinstance(spec, str):
-        env, env_kwargs, history_chars = spec, dict(kwargs), 40
-    else:
-        env = spec.env
-        env_kwargs = {**(spec.env_kwargs or {}), **kwargs}
-        history_chars = getattr(spec, "history_chars", 40)
-    unknown = sorted(set(env_kwargs) - set(WORLD_KWARGS))
+def open_bridge(env: str, env_kwargs: Mapping[str, Any] | None = None) -> EngineBridge:
+    """Bind the bridge that ``env`` (``engine:tcp://HOST:PORT``) names and wait up to ``wait_s``
+    (env_kwargs, default 60 s) for an engine's hello and its first observation (the first tick must
+    find one). ``lane_timeout_s`` is the caller's (it belongs to the hands) and is ignored here.
+    Raises EngineWorldError for unknown env_kwargs or no engine in time (the bridge is closed then)."""
+    kwargs = dict(env_kwargs or {})
+    unknown = sorted(set(kwargs) - set(WORLD_KWARGS))
     if unknown:
         raise EngineWorldError(f"{env}: unknown env_kwargs {unknown}; an engine world takes "
                                f"{list(WORLD_KWARGS)}")
-    wait_s = float(env_kwargs.pop("wait_s", 60.0))
-    lane_timeout_s = float(env_kwargs.pop("lane_timeout_s", 1.0))
-    cfg = BridgeConfig(endpoint=endpoint_from_spec(env), **env_kwargs)
+    wait_s = float(kwargs.pop("wait_s", 60.0))
+    kwargs.pop("lane_timeout_s", None)
+    cfg = BridgeConfig(endpoint=endpoint_from_spec(env), **kwargs)
     bridge = EngineBridge(cfg).start()
     try:
         t0 = time.monotonic()
         bridge.wait_for_engine(timeout_s=wait_s)
-        # the first tick must find an observation: wait for the engine's first one too
-        if bridge.wait_observation(after_seq=-1, timeout_s=max(0.0, wait_s - (time.monotonic() - t0))) is None:
+        left = max(0.0, wait_s - (time.monotonic() - t0))
+        if bridge.wait_observation(after_seq=-1, timeout_s=left) is None:
             raise TimeoutError(f"the engine on {cfg.endpoint} said hello but sent no observation "
                                f"within {wait_s} s")
-        return EngineWorld(bridge, env_id=env, history_chars=history_chars,
-                           lane_timeout_s=lane_timeout_s)
+        return bridge
     except TimeoutError as exc:
         bridge.close()
         raise EngineWorldError(f"{exc}: start the engine (it connects to {cfg.endpoint}), e.g. "
                                "engines/build/tickcall-reference-engine --connect "
                                f"{cfg.endpoint}") from None
-    except Exception:
+    except BaseException:
         bridge.close()
         raise
 

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tickcall.envs.engine_bridge import BridgeConfig, EngineBridge
 from tickcall.envs.engine_bridge_cli import arena_text_expert as text_expert
 from tickcall.envs.engine_bridge_world import run_lockstep
@@ -117,7 +116,7 @@ def test_reference_engine_offers_the_arena_tools_and_text(engines):
         hello = bridge.wait_for_engine(30)
         assert json.dumps(hello.tools) == json.dumps(ARENA_TOOLS)
         assert normalize_tools(hello.tools) == normalize_tools(ARENA_TOOLS)
-        assert hello.default_call == {"name": "wait", "arguments": {}}
+        assert (hello.default_call.name, hello.default_call.arguments) == ("wait", {})
         obs = bridge.wait_observation(after_seq=0, timeout_s=10)
         assert obs is not None and ARENA_TEXT.match(bridge.observation_text(obs)), obs
 
@@ -126,11 +125,12 @@ def test_engine_world_resolves_futures_with_the_engines_results(engines):
     """The world the control loop gets: observations as text, calls through the AsyncFC `engine` lane
     whose futures end with the engine's result value or its error (fire twice: the second one hits the
     cooldown), history lines for the next turn, the engine's default call as the fallback."""
-    from tickcall.envs.engine_bridge import make_world
+    from tickcall.bridge_world import make_engine_world
+    from tickcall.world import WorldSpec
 
     endpoint = free_endpoint()
     engines(endpoint, "world", "--seed", "4")
-    world = make_world(f"engine:{endpoint}", wait_s=30)
+    world = make_engine_world(WorldSpec(env=f"engine:{endpoint}", env_kwargs={"wait_s": 30}))
     try:
         assert [s.name for s in world.specs] == ["wait", "move", "aim", "fire", "dash"]
         obs = world.observe()
@@ -254,11 +254,12 @@ def wait_until_episode(bridge, timeout_s: float = 5.0) -> bool:
     return bool(bridge.stats()["episodes"])
 
 
-def test_values_format_over_curve(engines):
-    import zmq
+def test_values_format_over_curve(engines, tmp_path):
+    from tickcall.agent.security import generate_keys, load_public_key
 
-    pub, sec = zmq.curve_keypair()
-    with EngineBridge(BridgeConfig(endpoint="tcp://127.0.0.1:0", curve_secret_key=sec.decode())) as bridge:
+    secret_file = generate_keys(tmp_path / "keys", names=("bridge",))["bridge"]
+    pub = load_public_key(secret_file)
+    with EngineBridge(BridgeConfig(endpoint="tcp://127.0.0.1:0", curve_secret_key=str(secret_file))) as bridge:
         engines(bridge.endpoint, "values", "--obs-format", "values", "--server-key", pub.decode())
         hello = bridge.wait_for_engine(30)
         assert [f.name for f in hello.observation.fields] == ["x", "y", "dx", "dy", "aim", "cd", "dcd", "tl"]
@@ -328,6 +329,7 @@ def noop_service(ray_session):
 def start_loop(service_endpoint: str, engine_endpoint: str):
     from tickcall.control_loop.actor import start_loop_actor
     from tickcall.control_loop.loop import LoopSettings
+
     from tickcall.world import WorldSpec, world_factory
 
     spec = WorldSpec(env=f"engine:{engine_endpoint}", env_kwargs={"wait_s": 60})
@@ -361,6 +363,7 @@ def test_tickcall_run_with_the_engine_10s_at_16hz(engines, ray_session, tmp_path
     every tick accounted for, every dispatched call acked and applied by the C++ engine, the bridge's
     latencies in report.json."""
     from tickcall.control_loop.config import from_dict
+
     from tickcall.job import run_job
 
     # The no-op engine (always the first tool, wait()): this test is about the bridge, not a model's
@@ -402,7 +405,6 @@ def test_tickcall_run_with_the_engine_10s_at_16hz(engines, ray_session, tmp_path
 def test_malformed_and_wrong_version_messages_leave_the_loop_unaffected(engines, noop_service):
     import msgpack
     import zmq
-
     from tickcall.envs.engine_bridge_protocol import encode
 
     endpoint = free_endpoint()

@@ -13,7 +13,6 @@ import time
 import msgpack
 import pytest
 import zmq
-
 from tickcall.envs.engine_bridge import BridgeConfig, BridgeConfigError, EngineBridge, EngineCallError
 from tickcall.envs.engine_bridge_protocol import encode
 from tickcall.models.calls import Call
@@ -368,16 +367,72 @@ def test_exposed_bind_needs_curve():
         BridgeConfig(heartbeat_ms=1)
 
 
-def test_curve_bridge(ctx):
-    pub, sec = zmq.curve_keypair()
-    with EngineBridge(endpoint="tcp://127.0.0.1:0", curve_secret_key=sec.decode()) as b:
-        p = Peer(b.endpoint, ctx)
+# Endpoints on which the bridge's own loopback test and agent/security.py used to disagree (or were
+# both wrong), with the one rule's answer: local only for ipc/inproc, literal loopback addresses and
+# the name "localhost"; any other name, address or transport is exposed and needs CURVE.
+BIND_CASES = [
+    ("tcp://127.0.0.1:5560", True), ("tcp://127.3.2.1:5560", True), ("tcp://localhost:5560", True),
+    ("tcp://[::1]:5560", True), ("tcp://::1:5560", True), ("ipc:///tmp/tickcall-bridge", True),
+    ("inproc://bridge", True),
+    ("tcp://localhost.evil.example:5560", False),  # the policy service called it local
+    ("tcp://127.evil.example:5560", False),  # both called it local: a name, resolved anywhere
+    ("udp://127.0.0.1:5560", False), ("ws://127.0.0.1:5560", False),  # the bridge called them local
+    ("tcp://0.0.0.0:5560", False), ("tcp://*:5560", False), ("tcp://lo:5560", False),
+    ("tcp://192.168.1.5:5560", False), ("tcp://[::]:5560", False),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "local"), BIND_CASES)
+def test_one_bind_policy_for_the_bridge_and_the_policy_service(endpoint, local):
+    from tickcall.agent.config import CurveConfig, ServeConfig
+    from tickcall.agent.security import check_bind, curve_required, is_local_endpoint
+
+    assert is_local_endpoint(endpoint) is local and curve_required(endpoint) is not local
+    service_refuses = bridge_refuses = False
+    try:
+        check_bind(endpoint, ServeConfig(bind=endpoint).curve, False)
+    except ValueError:
+        service_refuses = True
+    try:
+        BridgeConfig(endpoint=endpoint).check_bind()
+    except BridgeConfigError:
+        bridge_refuses = True
+    assert service_refuses == bridge_refuses == (not local)
+    # with CURVE keys (or the explicit insecure opt-in) both accept any bind
+    check_bind(endpoint, CurveConfig(server_secret="server.key_secret"), False)
+    BridgeConfig(endpoint=endpoint, curve_secret_key="server.key_secret").check_bind()
+    BridgeConfig(endpoint=endpoint, allow_insecure=True).check_bind()
+
+
+def test_curve_keys_are_certificate_files_only(tmp_path):
+    _pub, sec = zmq.curve_keypair()
+    raw = EngineBridge(endpoint="tcp://127.0.0.1:0", curve_secret_key=sec.decode())
+    with pytest.raises(ValueError, match="certificate files"):
+        raw.start()  # a raw z85 key string is refused: keys live in files, not configs or argv
+    public_only = tmp_path / "x.key"
+    public_only.write_text('metadata\ncurve\n    public-key = "' + _pub.decode() + '"\n')
+    with pytest.raises(ValueError, match="no secret key"):
+        EngineBridge(endpoint="tcp://127.0.0.1:0", curve_secret_key=str(public_only)).start()
+
+
+def curve_peer(ctx, endpoint: str, server_public: bytes, public: bytes, secret: bytes) -> Peer:
+    p = Peer(endpoint, ctx)
+    p.sock.close(0)
+    p.sock = ctx.socket(zmq.DEALER)
+    p.sock.setsockopt(zmq.LINGER, 0)
+    p.sock.curve_serverkey, p.sock.curve_publickey, p.sock.curve_secretkey = server_public, public, secret
+    p.sock.connect(endpoint)
+    return p
+
+
+def test_curve_bridge(ctx, tmp_path):
+    from tickcall.agent.security import generate_keys, load_secret_key
+
+    keys = generate_keys(tmp_path / "keys", names=("bridge", "engine"))
+    pub, _sec = load_secret_key(keys["bridge"])
+    with EngineBridge(endpoint="tcp://127.0.0.1:0", curve_secret_key=str(keys["bridge"])) as b:
         cpub, csec = zmq.curve_keypair()
-        p.sock.close(0)
-        p.sock = ctx.socket(zmq.DEALER)
-        p.sock.setsockopt(zmq.LINGER, 0)
-        p.sock.curve_serverkey, p.sock.curve_publickey, p.sock.curve_secretkey = pub, cpub, csec
-        p.sock.connect(b.endpoint)
+        p = curve_peer(ctx, b.endpoint, pub, cpub, csec)
         try:
             assert p.hello()["type"] == "welcome"
         finally:
@@ -389,3 +444,26 @@ def test_curve_bridge(ctx):
             assert b.session.id == "s1"
         finally:
             plain.close()
+
+
+def test_curve_bridge_with_authorised_engines_only(ctx, tmp_path):
+    from tickcall.agent.security import generate_keys, load_secret_key
+
+    keys = generate_keys(tmp_path / "keys", names=("bridge", "engine"))
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "engine.key").write_text((tmp_path / "keys" / "engine.key").read_text())
+    pub, _ = load_secret_key(keys["bridge"])
+    with EngineBridge(endpoint="tcp://127.0.0.1:0", curve_secret_key=str(keys["bridge"]),
+                      curve_client_keys=str(allowed)) as b:
+        stranger = curve_peer(ctx, b.endpoint, pub, *zmq.curve_keypair())
+        try:
+            stranger.send({"v": 1, "type": "hello", "engine": "x", "session": "p", "tools": TOOLS})
+            assert stranger.recv(0.5) is None and b.session is None
+        finally:
+            stranger.close()
+        known = curve_peer(ctx, b.endpoint, pub, *load_secret_key(keys["engine"]))
+        try:
+            assert known.hello()["type"] == "welcome"
+        finally:
+            known.close()

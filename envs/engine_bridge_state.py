@@ -1,0 +1,464 @@
+"""The engine bridge's session state machine: sessions, observations, calls and accounting.
+
+No sockets and no threads of its own. The socket loop (``envs/engine_bridge.py``) feeds it decoded
+messages (``handle``) and clock ticks (``on_timer``); everything it wants sent goes out through the
+``emit(peer, message, call_id)`` callable it was given, in order. Callers on other threads use the
+public methods (``send_call``, ``latest_observation``, ...); one re-entrant lock guards the state.
+
+Invariants
+----------
+* Nothing on the caller's side blocks on the engine: ``latest_observation`` reads a slot,
+  ``send_call`` queues a message and returns an ``EngineCall`` at once. Only ``wait_for_engine`` and
+  ``wait_observation`` (lock-step) wait, each with a timeout.
+* Observations: latest wins. Only the newest observation of the current session is kept; one from
+  an older session, with a seq not above the newest, or older than ``max_obs_age_ms`` is never
+  returned.
+* Every call ends in exactly one terminal state (``records.TERMINAL_STATES``):
+  ``calls == done + failed + rejected + lost + timeout + in_flight`` at all times.
+* One engine at a time: the newest ``hello`` wins; the previous peer, if still connected, gets a
+  fatal ``superseded`` error. A repeated hello of the live session (same peer, session and tools)
+  is idempotent.
+* A session silent for ``max(bridge, engine heartbeat_ms) * heartbeat_misses`` is dropped.
+
+Times: ``now`` and every stored instant are ``time.monotonic`` seconds; ``*_ms`` milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tickcall.envs.engine_bridge_config import BridgeConfig
+from tickcall.envs.engine_bridge_messages import (
+    ENGINE_MESSAGES,
+    AckMsg,
+    ByeMsg,
+    CallMsg,
+    EngineMessage,
+    Envelope,
+    EpisodeMsg,
+    HelloMsg,
+    ObsMsg,
+    PingMsg,
+    PongMsg,
+    ProtocolError,
+    ResultMsg,
+    StepMsg,
+    WelcomeMsg,
+)
+from tickcall.envs.engine_bridge_protocol import check_obs, render_values
+from tickcall.envs.engine_bridge_records import (
+    CallOutcome,
+    EngineCall,
+    EngineCallError,
+    Observation,
+    PeerLimiter,
+    Session,
+    settle,
+)
+from tickcall.models.calls import Call
+from tickcall.models.tools import ToolSchemaError, ToolSpec, normalize_tools, validate_arguments
+
+from tickcall.timing import summary
+
+log = logging.getLogger("tickcall.engine_bridge")
+
+Emit = Callable[[bytes, Envelope, "int | None"], None]
+_TAGS = {cls: tag for tag, cls in ENGINE_MESSAGES.items()}
+COUNTERS = (
+    "calls", "done", "failed", "rejected", "lost", "timeout", "late_replies",
+    "obs_received", "obs_replaced", "obs_taken", "obs_stale_queries",
+    "errors_sent", "errors_suppressed", "send_failures", "sessions", "sessions_lost", "rehellos",
+    "pings_sent", "pongs_received", "episodes", "steps_sent", "io_errors")
+
+
+class BridgeState:
+    """The state machine behind ``EngineBridge`` (see module docstring)."""
+
+    def __init__(self, config: BridgeConfig, epoch: str, emit: Emit,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.epoch = epoch
+        self._emit = emit
+        self._clock = clock
+        self._lock = threading.RLock()  # re-entrant: error replies may be emitted while it is held
+        self._obs_cond = threading.Condition(self._lock)
+        self._session: Session | None = None
+        self._latest: Observation | None = None
+        self._taken_seq = -1
+        self._calls: dict[int, EngineCall] = {}
+        self._next_id = 1
+        self._pinned: list[ToolSpec] | None = None
+        self._limiter = PeerLimiter(config.errors_per_second)
+        self._t0 = clock()
+        self.counts: dict[str, int] = {k: 0 for k in COUNTERS}
+        self.errors_by_code: dict[str, int] = {}
+        self.events: list[dict[str, Any]] = []
+        self.episodes: list[dict[str, Any]] = []
+        self._ack_ms: deque[float] = deque(maxlen=100_000)
+        self._result_ms: deque[float] = deque(maxlen=100_000)
+        self._rtt_ms: deque[float] = deque(maxlen=10_000)
+
+    # ---- what the loop uses (any thread) --------------------------------------------------------
+    @property
+    def session(self) -> Session | None:
+        return self._session
+
+    def wait_for_engine(self, timeout_s: float, endpoint: str = "") -> HelloMsg:
+        """Block until an engine has said hello; raises TimeoutError after ``timeout_s`` seconds."""
+        deadline = self._clock() + timeout_s
+        with self._obs_cond:
+            while self._session is None:
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise TimeoutError(f"no engine connected to {endpoint} within {timeout_s} s")
+                self._obs_cond.wait(left)
+            return self._session.hello
+
+    def latest_observation(self, max_age_ms: float | None = None) -> Observation | None:
+        """The newest observation of the current session, or None when there is none that is fresh
+        (no engine, none yet, or older than ``max_age_ms``, default the config's). Never blocks."""
+        max_age = self.config.max_obs_age_ms if max_age_ms is None else max_age_ms
+        with self._lock:
+            obs = self._latest
+            if obs is None:
+                return None
+            if (self._clock() - obs.received) * 1e3 > max_age:
+                self.counts["obs_stale_queries"] += 1
+                return None
+            self._mark_taken(obs)
+            return obs
+
+    def wait_observation(self, after_seq: int, timeout_s: float) -> Observation | None:
+        """LOCK-STEP ONLY (deterministic tests): block until an observation with seq > ``after_seq``
+        arrives in the current session, or ``timeout_s`` passes (returns None)."""
+        deadline = self._clock() + timeout_s
+        with self._obs_cond:
+            while True:
+                obs = self._latest
+                if obs is not None and obs.seq > after_seq:
+                    self._mark_taken(obs)
+                    return obs
+                left = deadline - self._clock()
+                if left <= 0:
+                    return None
+                self._obs_cond.wait(left)
+
+    def observation_text(self, obs: Observation) -> str:
+        """The per-tick text of an observation: the engine's ``text``, or its ``values`` rendered in
+        the declared field order (``x=+0.012 v=-0.340``)."""
+        sess = self._session
+        if obs.text is not None:
+            return obs.text
+        if sess is None or obs.values is None:
+            return ""
+        return render_values(obs.values, sess.hello.observation)
+
+    def send_call(self, call: Call | Mapping[str, Any], *, tick: int = -1, obs_seq: int = -1) -> EngineCall:
+        """Queue ``call`` for the engine and return at once. A call the engine's tools do not allow,
+        or one made while no engine is connected, is ``rejected`` (never sent): its ``result`` future
+        raises EngineCallError."""
+        if not isinstance(call, Call):
+            call = Call.from_dict(call)
+        with self._lock:
+            sess = self._session
+            handle = EngineCall(id=self._next_id, call=call, session=sess.id if sess else "",
+                                tick=tick, obs_seq=obs_seq, sent_at=self._clock())
+            self._next_id += 1
+            self.counts["calls"] += 1
+            if sess is None:
+                self._finish(handle, "rejected", "no_engine", "no engine is connected")
+                return handle
+            spec = sess.tool_map.get(call.name)
+            reason = (f"the engine offers no tool {call.name!r}" if spec is None
+                      else validate_arguments(spec, call.arguments))
+            if reason:
+                self._finish(handle, "rejected", "illegal_call", reason)
+                return handle
+            self._calls[handle.id] = handle
+            self._emit(sess.peer, CallMsg(id=handle.id, name=call.name, arguments=dict(call.arguments),
+                                          tick=tick, obs_seq=obs_seq), handle.id)
+        return handle
+
+    def step(self, seq: int, calls: list[int] | None = None) -> None:
+        """LOCK-STEP ONLY: release the engine waiting on observation ``seq`` (after the calls in
+        ``calls``, already sent, which the engine applies first)."""
+        with self._lock:
+            if self._session is None:
+                return
+            self.counts["steps_sent"] += 1
+            self._emit(self._session.peer, StepMsg(seq=seq, calls=list(calls or [])), None)
+
+    def pin_tools(self, tools: list[Any] | None) -> None:
+        """Accept only engines offering exactly these tools from now on (None: any tools). A control
+        loop pins the tools it registered with the model; an engine that comes back with others gets
+        a fatal ``bad_tools`` error."""
+        with self._lock:
+            self._pinned = None if tools is None else normalize_tools(tools)
+
+    def in_flight(self) -> list[EngineCall]:
+        with self._lock:
+            return list(self._calls.values())
+
+    def stats(self, endpoint: str = "") -> dict[str, Any]:
+        """Counters, per-code error counts, call latencies (ms: sent -> ack, sent -> result, ping
+        round trip), session events and episodes. ``calls`` always equals the terminal states plus
+        ``in_flight``."""
+        with self._lock:
+            counts = dict(self.counts)
+            counts["in_flight"] = len(self._calls)
+            sess = self._session
+            return {
+                "endpoint": endpoint, "epoch": self.epoch, "counts": counts,
+                "errors_by_code": dict(self.errors_by_code),
+                "ack_ms": summary(self._ack_ms, digits=3), "result_ms": summary(self._result_ms, digits=3),
+                "ping_rtt_ms": summary(self._rtt_ms, digits=3),
+                "engine": None if sess is None else {
+                    "name": sess.hello.engine, "version": sess.hello.engine_version,
+                    "session": sess.id, "tools": [t.name for t in sess.tools],
+                    "lockstep": sess.hello.lockstep, "frame_hz": sess.hello.frame_hz},
+                "events": list(self.events), "episodes": list(self.episodes),
+            }
+
+    # ---- what the socket loop feeds in (its I/O thread) ---------------------------------------------
+    def handle(self, peer: bytes, msg: EngineMessage) -> None:
+        """Apply one decoded engine message from ``peer``; raises ProtocolError to refuse it."""
+        if isinstance(msg, HelloMsg):
+            self._on_hello(peer, msg)
+            return
+        now = self._clock()
+        with self._lock:
+            sess = self._session
+            if sess is None or sess.peer != peer:
+                raise ProtocolError("no_session", "no live session for this peer (tickcall restarted, "
+                                    "the session timed out, or hello was never sent): send hello",
+                                    ref_type=_TAGS.get(type(msg)))
+            sess.last_seen = now
+            match msg:
+                case ObsMsg():
+                    self._on_obs(sess, msg, now)
+                case AckMsg():
+                    self._on_ack(msg, now)
+                case ResultMsg():
+                    self._on_result(msg, now)
+                case EpisodeMsg():
+                    self.counts["episodes"] += 1
+                    self.episodes.append({"index": msg.index, "return": msg.ret, "length": msg.length,
+                                          "reason": msg.reason, "session": sess.id})
+                case PingMsg():
+                    self._emit(sess.peer, PongMsg(epoch=self.epoch, t_ms=msg.t_ms), None)
+                case PongMsg():
+                    self.counts["pongs_received"] += 1
+                    rtt = (now - self._t0) * 1e3 - msg.t_ms
+                    if 0 <= rtt < 60_000:
+                        self._rtt_ms.append(rtt)
+                case ByeMsg():
+                    self.counts["sessions_lost"] += 1
+                    self._event("engine_bye", session=sess.id, reason=msg.reason)
+                    self.end_session("lost", "engine_bye", "the engine said bye")
+
+    def reply_error(self, peer: bytes, err: ProtocolError) -> None:
+        """Count ``err`` and send it to ``peer`` unless its rate limit is spent (fatal ones always go)."""
+        with self._lock:
+            self.errors_by_code[err.code] = self.errors_by_code.get(err.code, 0) + 1
+            allowed = err.fatal or self._limiter.allow(peer, self._clock())
+            self.counts["errors_sent" if allowed else "errors_suppressed"] += 1
+            if allowed:
+                self._emit(peer, err.to_message(), None)
+        log.debug("engine bridge: error to %r: %s", peer, err)
+
+    def on_timer(self) -> None:
+        """Heartbeats, liveness and call timeouts; the socket loop calls it every few ms."""
+        now = self._clock()
+        with self._lock:
+            sess = self._session
+            if sess is None:
+                return
+            silent_ms = (now - sess.last_seen) * 1e3
+            limit_ms = max(self.config.heartbeat_ms, sess.hello.heartbeat_ms) * self.config.heartbeat_misses
+            if silent_ms > limit_ms:
+                self.counts["sessions_lost"] += 1
+                self._event("engine_lost", session=sess.id, silent_ms=round(silent_ms, 1))
+                self.end_session("lost", "engine_lost", f"no message from the engine for {silent_ms:.0f} ms")
+                return
+            ack_s, res_s = self.config.ack_timeout_ms / 1e3, self.config.result_timeout_ms / 1e3
+            for handle in list(self._calls.values()):
+                if handle.ack_at is None and now - handle.sent_at > ack_s:
+                    self._finish(handle, "timeout", "ack_timeout",
+                                 f"no ack within {self.config.ack_timeout_ms:.0f} ms")
+                elif res_s > 0 and now - handle.sent_at > res_s:
+                    self._finish(handle, "timeout", "result_timeout",
+                                 f"no result within {self.config.result_timeout_ms:.0f} ms")
+            if now - sess.last_ping >= self.config.heartbeat_ms / 1e3:
+                sess.last_ping = now
+                self.counts["pings_sent"] += 1
+                self._emit(sess.peer, PingMsg(epoch=self.epoch, t_ms=(now - self._t0) * 1e3), None)
+
+    def on_send_failed(self, call_id: int | None) -> None:
+        """The socket could not deliver a message (peer gone, or not reading): its call is lost."""
+        with self._lock:
+            self.counts["send_failures"] += 1
+            handle = self._calls.get(call_id) if call_id is not None else None
+            if handle is not None:
+                self._finish(handle, "lost", "send_failed", "the engine could not be reached "
+                             "(disconnected or not reading its socket)")
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+
+    def say_bye(self, reason: str) -> None:
+        """Tell the connected engine that tickcall is stopping."""
+        with self._lock:
+            if self._session is not None:
+                self._emit(self._session.peer, ByeMsg(reason=reason), None)
+
+    def end_session(self, state: str, code: str, message: str) -> None:
+        """End the current session: its calls in flight end ``state`` with ``code``."""
+        with self._lock:
+            for handle in list(self._calls.values()):
+                self._finish(handle, state, code, message)
+            self._session = None
+            self._latest = None
+            self._obs_cond.notify_all()
+
+    # ---- internals (lock held) -------------------------------------------------------------------
+    def _on_obs(self, sess: Session, msg: ObsMsg, now: float) -> None:
+        check_obs(msg, sess.hello.observation)
+        if msg.seq <= sess.newest_seq:
+            raise ProtocolError("stale_observation", f"obs.seq={msg.seq} is not above the newest seq "
+                                f"{sess.newest_seq} of this session; dropped", ref_type="obs",
+                                ref_id=msg.seq)
+        sess.newest_seq = msg.seq
+        sess.obs_received += 1
+        self.counts["obs_received"] += 1
+        if self._latest is not None and self._latest.seq != self._taken_seq:
+            self.counts["obs_replaced"] += 1
+        self._latest = Observation.of(msg, session=sess.id, received=now)
+        self._obs_cond.notify_all()
+
+    def _on_ack(self, msg: AckMsg, now: float) -> None:
+        handle = self._calls.get(msg.id)
+        if handle is None:
+            self._late_or_unknown(msg.id, "ack")
+        elif handle.ack_at is None:
+            self._record_ack(handle, msg.frame, now)
+            settle(handle.acked, msg.frame)
+
+    def _on_result(self, msg: ResultMsg, now: float) -> None:
+        handle = self._calls.get(msg.id)
+        if handle is None:
+            self._late_or_unknown(msg.id, "result")
+            return
+        if handle.ack_at is None:  # a result implies the ack
+            self._record_ack(handle, msg.frame, now)
+        result_ms = (now - handle.sent_at) * 1e3
+        self._result_ms.append(result_ms)
+        if msg.ok:
+            ack_ms = ((handle.ack_at or now) - handle.sent_at) * 1e3
+            self._finish(handle, "done", "ok", "", CallOutcome(
+                id=msg.id, value=msg.value, ack_frame=handle.ack_frame, result_frame=msg.frame,
+                ack_ms=ack_ms, result_ms=result_ms))
+        else:
+            err = msg.error
+            self._finish(handle, "failed", (err.code if err else "") or "engine_error",
+                         err.message if err else "")
+
+    def _on_hello(self, peer: bytes, hello: HelloMsg) -> None:
+        tools = self._check_hello_tools(hello)
+        now = self._clock()
+        with self._lock:
+            old = self._session
+            if old is not None and old.peer == peer and old.id == hello.session and old.tools == tools:
+                # the same engine session saying hello again (it missed our welcome or thought we
+                # were gone): idempotent, the session and its calls go on
+                old.hello = hello
+                old.last_seen = now
+                self.counts["rehellos"] += 1
+            else:
+                if old is not None:
+                    self._replace_session(old, peer, hello)
+                self._session = Session(peer=peer, hello=hello, tools=tools, started=now,
+                                        last_seen=now, last_ping=now)
+                self._taken_seq = -1
+                self.counts["sessions"] += 1
+                self._event("engine_connected", engine=hello.engine, session=hello.session,
+                            tools=[t.name for t in tools], lockstep=hello.lockstep)
+                self._obs_cond.notify_all()
+            self._emit(peer, WelcomeMsg(
+                epoch=self.epoch, session=hello.session, heartbeat_ms=self.config.heartbeat_ms,
+                max_msg_bytes=self.config.max_msg_bytes, tools=[t.name for t in tools],
+                lockstep=hello.lockstep), None)
+
+    def _check_hello_tools(self, hello: HelloMsg) -> list[ToolSpec]:
+        """The hello's tools, normalized: offerable to a model, the pinned ones if pinned, and its
+        default call legal for them; raises a fatal ProtocolError otherwise."""
+        try:
+            tools = normalize_tools(hello.tools)
+        except ToolSchemaError as exc:
+            raise ProtocolError("bad_tools", str(exc), fatal=True, ref_type="hello") from None
+        pinned = self._pinned
+        if pinned is not None and tools != pinned:
+            raise ProtocolError(
+                "bad_tools", f"this tickcall run registered the tools {[t.name for t in pinned]} with "
+                f"its model; the engine now offers {[t.name for t in tools]} (or changed their "
+                "schemas): restart tickcall to use new tools", fatal=True, ref_type="hello")
+        call = hello.default_call
+        if call is not None:
+            spec = {t.name: t for t in tools}.get(call.name)
+            reason = "names no declared tool" if spec is None else validate_arguments(spec, call.arguments)
+            if reason:
+                raise ProtocolError("bad_field", f"hello.default_call is not a legal call: {reason}",
+                                    fatal=True, ref_type="hello")
+        return tools
+
+    def _replace_session(self, old: Session, peer: bytes, hello: HelloMsg) -> None:
+        restarted = old.id != hello.session
+        code = "engine_restarted" if restarted else "engine_rehello"
+        self._event(code, old_session=old.id, session=hello.session)
+        self.end_session("lost", code, "the engine said hello again (new session)")
+        if old.peer != peer:
+            self.reply_error(old.peer, ProtocolError(
+                "superseded", f"engine session {hello.session!r} ({hello.engine}) replaced this one",
+                fatal=True))
+
+    def _mark_taken(self, obs: Observation) -> None:
+        if obs.seq != self._taken_seq:
+            self._taken_seq = obs.seq
+            self.counts["obs_taken"] += 1
+
+    def _record_ack(self, handle: EngineCall, frame: int, now: float) -> None:
+        """The call's first acknowledgement (an ``ack``, or a ``result`` that implies one)."""
+        handle.ack_at = now
+        handle.ack_frame = frame
+        self._ack_ms.append((now - handle.sent_at) * 1e3)
+
+    def _late_or_unknown(self, call_id: int, what: str) -> None:
+        if 0 < call_id < self._next_id:
+            self.counts["late_replies"] += 1  # a call that already ended (timeout, lost)
+            return
+        raise ProtocolError("unknown_call", f"{what} for call id {call_id}, which was never sent",
+                            ref_type=what, ref_id=call_id)
+
+    def _finish(self, handle: EngineCall, state: str, code: str, message: str,
+                outcome: CallOutcome | None = None) -> None:
+        if handle.done:
+            return
+        handle.state = state
+        self._calls.pop(handle.id, None)
+        self.counts[state] += 1
+        if state == "done":
+            settle(handle.acked, handle.ack_frame)
+            settle(handle.result, outcome)
+        else:
+            error = EngineCallError(state, code, message)
+            settle(handle.acked, exc=error)
+            settle(handle.result, exc=error)
+
+    def _event(self, event: str, **info: Any) -> None:
+        self.events.append({"t_s": round(self._clock() - self._t0, 3), "event": event, **info})
+        log.info("engine bridge: %s %s", event, info)
