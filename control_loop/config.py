@@ -1,4 +1,9 @@
-"""Run configuration: a dataclass, a YAML loader, and validation with clear errors.
+"""Run configuration: the dataclasses, a YAML loader, and validation with clear errors.
+
+Each field is declared once, with its help text, its check and (for some) its ``tickcall run`` flag
+(``config_fields.setting``); validation, the command-line options and their override map are
+derived from those declarations. ``LoopSettings`` holds the loop's own fields and ``RunConfig``
+extends it with everything else a run needs, so the loop never keeps a copy of a field.
 
 A config file (``configs/run*.yaml``) holds any subset of the ``RunConfig`` fields; missing fields take
 their defaults, unknown keys are refused (with a suggestion), and every value is checked for type and
@@ -10,24 +15,94 @@ Units: rates in Hz, durations in seconds (``_s``), deadlines and timeouts in mil
 from __future__ import annotations
 
 import difflib
-import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from tickcall.configs import config_path
+from tickcall.control_loop.config_fields import (
+    ConfigError,
+    Flag,
+    boolean,
+    check_fields,
+    choice,
+    integer,
+    mapping,
+    number,
+    section,
+    setting,
+    string,
+    zmq_endpoint,
+)
+
+__all__ = ["BACKENDS", "DEFAULT_CONFIG", "DEFAULT_HISTORY", "FALLBACKS", "IN_FLIGHT_POLICIES", "ConfigError",
+           "LoopSettings", "RunConfig", "ServiceConfig", "from_dict", "load_run_config", "validate"]
 
 IN_FLIGHT_POLICIES = ("skip", "supersede")
 FALLBACKS = ("hold", "default", "noop")
 BACKENDS = ("transformers", "noop", "vllm")
 DEFAULT_CONFIG = config_path("run.yaml")
-MIN_RATE_HZ = 1.0    # the loop's supported rates (Hz); the rate keeper itself takes any positive rate
+MIN_RATE_HZ = 1.0   # the loop's supported rates (Hz); the rate keeper itself takes any positive rate
 MAX_RATE_HZ = 60.0
+DEFAULT_HISTORY = 4  # history items per turn when neither the config nor the model folder says
 
 
-class ConfigError(ValueError):
-    """A run configuration value that cannot be used; the message names the key and the fix."""
+@dataclass
+class LoopSettings:
+    """The control loop's own knobs: what ``ControlLoop`` reads. ``RunConfig`` is a ``LoopSettings``."""
+
+    rate_hz: float = setting(
+        16.0, help=f"ticks (decisions) per second, {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz",
+        check=number(lo=MIN_RATE_HZ, hi=MAX_RATE_HZ, unit="Hz"), flag=Flag("--rate", metavar="HZ"))
+    deadline_ms: float | None = setting(
+        None, help="reply budget per tick in ms, from the tick's scheduled start; null: one period",
+        check=number(lo=0, lo_open=True, unit="ms", optional=True), flag=Flag("--deadline-ms", metavar="MS"))
+    in_flight: str = setting(
+        "skip", help="when the previous request is still unanswered at the next tick: skip (record the "
+        "tick as skipped) or supersede (send anyway; the older tick turns late)",
+        check=choice(*IN_FLIGHT_POLICIES), flag="--in-flight")
+    in_flight_timeout_ms: float | None = setting(
+        None, help="drop an unanswered request after this many ms (at least the deadline); null: 4 deadlines",
+        check=number(lo=0, lo_open=True, unit="ms", optional=True))
+    fallback: str = setting(
+        "hold", help="what acts when no legal call arrives by the deadline: hold (keep the last action), "
+        "default (the binding's default action) or noop (the env's no-op)",
+        check=choice(*FALLBACKS), flag="--fallback")
+    history: int | None = setting(
+        None, help="recent calls (with the status of calls in flight) in each turn's history line; null: "
+        f"the model's history_len from its tickcall.json (what it was trained with), else {DEFAULT_HISTORY}",
+        check=integer(lo=0, optional=True))
+    warn_interval_s: float = setting(
+        5.0, help="at most one 'falling behind' warning per this many seconds", check=number(lo=0, unit="s"))
+    rt_priority: int | None = setting(
+        None, help="SCHED_FIFO priority 1-99 of the loop thread (Linux; refused: normal priority and a "
+        "warning); null: normal priority", check=integer(lo=1, hi=99, optional=True),
+        flag=Flag("--rt-priority", metavar="N", off=0))
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+    @property
+    def deadline_s(self) -> float:
+        return self.period_s if self.deadline_ms is None else self.deadline_ms / 1e3
+
+    @property
+    def in_flight_timeout_s(self) -> float:
+        if self.in_flight_timeout_ms is None:
+            return 4.0 * self.deadline_s
+        return max(self.in_flight_timeout_ms / 1e3, self.deadline_s)
+
+    @property
+    def history_len(self) -> int:
+        """History items per turn (``history``, or ``DEFAULT_HISTORY`` when unset)."""
+        return DEFAULT_HISTORY if self.history is None else int(self.history)
+
+    @classmethod
+    def from_run_config(cls, cfg: LoopSettings) -> LoopSettings:
+        """The loop's fields of a ``RunConfig`` (a plain ``LoopSettings``, cheap to send to an actor)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -35,39 +110,51 @@ class ServiceConfig:
     """Where the policy service is. ``endpoint`` set: use a running service (``tickcall serve``);
     otherwise start one as a Ray actor bound to ``bind`` (port 0 = any free port)."""
 
-    endpoint: str | None = None
-    bind: str = "tcp://127.0.0.1:0"
-    timeout_ms: float = 5000.0
-    max_restarts: int = 3
+    endpoint: str | None = setting(
+        None, help="use a running policy service (tickcall serve) at this ZeroMQ endpoint instead of "
+        "starting one", check=zmq_endpoint(optional=True), flag=Flag("--endpoint", metavar="URL"))
+    bind: str = setting(
+        "tcp://127.0.0.1:0", help="where a started service binds (port 0: any free port; loopback unless "
+        "CURVE keys are configured)", check=zmq_endpoint())
+    timeout_ms: float = setting(
+        5000.0, help="client-side timeout of one request, ms", check=number(lo=0, lo_open=True, unit="ms"))
+    max_restarts: int = setting(3, help="Ray restarts of a started service that dies", check=integer(lo=0))
 
 
 @dataclass
-class RunConfig:
+class RunConfig(LoopSettings):
     """Everything ``tickcall run`` needs. See configs/run.yaml for a commented example."""
 
-    env: str = "tickcall/Arena-v0"
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    backend: str = "transformers"
-    device: str = "cpu"
-    template: str | None = None
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    rate_hz: float = 16.0
-    duration_s: float | None = 60.0
-    episodes: int | None = None
-    deadline_ms: float | None = None          # None: one period (the reply must beat the next tick)
-    in_flight: str = "skip"                   # previous request unanswered: skip this tick | supersede
-    in_flight_timeout_ms: float | None = None  # None: 4 deadlines; then an unanswered request is dropped
-    fallback: str = "hold"                    # no legal call by the deadline: hold | default | noop
-    history: int | None = None                # recent calls in the turn's history line; None: the model's
-                                              # tickcall.json history_len (what it was trained with), else 4
-    seed: int = 0
-    service: ServiceConfig = field(default_factory=ServiceConfig)
-    report_dir: str | None = None
-    plots: bool = True
-    progress: bool = True
-    warn_interval_s: float = 5.0
-    rt_priority: int | None = None            # SCHED_FIFO priority 1-99 for the loop thread (Linux)
+    env: str = setting(
+        "tickcall/Arena-v0", help="gymnasium id (tickcall/Arena-v0, CartPole-v1, ...) or "
+        "engine:tcp://HOST:PORT for an external game engine", check=string(), flag=Flag("--env", metavar="ID"))
+    env_kwargs: dict[str, Any] = setting(help="keyword arguments for the env", check=mapping(), factory=dict)
+    model: str | None = setting(
+        None, help="SimpleTool-format model folder; null: the shipped model for the env",
+        check=string(optional=True), flag=Flag("--model", metavar="PATH"))
+    backend: str = setting("transformers", help="decoding engine", check=choice(*BACKENDS), flag="--backend")
+    device: str = setting("cpu", help="device of the transformers backend: cpu, cuda or auto", check=string(),
+                          flag="--device")
+    template: str | None = setting(
+        None, help="prompt template (v1, v2, compact); null: the model's own", check=string(optional=True))
+    engine_options: dict[str, Any] = setting(
+        help="passed to the engine (e.g. max_new_tokens, threads)", check=mapping(), factory=dict)
+    duration_s: float | None = setting(
+        60.0, help="run length in seconds (with episodes: whichever ends first)",
+        check=number(lo=0, lo_open=True, unit="s", optional=True),
+        flag=Flag("--duration", metavar="S", group="end"))
+    episodes: int | None = setting(
+        None, help="run until this many episodes have finished", check=integer(lo=1, optional=True),
+        flag=Flag("--episodes", metavar="N", group="end"))
+    seed: int = setting(0, help="base seed; episode i resets with seed + i", check=integer(), flag="--seed")
+    service: ServiceConfig = setting(help="the policy service", check=section(ServiceConfig),
+                                     factory=ServiceConfig)
+    report_dir: str | None = setting(
+        None, help="report folder; null: reports/run-<UTC time>/", check=string(optional=True),
+        flag=Flag("--report", metavar="DIR"))
+    plots: bool = setting(True, help="write the plots (latency_cdf.png, timeline.png) next to report.json",
+                          check=boolean(), flag="--no-plots")
+    progress: bool = setting(True, help="print a live progress line", check=boolean(), flag="--quiet")
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -100,58 +187,19 @@ class RunConfig:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- validation and loading
 
 
-def _num(value: Any, key: str, *, lo: float | None = None, hi: float | None = None,
-         lo_open: bool = False, unit: str = "", allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{key}: expected a number{' of ' + unit if unit else ''}, got {value!r}")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise ConfigError(f"{key}: must be {'>' if lo_open else '>='} {lo:g}{unit and ' ' + unit}, got {value!r}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{key}: must be <= {hi:g}{unit and ' ' + unit}, got {value!r}")
-    return float(value)
-
-
-def _int(value: Any, key: str, *, lo: int | None = None, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
-    if lo is not None and value < lo:
-        raise ConfigError(f"{key}: must be >= {lo}, got {value!r}")
-    return value
-
-
-def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
-def _str(value: Any, key: str, *, allow_none: bool = False) -> str | None:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _mapping(value: Any, key: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(f"{key}: expected a mapping of names to values, got {value!r}")
-    return dict(value)
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every field (its declared check), then the rules that join fields; returns the config
+    with numbers normalised. Raises ConfigError."""
+    c = check_fields(cfg)
+    if c.duration_s is None and c.episodes is None:
+        raise ConfigError("set duration_s (seconds) or episodes (count): the run needs an end")
+    if c.in_flight_timeout_ms is not None and c.in_flight_timeout_ms < c.effective_deadline_ms:
+        raise ConfigError(f"in_flight_timeout_ms ({c.in_flight_timeout_ms:g}) must be >= the deadline "
+                          f"({c.effective_deadline_ms:g} ms)")
+    return c
 
 
 def _check_keys(data: dict[str, Any], allowed: list[str], where: str) -> None:
@@ -162,54 +210,22 @@ def _check_keys(data: dict[str, Any], allowed: list[str], where: str) -> None:
             raise ConfigError(f"{where}unknown key {key!r}{hint}")
 
 
-def _endpoint(value: Any, key: str, *, allow_none: bool) -> str | None:
-    value = _str(value, key, allow_none=allow_none)
-    if value is not None and not value.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ConfigError(f"{key}: expected a ZeroMQ endpoint like tcp://127.0.0.1:5555, got {value!r}")
-    return value
-
-
-def validate(cfg: RunConfig) -> RunConfig:
-    """Check every field; returns the config with numbers normalised. Raises ConfigError."""
-    c = replace(cfg)
-    c.env = _str(c.env, "env")
-    c.env_kwargs = _mapping(c.env_kwargs, "env_kwargs")
-    c.model = _str(c.model, "model", allow_none=True)
-    c.backend = _choice(c.backend, "backend", BACKENDS)
-    c.device = _str(c.device, "device")
-    c.template = _str(c.template, "template", allow_none=True)
-    c.engine_options = _mapping(c.engine_options, "engine_options")
-    c.rate_hz = _num(c.rate_hz, "rate_hz", lo=MIN_RATE_HZ, hi=MAX_RATE_HZ, unit="Hz")
-    c.duration_s = _num(c.duration_s, "duration_s", lo=0, lo_open=True, unit="s", allow_none=True)
-    c.episodes = _int(c.episodes, "episodes", lo=1, allow_none=True)
-    if c.duration_s is None and c.episodes is None:
-        raise ConfigError("set duration_s (seconds) or episodes (count): the run needs an end")
-    c.deadline_ms = _num(c.deadline_ms, "deadline_ms", lo=0, lo_open=True, unit="ms", allow_none=True)
-    c.in_flight = _choice(c.in_flight, "in_flight", IN_FLIGHT_POLICIES)
-    c.in_flight_timeout_ms = _num(c.in_flight_timeout_ms, "in_flight_timeout_ms", lo=0, lo_open=True,
-                                  unit="ms", allow_none=True)
-    if c.in_flight_timeout_ms is not None and c.in_flight_timeout_ms < c.effective_deadline_ms:
-        raise ConfigError(f"in_flight_timeout_ms ({c.in_flight_timeout_ms:g}) must be >= the deadline "
-                          f"({c.effective_deadline_ms:g} ms)")
-    c.fallback = _choice(c.fallback, "fallback", FALLBACKS)
-    c.history = _int(c.history, "history", lo=0, allow_none=True)
-    c.seed = _int(c.seed, "seed")
-    if not isinstance(c.service, ServiceConfig):
-        raise ConfigError(f"service: expected a mapping, got {c.service!r}")
-    s = replace(c.service)
-    s.endpoint = _endpoint(s.endpoint, "service.endpoint", allow_none=True)
-    s.bind = _endpoint(s.bind, "service.bind", allow_none=False)
-    s.timeout_ms = _num(s.timeout_ms, "service.timeout_ms", lo=0, lo_open=True, unit="ms")
-    s.max_restarts = _int(s.max_restarts, "service.max_restarts", lo=0)
-    c.service = s
-    c.report_dir = _str(c.report_dir, "report_dir", allow_none=True)
-    c.plots = _bool(c.plots, "plots")
-    c.progress = _bool(c.progress, "progress")
-    c.warn_interval_s = _num(c.warn_interval_s, "warn_interval_s", lo=0, unit="s")
-    c.rt_priority = _int(c.rt_priority, "rt_priority", lo=1, allow_none=True)
-    if c.rt_priority is not None and c.rt_priority > 99:
-        raise ConfigError(f"rt_priority: must be 1..99 (SCHED_FIFO), got {c.rt_priority}")
-    return c
+def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """``cls(**data)`` with unknown keys refused and sections (nested mappings) built in turn."""
+    _check_keys(data, [f.name for f in fields(cls)], where)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value, section_cls = data[f.name], f.metadata["check"].section
+        if section_cls is not None:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{f.name}: expected a mapping, got {value!r}")
+            value = _build(section_cls, value, f"{where}{f.name}: ")
+        kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def from_dict(data: dict[str, Any], where: str = "") -> RunConfig:
@@ -217,17 +233,8 @@ def from_dict(data: dict[str, Any], where: str = "") -> RunConfig:
     prefix = f"{where}: " if where else ""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix}a run config must be a mapping of keys to values, got {type(data).__name__}")
-    names = [f.name for f in fields(RunConfig)]
-    _check_keys(data, names, prefix)
-    data = dict(data)
-    service = data.pop("service", None)
-    if service is not None:
-        if not isinstance(service, dict):
-            raise ConfigError(f"{prefix}service: expected a mapping, got {service!r}")
-        _check_keys(service, [f.name for f in fields(ServiceConfig)], f"{prefix}service: ")
     try:
-        cfg = RunConfig(**data, service=ServiceConfig(**(service or {})))
-        return validate(cfg)
+        return validate(_build(RunConfig, data))
     except ConfigError as exc:
         raise ConfigError(f"{prefix}{exc}") from None
 

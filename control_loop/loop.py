@@ -272,9 +272,9 @@ class ControlLoop:
                 newest.record.reason = "superseded after its deadline"
 
         history = []
-        if self.hands is not None and self.s.history > 0:
+        if self.hands is not None and self.s.history_len > 0:
             try:
-                history = list(self.hands.history_lines(self.s.history))
+                history = list(self.hands.history_lines(self.s.history_len))
             except Exception as exc:  # history is advisory; the tick goes on without it
                 log.debug("history_lines failed: %s", exc)
         turn = Turn(query=obs.text, history=history)

@@ -151,3 +151,55 @@ def test_history_defaults_to_what_the_model_was_trained_with(tmp_path):
     assert resolve_history(from_dict({}), None) == 4
     with pytest.raises(ConfigError, match="history"):
         from_dict({"history": -1})
+
+
+# --------------------------------------------------------------------------- one source per field
+
+
+def _run_args(argv):
+    import argparse
+
+    from tickcall.commands import run as run_cmd
+
+    parser = argparse.ArgumentParser()
+    run_cmd.add_arguments(parser)
+    return run_cmd.config_from_args(parser.parse_args(argv))
+
+
+def test_every_field_declares_help_and_check_and_the_docs_list_every_key():
+    from tickcall.control_loop.config_fields import describe
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "control-loop.md").read_text()
+    keys = describe(RunConfig)
+    assert {k for k, _ in keys} >= {"rate_hz", "history", "service.endpoint", "rt_priority", "plots"}
+    for key, help_text in keys:
+        assert help_text, key
+        assert f"`{key.split('.')[-1]}`" in docs, f"docs/control-loop.md does not list {key}"
+
+
+def test_loop_settings_are_the_run_configs_own_fields():
+    from dataclasses import fields
+
+    from tickcall.control_loop.config import LoopSettings
+    from tickcall.control_loop.loop import LoopSettings as LoopsView
+
+    assert LoopsView is LoopSettings and issubclass(RunConfig, LoopSettings)
+    cfg = load_run_config(None, {"rate_hz": 10, "history": 2, "fallback": "noop"})
+    s = LoopSettings.from_run_config(cfg)
+    assert type(s) is LoopSettings and [f.name for f in fields(s)] == [f.name for f in fields(LoopSettings)]
+    assert (s.rate_hz, s.history_len, s.fallback, s.rt_priority) == (10.0, 2, "noop", 10)
+    assert LoopSettings().history_len == 4   # unset: the default history
+
+
+def test_command_line_flags_come_from_the_fields():
+    cfg = _run_args(["--rate", "10", "--episodes", "3", "--endpoint", "tcp://127.0.0.1:5555", "--no-plots",
+                     "--quiet", "--rt-priority", "0", "--in-flight", "supersede", "--report", "r"])
+    assert (cfg.rate_hz, cfg.episodes, cfg.duration_s) == (10.0, 3, None)   # --episodes unsets duration_s
+    assert cfg.service.endpoint == "tcp://127.0.0.1:5555" and cfg.report_dir == "r"
+    assert (cfg.plots, cfg.progress, cfg.rt_priority, cfg.in_flight) == (False, False, None, "supersede")
+    cfg = _run_args(["--duration", "5"])
+    assert (cfg.duration_s, cfg.episodes, cfg.plots, cfg.rt_priority) == (5.0, None, True, 10)
+    with pytest.raises(ConfigError, match=r"deadline_ms: must be > 0 ms, got -5"):
+        _run_args(["--deadline-ms", "-5"])
+    with pytest.raises(SystemExit):
+        _run_args(["--duration", "5", "--episodes", "2"])   # one end or the other

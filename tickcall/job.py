@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tickcall.cluster import init_ray
-from tickcall.control_loop.config import RunConfig
+from tickcall.control_loop.config import DEFAULT_HISTORY, RunConfig
 from tickcall.control_loop.loop import LoopSettings
 from tickcall.control_loop.progress import ProgressPrinter
 from tickcall.control_loop.records import TickRecord
@@ -60,9 +60,6 @@ def resolve_model(cfg: RunConfig) -> str | None:
                        "(a SimpleTool-format model folder, e.g. one made by `tickcall train`) or "
                        "--backend noop to check the plumbing without a model")
     return str(path)
-
-
-DEFAULT_HISTORY = 4  # history items when neither the config nor the model folder says
 
 
 def resolve_history(cfg: RunConfig, model: str | None) -> int:

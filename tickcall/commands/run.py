@@ -17,56 +17,56 @@ import sys
 HELP = "run an env controlled by a model in the real-time loop (report.json + plots in --report DIR)"
 
 
+def _options() -> list:
+    from tickcall.control_loop.config import RunConfig
+    from tickcall.control_loop.config_fields import cli_options
+
+    return cli_options(RunConfig)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, one flag per ``RunConfig`` field that declares one (help from the field), ``--json``."""
     parser.add_argument("--config", metavar="FILE", help="YAML run config (default: configs/run.yaml)")
-    parser.add_argument("--env", metavar="ID", help="gymnasium id, e.g. tickcall/Arena-v0, CartPole-v1 "
-                        "(or engine:tcp://HOST:PORT for an external engine)")
-    parser.add_argument("--model", metavar="PATH", help="SimpleTool-format model folder "
-                        "(default: the shipped model)")
-    parser.add_argument("--backend", choices=("transformers", "vllm", "noop"), help="decoding engine")
-    parser.add_argument("--device", help="cpu, cuda, auto (transformers backend)")
-    parser.add_argument("--rate", type=float, metavar="HZ", help="decisions per second (1-60)")
-    end = parser.add_mutually_exclusive_group()
-    end.add_argument("--duration", type=float, metavar="S", help="run this many seconds")
-    end.add_argument("--episodes", type=int, metavar="N", help="run until N episodes have finished")
-    parser.add_argument("--deadline-ms", type=float, metavar="MS", help="reply budget per tick "
-                        "(default: one period)")
-    parser.add_argument("--in-flight", choices=("skip", "supersede"),
-                        help="what a tick does while the previous request is unanswered")
-    parser.add_argument("--fallback", choices=("hold", "default", "noop"),
-                        help="what acts when no legal call arrives by the deadline")
-    parser.add_argument("--endpoint", metavar="URL", help="use a running policy service "
-                        "(tickcall serve) instead of starting one")
-    parser.add_argument("--rt-priority", type=int, metavar="N", help="SCHED_FIFO priority of the loop "
-                        "thread, 1-99 (0: normal priority; default from the config: 10)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--report", metavar="DIR", help="report folder (default reports/run-<UTC time>/)")
-    parser.add_argument("--no-plots", action="store_true", help="write report.json and ticks.jsonl only")
-    parser.add_argument("--quiet", action="store_true", help="no live progress line")
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for opt in _options():
+        target = parser
+        if opt.flag.group is not None:
+            if opt.flag.group not in groups:
+                groups[opt.flag.group] = parser.add_mutually_exclusive_group()
+            target = groups[opt.flag.group]
+        help_text = f"{opt.key}: {opt.help}"
+        if opt.switch:
+            target.add_argument(opt.flag.name, dest=opt.dest, action="store_true",
+                                help=f"{opt.key} = {str(not opt.default).lower()} (default: {opt.help})")
+            continue
+        if opt.flag.off is not None:
+            help_text += f"; {opt.flag.off} here: unset"
+        target.add_argument(opt.flag.name, dest=opt.dest, type=opt.check.arg_type, metavar=opt.flag.metavar,
+                            choices=opt.check.choices or None, help=help_text)
     parser.add_argument("--json", action="store_true", help="print report.json to stdout at the end")
 
 
 def config_from_args(args: argparse.Namespace):
-    """The validated RunConfig: the file, then the command-line options."""
+    """The validated RunConfig: the file, then the command-line options (the override map comes from
+    the fields' flags: a switch sets the opposite of the field's default, a flag's ``off`` value unsets
+    its key, and a flag of a group unsets the group's other keys)."""
     from tickcall.control_loop.config import load_run_config
 
-    overrides = {
-        "env": args.env, "model": args.model, "backend": args.backend, "device": args.device,
-        "rate_hz": args.rate, "duration_s": args.duration, "episodes": args.episodes,
-        "deadline_ms": args.deadline_ms, "in_flight": args.in_flight, "fallback": args.fallback,
-        "service.endpoint": args.endpoint, "seed": args.seed, "report_dir": args.report,
-        "plots": False if args.no_plots else None, "progress": False if args.quiet else None,
-        "rt_priority": args.rt_priority,
-    }
-    unset: tuple[str, ...] = ()
-    if args.rt_priority == 0:
-        unset += ("rt_priority",)
-        overrides["rt_priority"] = None
-    if args.episodes is not None:
-        unset += ("duration_s",)
-    elif args.duration is not None:
-        unset += ("episodes",)
-    return load_run_config(args.config, overrides, unset=unset)
+    options = _options()
+    overrides: dict[str, object] = {}
+    unset: list[str] = []
+    for opt in options:
+        value = getattr(args, opt.dest, None)
+        if value is None or (opt.switch and value is False):
+            continue
+        if opt.switch:
+            value = not opt.default
+        if opt.flag.off is not None and value == opt.flag.off:
+            unset.append(opt.key)
+            continue
+        overrides[opt.key] = value
+        unset += [o.key for o in options if opt.flag.group and o.flag.group == opt.flag.group and o is not opt]
+    return load_run_config(args.config, overrides, unset=tuple(unset))
 
 
 def run(args: argparse.Namespace) -> int:
