@@ -19,17 +19,25 @@ def _free_port() -> int:
 
 
 def _tickcall(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tickcall.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tickcall.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_serve_probe_and_sigterm(tmp_path):
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "tickcall.cli", "serve", "--config", "configs/serve.yaml",
-                             "--bind", endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tickcall.cli", "serve", "--config", "configs/serve.yaml", "--bind", endpoint],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
-        assert line.startswith(f"policy service on {endpoint}"), (line, proc.stderr.read() if proc.poll() else "")
+        assert line.startswith(f"policy service on {endpoint}"), (
+            line,
+            proc.stderr.read() if proc.poll() else "",
+        )
         c = PolicyClient(endpoint, timeout_ms=10_000)
         c.register(TOOLS)
         r = c.decide("x", tick_id=1)

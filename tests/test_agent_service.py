@@ -18,15 +18,31 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tickcall.agent import protocol as P
 from tickcall.agent.client import PolicyClient
+from tickcall.agent.messages import ErrorReply
 
 ray = pytest.importorskip("ray")
 
 TOOLS = [
-    {"type": "function", "function": {"name": "push", "description": "Push the cart.", "parameters": {
-        "type": "object", "properties": {"dir": {"type": "string", "enum": ["left", "right"]}},
-        "required": ["dir"]}}},
-    {"type": "function", "function": {"name": "wait", "description": "Do nothing.",
-                                      "parameters": {"type": "object", "properties": {}}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "push",
+            "description": "Push the cart.",
+            "parameters": {
+                "type": "object",
+                "properties": {"dir": {"type": "string", "enum": ["left", "right"]}},
+                "required": ["dir"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "wait",
+            "description": "Do nothing.",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    },
 ]
 
 
@@ -43,7 +59,8 @@ def test_tiny_model_round_trip_and_clients_batched(ray_session, tiny_model_path)
     from tickcall.agent.actor import start_policy_service
 
     handle, endpoint = start_policy_service(
-        {"backend": "transformers", "model": str(tiny_model_path), "max_new_tokens": 6})
+        {"backend": "transformers", "model": str(tiny_model_path), "max_new_tokens": 6}
+    )
     try:
         c = PolicyClient(endpoint, timeout_ms=60_000)
         welcome = c.hello()
@@ -77,10 +94,19 @@ def test_tiny_model_round_trip_and_clients_batched(ray_session, tiny_model_path)
 
 # --------------------------------------------------------------------------- fuzzing
 
-_leaf = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20) \
+_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=20)
-_value = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=4)
-                      | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+)
+_value = st.recursive(
+    _leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _valid(mtype: str, msg_id: int) -> dict:
@@ -95,15 +121,16 @@ def _valid(mtype: str, msg_id: int) -> dict:
 @st.composite
 def bad_message(draw) -> tuple[list[bytes], str | None]:
     """(frames, the error code it must get, or None when any single reply is acceptable)."""
-    kind = draw(st.sampled_from(["random", "truncated", "version", "oversized", "fields", "frames",
-                                 "bytes", "type"]))
+    kind = draw(
+        st.sampled_from(["random", "truncated", "version", "oversized", "fields", "frames", "bytes", "type"])
+    )
     mtype = draw(st.sampled_from(P.REQUEST_TYPES))
     msg = _valid(mtype, draw(st.integers(0, 2**32)))
     if kind == "random":
         return [msgpack.packb(draw(_value), use_bin_type=True)], None
     if kind == "truncated":
         payload = msgpack.packb(msg)
-        return [payload[:draw(st.integers(0, len(payload) - 1))]], "malformed"
+        return [payload[: draw(st.integers(0, len(payload) - 1))]], "malformed"
     if kind == "version":
         msg["v"] = draw(st.integers(-(2**31), 2**31).filter(lambda v: v != 1))
         return [msgpack.packb(msg)], "version_mismatch"
@@ -131,8 +158,13 @@ def test_fuzzed_messages_all_answered_and_service_survives(noop_service):
     ctx = zmq.Context.instance()
     sent = {"n": 0, "errors": 0}
 
-    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=300,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.lists(bad_message(), min_size=10, max_size=40))
     def run(batch):
         sock = ctx.socket(zmq.DEALER)  # a fresh peer per example: a failing one cannot leak replies
@@ -197,7 +229,7 @@ def test_actor_killed_and_restarted_client_recovers(ray_session):
         tick = 2
         while time.monotonic() < t_end:
             r = c.decide("x", tick_id=tick)
-            outcomes.append(r.code or r.type)
+            outcomes.append(r.code if isinstance(r, ErrorReply) else r.type)
             if r.type == "call":
                 break
             assert r.code == "timeout", r  # a clean, accounted timeout; nothing raised, nothing hung

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tickcall.agent.config import ServeConfig
 from tickcall.agent.server import PolicyServer
 from tickcall.models.engine import NoOpEngine
@@ -46,7 +45,9 @@ def test_lockstep_is_deterministic(mode2):
     finally:
         srv.stop()
     assert a["decides"] == a["applied"] == 120  # lock-step: one decide per frame, each applied
-    assert {k: v for k, v in a.items() if k != "elapsed_s"} == {k: v for k, v in b.items() if k != "elapsed_s"}
+    assert {k: v for k, v in a.items() if k != "elapsed_s"} == {
+        k: v for k, v in b.items() if k != "elapsed_s"
+    }
 
 
 def test_real_time_accounts_for_every_decide(mode2):

@@ -37,9 +37,20 @@ class SimClock:
         self.t += s
 
 
-MOVE = [{"type": "function", "function": {"name": "move", "description": "Move.", "parameters": {
-    "type": "object", "properties": {"direction": {"type": "string", "enum": ["N", "E", "S", "W"]}},
-    "required": ["direction"]}}}]
+MOVE = [
+    {
+        "type": "function",
+        "function": {
+            "name": "move",
+            "description": "Move.",
+            "parameters": {
+                "type": "object",
+                "properties": {"direction": {"type": "string", "enum": ["N", "E", "S", "W"]}},
+                "required": ["direction"],
+            },
+        },
+    }
+]
 
 
 class ScriptedPolicy:
@@ -130,8 +141,8 @@ def test_all_ok_when_the_service_answers_in_time():
     assert len(hands.calls) == 50 and not world.fallbacks
     r = res.records[7]
     assert r.rtt_ms == pytest.approx(10.0, abs=1e-6)
-    assert r.latency_ms == pytest.approx(10.0, abs=1e-6)   # tick took the obs -> call dispatched
-    assert r.obs_age_ms == pytest.approx(2.0, abs=1e-6)     # the env made it 2 ms before the tick
+    assert r.latency_ms == pytest.approx(10.0, abs=1e-6)  # tick took the obs -> call dispatched
+    assert r.obs_age_ms == pytest.approx(2.0, abs=1e-6)  # the env made it 2 ms before the tick
     assert set(r.stages_ms) == {"queue", "prefill", "decode", "assemble", "engine", "server"}
     # the deadline sent with each request is the time left until the next tick (16 Hz: 62.5 ms)
     assert policy.sent[0][1] == pytest.approx(62.5, abs=0.01)
@@ -170,7 +181,7 @@ def test_illegal_calls_and_service_errors_are_errors_with_fallback():
     res = loop.run(max_ticks=30)
     counts = count_outcomes(res.records)
     assert counts == {"ok": 10, "late": 0, "fallback": 0, "skipped": 0, "error": 20}
-    assert len(hands.calls) == 10        # the illegal calls were never applied
+    assert len(hands.calls) == 10  # the illegal calls were never applied
     assert len(world.fallbacks) == 20
     bad = res.records[1]
     assert bad.outcome == "error" and bad.reason.startswith("illegal call")
@@ -181,17 +192,20 @@ def test_illegal_calls_and_service_errors_are_errors_with_fallback():
 
 def test_dead_service_keeps_the_rate_with_fallbacks_then_recovers():
     # ticks 20..59 get no reply at all (service down), the rest answer in 5 ms
-    loop, policy, world, hands, clock = make(lambda t: None if 20 <= t < 60 else 0.005,
-                                             in_flight_timeout_ms=125)
+    loop, policy, world, hands, clock = make(
+        lambda t: None if 20 <= t < 60 else 0.005, in_flight_timeout_ms=125
+    )
     res = loop.run(max_ticks=100)
     counts = count_outcomes(res.records)
     assert sum(counts.values()) == 100
-    assert res.records[-1].outcome == "ok"                 # recovered
+    assert res.records[-1].outcome == "ok"  # recovered
     down = res.records[20:60]
     assert {r.outcome for r in down} <= {"fallback", "skipped"}
     assert counts["fallback"] >= 10 and counts["ok"] >= 55
     # the rate was kept: every tick that ran started on time
-    assert all(r.lateness_ms == pytest.approx(0.0, abs=1e-6) for r in res.records if r.lateness_ms is not None)
+    assert all(
+        r.lateness_ms == pytest.approx(0.0, abs=1e-6) for r in res.records if r.lateness_ms is not None
+    )
     assert res.elapsed_s == pytest.approx(100 / 16, abs=0.07)
 
 
@@ -202,7 +216,7 @@ def test_missed_periods_are_recorded_as_skipped_ticks():
 
     def slow_observe():
         if len(policy.sent) == 10:
-            clock.sleep(0.2)   # the world stalls the loop for 3.2 periods once
+            clock.sleep(0.2)  # the world stalls the loop for 3.2 periods once
         return real_observe()
 
     world.observe = slow_observe
@@ -210,9 +224,9 @@ def test_missed_periods_are_recorded_as_skipped_ticks():
     counts = count_outcomes(res.records)
     assert sum(counts.values()) == 30 == len(res.records)
     missed = [r.tick for r in res.records if r.reason == "missed_period"]
-    assert missed == [11, 12]            # 687.5 and 750 ms could not start; 812.5 ms runs 12.5 ms late
+    assert missed == [11, 12]  # 687.5 and 750 ms could not start; 812.5 ms runs 12.5 ms late
     assert res.records[13].lateness_ms == pytest.approx(12.5)
-    assert res.records[10].outcome == "late"   # it was sent after its own deadline
+    assert res.records[10].outcome == "late"  # it was sent after its own deadline
     rep = summarize(res.records, 16.0, res.elapsed_s)
     # tick 13 starts at 825 ms, before tick 10's reply (830 ms): skipped, its request is in flight
     assert res.records[13].reason == "in_flight" and res.records[14].outcome == "ok"
@@ -270,25 +284,34 @@ def test_falling_behind_warnings_are_throttled():
     real_observe = world.observe
 
     def stalling_observe():
-        clock.sleep(0.1)   # every tick overruns by more than a period: behind all the time
+        clock.sleep(0.1)  # every tick overruns by more than a period: behind all the time
         return real_observe()
 
     world.observe = stalling_observe
-    res = loop.run(max_ticks=160)   # 10 s simulated
+    res = loop.run(max_ticks=160)  # 10 s simulated
     assert sum(count_outcomes(res.records).values()) == 160
-    assert len(res.warnings) == 2   # one per 5 s, not one per tick
+    assert len(res.warnings) == 2  # one per 5 s, not one per tick
     assert "more since the last warning" in res.warnings[1]
 
 
 def test_progress_line():
     from tickcall.control_loop.progress import format_progress
 
-    line = format_progress({"ticks": 480, "ticks_planned": 960, "achieved_hz": 16.0,
-                            "latency_p50_ms": 4.12, "latency_p99_ms": 9.8,
-                            "outcomes": {"ok": 470, "late": 2, "fallback": 3, "error": 0, "skipped": 5},
-                            "episodes_done": 3, "last_return": 41.0})
-    assert line == ("tick 480/960  16.0 Hz  lat p50 4.1 p99 9.8 ms  ok 470 late 2 fb 3 err 0 skip 5  "
-                    "ep 3 ret 41.0")
+    line = format_progress(
+        {
+            "ticks": 480,
+            "ticks_planned": 960,
+            "achieved_hz": 16.0,
+            "latency_p50_ms": 4.12,
+            "latency_p99_ms": 9.8,
+            "outcomes": {"ok": 470, "late": 2, "fallback": 3, "error": 0, "skipped": 5},
+            "episodes_done": 3,
+            "last_return": 41.0,
+        }
+    )
+    assert line == (
+        "tick 480/960  16.0 Hz  lat p50 4.1 p99 9.8 ms  ok 470 late 2 fb 3 err 0 skip 5  ep 3 ret 41.0"
+    )
 
 
 @pytest.mark.parametrize("rate", [1, 16, 60])
@@ -296,7 +319,7 @@ def test_any_rate_from_1_to_60_hz(rate):
     loop, policy, world, hands, clock = make(lambda t: 0.2 / rate, rate_hz=rate)
     res = loop.run(duration_s=3)
     assert len(res.records) == 3 * rate == count_outcomes(res.records)["ok"]
-    assert policy.sent[0][1] == pytest.approx(1e3 / rate, abs=0.01)   # deadline = one period
+    assert policy.sent[0][1] == pytest.approx(1e3 / rate, abs=0.01)  # deadline = one period
     rep = summarize(res.records, rate, res.elapsed_s)
     assert rep["achieved_hz"] == pytest.approx(rate)
 
@@ -314,11 +337,14 @@ def test_service_error_detail_reaches_the_record_over_real_sockets():
     try:
         client.register(MOVE)
         world = SimWorld(time.monotonic)
-        loop = ControlLoop(LoopSettings(rate_hz=10, deadline_ms=2000, in_flight_timeout_ms=4000), client, world)
+        loop = ControlLoop(
+            LoopSettings(rate_hz=10, deadline_ms=2000, in_flight_timeout_ms=4000), client, world
+        )
         res = loop.run(max_ticks=2)
     finally:
         client.close()
         srv.stop()
     assert [r.outcome for r in res.records] == ["error", "error"]
-    assert res.records[0].reason == ("service error engine_failure: EngineError: injected failure: "
-                                     "query contains 'x=1'")
+    assert res.records[0].reason == (
+        "service error engine_failure: EngineError: injected failure: query contains 'x=1'"
+    )

@@ -76,7 +76,7 @@ def test_service_that_answers(ray_session):
                 assert r.call == {"name": "wait", "arguments": {}}
                 assert r.latency_ms is not None and r.rtt_ms is not None and "engine" in r.stages_ms
         hands = res["world"]["hands"]
-        assert hands["accepted"] == counts["ok"]          # every ok call reached the actuator lane
+        assert hands["accepted"] == counts["ok"]  # every ok call reached the actuator lane
         assert res["world"]["env_stats"]["applied"] >= 1  # and the env applied it
     finally:
         _stop(loop, svc)
@@ -90,12 +90,12 @@ def test_service_that_answers_late(ray_session):
         res, records = _run(loop, max_ticks=30)
         counts = _check_accounting(records, 30)
         assert counts["ok"] == 0 and counts["late"] >= 1
-        assert res["world"]["hands"]["accepted"] == 0     # a late reply is never applied
+        assert res["world"]["hands"]["accepted"] == 0  # a late reply is never applied
         for r in records:
             if r.outcome in ("late", "fallback"):
                 assert r.fallback == "default"
             if r.outcome == "late":
-                assert r.rtt_ms > 1e3 / RATE               # it really came after the deadline
+                assert r.rtt_ms > 1e3 / RATE  # it really came after the deadline
     finally:
         _stop(loop, svc)
 
@@ -108,7 +108,7 @@ def test_service_that_answers_illegally(ray_session):
         res, records = _run(loop, max_ticks=30)
         counts = _check_accounting(records, 30)
         assert counts["ok"] == 0 and counts["error"] >= 1
-        assert res["world"]["hands"]["accepted"] == 0     # an illegal call is never applied
+        assert res["world"]["hands"]["accepted"] == 0  # an illegal call is never applied
         errors = [r for r in records if r.outcome == "error"]
         assert all(r.reason.startswith("illegal call") and "direction" in r.reason for r in errors)
         assert all(r.call == {"name": "push", "arguments": {}} and r.fallback == "hold" for r in errors)
@@ -121,11 +121,12 @@ def test_service_killed_mid_run_then_restarted(ray_session):
     loop = _loop(endpoint, in_flight_timeout_ms=200)
     ref = loop.run.remote(max_ticks=100_000)
     try:
+
         def oks():
             return ray.get(loop.status.remote())["outcomes"].get("ok", 0)
 
         assert wait_for(lambda: oks() >= 10, 60), "the loop never got going"
-        ray.kill(svc, no_restart=False)               # the service process dies; Ray restarts it
+        ray.kill(svc, no_restart=False)  # the service process dies; Ray restarts it
         t_kill = time.monotonic()
 
         def misses():
@@ -151,9 +152,9 @@ def test_service_killed_mid_run_then_restarted(ray_session):
     # while the service was down the loop kept ticking: every tick has a record, most ran on time
     outage = [r for r in records[first_miss:] if r.outcome != "ok"]
     assert len(outage) >= 5 and any(r.fallback == "hold" for r in outage)
-    assert res["renewals"] >= 1 or res["client"]["renewals"] >= 1   # tools registered again
+    assert res["renewals"] >= 1 or res["client"]["renewals"] >= 1  # tools registered again
     assert time.monotonic() > t_kill
-    print("outcomes around the outage:", "".join(o[0] for o in outcomes[max(0, first_miss - 5):]))
+    print("outcomes around the outage:", "".join(o[0] for o in outcomes[max(0, first_miss - 5) :]))
 
 
 def test_episodes_end_the_run_and_are_reported(ray_session):
