@@ -23,8 +23,9 @@ How a decide runs (the invariants the tests check):
   ``Decision.cached_tokens`` is the smallest per-head ``num_cached_tokens`` of the decide, so a cache
   miss shows in every decision; ``last_stats["cached_per_head"]`` has them all.
 * Quantized checkpoints (compressed-tensors W4A16, "AWQ") are loaded as they are (no forced
-  ``quantization=``); int4 on CPU needs AVX-512 kernels: :func:`check_quantization_runs` refuses
-  clearly on other CPUs before vLLM starts.
+  ``quantization=``); int4 on CPU needs AVX-512 kernels: ``models.vllm_checks`` refuses clearly on
+  other CPUs (and head sizes the CPU attention lacks) before vLLM starts.
+* ``models.vllm_ar_baseline`` runs the autoregressive JSON baseline on the same vLLM instance.
 
 Units: milliseconds for timings, GiB for ``kv_cache_gib``, tokens for ``block_size``.
 """
@@ -44,52 +45,7 @@ from typing import Any
 from tickcall.models.engine import Engine, EngineError, RawHeads, Registration
 from tickcall.models.format import IM_END, NULL, Turn, close_tag, open_tag
 from tickcall.models.quantize_load import quantization_summary, read_config
-
-#: head sizes vLLM's CPU attention backend implements (vllm/v1/attention/backends/cpu_attn.py, 0.32)
-CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-
-
-class UnsupportedQuantizationError(EngineError):
-    """The checkpoint's quantization has no kernel on this hardware (e.g. int4 on an AVX2 CPU)."""
-
-
-class UnsupportedModelError(EngineError):
-    """The model's shape cannot run on this vLLM build (e.g. a head size the CPU attention lacks)."""
-
-
-# --------------------------------------------------------------------------- checkpoint checks
-
-
-def cpu_has_int4_kernels() -> bool:
-    """vLLM's CPU int4 (W4A16) GEMM lives in its AVX-512 builds; an AVX2-only x86 CPU lacks it."""
-    import torch
-
-    return bool(torch.cpu._is_avx512_supported())
-
-
-def check_quantization_runs(config: dict[str, Any], device: str) -> None:
-    """Raise :class:`UnsupportedQuantizationError` when the checkpoint's weights cannot run here."""
-    q = quantization_summary(config)
-    if q is None or device != "cpu":
-        return
-    bits = q.get("weight_bits")
-    if bits is not None and int(bits) < 8 and not cpu_has_int4_kernels():
-        raise UnsupportedQuantizationError(
-            f"this checkpoint is {q['method']} int{bits} (W{bits}A16, group {q.get('group_size')}); vLLM's "
-            "CPU int4 kernels need AVX-512 and this CPU has none (AVX2 at most). Use the dense (fp32/bf16) "
-            "checkpoint here, the transformers backend (it decompresses W4A16 to dense weights), or a GPU.")
-
-
-def check_head_size(config: dict[str, Any], device: str) -> None:
-    if device != "cpu":
-        return
-    heads = config.get("num_attention_heads") or 1
-    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
-    if head_dim not in CPU_ATTENTION_HEAD_SIZES:
-        raise UnsupportedModelError(
-            f"head size {head_dim} (hidden {config.get('hidden_size')} / {heads} heads) is not supported by "
-            f"vLLM's CPU attention (supported: {', '.join(map(str, CPU_ATTENTION_HEAD_SIZES))}); "
-            "use the transformers backend for this model")
+from tickcall.models.vllm_checks import check_head_size, check_quantization_runs, resolve_dtype
 
 
 @contextlib.contextmanager
@@ -190,12 +146,7 @@ class VLLMEngine(Engine):
         if quiet:
             env["VLLM_LOGGING_LEVEL"] = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")
             env["VLLM_CONFIGURE_LOGGING"] = os.environ.get("VLLM_CONFIGURE_LOGGING", "1")
-        quantized = quantization_summary(self.config) is not None
-        if dtype is None:  # CPU int4 GEMM takes bf16 activations only ("cpu_gemm_wna16" has no float32)
-            dtype = ("bfloat16" if quantized else "float32") if self.device == "cpu" else "auto"
-        elif self.device == "cpu" and quantized and dtype in ("float32", "float"):
-            raise UnsupportedQuantizationError("vLLM's CPU int4 kernels run in bfloat16, not float32: "
-                                               "leave dtype unset or pass dtype='bfloat16'")
+        dtype = resolve_dtype(self.config, self.device, dtype)
         kwargs: dict[str, Any] = dict(
             model=str(self.model_path), tokenizer=str(self.model_path), dtype=dtype,
             enable_prefix_caching=True, block_size=block_size, max_model_len=max_model_len,
@@ -408,73 +359,3 @@ class VLLMEngine(Engine):
                          prompt_tokens=max(a["computed"]), cached_tokens=min(a["cached"]),
                          prefill_ms=prefill_ms, decode_ms=decode_ms)
                 for a in per_item]
-
-
-# --------------------------------------------------------------------------- benchmark side
-
-
-class VLLMAutoregressive(Engine):
-    """The autoregressive JSON baseline (models.ar_baseline's prompt and parsing) on a VLLMEngine's
-    weights: one request per decide, stopped at ``<|im_end|>`` by id. Benchmarks only."""
-
-    backend = "vllm-autoregressive"
-
-    def __init__(self, engine: VLLMEngine, max_new_tokens: int = 128) -> None:
-        super().__init__(max_new_tokens=max_new_tokens)
-        self.engine = engine
-        self.forced_length: int | None = None
-
-    def _build_prefix(self, reg: Registration) -> None:
-        from tickcall.models.ar_baseline import AR_SYSTEM
-        from tickcall.models.format import IM_START, render_tools_json
-
-        reg.prefix_text = (f"{IM_START}system\n{reg.system or AR_SYSTEM}\n\n# Tools\n\n"
-                           f"{render_tools_json(reg.tools)}{IM_END}\n")
-        ids = self.engine.encode(reg.prefix_text)
-        pad = (-len(ids)) % self.engine.block_size if self.engine.prefix_align == "pad" else 0
-        reg.state = PrefixState(ids=[self.engine.pad_id] * pad + ids, pad=pad)
-        reg.prefix_tokens = len(reg.state.ids)
-        self.engine.run_requests([(reg.state.ids + [self.engine.token_ids[IM_END]],
-                                   self.engine.sampling("function", forced=1))] * 2)
-
-    def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
-        from tickcall.models.ar_baseline import ARBaseline
-
-        eng = self.engine
-        stop = eng.token_ids[IM_END]
-        requests = []
-        for reg, turn in items:
-            suffix = eng.encode(ARBaseline.suffix(turn))
-            if self.forced_length:
-                params = eng.sampling("function", forced=self.forced_length)
-            else:
-                params = eng._SamplingParams(
-                    temperature=0.0, n=1, detokenize=False,
-                    skip_special_tokens=False, output_kind=eng._final_only, max_tokens=self.max_new_tokens,
-                    stop_token_ids=[stop], ignore_eos=True)
-            requests.append((reg.state.ids + suffix, params))
-        outs, stats = eng.run_requests(requests)
-        out = []
-        for o, (prompt, _) in zip(outs, requests, strict=True):
-            ids = list(o.outputs[0].token_ids)
-            done = bool(self.forced_length) or (bool(ids) and ids[-1] == stop)
-            body = ids[:-1] if (done and not self.forced_length) else ids
-            out.append(RawHeads(texts={"json": eng.tokenizer.decode(body, skip_special_tokens=False)},
-                                token_ids={"json": ids}, unfinished=set() if done else {"json"},
-                                prompt_tokens=len(prompt) - int(o.num_cached_tokens or 0),  # computed
-                                cached_tokens=int(o.num_cached_tokens or 0),
-                                prefill_ms=stats["first_step_ms"],
-                                decode_ms=stats["total_ms"] - stats["first_step_ms"]))
-        return out
-
-    def _assemble(self, reg: Registration, raw: RawHeads):
-        from tickcall.models.ar_baseline import ARBaseline
-
-        return ARBaseline._assemble(self, reg, raw)  # type: ignore[arg-type]
-
-
-def bench_pair(path: str | Path, **options: Any) -> tuple[VLLMEngine, VLLMAutoregressive]:
-    """(parallel-heads engine, autoregressive baseline) sharing one vLLM instance, for
-    ``tickcall bench decode --backend vllm``. ``options`` go to :class:`VLLMEngine`."""
-    engine = VLLMEngine(path, **options)
-    return engine, VLLMAutoregressive(engine)

@@ -148,7 +148,8 @@ def test_trained_model_w4a16_agrees_with_dense(trained):
         import vllm  # noqa: F401
     except ImportError:
         return
-    from tickcall.models.vllm_engine import UnsupportedQuantizationError, VLLMEngine, cpu_has_int4_kernels
+    from tickcall.models.vllm_checks import UnsupportedQuantizationError, cpu_has_int4_kernels
+    from tickcall.models.vllm_engine import VLLMEngine
 
     if not cpu_has_int4_kernels():
         with pytest.raises(UnsupportedQuantizationError, match="AVX-512"):

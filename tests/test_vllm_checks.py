@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from tickcall.models import vllm_checks as vc
 from tickcall.models import vllm_engine as ve
 
 W4A16_CONFIG = {
@@ -23,43 +24,43 @@ W4A16_CONFIG = {
 
 
 def test_quantization_summary_reads_compressed_tensors_and_awq():
-    assert ve.quantization_summary({"model_type": "qwen2"}) is None
-    q = ve.quantization_summary(W4A16_CONFIG)
+    assert vc.quantization_summary({"model_type": "qwen2"}) is None
+    q = vc.quantization_summary(W4A16_CONFIG)
     assert q == {"method": "compressed-tensors", "format": "pack-quantized", "weight_bits": 4, "group_size": 128}
-    awq = ve.quantization_summary({"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 64}})
+    awq = vc.quantization_summary({"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 64}})
     assert awq["weight_bits"] == 4 and awq["group_size"] == 64
 
 
 def test_int4_on_avx2_cpu_is_refused_clearly(monkeypatch):
-    monkeypatch.setattr(ve, "cpu_has_int4_kernels", lambda: False)  # stand-in for an AVX2-only CPU
-    with pytest.raises(ve.UnsupportedQuantizationError, match="AVX-512.*AVX2"):
-        ve.check_quantization_runs(W4A16_CONFIG, "cpu")
-    ve.check_quantization_runs(W4A16_CONFIG, "cuda")  # GPUs have int4 kernels
-    ve.check_quantization_runs({"model_type": "qwen2"}, "cpu")  # dense runs anywhere
+    monkeypatch.setattr(vc, "cpu_has_int4_kernels", lambda: False)  # stand-in for an AVX2-only CPU
+    with pytest.raises(vc.UnsupportedQuantizationError, match="AVX-512.*AVX2"):
+        vc.check_quantization_runs(W4A16_CONFIG, "cpu")
+    vc.check_quantization_runs(W4A16_CONFIG, "cuda")  # GPUs have int4 kernels
+    vc.check_quantization_runs({"model_type": "qwen2"}, "cpu")  # dense runs anywhere
     eight_bit = json.loads(json.dumps(W4A16_CONFIG))
     eight_bit["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 8
-    ve.check_quantization_runs(eight_bit, "cpu")
+    vc.check_quantization_runs(eight_bit, "cpu")
 
 
 def test_int4_allowed_where_kernels_exist(monkeypatch):
-    monkeypatch.setattr(ve, "cpu_has_int4_kernels", lambda: True)
-    ve.check_quantization_runs(W4A16_CONFIG, "cpu")
+    monkeypatch.setattr(vc, "cpu_has_int4_kernels", lambda: True)
+    vc.check_quantization_runs(W4A16_CONFIG, "cpu")
 
 
 def test_cpu_head_size_check():
-    ve.check_head_size({"hidden_size": 64, "num_attention_heads": 2}, "cpu")  # 32: supported
-    with pytest.raises(ve.UnsupportedModelError, match="head size 16"):
-        ve.check_head_size({"hidden_size": 64, "num_attention_heads": 4}, "cpu")
-    ve.check_head_size({"hidden_size": 64, "num_attention_heads": 4}, "cuda")
+    vc.check_head_size({"hidden_size": 64, "num_attention_heads": 2}, "cpu")  # 32: supported
+    with pytest.raises(vc.UnsupportedModelError, match="head size 16"):
+        vc.check_head_size({"hidden_size": 64, "num_attention_heads": 4}, "cpu")
+    vc.check_head_size({"hidden_size": 64, "num_attention_heads": 4}, "cuda")
 
 
 def test_engine_refuses_before_starting_vllm(tmp_path, monkeypatch):
     """The clear errors come before any vLLM import: they work where vLLM is not installed."""
     (tmp_path / "config.json").write_text(json.dumps(W4A16_CONFIG))
-    monkeypatch.setattr(ve, "cpu_has_int4_kernels", lambda: False)  # stand-in for an AVX2-only CPU
-    with pytest.raises(ve.UnsupportedQuantizationError):
+    monkeypatch.setattr(vc, "cpu_has_int4_kernels", lambda: False)  # stand-in for an AVX2-only CPU
+    with pytest.raises(vc.UnsupportedQuantizationError):
         ve.VLLMEngine(tmp_path, device="cpu")
-    with pytest.raises(ve.EngineError, match="no config.json"):
+    with pytest.raises(vc.EngineError, match="no config.json"):
         ve.VLLMEngine(tmp_path / "missing", device="cpu")
     with pytest.raises(ValueError, match="prefix_align"):
         ve.VLLMEngine(tmp_path, device="cpu", prefix_align="left")

@@ -146,7 +146,7 @@ def test_unknown_handle_and_closed_engine():
 
 def test_bench_decode_reports_cache_and_single_step(engines):
     """tickcall bench decode's measurement on vLLM (a few ticks: counts only, no timing asserted)."""
-    from tickcall.models.vllm_engine import VLLMAutoregressive
+    from tickcall.models.vllm_ar_baseline import VLLMAutoregressive
     from tickcall.bench.decode import measure_pair
 
     v, _ = engines

