@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tickcall.bench.common import machine, print_table, write_json
-from tickcall.timing import summary
+from tickcall.timing import percentile, summary
 
 # a no-op engine whose every batch takes batch_delay_ms: the service's own batching, whatever the model
 STANDIN = "tickcall.bench.standin:slow_noop"
@@ -269,8 +269,6 @@ def _gain(rows: list[dict[str, Any]]) -> float | None:
 
 def _engine_alone(model: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The same engine in this process: decide_batch(N) of N different turns, median of 15 (no service)."""
-    import statistics
-
     import torch
 
     from tickcall.agent.protocol import parse_turn, to_turn
@@ -288,7 +286,7 @@ def _engine_alone(model: Path, args: argparse.Namespace) -> list[dict[str, Any]]
             engine.decide_batch([(reg.handle, turn) for turn in turns])
             if k:  # the first is a warm-up
                 times.append(time.perf_counter() - t)
-        med = statistics.median(times)
+        med = percentile(times, 50)
         rows.append({"clients": n, "batch_ms": med * 1e3, "per_s": n / med})
     engine.close()
     return rows
