@@ -86,12 +86,26 @@ class Policy:
         self.handle = self.request({"type": "register", "tools": self.tools})["handle"]
 
     def decide(self, tick: int, text: str, deadline_ms: float) -> int:
-        return self.send({"type": "decide", "handle": self.handle, "tick": tick, "turn": {"query": text},
-                          "sent_ms": time.monotonic() * 1e3, "deadline_ms": deadline_ms})
+        return self.send(
+            {
+                "type": "decide",
+                "handle": self.handle,
+                "tick": tick,
+                "turn": {"query": text},
+                "sent_ms": time.monotonic() * 1e3,
+                "deadline_ms": deadline_ms,
+            }
+        )
 
 
-def run(endpoint: str, seconds: float = 10.0, rate_hz: float = 16.0, lockstep: bool = False,
-        frames: int | None = None, seed: int = 0) -> dict:
+def run(
+    endpoint: str,
+    seconds: float = 10.0,
+    rate_hz: float = 16.0,
+    lockstep: bool = False,
+    frames: int | None = None,
+    seed: int = 0,
+) -> dict:
     game = Game(seed)
     policy = Policy(endpoint, game.tools)
     counts = dict.fromkeys(("decides", "applied", "illegal", "error", "stale", "lost"), 0)
@@ -106,7 +120,9 @@ def run(endpoint: str, seconds: float = 10.0, rate_hz: float = 16.0, lockstep: b
             next_decide += 1.0 / rate_hz
         frame_end = time.monotonic() + (0 if lockstep else game.frame_s)
         while pending:  # replies that are here (lock-step: wait for this frame's)
-            reply = policy.recv(policy.timeout_ms if lockstep else max(0.0, frame_end - time.monotonic()) * 1e3)
+            reply = policy.recv(
+                policy.timeout_ms if lockstep else max(0.0, frame_end - time.monotonic()) * 1e3
+            )
             if reply is None:
                 break
             if reply.get("epoch") != policy.epoch:  # the service restarted: handles are gone
@@ -137,8 +153,13 @@ def run(endpoint: str, seconds: float = 10.0, rate_hz: float = 16.0, lockstep: b
         if pending.pop(reply.get("id"), None) is not None:
             counts["error" if reply["type"] == "error" else "stale"] += 1
     counts["lost"] += len(pending)
-    return {**counts, "frames": frames, "last_applied_frame": newest_applied, "score": round(game.score, 3),
-            "elapsed_s": time.monotonic() - t0}
+    return {
+        **counts,
+        "frames": frames,
+        "last_applied_frame": newest_applied,
+        "score": round(game.score, 3),
+        "elapsed_s": time.monotonic() - t0,
+    }
 
 
 if __name__ == "__main__":
