@@ -18,6 +18,7 @@ import pytest
 from helpers import ScriptedEngine, injected
 from tickcall.agent.inproc import InProcPolicy
 from tickcall.control_loop.loop import ControlLoop, LoopSettings, Observation
+from tickcall.control_loop.policy import Policy
 from tickcall.control_loop.records import OUTCOMES, count_outcomes
 from tickcall.control_loop.stats import summarize
 from tickcall.models.calls import Call
@@ -336,6 +337,7 @@ def test_service_error_detail_reaches_the_record_over_real_sockets():
     client = PolicyClient(srv.start(), timeout_ms=5000)
     try:
         client.register(MOVE)
+        assert isinstance(client, Policy) and isinstance(InProcPolicy(ScriptedEngine({}, {})), Policy)
         world = SimWorld(time.monotonic)
         loop = ControlLoop(
             LoopSettings(rate_hz=10, deadline_ms=2000, in_flight_timeout_ms=4000), client, world
