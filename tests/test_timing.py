@@ -8,47 +8,33 @@ import time
 
 import numpy as np
 import pytest
+from tickcall.control_loop.futures.clock import ManualClock  # simulated seconds: only advance moves it
 
 from tickcall.timing import RateKeeper, percentile, summary
-
-
-class SimClock:
-    """Simulated monotonic seconds: only ``sleep`` moves it."""
-
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        assert s >= 0
-        self.t += s
-
 
 # --------------------------------------------------------------------------- rate keeper
 
 
 def test_rate_keeper_uses_absolute_deadlines_without_drift():
-    clock = SimClock(5.0)
-    rk = RateKeeper(16, clock=clock, sleep=clock.sleep)
+    clock = ManualClock(5.0)
+    rk = RateKeeper(16, clock=clock, sleep=clock.advance)
     t0 = rk.start()
     starts = []
     for _ in range(1000):
         slot = rk.wait()
         starts.append(slot.started)
-        clock.sleep(0.013)  # work inside the tick must not push the schedule
+        clock.advance(0.013)  # work inside the tick must not push the schedule
     assert [round(s - t0, 9) for s in starts[:3]] == [0.0, 0.0625, 0.125]
     assert starts[-1] - t0 == pytest.approx(999 / 16, abs=1e-9)
     assert rk.skipped_total == 0
 
 
 def test_rate_keeper_skips_and_counts_missed_periods_never_bursts():
-    clock = SimClock(0.0)
-    rk = RateKeeper(10, clock=clock, sleep=clock.sleep)
+    clock = ManualClock(0.0)
+    rk = RateKeeper(10, clock=clock, sleep=clock.advance)
     rk.start()
     assert rk.wait().index == 0
-    clock.sleep(0.35)               # the tick body overran by 3.5 periods
+    clock.advance(0.35)               # the tick body overran by 3.5 periods
     slot = rk.wait()
     assert (slot.index, slot.skipped) == (3, 2)   # ticks 1 and 2 can no longer start on time
     assert list(slot.skipped_indices) == [1, 2]
@@ -61,11 +47,11 @@ def test_rate_keeper_skips_and_counts_missed_periods_never_bursts():
 
 def test_rate_keeper_catches_up_at_most_max_catchup_periods():
     """A simulation that must not lose steps: overdue ticks run back to back, up to ``max_catchup``."""
-    clock = SimClock(0.0)
-    rk = RateKeeper(10, clock=clock, sleep=clock.sleep, max_catchup=2)
+    clock = ManualClock(0.0)
+    rk = RateKeeper(10, clock=clock, sleep=clock.advance, max_catchup=2)
     rk.start()
     assert rk.wait().index == 0
-    clock.sleep(0.55)               # 5.5 periods behind: ticks 1..5 are due
+    clock.advance(0.55)               # 5.5 periods behind: ticks 1..5 are due
     slots = [rk.poll() for _ in range(4)]
     assert [(s.index, s.skipped) for s in slots[:3]] == [(3, 2), (4, 0), (5, 0)]
     assert slots[3] is None         # caught up: tick 6 is not due yet
