@@ -295,7 +295,9 @@ def _engine_alone(model: Path, args: argparse.Namespace) -> list[dict[str, Any]]
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from tickcall.cluster import init_ray
+
+    started = init_ray(logging_level="ERROR")
     out: dict[str, Any] = {"bench": "serve", "machine": machine(), "loadavg_before": os.getloadavg()}
     try:
         if not args.skip_overhead:
@@ -330,7 +332,8 @@ def run(args: argparse.Namespace) -> int:
                       f"{bt['batching_gain_8']:.2f} (goal >= 3); engine alone: {bt['engine_alone_gain_8']:.2f}"
                       + (f"; stand-in engine: {bt['standin_gain_8']:.2f}" if bt["standin_gain_8"] else ""))
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     out["loadavg_after"] = os.getloadavg()
     print(f"load average before/after: {out['loadavg_before'][0]:.1f} / {out['loadavg_after'][0]:.1f} "
           f"({os.cpu_count()} cores)")
