@@ -44,27 +44,18 @@ from tickcall.control_loop.progress import Throttle
 from tickcall.control_loop.records import OUTCOMES, TickRecord
 from tickcall.control_loop.replies import call_dict, is_round_trip, judge, no_decision, stage_timings
 from tickcall.control_loop.settings import LoopSettings
+from tickcall.control_loop.world import World
 from tickcall.models.format import Turn
 
 from tickcall.timing import RateKeeper, Slot, percentile
 
-__all__ = ["ControlLoop", "LoopResult", "LoopSettings", "Observation"]
+__all__ = ["ControlLoop", "LoopResult", "LoopSettings"]
 
 log = logging.getLogger("tickcall.loop")
 
 POLL_GUARD_S = 0.0015  # stop polling this long before a tick is due; the rate keeper sleeps the rest
 MIN_POLL_MS = 1.0  # socket polls have 1 ms resolution: shorter waits are slept instead
 MAX_STALE = 256  # abandoned/superseded requests remembered to recognise their late replies
-
-
-@dataclass
-class Observation:
-    """What the world hands the loop each tick: the text for the turn and when it was taken (monotonic s)."""
-
-    text: str
-    taken_at: float
-    episode: int = 0
-    data: dict[str, Any] | None = None  # scalar observation fields, if the world provides them
 
 
 @dataclass
@@ -98,7 +89,7 @@ class ControlLoop:
         self,
         settings: LoopSettings,
         policy: Policy,
-        world: Any,
+        world: World,
         hands: Any = None,
         *,
         clock: Callable[[], float] = time.monotonic,

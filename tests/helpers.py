@@ -25,6 +25,30 @@ from tickcall.models.format import Turn
 
 FACTORY = "tests.helpers:injected_engine"
 
+# A CartPole-like tool set (one enum argument, one tool without arguments) for service tests.
+CART_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "push",
+            "description": "Push the cart.",
+            "parameters": {
+                "type": "object",
+                "properties": {"dir": {"type": "string", "enum": ["left", "right"]}},
+                "required": ["dir"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "wait",
+            "description": "Do nothing.",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    },
+]
+
 
 class InjectedEngine:
     """Delegates to ``inner``; adds the fixed per-batch delay (ms) and the failure marker."""

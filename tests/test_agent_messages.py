@@ -12,6 +12,7 @@ from __future__ import annotations
 import msgpack
 import msgspec
 import pytest
+from helpers import CART_TOOLS
 from tickcall.agent import protocol as P
 from tickcall.agent.config import ServeConfig
 from tickcall.agent.inproc import InProcPolicy
@@ -37,20 +38,7 @@ from tickcall.agent.messages import (
 from tickcall.agent.server import PolicyServer
 from tickcall.models.engine import NoOpEngine
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "push",
-            "description": "Push the cart.",
-            "parameters": {
-                "type": "object",
-                "properties": {"dir": {"type": "string", "enum": ["left", "right"]}},
-                "required": ["dir"],
-            },
-        },
-    }
-]
+TOOLS = CART_TOOLS[:1]  # push(dir) only
 
 # requests exactly as docs/protocol.md (and examples/mode2_client.py) write them
 OLD_REQUESTS = [

@@ -13,7 +13,7 @@ import time
 import msgpack
 import pytest
 import zmq
-from helpers import injected
+from helpers import CART_TOOLS, injected
 from tickcall.agent import protocol as P
 from tickcall.agent.client import PolicyClient, PolicyError, PolicyTimeout
 from tickcall.agent.config import CurveConfig, ServeConfig
@@ -22,28 +22,7 @@ from tickcall.agent.messages import CallReply, ErrorReply
 from tickcall.agent.security import check_bind, generate_keys, is_local_endpoint
 from tickcall.agent.server import PolicyServer
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "push",
-            "description": "Push the cart.",
-            "parameters": {
-                "type": "object",
-                "properties": {"dir": {"type": "string", "enum": ["left", "right"]}},
-                "required": ["dir"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "wait",
-            "description": "Do nothing.",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    },
-]
+TOOLS = CART_TOOLS
 
 
 class Raw:

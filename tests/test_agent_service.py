@@ -13,7 +13,7 @@ import time
 
 import msgpack
 import pytest
-from helpers import injected
+from helpers import CART_TOOLS, injected
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tickcall.agent import protocol as P
@@ -22,28 +22,7 @@ from tickcall.agent.messages import ErrorReply
 
 ray = pytest.importorskip("ray")
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "push",
-            "description": "Push the cart.",
-            "parameters": {
-                "type": "object",
-                "properties": {"dir": {"type": "string", "enum": ["left", "right"]}},
-                "required": ["dir"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "wait",
-            "description": "Do nothing.",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    },
-]
+TOOLS = CART_TOOLS
 
 
 @pytest.fixture(scope="module")

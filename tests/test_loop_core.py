@@ -17,10 +17,11 @@ import time
 import pytest
 from helpers import ScriptedEngine, injected
 from tickcall.agent.inproc import InProcPolicy
-from tickcall.control_loop.loop import ControlLoop, LoopSettings, Observation
+from tickcall.control_loop.loop import ControlLoop, LoopSettings
 from tickcall.control_loop.policy import Policy
 from tickcall.control_loop.records import OUTCOMES, count_outcomes
 from tickcall.control_loop.stats import summarize
+from tickcall.envs.world import EnvObservation as Observation
 from tickcall.models.calls import Call
 
 
