@@ -3,8 +3,9 @@
 The golden tests build the same state, history and futures status twice, once the way training does
 (``envs.teaching`` source -> ``models.training.collect`` rollout / ``show_history`` -> ``rows``) and
 once the way a run does (the env's binding text as the world observes it, the calls dispatched
-through a real ``AsyncFC`` and read back with ``history_lines``, the turn built as the loop builds
-it), and compare the rendered prompts byte for byte. The shipped students were trained with
+through a real ``AsyncFC`` and read back with ``history_lines``, and, in the last test, the control
+loop itself sending each turn over the wire to an in-process policy service whose engine records
+the suffix it prefills), and compare the rendered prompts byte for byte. The shipped students were trained with
 ``history_len`` 0: their observation text must stay what they saw in training.
 """
 
@@ -25,7 +26,8 @@ from tickcall.envs.experts import get_expert
 from tickcall.envs.policies import ModelPolicy, turn_for
 from tickcall.envs.teaching import get_source
 from tickcall.models.calls import Call, render_call
-from tickcall.models.format import Turn, get_template
+from tickcall.models.engine import NoOpEngine, RawHeads
+from tickcall.models.format import NULL, Turn, get_template
 from tickcall.models.prompt_text import (
     CallStatus,
     fmt_number,
@@ -227,3 +229,114 @@ def test_model_policy_history_is_the_lockstep_history():
     calls = ['push(direction="left")'] * 3
     assert pol.turn(obs) == make_turn(b.obs_text(obs), show_history(calls, 2, "lockstep", None))
     assert turn_for(b, obs, [Call("push", {"direction": "left"})] * 3, 2).history == pol.turn(obs).history
+
+
+class _TeacherEngine(NoOpEngine):
+    """An engine whose heads are the expert's call on the world's current observation; it keeps the
+    exact per-tick suffix it was asked to prefill (the run-time bytes)."""
+
+    def __init__(self, decide_call) -> None:
+        super().__init__()
+        self.decide_call = decide_call
+        self.suffixes: list[str] = []
+
+    def _decode(self, items):
+        out = []
+        for reg, turn in items:
+            self.suffixes.append(reg.template.suffix(turn))
+            call = self.decide_call()
+            texts = {h: NULL for h in reg.heads}
+            texts.update(function=call.name, arg1=call.arguments["direction"])
+            out.append(RawHeads(texts=texts, token_ids={h: [] for h in reg.heads}, unfinished=set(),
+                                prompt_tokens=0, cached_tokens=0, prefill_ms=0.0, decode_ms=0.0))
+        return out
+
+
+class _LockstepHands:
+    """The world's AsyncFC, waited on after each dispatch so the next tick sees the call finished
+    (the loop itself never waits; here the env steps only when a call is applied)."""
+
+    def __init__(self, fc: AsyncFC) -> None:
+        self.fc = fc
+
+    def dispatch(self, call, seq=None):
+        fut = self.fc.dispatch(call, seq=seq)
+        assert fut.wait(2.0), fut
+        return fut
+
+    def history_lines(self, limit):
+        return self.fc.history_lines(limit)
+
+
+class _SimClock:
+    """Simulated monotonic seconds: the loop's sleeps and empty polls move it forward."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+class _SimPolicy:
+    """An in-process policy (lock-step: it answers at once) on the simulated clock: a poll with
+    nothing ready spends its timeout in simulated time, as a socket poll would in real time."""
+
+    def __init__(self, inner, clock: _SimClock) -> None:
+        self.inner, self.clock = inner, clock
+
+    def send_decide(self, turn, tick_id, deadline_ms=None):
+        return self.inner.send_decide(turn, tick_id, deadline_ms)
+
+    def poll(self, timeout_ms=0):
+        replies = self.inner.poll()
+        if not replies:
+            self.clock.sleep(timeout_ms / 1e3)
+        return replies
+
+
+def test_golden_training_row_equals_the_control_loops_turn():
+    """The same episode through the control loop (lock-step world, real AsyncFC, in-process policy
+    service over the wire, history 3): the suffix the engine prefills at each tick equals the
+    training row's suffix, byte for byte."""
+    from tickcall.agent.inproc import InProcPolicy
+    from tickcall.control_loop.loop import ControlLoop
+    from tickcall.control_loop.settings import LoopSettings
+    from tickcall.envs.world import EnvObservation
+
+    seed, n, history = 5, 10, 3
+    src = get_source("CartPole-v1")
+    recs, _ = rollout(src, TEACHER, [seed], n_envs=1, history_len=history, history_style="lockstep",
+                      hold=3, max_decisions=n)
+
+    binding = make_binding("CartPole-v1")
+    expert = get_expert("CartPole-v1", binding)
+    actuator = EnvStepActuator(binding, hold=3)
+    actuator.reset(seed)
+    order = {s.name: list(s.param_names) for s in binding.specs}
+    clock = _SimClock()
+    fc = AsyncFC([Lane("env", tools=tuple(order), policy="latest", timeout_complete_s=1.0)],
+                 {"env": actuator}, clock=clock, param_order=order)
+
+    class World:
+        def observe(self):
+            return EnvObservation(text=binding.obs_text(actuator.obs), taken_at=clock())
+
+        def fallback(self, kind):
+            raise AssertionError(f"unexpected fallback {kind}")
+
+    engine = _TeacherEngine(lambda: expert.act(actuator.obs))
+    policy = InProcPolicy(engine)
+    policy.register(binding.tools, template="compact")
+    loop = ControlLoop(LoopSettings(rate_hz=16.0, history=history), _SimPolicy(policy, clock), World(),
+                       _LockstepHands(fc), clock=clock, sleep=clock.sleep)
+    try:
+        loop.run(max_ticks=n)
+    finally:
+        fc.shutdown(timeout_s=0.5)
+    template = get_template("compact")
+    assert engine.suffixes == [template.suffix(record_turn(r)) for r in recs]
+    assert len(engine.suffixes) == n and "@f9 done]" in engine.suffixes[-1]  # calls 7..9 in the last turn
