@@ -340,3 +340,19 @@ def test_golden_training_row_equals_the_control_loops_turn():
     template = get_template("compact")
     assert engine.suffixes == [template.suffix(record_turn(r)) for r in recs]
     assert len(engine.suffixes) == n and "@f9 done]" in engine.suffixes[-1]  # calls 7..9 in the last turn
+
+
+def test_a_real_time_worlds_set_point_reads_done_as_training_writes_it():
+    """The gymnasium world's hands (one latest lane applying to a RealTimeEnv) return an apply receipt,
+    which is not JSON data: the history line is the bare ``done`` line training writes."""
+    from tickcall.world import make_world
+
+    world = make_world("tickcall/Arena-v0")
+    try:
+        world.start()
+        world.hands.dispatch(Call("aim", {"direction": "N"}), seq=1)
+        assert world.hands.settle(5.0)
+        lines = world.hands.history_lines(4)
+    finally:
+        world.close()
+    assert lines == show_history(['aim(direction="N")'], 4, "lockstep", None) == ['aim(direction="N")@f1 done']
