@@ -56,12 +56,14 @@ def quant_python() -> Path:
 # --------------------------------------------------------------------------- data
 
 
-def teacher_records(env_id: str, episodes: int, seed: int, max_decisions: int = 200):
-    """Teacher-labelled states of ``env_id`` (the training pipeline's collector), one episode per seed."""
-    from tickcall.models.training.collect import TEACHER, rollout
-    from tickcall.envs.teaching import get_source  # models -> envs: to move to the root (layering)
+def teacher_records(env_id: str, episodes: int, seed: int, max_decisions: int = 200, *, sources=None):
+    """Teacher-labelled states of ``env_id`` (the training pipeline's collector), one episode per seed.
 
-    source = get_source(env_id)
+    ``sources``: the envs' ``SourceFactory`` (``tickcall.envs.teaching.get_source``; this room does not
+    import the envs, the caller hands it in)."""
+    from tickcall.models.training.collect import TEACHER, rollout
+
+    source = _source(sources, env_id)
     records, _ = rollout(source, TEACHER, list(range(seed, seed + episodes)), n_envs=min(8, episodes),
                          max_decisions=max_decisions, rng_seed=seed)
     return source.tools, records
@@ -73,8 +75,14 @@ def _texts_from_records(records, tools, template, system) -> list[str]:
     return [inp + tgt for r in records for inp, tgt, _ in branch_texts(r, tools, template, system, "used")]
 
 
+def _source(sources, env_id: str):
+    if sources is None:
+        raise QuantizeError(f"teacher data of {env_id} needs sources= (tickcall.envs.teaching.get_source)")
+    return sources(env_id, False, False)
+
+
 def calibration_texts(model: str | Path, calib: str | Path | None = None, samples: int = 128,
-                      seed: int = 0) -> list[str]:
+                      seed: int = 0, *, sources=None) -> list[str]:
     """``samples`` calibration texts: training rows of the model's envs (``tickcall.json`` ``envs``;
     default CartPole-v1), or lines of ``calib`` (JSONL: training records or ``{"text": ...}``)."""
     from tickcall.models.format import get_template
@@ -87,7 +95,6 @@ def calibration_texts(model: str | Path, calib: str | Path | None = None, sample
     texts: list[str] = []
     if calib:
         from tickcall.models.training.collect import Record
-        from tickcall.envs.teaching import get_source  # models -> envs: to move to the root (layering)
 
         tools_by_env: dict[str, Any] = {}
         for n, line in enumerate(Path(calib).read_text().splitlines(), 1):
@@ -99,14 +106,14 @@ def calibration_texts(model: str | Path, calib: str | Path | None = None, sample
             elif "call" in row and "query" in row:
                 rec = Record.from_dict(row)
                 if rec.env_id not in tools_by_env:
-                    tools_by_env[rec.env_id] = get_source(rec.env_id).tools
+                    tools_by_env[rec.env_id] = _source(sources, rec.env_id).tools
                 texts += _texts_from_records([rec], tools_by_env[rec.env_id], template, system)
             else:
                 raise QuantizeError(f"{calib}:{n}: expected a training record or {{\"text\": ...}}")
     else:
         envs = meta.get("envs") or [DEFAULT_ENV]
         for i, env_id in enumerate(envs):
-            tools, records = teacher_records(env_id, episodes=4, seed=seed + 1000 * i)
+            tools, records = teacher_records(env_id, episodes=4, seed=seed + 1000 * i, sources=sources)
             texts += _texts_from_records(records, tools, template, system)
     if not texts:
         raise QuantizeError("no calibration text")
@@ -128,7 +135,7 @@ class QuantizeResult:
 def quantize_awq(model: str | Path, out: str | Path, *, calib: str | Path | None = None, samples: int = 128,
                  max_seq_length: int = 512, group_size: int = 128, n_grid: int = 20, symmetric: bool = False,
                  python: str | Path | None = None, timeout_s: float | None = None,
-                 log=None) -> QuantizeResult:
+                 log=None, sources=None) -> QuantizeResult:
     """AWQ + W4A16 (int4 weights, group ``group_size``) of the dense folder ``model`` into ``out``.
 
     Runs llm-compressor in the quantization environment (see module doc); raises :class:`QuantizeError`
@@ -147,7 +154,7 @@ def quantize_awq(model: str | Path, out: str | Path, *, calib: str | Path | None
     if out.exists() and any(out.iterdir()):
         raise QuantizeError(f"{out} exists and is not empty")
     py = Path(python) if python else quant_python()
-    texts = calibration_texts(model, calib, samples)
+    texts = calibration_texts(model, calib, samples, sources=sources)
     with tempfile.TemporaryDirectory(prefix="tickcall-quant-") as tmp:
         job = Path(tmp) / "job.json"
         job.write_text(json.dumps({
@@ -222,13 +229,13 @@ def compare_engines(a, b, tools: Sequence[Any], turns: Sequence[Any], keep: int 
                      per_head={h: c / n for h, c in per_head.items()})
 
 
-def heldout_turns(model: str | Path, n: int = 200, seed: int = 50_000):
+def heldout_turns(model: str | Path, n: int = 200, seed: int = 50_000, *, sources=None):
     """(tools, turns) of held-out teacher states of the model's first env (seeds far from calibration)."""
     from tickcall.models.training.rows import record_turn
 
     meta = read_model_meta(Path(model))
     env_id = (meta.get("envs") or [DEFAULT_ENV])[0]
-    tools, records = teacher_records(env_id, episodes=4, seed=seed)
+    tools, records = teacher_records(env_id, episodes=4, seed=seed, sources=sources)
     rng = random.Random(seed)
     rng.shuffle(records)
     return tools, [record_turn(r) for r in records[:n]]
@@ -236,21 +243,21 @@ def heldout_turns(model: str | Path, n: int = 200, seed: int = 50_000):
 
 def round_trip(model: str | Path, workdir: str | Path, *, samples: int = 128, turns: int = 200,
                n_grid: int = 20, calib: str | Path | None = None, python: str | Path | None = None,
-               vllm: bool = False) -> dict[str, Any]:
+               vllm: bool = False, sources=None) -> dict[str, Any]:
     """Quantize ``model`` into ``workdir/w4a16`` and :func:`check` it (see there)."""
     w4 = Path(workdir) / "w4a16"
-    q = quantize_awq(model, w4, calib=calib, samples=samples, n_grid=n_grid, python=python)
-    return {"quantize": asdict(q), **check(model, w4, turns=turns, vllm=vllm)}
+    q = quantize_awq(model, w4, calib=calib, samples=samples, n_grid=n_grid, python=python, sources=sources)
+    return {"quantize": asdict(q), **check(model, w4, turns=turns, vllm=vllm, sources=sources)}
 
 
 def check(model: str | Path, w4a16: str | Path, *, turns: int = 200, vllm: bool = False,
-          max_new_tokens: int = 16) -> dict[str, Any]:
+          max_new_tokens: int = 16, sources=None) -> dict[str, Any]:
     """Calls of the W4A16 folder (loaded by the transformers backend: dequantized) against the dense
     ``model`` on held-out turns. With ``vllm=True`` also the W4A16 folder on vLLM (int4 kernels: a GPU
     or an AVX-512 CPU, bf16) against the dense model and against transformers' W4A16."""
     from tickcall.models.hf_engine import HFEngine
 
-    tools, held = heldout_turns(model, turns)
+    tools, held = heldout_turns(model, turns, sources=sources)
     ref = HFEngine(model, device="cpu", max_new_tokens=max_new_tokens)
     quant = HFEngine(w4a16, device="cpu", max_new_tokens=max_new_tokens)
     out: dict[str, Any] = {"model": str(model), "w4a16": str(w4a16), "turns": len(held),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tickcall.envs.teaching import get_source
 from tickcall.models import quantize as q
 from tickcall.models.calls import Call
 from tickcall.models.training.collect import Record
@@ -25,7 +26,7 @@ def test_calibration_from_text_and_training_records(tmp_path):
     calib = tmp_path / "calib.jsonl"
     rec = Record("CartPole-v1", "x=+0.012 v=-0.340 a=+0.021 w=+0.551", [], Call("push", {"direction": "left"}))
     calib.write_text(json.dumps({"text": "hello"}) + "\n\n" + json.dumps(rec.to_dict()) + "\n")
-    texts = q.calibration_texts(model, calib, samples=100)
+    texts = q.calibration_texts(model, calib, samples=100, sources=get_source)
     assert "hello" in texts
     rows = [t for t in texts if t != "hello"]
     assert rows and all("x=+0.012" in t and t.endswith("<|im_end|>") for t in rows)
@@ -33,7 +34,7 @@ def test_calibration_from_text_and_training_records(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"nope": 1}) + "\n")
     with pytest.raises(q.QuantizeError, match="bad.jsonl:1"):
-        q.calibration_texts(model, bad)
+        q.calibration_texts(model, bad, sources=get_source)
 
 
 def test_refusals_before_running_anything(tmp_path, monkeypatch):
@@ -121,13 +122,13 @@ def test_trained_model_w4a16_agrees_with_dense(trained):
 
     tmp, model, data, scores = trained
     assert scores["envs"]["CartPole-v1"]["heldout"]["per_head"]["function"] > 0.95  # it did learn
-    res = q.quantize_awq(model, tmp / "w4", calib=data, samples=32, n_grid=5)
+    res = q.quantize_awq(model, tmp / "w4", calib=data, samples=32, n_grid=5, sources=get_source)
     assert res.quantization == {"method": "compressed-tensors", "format": "pack-quantized",
                                 "weight_bits": 4, "group_size": 128}
     assert (tmp / "w4" / "tickcall.json").exists()
     assert q._size(tmp / "w4") < q._size(model)
 
-    tools, turns = q.heldout_turns(model, n=60)
+    tools, turns = q.heldout_turns(model, n=60, sources=get_source)
     dense = load_engine(model, device="cpu", max_new_tokens=8)
     w4 = load_engine(tmp / "w4", device="cpu", max_new_tokens=8)
     w = w4.model.model.layers[0].mlp.down_proj.weight.detach()

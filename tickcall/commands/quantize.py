@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tickcall.envs.teaching import get_source
     from tickcall.models.engine import EngineError
     from tickcall.models.quantize import QuantizeError, check, quantize_awq
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             res = quantize_awq(args.model, args.out, calib=args.calib, samples=args.samples,
                                max_seq_length=args.max_seq_length, group_size=args.group_size,
-                               n_grid=args.n_grid, symmetric=args.symmetric, python=args.python)
+                               n_grid=args.n_grid, symmetric=args.symmetric, python=args.python,
+                               sources=get_source)
         except QuantizeError as exc:
             raise SystemExit(f"tickcall quantize: {exc}") from None
         result.update({"out": res.out, "seconds": round(res.seconds, 1), "samples": res.samples,
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {res.out}: {res.quantization} ({res.samples} calibration samples, {res.seconds:.1f} s)")
     if args.check or args.check_only:
         try:
-            found = check(args.model, args.out, turns=args.check or 200, vllm=args.vllm)
+            found = check(args.model, args.out, turns=args.check or 200, vllm=args.vllm, sources=get_source)
         except EngineError as exc:
             raise SystemExit(f"tickcall quantize: {exc}") from None
         result["check"] = found
