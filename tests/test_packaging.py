@@ -19,6 +19,7 @@ Checked there, from folders outside the repository:
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -42,8 +43,13 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complete
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # A copy of the sources: setuptools builds in the source tree's build/, where modules removed since
+    # an earlier build would linger and be packed.
+    src = out / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "reports", "runs", ".*_cache"))
     r = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-              "-w", str(out), str(REPO)], cwd=out)
+              "-w", str(out), str(src)], cwd=out)
     assert r.returncode == 0, r.stderr[-3000:]
     (path,) = out.glob("tickcall-*.whl")
     return path
