@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from tickcall.envs.catalog import EnvEntry, entry_for
 from tickcall.envs.obs_text import ObsFormatter
 from tickcall.envs.spaces import ActionError, SpaceAdapter
@@ -288,7 +287,6 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
         render_mode, env_kwargs: passed to ``gymnasium.make`` when ``env`` is an id.
     """
     import gymnasium as gym
-
     import tickcall.envs  # noqa: F401  (registers the built-in envs)
 
     if on_invalid not in ("clip", "reject"):

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-
 from tickcall.envs.binding import EnvBinding, make_binding
 from tickcall.models.calls import Call
 

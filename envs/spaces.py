@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from tickcall.models.calls import Call
 from tickcall.models.tools import MAX_ARITY, ToolSpec, normalize_tool
 

@@ -12,7 +12,6 @@ import json
 import time
 
 import torch
-
 from tickcall.models.assembly import Assembled, parse_json_strict
 from tickcall.models.calls import Call
 from tickcall.models.engine import Engine, RawHeads, Registration

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from tickcall.models.engine import Engine, EngineError, RawHeads, Registration
 from tickcall.models.format import CHAT_TOKENS, IM_END, NULL, SPECIAL_TOKENS, Turn, close_tag, open_tag
 from tickcall.models.lean import LeanLM
@@ -79,7 +78,9 @@ class HFEngine(Engine):
         self.default_template = template or self.meta.get("template", "v2")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.token_ids = check_special_tokens(self.tokenizer)
-        from tickcall.models.quantize_load import transformers_load_kwargs  # W4A16 (compressed-tensors): dequantized
+        from tickcall.models.quantize_load import (
+            transformers_load_kwargs,  # W4A16 (compressed-tensors): dequantized
+        )
 
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype,
                                                           **transformers_load_kwargs(self.model_path)).to(self.device)

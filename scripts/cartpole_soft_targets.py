@@ -30,8 +30,6 @@ def bin_name(lo: float, hi: float) -> str:
 
 def run_arm(tau: float, args, train_recs, held_recs, src, workdir: Path) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from tickcall.envs.experts import cartpole_margin
     from tickcall.models.format import get_template
     from tickcall.models.prompt_text import make_turn
@@ -41,6 +39,7 @@ def run_arm(tau: float, args, train_recs, held_recs, src, workdir: Path) -> dict
     from tickcall.models.training.sources import text_values
     from tickcall.models.training.student import BatchStudent
     from tickcall.models.training.trainer import TrainSettings, train
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     template = get_template("compact")
     corpus = [i + t for r in train_recs[:2000] for i, t, _ in branch_texts(r, src.tools, template)[:2]]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tickcall.models.format import IM_END, NULL, Turn, close_tag, open_tag
 from tickcall.models.hf_engine import HFEngine, TokenizerFormatError
 

@@ -7,9 +7,8 @@ import re
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
-
 import tickcall.envs as envs
+from gymnasium.utils.env_checker import check_env
 from tickcall.envs.arena import DIRECTIONS, ArenaEnv, features, sector
 from tickcall.envs.binding import make_binding
 from tickcall.envs.experts import ArenaExpert, RandomPolicy

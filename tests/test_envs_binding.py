@@ -5,7 +5,6 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-
 from tickcall.envs.binding import make_binding
 from tickcall.envs.experts import EXPERTS, RandomPolicy, get_expert
 from tickcall.envs.obs_text import ObsFormatter, fmt_number

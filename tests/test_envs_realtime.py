@@ -12,7 +12,6 @@ import time
 import gymnasium as gym
 import numpy as np
 import pytest
-
 from tickcall.envs.actuators import CallRejected, EnvStepActuator, RealTimeActuator, actuator_for
 from tickcall.envs.binding import make_binding
 from tickcall.envs.evaluate import evaluate
@@ -21,6 +20,7 @@ from tickcall.envs.policies import ModelPolicy, turn_for
 from tickcall.envs.realtime import RealTimeEnv
 from tickcall.models.calls import Call
 from tickcall.models.engine import NoOpEngine
+
 from tickcall.cli import main as cli_main
 
 

@@ -9,7 +9,6 @@ import pytest
 from gymnasium import spaces as S
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from tickcall.envs.spaces import ActionError, SpaceAdapter, UnsupportedSpaceError, actions_equal
 from tickcall.models.assembly import assemble
 from tickcall.models.calls import Call

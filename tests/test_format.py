@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-
 from tickcall.models.assembly import assemble
 from tickcall.models.calls import Call, render_call
 from tickcall.models.format import (

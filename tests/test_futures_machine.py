@@ -21,7 +21,6 @@ from __future__ import annotations
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
 from tickcall.control_loop.futures import PENDING, ActuatorCrash, AsyncFC, CallState, Lane, ManualClock
 from tickcall.models.calls import Call
 

@@ -10,7 +10,6 @@ import os
 import threading
 
 import pytest
-
 from tickcall.control_loop.futures import (
     PENDING,
     ActuatorCrash,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tickcall.control_loop.config import ConfigError, RunConfig, from_dict, load_run_config, validate
 from tickcall.control_loop.records import TickRecord
 from tickcall.control_loop.report import read_ticks, write_report
 from tickcall.control_loop.stats import summarize
+
 from tickcall.timing import percentile, summary
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("run*.yaml"))

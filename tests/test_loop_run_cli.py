@@ -37,8 +37,9 @@ def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
 
 
 def test_resolve_model_without_a_shipped_model(monkeypatch):
-    from tickcall import job as runner
     from tickcall.control_loop.config import load_run_config
+
+    from tickcall import job as runner
 
     cfg = load_run_config(None, {"backend": "transformers"})
     monkeypatch.setattr(runner, "shipped_default_model", lambda env=None: None)

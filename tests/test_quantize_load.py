@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tickcall.models.loading import load_engine
 from tickcall.models.quantize_load import QuantizedCheckpointError, transformers_load_kwargs
 

@@ -16,8 +16,8 @@ ARENA = "tickcall/Arena-v0"
 def test_arena_samples_are_real_observations_labelled_by_the_expert():
     from tickcall.envs.binding import make_binding
     from tickcall.envs.experts import get_expert
-    from tickcall.models.training.coverage import arena_states, coverage_records
     from tickcall.envs.teaching import get_source
+    from tickcall.models.training.coverage import arena_states, coverage_records
 
     b = make_binding(ARENA)
     space = b.env.observation_space
@@ -34,8 +34,8 @@ def test_arena_samples_are_real_observations_labelled_by_the_expert():
 
 
 def test_arena_samples_cover_every_case_of_the_expert():
-    from tickcall.models.training.coverage import coverage_records
     from tickcall.envs.teaching import get_source
+    from tickcall.models.training.coverage import coverage_records
 
     recs = coverage_records(get_source(ARENA), 6000, 0)
     kinds = Counter()
@@ -58,8 +58,8 @@ def test_arena_samples_cover_every_case_of_the_expert():
 def test_cartpole_text_labels_follow_the_text_not_the_raw_floats():
     from tickcall.envs.binding import make_binding
     from tickcall.envs.experts import cartpole_action
-    from tickcall.models.training.coverage import cartpole_states
     from tickcall.envs.teaching import get_source, text_values
+    from tickcall.models.training.coverage import cartpole_states
 
     b = make_binding("CartPole-v1")
     raw = get_source("CartPole-v1").instance()
@@ -93,9 +93,9 @@ def test_builtin_cartpole_source_supports_text_labels():
 
 
 def test_unknown_env_has_no_sampler_and_configs_take_the_new_keys():
+    from tickcall.envs.teaching import get_source
     from tickcall.models.training.coverage import coverage_records
     from tickcall.models.training.pipeline import TrainConfig
-    from tickcall.envs.teaching import get_source
 
     with pytest.raises(KeyError, match="no state sampler"):
         coverage_records(get_source("Pendulum-v1"), 10, 0)

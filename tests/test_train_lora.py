@@ -9,10 +9,9 @@ torch = pytest.importorskip("torch")
 
 
 def test_lora_trains_adapters_and_new_rows_only_and_merges_exactly(tmp_path):
-    from transformers import AutoModelForCausalLM
-
     from tickcall.models.tiny import make_tiny_model
     from tickcall.models.training.smollm2 import add_lora, merge_lora
+    from transformers import AutoModelForCausalLM
 
     path = make_tiny_model(tmp_path / "m", hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64)
     model = AutoModelForCausalLM.from_pretrained(path)

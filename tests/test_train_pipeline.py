@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from tickcall.models.training.pipeline import TrainConfig
+
     from tickcall.training import make_pipeline
 
     tmp = tmp_path_factory.mktemp("ci")

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
+from tickcall.envs.teaching import get_source
 from tickcall.models.calls import Call
 from tickcall.models.format import Turn, get_template
 from tickcall.models.tools import normalize_tools
 from tickcall.models.training.collect import RANDOM, TEACHER, Record, rollout, show_history
 from tickcall.models.training.rows import DEFAULT_HEAD_WEIGHTS, RowCodec, branch_texts, train_heads
-from tickcall.envs.teaching import get_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,6 +161,7 @@ def test_a_config_turns_history_on_with_the_run_time_status_lines(tmp_path):
     import re
 
     from tickcall.models.training.pipeline import TrainConfig
+
     from tickcall.training import make_pipeline
 
     cfg = TrainConfig.load(ROOT / "configs" / "train-ci.yaml")

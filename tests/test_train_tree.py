@@ -7,19 +7,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tickcall.envs.teaching import CARTPOLE_TOOLS  # noqa: E402
 from tickcall.models.calls import Call  # noqa: E402
 from tickcall.models.format import get_template  # noqa: E402
 from tickcall.models.tools import normalize_tools  # noqa: E402
 from tickcall.models.training.collect import Record  # noqa: E402
 from tickcall.models.training.rows import RowCodec  # noqa: E402
-from tickcall.envs.teaching import CARTPOLE_TOOLS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from tickcall.models.tiny import make_tiny_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = make_tiny_model(tmp_path_factory.mktemp("tiny"), hidden=64, layers=2, template="compact", seed=3)
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -49,7 +48,6 @@ def test_tree_logits_equal_full_sequences(tiny):
 def test_tree_gradients_equal_full_sequence_loss(tiny):
     """The weighted branch loss through the shared caches gives the same gradient as the plain loss."""
     import torch.nn.functional as F
-
     from tickcall.models.training.tree import tree_loss
 
     _, model, _ = tiny
@@ -117,7 +115,6 @@ def test_soft_targets_replace_the_one_hot_on_the_first_value_token(tiny):
     """A soft target changes the CE of exactly that token: to -sum(p log q) over the scored tokens.
     A one-hot soft target gives back the plain loss."""
     import torch.nn.functional as F
-
     from tickcall.models.training.rows import SoftTarget
     from tickcall.models.training.tree import tree_loss
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tickcall.models import vllm_checks as vc
 from tickcall.models import vllm_engine as ve
 

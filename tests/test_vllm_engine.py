@@ -15,6 +15,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (scripts/setup.sh --de
 from tickcall.models.format import Turn  # noqa: E402
 from tickcall.models.hf_engine import HFEngine  # noqa: E402
 from tickcall.models.vllm_engine import VLLMEngine  # noqa: E402
+
 from tests.conftest import ARENA_LIKE_TOOLS  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -147,6 +148,7 @@ def test_unknown_handle_and_closed_engine():
 def test_bench_decode_reports_cache_and_single_step(engines):
     """tickcall bench decode's measurement on vLLM (a few ticks: counts only, no timing asserted)."""
     from tickcall.models.vllm_ar_baseline import VLLMAutoregressive
+
     from tickcall.bench.decode import measure_pair
 
     v, _ = engines

@@ -238,9 +238,8 @@ class Pipeline:
 
     def build_student(self, data: dict[str, list[Record]]):
         """Tokenizer + model (scratch) in ``work_dir/init`` (reused when present)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from tickcall.models.tiny import make_tiny_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         m = self.cfg.model
         init = self.work / "init"

@@ -125,7 +125,6 @@ def train_smollm2(cfg, log=print, progress: bool = True, heldout_n: int = 200,
     import time
 
     import torch
-
     from tickcall.models.prompt_text import make_turn
     from tickcall.models.training.evaluate import head_accuracy
     from tickcall.models.training.pipeline import Pipeline

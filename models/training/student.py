@@ -49,7 +49,6 @@ class BatchStudent:
 
     def _decide(self, turns: Sequence[Turn]) -> list[BatchDecision]:
         import torch
-
         from tickcall.models.training.tree import _cache_from, decoder_and_head, prompt_cache
 
         if not turns:
