@@ -24,7 +24,7 @@ def test_check_env_passes_for_every_builtin_env(env_id):
 
 
 def test_registered_and_makeable_by_module_prefix():
-    env = gym.make("envs:tickcall/Arena-v0")
+    env = gym.make("tickcall.envs:tickcall/Arena-v0")
     assert isinstance(env.unwrapped, ArenaEnv)
 
 
