@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tickcall.agent.messages import DecideReply
+from tickcall.control_loop.config import LoopSettings
 from tickcall.control_loop.policy import Policy
 from tickcall.control_loop.priority import raise_priority
 from tickcall.control_loop.progress import Throttle
 from tickcall.control_loop.records import OUTCOMES, TickRecord
 from tickcall.control_loop.replies import call_dict, is_round_trip, judge, no_decision, stage_timings
-from tickcall.control_loop.settings import LoopSettings
 from tickcall.control_loop.world import World
 from tickcall.models.format import Turn
 

@@ -303,8 +303,8 @@ def test_golden_training_row_equals_the_control_loops_turn():
     service over the wire, history 3): the suffix the engine prefills at each tick equals the
     training row's suffix, byte for byte."""
     from tickcall.agent.inproc import InProcPolicy
+    from tickcall.control_loop.config import LoopSettings
     from tickcall.control_loop.loop import ControlLoop
-    from tickcall.control_loop.settings import LoopSettings
     from tickcall.envs.world import EnvObservation
 
     seed, n, history = 5, 10, 3
