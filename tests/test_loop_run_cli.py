@@ -36,6 +36,28 @@ def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("env", "says"), [
+    ("Nope-v9", "cannot make env 'Nope-v9'"),
+    ("engine:foo", "engine:tcp://HOST:PORT"),
+])
+def test_unknown_env_is_one_line_before_anything_starts(env, says, capsys):
+    import ray
+
+    assert main(["run", "--env", env, "--backend", "noop", "--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not ray.is_initialized()  # refused before Ray, the service or the loop started
+
+
+def test_root_cause_of_an_actor_that_died_while_starting():
+    from tickcall.job import root_cause
+
+    died = RuntimeError("The actor died because of an error raised in its creation task\n"
+                        "  File \"x.py\", line 1\nWorldError: cannot make env 'X'")
+    assert root_cause(died) == "WorldError: cannot make env 'X'"
+    assert root_cause(ValueError("plain")) == "ValueError: plain"
+
+
 def test_resolve_model_without_a_shipped_model(monkeypatch):
     from tickcall.control_loop.config import load_run_config
 

@@ -28,7 +28,7 @@ from tickcall.control_loop.progress import ProgressPrinter
 from tickcall.control_loop.records import TickRecord
 from tickcall.control_loop.report import write_report
 from tickcall.control_loop.stats import summarize
-from tickcall.world import WorldSpec, world_factory
+from tickcall.world import WorldSpec, check_spec, world_factory
 
 
 class RunError(RuntimeError):
@@ -126,6 +126,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
     import ray
 
     stream = stream or sys.stderr
+    check_spec(cfg.env)  # a wrong env id is one line now, not an actor's traceback later
     model = resolve_model(cfg)
     cfg = replace(cfg, history=resolve_history(cfg, model))
     started_ray = init_ray(log_to_driver=True)
@@ -146,7 +147,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
                 service_actor, endpoint = start_policy_service(spec, cfg.service.bind,
                                                                max_restarts=cfg.service.max_restarts)
             except Exception as exc:
-                raise RunError(f"the policy service did not start: {type(exc).__name__}: {exc}") from exc
+                raise RunError(f"the policy service did not start: {root_cause(exc)}") from exc
             service_info = {"endpoint": endpoint, "started_here": True}
         else:
             service_info = {"endpoint": endpoint, "started_here": False}
@@ -163,7 +164,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             loop_actor = start_loop_actor(settings, world_factory(world), endpoint,
                                           client_timeout_ms=cfg.service.timeout_ms)
         except Exception as exc:
-            raise RunError(f"the control loop did not start: {type(exc).__name__}: {exc}") from exc
+            raise RunError(f"the control loop did not start: {root_cause(exc)}") from exc
         info = ray.get(loop_actor.info.remote())
         service_info.update({"epoch": info.get("epoch"), "engine": info.get("engine"),
                              "heads": info.get("heads"), "prefix_tokens": info.get("prefix_tokens")})
@@ -220,6 +221,16 @@ def _cleanup(loop_actor: Any, service_actor: Any) -> None:
         with contextlib.suppress(Exception):
             ray.get(service_actor.stop.remote(), timeout=10)
         ray.kill(service_actor, no_restart=True)
+
+
+def root_cause(exc: BaseException) -> str:
+    """One line for an exception, also when Ray wraps it (an actor that died in ``__init__`` carries the
+    whole remote traceback in its message; its last line is the error that killed it)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    if len(lines) > 1 and ":" in last:
+        return last
+    return f"{type(exc).__name__}: {last or repr(exc)}"
 
 
 def _say(stream: TextIO, text: str) -> None:

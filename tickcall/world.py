@@ -23,7 +23,7 @@ from tickcall.control_loop.futures.core import AsyncFC
 from tickcall.control_loop.futures.lanes import Lane
 from tickcall.control_loop.world import World, WorldError, WorldFactory
 
-__all__ = ["WorldError", "WorldSpec", "make_hands", "make_world", "world_factory"]
+__all__ = ["WorldError", "WorldSpec", "check_spec", "make_hands", "make_world", "world_factory"]
 
 
 @dataclass
@@ -70,6 +70,23 @@ def make_world(spec: WorldSpec | str, **kwargs: Any) -> World:
     rt = RealTimeEnv(binding, physics_hz=spec.physics_hz, mode="realtime", seed=spec.seed,
                      max_episodes=spec.max_episodes)
     return EnvWorld(binding, rt, make_hands(rt, binding), env_id=spec.env, history_chars=spec.history_chars)
+
+
+def check_spec(spec: WorldSpec | str) -> None:
+    """Raise ``WorldError`` (one line) for a spec that cannot become a world, before any actor starts:
+    an unknown or deprecated gymnasium id, an engine endpoint that is not ``tcp://``/``ipc://``."""
+    env = spec if isinstance(spec, str) else spec.env
+    if env.startswith("engine:"):
+        endpoint = env[len("engine:"):]
+        if not endpoint.startswith(("tcp://", "ipc://")):
+            raise WorldError(f"{env}: an engine is named engine:tcp://HOST:PORT (or engine:ipc://PATH)")
+        return
+    import gymnasium as gym
+
+    try:
+        gym.spec(env)
+    except gym.error.Error as exc:
+        raise WorldError(f"cannot make env {env!r}: {exc}") from None
 
 
 def world_factory(spec: WorldSpec | str, **kwargs: Any) -> WorldFactory:
