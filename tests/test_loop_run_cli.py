@@ -89,3 +89,87 @@ def test_tickcall_run_writes_the_report(tmp_path):
     assert len((out / "ticks.jsonl").read_text().splitlines()) == 48
     assert (out / "latency_cdf.png").stat().st_size > 0 and (out / "timeline.png").stat().st_size > 0
     assert "ticks 48 at 16 Hz" in proc.stderr and "report:" in proc.stderr
+
+
+def _broken_folder(tmp_path: Path, how: str) -> Path:
+    """A copy of the shipped arena model, broken one way."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(ROOT / "models" / "shipped" / "tickcall-arena", folder)
+    if how == "config":
+        (folder / "config.json").write_text("{not json")
+    elif how == "truncated":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100_000])
+    elif how == "no-tokenizer":
+        (folder / "tokenizer.json").unlink()
+    return folder
+
+
+@pytest.mark.parametrize(("how", "says"), [
+    ("config", "config.json is not readable JSON"),
+    ("truncated", "model.safetensors is truncated"),
+    ("no-tokenizer", "tokenizer.json is missing"),
+])
+def test_broken_model_folder_is_one_line_before_anything_starts(tmp_path, capsys, how, says):
+    import ray
+
+    folder = _broken_folder(tmp_path, how)
+    assert main(["run", "--model", str(folder), "--duration", "1", "--report", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not ray.is_initialized() and not (tmp_path / "r").exists()
+
+
+def test_unwritable_report_folder_is_refused_before_the_run(tmp_path, capsys):
+    import ray
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["run", "--backend", "noop", "--duration", "1", "--report", str(blocker / "report")]) == 2
+    err = capsys.readouterr().err
+    assert "is not writable" in err and "--report DIR" in err and len(err.strip().splitlines()) == 1, err
+    assert not ray.is_initialized()
+
+
+def _interrupted_run(report: Path, after_first_tick: bool) -> tuple[int, str]:
+    """``tickcall run`` (no-op engine, 30 s) sent SIGINT during start-up or once ticks ran. The child
+    gets the default SIGINT action back: a background process may inherit it ignored."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tickcall.cli", "run", "--config", str(ROOT / "configs" / "run-noop.yaml"),
+         "--duration", "30", "--report", str(report)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    if after_first_tick:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("tick "):
+                break
+    else:
+        time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    return proc.returncode, "".join(seen) + rest
+
+
+@pytest.mark.slow
+def test_interrupt_during_start_up_exits_130_in_one_line(tmp_path):
+    code, out = _interrupted_run(tmp_path / "r", after_first_tick=False)
+    assert code == 130, out[-2000:]
+    assert "Traceback" not in out and "interrupted before the loop ran" in out
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_interrupt_after_ticks_exits_130_with_the_report(tmp_path):
+    code, out = _interrupted_run(tmp_path / "r", after_first_tick=True)
+    assert code == 130, out[-2000:]
+    assert "Traceback" not in out
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert 0 < rep["ticks"] < 480 and rep["ticks"] == sum(rep["outcomes"].values())
+    assert len((tmp_path / "r" / "ticks.jsonl").read_text().splitlines()) == rep["ticks"]

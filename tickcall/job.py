@@ -35,11 +35,16 @@ class RunError(RuntimeError):
     """The run cannot start (no model, service unreachable...): the message says what to do."""
 
 
+class RunInterrupted(RunError):
+    """Ctrl-C before the loop ran a tick: nothing to report (``tickcall run`` exits 130)."""
+
+
 @dataclass
 class RunOutcome:
     report: dict[str, Any]
     records: list[TickRecord]
     paths: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False   # Ctrl-C stopped the loop early; the report covers the ticks that ran
 
 
 def default_report_dir() -> str:
@@ -47,19 +52,39 @@ def default_report_dir() -> str:
 
 
 def resolve_model(cfg: RunConfig) -> str | None:
-    """The model folder: ``cfg.model``, else the shipped default; None for the noop backend."""
+    """The model folder: ``cfg.model``, else the shipped default; None for the noop backend. The folder
+    is checked here, in the driver (``models.folder_check``), before any actor starts."""
+    from tickcall.models.folder_check import ModelFolderError, check_model_folder
+
     if cfg.backend == "noop":
         return cfg.model
     if cfg.model is not None:
-        if not Path(cfg.model).expanduser().exists():
-            raise RunError(f"model folder {cfg.model} does not exist (models load from local folders only)")
-        return cfg.model
-    path = shipped_default_model(cfg.env)
-    if path is None or not Path(path).exists():
-        raise RunError("no model given and no shipped default model is installed: pass --model PATH "
-                       "(a SimpleTool-format model folder, e.g. one made by `tickcall train`) or "
-                       "--backend noop to check the plumbing without a model")
+        path = cfg.model
+    else:
+        path = shipped_default_model(cfg.env)
+        if path is None or not Path(path).exists():
+            raise RunError("no model given and no shipped default model is installed: pass --model PATH "
+                           "(a SimpleTool-format model folder, e.g. one made by `tickcall train`) or "
+                           "--backend noop to check the plumbing without a model")
+    try:
+        check_model_folder(path)
+    except ModelFolderError as exc:
+        raise RunError(str(exc)) from None
     return str(path)
+
+
+def prepare_report_dir(folder: str) -> str:
+    """Create the report folder and prove it writable now, so a run is never thrown away at its end."""
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".tickcall-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"report folder {out} is not writable ({exc.strerror or exc}); "
+                       "pass --report DIR with a folder you can write") from None
+    return str(out)
 
 
 def resolve_history(cfg: RunConfig, model: str | None) -> int:
@@ -128,11 +153,13 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
     stream = stream or sys.stderr
     check_spec(cfg.env)  # a wrong env id is one line now, not an actor's traceback later
     model = resolve_model(cfg)
+    folder = prepare_report_dir(cfg.report_dir or default_report_dir())
     cfg = replace(cfg, history=resolve_history(cfg, model))
-    started_ray = init_ray(log_to_driver=True)
     service_actor = None
     loop_actor = None
+    started_ray = False
     try:
+        started_ray = init_ray(log_to_driver=True)
         endpoint = cfg.service.endpoint
         service_info: dict[str, Any] = {}
         if endpoint is None:
@@ -170,6 +197,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
                              "heads": info.get("heads"), "prefix_tokens": info.get("prefix_tokens")})
 
         ref = loop_actor.run.remote(duration_s=cfg.duration_s, episodes=cfg.episodes)
+        interrupted = False
         printer = ProgressPrinter(stream) if cfg.progress else None
         seen_warnings: set[str] = set()
         try:
@@ -185,6 +213,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
                             printer.message(f"warning: {w}")
                     printer.update(status)
         except KeyboardInterrupt:
+            interrupted = True
             _say(stream, "\ninterrupted: stopping the loop (the report is still written) ...")
             ray.get(loop_actor.stop.remote())
         result = ray.get(ref)
@@ -201,11 +230,14 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
                            "latency_p99_ms": report["latency_ms"]["p99"],
                            "episodes_done": len(report["episodes"]),
                            "last_return": report["episodes"][-1]["return"] if report["episodes"] else None})
-        folder = cfg.report_dir or default_report_dir()
         paths = write_report(report, records, folder, plots=cfg.plots)
-        return RunOutcome(report=report, records=records, paths=paths)
+        return RunOutcome(report=report, records=records, paths=paths, interrupted=interrupted)
+    except KeyboardInterrupt:
+        raise RunInterrupted("interrupted before the loop ran: no report written") from None
     finally:
         _cleanup(loop_actor, service_actor)
+        with contextlib.suppress(OSError):  # a run that never reported leaves no empty folder behind
+            Path(folder).rmdir()
         if started_ray:
             ray.shutdown()
 

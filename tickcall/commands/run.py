@@ -78,10 +78,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"tickcall run: bad configuration: {exc}", file=sys.stderr)
         return 2
     from tickcall.control_loop.world import WorldError
-    from tickcall.job import RunError, run_job, summary_lines
+    from tickcall.job import RunError, RunInterrupted, run_job, summary_lines
 
     try:
         outcome = run_job(cfg)
+    except RunInterrupted as exc:
+        print(f"tickcall run: {exc}", file=sys.stderr)
+        return 130
     except (RunError, WorldError) as exc:
         print(f"tickcall run: {exc}", file=sys.stderr)
         return 2
@@ -93,4 +96,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"plots were not written: {outcome.paths['plot_error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(outcome.report, indent=2, default=str))
-    return 0
+    return 130 if outcome.interrupted else 0  # 128 + SIGINT, as shells report an interrupted command
