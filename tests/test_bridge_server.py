@@ -375,6 +375,7 @@ BIND_CASES = [
     ("tcp://[::1]:5560", True), ("tcp://::1:5560", True), ("ipc:///tmp/tickcall-bridge", True),
     ("inproc://bridge", True),
     ("tcp://localhost.evil.example:5560", False),  # the policy service called it local
+    ("tcp://localhostfoo:5560", False),  # a prefix match called it local
     ("tcp://127.evil.example:5560", False),  # both called it local: a name, resolved anywhere
     ("udp://127.0.0.1:5560", False), ("ws://127.0.0.1:5560", False),  # the bridge called them local
     ("tcp://0.0.0.0:5560", False), ("tcp://*:5560", False), ("tcp://lo:5560", False),
