@@ -11,6 +11,18 @@ from typing import Any
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
+# Serve settings that must be integers >= 1 (poll_ms 0 would make the idle server busy-spin).
+_POSITIVE_INTS = (
+    "max_batch",
+    "max_registrations",
+    "poll_ms",
+    "max_turn_tokens",
+    "max_prefix_tokens",
+    "max_streams_per_client",
+    "max_queued_bytes_per_client",
+    "max_registrations_per_client",
+)
+
 
 @dataclass
 class CurveConfig:
@@ -42,6 +54,13 @@ class ServeConfig:
     ``gather_ms``: when fewer decides are queued than the previous batch held, the engine thread waits
     up to this long for the others before decoding (0: never wait; a lone client never waits).
     ``poll_ms``: idle wake-up period of the serving loop (stop checks only; requests wake it at once).
+
+    Resource control (docs/protocol.md, codes ``too_long`` and ``over_quota``): ``max_turn_tokens``
+    bounds one decide's per-tick suffix and ``max_prefix_tokens`` a registered tool prefix (tokens of the
+    engine's own tokenizer, counted before any forward pass; both also capped by the model's context
+    length where the engine knows it). ``max_streams_per_client`` and ``max_queued_bytes_per_client``
+    (wire bytes) bound one client's queued decides; ``max_registrations_per_client`` bounds the tool sets
+    one client holds (its own oldest is released first, never another client's).
     """
 
     engine: dict[str, Any] = field(default_factory=lambda: {"backend": "noop"})
@@ -52,6 +71,11 @@ class ServeConfig:
     max_registrations: int = 256
     gather_ms: float = 1.0
     poll_ms: int = 100
+    max_turn_tokens: int = 512
+    max_prefix_tokens: int = 4096
+    max_streams_per_client: int = 16
+    max_queued_bytes_per_client: int = 4 << 20
+    max_registrations_per_client: int = 16
     curve: CurveConfig | None = None
     allow_insecure: bool = False
     num_gpus: float | None = None  # Ray actor: None = 1 when the cluster has a GPU, else 0
@@ -65,10 +89,10 @@ class ServeConfig:
             raise ValueError("max_message_bytes must be at least 1024")
         if not 0 <= self.gather_ms <= 100:
             raise ValueError("gather_ms must be in [0, 100] ms")
-        if self.max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
-        if self.max_registrations < 1:
-            raise ValueError("max_registrations must be at least 1")
+        for name in _POSITIVE_INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
     @property
     def hard_limit(self) -> int:

@@ -6,7 +6,12 @@ runs one in the caller's thread. Both therefore answer the same requests with th
 
 Invariants:
 * A tool set (tools, system, template), byte for byte, has one handle per epoch, whoever registers it;
-  at most ``max_registrations`` are kept, the least recently registered is evicted first.
+  at most ``max_registrations`` are kept and each owner holds at most ``max_registrations_per_client``:
+  an owner over its quota releases its own least recently registered set; over the server-wide cap the
+  registering owner's own sets go first, another client's only when it holds none (size
+  ``max_registrations`` >= clients x per-client quota and that never happens).
+* Token budgets (``agent.quotas.TokenBudget``) are checked with the engine's tokenizer before any
+  forward pass: a tool prefix or a turn over budget is answered ``too_long`` and never reaches the engine.
 * ``decide`` answers every job exactly once, in order: ``call``, or ``error`` (``unknown_handle`` for
   a handle dropped after it was queued, ``engine_failure`` for a request the engine could not decide;
   a failing batch is retried request by request, so one bad request fails alone).
@@ -25,6 +30,7 @@ from typing import Any
 
 import msgspec
 from tickcall.agent import protocol as P
+from tickcall.agent import quotas as Q
 from tickcall.agent.messages import (
     Bye,
     ByeReply,
@@ -81,15 +87,27 @@ class Job:
     turn: Turn
     recv_t: float  # time.perf_counter() at receipt (s): the origin of deadline_ms
     expires_t: float | None = None  # recv_t + deadline (s); None without a deadline
+    nbytes: int = 0  # wire size of the request (bytes), counted against the client's queue quota
 
 
 class PolicyCore:
     """Registrations and decisions of one engine in one epoch."""
 
-    def __init__(self, engine: Any, epoch: str, max_registrations: int) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        epoch: str,
+        max_registrations: int,
+        *,
+        max_registrations_per_client: int = 16,
+        max_turn_tokens: int = 512,
+        max_prefix_tokens: int = 4096,
+    ) -> None:
         self.engine = engine
         self.epoch = epoch
         self.max_registrations = max_registrations
+        self.max_registrations_per_client = max_registrations_per_client
+        self.budget = Q.budget_for(engine, max_turn_tokens, max_prefix_tokens)
         self.stats: dict[str, int] = {}
         self.batch_sizes: dict[int, int] = {}
         self.busy_since: float | None = None  # perf_counter s while inside engine.decide_batch
@@ -138,6 +156,9 @@ class PolicyCore:
             reg = self._regs[handle]
             self._regs.move_to_end(handle)
         else:
+            refused = self._check_prefix(req)
+            if refused is not None:
+                return refused
             try:
                 r = self.engine.register(req.tools, system=req.system, template=req.template)
             except ToolSchemaError as exc:
@@ -163,12 +184,10 @@ class PolicyCore:
             self._regs[reg.handle] = reg
             self._by_key[key] = reg.handle
             while len(self._regs) > self.max_registrations:
-                _, old = self._regs.popitem(last=False)
-                del self._by_key[old.key]
-                self.engine.unregister(old.engine_handle)
-                self._count("evicted")
-            self.handles = frozenset(self._regs)
+                self._evict_for(owner, keep=reg.handle)
         reg.owners.add(owner)
+        self._enforce_client_quota(owner, keep=reg.handle)
+        self.handles = frozenset(self._regs)
         return Registered(
             id=req.id,
             epoch=self.epoch,
@@ -180,16 +199,56 @@ class PolicyCore:
             tools=list(reg.tool_names),
         )
 
+    def _check_prefix(self, req: Register) -> ErrorReply | None:
+        """``too_long`` when the tool prefix is over budget (tokens; counted, never prefilled)."""
+        try:
+            n = Q.prefix_tokens(self.engine, req.tools, req.system, req.template)
+        except ToolSchemaError as exc:
+            return P.error_reply("illegal_tools", str(exc)[:1000], req.id, self.epoch)
+        limit = self.budget.prefix_limit()
+        if n is None or n <= limit:
+            return None
+        self._count("too_long")
+        return P.error_reply(
+            "too_long",
+            f"the tool prefix has {n} tokens, the limit is {limit} (max_prefix_tokens, capped by the "
+            "model's context): offer fewer tools or shorter descriptions",
+            req.id,
+            self.epoch,
+        )
+
+    def _drop(self, reg: Registration) -> None:
+        del self._regs[reg.handle]
+        del self._by_key[reg.key]
+        self.engine.unregister(reg.engine_handle)
+
+    def _release(self, owner: Any, reg: Registration) -> None:
+        """``owner`` lets go of ``reg``; the tool set is dropped when nobody else holds it."""
+        reg.owners.discard(owner)
+        if not reg.owners:
+            self._drop(reg)
+
+    def _evict_for(self, owner: Any, keep: str) -> None:
+        """Server-wide cap: drop the oldest set ``owner`` holds, else the oldest of all (not ``keep``)."""
+        candidates = [r for h, r in self._regs.items() if h != keep]
+        own = [r for r in candidates if owner in r.owners]
+        victim = (own or candidates)[0]
+        self._count("evicted" if own else "evicted_other_client")
+        self._drop(victim)
+
+    def _enforce_client_quota(self, owner: Any, keep: str) -> None:
+        """An owner over ``max_registrations_per_client`` releases its own oldest sets (never others')."""
+        held = [r for h, r in self._regs.items() if owner in r.owners and h != keep]
+        for reg in held[: max(0, len(held) + 1 - self.max_registrations_per_client)]:
+            self._count("released_over_quota")
+            self._release(owner, reg)
+
     def bye(self, owner: Any, req: Bye) -> ByeReply:
         """Drop the tool sets that only ``owner`` registered."""
         for handle in list(self._regs):
             reg = self._regs[handle]
             if owner in reg.owners:
-                reg.owners.discard(owner)
-                if not reg.owners:
-                    del self._regs[handle]
-                    del self._by_key[reg.key]
-                    self.engine.unregister(reg.engine_handle)
+                self._release(owner, reg)
         self.handles = frozenset(self._regs)
         return ByeReply(id=req.id, epoch=self.epoch)
 
@@ -200,7 +259,11 @@ class PolicyCore:
         live: list[int] = []
         for i, job in enumerate(jobs):
             if job.req.handle in self._regs:
-                live.append(i)
+                refused = self._check_turn(job)
+                if refused is None:
+                    live.append(i)
+                else:  # answered without a forward pass: never delays the others in the batch
+                    replies[i] = refused
             else:  # evicted or dropped (bye) after it was queued
                 replies[i] = P.error_reply(
                     "unknown_handle",
@@ -217,6 +280,27 @@ class PolicyCore:
             for i, reply in zip(live, self._decide_live([jobs[i] for i in live]), strict=True):
                 replies[i] = reply
         return [r for r in replies if r is not None]
+
+    def _check_turn(self, job: Job) -> ErrorReply | None:
+        """``too_long`` when the decide's suffix is over budget (tokens of the engine's tokenizer)."""
+        reg = self._regs[job.req.handle]
+        try:
+            n = Q.suffix_tokens(self.engine, reg.engine_handle, job.turn)
+        except Exception as exc:  # a turn the template cannot render: the engine would fail it too
+            return self._engine_failure(job, exc)
+        limit = self.budget.turn_limit(reg.prefix_tokens)
+        if n is None or n <= limit:
+            return None
+        self._count("too_long")
+        return P.error_reply(
+            "too_long",
+            f"the turn has {n} tokens, the limit is {limit} (max_turn_tokens, capped by the model's "
+            f"context after the {reg.prefix_tokens}-token tool prefix): send a shorter query or history",
+            job.req.id,
+            self.epoch,
+            tick=job.req.tick,
+            handle=job.req.handle,
+        )
 
     def _decide_live(self, jobs: list[Job]) -> list[DecideReply]:
         t0 = self.busy_since = time.perf_counter()

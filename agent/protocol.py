@@ -92,6 +92,8 @@ ERROR_CODES: dict[str, str] = {
     "superseded": "a newer decide from the same client and stream replaced this one before decoding",
     "cancelled": "the client said bye before this decide was decoded",
     "engine_failure": "the engine raised while deciding this request",
+    "too_long": "the turn (decide) or tool prefix (register) has more tokens than the server allows",
+    "over_quota": "the client has too many queued streams or bytes, or the server has no room for its tools",
 }
 
 Request = Hello | Register | Decide | Ping | Bye

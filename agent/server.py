@@ -33,6 +33,7 @@ from tickcall.agent import protocol as P
 from tickcall.agent.config import ServeConfig
 from tickcall.agent.core import Job, PolicyCore
 from tickcall.agent.messages import Decide, ErrorReply, Hello, Limits, Ping, Pong, Register, Reply, Request
+from tickcall.agent.quotas import ClientQueues
 from tickcall.agent.security import check_bind, setup_server_curve
 
 log = logging.getLogger("tickcall.agent.server")
@@ -59,11 +60,20 @@ class PolicyServer:
         self._out_addr = f"inproc://policy-out-{self.epoch}"
         self.endpoint: str | None = None
         # engine-thread state (the core's handles and busy_since are read by the I/O thread too)
-        self._core = PolicyCore(engine, self.epoch, self.config.max_registrations)
+        cfg = self.config
+        self._core = PolicyCore(
+            engine,
+            self.epoch,
+            cfg.max_registrations,
+            max_registrations_per_client=cfg.max_registrations_per_client,
+            max_turn_tokens=cfg.max_turn_tokens,
+            max_prefix_tokens=cfg.max_prefix_tokens,
+        )
         self._last_batch = 0
         # shared (guarded by _cond)
         self._cond = threading.Condition()
         self._pending: dict[tuple[bytes, str], Job] = {}
+        self._quota = ClientQueues(cfg.max_streams_per_client, cfg.max_queued_bytes_per_client)
         self._commands: deque[tuple[bytes, Request]] = deque()
         # I/O-thread state
         self._io_stats: dict[str, int] = {}
@@ -241,7 +251,7 @@ class PolicyServer:
             self._io_error(ident, exc.code, exc.message, exc.msg_id, **exc.extra)
             return
         if isinstance(req, Decide):
-            self._on_decide(ident, req, now)
+            self._on_decide(ident, req, now, size)
         elif isinstance(req, Ping):
             with self._cond:
                 queued = len(self._pending)
@@ -277,7 +287,9 @@ class PolicyServer:
                 self._commands.append((ident, req))
                 self._cond.notify()
 
-    def _on_decide(self, ident: bytes, req: Decide, now: float) -> None:
+    def _on_decide(self, ident: bytes, req: Decide, now: float, nbytes: int = 0) -> None:
+        """Queue ``req`` (``nbytes``: its wire size) latest-wins per (client, stream), within the
+        client's quotas; a decide beyond them is answered ``over_quota`` at once, nothing queued."""
         if req.handle not in self._core.handles:
             self._io_error(
                 ident,
@@ -290,11 +302,23 @@ class PolicyServer:
             return
         key = (ident, req.stream if req.stream is not None else req.handle)
         expires = None if req.deadline_ms is None else now + req.deadline_ms / 1e3
-        new = Job(owner=ident, req=req, turn=P.to_turn(req.turn), recv_t=now, expires_t=expires)
+        new = Job(
+            owner=ident, req=req, turn=P.to_turn(req.turn), recv_t=now, expires_t=expires, nbytes=nbytes
+        )
         with self._cond:
-            old = self._pending.pop(key, None)
-            self._pending[key] = new
-            self._cond.notify()
+            old = self._pending.get(key)
+            refusal = self._quota.refusal(ident, nbytes, None if old is None else old.nbytes)
+            if refusal is None:
+                if old is not None:
+                    del self._pending[key]
+                    self._quota.remove(ident, old.nbytes)
+                self._pending[key] = new
+                self._quota.add(ident, nbytes)
+                self._cond.notify()
+        if refusal is not None:
+            self._count(self._io_stats, "refused_over_quota")
+            self._io_error(ident, "over_quota", refusal, req.id, tick=req.tick, handle=req.handle)
+            return
         if old is not None:
             self._io_error(
                 old.owner,
@@ -309,6 +333,8 @@ class PolicyServer:
     def _cancel_pending(self, ident: bytes) -> None:
         with self._cond:
             gone = [self._pending.pop(k) for k in [k for k in self._pending if k[0] == ident]]
+            for p in gone:
+                self._quota.remove(ident, p.nbytes)
         for p in gone:
             self._io_error(
                 ident,
@@ -405,9 +431,11 @@ class PolicyServer:
             p = self._pending[key]
             if p.expires_t is not None and now > p.expires_t:
                 del self._pending[key]
+                self._quota.remove(p.owner, p.nbytes)
                 expired.append((p, (now - p.expires_t) * 1e3))
             elif len(batch) < self.config.max_batch:
                 del self._pending[key]
+                self._quota.remove(p.owner, p.nbytes)
                 batch.append(p)
         return expired, batch
 

@@ -152,6 +152,29 @@ class Engine(ABC):
             ))
         return out
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` under this engine's own tokenizer, without any forward pass (the policy
+        service's ``too_long`` check). Backends with ``encode(text) -> ids`` use it; others (NoOpEngine)
+        count whitespace-separated words, the unit of their ``prompt_tokens``."""
+        encode = getattr(self, "encode", None)
+        return len(encode(text)) if callable(encode) else len(text.split())
+
+    def suffix_tokens(self, handle: str, turn: Turn) -> int:
+        """Tokens ``decide(handle, turn)`` would prefill (the per-tick suffix). Raises UnknownHandleError."""
+        return self.count_tokens(self.registration(handle).template.suffix(turn))
+
+    def prefix_tokens_for(self, tools: Sequence[Any], system: str | None = None,
+                          template: str | None = None) -> int:
+        """Tokens of the static prefix ``register`` would prefill. Raises ToolSchemaError."""
+        tmpl = get_template(template or self.default_template)
+        return self.count_tokens(tmpl.prefix(normalize_tools(tools), system))
+
+    def context_tokens(self) -> int | None:
+        """The model's context length in tokens (``max_position_embeddings``), None where unknown."""
+        config = getattr(getattr(self, "model", None), "config", None)
+        n = getattr(config, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
+
     def info(self) -> dict[str, Any]:
         """Model and template description (sent in the service's ``welcome``)."""
         return {"backend": self.backend, "default_template": self.default_template}
