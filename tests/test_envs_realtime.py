@@ -221,9 +221,10 @@ def test_eval_model_policy_reports_legal_rate():
     assert cart.legal_rate == 0.0 and cart.rejected == cart.decisions > 0
 
 
-def test_eval_rejects_unknown_policy():
-    with pytest.raises(SystemExit, match="unknown policy"):
-        cli_main(["eval", "--env", "CartPole-v1", "--policy", "genius"])
+def test_eval_rejects_unknown_policy(capsys):
+    # bad input is one stderr line and exit 2 (tickcall.commands.errors.CommandError, caught in cli.main)
+    assert cli_main(["eval", "--env", "CartPole-v1", "--policy", "genius"]) == 2
+    assert "unknown policy" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -45,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"tickcall {name}", description=module.HELP)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    from tickcall.commands.errors import CommandError
+
+    try:
+        return int(module.run(args) or 0)
+    except CommandError as exc:  # a failure the command explained: one line, no traceback
+        print(f"tickcall {name}: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

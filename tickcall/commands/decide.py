@@ -8,6 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tickcall.commands.errors import (
+    CommandError,
+    check_env,
+    model_load_error,
+    one_line,
+    read_tools_file,
+    require_at_least,
+)
+
+if TYPE_CHECKING:
+    from tickcall.models.engine import Engine, Registration
 
 HELP = "decode one call for a turn with the SimpleTool engine and print heads, call and timings"
 
@@ -26,27 +40,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tickcall.models.format import Turn
-    from tickcall.models.loading import load_engine
 
+    require_at_least("--repeat", args.repeat, 1)
     env_id = args.env or "tickcall/Arena-v0"
-    if args.model:
-        model = args.model
-    else:
-        from tickcall.models.shipped import default_model_path
-
-        model = default_model_path(env_id)
-    if args.tools:
-        with open(args.tools) as fh:
-            tools = json.load(fh)
-    else:
-        from tickcall.envs.binding import make_binding
-
-        tools = make_binding(env_id).tools
-    engine = load_engine({"backend": args.backend, "model": str(model)})
-    reg = engine.register(tools, system=args.system, template=args.template)
-    turn = Turn(args.query, list(args.history))
-    for _ in range(max(1, args.repeat)):
-        d = engine.decide(reg.handle, turn)
+    _check_backend(args.backend)
+    _check_template(args.template)
+    if not args.tools or not args.model:  # the env is used for its tools or its shipped model
+        check_env(env_id)
+    model = args.model or _shipped_model(env_id)
+    tools = _file_tools(args.tools) if args.tools else _env_tools(env_id)
+    engine = _load(model, args.backend)
+    try:
+        reg = _register(engine, tools, args)
+        turn = Turn(args.query, list(args.history))
+        for _ in range(args.repeat):
+            d = engine.decide(reg.handle, turn)
+    finally:
+        engine.close()
     print(f"model     {model} ({engine.backend}, template {reg.template.name}, {reg.prefix_tokens} cached prefix tokens)")
     for head, text in d.heads.items():
         print(f"  <{head}> {text!r}  ({d.generated_tokens[head]} tokens)")
@@ -54,5 +64,78 @@ def run(args: argparse.Namespace) -> int:
     print(f"call      {call}")
     print(f"legal     {d.legal} ({d.reason})")
     print("timings   " + ", ".join(f"{k} {v:.2f} ms" for k, v in d.timings_ms.items()))
-    engine.close()
     return 0 if d.legal else 1
+
+
+def _check_backend(backend: str) -> None:
+    from tickcall.models.loading import BACKENDS
+
+    if backend not in BACKENDS:
+        raise CommandError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _check_template(template: str | None) -> None:
+    from tickcall.models.format import TEMPLATES
+
+    if template is not None and template not in TEMPLATES:
+        raise CommandError(f"unknown template {template!r}; choose from {', '.join(TEMPLATES)}")
+
+
+def _shipped_model(env_id: str) -> Path:
+    from tickcall.models.shipped import default_model_path
+
+    try:
+        return default_model_path(env_id)
+    except (KeyError, FileNotFoundError) as exc:
+        raise CommandError(f"{one_line(exc)}; or pass --model PATH") from None
+
+
+def _file_tools(path: str) -> list:
+    """The tools in ``path``, schema-checked before the model loads (a bad file costs no load time)."""
+    from tickcall.models.tools import normalize_tools
+
+    tools = read_tools_file(path)
+    if not isinstance(tools, list) or not tools:
+        raise CommandError(f"--tools {path} must hold a non-empty JSON list of tools; wrap the tool(s) in [...]")
+    try:
+        normalize_tools(tools)
+    except (ValueError, TypeError, KeyError) as exc:  # ToolSchemaError is a ValueError
+        raise _schema_error(f"--tools {path}", exc) from None
+    return tools
+
+
+def _schema_error(source: str, exc: BaseException) -> CommandError:
+    return CommandError(f"bad tool schema in {source}: {one_line(exc)}; "
+                        "give a list of OpenAI- or BFCL-style tool dicts")
+
+
+def _env_tools(env_id: str) -> list:
+    from tickcall.envs.binding import make_binding
+
+    try:
+        return make_binding(env_id).tools
+    except Exception as exc:  # a missing extra (box2d, mujoco) or an unsupported space
+        raise CommandError(f"cannot make env {env_id!r}: {one_line(exc)}; pick another --env or use --tools") \
+            from None
+
+
+def _load(model: object, backend: str) -> Engine:
+    from safetensors import SafetensorError
+
+    from tickcall.models.engine import EngineError
+    from tickcall.models.loading import load_engine
+
+    try:
+        return load_engine({"backend": backend, "model": str(model)})
+    except (EngineError, OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise model_load_error(model, exc) from None
+
+
+def _register(engine: Engine, tools: object, args: argparse.Namespace) -> Registration:
+    from tickcall.models.engine import EngineError
+
+    try:
+        return engine.register(tools, system=args.system, template=args.template)
+    except (ValueError, TypeError, KeyError, EngineError) as exc:  # ToolSchemaError is a ValueError
+        source = f"--tools {args.tools}" if args.tools else f"the tools of env {args.env}"
+        raise _schema_error(source, exc) from None

@@ -16,6 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+from tickcall.commands.errors import (
+    CommandError,
+    check_env,
+    check_writable,
+    model_load_error,
+    one_line,
+    require_at_least,
+    require_between,
+)
+
+if TYPE_CHECKING:
+    from tickcall.envs.evaluate import EvalReport
 
 HELP = "evaluate a policy (expert, random, model) on an env"
 
@@ -48,35 +62,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tickcall.envs.evaluate import evaluate, format_table
+    from tickcall.envs.evaluate import format_table
 
-    if args.episodes < 1:
-        raise SystemExit("tickcall eval: --episodes must be at least 1")
-    if args.realtime and not args.rate:
+    if args.realtime and args.rate is None:
         args.rate = 16.0
-    kinds = [k.strip() for k in args.policy.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in ("expert", "random", "model")]
-    if bad or not kinds:
-        raise SystemExit(f"tickcall eval: unknown policy {bad or kinds}; use expert, random or model")
+    kinds = _check_args(args)
     env_kwargs: dict = {"max_steps": args.max_steps} if args.max_steps else {}
     if args.render:
         env_kwargs["render_mode"] = "human"
     if args.describe:
         return _describe(args.env, env_kwargs, args.seed)
-    reports = []
-    for kind in kinds:
-        try:
-            rep = evaluate(args.env, kind, episodes=args.episodes, seed=args.seed, realtime=args.realtime,
-                           rate=args.rate, hold=args.hold, delay_ms=args.delay_ms,
-                           max_seconds=args.max_seconds, env_kwargs=env_kwargs, model=args.model,
-                           backend=args.backend, history_len=args.history)
-        except (KeyError, ValueError) as exc:
-            raise SystemExit(f"tickcall eval: {exc}") from None
-        reports.append(rep)
-        if rep.illegal_reasons:
-            print(f"# {kind}: illegal model calls: {rep.illegal_reasons}", file=sys.stderr)
-        if rep.reject_reasons:
-            print(f"# {kind}: rejected calls: {rep.reject_reasons}", file=sys.stderr)
+    reports = [_evaluate(args, kind, env_kwargs) for kind in kinds]
     print(format_table(reports))
     for r in reports:
         extra = {k: round(v, 3) for k, v in r.episode_info.items() if k != "steps"}
@@ -84,9 +80,64 @@ def run(args: argparse.Namespace) -> int:
             print(f"# {r.policy}: {json.dumps({**r.ticks, **extra})}")
     if args.json_path:
         data = reports[0].to_dict() if len(reports) == 1 else {"runs": [r.to_dict() for r in reports]}
-        with open(args.json_path, "w") as fh:
-            json.dump(data, fh, indent=1)
+        try:
+            with open(args.json_path, "w") as fh:
+                json.dump(data, fh, indent=1)
+        except OSError as exc:  # checked before the work; this is a race (disk full, folder removed)
+            raise CommandError(f"cannot write --json {args.json_path}: {exc.strerror or exc}; "
+                               "pick another path", code=1) from None
     return 0 if all(r.complete for r in reports) else 1
+
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    """Every flag checked before any env or model is made; returns the policy kinds to run."""
+    from tickcall.control_loop.config import MAX_RATE_HZ, MIN_RATE_HZ
+    from tickcall.models.loading import BACKENDS
+
+    require_at_least("--episodes", args.episodes, 1)
+    require_between("--rate", args.rate, MIN_RATE_HZ, MAX_RATE_HZ)
+    require_at_least("--hold", args.hold, 1)
+    require_at_least("--delay-ms", args.delay_ms, 0)
+    require_at_least("--max-steps", args.max_steps, 1)
+    require_at_least("--history", args.history, 0)
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise CommandError(f"--max-seconds {args.max_seconds:g} must be positive; give a duration in seconds")
+    kinds = [k.strip() for k in args.policy.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in ("expert", "random", "model")]
+    if bad or not kinds:
+        raise CommandError(f"unknown policy {','.join(bad) or repr(args.policy)}; use expert, random or model")
+    if "model" in kinds and not args.model:
+        raise CommandError("--policy model needs a model; pass --model PATH (a local model folder)")
+    if args.backend not in BACKENDS:
+        raise CommandError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
+    check_env(args.env)
+    check_writable("--json", args.json_path)
+    return kinds
+
+
+def _evaluate(args: argparse.Namespace, kind: str, env_kwargs: dict) -> EvalReport:
+    """One policy's evaluation; failures the user can fix (a bad model folder, a bad flag) are one line."""
+    from safetensors import SafetensorError
+
+    from tickcall.envs.evaluate import evaluate
+    from tickcall.models.engine import EngineError
+
+    try:
+        rep = evaluate(args.env, kind, episodes=args.episodes, seed=args.seed, realtime=args.realtime,
+                       rate=args.rate, hold=args.hold, delay_ms=args.delay_ms,
+                       max_seconds=args.max_seconds, env_kwargs=env_kwargs, model=args.model,
+                       backend=args.backend, history_len=args.history)
+    except (EngineError, OSError, SafetensorError) as exc:
+        if kind != "model":
+            raise
+        raise model_load_error(args.model, exc) from None
+    except (KeyError, ValueError) as exc:
+        raise CommandError(f"{one_line(exc)}; check --env and the flags in `tickcall eval --help`") from None
+    if rep.illegal_reasons:
+        print(f"# {kind}: illegal model calls: {rep.illegal_reasons}", file=sys.stderr)
+    if rep.reject_reasons:
+        print(f"# {kind}: rejected calls: {rep.reject_reasons}", file=sys.stderr)
+    return rep
 
 
 def _describe(env_id: str, env_kwargs: dict, seed: int) -> int:
@@ -97,7 +148,8 @@ def _describe(env_id: str, env_kwargs: dict, seed: int) -> int:
     try:
         b = make_binding(env_id, **env_kwargs)
     except Exception as exc:  # an unknown id, a missing extra (box2d, mujoco)
-        raise SystemExit(f"tickcall eval: cannot make {env_id!r}: {exc}") from None
+        raise CommandError(f"cannot make {env_id!r}: {one_line(exc)}; install its extra or pick another --env") \
+            from None
     obs, _ = b.env.reset(seed=seed)
     print(f"env: {env_id}   physics: {b.physics_hz:g} Hz   hold at 16 Hz: {b.hold} step(s)")
     print("tools:")

@@ -1,0 +1,117 @@
+"""Every bad input to ``tickcall decide`` / ``tickcall eval`` fails with one clear stderr line, no traceback.
+
+Each case runs ``tickcall.cli.main`` in-process. Bad files live in ``tmp_path``; the corrupt model folders
+are copies of the shipped CartPole model with ``config.json`` broken or ``model.safetensors`` truncated.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from tickcall.models.shipped import default_model_path
+
+from tickcall.cli import main
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory) -> Path:
+    """A folder of bad inputs: tools files, corrupt model folders, an unwritable --json target."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "notjson.json").write_text("not json")
+    (root / "noname.json").write_text('[{"name": 3}]')
+    (root / "object.json").write_text('{"name": "f"}')
+    (root / "badtype.json").write_text('[{"type": "function", "function": {"name": "f", "parameters": '
+                                       '{"type": "object", "properties": {"a": {"type": 7}}}}}]')
+    (root / "afile").write_text("x")
+    shipped = default_model_path("CartPole-v1")
+    shutil.copytree(shipped, root / "badcfg")
+    (root / "badcfg" / "config.json").write_text("{oops")
+    shutil.copytree(shipped, root / "trunc")
+    weights = root / "trunc" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return root
+
+
+def _fails_in_one_line(capsys, argv: list[str], code: int, phrase: str) -> None:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == code, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"tickcall {argv[0]}: ")
+    assert phrase in lines[0], lines[0]
+
+
+DECIDE_CASES = [
+    (["--env", "Nope-v9"], "cannot make env 'Nope-v9'"),
+    (["--env", "MountainCar-v0"], "no shipped model"),
+    (["--tools", "{bad}/missing.json"], "cannot read --tools"),
+    (["--tools", "{bad}/notjson.json"], "is not valid JSON"),
+    (["--tools", "{bad}/noname.json"], "bad tool schema"),
+    (["--tools", "{bad}/badtype.json"], "bad tool schema"),
+    (["--tools", "{bad}/object.json"], "JSON list of tools"),
+    (["--model", "{bad}/badcfg", "--env", "CartPole-v1"], "cannot load model"),
+    (["--model", "{bad}/trunc", "--env", "CartPole-v1"], "cannot load model"),
+    (["--model", "{bad}/nonexist", "--env", "CartPole-v1"], "does not exist"),
+    (["--env", "CartPole-v1", "--template", "zz"], "unknown template 'zz'"),
+    (["--env", "CartPole-v1", "--backend", "zz"], "unknown backend 'zz'"),
+    (["--env", "CartPole-v1", "--repeat", "0"], "--repeat 0"),
+]
+
+
+@pytest.mark.parametrize(("flags", "phrase"), DECIDE_CASES)
+def test_decide_bad_input(capsys, bad, flags, phrase):
+    argv = ["decide", "x=+0.01 v=-0.3 a=+0.02 w=+0.5"] + [f.format(bad=bad) for f in flags]
+    _fails_in_one_line(capsys, argv, 2, phrase)
+
+
+CART = ["--env", "CartPole-v1", "--episodes", "1"]
+EVAL_CASES = [
+    (["--env", "Nope-v9"], "cannot make env 'Nope-v9'"),
+    (["--env", "Nope-v9", "--describe"], "cannot make env 'Nope-v9'"),
+    (["--env", "MountainCar-v0"], "no expert"),
+    ([*CART, "--policy", "zz"], "unknown policy zz"),
+    ([*CART, "--policy", "model"], "needs a model"),
+    ([*CART, "--policy", "model", "--model", "{bad}/badcfg"], "cannot load model"),
+    ([*CART, "--policy", "model", "--model", "{bad}/trunc"], "cannot load model"),
+    ([*CART, "--policy", "model", "--model", "{bad}/nonexist"], "does not exist"),
+    ([*CART, "--policy", "model", "--model", "{bad}/trunc", "--backend", "zz"], "unknown backend 'zz'"),
+    ([*CART, "--json", "{bad}/no/such/dir/out.json"], "does not exist"),
+    ([*CART, "--json", "{bad}/afile/out.json"], "does not exist"),
+    ([*CART, "--json", "{bad}"], "is a folder"),
+    (["--env", "CartPole-v1", "--episodes", "0"], "--episodes 0"),
+    ([*CART, "--realtime", "--rate", "0"], "--rate 0 is outside 1-60"),
+    ([*CART, "--rate", "61"], "--rate 61 is outside 1-60"),
+    ([*CART, "--hold", "0"], "--hold 0"),
+    ([*CART, "--delay-ms", "-1"], "--delay-ms -1"),
+    ([*CART, "--max-seconds", "0"], "--max-seconds 0"),
+    ([*CART, "--max-steps", "0"], "--max-steps 0"),
+    ([*CART, "--history", "-1"], "--history -1"),
+]
+
+
+@pytest.mark.parametrize(("flags", "phrase"), EVAL_CASES)
+def test_eval_bad_input(capsys, bad, flags, phrase):
+    argv = ["eval"] + [f.format(bad=bad) for f in flags]
+    _fails_in_one_line(capsys, argv, 2, phrase)
+
+
+def test_eval_json_checked_before_work(capsys, bad, monkeypatch):
+    """An unwritable --json fails before any episode runs (the evaluation is never called)."""
+    import tickcall.envs.evaluate as evaluate_mod
+
+    def boom(*_a, **_k):
+        raise AssertionError("evaluate ran before the --json check")
+
+    monkeypatch.setattr(evaluate_mod, "evaluate", boom)
+    _fails_in_one_line(capsys, ["eval", *CART, "--json", f"{bad}/afile/out.json"], 2, "--json")
+
+
+def test_eval_good_input_still_works(capsys, tmp_path):
+    out = tmp_path / "out.json"
+    assert main(["eval", *CART, "--json", str(out)]) == 0
+    assert out.exists()
+    assert "Traceback" not in capsys.readouterr().err
