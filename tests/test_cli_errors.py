@@ -6,6 +6,7 @@ are copies of the shipped CartPole model with ``config.json`` broken or ``model.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -68,11 +69,14 @@ def test_decide_bad_input(capsys, bad, flags, phrase):
     _fails_in_one_line(capsys, argv, 2, phrase)
 
 
+HAS_MUJOCO = importlib.util.find_spec("mujoco") is not None
 CART = ["--env", "CartPole-v1", "--episodes", "1"]
 EVAL_CASES = [
     (["--env", "Nope-v9"], "cannot make env 'Nope-v9'"),
     (["--env", "Nope-v9", "--describe"], "cannot make env 'Nope-v9'"),
     (["--env", "MountainCar-v0"], "no expert"),
+    pytest.param(["--env", "Ant-v5", "--policy", "random", "--episodes", "1"], "cannot make env 'Ant-v5'",
+                 marks=pytest.mark.skipif(HAS_MUJOCO, reason="the case needs MuJoCo to be missing")),
     ([*CART, "--policy", "zz"], "unknown policy zz"),
     ([*CART, "--policy", "model"], "needs a model"),
     ([*CART, "--policy", "model", "--model", "{bad}/badcfg"], "cannot load model"),

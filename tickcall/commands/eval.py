@@ -117,6 +117,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
 
 def _evaluate(args: argparse.Namespace, kind: str, env_kwargs: dict) -> EvalReport:
     """One policy's evaluation; failures the user can fix (a bad model folder, a bad flag) are one line."""
+    import gymnasium as gym
     from safetensors import SafetensorError
 
     from tickcall.envs.evaluate import evaluate
@@ -133,6 +134,9 @@ def _evaluate(args: argparse.Namespace, kind: str, env_kwargs: dict) -> EvalRepo
         raise model_load_error(args.model, exc) from None
     except (KeyError, ValueError) as exc:
         raise CommandError(f"{one_line(exc)}; check --env and the flags in `tickcall eval --help`") from None
+    except gym.error.Error as exc:  # the id exists but the env cannot be made (a missing extra: mujoco, box2d)
+        raise CommandError(f"cannot make env {args.env!r}: {one_line(exc)}; install it or pick another --env") \
+            from None
     if rep.illegal_reasons:
         print(f"# {kind}: illegal model calls: {rep.illegal_reasons}", file=sys.stderr)
     if rep.reject_reasons:
