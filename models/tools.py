@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonschema
+
 MAX_ARITY = 6  # heads <arg1>..<arg6>
 
 
@@ -92,6 +94,8 @@ def _convert_schema(schema: Any, where: str) -> tuple[Any, bool]:
             types_in = value if isinstance(value, list) else [value]
             conv = []
             for t in types_in:
+                if not isinstance(t, str):
+                    raise ToolSchemaError(f"{where}: a type must be a string, got {_short(t)}")
                 if t == "any":
                     changed = True
                     continue
@@ -248,6 +252,7 @@ def normalize_tool(tool: Any) -> ToolSpec:
     props = params.get("properties") or {}
     if not isinstance(props, Mapping):
         raise ToolSchemaError(f"tool {name}: parameters.properties must be an object")
+    check_parameters(name, params)
     for req in params.get("required") or ():
         if req not in props:
             raise ToolSchemaError(f"tool {name}: required parameter {req!r} is not in properties")
@@ -278,6 +283,86 @@ def normalize_tools(tools: Sequence[Any], *, max_arity: int = MAX_ARITY) -> list
                 "Split the tool, or group parameters into an object parameter."
             )
     return specs
+
+
+# --------------------------------------------------------------------------- schema checks
+# A schema accepted here reaches the engine and the argument validator, which assume it is sound: a bad
+# one must be refused now as a ToolSchemaError (``illegal_tools``), not crash there (``engine_failure``).
+
+_SUBSCHEMA_KEYS = ("items", "additionalProperties", "not")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "items")
+_BOUNDS = (("minimum", "maximum"), ("exclusiveMinimum", "exclusiveMaximum"),
+           ("minLength", "maxLength"), ("minItems", "maxItems"), ("minProperties", "maxProperties"))
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x85\u2028\u2029]")
+
+
+def check_parameters(tool: str, params: Mapping[str, Any]) -> None:
+    """Refuse a parameters schema SimpleTool cannot offer. Raises ToolSchemaError naming what is wrong.
+
+    Our rules come first (clearer messages, and they cover what the metaschema allows: ``enum: []``,
+    NaN bounds, minimum above maximum, names that break a head); then the JSON-schema metaschema."""
+    for pname, pschema in (params.get("properties") or {}).items():
+        where = f"tool {tool!r}, parameter {pname!r}"
+        if not isinstance(pname, str) or not pname.strip():
+            raise ToolSchemaError(f"tool {tool!r}: parameter name {pname!r} is empty; heads need a name")
+        if _LINE_BREAKS.search(pname):
+            raise ToolSchemaError(f"{where}: a parameter name must be a single line (no line breaks)")
+        _check_finite(pschema, where)
+        _check_subschema(pschema, where)
+    _check_finite(params, f"tool {tool!r}", "parameters")
+    _check_metaschema(tool, params)
+
+
+def _check_subschema(schema: Any, where: str) -> None:
+    """Our rules on one (sub)schema and, recursively, the schemas inside it."""
+    if not isinstance(schema, Mapping):
+        raise ToolSchemaError(f"{where}: the schema must be an object, got {_short(schema)}")
+    if "enum" in schema and (not isinstance(schema["enum"], list) or not schema["enum"]):
+        raise ToolSchemaError(f"{where}: enum must be a non-empty list of values, got {_short(schema['enum'])}")
+    for low, high in _BOUNDS:
+        lo, hi = schema.get(low), schema.get(high)
+        if _is_number(lo) and _is_number(hi) and lo > hi:
+            raise ToolSchemaError(f"{where}: {low} {lo} is above {high} {hi}; no value can satisfy both")
+    for key in _SUBSCHEMA_KEYS:
+        if isinstance(schema.get(key), Mapping):
+            _check_subschema(schema[key], f"{where}.{key}")
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            for i, sub in enumerate(schema[key]):
+                _check_subschema(sub, f"{where}.{key}[{i}]")
+    if isinstance(schema.get("properties"), Mapping):
+        for key, sub in schema["properties"].items():
+            _check_subschema(sub, f"{where}.{key}")
+
+
+def _check_finite(value: Any, where: str, path: str = "") -> None:
+    """NaN and infinity are not JSON: they would break the prompt and every comparison against them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ToolSchemaError(f"{where}: {path.lstrip('.') or 'value'} is {value}, not a finite number")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, where, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_finite(item, where, f"{path}[{i}]")
+
+
+def _check_metaschema(tool: str, params: Mapping[str, Any]) -> None:
+    """Draft 7 unless ``$schema`` names another: it keeps the tuple form of ``items`` BFCL tools use."""
+    cls = jsonschema.validators.validator_for(params, default=jsonschema.Draft7Validator)
+    try:
+        cls.check_schema(params)
+    except jsonschema.SchemaError as exc:
+        at = list(exc.absolute_path)
+        path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in at)
+        param = f", parameter {at[1]!r}" if len(at) > 1 and at[0] == "properties" else ""
+        raise ToolSchemaError(
+            f"tool {tool!r}{param}: invalid JSON schema at parameters{path}: {exc.message}"
+        ) from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------- validation

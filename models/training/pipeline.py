@@ -283,7 +283,7 @@ class Pipeline:
         import torch
 
         model, tok = self.build_student({})
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=True)  # tensors and plain types only (trainer._save)
         model.load_state_dict(state["model"])
         model.eval()
         scores = self.score(model, tok, episodes)
@@ -354,7 +354,7 @@ class Pipeline:
             done_flag = self.work / f"trained-r{r}.json"
             ckpt = self.work / f"ckpt-r{r}.pt"
             if done_flag.exists():
-                state = torch.load(ckpt, weights_only=False)
+                state = torch.load(ckpt, weights_only=True)
                 model.load_state_dict(state["model"])
                 history.append(json.loads(done_flag.read_text()))
                 continue

@@ -66,7 +66,9 @@ def train(model, examples: Sequence[Example], prefixes: dict[str, list[int]], pa
     step = 0
     rng = random.Random(settings.seed)
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        # weights_only: a checkpoint is data, never code to run; it holds only tensors and plain types
+        # (the RNG state is a tuple of ints), which the safe unpickler accepts
+        state = torch.load(checkpoint, weights_only=True)
         model.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["optim"])
         step = int(state["step"])
@@ -115,6 +117,7 @@ def _save(path: Path, model, opt, step: int, rng: random.Random) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     trainable = {k: v for k, v in model.state_dict().items()}
+    # tensors and plain types only: train() and the pipeline load it with torch.load(weights_only=True)
     torch.save({"model": trainable, "optim": opt.state_dict(), "step": step, "rng": rng.getstate(),
                 "torch_rng": torch.get_rng_state()}, tmp)
     tmp.replace(path)
