@@ -205,6 +205,10 @@ class PolicyCore:
             n = Q.prefix_tokens(self.engine, req.tools, req.system, req.template)
         except ToolSchemaError as exc:
             return P.error_reply("illegal_tools", str(exc)[:1000], req.id, self.epoch)
+        except Exception as exc:  # never let one request end the engine thread: answer it, go on
+            log.exception("counting the tool prefix failed")
+            return P.error_reply("engine_failure", f"register failed: {type(exc).__name__}: {exc}"[:1000],
+                                 req.id, self.epoch)
         limit = self.budget.prefix_limit()
         if n is None or n <= limit:
             return None

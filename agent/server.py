@@ -363,11 +363,16 @@ class PolicyServer:
                     self._commands.clear()
                     expired, batch = self._take_batch()
                 for ident, req in commands:
-                    reply = (
-                        self._core.register(ident, req)
-                        if isinstance(req, Register)
-                        else self._core.bye(ident, req)
-                    )
+                    try:
+                        reply = (
+                            self._core.register(ident, req)
+                            if isinstance(req, Register)
+                            else self._core.bye(ident, req)
+                        )
+                    except Exception as exc:  # one request must never end the engine thread
+                        log.exception("%s failed", req.type)
+                        reply = P.error_reply("engine_failure", f"{req.type} failed: {type(exc).__name__}: "
+                                              f"{exc}"[:1000], req.id, self.epoch)
                     self._send(ident, reply)
                 for p, late in expired:
                     self._send(

@@ -240,7 +240,8 @@ def normalize_tool(tool: Any) -> ToolSpec:
     fn = tool["function"] if wrapped else tool
     name = fn.get("name")
     if not isinstance(name, str) or not name:
-        raise ToolSchemaError(f"tool without a name: {json.dumps(tool)[:200]}")
+        # default=repr: an error message must not fail on a value JSON cannot show (bytes from msgpack)
+        raise ToolSchemaError(f"tool without a name: {json.dumps(tool, default=repr)[:200]}")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name):
         raise ToolSchemaError(f"tool {name!r}: names must be identifiers (letters, digits, _ . -)")
     params = fn.get("parameters")
@@ -475,5 +476,5 @@ def validate_arguments(spec: ToolSpec, arguments: Mapping[str, Any],
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    text = json.dumps(value, ensure_ascii=False, default=repr) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -95,3 +95,17 @@ def test_policy_answers_illegal_tools_not_engine_failure(tool):
         assert "move" in str(exc.value)
     finally:
         policy.close()
+
+
+def test_a_tool_holding_bytes_is_refused_and_the_policy_goes_on():
+    """msgpack bin values reach the tools as bytes: the refusal's message must still render (it once
+    raised TypeError inside the service's engine thread, which then answered nothing more)."""
+    policy = InProcPolicy(NoOpEngine())
+    try:
+        policy.hello()
+        with pytest.raises(P.PolicyError) as exc:
+            policy.register([{"type": "function", "function": {"description": b"\x00\xff"}}])
+        assert exc.value.code == "illegal_tools" and "without a name" in str(exc.value)
+        assert policy.register([{"name": "ok", "parameters": {"type": "object", "properties": {}}}])
+    finally:
+        policy.close()
