@@ -20,6 +20,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
+from tickcall.agent import protocol as P
 from tickcall.models.engine import EngineError, NoOpEngine, RawHeads, Registration
 from tickcall.models.format import Turn
 
@@ -118,3 +120,42 @@ class ScriptedEngine(NoOpEngine):
             for i, value in enumerate(args.values(), start=1):
                 raw.texts[f"arg{i}"] = value
         return out
+
+
+class Raw:
+    """A bare DEALER speaking msgpack, as a non-Python engine would (no PolicyClient in between)."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.ids = 0
+
+    def send(self, msg: dict | bytes | list[bytes]) -> None:
+        if isinstance(msg, dict):
+            self.sock.send(P.pack(msg))
+        elif isinstance(msg, bytes):
+            self.sock.send(msg)
+        else:
+            self.sock.send_multipart(msg)
+
+    def request(self, mtype: str, **fields: Any) -> int:
+        self.ids += 1
+        self.send({"v": 1, "type": mtype, "id": self.ids, **fields})
+        return self.ids
+
+    def recv(self, timeout_ms: int = 5000) -> dict | None:
+        if not self.sock.poll(timeout_ms):
+            return None
+        return msgpack.unpackb(self.sock.recv(), raw=False)
+
+    def register(self, tools: list[dict]) -> dict:
+        self.request("register", tools=tools)
+        reply = self.recv()
+        assert reply is not None
+        return reply
+
+    def close(self) -> None:
+        self.sock.close(0)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import time
 
-import msgpack
 import pytest
-import zmq
-from helpers import CART_TOOLS, injected
+from helpers import CART_TOOLS, Raw, injected
 from tickcall.agent import protocol as P
 from tickcall.agent.client import PolicyClient, PolicyError, PolicyTimeout
 from tickcall.agent.config import CurveConfig, ServeConfig
@@ -23,37 +21,6 @@ from tickcall.agent.security import check_bind, generate_keys, is_local_endpoint
 from tickcall.agent.server import PolicyServer
 
 TOOLS = CART_TOOLS
-
-
-class Raw:
-    """A bare DEALER speaking msgpack, as a non-Python engine would."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.ids = 0
-
-    def send(self, msg: dict | bytes | list[bytes]) -> None:
-        if isinstance(msg, dict):
-            self.sock.send(P.pack(msg))
-        elif isinstance(msg, bytes):
-            self.sock.send(msg)
-        else:
-            self.sock.send_multipart(msg)
-
-    def request(self, mtype: str, **fields) -> int:
-        self.ids += 1
-        self.send({"v": 1, "type": mtype, "id": self.ids, **fields})
-        return self.ids
-
-    def recv(self, timeout_ms: int = 5000) -> dict | None:
-        if not self.sock.poll(timeout_ms):
-            return None
-        return msgpack.unpackb(self.sock.recv(), raw=False)
-
-    def close(self) -> None:
-        self.sock.close(0)
 
 
 @pytest.fixture

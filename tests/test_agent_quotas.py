@@ -6,10 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import msgpack
 import pytest
-import zmq
-from helpers import CART_TOOLS, injected
+from helpers import CART_TOOLS, Raw, injected
 from tickcall.agent import protocol as P
 from tickcall.agent.config import ServeConfig
 from tickcall.agent.core import Job, PolicyCore
@@ -36,35 +34,6 @@ class CountingEngine(NoOpEngine):
     def _decode(self, items: list[Any]) -> list[Any]:
         self.decodes += 1
         return super()._decode(items)
-
-
-class Raw:
-    """A bare DEALER speaking msgpack."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.ids = 0
-
-    def request(self, mtype: str, **fields: Any) -> int:
-        self.ids += 1
-        self.sock.send(P.pack({"v": 1, "type": mtype, "id": self.ids, **fields}))
-        return self.ids
-
-    def recv(self, timeout_ms: int = 5000) -> dict | None:
-        if not self.sock.poll(timeout_ms):
-            return None
-        return msgpack.unpackb(self.sock.recv(), raw=False)
-
-    def register(self, tools: list[dict]) -> dict:
-        self.request("register", tools=tools)
-        reply = self.recv()
-        assert reply is not None
-        return reply
-
-    def close(self) -> None:
-        self.sock.close(0)
 
 
 @pytest.fixture
