@@ -156,10 +156,10 @@ class PolicyCore:
             reg = self._regs[handle]
             self._regs.move_to_end(handle)
         else:
-            refused = self._check_prefix(req)
-            if refused is not None:
-                return refused
             try:
+                refused = self._check_prefix(req)
+                if refused is not None:
+                    return refused
                 r = self.engine.register(req.tools, system=req.system, template=req.template)
             except ToolSchemaError as exc:
                 return P.error_reply("illegal_tools", str(exc)[:1000], req.id, self.epoch)
@@ -200,15 +200,9 @@ class PolicyCore:
         )
 
     def _check_prefix(self, req: Register) -> ErrorReply | None:
-        """``too_long`` when the tool prefix is over budget (tokens; counted, never prefilled)."""
-        try:
-            n = Q.prefix_tokens(self.engine, req.tools, req.system, req.template)
-        except ToolSchemaError as exc:
-            return P.error_reply("illegal_tools", str(exc)[:1000], req.id, self.epoch)
-        except Exception as exc:  # never let one request end the engine thread: answer it, go on
-            log.exception("counting the tool prefix failed")
-            return P.error_reply("engine_failure", f"register failed: {type(exc).__name__}: {exc}"[:1000],
-                                 req.id, self.epoch)
+        """``too_long`` when the tool prefix is over budget (tokens; counted, never prefilled). Counting
+        raises what ``engine.register`` would (``ToolSchemaError`` for tools it cannot offer)."""
+        n = Q.prefix_tokens(self.engine, req.tools, req.system, req.template)  # raises as register would
         limit = self.budget.prefix_limit()
         if n is None or n <= limit:
             return None
