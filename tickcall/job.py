@@ -15,6 +15,7 @@ builds the world and registers the tools) -> run, printing a live progress line 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -146,6 +147,25 @@ def build_report(cfg: RunConfig, result: dict[str, Any], records: list[TickRecor
     }
 
 
+class _StartupInterrupt:
+    """SIGINT handler for start-up: raises KeyboardInterrupt and remembers it, because Python drops an
+    exception raised inside a finaliser or an at-fork callback (Ray forks while starting), and a Ctrl-C
+    landing there would otherwise be lost and the run go on."""
+
+    def __init__(self) -> None:
+        self.hit = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def install(self) -> Any:
+        try:
+            return signal.signal(signal.SIGINT, self)
+        except ValueError:  # not the main thread: signals go elsewhere
+            return None
+
+
 def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: float = 0.5) -> RunOutcome:
     """Run one configured job end to end (see module docstring). Raises RunError for setup problems."""
     import ray
@@ -158,8 +178,11 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
     service_actor = None
     loop_actor = None
     started_ray = False
+    guard = _StartupInterrupt()
+    previous = guard.install()
     try:
         started_ray = init_ray(log_to_driver=True)
+        guard.install()  # again: starting Ray may set its own handler
         endpoint = cfg.service.endpoint
         service_info: dict[str, Any] = {}
         if endpoint is None:
@@ -196,6 +219,11 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         service_info.update({"epoch": info.get("epoch"), "engine": info.get("engine"),
                              "heads": info.get("heads"), "prefix_tokens": info.get("prefix_tokens")})
 
+        if guard.hit:
+            raise KeyboardInterrupt
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+            previous = None
         ref = loop_actor.run.remote(duration_s=cfg.duration_s, episodes=cfg.episodes)
         interrupted = False
         printer = ProgressPrinter(stream) if cfg.progress else None
@@ -235,6 +263,8 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
     except KeyboardInterrupt:
         raise RunInterrupted("interrupted before the loop ran: no report written") from None
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         _cleanup(loop_actor, service_actor)
         with contextlib.suppress(OSError):  # a run that never reported leaves no empty folder behind
             Path(folder).rmdir()
