@@ -96,9 +96,12 @@ def assemble(
         if is_null_text(text):
             continue
         if i >= len(params):
-            return Assembled(Call(name, arguments), False,
-                             f"{head} is set ({text[:40]!r}) but {name} takes {len(params)} parameter(s)",
-                             raw)
+            return Assembled(
+                Call(name, arguments),
+                False,
+                f"{head} is set ({text[:40]!r}) but {name} takes {len(params)} parameter(s)",
+                raw,
+            )
         pname = params[i]
         if allow_future_refs and FUTURE_REF.fullmatch(text.strip()):
             arguments[pname] = text.strip()
@@ -110,12 +113,17 @@ def assemble(
         try:
             arguments[pname] = parse_json_strict(text)
         except (ValueError, _StrictJSONError) as exc:
-            return Assembled(Call(name, arguments), False,
-                             f"{name}.{pname} ({head}) is not valid JSON: {text[:40]!r} ({exc})", raw)
+            return Assembled(
+                Call(name, arguments),
+                False,
+                f"{name}.{pname} ({head}) is not valid JSON: {text[:40]!r} ({exc})",
+                raw,
+            )
     ordered = {p: arguments[p] for p in params if p in arguments}
     call = Call(name, ordered)
-    err = validate_arguments(tool, {k: v for k, v in ordered.items() if k not in futures},
-                             present=frozenset(futures))
+    err = validate_arguments(
+        tool, {k: v for k, v in ordered.items() if k not in futures}, present=frozenset(futures)
+    )
     if err:
         return Assembled(call, False, err, raw)
     return Assembled(call, True, "ok", raw)

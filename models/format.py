@@ -25,7 +25,10 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 HEAD_NAMES: tuple[str, ...] = ("function",) + tuple(f"arg{i}" for i in range(1, MAX_ARITY + 1))
 SPECIAL_TOKENS: tuple[str, ...] = (
-    "<content>", "</content>", "<function>", "</function>",
+    "<content>",
+    "</content>",
+    "<function>",
+    "</function>",
     *[tag for i in range(1, MAX_ARITY + 1) for tag in (f"<arg{i}>", f"</arg{i}>")],
     NULL,
 )
@@ -71,8 +74,11 @@ class Turn:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Turn:
         env = data.get("environment")
-        return cls(query=str(data.get("query", "")), history=[str(h) for h in data.get("history") or []],
-                   environment=[str(e) for e in env] if env is not None else None)
+        return cls(
+            query=str(data.get("query", "")),
+            history=[str(h) for h in data.get("history") or []],
+            environment=[str(e) for e in env] if env is not None else None,
+        )
 
 
 # --------------------------------------------------------------------------- templates
@@ -141,12 +147,16 @@ class Template:
     def prefix(self, tools: Sequence[ToolSpec], system: str | None = None) -> str:
         if self.name == "v2":
             sys_text = V2_DEFAULT_SYSTEM if system is None else system
-            return (f"{IM_START}system\n{sys_text}\n\n## Available Tools:\n\n"
-                    f"{render_tools_json(tools)}\n{IM_END}\n")
+            return (
+                f"{IM_START}system\n{sys_text}\n\n## Available Tools:\n\n"
+                f"{render_tools_json(tools)}\n{IM_END}\n"
+            )
         if self.name == "v1":
             # v1's system turn is the fixed head-instruction block; a custom system is not part of it.
-            return (f"{IM_START}system\n{V1_SYSTEM_BLOCK}\n## Available Tools:\n\n"
-                    f"{render_tools_json(tools)}{IM_END}\n")
+            return (
+                f"{IM_START}system\n{V1_SYSTEM_BLOCK}\n## Available Tools:\n\n"
+                f"{render_tools_json(tools)}{IM_END}\n"
+            )
         if self.name == "compact":
             sys_line = f"{system}\n" if system else ""
             return f"{IM_START}system\n{sys_line}{render_tools_compact(tools)}{IM_END}\n"
@@ -158,16 +168,16 @@ class Template:
             query = turn.query
             if turn.environment:
                 query = f"environment: {json.dumps(list(turn.environment), ensure_ascii=False)}\n{query}"
-            return (f"{IM_START}user\nhistory: [{history}]\n\n{query}{IM_END}\n"
-                    f"{IM_START}assistant\n")
+            return f"{IM_START}user\nhistory: [{history}]\n\n{query}{IM_END}\n{IM_START}assistant\n"
         if self.name == "v1":
             env = ", ".join(turn.environment or [])
-            return (f"{IM_START}user\nenvironment: [{env}]\nhistory: [{history}]\n\n"
-                    f"{turn.query}{IM_END}\n{IM_START}assistant\n")
+            return (
+                f"{IM_START}user\nenvironment: [{env}]\nhistory: [{history}]\n\n"
+                f"{turn.query}{IM_END}\n{IM_START}assistant\n"
+            )
         if self.name == "compact":
             env = "".join(f"{e}\n" for e in turn.environment or [])
-            return (f"{IM_START}user\n{env}history: [{history}]\n{turn.query}{IM_END}\n"
-                    f"{IM_START}assistant\n")
+            return f"{IM_START}user\n{env}history: [{history}]\n{turn.query}{IM_END}\n{IM_START}assistant\n"
         raise ValueError(f"unknown template {self.name!r}")
 
 

@@ -134,8 +134,16 @@ def _convert_schema(schema: Any, where: str) -> tuple[Any, bool]:
 
 # --------------------------------------------------------------------------- callables
 
-_PY_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean",
-                             list: "array", tuple: "array", dict: "object", type(None): "null"}
+_PY_TYPES: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    tuple: "array",
+    dict: "object",
+    type(None): "null",
+}
 
 
 def _annotation_schema(ann: Any, where: str) -> dict[str, Any]:
@@ -183,7 +191,7 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     head = doc[: m.start()].strip().split("\n\n")[0].strip()
     params: dict[str, str] = {}
     current = None
-    for line in doc[m.end():].splitlines():
+    for line in doc[m.end() :].splitlines():
         if not line.strip():
             if params:
                 break
@@ -263,8 +271,9 @@ def normalize_tool(tool: Any) -> ToolSpec:
         rendered = {"type": "function", "function": inner}
     else:
         rendered = dict(tool) if wrapped else {"type": "function", "function": dict(fn)}
-    return ToolSpec(name=name, description=str(fn.get("description") or ""), parameters=dict(params),
-                    rendered=rendered)
+    return ToolSpec(
+        name=name, description=str(fn.get("description") or ""), parameters=dict(params), rendered=rendered
+    )
 
 
 def normalize_tools(tools: Sequence[Any], *, max_arity: int = MAX_ARITY) -> list[ToolSpec]:
@@ -292,8 +301,13 @@ def normalize_tools(tools: Sequence[Any], *, max_arity: int = MAX_ARITY) -> list
 
 _SUBSCHEMA_KEYS = ("items", "additionalProperties", "not")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "items")
-_BOUNDS = (("minimum", "maximum"), ("exclusiveMinimum", "exclusiveMaximum"),
-           ("minLength", "maxLength"), ("minItems", "maxItems"), ("minProperties", "maxProperties"))
+_BOUNDS = (
+    ("minimum", "maximum"),
+    ("exclusiveMinimum", "exclusiveMaximum"),
+    ("minLength", "maxLength"),
+    ("minItems", "maxItems"),
+    ("minProperties", "maxProperties"),
+)
 _LINE_BREAKS = re.compile(r"[\r\n\v\f\x85\u2028\u2029]")
 
 
@@ -319,7 +333,9 @@ def _check_subschema(schema: Any, where: str) -> None:
     if not isinstance(schema, Mapping):
         raise ToolSchemaError(f"{where}: the schema must be an object, got {_short(schema)}")
     if "enum" in schema and (not isinstance(schema["enum"], list) or not schema["enum"]):
-        raise ToolSchemaError(f"{where}: enum must be a non-empty list of values, got {_short(schema['enum'])}")
+        raise ToolSchemaError(
+            f"{where}: enum must be a non-empty list of values, got {_short(schema['enum'])}"
+        )
     for low, high in _BOUNDS:
         lo, hi = schema.get(low), schema.get(high)
         if _is_number(lo) and _is_number(hi) and lo > hi:
@@ -457,8 +473,9 @@ def validate_value(value: Any, schema: Mapping[str, Any], where: str = "value") 
     return None
 
 
-def validate_arguments(spec: ToolSpec, arguments: Mapping[str, Any],
-                       present: frozenset[str] = frozenset()) -> str | None:
+def validate_arguments(
+    spec: ToolSpec, arguments: Mapping[str, Any], present: frozenset[str] = frozenset()
+) -> str | None:
     """Validate a call's arguments against its tool. Returns None when legal, else the reason.
 
     ``present``: parameters given but not checkable yet (future references), counted as supplied."""

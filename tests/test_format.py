@@ -22,13 +22,23 @@ from tickcall.models.format import (
 )
 from tickcall.models.tools import ToolSchemaError, normalize_tool, normalize_tools
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.",
-                                            "parameters": {"type": "object", "properties": {
-                                                "city": {"type": "string"}, "days": {"type": "integer"}},
-                                                "required": ["city"]}}}
-WEATHER_LINE = ('{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", '
-                '"parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": '
-                '{"type": "integer"}}, "required": ["city"]}}}')
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city"],
+        },
+    },
+}
+WEATHER_LINE = (
+    '{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", '
+    '"parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": '
+    '{"type": "integer"}}, "required": ["city"]}}}'
+)
 
 
 def test_seventeen_tokens():
@@ -42,15 +52,19 @@ def test_v2_golden():
     prompt = t.prefix(tools) + t.suffix(Turn("Weather in Paris?", ['get_weather(city="Rome")']))
     expected = (
         "<|im_start|>system\nYou are a real-time function calling assistant. Convert user commands into "
-        "function calls using the available tools.\n\n## Available Tools:\n\n" + WEATHER_LINE +
-        "\n<|im_end|>\n<|im_start|>user\nhistory: [get_weather(city=\"Rome\")]\n\nWeather in Paris?"
+        "function calls using the available tools.\n\n## Available Tools:\n\n"
+        + WEATHER_LINE
+        + '\n<|im_end|>\n<|im_start|>user\nhistory: [get_weather(city="Rome")]\n\nWeather in Paris?'
         "<|im_end|>\n<|im_start|>assistant\n"
     )
     assert prompt == expected
     # environment lines are prepended to the query as a JSON list
     assert t.suffix(Turn("go", environment=["hp=3", "ammo=2"])) == (
-        '<|im_start|>user\nhistory: []\n\nenvironment: ["hp=3", "ammo=2"]\ngo<|im_end|>\n<|im_start|>assistant\n')
-    assert t.prefix(tools, system="Be quick.").startswith("<|im_start|>system\nBe quick.\n\n## Available Tools:")
+        '<|im_start|>user\nhistory: []\n\nenvironment: ["hp=3", "ammo=2"]\ngo<|im_end|>\n<|im_start|>assistant\n'
+    )
+    assert t.prefix(tools, system="Be quick.").startswith(
+        "<|im_start|>system\nBe quick.\n\n## Available Tools:"
+    )
 
 
 def test_v1_golden():
@@ -87,8 +101,10 @@ def test_prefix_is_static_and_turn_goes_only_in_suffix():
 
 
 def test_history_rendering():
-    assert render_call(Call("move", {"x": 3, "name": "a\"b", "ok": True, "v": [1, 2]})) == \
-        'move(x=3, name="a\\"b", ok=true, v=[1, 2])'
+    assert (
+        render_call(Call("move", {"x": 3, "name": 'a"b', "ok": True, "v": [1, 2]}))
+        == 'move(x=3, name="a\\"b", ok=true, v=[1, 2])'
+    )
     assert render_call(Call("move", {"b": 1, "a": 2}), ("a", "b")) == "move(a=2, b=1)"
 
 
@@ -96,10 +112,22 @@ def test_history_rendering():
 
 
 def test_bfcl_dialect_converted_and_order_kept():
-    spec = normalize_tool({"name": "f", "description": "d", "parameters": {
-        "type": "dict", "properties": {"z": {"type": "float"}, "a": {"type": "tuple", "items": {"type": "integer"}},
-                                       "m": {"type": "any"}, "d": {"type": "dict", "properties": {"k": {"type": "float"}}}},
-        "required": ["z"]}})
+    spec = normalize_tool(
+        {
+            "name": "f",
+            "description": "d",
+            "parameters": {
+                "type": "dict",
+                "properties": {
+                    "z": {"type": "float"},
+                    "a": {"type": "tuple", "items": {"type": "integer"}},
+                    "m": {"type": "any"},
+                    "d": {"type": "dict", "properties": {"k": {"type": "float"}}},
+                },
+                "required": ["z"],
+            },
+        }
+    )
     assert spec.param_names == ("z", "a", "m", "d")
     assert spec.parameters["type"] == "object"
     assert spec.properties["z"]["type"] == "number" and spec.properties["a"]["type"] == "array"
@@ -127,8 +155,11 @@ def test_callable_tool():
     assert spec.name == "dash" and spec.description == "Dash quickly."
     assert spec.param_names == ("direction", "distance", "boost")
     assert spec.required == ("direction",)
-    assert spec.properties["direction"] == {"type": "string", "enum": ["north", "south"],
-                                            "description": "where to dash"}
+    assert spec.properties["direction"] == {
+        "type": "string",
+        "enum": ["north", "south"],
+        "description": "where to dash",
+    }
     assert spec.properties["distance"]["type"] == "number" and spec.properties["distance"]["default"] == 2.0
     assert spec.properties["boost"]["type"] == ["boolean", "null"]
 
@@ -143,7 +174,9 @@ def test_bad_tools_refused():
     with pytest.raises(ToolSchemaError, match="defined twice"):
         normalize_tools([WEATHER, WEATHER])
     with pytest.raises(ToolSchemaError, match="unsupported parameter type"):
-        normalize_tool({"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "HashMap"}}}})
+        normalize_tool(
+            {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "HashMap"}}}}
+        )
     with pytest.raises(ToolSchemaError, match="no tools"):
         normalize_tools([])
     with pytest.raises(ToolSchemaError, match="not in properties"):
@@ -152,28 +185,45 @@ def test_bad_tools_refused():
 
 # ------------------------------------------------------------------ assembly
 
-TOOLS = {t.name: t for t in normalize_tools([
-    WEATHER,
-    {"name": "move", "parameters": {"type": "object", "properties": {
-        "dir": {"type": "string", "enum": ["n", "s"]}, "speed": {"type": "number", "minimum": 0, "maximum": 1},
-        "tags": {"type": "array", "items": {"type": "string"}}}, "required": ["dir"]}},
-])}
+TOOLS = {
+    t.name: t
+    for t in normalize_tools(
+        [
+            WEATHER,
+            {
+                "name": "move",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "dir": {"type": "string", "enum": ["n", "s"]},
+                        "speed": {"type": "number", "minimum": 0, "maximum": 1},
+                        "tags": {"type": "array", "items": {"type": "string"}},
+                    },
+                    "required": ["dir"],
+                },
+            },
+        ]
+    )
+}
 
 
-@pytest.mark.parametrize("heads,legal,reason", [
-    ({"function": "move", "arg1": "n", "arg2": "0.5", "arg3": NULL}, True, "ok"),
-    ({"function": " move ", "arg1": "n", "arg2": NULL, "arg3": ""}, True, "ok"),
-    ({"function": "jump", "arg1": NULL}, False, "unknown function 'jump'"),
-    ({"function": NULL}, False, "no function"),
-    ({"function": "move", "arg1": "e"}, False, "not one of"),
-    ({"function": "move", "arg1": "n", "arg2": "1.5"}, False, "above the maximum"),
-    ({"function": "move", "arg1": "n", "arg2": "NaN"}, False, "not valid JSON"),
-    ({"function": "move", "arg1": "n", "arg2": "fast"}, False, "not valid JSON"),
-    ({"function": "move", "arg1": NULL, "arg2": "0.5"}, False, "required argument 'dir' is missing"),
-    ({"function": "get_weather", "arg1": "Paris", "arg2": "2", "arg3": "7"}, False, "takes 2 parameter"),
-    ({"function": "get_weather", "arg1": "Paris", "arg2": "null"}, False, "not of type integer"),
-    ({"function": "move", "arg1": "n", "arg3": '["a", 1]'}, False, "not of type string"),
-])
+@pytest.mark.parametrize(
+    "heads,legal,reason",
+    [
+        ({"function": "move", "arg1": "n", "arg2": "0.5", "arg3": NULL}, True, "ok"),
+        ({"function": " move ", "arg1": "n", "arg2": NULL, "arg3": ""}, True, "ok"),
+        ({"function": "jump", "arg1": NULL}, False, "unknown function 'jump'"),
+        ({"function": NULL}, False, "no function"),
+        ({"function": "move", "arg1": "e"}, False, "not one of"),
+        ({"function": "move", "arg1": "n", "arg2": "1.5"}, False, "above the maximum"),
+        ({"function": "move", "arg1": "n", "arg2": "NaN"}, False, "not valid JSON"),
+        ({"function": "move", "arg1": "n", "arg2": "fast"}, False, "not valid JSON"),
+        ({"function": "move", "arg1": NULL, "arg2": "0.5"}, False, "required argument 'dir' is missing"),
+        ({"function": "get_weather", "arg1": "Paris", "arg2": "2", "arg3": "7"}, False, "takes 2 parameter"),
+        ({"function": "get_weather", "arg1": "Paris", "arg2": "null"}, False, "not of type integer"),
+        ({"function": "move", "arg1": "n", "arg3": '["a", 1]'}, False, "not of type string"),
+    ],
+)
 def test_assembly_rules(heads, legal, reason):
     a = assemble(heads, TOOLS)
     assert a.legal is legal, a.reason
@@ -182,8 +232,12 @@ def test_assembly_rules(heads, legal, reason):
 
 
 def test_assembly_duplicate_keys_rejected():
-    tools = {t.name: t for t in normalize_tools([{"name": "f", "parameters": {"type": "object", "properties": {
-        "o": {"type": "object"}}}}])}
+    tools = {
+        t.name: t
+        for t in normalize_tools(
+            [{"name": "f", "parameters": {"type": "object", "properties": {"o": {"type": "object"}}}}]
+        )
+    }
     assert not assemble({"function": "f", "arg1": '{"a":1,"a":2}'}, tools).legal
     a = assemble({"function": "f", "arg1": '{"a":1}'}, tools)
     assert a.legal and a.call == Call("f", {"o": {"a": 1}})
@@ -221,10 +275,16 @@ def _first_answer(options: list) -> tuple[bool, object]:
 @pytest.mark.parametrize("category", ["simple_python", "multiple", "live_simple"])
 def test_bfcl_round_trip(category):
     data = _bfcl_dir()
-    questions = {json.loads(line)["id"]: json.loads(line)
-                 for line in (data / f"BFCL_v4_{category}.json").read_text().splitlines() if line.strip()}
-    answers = [json.loads(line) for line in (data / "possible_answer" / f"BFCL_v4_{category}.json")
-               .read_text().splitlines() if line.strip()]
+    questions = {
+        json.loads(line)["id"]: json.loads(line)
+        for line in (data / f"BFCL_v4_{category}.json").read_text().splitlines()
+        if line.strip()
+    }
+    answers = [
+        json.loads(line)
+        for line in (data / "possible_answer" / f"BFCL_v4_{category}.json").read_text().splitlines()
+        if line.strip()
+    ]
     checked = refused = 0
     for ans in answers:
         q = questions[ans["id"]]
@@ -237,7 +297,7 @@ def test_bfcl_round_trip(category):
         tools = {s.name: s for s in specs}
         heads = heads_for(specs)
         for gt in ans["ground_truth"]:
-            (name, params), = gt.items()
+            ((name, params),) = gt.items()
             spec = tools[name]
             args = {}
             for pname in spec.param_names:

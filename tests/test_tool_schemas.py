@@ -31,21 +31,40 @@ BAD = [
     ("minimum-nan", _param(minimum=math.nan), ["'move'", "'speed'", "minimum is nan, not a finite"]),
     ("maximum-inf", _param(maximum=math.inf), ["'move'", "'speed'", "maximum is inf, not a finite"]),
     ("enum-nan", _param(enum=[1.0, math.nan]), ["'speed'", "enum[1] is nan, not a finite"]),
-    ("minimum-above-maximum", _param(minimum=3, maximum=1), ["'move'", "'speed'", "minimum 3 is above maximum 1"]),
-    ("exclusive-bounds-crossed", _param(exclusiveMinimum=2, exclusiveMaximum=1),
-     ["'speed'", "exclusiveMinimum 2 is above exclusiveMaximum 1"]),
-    ("min-length-above-max", _tool({"name": {"type": "string", "minLength": 5, "maxLength": 2}}),
-     ["'name'", "minLength 5 is above maxLength 2"]),
-    ("nested-enum-empty", _tool({"path": {"type": "array", "items": {"enum": []}}}),
-     ["'path'", "items", "enum must be a non-empty list"]),
+    (
+        "minimum-above-maximum",
+        _param(minimum=3, maximum=1),
+        ["'move'", "'speed'", "minimum 3 is above maximum 1"],
+    ),
+    (
+        "exclusive-bounds-crossed",
+        _param(exclusiveMinimum=2, exclusiveMaximum=1),
+        ["'speed'", "exclusiveMinimum 2 is above exclusiveMaximum 1"],
+    ),
+    (
+        "min-length-above-max",
+        _tool({"name": {"type": "string", "minLength": 5, "maxLength": 2}}),
+        ["'name'", "minLength 5 is above maxLength 2"],
+    ),
+    (
+        "nested-enum-empty",
+        _tool({"path": {"type": "array", "items": {"enum": []}}}),
+        ["'path'", "items", "enum must be a non-empty list"],
+    ),
     ("empty-name", _tool({"": {"type": "number"}}), ["'move'", "parameter name '' is empty"]),
     ("blank-name", _tool({"  ": {"type": "number"}}), ["'move'", "is empty"]),
     ("newline-name", _tool({"a\nb": {"type": "number"}}), ["'move'", "single line"]),
     ("type-a-dict", _tool({"speed": {"type": {"x": 1}}}), ["move.speed", "a type must be a string"]),
-    ("required-not-a-list", _tool({"speed": {"type": "number"}}, required=5),
-     ["'move'", "invalid JSON schema at parameters.required"]),
-    ("negative-min-length", _tool({"name": {"type": "string", "minLength": -1}}),
-     ["'move'", "parameters.properties.name.minLength"]),
+    (
+        "required-not-a-list",
+        _tool({"speed": {"type": "number"}}, required=5),
+        ["'move'", "invalid JSON schema at parameters.required"],
+    ),
+    (
+        "negative-min-length",
+        _tool({"name": {"type": "string", "minLength": -1}}),
+        ["'move'", "parameters.properties.name.minLength"],
+    ),
     ("bad-pattern", _tool({"name": {"type": "string", "pattern": "("}}), ["'move'", "pattern", "regex"]),
     ("items-a-number", _tool({"path": {"type": "array", "items": 5}}), ["'move'", "'path'"]),
 ]
@@ -76,15 +95,33 @@ def test_sound_schemas_still_pass(schema):
 
 
 def test_bfcl_dialect_still_passes():
-    tool = {"name": "f", "parameters": {"type": "dict", "properties": {"x": {"type": "float", "minimum": 0},
-                                                                      "t": {"type": "tuple"}}}}
+    tool = {
+        "name": "f",
+        "parameters": {
+            "type": "dict",
+            "properties": {"x": {"type": "float", "minimum": 0}, "t": {"type": "tuple"}},
+        },
+    }
     spec = normalize_tools([tool])[0]
     assert spec.properties["x"]["type"] == "number" and spec.properties["t"]["type"] == "array"
 
 
-@pytest.mark.parametrize("tool", [t for i, t, _ in BAD if i in ("enum-not-a-list", "property-a-number",
-                                                                  "minimum-nan", "minimum-above-maximum",
-                                                                  "newline-name", "type-a-dict")])
+@pytest.mark.parametrize(
+    "tool",
+    [
+        t
+        for i, t, _ in BAD
+        if i
+        in (
+            "enum-not-a-list",
+            "property-a-number",
+            "minimum-nan",
+            "minimum-above-maximum",
+            "newline-name",
+            "type-a-dict",
+        )
+    ],
+)
 def test_policy_answers_illegal_tools_not_engine_failure(tool):
     policy = InProcPolicy(NoOpEngine())
     try:
