@@ -5,7 +5,11 @@ Accepted inputs
 * OpenAI style: ``{"type": "function", "function": {"name", "description", "parameters"}}`` or the
   bare inner ``{"name", "description", "parameters"}``.
 * The Berkeley Function Calling Leaderboard dialect: ``"type": "dict"`` (object), ``float`` (number),
-  ``tuple`` (array), ``any`` (no type constraint), also ``int``/``bool``/``str``/``list``.
+  ``tuple`` (array), ``any`` (no type constraint), also ``int``/``bool``/``str``/``list``, and the
+  Java and JavaScript type names of its ``simple_java``/``simple_javascript`` tools (``String``,
+  ``long``, ``Array``, ``HashMap``, ...; table ``_BFCL_TYPES``). Java's ``byte``, ``short`` and ``char``
+  also get their range/length as ``minimum``/``maximum``/``minLength``/``maxLength`` (where the
+  schema sets none), so the value a head may carry is the value the Java method can take.
 * Python callables with type hints and a docstring (Google-style ``Args:`` give parameter text).
 
 Invariant: argument order is the insertion order of ``parameters.properties`` (never sorted, never
@@ -71,7 +75,11 @@ class ToolSpec:
 
 # --------------------------------------------------------------------------- BFCL dialect
 
+# BFCL type name -> JSON-schema type. Java/JavaScript names describe the value, as BFCL's own checker
+# reads them (its ground truth holds values, e.g. ``true`` for ``boolean``, ``{...}`` for ``HashMap``),
+# not the Java/JS source text BFCL asks chat models to write for them.
 _BFCL_TYPES = {
+    # Python dialect
     "dict": "object",
     "float": "number",
     "tuple": "array",
@@ -79,6 +87,30 @@ _BFCL_TYPES = {
     "bool": "boolean",
     "str": "string",
     "list": "array",
+    # Java (simple_java)
+    "String": "string",
+    "char": "string",
+    "byte": "integer",
+    "short": "integer",
+    "long": "integer",
+    "double": "number",
+    "Array": "array",
+    "ArrayList": "array",
+    "Queue": "array",
+    "Stack": "array",
+    "HashMap": "object",
+    "Hashtable": "object",
+    # JavaScript (simple_javascript; "dict", "array", "float", "integer" as above)
+    "Boolean": "boolean",
+    "Bigint": "integer",
+}
+_BFCL_ANY = {"any", "Any"}  # no type constraint: the value may be anything JSON can carry
+# Bounds a Java type implies; applied only where the schema gives none of its own. ``long`` gets none:
+# its 64-bit range is wider than any value a head carries, and 19-digit bounds would only cost prompt.
+_JAVA_BOUNDS: dict[str, dict[str, int]] = {
+    "byte": {"minimum": -(2**7), "maximum": 2**7 - 1},
+    "short": {"minimum": -(2**15), "maximum": 2**15 - 1},
+    "char": {"minLength": 1, "maxLength": 1},
 }
 _JSON_TYPES = {"object", "number", "integer", "string", "boolean", "array", "null"}
 
@@ -96,12 +128,15 @@ def _convert_schema(schema: Any, where: str) -> tuple[Any, bool]:
             for t in types_in:
                 if not isinstance(t, str):
                     raise ToolSchemaError(f"{where}: a type must be a string, got {_short(t)}")
-                if t == "any":
+                if t in _BFCL_ANY:
                     changed = True
                     continue
                 if t in _BFCL_TYPES:
                     conv.append(_BFCL_TYPES[t])
                     changed = True
+                    for bound, limit in _JAVA_BOUNDS.get(t, {}).items():
+                        if bound not in schema:
+                            out[bound] = limit
                 elif t in _JSON_TYPES:
                     conv.append(t)
                 else:
@@ -119,6 +154,14 @@ def _convert_schema(schema: Any, where: str) -> tuple[Any, bool]:
         if key in ("items", "additionalProperties") and isinstance(value, Mapping):
             out[key], ch = _convert_schema(value, f"{where}[]")
             changed |= ch
+            continue
+        if key == "items" and isinstance(value, list):  # tuple form: one schema per position
+            conv_items = []
+            for i, s in enumerate(value):
+                c, ch = _convert_schema(s, f"{where}[{i}]")
+                conv_items.append(c)
+                changed |= ch
+            out[key] = conv_items
             continue
         if key in ("anyOf", "oneOf") and isinstance(value, list):
             conv_list = []

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal
 
+import bfcl_round_trip
 import pytest
 from tickcall.models.assembly import assemble
 from tickcall.models.calls import Call, render_call
@@ -175,7 +175,7 @@ def test_bad_tools_refused():
         normalize_tools([WEATHER, WEATHER])
     with pytest.raises(ToolSchemaError, match="unsupported parameter type"):
         normalize_tool(
-            {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "HashMap"}}}}
+            {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "Widget"}}}}
         )
     with pytest.raises(ToolSchemaError, match="no tools"):
         normalize_tools([])
@@ -260,58 +260,37 @@ def test_encode_and_training_target():
 # ------------------------------------------------------------------ BFCL round trip
 
 
-def _bfcl_dir() -> Path:
-    bfcl = pytest.importorskip("bfcl_eval", reason="bfcl-eval data not installed (scripts/setup.sh --dev)")
-    return Path(bfcl.__file__).parent / "data"
+# Answers BFCL gives that its own schema refuses (ids and reasons: ``pytest -s tests/test_bfcl_table.py``).
+# They are counted, not round-tripped; a change in these counts means the data or our converter changed.
+#   live_simple 1: ``record`` gives no value for required arrays.
+#   live_multiple 14: enum misses ('openai', 'Reggaeton', '5 minutes', ...), booleans/ints/null for
+#     string-typed parameters, a parameter the tool does not have.
+#   parallel_multiple 4: parameters the tool does not have, a variable name for an array, strings
+#     for integer items.
+#   simple_java 10, simple_javascript 8: variable names or constant expressions ("textBuffer",
+#     "EventRequest.SUSPEND_ALL") for array/object/integer parameters (BFCL's "string representation").
+ANSWER_ILLEGAL = {
+    "simple_python": 0,
+    "multiple": 0,
+    "live_simple": 1,
+    "live_multiple": 14,
+    "parallel_multiple": 4,
+    "simple_java": 10,
+    "simple_javascript": 8,
+}
 
 
-def _first_answer(options: list) -> tuple[bool, object]:
-    """BFCL lists acceptable values per parameter; '' (or no value) means 'may be omitted'."""
-    if not options or options[0] == "":
-        return True, None
-    return False, options[0]
-
-
-@pytest.mark.parametrize("category", ["simple_python", "multiple", "live_simple"])
+@pytest.mark.parametrize("category", bfcl_round_trip.CATEGORIES)
 def test_bfcl_round_trip(category):
-    data = _bfcl_dir()
-    questions = {
-        json.loads(line)["id"]: json.loads(line)
-        for line in (data / f"BFCL_v4_{category}.json").read_text().splitlines()
-        if line.strip()
-    }
-    answers = [
-        json.loads(line)
-        for line in (data / "possible_answer" / f"BFCL_v4_{category}.json").read_text().splitlines()
-        if line.strip()
-    ]
-    checked = refused = 0
-    for ans in answers:
-        q = questions[ans["id"]]
-        try:
-            specs = normalize_tools(q["function"])
-        except ToolSchemaError as exc:
-            assert "at most 6" in str(exc)
-            refused += 1
-            continue
-        tools = {s.name: s for s in specs}
-        heads = heads_for(specs)
-        for gt in ans["ground_truth"]:
-            ((name, params),) = gt.items()
-            spec = tools[name]
-            args = {}
-            for pname in spec.param_names:
-                if pname in params:
-                    omitted, value = _first_answer(params[pname])
-                    if not omitted:
-                        args[pname] = value
-            call = Call(name, args)
-            texts = encode_call_heads(call, spec, heads)
-            back = assemble(texts, tools)
-            assert back.call == call, (ans["id"], texts, back)
-            checked += 1
-    assert checked > 150
-    print(f"{category}: {checked} calls round-tripped, {refused} tool sets refused (>6 parameters)")
+    """Every BFCL answer that is legal under its schema comes back from its head texts equal and legal."""
+    if bfcl_round_trip.data_dir() is None:
+        pytest.skip("bfcl-eval data not installed (scripts/setup.sh --dev)")
+    tally = bfcl_round_trip.round_trip(category)
+    assert not tally.failures, tally.failures[:5]
+    illegal = [f"{i}: {why}" for i, why in tally.answer_illegal]
+    assert len(illegal) == ANSWER_ILLEGAL[category], illegal
+    assert tally.round_tripped + len(illegal) == tally.calls
+    assert tally.round_tripped >= 40 and tally.round_tripped > 0.8 * tally.calls
 
 
 def test_future_references_only_when_allowed():

@@ -146,3 +146,52 @@ def test_a_tool_holding_bytes_is_refused_and_the_policy_goes_on():
         assert policy.register([{"name": "ok", "parameters": {"type": "object", "properties": {}}}])
     finally:
         policy.close()
+
+
+@pytest.mark.parametrize(
+    "bfcl_type,expected",
+    [
+        ("String", {"type": "string"}),
+        ("char", {"type": "string", "minLength": 1, "maxLength": 1}),
+        ("byte", {"type": "integer", "minimum": -128, "maximum": 127}),
+        ("short", {"type": "integer", "minimum": -32768, "maximum": 32767}),
+        ("long", {"type": "integer"}),
+        ("double", {"type": "number"}),
+        ("Array", {"type": "array"}),
+        ("ArrayList", {"type": "array"}),
+        ("HashMap", {"type": "object"}),
+        ("Hashtable", {"type": "object"}),
+        ("Boolean", {"type": "boolean"}),
+        ("Bigint", {"type": "integer"}),
+        ("any", {}),
+        ("Any", {}),
+    ],
+)
+def test_bfcl_java_and_javascript_types(bfcl_type, expected):
+    """BFCL's Java/JS type names map to the JSON schema of the values they hold (as its checker reads them)."""
+    spec = normalize_tools([_tool({"x": {"type": bfcl_type}})])[0]
+    assert spec.properties["x"] == expected
+    assert f'"{bfcl_type}"' not in str(spec.rendered).replace("'", '"')
+
+
+def test_java_bounds_do_not_override_the_schema_and_nest():
+    spec = normalize_tools(
+        [
+            _tool(
+                {
+                    "b": {"type": "byte", "minimum": 0},
+                    "ids": {"type": "ArrayList", "items": {"type": "long"}},
+                    "pair": {"type": "tuple", "items": [{"type": "String"}, {"type": "short"}]},
+                }
+            )
+        ]
+    )[0]
+    assert spec.properties["b"] == {"type": "integer", "minimum": 0, "maximum": 127}
+    assert spec.properties["ids"] == {"type": "array", "items": {"type": "integer"}}
+    assert spec.properties["pair"]["items"][1] == {"type": "integer", "minimum": -32768, "maximum": 32767}
+
+
+def test_unknown_and_empty_type_names_still_refused():
+    for name in ("Widget", "", "Set"):
+        with pytest.raises(ToolSchemaError, match="unsupported parameter type"):
+            normalize_tools([_tool({"x": {"type": name}})])
