@@ -10,10 +10,13 @@ batch; a head leaves the batch at its stop token (closing tag, ``<|null|>``, ``<
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from tickcall.models.constrain import Constrainer, RowGuide, mask_logits
 from tickcall.models.engine import Engine, EngineError, RawHeads, Registration
 from tickcall.models.format import CHAT_TOKENS, IM_END, NULL, SPECIAL_TOKENS, Turn, close_tag, open_tag
 from tickcall.models.lean import LeanLM
@@ -56,15 +59,17 @@ class HFEngine(Engine):
 
     ``model_path``: a local folder (config.json, safetensors, tokenizer). ``device``: "cpu", "cuda"
     or "auto". ``dtype``: defaults to float32 on CPU and bfloat16 on CUDA. ``threads``: torch CPU
-    threads (None: 1 for models under 50M parameters on CPU, else torch's default; process-wide). ``max_new_tokens``: per head budget. ``allow_future_refs``:
-    accept ``@fN`` argument values (see models.assembly).
+    threads (None: 1 for models under 50M parameters on CPU, else torch's default; process-wide).
+    ``max_new_tokens``: per head budget. ``allow_future_refs``: accept ``@fN`` argument values (see
+    models.assembly). ``constrain``: decode every head under its schema grammar (models.constrain;
+    default on: greedy output that is already legal is unchanged, illegal output becomes legal).
     """
 
     backend = "transformers"
 
     def __init__(self, model_path: str | Path, *, device: str | None = "auto", dtype: str | None = None,
                  threads: int | None = None, max_new_tokens: int = 32, template: str | None = None,
-                 allow_future_refs: bool = False) -> None:
+                 allow_future_refs: bool = False, constrain: bool = True) -> None:
         super().__init__(max_new_tokens=max_new_tokens, allow_future_refs=allow_future_refs)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,6 +98,8 @@ class HFEngine(Engine):
             threads = 1  # tiny matmuls: a second thread only adds synchronisation (and stalls under load)
         if threads:
             torch.set_num_threads(threads)
+        self.constrainer = (Constrainer(self.tokenizer, self.lm.lm_head.shape[0], self.token_ids)
+                            if constrain else None)
 
     # ---------------------------------------------------------------- helpers
     def encode(self, text: str) -> list[int]:
@@ -113,7 +120,7 @@ class HFEngine(Engine):
         cfg = self.model.config
         return {"backend": self.backend, "model": str(self.model_path), "model_type": cfg.model_type,
                 "params": self.n_params, "device": self.device, "dtype": str(self.lm.dtype).replace("torch.", ""),
-                "default_template": self.default_template}
+                "default_template": self.default_template, "constrained": self.constrainer is not None}
 
     def close(self) -> None:
         self._registrations.clear()
@@ -126,7 +133,10 @@ class HFEngine(Engine):
         ids = self.encode(reg.prefix_text)
         reg.state = self.lm.prefill_prefix(ids)
         reg.prefix_tokens = len(ids)
+        if self.constrainer is not None:
+            reg.grammars = self.constrainer.compile(reg.tools, reg.heads)
 
+    @torch.inference_mode()
     def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
         t0 = time.perf_counter()
         suffixes = [self.encode(reg.template.suffix(turn)) for reg, turn in items]
@@ -148,54 +158,152 @@ class HFEngine(Engine):
         t1 = time.perf_counter()
 
         # rows: every head of every request, ordered by group, request, head
-        generated: list[list[int]] = [[] for _ in row_head]
-        finished = [False] * len(row_head)
-        budget = self.max_new_tokens
+        n = len(row_head)
+        run = _Rows(generated=[[] for _ in range(n)], finished=[False] * n)
         forced = self.forced_lengths
-        if forced:
-            budget = max(forced.get(h, 1) for h in row_head)
-        stops = [self.stop_ids(h) for h in row_head]
-        limits = [forced.get(h, 1) if forced else budget for h in row_head]
+        budget = max(forced.get(h, 1) for h in row_head) if forced else self.max_new_tokens
+        run.limits = [forced.get(h, 1) if forced else budget for h in row_head]
+        run.stops = [self.stop_ids(h) for h in row_head]
+        closed: set[int] = set()
+        redo: list[int] = []
+        if self.constrainer is not None and not forced:
+            chosen: dict[int, str] = {}  # item -> tool its function head chose
+            rows_of = {i: [r for r in range(n) if row_item[r] == i] for i in range(len(items))}
+            run.guides = [RowGuide(self.constrainer, h, items[row_item[r]][0].grammars.start[h])
+                          for r, h in enumerate(row_head)]
 
-        next_tok = first_logits.argmax(-1).tolist()
-        live = list(range(len(row_head)))  # row index of each batch slot
-        rb = None
-        while True:
-            still = []
-            for slot, r in enumerate(live):
-                tok = next_tok[slot]
-                generated[r].append(tok)
-                # forced (benchmarks): exactly limits[r] tokens; otherwise a stop id or the budget
-                finished[r] = len(generated[r]) >= limits[r] if forced else tok in stops[r]
-                if not finished[r] and len(generated[r]) < limits[r]:
-                    still.append(slot)
-            if not still:
-                break
-            if rb is None:
-                rb = self.lm.rows(groups, budget)
-            if len(still) < len(live):
-                rb.keep(still)
-            live = [live[s] for s in still]
-            tokens = torch.tensor([generated[r][-1] for r in live], device=self.lm.device)
-            next_tok = self.lm.step(rb, tokens).argmax(-1).tolist()
+            def resolved(r: int) -> None:  # a function head stopped: shadow its item's argument rows
+                i = row_item[r]
+                tool = self._chosen_tool(items[i][0], run.generated[r])
+                if tool is None:
+                    return
+                chosen[i] = tool
+                for a in rows_of[i]:
+                    g = run.guides[a]
+                    if g.head == "function" or run.finished[a]:
+                        continue
+                    g.shadow = self.constrainer.matcher(g.head, items[i][0].grammars.chosen[(tool, g.head)])
+                    g.dead = not all(g.shadow.accept_token(t) for t in run.generated[a])
+
+            run.on_function_done = resolved
+            self._greedy(groups, list(range(n)), first_logits.clone(), run, budget)
+            for r in range(n):  # heads cut at the budget are finished by their grammar
+                if not run.finished[r] and not run.guides[r].dead:
+                    self._close(r, run, closed)
+                    if row_head[r] == "function" and run.finished[r]:
+                        resolved(r)
+            for i, tool in chosen.items():  # argument heads the chosen tool does not accept
+                reg = items[i][0]
+                for a in rows_of[i]:
+                    head = row_head[a]
+                    if head != "function" and (run.guides[a].dead or not self.constrainer.accepts(
+                            head, reg.grammars.chosen[(tool, head)], run.generated[a])):
+                        redo.append(a)
+                        run.guides[a] = RowGuide(self.constrainer, head, reg.grammars.chosen[(tool, head)])
+                        run.generated[a], run.finished[a] = [], False
+                        closed.discard(a)
+            if redo:
+                run.on_function_done = None
+                self._greedy(groups, redo, first_logits[redo], run, budget)
+                for r in redo:
+                    if not run.finished[r]:
+                        self._close(r, run, closed)
+        else:
+            self._greedy(groups, list(range(n)), first_logits, run, budget)
         t2 = time.perf_counter()
 
         out: list[RawHeads] = []
+        null_id = self.token_ids[NULL]
         for i, (reg, _) in enumerate(items):
-            texts, ids_map, unfinished = {}, {}, set()
+            texts, ids_map, unfinished, grammar_closed, redecoded = {}, {}, set(), set(), set()
             for r, (it, head) in enumerate(zip(row_item, row_head, strict=True)):
                 if it != i:
                     continue
-                ids = generated[r]
+                ids = run.generated[r]
                 ids_map[head] = ids
-                if not finished[r]:
+                if r in closed:
+                    grammar_closed.add(head)
+                if r in redo:
+                    redecoded.add(head)
+                if not run.finished[r]:
                     unfinished.add(head)
-                body = ids[:-1] if (finished[r] and not forced) else ids
-                if finished[r] and not forced and ids[-1] == self.token_ids[NULL]:
+                body = ids[:-1] if (run.finished[r] and not forced) else ids
+                if run.finished[r] and not forced and ids[-1] == null_id:
                     texts[head] = NULL
                 else:
                     texts[head] = self.decode_ids(body)
             out.append(RawHeads(texts=texts, token_ids=ids_map, unfinished=unfinished,
                                 prompt_tokens=suffix_lens[i], cached_tokens=reg.prefix_tokens,
-                                prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3))
+                                prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
+                                grammar_closed=grammar_closed, redecoded=redecoded))
         return out
+
+    def _chosen_tool(self, reg: Registration, ids: list[int]) -> str | None:
+        """The tool a finished function head named, None for ``<|null|>`` or an unknown name."""
+        if not ids or ids[-1] not in (self.token_ids[close_tag("function")], self.token_ids[IM_END]):
+            return None
+        name = self.decode_ids(ids[:-1]).strip()
+        return name if name in reg.grammars.tool_names else None
+
+    def _close(self, r: int, run: _Rows, closed: set[int]) -> None:
+        """Finish row ``r`` (cut at its budget) by its grammar, without the model."""
+        g = run.guides[r]
+        path = self.constrainer.close(g.head, g.rule, run.generated[r])
+        if path:
+            run.generated[r].extend(path)
+            run.finished[r] = True
+            closed.add(r)
+
+    def _greedy(self, groups: list, rows: list[int], logits: torch.Tensor, run: _Rows, budget: int) -> None:
+        """Greedy decode of ``rows`` (row indices, ascending) from their first-token ``logits``.
+
+        A row stops at a stop id, at its limit, or (constrained) when the chosen tool's grammar has
+        rejected its prefix (``RowGuide.dead``). Fills ``run.generated`` / ``run.finished``."""
+        guides = run.guides
+        live = list(rows)
+        rb = None
+        forced = self.forced_lengths
+        while True:
+            if guides is not None:
+                logits = logits.float()
+                mask_logits(self.constrainer, [guides[r] for r in live], logits)
+            next_tok = logits.argmax(-1).tolist()
+            for slot, r in enumerate(live):
+                tok = next_tok[slot]
+                run.generated[r].append(tok)
+                if guides is not None:
+                    g = guides[r]
+                    g.matcher.accept_token(tok)
+                    if g.shadow is not None and not g.dead:
+                        g.dead = not g.shadow.accept_token(tok)
+                # forced (benchmarks): exactly limits[r] tokens; otherwise a stop id or the budget
+                stops = guides[r].stops if guides is not None else run.stops[r]
+                run.finished[r] = len(run.generated[r]) >= run.limits[r] if forced else tok in stops
+                if run.finished[r] and run.on_function_done is not None and guides[r].head == "function":
+                    run.on_function_done(r)
+            still = [slot for slot, r in enumerate(live)
+                     if not run.finished[r] and len(run.generated[r]) < run.limits[r]
+                     and not (guides is not None and guides[r].dead)]
+            if not still:
+                return
+            if rb is None:
+                rb = self.lm.rows(groups, budget)
+                if len(rows) < rb.ctx_len.shape[0]:
+                    rb.keep(rows)
+            if len(still) < len(live):
+                rb.keep(still)
+            live = [live[s] for s in still]
+            tokens = torch.tensor([run.generated[r][-1] for r in live], device=self.lm.device)
+            logits = self.lm.step(rb, tokens)
+
+
+@dataclass
+class _Rows:
+    """The state of one decide's rows (every head of every request)."""
+
+    generated: list[list[int]]
+    finished: list[bool]
+    limits: list[int] = field(default_factory=list)
+    stops: list[tuple[int, ...]] = field(default_factory=list)
+    guides: list[RowGuide] | None = None
+    on_function_done: Callable[[int], None] | None = None

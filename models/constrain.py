@@ -1,0 +1,185 @@
+"""Token masks for SimpleTool heads: compile a registration's head grammars once, guide decode rows.
+
+Semantics shared by both backends (tests check they agree call for call):
+
+1. Every head decodes under its *start* rule (``models.grammars``): the function head under the tool
+   names, each argument head under the union of what its slot allows over all tools. Its stop
+   tokens are its closing tag and ``<|im_end|>``, and ``<|null|>`` only where it may be omitted; they
+   are allowed only once the text is a complete sentence. Every other special token is never allowed.
+2. A head that reaches its token budget unfinished is closed by the grammar, without the model: the
+   stop tag if allowed, else closing quotes/brackets, else the lowest allowed id, until it stops;
+   so every head ends in a legal text.
+3. Once the function head has chosen a tool, an argument head whose tokens the chosen tool's rule
+   does not accept is re-decoded from its tag under that rule. The transformers backend notices a
+   dead prefix mid-decode and stops the row early; the outcome is the same as checking at the end.
+
+Compiled grammars are kept with the registration (``Registration.grammars``) and deduplicated by
+their text per engine, so identical parameter schemas across tools and registrations compile once.
+Per decide only matchers are created (microseconds each).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import xgrammar as xgr
+from tickcall.models.format import IM_END, NULL, close_tag
+from tickcall.models.grammars import HeadGrammars, HeadRule, build_head_grammars
+
+CLOSE_PATH_LIMIT = 64  # tokens a grammar-closed head may receive beyond its budget
+_CLOSERS = ('"', "]", "}", ",", "0", " ")  # tried in order after the stop tag when closing a head
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """One head rule, compiled: the grammar, its EBNF text (vLLM's structured outputs) and whether
+    the head may be omitted."""
+
+    compiled: xgr.CompiledGrammar
+    text: str
+    nullable: bool
+
+
+@dataclass
+class CompiledHeads:
+    """A registration's compiled rules (see ``HeadGrammars``) and their one-time cost (ms)."""
+
+    start: dict[str, CompiledRule]
+    chosen: dict[tuple[str, str], CompiledRule]
+    weaker: list[str]
+    compile_ms: float
+    tool_names: frozenset[str] = field(default_factory=frozenset)
+
+
+class Constrainer:
+    """xgrammar state for one tokenizer and vocabulary.
+
+    ``tokenizer``: a transformers tokenizer; ``vocab_size``: rows of the model's output layer (may
+    exceed the tokenizer's length); ``token_ids``: the SimpleTool and chat token ids."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, token_ids: dict[str, int]) -> None:
+        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self.compiler = xgr.GrammarCompiler(self.info, max_threads=1)
+        self.vocab_size = vocab_size
+        self.token_ids = token_ids
+        self.null_id = token_ids[NULL]
+        special = {int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        special |= set(token_ids.values())
+        self.special_ids = sorted(i for i in special if i < vocab_size)
+        self._ban: dict[tuple[str, bool], torch.Tensor] = {}
+        self._cache: dict[str, xgr.CompiledGrammar] = {}
+        self._closer_ids = []
+        for ch in _CLOSERS:
+            ids = tokenizer.encode(ch, add_special_tokens=False)
+            if len(ids) == 1:
+                self._closer_ids.append(ids[0])
+
+    # ---------------------------------------------------------------- compile (per registration)
+    def _compile(self, rule: HeadRule) -> CompiledRule:
+        text = str(rule.grammar)
+        compiled = self._cache.get(text)
+        if compiled is None:
+            compiled = self._cache[text] = self.compiler.compile_grammar(text)
+        return CompiledRule(compiled, text, rule.nullable)
+
+    def compile(self, tools: list[Any], heads: tuple[str, ...], allow_no_call: bool = False) -> CompiledHeads:
+        """Compile every rule of a registration (done once, at ``register``)."""
+        t0 = time.perf_counter()
+        grammars: HeadGrammars = build_head_grammars(tools, heads, allow_no_call)
+        start = {head: self._compile(rule) for head, rule in grammars.start.items()}
+        chosen = {key: self._compile(rule) for key, rule in grammars.chosen.items()}
+        return CompiledHeads(start=start, chosen=chosen, weaker=grammars.weaker,
+                             compile_ms=(time.perf_counter() - t0) * 1e3,
+                             tool_names=frozenset(t.name for t in tools))
+
+    # ---------------------------------------------------------------- helpers
+    def stop_ids(self, head: str, nullable: bool) -> list[int]:
+        """A head's stop tokens under a rule: its closing tag and ``<|im_end|>`` (the stops of the
+        unconstrained decode, so legal greedy output is unchanged), and ``<|null|>`` where omittable."""
+        stops = [self.token_ids[close_tag(head)], self.token_ids[IM_END]]
+        return [*stops, self.null_id] if nullable else stops
+
+    def banned(self, head: str, nullable: bool) -> torch.Tensor:
+        """Ids a head may never emit: every special token that is not one of its stop tokens."""
+        ban = self._ban.get((head, nullable))
+        if ban is None:
+            keep = set(self.stop_ids(head, nullable))
+            ban = torch.tensor([i for i in self.special_ids if i not in keep], dtype=torch.long)
+            self._ban[(head, nullable)] = ban
+        return ban
+
+    def matcher(self, head: str, rule: CompiledRule) -> xgr.GrammarMatcher:
+        return xgr.GrammarMatcher(rule.compiled, override_stop_tokens=self.stop_ids(head, rule.nullable))
+
+    def accepts(self, head: str, rule: CompiledRule, ids: list[int]) -> bool:
+        """True when ``ids`` (a whole head, stop token included) is legal under ``rule``."""
+        m = self.matcher(head, rule)
+        return bool(ids) and all(m.accept_token(t) for t in ids) and m.is_terminated()
+
+    def _next_for_closing(self, m: xgr.GrammarMatcher, head: str, rule: CompiledRule) -> int | None:
+        bm = xgr.allocate_token_bitmask(1, self.vocab_size)
+        m.fill_next_token_bitmask(bm)
+        words = bm[0]
+        banned = set(self.banned(head, rule.nullable).tolist())
+
+        def allowed(tok: int) -> bool:
+            return tok < self.vocab_size and tok not in banned and (int(words[tok >> 5]) >> (tok & 31)) & 1
+
+        for tok in (self.token_ids[close_tag(head)], *self._closer_ids):
+            if allowed(tok):
+                return tok
+        for w in torch.nonzero(words).flatten().tolist():
+            for bit in range(32):
+                if allowed((w << 5) + bit):
+                    return (w << 5) + bit
+        return None
+
+    def close(self, head: str, rule: CompiledRule, ids: list[int]) -> list[int] | None:
+        """Tokens that finish a head cut at its budget (``ids`` so far), chosen without the model:
+        the closing tag if allowed, else a closing character, else the lowest allowed id, until the
+        head stops. None when ``rule`` rejects ``ids`` or no completion is found within the limit."""
+        m = self.matcher(head, rule)
+        if not all(m.accept_token(t) for t in ids):
+            return None
+        stops = self.stop_ids(head, rule.nullable)
+        path: list[int] = []
+        for _ in range(CLOSE_PATH_LIMIT):
+            tok = self._next_for_closing(m, head, rule)
+            if tok is None:
+                return None
+            m.accept_token(tok)
+            path.append(tok)
+            if tok in stops:
+                return path
+        return None
+
+
+class RowGuide:
+    """One decode row's grammar state: its rule and matcher, and (once the function head resolved) a
+    *shadow* matcher of the chosen tool's rule that must accept every token too."""
+
+    __slots__ = ("head", "rule", "stops", "matcher", "shadow", "dead")
+
+    def __init__(self, constrainer: Constrainer, head: str, rule: CompiledRule) -> None:
+        self.head = head
+        self.rule = rule
+        self.stops = constrainer.stop_ids(head, rule.nullable)
+        self.matcher = constrainer.matcher(head, rule)
+        self.shadow: xgr.GrammarMatcher | None = None
+        self.dead = False  # the chosen tool's rule rejected this row's prefix: re-decode it
+
+
+def mask_logits(constrainer: Constrainer, guides: list[RowGuide], logits: torch.Tensor) -> None:
+    """Restrict ``logits`` [rows, V] (float32) in place to what each row's rule allows next."""
+    n, v = logits.shape
+    bm = xgr.allocate_token_bitmask(n, constrainer.vocab_size)
+    for slot, g in enumerate(guides):
+        g.matcher.fill_next_token_bitmask(bm, slot)
+    if v > constrainer.vocab_size:  # padded output rows beyond the grammar's vocabulary
+        logits[:, constrainer.vocab_size:] = float("-inf")
+    xgr.apply_token_bitmask_inplace(logits, bm, vocab_size=min(v, constrainer.vocab_size))
+    for slot, g in enumerate(guides):
+        logits[slot, constrainer.banned(g.head, g.rule.nullable)] = float("-inf")

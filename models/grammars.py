@@ -1,0 +1,170 @@
+"""Head grammars: what each SimpleTool head may legally produce, built from the registered schemas.
+
+A grammar describes a head's *text* (its tokens before the stop token). The stop tokens are not in
+the grammar: the backends pass them as the grammar's stop tokens (the head's closing tag, and
+``<|null|>`` only where the head may be omitted), so they are allowed exactly when the text so far
+is a complete sentence, and only as the real special token, never spelled out in characters.
+
+* ``<function>``: one of the registered tool names; the empty text (no call) only where the
+  registration allows it.
+* ``<argI>`` for one tool: the value of that tool's I-th parameter; the empty text (the head stops
+  at once: omitted) where the parameter is optional, and only that where the tool has fewer than I
+  parameters. ``type: "string"`` parameters are raw text (enum members as literals, ``pattern`` as
+  a regex, ``minLength``/``maxLength`` as a repeat count, otherwise one or more characters); every
+  other parameter is JSON under its schema (xgrammar's JSON-schema converter: ranges, ``multipleOf``
+  for integers, enums, arrays, objects; objects get no undeclared keys).
+* ``<argI>`` before the function head has resolved: the union over the tools of the above.
+
+Where a schema feature has no grammar form (a regex xgrammar cannot parse, a JSON schema it refuses)
+the grammar falls back to the plain type and ``HeadGrammars.weaker`` names the spot: assembly still
+validates the value, so such a call can be illegal, never silently accepted.
+
+Grammars are xgrammar ``Grammar`` objects; ``str(grammar)`` is the EBNF text the vLLM backend hands to
+vLLM's structured outputs, so both backends decode under the same grammar.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import xgrammar as xgr
+from tickcall.models.tools import ToolSpec
+
+FUNCTION_HEAD = "function"
+
+
+def literal(text: str) -> str:
+    """An EBNF string literal for ``text`` (JSON escapes, which xgrammar's EBNF reads)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def literals(texts: Sequence[str]) -> xgr.Grammar:
+    """A grammar matching exactly one of ``texts``."""
+    return xgr.Grammar.from_ebnf("root ::= " + " | ".join(literal(t) for t in texts))
+
+
+
+
+def _regex_for_string(schema: Mapping[str, Any]) -> str:
+    """A full-match regex for a raw string under ``pattern`` or length limits (JSON-schema ``pattern``
+    is a search: unanchored sides may hold any text)."""
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        head = pattern[1:] if pattern.startswith("^") else pattern
+        anchored_end = head.endswith("$") and not head.endswith("\\$")
+        body = head[:-1] if anchored_end else head
+        left = "" if pattern.startswith("^") else "[\\s\\S]*"
+        right = "" if anchored_end else "[\\s\\S]*"
+        return f"{left}(?:{body}){right}" if (left or right) else body
+    lo = max(1, int(schema.get("minLength", 1)))
+    hi = schema.get("maxLength")
+    if hi is not None:
+        return f"[\\s\\S]{{{lo},{int(hi)}}}"
+    return f"[\\s\\S]{{{lo},}}"
+
+
+def string_value(schema: Mapping[str, Any], where: str, weaker: list[str]) -> xgr.Grammar:
+    """The raw text of a ``type: "string"`` parameter."""
+    options = schema.get("enum")
+    if options is None and "const" in schema:
+        options = [schema["const"]]
+    if options is not None:
+        texts = [o for o in options if isinstance(o, str) and o]
+        if texts:
+            return literals(texts)
+        weaker.append(f"{where}: no non-empty string among enum/const")
+    try:
+        return xgr.Grammar.from_regex(_regex_for_string(schema))
+    except Exception as exc:  # xgrammar's regex subset (no look-arounds, no back-references)
+        weaker.append(f"{where}: pattern {schema.get('pattern')!r} has no grammar form ({exc}); any text")
+        return xgr.Grammar.from_regex("[\\s\\S]+")
+
+
+def json_value(schema: Mapping[str, Any], where: str, weaker: list[str]) -> xgr.Grammar:
+    """The JSON text of a non-string parameter (at most 2 whitespace characters in a row)."""
+    try:
+        return xgr.Grammar.from_json_schema(dict(schema), any_whitespace=True, max_whitespace_cnt=2)
+    except Exception as exc:
+        weaker.append(f"{where}: schema has no grammar form ({exc}); any JSON value")
+        return xgr.Grammar.from_json_schema({}, any_whitespace=True, max_whitespace_cnt=2)
+
+
+def param_value(tool: ToolSpec, index: int, weaker: list[str]) -> xgr.Grammar:
+    """The text of ``tool``'s parameter at ``index`` (0-based), without tags."""
+    name = tool.param_names[index]
+    schema = tool.properties[name]
+    where = f"{tool.name}.{name}"
+    return string_value(schema, where, weaker) if tool.param_is_string(name) else json_value(schema, where, weaker)
+
+
+@dataclass
+class SlotRule:
+    """What one argument slot of one tool allows: a value grammar and/or ``<|null|>``."""
+
+    value: xgr.Grammar | None  # None: the tool has no parameter at this slot
+    nullable: bool
+
+
+def slot_rule(tool: ToolSpec, index: int, weaker: list[str]) -> SlotRule:
+    if index >= tool.arity:
+        return SlotRule(None, True)
+    name = tool.param_names[index]
+    return SlotRule(param_value(tool, index, weaker), name not in tool.required)
+
+
+EMPTY = "root ::= \"\""
+
+
+@dataclass(frozen=True)
+class HeadRule:
+    """A head's grammar and whether it may be omitted (then its grammar holds the empty text and
+    ``<|null|>`` is one of its stop tokens)."""
+
+    grammar: xgr.Grammar
+    nullable: bool
+
+
+def head_rule(rules: Sequence[SlotRule]) -> HeadRule:
+    """The union of ``rules``: any of their values, or nothing where one of them may be omitted."""
+    values = [r.value for r in rules if r.value is not None]
+    nullable = any(r.nullable for r in rules)
+    alternatives = ([xgr.Grammar.from_ebnf(EMPTY)] if nullable else []) + values
+    grammar = alternatives[0] if len(alternatives) == 1 else xgr.Grammar.union(*alternatives)
+    return HeadRule(grammar, nullable)
+
+
+def function_rule(tools: Sequence[ToolSpec], allow_no_call: bool) -> HeadRule:
+    names = literals([t.name for t in tools])
+    return HeadRule(xgr.Grammar.union(xgr.Grammar.from_ebnf(EMPTY), names) if allow_no_call else names,
+                    allow_no_call)
+
+
+@dataclass
+class HeadGrammars:
+    """Every head rule a registration needs, built once.
+
+    ``start[head]``: the rule a head decodes under from its first token (for an argument head, the
+    union over all tools). ``chosen[(tool, head)]``: the argument head's rule once the function
+    head has chosen ``tool``. ``weaker``: schema spots enforced by assembly only (see module doc)."""
+
+    start: dict[str, HeadRule]
+    chosen: dict[tuple[str, str], HeadRule]
+    weaker: list[str] = field(default_factory=list)
+
+
+def build_head_grammars(tools: Sequence[ToolSpec], heads: Sequence[str],
+                        allow_no_call: bool = False) -> HeadGrammars:
+    """Rules for ``heads`` (``function``, ``arg1``..) over ``tools``."""
+    weaker: list[str] = []
+    start = {FUNCTION_HEAD: function_rule(tools, allow_no_call)}
+    chosen: dict[tuple[str, str], HeadRule] = {}
+    for head in heads[1:]:
+        index = int(head[3:]) - 1
+        rules = {t.name: slot_rule(t, index, weaker) for t in tools}
+        start[head] = head_rule(list(rules.values()))
+        for name, rule in rules.items():
+            chosen[(name, head)] = head_rule([rule])
+    return HeadGrammars(start=start, chosen=chosen, weaker=sorted(set(weaker)))
