@@ -105,7 +105,8 @@ class VLLMEngine(Engine):
                  kv_cache_gib: float = 1.0, max_model_len: int = 4096, max_num_seqs: int = 64,
                  gpu_memory_utilization: float | None = None, enforce_eager: bool | None = None,
                  max_new_tokens: int = 32, template: str | None = None, seed: int = 0,
-                 gate: str = "buffer", quiet: bool = True, **llm_kwargs: Any) -> None:
+                 gate: str = "buffer", quiet: bool = True, constrain: bool = True,
+                 **llm_kwargs: Any) -> None:
         super().__init__(max_new_tokens=max_new_tokens)
         from tickcall.models.hf_engine import check_special_tokens
         from tickcall.models.loading import read_model_meta
@@ -153,6 +154,7 @@ class VLLMEngine(Engine):
             max_num_seqs=max_num_seqs, seed=seed, disable_log_stats=True,
             enforce_eager=(self.device == "cpu") if enforce_eager is None else enforce_eager,
             generation_config="vllm",  # never the checkpoint's sampling defaults
+            structured_outputs_config={"backend": "xgrammar"},  # the grammar text is xgrammar's EBNF
         )
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
@@ -174,6 +176,13 @@ class VLLMEngine(Engine):
 
             self._reaper = start_reaper(self.engine_pids)
         self._engine = self.llm.llm_engine
+        self.constrainer = None
+        if constrain:
+            self._compile_grammars_in_step()
+            from tickcall.models.constrain import Constrainer
+
+            vocab = int(self.config.get("vocab_size") or len(self.tokenizer))
+            self.constrainer = Constrainer(self.tokenizer, vocab, self.token_ids)
         self._req_ids = itertools.count(1)
         self.forced_lengths: dict[str, int] | None = None  # benchmarks only: decode exactly N tokens
         self.last_stats: dict[str, Any] = {}
@@ -189,12 +198,25 @@ class VLLMEngine(Engine):
         t = self.token_ids
         return [t[close_tag(head)], t[NULL], t[IM_END]]
 
-    def sampling(self, head: str, forced: int | None = None):
-        """Explicit greedy parameters for one head (``forced``: exactly that many tokens, no stops)."""
+    def sampling(self, head: str, forced: int | None = None, rule: Any = None):
+        """Explicit greedy parameters for one head (``forced``: exactly that many tokens, no stops).
+
+        ``rule`` (a ``models.constrain.CompiledRule``): decode under its grammar through vLLM's
+        structured outputs (xgrammar), with the rule's stop tokens (vLLM hands a request's stop ids
+        to the grammar matcher as its stop tokens) and every other special token biased out (-100,
+        vLLM's limit for ``logit_bias``)."""
         common = dict(temperature=0.0, n=1, detokenize=False,
                       skip_special_tokens=False, output_kind=self._final_only)
         if forced:
             return self._SamplingParams(max_tokens=forced, min_tokens=forced, ignore_eos=True, **common)
+        if rule is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            ban = self.constrainer.banned(head, rule.nullable).tolist()
+            return self._SamplingParams(
+                max_tokens=self.max_new_tokens, stop_token_ids=self.constrainer.stop_ids(head, rule.nullable),
+                ignore_eos=True, structured_outputs=StructuredOutputsParams(grammar=rule.text),
+                logit_bias=dict.fromkeys(ban, -100.0), **common)
         return self._SamplingParams(max_tokens=self.max_new_tokens, stop_token_ids=self.stop_ids(head),
                                     ignore_eos=True, **common)
 
@@ -205,7 +227,7 @@ class VLLMEngine(Engine):
                 "model_type": self.config.get("model_type"), "device": self.device,
                 "vllm": vllm.__version__, "block_size": self.block_size, "prefix_align": self.prefix_align,
                 "in_process": self.in_process, "quantization": quantization_summary(self.config),
-                "default_template": self.default_template}
+                "default_template": self.default_template, "constrained": self.constrainer is not None}
 
     def close(self) -> None:
         """Shut the engine core down (and its subprocesses when ``in_process=False``). Idempotent."""
@@ -232,6 +254,17 @@ class VLLMEngine(Engine):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _compile_grammars_in_step(self) -> None:
+        """In process, let vLLM compile a request's grammar when the request is added, not in its
+        thread pool: an asynchronous compile that is not done by the first step leaves that head
+        out of it (one extra engine step per decide, measured). The grammar texts repeat every tick
+        and xgrammar's compiler cache answers them in microseconds. No-op where the attribute
+        is absent (other vLLM versions) or the engine core runs in its own process."""
+        core = getattr(getattr(self._engine, "engine_core", None), "engine_core", None)
+        manager = getattr(core, "structured_output_manager", None)
+        if self.in_process and hasattr(manager, "_use_async_grammar_compilation"):
+            manager._use_async_grammar_compilation = False
 
     # ---------------------------------------------------------------- running requests
     def run_requests(self, requests: list[tuple[list[int], Any]]) -> tuple[list[Any], dict[str, Any]]:
@@ -318,33 +351,53 @@ class VLLMEngine(Engine):
         tag = self.token_ids[open_tag("function")]
         outs, _ = self.run_requests([(ids + probe + [tag], self.sampling("function", forced=1))] * 2)
         state.warm_cached = int(outs[1].num_cached_tokens or 0)
+        if self.constrainer is not None:
+            reg.grammars = self.constrainer.compile(reg.tools, reg.heads)
 
     def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
         forced = self.forced_lengths
-        requests, layout, suffix_lens = [], [], []
+        constrained = self.constrainer is not None and not forced
+        requests, layout, suffix_lens, bases = [], [], [], []
         for i, (reg, turn) in enumerate(items):
             suffix = self.encode(reg.template.suffix(turn))
             suffix_lens.append(len(suffix))
-            base = reg.state.ids + suffix
+            bases.append(reg.state.ids + suffix)
             for head in reg.heads:
                 n = forced.get(head, 1) if forced else None
-                requests.append((base + [self.token_ids[open_tag(head)]], self.sampling(head, n)))
+                rule = reg.grammars.start[head] if constrained else None
+                requests.append((bases[i] + [self.token_ids[open_tag(head)]], self.sampling(head, n, rule)))
                 layout.append((i, head))
         outs, stats = self.run_requests(requests)
         longest = max(len(o.outputs[0].token_ids) for o in outs)
         cached = [int(o.num_cached_tokens or 0) for o in outs]
         self.last_stats = {**stats, "longest": longest, "extra_steps": stats["steps"] - longest,
                            "cached_per_head": cached, "prompt_lens": [len(p) for p, _ in requests]}
+        ids_of = {key: list(o.outputs[0].token_ids) for key, o in zip(layout, outs, strict=True)}
+        closed: set[tuple[int, str]] = set()
+        redo: dict[tuple[int, str], Any] = {}
+        if constrained:
+            redo = self._constrain_outputs(items, ids_of, closed)
+        if redo:  # argument heads the chosen tool's rule rejected: decoded again under that rule
+            keys = list(redo)
+            again, more = self.run_requests([(bases[i] + [self.token_ids[open_tag(h)]],
+                                              self.sampling(h, None, redo[(i, h)])) for i, h in keys])
+            stats["total_ms"] += more["total_ms"]
+            for (i, h), o in zip(keys, again, strict=True):
+                ids_of[(i, h)] = self._closed_by_rule(h, redo[(i, h)], list(o.outputs[0].token_ids),
+                                                      closed, (i, h))
         null_id = self.token_ids[NULL]
         per_item: list[dict[str, Any]] = [{"texts": {}, "ids": {}, "unfinished": set(), "cached": [],
-                                           "computed": []} for _ in items]
+                                           "computed": [], "closed": set(), "redo": set()} for _ in items]
         for (i, head), o, (prompt, _) in zip(layout, outs, requests, strict=True):
-            comp = o.outputs[0]
-            ids = list(comp.token_ids)
+            ids = ids_of[(i, head)]
             acc = per_item[i]
             acc["ids"][head] = ids
             acc["cached"].append(int(o.num_cached_tokens or 0))
             acc["computed"].append(len(prompt) - int(o.num_cached_tokens or 0))
+            if (i, head) in closed:
+                acc["closed"].add(head)
+            if (i, head) in redo:
+                acc["redo"].add(head)
             stopped = (not forced) and bool(ids) and ids[-1] in self.stop_ids(head)
             if not forced and not stopped:
                 acc["unfinished"].add(head)
@@ -357,5 +410,38 @@ class VLLMEngine(Engine):
         decode_ms = stats["total_ms"] - prefill_ms
         return [RawHeads(texts=a["texts"], token_ids=a["ids"], unfinished=a["unfinished"],
                          prompt_tokens=max(a["computed"]), cached_tokens=min(a["cached"]),
-                         prefill_ms=prefill_ms, decode_ms=decode_ms)
+                         prefill_ms=prefill_ms, decode_ms=decode_ms, grammar_closed=a["closed"],
+                         redecoded=a["redo"])
                 for a in per_item]
+
+    def _closed_by_rule(self, head: str, rule: Any, ids: list[int], closed: set, key: Any) -> list[int]:
+        """``ids`` if the head stopped, else ``ids`` finished by its grammar (models.constrain)."""
+        if ids and ids[-1] in self.constrainer.stop_ids(head, rule.nullable):
+            return ids
+        path = self.constrainer.close(head, rule, ids)
+        if path is None:
+            return ids
+        closed.add(key)
+        return ids + path
+
+    def _constrain_outputs(self, items: list[tuple[Registration, Turn]], ids_of: dict, closed: set) -> dict:
+        """Close heads cut at the budget; return the argument heads to decode again under the rule of
+        the tool their function head chose ((item, head) -> rule), as the transformers backend does."""
+        for (i, head), ids in ids_of.items():
+            ids_of[(i, head)] = self._closed_by_rule(head, items[i][0].grammars.start[head], ids, closed,
+                                                     (i, head))
+        redo = {}
+        name_stops = (self.token_ids[close_tag("function")], self.token_ids[IM_END])
+        for i, (reg, _) in enumerate(items):
+            fn = ids_of[(i, "function")]
+            if not fn or fn[-1] not in name_stops:
+                continue
+            tool = self.tokenizer.decode(fn[:-1], skip_special_tokens=False).strip()
+            if tool not in reg.grammars.tool_names:
+                continue
+            for head in reg.heads[1:]:
+                rule = reg.grammars.chosen[(tool, head)]
+                if not self.constrainer.accepts(head, rule, ids_of[(i, head)]):
+                    redo[(i, head)] = rule
+                    closed.discard((i, head))
+        return redo
