@@ -4,6 +4,9 @@ Byte-for-byte compatible with the public SimpleTool checkpoints (see docs/simple
 
 * 17 added tokens, each a single id: ``<content> </content> <function> </function>
   <arg1> </arg1> ... <arg6> </arg6> <|null|>``; chat tokens ``<|im_start|>``/``<|im_end|>``.
+  The public checkpoints have 6 argument heads; a model of ours may declare more (``max_heads`` in
+  its folder's ``tickcall.json``): ``head_names(n)`` and ``special_tokens(n)`` (``2n + 5`` tokens)
+  give its heads and added tokens, the same names and order extended.
 * A prompt is split into a **static prefix** (system turn with the tools; identical every tick, its KV
   cache is kept) and a **per-tick suffix** (user turn + ``<|im_start|>assistant\\n``).
 * A head is prompt + one opening tag (``<function>``, ``<arg1>``..``<argN>``), decoded greedily until
@@ -12,6 +15,7 @@ Byte-for-byte compatible with the public SimpleTool checkpoints (see docs/simple
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,15 +27,41 @@ from tickcall.models.tools import MAX_ARITY, ToolSpec
 NULL = "<|null|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-HEAD_NAMES: tuple[str, ...] = ("function",) + tuple(f"arg{i}" for i in range(1, MAX_ARITY + 1))
-SPECIAL_TOKENS: tuple[str, ...] = (
-    "<content>",
-    "</content>",
-    "<function>",
-    "</function>",
-    *[tag for i in range(1, MAX_ARITY + 1) for tag in (f"<arg{i}>", f"</arg{i}>")],
-    NULL,
-)
+MAX_HEADS_LIMIT = 64  # argument heads a model may declare: each one is a decode row on every tick
+
+
+def check_max_heads(n: Any) -> int:
+    """``n`` as a number of argument heads (1..MAX_HEADS_LIMIT), else ValueError saying why."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_HEADS_LIMIT:
+        raise ValueError(f"max_heads must be an integer from 1 to {MAX_HEADS_LIMIT}, got {n!r}")
+    return n
+
+
+def max_heads_of(meta: Mapping[str, Any] | None) -> int:
+    """Argument heads of a model from its ``tickcall.json`` contents: ``max_heads``, else 6 (the
+    public SimpleTool checkpoints, trained for ``<arg1>``..``<arg6>``). ValueError when invalid."""
+    if not meta or meta.get("max_heads") is None:
+        return MAX_ARITY
+    return check_max_heads(meta["max_heads"])
+
+
+@functools.lru_cache(maxsize=None, typed=True)  # typed: True and 1.0 must not hit 1
+def head_names(n: int = MAX_ARITY) -> tuple[str, ...]:
+    """``("function", "arg1", ..., "argN")``: every head a model with ``n`` argument heads has."""
+    return ("function",) + tuple(f"arg{i}" for i in range(1, check_max_heads(n) + 1))
+
+
+@functools.lru_cache(maxsize=None, typed=True)  # typed: True and 1.0 must not hit 1
+def special_tokens(n: int = MAX_ARITY) -> tuple[str, ...]:
+    """The added tokens of a model with ``n`` argument heads, in the public checkpoints' order:
+    ``<content> </content> <function> </function> <arg1> </arg1> ... <argN> </argN> <|null|>``
+    (``2n + 5`` tokens: 17 for the public checkpoints' 6)."""
+    args = [tag for i in range(1, check_max_heads(n) + 1) for tag in (f"<arg{i}>", f"</arg{i}>")]
+    return ("<content>", "</content>", "<function>", "</function>", *args, NULL)
+
+
+HEAD_NAMES: tuple[str, ...] = head_names(MAX_ARITY)
+SPECIAL_TOKENS: tuple[str, ...] = special_tokens(MAX_ARITY)
 CHAT_TOKENS: tuple[str, ...] = (IM_START, IM_END)
 assert len(SPECIAL_TOKENS) == 17
 
@@ -44,12 +74,13 @@ def close_tag(head: str) -> str:
     return f"</{head}>"
 
 
-def heads_for(tools: Sequence[ToolSpec]) -> tuple[str, ...]:
-    """Heads used per call: ``function`` + ``arg1``..``argN``, N = the largest arity (at most 6)."""
+def heads_for(tools: Sequence[ToolSpec], max_heads: int = MAX_ARITY) -> tuple[str, ...]:
+    """Heads used per call: ``function`` + ``arg1``..``argN``, N = the largest arity, at most
+    ``max_heads`` (6 for the public checkpoints). ValueError when a tool has more parameters."""
     n = max((t.arity for t in tools), default=0)
-    if n > MAX_ARITY:
-        raise ValueError(f"largest arity {n} exceeds {MAX_ARITY}")
-    return HEAD_NAMES[: 1 + n]
+    if n > check_max_heads(max_heads):
+        raise ValueError(f"largest arity {n} exceeds the model's {max_heads} argument heads")
+    return head_names(max_heads)[: 1 + n]
 
 
 # --------------------------------------------------------------------------- turns

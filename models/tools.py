@@ -31,7 +31,9 @@ from typing import Any
 
 import jsonschema
 
-MAX_ARITY = 6  # heads <arg1>..<arg6>
+# Heads <arg1>..<arg6>: the public SimpleTool checkpoints' limit and the default. A model of ours may
+# declare more (``max_heads`` in its tickcall.json, ``format.max_heads_of``); pass it as ``max_arity``.
+MAX_ARITY = 6
 
 
 class ToolSchemaError(ValueError):
@@ -333,7 +335,8 @@ def normalize_tools(tools: Sequence[Any], *, max_arity: int = MAX_ARITY) -> list
             raise ToolSchemaError(
                 f"tool {spec.name!r} has {spec.arity} parameters ({', '.join(spec.param_names)}); "
                 f"SimpleTool heads carry at most {max_arity} arguments (<arg1>..<arg{max_arity}>). "
-                "Split the tool, or group parameters into an object parameter."
+                "Split the tool, group parameters into an object parameter, or serve a model trained "
+                "with more heads (max_heads in its tickcall.json)."
             )
     return specs
 

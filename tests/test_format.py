@@ -17,8 +17,11 @@ from tickcall.models.format import (
     Turn,
     encode_call_heads,
     get_template,
+    head_names,
     head_target,
     heads_for,
+    max_heads_of,
+    special_tokens,
 )
 from tickcall.models.tools import ToolSchemaError, normalize_tool, normalize_tools
 
@@ -300,3 +303,48 @@ def test_future_references_only_when_allowed():
     assert a.legal and a.call == Call("move", {"dir": "n", "speed": "@f17"})
     b = assemble({"function": "move", "arg1": "@f3"}, TOOLS, allow_future_refs=True)
     assert b.legal and b.call.arguments == {"dir": "@f3"}  # a required argument given as a future
+
+
+# ------------------------------------------------------------------ arity beyond 6
+
+
+def test_head_names_and_special_tokens_of_n_heads():
+    assert head_names(6) == HEAD_NAMES and head_names() == HEAD_NAMES
+    assert special_tokens(6) == SPECIAL_TOKENS and special_tokens() == SPECIAL_TOKENS
+    ten = special_tokens(10)
+    assert len(ten) == 25 == len(set(ten)) and ten[:-1][: len(SPECIAL_TOKENS) - 1] == SPECIAL_TOKENS[:-1]
+    assert ten[-3:] == ("<arg10>", "</arg10>", NULL)
+    assert head_names(1) == ("function", "arg1") and len(head_names(20)) == 21
+    for bad in (0, -1, 65, 6.0, True, "6", None):
+        with pytest.raises(ValueError, match="max_heads must be an integer"):
+            head_names(bad)
+        with pytest.raises(ValueError, match="max_heads must be an integer"):
+            special_tokens(bad)
+
+
+def test_max_heads_of_tickcall_json():
+    assert max_heads_of(None) == 6 and max_heads_of({}) == 6 and max_heads_of({"template": "v2"}) == 6
+    assert max_heads_of({"max_heads": None}) == 6 and max_heads_of({"max_heads": 12}) == 12
+    with pytest.raises(ValueError, match="got '12'"):
+        max_heads_of({"max_heads": "12"})
+
+
+def test_tools_over_six_parameters_with_more_heads():
+    props = {f"p{i}": {"type": "integer"} for i in range(9)}
+    big = {"name": "big", "parameters": {"type": "object", "properties": props, "required": ["p8"]}}
+    with pytest.raises(ToolSchemaError, match="9 parameters.*at most 6.*max_heads"):
+        normalize_tools([big])
+    specs = normalize_tools([big, WEATHER], max_arity=10)
+    with pytest.raises(ValueError, match="largest arity 9 exceeds the model's 6 argument heads"):
+        heads_for(specs)
+    heads = heads_for(specs, max_heads=10)
+    assert heads == head_names(10)[:10] and heads[-1] == "arg9"
+    tools = {s.name: s for s in specs}
+    call = Call("big", {"p0": 1, "p7": -4, "p8": 9})
+    texts = encode_call_heads(call, tools["big"], heads)
+    assert texts["arg8"] == "-4" and texts["arg9"] == "9" and texts["arg2"] == NULL
+    for mode in ("strict", "lenient"):
+        back = assemble(texts, tools, mode=mode)
+        assert back.legal and back.call == call, back.reason
+    weather = encode_call_heads(Call("get_weather", {"city": "Oslo"}), tools["get_weather"], heads)
+    assert assemble(weather, tools).call == Call("get_weather", {"city": "Oslo"})
