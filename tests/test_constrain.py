@@ -1,0 +1,178 @@
+"""Schema-constrained heads (models.grammars, models.constrain) on the transformers backend.
+
+Real parts: xgrammar masks, the shipped students, a tiny random Qwen2 (an untrained model is the
+hardest case for legality: it prefers nothing), real gymnasium envs for tool sets and observations.
+The vLLM backend's agreement with this one is in tests/test_vllm_engine.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tickcall.models.format import NULL, Turn
+from tickcall.models.hf_engine import HFEngine
+from tickcall.models.tools import normalize_tools
+
+from tests.conftest import ARENA_LIKE_TOOLS
+
+SHIPPED = "models/shipped"
+
+TRICKY_TOOLS = [
+    {"name": "set_mode", "description": "m", "parameters": {"type": "object", "properties": {
+        "mode": {"type": "string", "enum": ["left", "leftmost", "up"]},
+        "level": {"type": "integer", "minimum": -3, "maximum": 12, "multipleOf": 3}},
+        "required": ["mode", "level"]}},
+    {"name": "act", "description": "a", "parameters": {"type": "object", "properties": {
+        "a": {"type": "array", "items": {"type": "number", "minimum": -1, "maximum": 1},
+              "minItems": 2, "maxItems": 2},
+        "tag": {"type": "string", "pattern": "^[a-z]{2,4}$"},
+        "flag": {"type": "boolean"}}, "required": ["a"]}},
+    {"name": "say", "description": "s", "parameters": {"type": "object", "properties": {
+        "text": {"type": "string", "maxLength": 5},
+        "where": {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0}},
+                  "required": ["x"]}}, "required": ["text"]}},
+    {"name": "wait", "description": "w", "parameters": {"type": "object", "properties": {}}},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tickcall.models.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("constrain") / "model", hidden=64, heads=2, kv_heads=1,
+                           intermediate=128, seed=3, init_std=0.2, tie_embeddings=False)
+
+
+def engines(path, budget: int = 16):
+    return (HFEngine(path, device="cpu", max_new_tokens=budget),
+            HFEngine(path, device="cpu", max_new_tokens=budget, constrain=False))
+
+
+def turns(n: int) -> list[Turn]:
+    return [Turn(query=f"tick {i}: x={i * 0.37 - 2:.2f} v={(-1) ** i * 0.1 * i:.2f} enemy {i % 4}")
+            for i in range(n)]
+
+
+def test_untrained_model_is_always_legal_only_with_constraints(tiny):
+    con, free = engines(tiny)
+    rc, rf = con.register(TRICKY_TOOLS), free.register(TRICKY_TOOLS)
+    legal_free = 0
+    chosen = set()
+    for turn in turns(40):
+        d = con.decide(rc.handle, turn)
+        assert d.legal, (d.heads, d.reason)
+        assert not set(d.heads.values()) & {"<|endoftext|>", "<|im_start|>"}
+        chosen.add(d.call.name)
+        legal_free += free.decide(rf.handle, turn).legal
+    assert legal_free < 20, "the unconstrained random model should be mostly illegal (else this test proves nothing)"
+    assert len(chosen) >= 2
+
+
+def test_heads_cut_at_the_budget_are_closed_by_the_grammar(tiny):
+    con, _ = engines(tiny, budget=2)
+    reg = con.register(TRICKY_TOOLS)
+    closed = 0
+    for turn in turns(20):
+        d = con.decide(reg.handle, turn)
+        assert d.legal, (d.heads, d.reason)
+        closed += len(d.grammar_closed)
+    assert closed > 0
+
+
+def test_argument_heads_are_redecoded_for_the_chosen_tool(tiny):
+    con, _ = engines(tiny)
+    reg = con.register(TRICKY_TOOLS)
+    redecoded = 0
+    for turn in turns(40):
+        d = con.decide(reg.handle, turn)
+        assert d.legal, (d.heads, d.reason)
+        redecoded += len(d.redecoded)
+        if d.call.name == "wait":  # a tool without parameters: every argument head omitted
+            assert all(d.heads[h] in ("", NULL) for h in d.heads if h != "function")
+    assert redecoded > 0, "40 ticks of a random model should need the chosen tool's grammar at least once"
+
+
+@pytest.mark.parametrize("model,tools", [("tickcall-arena", None), ("tickcall-cartpole", None),
+                                         ("tickcall-arena", ARENA_LIKE_TOOLS)])
+def test_greedy_output_that_is_legal_is_unchanged(model, tools):
+    """Where the unconstrained output is already legal the constrained one is identical, token for token.
+
+    "Legal" here also means no special token inside a head's text (the arena student writes
+    ``</arg1>`` into a free-text ``note`` under foreign tools; assembly would take it as text, the
+    constrained decode never emits it)."""
+
+    from tickcall.envs.binding import make_binding
+    from tickcall.envs.policies import turn_for
+    from tickcall.models.loading import read_model_meta
+
+    path = f"{SHIPPED}/{model}"
+    env_id = read_model_meta(path)["envs"][0]
+    binding = make_binding(env_id)
+    con, free = engines(path, budget=32)
+    tool_set = tools or binding.tools
+    rc, rf = con.register(tool_set), free.register(tool_set)
+    env = binding.env
+    obs, _ = env.reset(seed=0)
+    compared = 0
+    space = env.action_space
+    space.seed(0)
+    for _ in range(60):
+        turn = turn_for(binding, obs)
+        dc, df = con.decide(rc.handle, turn), free.decide(rf.handle, turn)
+        assert dc.legal
+        special = set(con.constrainer.special_ids)
+        if df.legal and not any(special & set(ids[:-1]) for ids in df.head_token_ids.values()):
+            assert dc.head_token_ids == df.head_token_ids
+            compared += 1
+        obs, _, term, trunc, _ = env.step(space.sample())
+        if term or trunc:
+            obs, _ = env.reset()
+    assert compared >= (30 if tools is None else 3)  # on foreign tools the student is mostly illegal
+
+
+@pytest.mark.parametrize("env_id", ["Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "FrozenLake-v1",
+                                    "Blackjack-v1", "LunarLander-v3", "MountainCarContinuous-v0"])
+def test_foreign_model_on_gymnasium_tools_is_legal(env_id, tiny):
+    """The shipped CartPole student and a random model, on tools they never saw: every call legal."""
+    from tickcall.envs.binding import make_binding
+    from tickcall.envs.policies import turn_for
+
+    binding = make_binding(env_id)
+    env = binding.env
+    obs, _ = env.reset(seed=1)
+    env.action_space.seed(1)
+    for path in (f"{SHIPPED}/tickcall-cartpole", tiny):
+        con = HFEngine(path, device="cpu", max_new_tokens=16)
+        reg = con.register(binding.tools)
+        for _ in range(12):
+            d = con.decide(reg.handle, turn_for(binding, obs))
+            assert d.legal, (env_id, d.heads, d.reason)
+            binding.call_to_action(d.call)  # the env accepts it as an action
+            obs, _, term, trunc, _ = env.step(env.action_space.sample())
+            if term or trunc:
+                obs, _ = env.reset()
+
+
+def test_grammars_are_compiled_once_per_registration_and_shared(tiny):
+    con, _ = engines(tiny)
+    a = con.register(TRICKY_TOOLS)
+    b = con.register(list(reversed(TRICKY_TOOLS)))
+    assert a.grammars.chosen[("act", "arg1")].compiled is b.grammars.chosen[("act", "arg1")].compiled
+    cached = len(con.constrainer._cache)
+    for turn in turns(3):
+        con.decide(a.handle, turn)
+    assert len(con.constrainer._cache) == cached  # nothing compiled per tick
+
+
+def test_rules_follow_the_schema():
+    from tickcall.models.grammars import build_head_grammars
+
+    specs = normalize_tools(TRICKY_TOOLS)
+    g = build_head_grammars(specs, ("function", "arg1", "arg2", "arg3"))
+    assert not g.start["function"].nullable
+    assert not g.chosen[("set_mode", "arg1")].nullable  # required
+    assert g.chosen[("act", "arg2")].nullable  # optional
+    assert g.chosen[("wait", "arg1")].nullable  # beyond its arity: only omitted
+    assert str(g.chosen[("wait", "arg1")].grammar).strip() == 'root ::= ("")'
+    assert build_head_grammars(specs, ("function",), allow_no_call=True).start["function"].nullable
+    assert g.weaker == []
