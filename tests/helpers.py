@@ -22,8 +22,9 @@ from typing import Any
 
 import msgpack
 from tickcall.agent import protocol as P
-from tickcall.models.engine import EngineError, NoOpEngine, RawHeads, Registration
+from tickcall.models.engine import EngineError, RawHeads, Registration
 from tickcall.models.format import Turn
+from tickcall.models.stand_ins import NoOpEngine
 
 FACTORY = "tests.helpers:injected_engine"
 
@@ -116,7 +117,8 @@ class ScriptedEngine(NoOpEngine):
             raise EngineError("boom")
         out = super()._decode(items)
         args = self.ok_args if self.kind == "ok" else self.illegal_args
-        for raw in out:
+        for (reg, _turn), raw in zip(items, out, strict=True):
+            raw.texts = {h: "<|null|>" for h in reg.heads} | {"function": reg.tools[0].name}
             for i, value in enumerate(args.values(), start=1):
                 raw.texts[f"arg{i}"] = value
         return out

@@ -36,7 +36,7 @@ from tickcall.agent.messages import (
     WireTurn,
 )
 from tickcall.agent.server import PolicyServer
-from tickcall.models.engine import NoOpEngine
+from tickcall.models.stand_ins import NoOpEngine
 
 TOOLS = CART_TOOLS[:1]  # push(dir) only
 

@@ -106,8 +106,9 @@ def test_round_trip_raw_socket(serve):
     raw.request("decide", handle=r["handle"], tick=41, turn={"query": "x=1"}, sent_ms=5.0, deadline_ms=1000)
     c = raw.recv()
     assert c["type"] == "call" and c["id"] == 4 and c["tick"] == 41 and c["sent_ms"] == 5.0
-    assert c["call"] == {"name": "push", "arguments": {}} and c["legal"] is False
-    assert "dir" in c["reason"] and c["heads"] == {"function": "push", "arg1": "<|null|>"}
+    # the no-op engine answers a legal call: the tool without required parameters (models.stand_ins)
+    assert c["call"] == {"name": "wait", "arguments": {}} and c["legal"] is True
+    assert c["reason"] == "ok" and c["heads"] == {"function": "wait", "arg1": "<|null|>"}
     assert set(c["timings_ms"]) == {"queue", "prefill", "decode", "assemble", "engine", "server"}
     assert c["batch"] == 1 and c["tokens"]["cached"] == r["prefix_tokens"]
     raw.request("ping", sent_ms=1.0)
@@ -261,7 +262,7 @@ def test_client_decide_poll_and_many_clients(serve):
             for r in c.poll(timeout_ms=10_000):
                 got[r.id] = r
         assert set(got) == set(ids)
-        assert all(isinstance(r, CallReply) and r.tick == rnd and r.call.name == "push" for r in got.values())
+        assert all(isinstance(r, CallReply) and r.tick == rnd and r.call.name == "wait" for r in got.values())
     st = srv.stats()
     assert st["decided"] == 18 and max(st["batch_sizes"]) > 1  # several clients decoded together
     for c in clients:

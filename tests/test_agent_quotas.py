@@ -15,8 +15,8 @@ from tickcall.agent.engines import build_engine
 from tickcall.agent.messages import Decide, ErrorReply
 from tickcall.agent.quotas import ClientQueues, TokenBudget, budget_for
 from tickcall.agent.server import PolicyServer
-from tickcall.models.engine import NoOpEngine
 from tickcall.models.format import Turn
+from tickcall.models.stand_ins import NoOpEngine
 
 
 class CountingEngine(NoOpEngine):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from tickcall.agent.config import ServeConfig
 from tickcall.agent.server import PolicyServer
-from tickcall.models.engine import NoOpEngine
+from tickcall.models.stand_ins import NoOpEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTCOMES = ("applied", "illegal", "error", "stale", "lost")

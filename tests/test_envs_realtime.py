@@ -12,6 +12,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import pytest
+from helpers import ScriptedEngine
 from tickcall.envs.actuators import CallRejected, EnvStepActuator, RealTimeActuator, actuator_for
 from tickcall.envs.binding import make_binding
 from tickcall.envs.evaluate import evaluate
@@ -19,7 +20,7 @@ from tickcall.envs.experts import ArenaExpert
 from tickcall.envs.policies import ModelPolicy, turn_for
 from tickcall.envs.realtime import RealTimeEnv
 from tickcall.models.calls import Call
-from tickcall.models.engine import NoOpEngine
+from tickcall.models.stand_ins import NoOpEngine
 
 from tickcall.cli import main as cli_main
 
@@ -151,7 +152,9 @@ def test_history_is_rendered_in_schema_order():
 
 def test_illegal_model_calls_are_counted_and_fall_back():
     b = make_binding("CartPole-v1")
-    pol = ModelPolicy(NoOpEngine(), b)  # "push" without its required direction: illegal
+    engine = ScriptedEngine(ok_args={}, illegal_args={"direction": "sideways"})
+    engine.kind = "illegal"  # push(direction="sideways"): not one of the enum, so illegal
+    pol = ModelPolicy(engine, b)
     obs, _ = b.env.reset(seed=0)
     assert pol.act(obs) is None
     assert pol.stats["illegal"] == 1 and "direction" in next(iter(pol.reasons))
@@ -217,8 +220,8 @@ def test_eval_model_policy_reports_legal_rate():
     arena = evaluate("tickcall/Arena-v0", "model", engine=NoOpEngine(), episodes=1,
                      env_kwargs={"max_steps": 10})
     assert arena.legal_rate == 1.0 and arena.decisions == 10
-    cart = evaluate("CartPole-v1", "model", engine=NoOpEngine(), episodes=1)
-    assert cart.legal_rate == 0.0 and cart.rejected == cart.decisions > 0
+    cart = evaluate("CartPole-v1", "model", engine=NoOpEngine(), episodes=1)  # push(direction="left")
+    assert cart.legal_rate == 1.0 and cart.rejected == 0 and cart.decisions > 0
 
 
 def test_eval_rejects_unknown_policy(capsys):

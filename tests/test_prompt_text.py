@@ -26,7 +26,7 @@ from tickcall.envs.experts import get_expert
 from tickcall.envs.policies import ModelPolicy, turn_for
 from tickcall.envs.teaching import get_source
 from tickcall.models.calls import Call, render_call
-from tickcall.models.engine import NoOpEngine, RawHeads
+from tickcall.models.engine import RawHeads
 from tickcall.models.format import NULL, Turn, get_template
 from tickcall.models.prompt_text import (
     CallStatus,
@@ -37,6 +37,7 @@ from tickcall.models.prompt_text import (
     render_observation,
     status_line,
 )
+from tickcall.models.stand_ins import NoOpEngine
 from tickcall.models.training.collect import TEACHER, rollout, show_history
 from tickcall.models.training.rows import branch_texts, record_turn
 

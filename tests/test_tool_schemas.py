@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tickcall.agent import protocol as P
 from tickcall.agent.inproc import InProcPolicy
-from tickcall.models.engine import NoOpEngine
+from tickcall.models.stand_ins import NoOpEngine
 from tickcall.models.tools import ToolSchemaError, normalize_tools
 
 

@@ -11,8 +11,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tickcall.models.engine import Decision, NoOpEngine
+from tickcall.models.engine import Decision
 from tickcall.models.format import Turn
+from tickcall.models.stand_ins import NoOpEngine
 
 
 class SlowNoOpEngine(NoOpEngine):
