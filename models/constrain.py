@@ -78,6 +78,11 @@ class Constrainer:
                 self._closer_ids.append(ids[0])
 
     # ---------------------------------------------------------------- compile (per registration)
+    def clear_cache(self) -> None:
+        """Forget compiled grammars (benchmarks measure a registration's cost from nothing)."""
+        self._cache.clear()
+        self.compiler.clear_cache()
+
     def _compile(self, rule: HeadRule) -> CompiledRule:
         text = str(rule.grammar)
         compiled = self._cache.get(text)

@@ -83,10 +83,32 @@ def string_value(schema: Mapping[str, Any], where: str, weaker: list[str]) -> xg
         return xgr.Grammar.from_regex("[\\s\\S]+")
 
 
+NUMBER_LIMIT = 1e15  # implicit bound of an unbounded ``number``: see ``bounded_numbers``
+
+
+def bounded_numbers(schema: Any) -> Any:
+    """``schema`` with every ``number`` that lacks a bound given one (+-1e15). xgrammar writes a bounded
+    number without an exponent; an unbounded one may take any exponent, and ``1e999`` parses to
+    infinity, which no ``number`` accepts. Every finite value a user would send is still allowed."""
+    if isinstance(schema, list):
+        return [bounded_numbers(s) for s in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out = {k: bounded_numbers(v) for k, v in schema.items()}
+    t = schema.get("type")
+    if t == "number" or (isinstance(t, list) and "number" in t):
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -NUMBER_LIMIT
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = NUMBER_LIMIT
+    return out
+
+
 def json_value(schema: Mapping[str, Any], where: str, weaker: list[str]) -> xgr.Grammar:
     """The JSON text of a non-string parameter (at most 2 whitespace characters in a row)."""
     try:
-        return xgr.Grammar.from_json_schema(dict(schema), any_whitespace=True, max_whitespace_cnt=2)
+        return xgr.Grammar.from_json_schema(bounded_numbers(dict(schema)), any_whitespace=True,
+                                            max_whitespace_cnt=2)
     except Exception as exc:
         weaker.append(f"{where}: schema has no grammar form ({exc}); any JSON value")
         return xgr.Grammar.from_json_schema({}, any_whitespace=True, max_whitespace_cnt=2)

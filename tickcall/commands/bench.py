@@ -14,6 +14,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "serve": ("tickcall.bench.serve", "policy service overhead vs raw ZMQ, batching gain"),
     "loop": ("tickcall.bench.loop", "rate keeper lateness and drift with a no-op policy"),
     "asyncfc": ("tickcall.bench.asyncfc", "async vs sync dispatch with a slow actuator"),
+    "constrain": ("tickcall.bench.constrain", "decide latency with and without schema-constrained heads"),
+    "legality": ("tickcall.bench.legality", "legal-call sweep: every gymnasium env id and BFCL tool set"),
 }
 
 
