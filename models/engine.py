@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tickcall.models.assembly import Assembled, assemble
+from tickcall.models.assembly import ASSEMBLY_MODES, Assembled, assemble
 from tickcall.models.calls import Call
 from tickcall.models.format import Template, Turn, get_template, heads_for
 from tickcall.models.tools import ToolSpec, normalize_tools
@@ -49,6 +49,7 @@ class Registration:
     prefix_text: str
     prefix_tokens: int
     state: Any = field(default=None, repr=False)  # backend's cached prefix (KV cache, token ids, ...)
+    grammars: Any = field(default=None, repr=False)  # compiled head grammars (models.constrain) or None
 
     @property
     def tool_map(self) -> dict[str, ToolSpec]:
@@ -63,6 +64,9 @@ class Decision:
     must not be applied. ``heads`` are the raw decoded texts (stop token excluded; a head stopped by
     ``<|null|>`` reads ``<|null|>``). Token counts: ``prompt_tokens`` = suffix tokens prefilled this
     tick, ``cached_tokens`` = prefix tokens reused, ``generated_tokens`` = per head, stop included.
+    With constrained heads (models.constrain): ``grammar_closed`` = heads that reached their token
+    budget and were finished by the grammar, ``redecoded`` = argument heads decoded again under the
+    chosen tool's grammar.
     """
 
     call: Call | None
@@ -74,6 +78,8 @@ class Decision:
     cached_tokens: int
     generated_tokens: dict[str, int]
     timings_ms: dict[str, float]
+    grammar_closed: list[str] = field(default_factory=list)
+    redecoded: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,6 +98,8 @@ class RawHeads:
     cached_tokens: int
     prefill_ms: float
     decode_ms: float
+    grammar_closed: set[str] = field(default_factory=set)
+    redecoded: set[str] = field(default_factory=set)
 
 
 class Engine(ABC):
@@ -100,9 +108,13 @@ class Engine(ABC):
     backend: str = "abstract"
     default_template: str = "v2"
 
-    def __init__(self, max_new_tokens: int = 32, allow_future_refs: bool = False) -> None:
+    def __init__(self, max_new_tokens: int = 32, allow_future_refs: bool = False,
+                 assembly: str = "strict") -> None:
+        if assembly not in ASSEMBLY_MODES:
+            raise EngineError(f"assembly must be one of {', '.join(ASSEMBLY_MODES)}, not {assembly!r}")
         self.max_new_tokens = max_new_tokens
         self.allow_future_refs = allow_future_refs  # accept "@fN" argument values (AsyncFC futures)
+        self.assembly = assembly  # "strict" (SimpleTool's format rules) or "lenient" (its server's readings)
         self._registrations: dict[str, Registration] = {}
         self._ids = itertools.count(1)
 
@@ -149,6 +161,7 @@ class Engine(ABC):
                 generated_tokens={h: len(ids) for h, ids in raw.token_ids.items()},
                 timings_ms={"prefill": raw.prefill_ms, "decode": raw.decode_ms,
                             "assemble": assemble_ms, "total": (t1 - t0) * 1e3 + assemble_ms},
+                grammar_closed=sorted(raw.grammar_closed), redecoded=sorted(raw.redecoded),
             ))
         return out
 
@@ -177,15 +190,16 @@ class Engine(ABC):
 
     def info(self) -> dict[str, Any]:
         """Model and template description (sent in the service's ``welcome``)."""
-        return {"backend": self.backend, "default_template": self.default_template}
+        return {"backend": self.backend, "default_template": self.default_template, "assembly": self.assembly}
 
     def close(self) -> None:  # noqa: B027 - optional hook; backends without resources keep it
         """Release model memory and any engine processes."""
 
     # ---- backend hooks ----------------------------------------------------------------------
     def _assemble(self, reg: Registration, raw: RawHeads) -> Assembled:
-        """Heads -> call (strict SimpleTool rules). The autoregressive baseline parses JSON instead."""
-        return assemble(raw.texts, reg.tool_map, raw.unfinished, allow_future_refs=self.allow_future_refs)
+        """Heads -> call (``self.assembly`` rules). The autoregressive baseline parses JSON instead."""
+        return assemble(raw.texts, reg.tool_map, raw.unfinished, allow_future_refs=self.allow_future_refs,
+                        mode=self.assembly)
 
     @abstractmethod
     def _build_prefix(self, reg: Registration) -> None:

@@ -63,14 +63,15 @@ class HFEngine(Engine):
     ``max_new_tokens``: per head budget. ``allow_future_refs``: accept ``@fN`` argument values (see
     models.assembly). ``constrain``: decode every head under its schema grammar (models.constrain;
     default on: greedy output that is already legal is unchanged, illegal output becomes legal).
+    ``assembly``: "strict" (default) or "lenient" (models.assembly).
     """
 
     backend = "transformers"
 
     def __init__(self, model_path: str | Path, *, device: str | None = "auto", dtype: str | None = None,
                  threads: int | None = None, max_new_tokens: int = 32, template: str | None = None,
-                 allow_future_refs: bool = False, constrain: bool = True) -> None:
-        super().__init__(max_new_tokens=max_new_tokens, allow_future_refs=allow_future_refs)
+                 allow_future_refs: bool = False, constrain: bool = True, assembly: str = "strict") -> None:
+        super().__init__(max_new_tokens=max_new_tokens, allow_future_refs=allow_future_refs, assembly=assembly)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_path = Path(model_path)
@@ -120,7 +121,8 @@ class HFEngine(Engine):
         cfg = self.model.config
         return {"backend": self.backend, "model": str(self.model_path), "model_type": cfg.model_type,
                 "params": self.n_params, "device": self.device, "dtype": str(self.lm.dtype).replace("torch.", ""),
-                "default_template": self.default_template, "constrained": self.constrainer is not None}
+                "default_template": self.default_template, "constrained": self.constrainer is not None,
+                "assembly": self.assembly}
 
     def close(self) -> None:
         self._registrations.clear()

@@ -95,7 +95,9 @@ class VLLMEngine(Engine):
     (bfloat16 for int4 checkpoints: the CPU int4 kernels take bf16), "auto" on CUDA. ``block_size``: KV block, tokens (CPU: multiple of 32, default 32; CUDA default 16).
     ``prefix_align``: "none" or "pad" (see module doc). ``in_process``: engine core in this process.
     ``kv_cache_gib``: CPU KV cache size, whole GiB (sets ``VLLM_CPU_KVCACHE_SPACE``; a fraction rounds up). ``gpu_memory_utilization``:
-    CUDA only. ``max_new_tokens``: per-head budget. ``llm_kwargs`` go to ``vllm.LLM`` unchanged.
+    CUDA only. ``max_new_tokens``: per-head budget. ``constrain``: heads under their schema grammars
+    through vLLM's structured outputs (models.constrain; default on). ``assembly``: "strict" or
+    "lenient" (models.assembly). ``llm_kwargs`` go to ``vllm.LLM`` unchanged.
     """
 
     backend = "vllm"
@@ -105,9 +107,9 @@ class VLLMEngine(Engine):
                  kv_cache_gib: float = 1.0, max_model_len: int = 4096, max_num_seqs: int = 64,
                  gpu_memory_utilization: float | None = None, enforce_eager: bool | None = None,
                  max_new_tokens: int = 32, template: str | None = None, seed: int = 0,
-                 gate: str = "buffer", quiet: bool = True, constrain: bool = True,
+                 gate: str = "buffer", quiet: bool = True, constrain: bool = True, assembly: str = "strict",
                  **llm_kwargs: Any) -> None:
-        super().__init__(max_new_tokens=max_new_tokens)
+        super().__init__(max_new_tokens=max_new_tokens, assembly=assembly)
         from tickcall.models.hf_engine import check_special_tokens
         from tickcall.models.loading import read_model_meta
 
@@ -227,7 +229,8 @@ class VLLMEngine(Engine):
                 "model_type": self.config.get("model_type"), "device": self.device,
                 "vllm": vllm.__version__, "block_size": self.block_size, "prefix_align": self.prefix_align,
                 "in_process": self.in_process, "quantization": quantization_summary(self.config),
-                "default_template": self.default_template, "constrained": self.constrainer is not None}
+                "default_template": self.default_template, "constrained": self.constrainer is not None,
+                "assembly": self.assembly}
 
     def close(self) -> None:
         """Shut the engine core down (and its subprocesses when ``in_process=False``). Idempotent."""
