@@ -16,9 +16,11 @@ def tiny_model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_path):
+    """The lean decode loop alone (no grammar): its tests compare tokens with a plain full-forward
+    decode. Constrained decoding is tested in test_constrain.py."""
     from tickcall.models.hf_engine import HFEngine
 
-    return HFEngine(tiny_model_path, device="cpu", max_new_tokens=12)
+    return HFEngine(tiny_model_path, device="cpu", max_new_tokens=12, constrain=False)
 
 
 ARENA_LIKE_TOOLS = [

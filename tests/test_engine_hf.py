@@ -88,7 +88,7 @@ def test_unknown_handle_is_a_clear_error(tiny_engine):
 def stopping_engine(tiny_model_path, arena_tools):
     """The tiny model with its output rows edited so stop tokens win where a common token would:
     heads then stop at different steps, some on <|null|>, some on their closing tag."""
-    engine = HFEngine(tiny_model_path, device="cpu", max_new_tokens=10)
+    engine = HFEngine(tiny_model_path, device="cpu", max_new_tokens=10, constrain=False)
     reg = engine.register(arena_tools)
     d = engine.decide(reg.handle, TURNS[1])
     w = engine.model.lm_head.weight
@@ -175,7 +175,7 @@ def test_other_architectures_match_transformers(tiny_model_path, tmp_path, arena
         model = LlamaForCausalLM(LlamaConfig(**common))
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    engine = HFEngine(tmp_path, device="cpu", max_new_tokens=6)
+    engine = HFEngine(tmp_path, device="cpu", max_new_tokens=6, constrain=False)
     assert engine.model.config.model_type == arch
     reg = engine.register(arena_tools)
     for turn in TURNS[:2]:
