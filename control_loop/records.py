@@ -34,6 +34,8 @@ OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome)
 # Ticks that did not get a decision from the policy in time. ``error`` is not a deadline miss: the
 # service answered in time (with something unusable).
 MISS_OUTCOMES: frozenset[str] = frozenset({"late", "fallback", "skipped"})
+# How the reason of an ``error`` tick begins when the reply was an illegal call or no call at all.
+ILLEGAL_PREFIX = "illegal call:"
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 from tickcall.agent.messages import CallReply, DecideReply, ErrorReply
+from tickcall.control_loop.records import ILLEGAL_PREFIX
 from tickcall.models.calls import Call
 
 # Error codes that mean "no decision was made in time" (not a bad answer): counted as a missing
@@ -48,7 +49,7 @@ def judge(reply: DecideReply) -> Verdict:
         return Verdict("error", f"service error {reply.code}: {reply.message}".strip())
     call = None if reply.call is None else Call(name=reply.call.name, arguments=dict(reply.call.arguments))
     if call is None or not reply.legal:
-        return Verdict("error", f"illegal call: {reply.reason or 'no call'}", call)
+        return Verdict("error", f"{ILLEGAL_PREFIX} {reply.reason or 'no call'}", call)
     return Verdict("ok", "", call)
 
 

@@ -12,6 +12,10 @@ every report, bench and evaluation uses). Definitions (the report and the bench 
   and the last tick start; ``decision_hz``: the rate times the fraction of ticks that were ``ok``.
 * ``deadline_misses``: ticks with outcome late, fallback or skipped; ``longest_miss_streak``: the
   longest run of consecutive such ticks.
+* ``calls``: what the policy answered in time (``call_counts``): ``legal`` (ok ticks), ``illegal``
+  (an illegal call, never applied) and ``no_call`` (an error without a call: no function chosen, a
+  service error, a failed send). An answer that is not a call is not a deadline miss, so a run whose
+  every call is illegal has no misses: ``call_warning`` says so when that is most of the ticks.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tickcall.control_loop.records import MISS_OUTCOMES, TickRecord, count_outcomes
+from tickcall.control_loop.records import ILLEGAL_PREFIX, MISS_OUTCOMES, TickRecord, count_outcomes
 
 from tickcall.timing import summary
 
@@ -41,6 +45,28 @@ def drift_ms(records: Sequence[TickRecord], period_ms: float) -> float | None:
     first, last = ran[0], ran[-1]
     actual = (last.scheduled_ms + last.lateness_ms) - (first.scheduled_ms + first.lateness_ms)
     return round(actual - (last.tick - first.tick) * period_ms, 4)
+
+
+BAD_CALLS_SHARE = 0.5  # more than this share of ticks without a legal call deserves a warning
+
+
+def call_counts(records: Sequence[TickRecord]) -> dict[str, int]:
+    """``legal``, ``illegal`` and ``no_call`` tick counts (see module docstring)."""
+    errors = [r for r in records if r.outcome == "error"]
+    illegal = sum(1 for r in errors if r.call is not None and r.reason.startswith(ILLEGAL_PREFIX))
+    return {"legal": sum(1 for r in records if r.outcome == "ok"), "illegal": illegal,
+            "no_call": len(errors) - illegal}
+
+
+def call_warning(calls: dict[str, int], ticks: int) -> str | None:
+    """One line when more than ``BAD_CALLS_SHARE`` of the ticks had an illegal call or none, else None."""
+    bad = calls["illegal"] + calls["no_call"]
+    if ticks <= 0 or bad <= BAD_CALLS_SHARE * ticks:
+        return None
+    return (f"{bad} of {ticks} ticks ({100 * bad / ticks:.0f}%) had no legal call ({calls['illegal']} illegal, "
+            f"{calls['no_call']} without a call) and the fallback acted on them; they are not deadline misses, "
+            "and tick latency covers ok ticks only (the round trip covers every reply). Check that the model "
+            "was made for this env's tools (--backend random gives a legal baseline)")
 
 
 def stage_summaries(records: Sequence[TickRecord]) -> dict[str, dict[str, Any]]:
@@ -68,6 +94,7 @@ def summarize(records: Sequence[TickRecord], rate_hz: float, elapsed_s: float) -
         mean = sum(lateness) / ran
         jitter = round(math.sqrt(sum((x - mean) ** 2 for x in lateness) / (ran - 1)), 4)
     misses = [r.outcome in MISS_OUTCOMES for r in records]
+    calls = call_counts(records)
     elapsed_s = max(elapsed_s, 1e-9)
     starts = [r.scheduled_ms + r.lateness_ms for r in records if r.lateness_ms is not None]
     span_s = (starts[-1] - starts[0]) / 1e3 if len(starts) >= 2 else 0.0
@@ -89,4 +116,6 @@ def summarize(records: Sequence[TickRecord], rate_hz: float, elapsed_s: float) -
         "missed_periods": sum(1 for r in records if r.reason == "missed_period"),
         "skipped_in_flight": sum(1 for r in records if r.reason == "in_flight"),
         "fallback_actions": sum(1 for r in records if r.fallback is not None),
+        "calls": calls,
+        "call_warning": call_warning(calls, len(records)),
     }

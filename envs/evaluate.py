@@ -66,16 +66,21 @@ class EvalReport:
 def make_policy(kind: str, env_id: str, binding: EnvBinding, *, seed: int | None = 0,
                 model: str | None = None, backend: str = "transformers", history_len: int | None = None,
                 engine: Any = None) -> Any:
-    """``expert``, ``random`` or ``model`` (``model`` needs a model folder or an ``engine``)."""
+    """``expert``, ``random`` or ``model`` (``model`` needs a model folder or an ``engine``, except with
+    a backend that has no model, ``noop`` or ``random``: the random backend's calls are seeded with
+    ``seed``)."""
     if kind == "model":
         from tickcall.envs.policies import ModelPolicy
+        from tickcall.models.loading import MODEL_FREE, load_engine
 
         kw = {} if history_len is None else {"history_len": history_len}
+        if engine is None and not model and backend in MODEL_FREE:
+            engine = load_engine({"backend": backend, "seed": seed or 0})
         if engine is not None:
             return ModelPolicy(engine, binding, **kw)
-        if not model and backend != "noop":
+        if not model:
             raise ValueError("--policy model needs --model PATH (a local model folder)")
-        return ModelPolicy.from_path(model or "noop", binding, backend=backend, **kw)
+        return ModelPolicy.from_path(model, binding, backend=backend, **kw)
     from tickcall.envs.experts import get_policy
 
     return get_policy(kind, env_id, binding, seed=seed)
@@ -183,14 +188,14 @@ def _run_realtime(binding: EnvBinding, pol: Any, episodes: int, seed: int | None
 
 def format_table(reports: list[EvalReport]) -> str:
     """Side-by-side summary, one row per report."""
-    head = (f"{'env':<26} {'policy':<8} {'mode':<9} {'rate':>5} {'eps':>4} {'mean':>9} {'std':>8} "
+    head = (f"{'env':<26} {'policy':<12} {'mode':<9} {'rate':>5} {'eps':>4} {'mean':>9} {'std':>8} "
             f"{'min':>9} {'max':>9} {'legal':>6} {'dec p50 ms':>10} {'wall s':>7}")
     lines = [head, "-" * len(head)]
     for r in reports:
         rate = f"{r.rate_hz:g}" if r.rate_hz else "-"
         mn = min(r.returns) if r.returns else math.nan
         mx = max(r.returns) if r.returns else math.nan
-        lines.append(f"{r.env:<26} {r.policy:<8} {r.mode:<9} {rate:>5} {r.episodes:>4} "
+        lines.append(f"{r.env:<26} {r.policy:<12} {r.mode:<9} {rate:>5} {r.episodes:>4} "
                      f"{r.mean_return:>9.2f} {r.std_return:>8.2f} {mn:>9.2f} {mx:>9.2f} "
                      f"{r.legal_rate:>6.3f} {r.decision_ms.get('p50', math.nan):>10.3f} {r.wall_s:>7.1f}")
     return "\n".join(lines)

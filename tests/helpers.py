@@ -124,6 +124,14 @@ class ScriptedEngine(NoOpEngine):
         return out
 
 
+def scripted_engine(kind: str = "ok", ok_args: dict[str, str] | None = None,
+                    illegal_args: dict[str, str] | None = None) -> ScriptedEngine:
+    """The ``factory`` of a service engine spec: a ``ScriptedEngine`` that always answers ``kind``."""
+    engine = ScriptedEngine(ok_args or {}, illegal_args or {})
+    engine.kind = kind
+    return engine
+
+
 class Raw:
     """A bare DEALER speaking msgpack, as a non-Python engine would (no PolicyClient in between)."""
 

@@ -101,8 +101,8 @@ def test_service_that_answers_late(ray_session):
 
 
 def test_service_that_answers_illegally(ray_session):
-    # CartPole's one tool is push(direction) with direction required; the no-op engine answers push()
-    svc, endpoint = _service({"backend": "noop"})
+    # CartPole's one tool is push(direction) with direction required; this engine answers push()
+    svc, endpoint = _service({"backend": "factory", "factory": "tests.helpers:scripted_engine", "kind": "illegal"})
     loop = _loop(endpoint, env="CartPole-v1")
     try:
         res, records = _run(loop, max_ticks=30)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tickcall.cluster import init_ray
-from tickcall.control_loop.config import DEFAULT_HISTORY, RunConfig
+from tickcall.control_loop.config import DEFAULT_HISTORY, MODEL_FREE, RunConfig
 from tickcall.control_loop.loop import LoopSettings
 from tickcall.control_loop.progress import ProgressPrinter
 from tickcall.control_loop.records import TickRecord
@@ -53,25 +53,38 @@ def default_report_dir() -> str:
 
 
 def resolve_model(cfg: RunConfig) -> str | None:
-    """The model folder: ``cfg.model``, else the shipped default; None for the noop backend. The folder
-    is checked here, in the driver (``models.folder_check``), before any actor starts."""
+    """The model folder: ``cfg.model``, else the shipped default; ``cfg.model`` as given (None) for the
+    backends without a model (noop, random). The folder is checked here, in the driver
+    (``models.folder_check``), before any actor starts. Raises RunError (``no_model_message`` when the
+    env has no shipped model)."""
     from tickcall.models.folder_check import ModelFolderError, check_model_folder
 
-    if cfg.backend == "noop":
+    if cfg.backend in MODEL_FREE:
         return cfg.model
     if cfg.model is not None:
         path = cfg.model
     else:
         path = shipped_default_model(cfg.env)
         if path is None or not Path(path).exists():
-            raise RunError("no model given and no shipped default model is installed: pass --model PATH "
-                           "(a SimpleTool-format model folder, e.g. one made by `tickcall train`) or "
-                           "--backend noop to check the plumbing without a model")
+            raise RunError(no_model_message(cfg.env))
     try:
         check_model_folder(path)
     except ModelFolderError as exc:
         raise RunError(str(exc)) from None
     return str(path)
+
+
+def no_model_message(env_id: str | None, problem: str | None = None) -> str:
+    """The one line for an env without a usable shipped model, naming the three ways on (shared by
+    ``tickcall run`` and ``tickcall eval``). ``problem``: what went wrong, when not simply "none ships"."""
+    try:
+        from tickcall.models.shipped import SHIPPED
+    except ImportError:
+        SHIPPED = {}
+    env = env_id or "the default env"
+    what = problem or (f"no model ships for {env} (shipped: {', '.join(SHIPPED) or 'none'})")
+    return (f"{what}; choose one: --backend random (legal random calls, no model), "
+            f"--model PATH (a SimpleTool-format model folder), or train one with `tickcall train --env {env}`")
 
 
 def prepare_report_dir(folder: str) -> str:
@@ -114,9 +127,10 @@ def shipped_default_model(env_id: str | None = None) -> str | None:
         return None
     try:
         path = default_model_path(env_id)
-    except Exception as exc:  # no shipped model for this env, or its folder is missing
-        raise RunError(f"no usable shipped model: {exc}. Pass --model PATH "
-                       "(a SimpleTool-format model folder) or --backend noop") from None
+    except KeyError:  # no shipped model for this env
+        raise RunError(no_model_message(env_id)) from None
+    except Exception as exc:  # its folder is missing from this checkout, or unreadable
+        raise RunError(no_model_message(env_id, f"the shipped model is not usable ({exc})")) from None
     return None if path is None else str(path)
 
 
@@ -310,9 +324,16 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         "outcomes " + "  ".join(f"{k} {v}" for k, v in o.items())
         + f"   deadline misses {report['deadline_misses']} (longest streak {report['longest_miss_streak']})",
     ]
+    if report.get("call_warning"):
+        lines.append(f"warning: {report['call_warning']}")
     if lat["n"]:
         lines.append(f"tick latency ms  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
                      f"max {lat['max']:.2f}")
+    rtt = (report.get("stages_ms") or {}).get("rtt") or {}
+    if rtt.get("n") and (not lat["n"] or report.get("call_warning")):
+        # tick latency covers ok ticks only; the round trip covers every reply, legal or not
+        lines.append(f"round trip ms (all {rtt['n']} replies)  p50 {rtt['p50']:.2f}  p90 {rtt['p90']:.2f}  "
+                     f"p99 {rtt['p99']:.2f}  max {rtt['max']:.2f}")
     late = report["lateness_ms"]
     if late["n"]:
         lines.append(f"start lateness ms  p50 {late['p50']:.3f}  p99 {late['p99']:.3f}  max {late['max']:.3f}"

@@ -1,13 +1,18 @@
-"""``tickcall eval``: evaluate policies (expert, random, model) on an env; prints a table, writes JSON.
+"""``tickcall eval``: evaluate policies (expert, random, random-calls, model) on an env; prints a table,
+writes JSON.
 
 Examples::
 
     tickcall eval --env tickcall/Arena-v0 --policy expert,random --episodes 10 --seed 0
+    tickcall eval --env Acrobot-v1 --policy expert,random-calls,model --model PATH --episodes 3
     tickcall eval --env CartPole-v1 --policy expert,random --realtime --rate 16 --episodes 3
     tickcall eval --env tickcall/Arena-v0 --policy model --model models/shipped/arena --json out.json
 
 Several policies (comma-separated) run one after the other with the same seeds and print side by
-side. The JSON holds one report (``mean_return``, ``std_return``, ``episodes``, ``legal_rate``, ...)
+side. ``random`` draws a random action of the env's action space; ``random-calls`` is the ``random``
+backend (legal random calls drawn from the tool schemas, through the same engine path as a model: the
+baseline row a model should beat). ``model`` without ``--model`` uses the env's shipped model, or the
+``--backend`` when that needs no model (noop, random). The JSON holds one report (``mean_return``, ``std_return``, ``episodes``, ``legal_rate``, ...)
 or, for several policies, ``{"runs": [report, ...]}``.
 """
 
@@ -31,15 +36,19 @@ from tickcall.commands.errors import (
 if TYPE_CHECKING:
     from tickcall.envs.evaluate import EvalReport
 
-HELP = "evaluate a policy (expert, random, model) on an env"
+HELP = "evaluate a policy (expert, random, random-calls, model) on an env"
+POLICIES = ("expert", "random", "random-calls", "model")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", required=True, help="env id, e.g. tickcall/Arena-v0, CartPole-v1")
     parser.add_argument("--policy", default="expert",
-                        help="expert | random | model, or a comma-separated list (default expert)")
-    parser.add_argument("--model", default=None, help="model folder for --policy model")
-    parser.add_argument("--backend", default="transformers", help="engine backend for --policy model")
+                        help="expert | random | random-calls | model, or a comma-separated list (default expert); "
+                        "random-calls: legal random calls from the random backend, the baseline row")
+    parser.add_argument("--model", default=None,
+                        help="model folder for --policy model (default: the env's shipped model)")
+    parser.add_argument("--backend", default="transformers",
+                        help="engine backend for --policy model (noop and random need no --model)")
     parser.add_argument("--history", type=int, default=None,
                         help="history length for --policy model (default: the model's tickcall.json, else 0)")
     parser.add_argument("--episodes", type=int, default=5, help="episodes per policy (default 5)")
@@ -92,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 def _check_args(args: argparse.Namespace) -> list[str]:
     """Every flag checked before any env or model is made; returns the policy kinds to run."""
     from tickcall.control_loop.config import MAX_RATE_HZ, MIN_RATE_HZ
-    from tickcall.models.loading import BACKENDS
+    from tickcall.models.loading import BACKENDS, MODEL_FREE
 
     require_at_least("--episodes", args.episodes, 1)
     require_between("--rate", args.rate, MIN_RATE_HZ, MAX_RATE_HZ)
@@ -103,14 +112,14 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise CommandError(f"--max-seconds {args.max_seconds:g} must be positive; give a duration in seconds")
     kinds = [k.strip() for k in args.policy.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in ("expert", "random", "model")]
+    bad = [k for k in kinds if k not in POLICIES]
     if bad or not kinds:
-        raise CommandError(f"unknown policy {','.join(bad) or repr(args.policy)}; use expert, random or model")
-    if "model" in kinds and not args.model:
-        raise CommandError("--policy model needs a model; pass --model PATH (a local model folder)")
+        raise CommandError(f"unknown policy {','.join(bad) or repr(args.policy)}; use {', '.join(POLICIES)}")
     if args.backend not in BACKENDS:
         raise CommandError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
     check_env(args.env)
+    if "model" in kinds and not args.model and args.backend not in MODEL_FREE:
+        args.model = _shipped_model(args.env)
     check_writable("--json", args.json_path)
     return kinds
 
@@ -123,11 +132,13 @@ def _evaluate(args: argparse.Namespace, kind: str, env_kwargs: dict) -> EvalRepo
     from tickcall.envs.evaluate import evaluate
     from tickcall.models.engine import EngineError
 
+    # random-calls: the model path with the random backend (seeded by --seed), no model folder
+    model, backend = (None, "random") if kind == "random-calls" else (args.model, args.backend)
     try:
-        rep = evaluate(args.env, kind, episodes=args.episodes, seed=args.seed, realtime=args.realtime,
-                       rate=args.rate, hold=args.hold, delay_ms=args.delay_ms,
-                       max_seconds=args.max_seconds, env_kwargs=env_kwargs, model=args.model,
-                       backend=args.backend, history_len=args.history)
+        rep = evaluate(args.env, "model" if kind == "random-calls" else kind, episodes=args.episodes,
+                       seed=args.seed, realtime=args.realtime, rate=args.rate, hold=args.hold,
+                       delay_ms=args.delay_ms, max_seconds=args.max_seconds, env_kwargs=env_kwargs,
+                       model=model, backend=backend, history_len=args.history)
     except (EngineError, OSError, SafetensorError) as exc:
         if kind != "model":
             raise
@@ -137,11 +148,27 @@ def _evaluate(args: argparse.Namespace, kind: str, env_kwargs: dict) -> EvalRepo
     except gym.error.Error as exc:  # the id exists but the env cannot be made (a missing extra: mujoco, box2d)
         raise CommandError(f"cannot make env {args.env!r}: {one_line(exc)}; install it or pick another --env") \
             from None
+    if kind == "random-calls" or (kind == "model" and not model):
+        rep.policy = kind if kind == "random-calls" else f"model:{backend}"  # which stand-in made the row
     if rep.illegal_reasons:
         print(f"# {kind}: illegal model calls: {rep.illegal_reasons}", file=sys.stderr)
     if rep.reject_reasons:
         print(f"# {kind}: rejected calls: {rep.reject_reasons}", file=sys.stderr)
     return rep
+
+
+def _shipped_model(env_id: str) -> str:
+    """The env's shipped model folder for ``--policy model`` without ``--model``; else the one line
+    that names the choices (``tickcall.job.no_model_message``)."""
+    from tickcall.job import RunError, shipped_default_model
+
+    try:
+        path = shipped_default_model(env_id)
+    except RunError as exc:
+        raise CommandError(str(exc)) from None
+    if path is None:  # pragma: no cover - default_model_path raises rather than answer None
+        raise CommandError("--policy model needs --model PATH (a local model folder)")
+    return path
 
 
 def _describe(env_id: str, env_kwargs: dict, seed: int) -> int:
