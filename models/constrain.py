@@ -70,6 +70,7 @@ class Constrainer:
         special |= set(token_ids.values())
         self.special_ids = sorted(i for i in special if i < vocab_size)
         self._ban: dict[tuple[str, bool], torch.Tensor] = {}
+        self._keep: dict[tuple[str, bool], torch.Tensor] = {}
         self._cache: dict[str, xgr.CompiledGrammar] = {}
         self._closer_ids = []
         for ch in _CLOSERS:
@@ -115,6 +116,16 @@ class Constrainer:
             ban = torch.tensor([i for i in self.special_ids if i not in keep], dtype=torch.long)
             self._ban[(head, nullable)] = ban
         return ban
+
+    def keep_bits(self, head: str, nullable: bool) -> torch.Tensor:
+        """A token bitmask row (xgrammar's layout) with the head's banned ids cleared, all else set."""
+        bits = self._keep.get((head, nullable))
+        if bits is None:
+            row = xgr.allocate_token_bitmask(1, self.vocab_size)[0]  # all ones
+            for tok in self.banned(head, nullable).tolist():
+                row[tok >> 5] &= ~(1 << (tok & 31))
+            bits = self._keep[(head, nullable)] = row
+        return bits
 
     def matcher(self, head: str, rule: CompiledRule) -> xgr.GrammarMatcher:
         return xgr.GrammarMatcher(rule.compiled, override_stop_tokens=self.stop_ids(head, rule.nullable))
@@ -166,12 +177,13 @@ class RowGuide:
     """One decode row's grammar state: its rule and matcher, and (once the function head resolved) a
     *shadow* matcher of the chosen tool's rule that must accept every token too."""
 
-    __slots__ = ("head", "rule", "stops", "matcher", "shadow", "dead")
+    __slots__ = ("head", "rule", "stops", "keep", "matcher", "shadow", "dead")
 
     def __init__(self, constrainer: Constrainer, head: str, rule: CompiledRule) -> None:
         self.head = head
         self.rule = rule
         self.stops = constrainer.stop_ids(head, rule.nullable)
+        self.keep = constrainer.keep_bits(head, rule.nullable)
         self.matcher = constrainer.matcher(head, rule)
         self.shadow: xgr.GrammarMatcher | None = None
         self.dead = False  # the chosen tool's rule rejected this row's prefix: re-decode it
@@ -183,8 +195,7 @@ def mask_logits(constrainer: Constrainer, guides: list[RowGuide], logits: torch.
     bm = xgr.allocate_token_bitmask(n, constrainer.vocab_size)
     for slot, g in enumerate(guides):
         g.matcher.fill_next_token_bitmask(bm, slot)
+    bm &= torch.stack([g.keep for g in guides])  # special tokens that are not this head's stops
     if v > constrainer.vocab_size:  # padded output rows beyond the grammar's vocabulary
         logits[:, constrainer.vocab_size:] = float("-inf")
     xgr.apply_token_bitmask_inplace(logits, bm, vocab_size=min(v, constrainer.vocab_size))
-    for slot, g in enumerate(guides):
-        logits[slot, constrainer.banned(g.head, g.rule.nullable)] = float("-inf")
