@@ -48,7 +48,7 @@ def _fails_in_one_line(capsys, argv: list[str], code: int, phrase: str) -> None:
 
 DECIDE_CASES = [
     (["--env", "Nope-v9"], "cannot make env 'Nope-v9'"),
-    (["--env", "MountainCar-v0"], "no shipped model"),
+    (["--env", "MountainCar-v0"], "--backend random"),  # no shipped model: the choices are named
     (["--tools", "{bad}/missing.json"], "cannot read --tools"),
     (["--tools", "{bad}/notjson.json"], "is not valid JSON"),
     (["--tools", "{bad}/noname.json"], "bad tool schema"),

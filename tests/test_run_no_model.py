@@ -40,6 +40,13 @@ def test_eval_model_without_a_shipped_model_names_the_choices(capsys):
     assert err.startswith("tickcall eval: no model ships for Pendulum-v1") and all(c in err for c in CHOICES)
 
 
+@pytest.mark.parametrize("backend", ["random", "noop"])
+def test_decide_runs_the_model_free_backends_without_a_model(capsys, backend):
+    assert main(["decide", "theta=+0.10", "--env", "Pendulum-v1", "--backend", backend]) == 0
+    out = capsys.readouterr().out
+    assert f"model     - ({backend}," in out and "call      torque(" in out and "legal     True (ok)" in out
+
+
 def test_eval_puts_the_random_backend_beside_the_other_policies(capsys, tmp_path):
     out = tmp_path / "eval.json"
     policies = "random,random-calls,model"

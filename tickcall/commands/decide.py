@@ -2,6 +2,7 @@
 
     tickcall decide "x=+0.02 v=-0.31 a=+0.05 w=+0.42" --env CartPole-v1
     tickcall decide --model PATH --tools tools.json --template v2 "Turn on the flashlight"
+    tickcall decide "theta=0.1" --env Pendulum-v1 --backend random   # a legal random call, no model
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", help="v1, v2 or compact (default: the model's own)")
     p.add_argument("--system", help="system prompt (v2, compact)")
     p.add_argument("--history", action="append", default=[], help="a history item, e.g. 'move(x=3)'")
-    p.add_argument("--backend", default="transformers", help="transformers or vllm")
+    p.add_argument("--backend", default="transformers",
+                   help="transformers, vllm, or noop / random (no model: one fixed or a random legal call)")
     p.add_argument("--repeat", type=int, default=1, help="decide N times and report the last (warm) one")
 
 
 def run(args: argparse.Namespace) -> int:
     from tickcall.models.format import Turn
+    from tickcall.models.loading import MODEL_FREE
 
     require_at_least("--repeat", args.repeat, 1)
     env_id = args.env or "tickcall/Arena-v0"
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     _check_template(args.template)
     if not args.tools or not args.model:  # the env is used for its tools or its shipped model
         check_env(env_id)
-    model = args.model or _shipped_model(env_id)
+    model = None if args.backend in MODEL_FREE else args.model or _shipped_model(env_id)
     tools = _file_tools(args.tools) if args.tools else _env_tools(env_id)
     engine = _load(model, args.backend)
     try:
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             d = engine.decide(reg.handle, turn)
     finally:
         engine.close()
-    print(f"model     {model} ({engine.backend}, template {reg.template.name}, {reg.prefix_tokens} cached prefix tokens)")
+    print(f"model     {model or '-'} ({engine.backend}, template {reg.template.name}, {reg.prefix_tokens} cached prefix tokens)")
     for head, text in d.heads.items():
         print(f"  <{head}> {text!r}  ({d.generated_tokens[head]} tokens)")
     call = f"{d.call.name}({json.dumps(d.call.arguments, ensure_ascii=False)})" if d.call else "-"
@@ -82,12 +85,15 @@ def _check_template(template: str | None) -> None:
 
 
 def _shipped_model(env_id: str) -> Path:
+    from tickcall.job import no_model_message
     from tickcall.models.shipped import default_model_path
 
     try:
         return default_model_path(env_id)
-    except (KeyError, FileNotFoundError) as exc:
-        raise CommandError(f"{one_line(exc)}; or pass --model PATH") from None
+    except KeyError:
+        raise CommandError(no_model_message(env_id)) from None
+    except FileNotFoundError as exc:
+        raise CommandError(no_model_message(env_id, f"the shipped model is not usable ({one_line(exc)})")) from None
 
 
 def _file_tools(path: str) -> list:
@@ -126,7 +132,7 @@ def _load(model: object, backend: str) -> Engine:
     from tickcall.models.loading import load_engine
 
     try:
-        return load_engine({"backend": backend, "model": str(model)})
+        return load_engine({"backend": backend} if model is None else {"backend": backend, "model": str(model)})
     except (EngineError, OSError, ValueError, KeyError, SafetensorError) as exc:
         raise model_load_error(model, exc) from None
 

@@ -25,7 +25,7 @@ HELP = "run the policy service standalone (ZeroMQ, wire protocol v1)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="serve YAML (configs/serve*.yaml); flags below override it")
     parser.add_argument("--bind", help="ZMQ endpoint to bind (default tcp://127.0.0.1:5555)")
-    parser.add_argument("--backend", help="engine backend: noop, transformers, vllm")
+    parser.add_argument("--backend", help="engine backend: transformers, vllm, noop or random (no model)")
     parser.add_argument("--model", help="model folder for the engine")
     parser.add_argument("--max-batch", type=int, help="most decides decoded in one batch")
     parser.add_argument("--max-message-bytes", type=int, help="larger requests are answered 'oversized'")
