@@ -26,6 +26,7 @@ vLLM's structured outputs, so both backends decode under the same grammar.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,11 +105,43 @@ def bounded_numbers(schema: Any) -> Any:
     return out
 
 
+MAX_ENUMERATED = 256  # a number with multipleOf in a range of at most this many values becomes an enum
+
+
+def _plain(x: float) -> int | float:
+    """1.0 -> 1 (the shorter JSON a model writes), 0.5 stays."""
+    return int(x) if float(x).is_integer() else x
+
+
+def enumerate_multiples(schema: Any, where: str, weaker: list[str]) -> Any:
+    """``schema`` with each bounded ``number`` that has ``multipleOf`` (xgrammar enforces it for integers
+    only) written as the enum of its values; an unbounded or too wide one is noted in ``weaker``.
+    ``uniqueItems`` and ``format`` have no grammar form either: noted."""
+    if isinstance(schema, list):
+        return [enumerate_multiples(s, where, weaker) for s in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out = {k: enumerate_multiples(v, where, weaker) for k, v in schema.items()}
+    if schema.get("uniqueItems"):
+        weaker.append(f"{where}: uniqueItems is checked by assembly only")
+    if "format" in schema:
+        weaker.append(f"{where}: format {schema['format']!r} is not in the grammar")
+    step, lo, hi = schema.get("multipleOf"), schema.get("minimum"), schema.get("maximum")
+    if schema.get("type") == "number" and isinstance(step, int | float) and step > 0:
+        if isinstance(lo, int | float) and isinstance(hi, int | float) and (hi - lo) / step <= MAX_ENUMERATED:
+            first = math.ceil(lo / step - 1e-9)
+            values = [_plain(round(k * step, 12)) for k in range(first, math.floor(hi / step + 1e-9) + 1)]
+            if values:
+                return {"enum": values}
+        weaker.append(f"{where}: multipleOf {step} of an unbounded or wide number is checked by assembly only")
+    return out
+
+
 def json_value(schema: Mapping[str, Any], where: str, weaker: list[str]) -> xgr.Grammar:
     """The JSON text of a non-string parameter (at most 2 whitespace characters in a row)."""
     try:
-        return xgr.Grammar.from_json_schema(bounded_numbers(dict(schema)), any_whitespace=True,
-                                            max_whitespace_cnt=2)
+        prepared = bounded_numbers(enumerate_multiples(dict(schema), where, weaker))
+        return xgr.Grammar.from_json_schema(prepared, any_whitespace=True, max_whitespace_cnt=2)
     except Exception as exc:
         weaker.append(f"{where}: schema has no grammar form ({exc}); any JSON value")
         return xgr.Grammar.from_json_schema({}, any_whitespace=True, max_whitespace_cnt=2)
