@@ -454,8 +454,9 @@ def _type_ok(value: Any, t: str) -> bool:
 def validate_value(value: Any, schema: Mapping[str, Any], where: str = "value") -> str | None:
     """Check ``value`` against a JSON-schema subset. Returns None when valid, else the reason.
 
-    Covers: type (or list of types), enum, const, minimum/maximum (and exclusive), string
-    length/pattern, array items/length, object properties/required/additionalProperties, anyOf/oneOf.
+    Covers: type (or list of types), enum, const, minimum/maximum (and exclusive), multipleOf,
+    string length/pattern, array items/length/uniqueItems, object
+    properties/required/additionalProperties, anyOf/oneOf.
     """
     if not schema:
         return None
@@ -481,6 +482,9 @@ def validate_value(value: Any, schema: Mapping[str, Any], where: str = "value") 
             return f"{where}={value} must be > {schema['exclusiveMinimum']}"
         if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
             return f"{where}={value} must be < {schema['exclusiveMaximum']}"
+        step = schema.get("multipleOf")
+        if _is_number(step) and step > 0 and abs(value / step - round(value / step)) > 1e-9:
+            return f"{where}={value} is not a multiple of {step}"
     if isinstance(value, str):
         if "minLength" in schema and len(value) < schema["minLength"]:
             return f"{where} is shorter than {schema['minLength']} characters"
@@ -493,6 +497,8 @@ def validate_value(value: Any, schema: Mapping[str, Any], where: str = "value") 
             return f"{where} has fewer than {schema['minItems']} items"
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             return f"{where} has more than {schema['maxItems']} items"
+        if schema.get("uniqueItems") and len({json.dumps(v, sort_keys=True) for v in value}) < len(value):
+            return f"{where} has repeated items (uniqueItems)"
         items = schema.get("items")
         if isinstance(items, Mapping):
             for i, item in enumerate(value):
