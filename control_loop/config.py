@@ -138,6 +138,11 @@ class RunConfig(LoopSettings):
                           flag="--device")
     template: str | None = setting(
         None, help="prompt template (v1, v2, compact); null: the model's own", check=string(optional=True))
+    constrain: bool = setting(
+        True, help="decode every head under its tool-schema grammar (legal calls by construction; "
+        "docs/constrained-decoding.md)", check=boolean(), flag="--no-constrain")
+    assembly: str = setting("strict", help="head texts -> call: strict (SimpleTool's format rules) or lenient "
+                            "(its server's readings)", check=choice("strict", "lenient"), flag="--assembly")
     engine_options: dict[str, Any] = setting(
         help="passed to the engine (e.g. max_new_tokens, threads)", check=mapping(), factory=dict)
     duration_s: float | None = setting(
@@ -183,6 +188,11 @@ class RunConfig(LoopSettings):
             spec["model"] = self.model
         if self.template is not None and self.backend not in MODEL_FREE:
             spec["template"] = self.template
+        if self.backend not in MODEL_FREE:  # only what differs from the engines' own defaults
+            if not self.constrain:
+                spec["constrain"] = False
+            if self.assembly != "strict":
+                spec["assembly"] = self.assembly
         spec.update(self.engine_options)
         return spec
 
