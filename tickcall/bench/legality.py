@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,13 +56,21 @@ def _env_sweep(env_ids: list[str], ticks: int, con: dict, free: dict) -> tuple[l
     from tickcall.envs.policies import turn_for
 
     rows, skipped = [], {}
-    for env_id in env_ids:
+    for n, env_id in enumerate(env_ids, 1):
+        print(f"legality: env {n}/{len(env_ids)} {env_id}", file=sys.stderr, flush=True)
         try:
             binding = make_binding(env_id)
         except Exception as exc:  # missing optional dependency (mujoco, ale-py), unsupported space
             skipped[env_id] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:90] if str(exc) else ''}"
             continue
         env = binding.env
+        try:
+            obs, _ = env.reset(seed=0)
+            turn_for(binding, obs)
+        except ValueError as exc:  # an image observation: the env needs an obs_formatter first
+            skipped[env_id] = f"{type(exc).__name__}: {str(exc)[:90]}"
+            env.close()
+            continue
         row: dict[str, Any] = {"env": env_id, "tools": len(binding.tools)}
         for label, engines in (("", con), ("free:", free)):
             for name, engine in engines.items():
@@ -106,6 +115,7 @@ def _bfcl_sweep(categories: list[str], limit: int, con: dict) -> list[dict]:
     rows = []
     for category in categories:
         sets = _bfcl_sets(category, limit)
+        print(f"legality: BFCL {category}, {len(sets)} tool sets", file=sys.stderr, flush=True)
         row: dict[str, Any] = {"category": category, "tool_sets": len(sets)}
         for name, engine in con.items():
             accepted = legal = 0
