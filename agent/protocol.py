@@ -310,12 +310,15 @@ def to_turn(wire: WireTurn):
 
 
 def wire_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
-    """Tool dicts go on the wire as given (key order kept); callables are converted with models.tools."""
+    """Tool dicts go on the wire as given (key order kept); callables are converted with models.tools.
+    The parameter count is not checked here: only the engine knows its model's heads (``max_heads``)
+    and refuses a tool over them at registration (``illegal_tools``)."""
     if all(isinstance(t, dict) for t in tools):
         return [dict(t) for t in tools]
+    from tickcall.models.format import MAX_HEADS_LIMIT
     from tickcall.models.tools import normalize_tools
 
-    return [s.rendered for s in normalize_tools(tools)]
+    return [s.rendered for s in normalize_tools(tools, max_arity=MAX_HEADS_LIMIT)]
 
 
 def turn_to_wire(turn: Any) -> WireTurn:

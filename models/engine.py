@@ -12,6 +12,9 @@ Invariants:
   token after its stop token.
 * Timings are milliseconds (``time.perf_counter``), keys ``prefill``, ``decode``, ``assemble``,
   ``total``.
+* An engine decodes at most ``max_heads`` argument heads (its model's ``tickcall.json`` ``max_heads``,
+  6 without it: the public checkpoints). ``register`` refuses a tool with more parameters as a
+  ToolSchemaError naming that limit; the heads of a registration are ``format.heads_for`` under it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 from tickcall.models.assembly import ASSEMBLY_MODES, Assembled, assemble
 from tickcall.models.calls import Call
 from tickcall.models.format import Template, Turn, get_template, heads_for
-from tickcall.models.tools import ToolSpec, normalize_tools
+from tickcall.models.tools import MAX_ARITY, ToolSpec, normalize_tools
 
 
 class EngineError(RuntimeError):
@@ -107,6 +110,9 @@ class Engine(ABC):
 
     backend: str = "abstract"
     default_template: str = "v2"
+    # Argument heads the model was trained for. Backends with a model set it from its tickcall.json
+    # (``format.max_heads_of``); the default is the public SimpleTool checkpoints' 6.
+    max_heads: int = MAX_ARITY
 
     def __init__(self, max_new_tokens: int = 32, allow_future_refs: bool = False,
                  assembly: str = "strict") -> None:
@@ -122,11 +128,12 @@ class Engine(ABC):
     def register(self, tools: Sequence[Any], system: str | None = None,
                  template: str | None = None) -> Registration:
         """Normalise tools, render the static prefix and build its cache. Raises ToolSchemaError."""
-        specs = normalize_tools(tools)
+        specs = normalize_tools(tools, max_arity=self.max_heads)
         tmpl = get_template(template or self.default_template)
         prefix = tmpl.prefix(specs, system)
         reg = Registration(handle=f"h{next(self._ids)}", tools=specs, system=system, template=tmpl,
-                           heads=heads_for(specs), prefix_text=prefix, prefix_tokens=0)
+                           heads=heads_for(specs, max_heads=self.max_heads), prefix_text=prefix,
+                           prefix_tokens=0)
         self._build_prefix(reg)
         self._registrations[reg.handle] = reg
         return reg
@@ -180,7 +187,7 @@ class Engine(ABC):
                           template: str | None = None) -> int:
         """Tokens of the static prefix ``register`` would prefill. Raises ToolSchemaError."""
         tmpl = get_template(template or self.default_template)
-        return self.count_tokens(tmpl.prefix(normalize_tools(tools), system))
+        return self.count_tokens(tmpl.prefix(normalize_tools(tools, max_arity=self.max_heads), system))
 
     def context_tokens(self) -> int | None:
         """The model's context length in tokens (``max_position_embeddings``), None where unknown."""
@@ -190,7 +197,8 @@ class Engine(ABC):
 
     def info(self) -> dict[str, Any]:
         """Model and template description (sent in the service's ``welcome``)."""
-        return {"backend": self.backend, "default_template": self.default_template, "assembly": self.assembly}
+        return {"backend": self.backend, "default_template": self.default_template, "assembly": self.assembly,
+                "max_heads": self.max_heads}
 
     def close(self) -> None:  # noqa: B027 - optional hook; backends without resources keep it
         """Release model memory and any engine processes."""

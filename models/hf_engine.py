@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from tickcall.models.constrain import Constrainer, RowGuide, mask_logits
 from tickcall.models.engine import Engine, EngineError, RawHeads, Registration
-from tickcall.models.format import CHAT_TOKENS, IM_END, NULL, SPECIAL_TOKENS, Turn, close_tag, open_tag
+from tickcall.models.format import CHAT_TOKENS, IM_END, NULL, Turn, close_tag, open_tag, special_tokens
 from tickcall.models.lean import LeanLM
-from tickcall.models.loading import read_model_meta
+from tickcall.models.loading import model_max_heads, read_model_meta
+from tickcall.models.tools import MAX_ARITY
 
 # Below this many parameters the CPU backend runs torch on one thread by default. Measured with the
 # shipped 0.7M model on the 2-core VM while other work ran: decide P50 6.9 ms on 1 thread, 320 ms on 2.
@@ -31,11 +32,12 @@ class TokenizerFormatError(EngineError):
     """The tokenizer does not hold the SimpleTool tokens as single ids."""
 
 
-def check_special_tokens(tokenizer) -> dict[str, int]:
-    """Each of the 17 SimpleTool tokens and the chat tokens must be exactly one id. Returns the ids."""
+def check_special_tokens(tokenizer, max_heads: int = MAX_ARITY) -> dict[str, int]:
+    """Each SimpleTool token of a model with ``max_heads`` argument heads (``format.special_tokens``:
+    the 17 of the public checkpoints for 6) and the chat tokens must be exactly one id. Returns the ids."""
     ids: dict[str, int] = {}
     bad = []
-    for tok in (*SPECIAL_TOKENS, *CHAT_TOKENS):
+    for tok in (*special_tokens(max_heads), *CHAT_TOKENS):
         enc = tokenizer.encode(tok, add_special_tokens=False)
         if len(enc) != 1:
             bad.append(f"{tok} -> {len(enc)} tokens")
@@ -44,7 +46,8 @@ def check_special_tokens(tokenizer) -> dict[str, int]:
     if bad:
         raise TokenizerFormatError(
             "this tokenizer does not hold the SimpleTool tokens as single tokens ("
-            + "; ".join(bad) + "). Use a SimpleTool checkpoint (RT-Qwen) or a model trained by tickcall.")
+            + "; ".join(bad) + f"; {max_heads} argument heads expected). Use a SimpleTool checkpoint (RT-Qwen) "
+            "or a model trained by tickcall, whose tickcall.json max_heads matches its tokenizer.")
     return ids
 
 
@@ -81,9 +84,10 @@ class HFEngine(Engine):
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda"
                                                            else torch.float32)
         self.meta = read_model_meta(self.model_path)
+        self.max_heads = model_max_heads(self.model_path, self.meta)
         self.default_template = template or self.meta.get("template", "v2")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.token_ids = check_special_tokens(self.tokenizer)
+        self.token_ids = check_special_tokens(self.tokenizer, self.max_heads)
         from tickcall.models.quantize_load import (
             transformers_load_kwargs,  # W4A16 (compressed-tensors): dequantized
         )

@@ -16,12 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from tickcall.models.engine import Engine, EngineError
+from tickcall.models.format import max_heads_of
 
 
 def read_model_meta(path: str | Path) -> dict[str, Any]:
-    """``tickcall.json`` in a model folder: template, system prompt, env ids (all optional)."""
+    """``tickcall.json`` in a model folder: template, system prompt, env ids, ``max_heads`` (all
+    optional)."""
     meta_file = Path(path) / "tickcall.json"
     return json.loads(meta_file.read_text()) if meta_file.exists() else {}
+
+
+def model_max_heads(path: str | Path, meta: Mapping[str, Any]) -> int:
+    """Argument heads of the model in folder ``path`` from its ``tickcall.json`` contents ``meta``
+    (``format.max_heads_of``: 6 when absent). EngineError naming the file when the value is invalid,
+    so a bad folder stops at load time, not at the first registration."""
+    try:
+        return max_heads_of(meta)
+    except ValueError as exc:
+        raise EngineError(f"{Path(path) / 'tickcall.json'}: {exc}") from None
 
 
 BACKENDS = ("transformers", "vllm", "noop", "random")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from tickcall.models.calls import Call
 from tickcall.models.engine import Engine, RawHeads, Registration
-from tickcall.models.format import Turn
+from tickcall.models.format import MAX_HEADS_LIMIT, Turn
 from tickcall.models.sampling import SchemaSamplingError, default_call, sample_call
 from tickcall.models.stand_ins import call_heads, raw_heads
 from tickcall.models.tools import ToolSchemaError
@@ -44,6 +44,8 @@ class RandomEngine(Engine):
     from ``random.Random(f"{seed}:hN")``, so clients do not disturb each other's sequences."""
 
     backend = "random"
+    # No model, so no trained head count: any tool set a model of ours could declare is accepted.
+    max_heads = MAX_HEADS_LIMIT
 
     def __init__(self, seed: int = 0, max_new_tokens: int = 32, allow_future_refs: bool = False) -> None:
         super().__init__(max_new_tokens=max_new_tokens, allow_future_refs=allow_future_refs)

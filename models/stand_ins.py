@@ -13,7 +13,7 @@ import time
 from tickcall.models.assembly import assemble
 from tickcall.models.calls import Call
 from tickcall.models.engine import Engine, RawHeads, Registration
-from tickcall.models.format import NULL, Turn, encode_call_heads
+from tickcall.models.format import MAX_HEADS_LIMIT, NULL, Turn, encode_call_heads
 from tickcall.models.sampling import SchemaSamplingError, default_call
 from tickcall.models.tools import ToolSpec
 
@@ -93,6 +93,8 @@ class NoOpEngine(Engine):
     Heads are the texts a model would write for that call and go through the strict assembly."""
 
     backend = "noop"
+    # No model, so no trained head count: any tool set a model of ours could declare is accepted.
+    max_heads = MAX_HEADS_LIMIT
 
     def _build_prefix(self, reg: Registration) -> None:
         reg.prefix_tokens = len(reg.prefix_text.split())

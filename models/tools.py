@@ -334,9 +334,10 @@ def normalize_tools(tools: Sequence[Any], *, max_arity: int = MAX_ARITY) -> list
         if spec.arity > max_arity:
             raise ToolSchemaError(
                 f"tool {spec.name!r} has {spec.arity} parameters ({', '.join(spec.param_names)}); "
-                f"SimpleTool heads carry at most {max_arity} arguments (<arg1>..<arg{max_arity}>). "
-                "Split the tool, group parameters into an object parameter, or serve a model trained "
-                "with more heads (max_heads in its tickcall.json)."
+                f"this model's heads carry at most {max_arity} arguments (<arg1>..<arg{max_arity}>; "
+                "the public SimpleTool checkpoints have 6). Split the tool, group parameters into an "
+                "object parameter, or train a model with more heads (max_heads in the training config's "
+                "model section, recorded in its tickcall.json) and serve that one."
             )
     return specs
 

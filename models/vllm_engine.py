@@ -111,7 +111,7 @@ class VLLMEngine(Engine):
                  **llm_kwargs: Any) -> None:
         super().__init__(max_new_tokens=max_new_tokens, assembly=assembly)
         from tickcall.models.hf_engine import check_special_tokens
-        from tickcall.models.loading import read_model_meta
+        from tickcall.models.loading import model_max_heads, read_model_meta
 
         if prefix_align not in ("none", "pad"):
             raise ValueError(f"prefix_align must be 'none' or 'pad', not {prefix_align!r}")
@@ -131,12 +131,13 @@ class VLLMEngine(Engine):
             raise ValueError(f"gate must be 'none', 'buffer' or 'pause', not {gate!r}")
         self.gate = gate
         self.meta = read_model_meta(self.model_path)
+        self.max_heads = model_max_heads(self.model_path, self.meta)
         self.default_template = template or self.meta.get("template", "v2")
 
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.token_ids = check_special_tokens(self.tokenizer)
+        self.token_ids = check_special_tokens(self.tokenizer, self.max_heads)
         self._fast = getattr(self.tokenizer, "_tokenizer", None)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.token_ids[IM_END]
