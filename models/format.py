@@ -45,6 +45,13 @@ def max_heads_of(meta: Mapping[str, Any] | None) -> int:
     return check_max_heads(meta["max_heads"])
 
 
+def max_heads_meta(n: int) -> dict[str, int]:
+    """The ``tickcall.json`` entry a model with ``n`` argument heads writes (the inverse of
+    ``max_heads_of``): ``{"max_heads": n}``, or nothing for 6, so a 6-head model's file stays the
+    same bytes as one written before models could have more heads."""
+    return {} if check_max_heads(n) == MAX_ARITY else {"max_heads": n}
+
+
 @functools.lru_cache(maxsize=None, typed=True)  # typed: True and 1.0 must not hit 1
 def head_names(n: int = MAX_ARITY) -> tuple[str, ...]:
     """``("function", "arg1", ..., "argN")``: every head a model with ``n`` argument heads has."""

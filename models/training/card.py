@@ -7,9 +7,25 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tickcall.models.format import special_tokens
+from tickcall.models.tools import MAX_ARITY
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+# The card of a 6-head student reads as it did before students could have more heads.
+def _token_text(max_heads: int) -> str:
+    n = len(special_tokens(max_heads))
+    return f"{n} SimpleTool tokens" + ("" if max_heads == MAX_ARITY else f" ({max_heads} argument heads)")
+
+
+def _weights_text(max_heads: int) -> str:
+    """The head weights of ``rows.default_head_weights`` in words."""
+    if max_heads <= MAX_ARITY:
+        return f"arg1..arg{max_heads} 1.1..{1 + 0.1 * max_heads:.1f}"
+    return f"arg1..arg6 1.1..1.6, arg7..arg{max_heads} 1.6"
 
 
 def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = None) -> Path:
@@ -31,7 +47,7 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         f"{cfg.model.heads} attention heads ({cfg.model.kv_heads} KV), MLP {cfg.model.intermediate}; "
         f"{scores.get('params', 0) / 1e6:.2f}M parameters, tied embeddings, float32 safetensors.",
         f"- Tokenizer: byte-level BPE, {scores.get('vocab', '?')} tokens, trained on this run's prompts; "
-        "chat tokens and the 17 SimpleTool tokens are single ids, digits split one per token.",
+        f"chat tokens and the {_token_text(cfg.model.max_heads)} are single ids, digits split one per token.",
         f"- Envs: {', '.join(cfg.envs)}." + (f" Initialised from `{cfg.init_from}` (an earlier run of this "
                                              "recipe), then trained further." if cfg.init_from else ""),
         "",
@@ -53,7 +69,8 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         (f"- DAgger: {cfg.dagger.rounds} round(s) of {cfg.dagger.episodes} student episodes per env, "
          "visited states relabelled by the teacher." if cfg.dagger.rounds else "- DAgger: none."),
         f"- Rows per env (all rounds): {json.dumps(scores.get('rows', {}))}. One branch per head "
-        f"({cfg.heads_mode} heads), loss on the target only, head weights function 2.0, arg1..arg6 1.1..1.6.",
+        f"({cfg.heads_mode} heads), loss on the target only, head weights function 2.0, "
+        f"{_weights_text(cfg.model.max_heads)}.",
         f"- Training: {cfg.train.steps} steps"
         + (f" (+{cfg.dagger.steps} per DAgger round)" if cfg.dagger.rounds else "") + ", batch "
         f"{cfg.train.batch_size}, AdamW lr {cfg.train.lr}, seed {cfg.seed}.",

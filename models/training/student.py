@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tickcall.models.assembly import Assembled, assemble
 from tickcall.models.format import IM_END, NULL, Template, Turn, close_tag, heads_for, open_tag
-from tickcall.models.tools import ToolSpec
+from tickcall.models.tools import MAX_ARITY, ToolSpec
 from tickcall.models.training.rows import RowCodec
 
 
@@ -26,15 +26,17 @@ class BatchDecision:
 
 
 class BatchStudent:
-    """Greedy SimpleTool decoding of a batch of turns for one tool set."""
+    """Greedy SimpleTool decoding of a batch of turns for one tool set. ``max_heads``: the model's
+    argument heads (its tickcall.json ``max_heads``, 6 by default); the tools may not need more."""
 
     def __init__(self, model, tokenizer, tools: Sequence[ToolSpec], template: Template,
-                 system: str | None = None, max_new_tokens: int = 12, chunk: int = 256) -> None:
+                 system: str | None = None, max_new_tokens: int = 12, chunk: int = 256,
+                 max_heads: int = MAX_ARITY) -> None:
         self.model = model
         self.tools = list(tools)
         self.tool_map = {t.name: t for t in self.tools}
-        self.heads = heads_for(self.tools)
-        self.codec = RowCodec(tokenizer, template, system)
+        self.heads = heads_for(self.tools, max_heads=max_heads)
+        self.codec = RowCodec(tokenizer, template, system, max_heads=max_heads)
         self.tok = tokenizer
         self.prefix = self.codec.prefix_ids(self.tools)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
