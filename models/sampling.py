@@ -189,8 +189,12 @@ def _sample_string(schema: Mapping[str, Any], rng: random.Random) -> str:
     hi = int(max_len) if max_len is not None else lo + EXTRA_CHARS
     pattern = schema.get("pattern")
     if isinstance(pattern, str):
-        # xeger writes a full match; re.search (the validator's rule) then finds it
-        return rstr.Rstr(rng).xeger(pattern)
+        # xeger writes a full match; re.search (the validator's rule) then finds it. Open repeats
+        # (``+``, ``*``) run to a drawn cap or, half the time, exactly to the longest length allowed,
+        # so a pattern can meet a maxLength as well as a minLength.
+        longest = max(1, int(max_len) if max_len is not None else max(EXTRA_CHARS, lo))
+        full = rng.random() < 0.5
+        return _Xeger(rng, longest if full else rng.randint(1, longest), full).xeger(pattern)
     n = rng.randint(lo, max(lo, hi))
     return "".join(rng.choice(_ALPHABET) for _ in range(n))
 
@@ -344,6 +348,21 @@ def _minimal_of_type(t: str, schema: Mapping[str, Any]) -> Any:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+class _Xeger(rstr.Rstr):
+    """``rstr.xeger`` with repeats (``*``, ``+``, ``{n,m}``) capped at ``cap`` instead of rstr's 100, and
+    with ``full`` each repeat run to its cap. Overrides rstr's ``_handle_repeat`` hook (rstr 3.x); were
+    it renamed, repeats would be rstr's own and only patterns with tight length bounds would draw worse
+    (never an illegal value: every draw is checked)."""
+
+    def __init__(self, rng: random.Random, cap: int, full: bool = False) -> None:
+        super().__init__(rng)
+        self.cap, self.full = cap, full
+
+    def _handle_repeat(self, start_range: int, end_range: int, value: Any) -> str:
+        end = max(start_range, min(end_range, self.cap))
+        return super()._handle_repeat(end if self.full else start_range, end, value)
 
 
 def _types(schema: Mapping[str, Any]) -> list[str]:

@@ -230,6 +230,8 @@ def test_random_engine_answers_legal_calls_on_generated_tools(params, required, 
         {"type": "number", "minimum": -1.7e308, "maximum": 1.7e308},  # the width overflows a float
         {"type": "string", "minLength": 3, "maxLength": 3},
         {"type": "string", "pattern": r"^[0-9a-f]{8}-[0-9a-f]{4}$"},
+        {"type": "string", "pattern": r"^\w+@\w+\.(com|org)$", "maxLength": 10},  # open repeats, tight length
+        {"type": "string", "pattern": r"^a+$", "minLength": 30},
         {
             "type": "array",
             "items": [{"type": "integer"}, {"type": "string", "enum": ["a", "b"]}],
