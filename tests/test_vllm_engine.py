@@ -179,3 +179,43 @@ def test_bench_decode_reports_cache_and_single_step(engines):
     assert par["cached_tokens"]["min"] >= full and auto["cached_tokens"]["min"] >= auto["prefix_tokens"] // 32 * 32
     assert par["computed_tokens"]["min"] > 0 and auto["mean_tokens"] > par["mean_longest_head_tokens"]
     assert v.forced_lengths is None  # restored for the other tests
+
+
+def test_shipped_student_greedy_equivalence_under_constraints():
+    """vLLM on the shipped arena student, its own env's turns: where the unconstrained output is legal the
+    constrained one is identical token for token, every constrained call is legal, and the transformers
+    backend decides the same calls."""
+    from tickcall.envs.binding import make_binding
+    from tickcall.envs.policies import turn_for
+
+    path = "models/shipped/tickcall-arena"
+    binding = make_binding("tickcall/Arena-v0")
+    env = binding.env
+    obs, _ = env.reset(seed=0)
+    env.action_space.seed(0)
+    turns = []
+    for _ in range(30):
+        turns.append(turn_for(binding, obs))
+        obs, _, term, trunc, _ = env.step(env.action_space.sample())
+        if term or trunc:
+            obs, _ = env.reset()
+    v = VLLMEngine(path, device="cpu")
+    h = HFEngine(path, device="cpu")
+    try:
+        rv, rh = v.register(binding.tools), h.register(binding.tools)
+        constrainer, compared = v.constrainer, 0
+        for turn in turns:
+            dv = v.decide(rv.handle, turn)
+            v.constrainer = None  # the same engine, unconstrained for this decide
+            try:
+                free = v.decide(rv.handle, turn)
+            finally:
+                v.constrainer = constrainer
+            assert dv.legal, (dv.heads, dv.reason)
+            assert dv.call == h.decide(rh.handle, turn).call
+            if free.legal:
+                assert dv.head_token_ids == free.head_token_ids
+                compared += 1
+        assert compared >= 20
+    finally:
+        v.close()
