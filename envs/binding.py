@@ -38,6 +38,7 @@ from tickcall.envs.catalog import EnvEntry, entry_for
 from tickcall.envs.obs_text import ObsFormatter
 from tickcall.envs.spaces import ActionError, SpaceAdapter
 from tickcall.models.calls import Call
+from tickcall.models.format import MAX_HEADS_LIMIT
 from tickcall.models.tools import ToolSpec, normalize_tools, validate_arguments
 
 STATUSES = ("ok", "clipped", "rejected")
@@ -301,7 +302,7 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
     raw = env.unwrapped
     if hasattr(raw, "tickcall_tools"):
         tools = raw.tickcall_tools()
-        specs = normalize_tools(tools)
+        specs = normalize_tools(tools, max_arity=MAX_HEADS_LIMIT)  # the serving model's limit applies at register
         fmt = obs_formatter or (raw.obs_text if precision is None and obs_names is None else ObsFormatter(
             names=obs_names, precision=3 if precision is None else precision))
         return EnvBinding(env=env, env_id=env_id, tools=tools, specs=specs, obs_formatter=fmt,

@@ -125,7 +125,7 @@ class HFEngine(Engine):
         cfg = self.model.config
         return {"backend": self.backend, "model": str(self.model_path), "model_type": cfg.model_type,
                 "params": self.n_params, "device": self.device, "dtype": str(self.lm.dtype).replace("torch.", ""),
-                "default_template": self.default_template, "constrained": self.constrainer is not None,
+                "default_template": self.default_template, "constrained": self.constrainer is not None, "max_heads": self.max_heads,
                 "assembly": self.assembly}
 
     def close(self) -> None:

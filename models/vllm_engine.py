@@ -230,7 +230,7 @@ class VLLMEngine(Engine):
                 "model_type": self.config.get("model_type"), "device": self.device,
                 "vllm": vllm.__version__, "block_size": self.block_size, "prefix_align": self.prefix_align,
                 "in_process": self.in_process, "quantization": quantization_summary(self.config),
-                "default_template": self.default_template, "constrained": self.constrainer is not None,
+                "default_template": self.default_template, "constrained": self.constrainer is not None, "max_heads": self.max_heads,
                 "assembly": self.assembly}
 
     def close(self) -> None:

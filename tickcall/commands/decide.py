@@ -98,13 +98,14 @@ def _shipped_model(env_id: str) -> Path:
 
 def _file_tools(path: str) -> list:
     """The tools in ``path``, schema-checked before the model loads (a bad file costs no load time)."""
+    from tickcall.models.format import MAX_HEADS_LIMIT
     from tickcall.models.tools import normalize_tools
 
     tools = read_tools_file(path)
     if not isinstance(tools, list) or not tools:
         raise CommandError(f"--tools {path} must hold a non-empty JSON list of tools; wrap the tool(s) in [...]")
     try:
-        normalize_tools(tools)
+        normalize_tools(tools, max_arity=MAX_HEADS_LIMIT)  # the model's own head count is checked at register
     except (ValueError, TypeError, KeyError) as exc:  # ToolSchemaError is a ValueError
         raise _schema_error(f"--tools {path}", exc) from None
     return tools
