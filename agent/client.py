@@ -178,13 +178,16 @@ class PolicyClient:
         system: str | None = None,
         template: str | None = None,
         timeout_ms: float | None = None,
+        allow_no_call: bool = False,
     ) -> ClientRegistration:
         """Register a tool set; it is kept and registered again automatically after a server restart.
 
-        The last registration is the default one for ``send_decide``. Raises PolicyError (e.g.
-        ``illegal_tools``) or PolicyTimeout.
+        The last registration is the default one for ``send_decide``. ``allow_no_call``: "no call this
+        tick" (a null function head) is a legal answer. Raises PolicyError (e.g. ``illegal_tools``) or
+        PolicyTimeout.
         """
-        reg = ClientRegistration(tools=P.wire_tools(tools), system=system, template=template)
+        reg = ClientRegistration(tools=P.wire_tools(tools), system=system, template=template,
+                                 allow_no_call=allow_no_call)
         out = self._send_register(reg, timeout_ms)
         self._wait(out, "register")
         self.registrations.append(reg)
@@ -194,7 +197,8 @@ class PolicyClient:
     def _send_register(self, reg: ClientRegistration, timeout_ms: float | None = None) -> Out:
         out = self._new_out("register", timeout_ms, reg=reg)
         reg._pending_id = out.msg_id
-        self._send(Register(id=out.msg_id, tools=reg.tools, system=reg.system, template=reg.template), out)
+        self._send(Register(id=out.msg_id, tools=reg.tools, system=reg.system, template=reg.template,
+                            allow_no_call=reg.allow_no_call), out)
         return out
 
     def ping(self, timeout_ms: float | None = None) -> float:

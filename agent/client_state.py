@@ -32,6 +32,7 @@ class ClientRegistration:
     tools: list[dict[str, Any]]
     system: str | None
     template: str | None
+    allow_no_call: bool = False
     handle: str | None = None
     epoch: str | None = None
     heads: list[str] = field(default_factory=list)

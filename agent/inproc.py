@@ -90,10 +90,13 @@ class InProcPolicy:
         system: str | None = None,
         template: str | None = None,
         timeout_ms: float | None = None,
+        allow_no_call: bool = False,
     ) -> Registered:
-        """Register a tool set; it becomes the one ``send_decide`` uses. Raises PolicyError."""
+        """Register a tool set; it becomes the one ``send_decide`` uses (``allow_no_call``: see
+        ``PolicyClient.register``). Raises PolicyError."""
         req, _ = self._wire(
-            Register(id=next(self._ids), tools=P.wire_tools(tools), system=system, template=template)
+            Register(id=next(self._ids), tools=P.wire_tools(tools), system=system, template=template,
+                     allow_no_call=allow_no_call)
         )
         assert isinstance(req, Register)
         reply = self._back(self._core.register(_OWNER, req))

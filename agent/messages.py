@@ -81,6 +81,7 @@ class Register(Request, kw_only=True, omit_defaults=True):
     tools: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1)]
     system: str | None = None
     template: Annotated[str, msgspec.Meta(max_length=MAX_TEMPLATE_CHARS)] | None = None
+    allow_no_call: bool = False  # a null function head is the legal answer "no call this tick"
 
 
 class WireTurn(msgspec.Struct, kw_only=True, omit_defaults=True):

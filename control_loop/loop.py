@@ -341,6 +341,12 @@ class ControlLoop:
             return
         verdict = judge(reply)
         rec.call = call_dict(verdict.call)
+        if verdict.outcome == "ok" and verdict.call is None:  # a legal no-call: nothing to apply
+            rec.latency_ms = (self._clock() - p.obs_at) * 1e3
+            with self._lock:
+                self._latencies.append(rec.latency_ms)
+            self._resolve(rec, "ok", verdict.reason)
+            return
         if verdict.outcome != "ok" or verdict.call is None:
             self._resolve(rec, verdict.outcome, verdict.reason)
             self._fallback(rec)

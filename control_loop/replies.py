@@ -48,6 +48,8 @@ def judge(reply: DecideReply) -> Verdict:
             return Verdict("fallback", f"service: {reply.code} {reply.message}".strip())
         return Verdict("error", f"service error {reply.code}: {reply.message}".strip())
     call = None if reply.call is None else Call(name=reply.call.name, arguments=dict(reply.call.arguments))
+    if call is None and reply.legal:  # the registration allowed "no call this tick"
+        return Verdict("ok", reply.reason or "no call")
     if call is None or not reply.legal:
         return Verdict("error", f"{ILLEGAL_PREFIX} {reply.reason or 'no call'}", call)
     return Verdict("ok", "", call)

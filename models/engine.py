@@ -26,10 +26,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tickcall.models.assembly import ASSEMBLY_MODES, Assembled, assemble
+from tickcall.models.assembly import ASSEMBLY_MODES, Assembled, assemble, is_null_text
 from tickcall.models.calls import Call
 from tickcall.models.format import Template, Turn, get_template, heads_for
 from tickcall.models.tools import MAX_ARITY, ToolSpec, normalize_tools
+
+NO_CALL = "no call"  # the reason of a legal no-call decision (registrations with allow_no_call)
 
 
 class EngineError(RuntimeError):
@@ -53,6 +55,7 @@ class Registration:
     prefix_tokens: int
     state: Any = field(default=None, repr=False)  # backend's cached prefix (KV cache, token ids, ...)
     grammars: Any = field(default=None, repr=False)  # compiled head grammars (models.constrain) or None
+    allow_no_call: bool = False  # a null function head is the legal answer "no call this tick"
 
     @property
     def tool_map(self) -> dict[str, ToolSpec]:
@@ -126,14 +129,17 @@ class Engine(ABC):
 
     # ---- public interface -------------------------------------------------------------------
     def register(self, tools: Sequence[Any], system: str | None = None,
-                 template: str | None = None) -> Registration:
-        """Normalise tools, render the static prefix and build its cache. Raises ToolSchemaError."""
+                 template: str | None = None, allow_no_call: bool = False) -> Registration:
+        """Normalise tools, render the static prefix and build its cache. Raises ToolSchemaError.
+
+        ``allow_no_call``: a ``<|null|>`` (or empty) function head is a legal answer, "no call this
+        tick" (``Decision.call`` None, ``legal`` True, reason ``no call``); otherwise it is illegal."""
         specs = normalize_tools(tools, max_arity=self.max_heads)
         tmpl = get_template(template or self.default_template)
         prefix = tmpl.prefix(specs, system)
         reg = Registration(handle=f"h{next(self._ids)}", tools=specs, system=system, template=tmpl,
                            heads=heads_for(specs, max_heads=self.max_heads), prefix_text=prefix,
-                           prefix_tokens=0)
+                           prefix_tokens=0, allow_no_call=allow_no_call)
         self._build_prefix(reg)
         self._registrations[reg.handle] = reg
         return reg
@@ -206,6 +212,8 @@ class Engine(ABC):
     # ---- backend hooks ----------------------------------------------------------------------
     def _assemble(self, reg: Registration, raw: RawHeads) -> Assembled:
         """Heads -> call (``self.assembly`` rules). The autoregressive baseline parses JSON instead."""
+        if reg.allow_no_call and not raw.unfinished and is_null_text(raw.texts.get("function")):
+            return Assembled(None, True, NO_CALL, dict(raw.texts))
         return assemble(raw.texts, reg.tool_map, raw.unfinished, allow_future_refs=self.allow_future_refs,
                         mode=self.assembly)
 

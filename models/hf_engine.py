@@ -140,7 +140,7 @@ class HFEngine(Engine):
         reg.state = self.lm.prefill_prefix(ids)
         reg.prefix_tokens = len(ids)
         if self.constrainer is not None:
-            reg.grammars = self.constrainer.compile(reg.tools, reg.heads)
+            reg.grammars = self.constrainer.compile(reg.tools, reg.heads, reg.allow_no_call)
 
     @torch.inference_mode()
     def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:

@@ -356,7 +356,7 @@ class VLLMEngine(Engine):
         outs, _ = self.run_requests([(ids + probe + [tag], self.sampling("function", forced=1))] * 2)
         state.warm_cached = int(outs[1].num_cached_tokens or 0)
         if self.constrainer is not None:
-            reg.grammars = self.constrainer.compile(reg.tools, reg.heads)
+            reg.grammars = self.constrainer.compile(reg.tools, reg.heads, reg.allow_no_call)
 
     def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
         forced = self.forced_lengths

@@ -296,7 +296,7 @@ def test_in_process_policy_answers_as_the_server_does():
                         "name": "f",
                         "parameters": {
                             "type": "object",
-                            "properties": {f"p{i}": {"type": "number"} for i in range(7)},
+                            "properties": {f"p{i}": {"type": "number"} for i in range(65)},
                         },
                     }
                 ]
