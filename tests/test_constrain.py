@@ -176,3 +176,30 @@ def test_rules_follow_the_schema():
     assert str(g.chosen[("wait", "arg1")].grammar).strip() == 'root ::= ("")'
     assert build_head_grammars(specs, ("function",), allow_no_call=True).start["function"].nullable
     assert g.weaker == []
+
+
+@pytest.mark.parametrize("category", ["live_multiple", "simple_java", "simple_javascript", "parallel_multiple"])
+def test_bfcl_tool_sets_are_legal_for_a_random_model(category, tiny):
+    """A sample of BFCL tool sets (every 25th the engine accepts), one decide each on the question's
+    text: all legal. The full sweep is `tickcall bench legality` (docs/benchmarks.md)."""
+    bfcl = pytest.importorskip("bfcl_eval", reason="bfcl-eval data not installed (scripts/setup.sh --dev)")
+    import json
+    from pathlib import Path
+
+    from tickcall.models.tools import ToolSchemaError
+
+    path = Path(bfcl.__file__).parent / "data" / f"BFCL_v4_{category}.json"
+    questions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][::25]
+    con = HFEngine(tiny, device="cpu", max_new_tokens=16)
+    checked = 0
+    for q in questions:
+        try:
+            reg = con.register(q["function"])
+        except ToolSchemaError:
+            continue
+        text = next((m["content"] for m in q["question"][0] if m.get("role") == "user"), "")
+        d = con.decide(reg.handle, Turn(query=text[:500]))
+        con.unregister(reg.handle)
+        assert d.legal, (q["id"], d.heads, d.reason)
+        checked += 1
+    assert checked >= 2
