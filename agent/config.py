@@ -83,16 +83,27 @@ class ServeConfig:
     max_restarts: int = -1  # Ray actor restarts (-1: forever)
 
     def __post_init__(self) -> None:
-        if isinstance(self.curve, dict):
+        """Check every setting's type and range (``agent.config_check``); ValueError names the first bad one."""
+        from tickcall.agent import config_check as check
+        from tickcall.models.loading import BACKENDS
+
+        if self.curve is not None and not isinstance(self.curve, CurveConfig):
+            check.check_curve(self.curve, tuple(f.name for f in fields(CurveConfig)))
             self.curve = CurveConfig(**self.curve)
-        if self.max_message_bytes < 1024:
-            raise ValueError("max_message_bytes must be at least 1024")
-        if not 0 <= self.gather_ms <= 100:
-            raise ValueError("gather_ms must be in [0, 100] ms")
+        check.check_engine_spec(self.engine, BACKENDS)
+        check.check_endpoint("bind", self.bind)
+        check.check_int("max_message_bytes", self.max_message_bytes, 1024, 1 << 20)
+        if self.hard_max_message_bytes is not None:
+            check.check_int("hard_max_message_bytes", self.hard_max_message_bytes, self.max_message_bytes,
+                            4 * self.max_message_bytes + 65536)
+        check.check_number("gather_ms", self.gather_ms, 0, 100, 1.0)
         for name in _POSITIVE_INTS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check.check_int(name, getattr(self, name), 1, getattr(ServeConfig, name))
+        check.check_bool("allow_insecure", self.allow_insecure)
+        if self.num_gpus is not None:
+            check.check_number("num_gpus", self.num_gpus, 0, 1024, 1)
+        check.check_number("num_cpus", self.num_cpus, 0, 1024, 1)
+        check.check_int("max_restarts", self.max_restarts, -1, -1)
 
     @property
     def hard_limit(self) -> int:
@@ -104,16 +115,31 @@ class ServeConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(key) for key in set(data) - known)
         if unknown:
-            raise ValueError(f"unknown serve config keys {unknown}; known: {sorted(known)}")
+            raise ValueError(f"unknown serve config keys {unknown}; known: {', '.join(sorted(known))}")
         return cls(**data)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ServeConfig:
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}; give an existing serve YAML "
+                             "(configs/serve.yaml is an example)") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text; give a serve YAML file") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ValueError(f"{path} is not valid YAML{where} ({problem}); fix the syntax") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a serve config is a YAML mapping")
-        return cls.from_dict(data)
+            raise ValueError(f"{path}: a serve config is a YAML mapping (key: value lines), "
+                             f"not a {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None

@@ -98,10 +98,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.probe:
         return _probe(args)
+    from tickcall.commands.errors import CommandError, one_line
+
     try:
         cfg = _config(args)
-    except (ValueError, OSError) as exc:
-        raise SystemExit(f"tickcall serve: {exc}") from None
+    except (ValueError, OSError) as exc:  # agent/config_check.py: the setting, its value, what to write
+        raise CommandError(one_line(exc)) from None
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -109,13 +111,15 @@ def run(args: argparse.Namespace) -> int:
         return _run_ray(cfg, stop, args.stats_every)
     from tickcall.agent.engines import build_engine
     from tickcall.agent.server import PolicyServer
+    from tickcall.models.engine import EngineError
 
     try:
         engine = build_engine(cfg.engine)
         server = PolicyServer(engine, cfg)
         endpoint = server.start()
-    except Exception as exc:
-        raise SystemExit(f"tickcall serve: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # a model folder that does not load, a port in use: one line, exit 2
+        kind = "" if isinstance(exc, (ValueError, EngineError)) else f"{type(exc).__name__}: "
+        raise CommandError(f"{kind}{one_line(exc)}") from None
     print(f"policy service on {endpoint}  epoch {server.epoch}  engine {json.dumps(engine.info())}", flush=True)
     _wait(stop, server.stats, args.stats_every)
     server.stop()
