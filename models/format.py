@@ -156,6 +156,33 @@ def render_tools_json(tools: Sequence[ToolSpec]) -> str:
     return "\n".join(json.dumps(t.rendered, ensure_ascii=False) for t in tools)
 
 
+def render_tools_as_given(tools: Sequence[ToolSpec]) -> str:
+    """As :func:`render_tools_json`, but each tool as the caller gave it (``ToolSpec.source``): bare and
+    BFCL-dialect tools are written unwrapped and unconverted, as SimpleTool's HTTP servers write them."""
+    return "\n".join(json.dumps(t.rendered if t.source is None else t.source, ensure_ascii=False)
+                     for t in tools)
+
+
+# SimpleTool's HTTP servers (``rt_server.py`` and its v1/v2 successor) write a shortened v1 system block:
+# no "Answer...", "Strictly..."/"Note..."/"If the corresponding..."/"Infer..." lines, ``-`` for ``、``, no
+# Environment/History lines. Restated from reading their prompt text (docs/simpletool-compat.md).
+V1_SERVER_SYSTEM_BLOCK = (
+    "You are a multi-head parallel function calling model. \n"
+    "## Output Heads\n"
+    "\n"
+    "**Head 0 - <content>**: Natural language response\n"
+    "- Format: <content>response text</content>\n"
+    "\n"
+    "**Head 1 - <function>**: Function names to call\n"
+    "- Format: <function>name</function>\n"
+    "\n"
+    "**Head 2-7 - <arg1>-<arg6>**: Function arguments by position\n"
+    "- Format: <argN>value</argN> \n"
+    "- If Unnecessary: <argN><|null|></argN>\n"
+)
+SERVER_MAX_HISTORY = 6  # the servers keep only the last 6 history items
+
+
 def _type_label(schema: Mapping[str, Any]) -> str:
     if "enum" in schema:
         return "|".join(str(v) for v in schema["enum"])
@@ -195,12 +222,24 @@ class Template:
                 f"{IM_START}system\n{V1_SYSTEM_BLOCK}\n## Available Tools:\n\n"
                 f"{render_tools_json(tools)}{IM_END}\n"
             )
+        if self.name == "v1-server":  # the server ignores a custom system in v1
+            return (
+                f"{IM_START}system\n{V1_SERVER_SYSTEM_BLOCK}\n## Available Tools:\n\n"
+                f"{render_tools_as_given(tools)}\n{IM_END}\n"
+            )
+        if self.name == "v2-server":  # an empty system falls back to the default (``or``, not ``is None``)
+            return (
+                f"{IM_START}system\n{system or V2_DEFAULT_SYSTEM}\n\n## Available Tools:\n\n"
+                f"{render_tools_as_given(tools)}\n{IM_END}\n"
+            )
         if self.name == "compact":
             sys_line = f"{system}\n" if system else ""
             return f"{IM_START}system\n{sys_line}{render_tools_compact(tools)}{IM_END}\n"
         raise ValueError(f"unknown template {self.name!r}; choose from {', '.join(TEMPLATES)}")
 
     def suffix(self, turn: Turn) -> str:
+        if self.name in ("v1-server", "v2-server"):
+            return self._server_suffix(turn)
         history = ", ".join(turn.history)
         if self.name == "v2":
             query = turn.query
@@ -219,7 +258,23 @@ class Template:
         raise ValueError(f"unknown template {self.name!r}")
 
 
-TEMPLATES: dict[str, Template] = {n: Template(n) for n in ("v1", "v2", "compact")}
+    def _server_suffix(self, turn: Turn) -> str:
+        """The user turn as SimpleTool's HTTP servers write it: the last 6 history items; v1 writes the
+        environment as a JSON list of strings (``[]`` when none), v2 prepends it to the query when given."""
+        history = ", ".join(turn.history[-SERVER_MAX_HISTORY:])
+        env = json.dumps(list(turn.environment or []), ensure_ascii=False)
+        if self.name == "v1-server":
+            head = f"environment: {env}\nhistory: [{history}]\n\n{turn.query}"
+        else:
+            query = f"environment: {env}\n{turn.query}" if turn.environment else turn.query
+            head = f"history: [{history}]\n\n{query}"
+        return f"{IM_START}user\n{head}{IM_END}\n{IM_START}assistant\n"
+
+
+# v1/v2: the training-time forms (the engines' defaults); v1-server/v2-server: what SimpleTool's HTTP
+# servers send the same checkpoints (the HTTP door's defaults); compact: our small students.
+TEMPLATES: dict[str, Template] = {n: Template(n) for n in ("v1", "v2", "compact", "v1-server", "v2-server")}
+SERVER_VARIANTS: dict[str, str] = {"v1": "v1-server", "v2": "v2-server"}  # training-time form -> server's
 
 
 def get_template(name: str) -> Template:

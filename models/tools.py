@@ -53,6 +53,9 @@ class ToolSpec:
     description: str
     parameters: dict[str, Any]
     rendered: dict[str, Any] = field(compare=False)
+    # The tool dict as the caller gave it (for a callable: the dict made from it). SimpleTool's HTTP servers write
+    # this, not ``rendered``, into their prompts (``format.Template`` variants ``v1-server``/``v2-server``).
+    source: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -317,7 +320,8 @@ def normalize_tool(tool: Any) -> ToolSpec:
     else:
         rendered = dict(tool) if wrapped else {"type": "function", "function": dict(fn)}
     return ToolSpec(
-        name=name, description=str(fn.get("description") or ""), parameters=dict(params), rendered=rendered
+        name=name, description=str(fn.get("description") or ""), parameters=dict(params), rendered=rendered,
+        source=dict(tool),
     )
 
 
