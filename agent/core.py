@@ -149,7 +149,8 @@ class PolicyCore:
                 self.epoch,
             )
         key = hashlib.blake2b(
-            msgspec.msgpack.encode([req.tools, req.system, req.template, req.allow_no_call]), digest_size=16
+            msgspec.msgpack.encode([req.tools, req.system, req.template, req.allow_no_call, req.assembly]),
+            digest_size=16,
         ).digest()
         handle = self._by_key.get(key)
         if handle is not None:
@@ -160,8 +161,10 @@ class PolicyCore:
                 refused = self._check_prefix(req)
                 if refused is not None:
                     return refused
+                # assembly only when asked for: engines of users' own (factory backends) may not take it
+                extra = {} if req.assembly is None else {"assembly": req.assembly}
                 r = self.engine.register(req.tools, system=req.system, template=req.template,
-                                         allow_no_call=req.allow_no_call)
+                                         allow_no_call=req.allow_no_call, **extra)
             except ToolSchemaError as exc:
                 return P.error_reply("illegal_tools", str(exc)[:1000], req.id, self.epoch)
             except Exception as exc:

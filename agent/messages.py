@@ -82,6 +82,7 @@ class Register(Request, kw_only=True, omit_defaults=True):
     system: str | None = None
     template: Annotated[str, msgspec.Meta(max_length=MAX_TEMPLATE_CHARS)] | None = None
     allow_no_call: bool = False  # a null function head is the legal answer "no call this tick"
+    assembly: Literal["strict", "lenient"] | None = None  # this tool set's assembly; nil: the engine's
 
 
 class WireTurn(msgspec.Struct, kw_only=True, omit_defaults=True):

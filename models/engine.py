@@ -56,6 +56,7 @@ class Registration:
     state: Any = field(default=None, repr=False)  # backend's cached prefix (KV cache, token ids, ...)
     grammars: Any = field(default=None, repr=False)  # compiled head grammars (models.constrain) or None
     allow_no_call: bool = False  # a null function head is the legal answer "no call this tick"
+    assembly: str | None = None  # this tool set's assembly mode; None: the engine's (``Engine.assembly``)
 
     @property
     def tool_map(self) -> dict[str, ToolSpec]:
@@ -129,17 +130,22 @@ class Engine(ABC):
 
     # ---- public interface -------------------------------------------------------------------
     def register(self, tools: Sequence[Any], system: str | None = None,
-                 template: str | None = None, allow_no_call: bool = False) -> Registration:
+                 template: str | None = None, allow_no_call: bool = False,
+                 assembly: str | None = None) -> Registration:
         """Normalise tools, render the static prefix and build its cache. Raises ToolSchemaError.
 
         ``allow_no_call``: a ``<|null|>`` (or empty) function head is a legal answer, "no call this
-        tick" (``Decision.call`` None, ``legal`` True, reason ``no call``); otherwise it is illegal."""
+        tick" (``Decision.call`` None, ``legal`` True, reason ``no call``); otherwise it is illegal.
+        ``assembly``: this tool set's mode (``strict``/``lenient``), None for the engine's own; the
+        decode is the same either way, only reading the heads differs (the HTTP door asks for lenient)."""
+        if assembly is not None and assembly not in ASSEMBLY_MODES:
+            raise EngineError(f"assembly must be one of {', '.join(ASSEMBLY_MODES)}, not {assembly!r}")
         specs = normalize_tools(tools, max_arity=self.max_heads)
         tmpl = get_template(template or self.default_template)
         prefix = tmpl.prefix(specs, system)
         reg = Registration(handle=f"h{next(self._ids)}", tools=specs, system=system, template=tmpl,
                            heads=heads_for(specs, max_heads=self.max_heads), prefix_text=prefix,
-                           prefix_tokens=0, allow_no_call=allow_no_call)
+                           prefix_tokens=0, allow_no_call=allow_no_call, assembly=assembly)
         self._build_prefix(reg)
         self._registrations[reg.handle] = reg
         return reg
@@ -211,11 +217,12 @@ class Engine(ABC):
 
     # ---- backend hooks ----------------------------------------------------------------------
     def _assemble(self, reg: Registration, raw: RawHeads) -> Assembled:
-        """Heads -> call (``self.assembly`` rules). The autoregressive baseline parses JSON instead."""
+        """Heads -> call (the registration's assembly mode, else ``self.assembly``). The autoregressive
+        baseline parses JSON instead."""
         if reg.allow_no_call and not raw.unfinished and is_null_text(raw.texts.get("function")):
             return Assembled(None, True, NO_CALL, dict(raw.texts))
         return assemble(raw.texts, reg.tool_map, raw.unfinished, allow_future_refs=self.allow_future_refs,
-                        mode=self.assembly)
+                        mode=reg.assembly or self.assembly)
 
     @abstractmethod
     def _build_prefix(self, reg: Registration) -> None:
