@@ -98,18 +98,24 @@ def test_v1_server_golden_no_environment_bare_tools():
 def test_v2_server_golden():
     t = get_template("v2-server")
     tools = normalize_tools([BFCL])
-    sys_part = "<|im_start|>system\n" + DEFAULT_SYSTEM + "\n\n## Available Tools:\n\n" + BFCL_LINE + "\n<|im_end|>\n"
+    sys_part = (
+        "<|im_start|>system\n" + DEFAULT_SYSTEM + "\n\n## Available Tools:\n\n" + BFCL_LINE + "\n<|im_end|>\n"
+    )
     # no system and an empty one both give the default (the server reads ``system or default``)
     assert t.prefix(tools) == t.prefix(tools, system="") == sys_part
     assert t.prefix(tools, system="Drive the car.") == sys_part.replace(DEFAULT_SYSTEM, "Drive the car.")
     assert t.suffix(Turn(QUERY, HISTORY, ENV)) == (
         "<|im_start|>user\nhistory: [stay, down, fb:stay, up, down, stay]\n\n"
         'environment: ["ball_y=120", "paddle_y=200", "diff=-80", "ball_moving_towards", "ball_vy=up"]\n'
-        + QUERY + "<|im_end|>\n<|im_start|>assistant\n"
+        + QUERY
+        + "<|im_end|>\n<|im_start|>assistant\n"
     )
     # no (or an empty) environment: nothing prepended
     for env in (None, []):
-        assert t.suffix(Turn("go", [], env)) == "<|im_start|>user\nhistory: []\n\ngo<|im_end|>\n<|im_start|>assistant\n"
+        assert (
+            t.suffix(Turn("go", [], env))
+            == "<|im_start|>user\nhistory: []\n\ngo<|im_end|>\n<|im_start|>assistant\n"
+        )
 
 
 def test_server_variants_differ_from_training_forms_where_documented():
