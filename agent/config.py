@@ -81,6 +81,9 @@ class ServeConfig:
     num_gpus: float | None = None  # Ray actor: None = 1 when the cluster has a GPU, else 0
     num_cpus: float = 1.0  # Ray actor's CPU reservation (0 lets it start on a fully reserved node)
     max_restarts: int = -1  # Ray actor restarts (-1: forever)
+    # The SimpleTool HTTP door (agent/http_door.py HttpDoorConfig: HOST:PORT or a mapping of its fields,
+    # checked there when the door starts); None: no HTTP door. ``tickcall serve --http`` sets it.
+    http: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         """Check every setting's type and range (``agent.config_check``); ValueError names the first bad one."""

@@ -7,6 +7,7 @@ Examples::
     tickcall serve --config configs/serve.yaml --ray                # as a Ray actor (GPU if any)
     tickcall serve --gen-keys keys/                                 # CURVE key pairs for server/client
     tickcall serve --probe tcp://127.0.0.1:5555                     # hello + ping a running service
+    tickcall serve --model DIR --http 127.0.0.1:8899                # + SimpleTool's HTTP API (its demos)
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-public", help="--probe with CURVE: the server's .key file")
     parser.add_argument("--client-secret", help="--probe with CURVE: this client's .key_secret file")
     parser.add_argument("--timeout-ms", type=float, default=2000.0, help="--probe timeout (ms)")
+    parser.add_argument("--http", metavar="HOST:PORT",
+                        help="also serve SimpleTool's HTTP API (GET /health, POST /v1/function_call) here, "
+                             "e.g. 127.0.0.1:8899 (docs/simpletool-compat.md)")
+    parser.add_argument("--http-assembly", choices=("lenient", "strict"),
+                        help="HTTP door: how heads become a call (default lenient, as SimpleTool's server)")
+    parser.add_argument("--http-template",
+                        help="HTTP door: prompt template (default: the server variant of the model's, "
+                             "v1-server or v2-server)")
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -59,6 +68,14 @@ def _config(args: argparse.Namespace) -> Any:
         cfg.max_message_bytes = args.max_message_bytes
     if args.insecure:
         cfg.allow_insecure = True
+    if args.http or args.http_assembly or args.http_template:
+        from tickcall.agent.http_door import HttpDoorConfig
+
+        http = HttpDoorConfig.from_value(cfg.http if cfg.http is not None else {}).to_dict()
+        http.update({k: v for k, v in (("bind", args.http), ("assembly", args.http_assembly),
+                                       ("template", args.http_template)) if v})
+        http["allow_insecure"] = http["allow_insecure"] or cfg.allow_insecure
+        cfg.http = HttpDoorConfig.from_value(http).to_dict()
     cfg.__post_init__()
     return cfg
 
@@ -121,11 +138,34 @@ def run(args: argparse.Namespace) -> int:
         kind = "" if isinstance(exc, (ValueError, EngineError)) else f"{type(exc).__name__}: "
         raise CommandError(f"{kind}{one_line(exc)}") from None
     print(f"policy service on {endpoint}  epoch {server.epoch}  engine {json.dumps(engine.info())}", flush=True)
+    door = _start_http(cfg, endpoint)
     _wait(stop, server.stats, args.stats_every)
+    if door is not None:
+        door.stop()
     server.stop()
     engine.close()
     print(json.dumps(server.stats()), flush=True)
     return 0
+
+
+def _start_http(cfg: Any, endpoint: str) -> Any:
+    """The SimpleTool HTTP door in front of the service at ``endpoint`` when ``cfg.http`` asks for one."""
+    if cfg.http is None:
+        return None
+    from tickcall.agent.http_door import HttpDoor, HttpDoorConfig
+
+    curve = None
+    if cfg.curve is not None and cfg.curve.server_secret:  # the door is a client of its own server
+        from tickcall.agent.config import CurveConfig
+
+        curve = CurveConfig(server_public=cfg.curve.server_secret)
+    try:
+        door = HttpDoor(endpoint, HttpDoorConfig.from_value(cfg.http), curve=curve)
+        url = door.start()
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"tickcall serve --http: {exc}") from None
+    print(f"SimpleTool HTTP API on {url}  (GET /health, POST /v1/function_call)", flush=True)
+    return door
 
 
 def _wait(stop: threading.Event, stats: Any, every: float) -> None:
@@ -152,7 +192,10 @@ def _run_ray(cfg: Any, stop: threading.Event, every: float) -> int:
         info = ray.get(handle.ready.remote())
         print(f"policy service actor on {endpoint}  epoch {info['epoch']}  engine {json.dumps(info['engine'])}",
               flush=True)
+        door = _start_http(cfg, endpoint)
         _wait(stop, lambda: ray.get(handle.stats.remote()), every)
+        if door is not None:
+            door.stop()
         print(json.dumps(ray.get(handle.stats.remote())), flush=True)
         ray.kill(handle, no_restart=True)
     finally:
