@@ -120,6 +120,10 @@ class ServiceConfig:
     timeout_ms: float = setting(
         5000.0, help="client-side timeout of one request, ms", check=number(lo=0, lo_open=True, unit="ms"))
     max_restarts: int = setting(3, help="Ray restarts of a started service that dies", check=integer(lo=0))
+    connect_timeout_s: float = setting(
+        15.0, help="with endpoint: how long the driver waits for the running service to answer hello "
+        "before giving up, s", check=number(lo=0, lo_open=True, unit="s"),
+        flag=Flag("--connect-timeout", metavar="S"))
 
 
 @dataclass

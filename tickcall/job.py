@@ -189,6 +189,15 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
     model = resolve_model(cfg)
     folder = prepare_report_dir(cfg.report_dir or default_report_dir())
     cfg = replace(cfg, history=resolve_history(cfg, model))
+    if cfg.service.endpoint is not None:  # before Ray starts: an absent service costs seconds, not minutes
+        try:
+            wait_for_service(cfg.service.endpoint, cfg.service.connect_timeout_s, stream)
+        except (RunError, KeyboardInterrupt) as exc:
+            with contextlib.suppress(OSError):  # no run, so no empty report folder left behind
+                Path(folder).rmdir()
+            if isinstance(exc, KeyboardInterrupt):
+                raise RunInterrupted("interrupted while waiting for the policy service: no report written") from None
+            raise
     service_actor = None
     loop_actor = None
     started_ray = False
@@ -284,6 +293,29 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             Path(folder).rmdir()
         if started_ray:
             ray.shutdown()
+
+
+def wait_for_service(endpoint: str, timeout_s: float, stream: TextIO) -> None:
+    """Say what the run waits for, then wait up to ``timeout_s`` for ``endpoint`` to answer hello.
+
+    Raises RunError (one line naming the endpoint, the wait and the fixes) when nothing answers or the
+    service refuses the handshake. ZeroMQ connects lazily, so the only sign of an absent service is
+    silence: this bounded wait is what turns it into a message.
+    """
+    from tickcall.agent.client import PolicyClient, PolicyError, PolicyTimeout
+
+    _say(stream, f"waiting for the policy service at {endpoint} (up to {timeout_s:g} s; "
+                 "service.connect_timeout_s, --connect-timeout) ...")
+    client = PolicyClient(endpoint, timeout_ms=timeout_s * 1e3, name="tickcall-run-probe")
+    try:
+        client.hello()
+    except PolicyTimeout:
+        raise RunError(f"no policy service answered at {endpoint} within {timeout_s:g} s; start one there "
+                       f"(tickcall serve --bind {endpoint}), fix --endpoint, or raise --connect-timeout") from None
+    except PolicyError as exc:
+        raise RunError(f"the policy service at {endpoint} refused the handshake: {exc}") from None
+    finally:
+        client.close()
 
 
 def _cleanup(loop_actor: Any, service_actor: Any) -> None:
