@@ -198,4 +198,6 @@ def mask_logits(constrainer: Constrainer, guides: list[RowGuide], logits: torch.
     bm &= torch.stack([g.keep for g in guides])  # special tokens that are not this head's stops
     if v > constrainer.vocab_size:  # padded output rows beyond the grammar's vocabulary
         logits[:, constrainer.vocab_size:] = float("-inf")
+    if logits.device.type != "cpu":  # matchers fill a CPU mask; the kernel wants it beside the logits
+        bm = bm.to(logits.device, non_blocking=True)
     xgr.apply_token_bitmask_inplace(logits, bm, vocab_size=min(v, constrainer.vocab_size))
