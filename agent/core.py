@@ -366,4 +366,5 @@ class PolicyCore:
             ),
             batch=batch,
             sent_ms=job.req.sent_ms,
+            confidence=getattr(d, "min_confidence", None),
         )

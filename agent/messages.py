@@ -212,6 +212,7 @@ class CallReply(Reply, kw_only=True, omit_defaults=True):
     timings_ms: Timings
     batch: int
     sent_ms: float | None
+    confidence: float | None = None  # smallest chosen-token probability over the heads; nil: not reported
 
     @property
     def ok(self) -> bool:

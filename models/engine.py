@@ -73,7 +73,9 @@ class Decision:
     tick, ``cached_tokens`` = prefix tokens reused, ``generated_tokens`` = per head, stop included.
     With constrained heads (models.constrain): ``grammar_closed`` = heads that reached their token
     budget and were finished by the grammar, ``redecoded`` = argument heads decoded again under the
-    chosen tool's grammar.
+    chosen tool's grammar. ``confidence``: per head, the smallest probability (after the grammar's
+    mask) of a token the model chose, tokens added by grammar closing excluded; empty where the
+    backend does not report it (vLLM, stand-ins). A router's signal (ODIA-style cascades).
     """
 
     call: Call | None
@@ -87,6 +89,12 @@ class Decision:
     timings_ms: dict[str, float]
     grammar_closed: list[str] = field(default_factory=list)
     redecoded: list[str] = field(default_factory=list)
+    confidence: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def min_confidence(self) -> float | None:
+        """The smallest chosen-token probability over all heads (None where the backend gives none)."""
+        return min(self.confidence.values()) if self.confidence else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -107,6 +115,7 @@ class RawHeads:
     decode_ms: float
     grammar_closed: set[str] = field(default_factory=set)
     redecoded: set[str] = field(default_factory=set)
+    confidence: dict[str, float] = field(default_factory=dict)
 
 
 class Engine(ABC):
@@ -181,6 +190,7 @@ class Engine(ABC):
                 timings_ms={"prefill": raw.prefill_ms, "decode": raw.decode_ms,
                             "assemble": assemble_ms, "total": (t1 - t0) * 1e3 + assemble_ms},
                 grammar_closed=sorted(raw.grammar_closed), redecoded=sorted(raw.redecoded),
+                confidence=dict(raw.confidence),
             ))
         return out
 

@@ -165,7 +165,7 @@ class HFEngine(Engine):
 
         # rows: every head of every request, ordered by group, request, head
         n = len(row_head)
-        run = _Rows(generated=[[] for _ in range(n)], finished=[False] * n)
+        run = _Rows(generated=[[] for _ in range(n)], finished=[False] * n, confidence=[1.0] * n)
         forced = self.forced_lengths
         budget = max(forced.get(h, 1) for h in row_head) if forced else self.max_new_tokens
         run.limits = [forced.get(h, 1) if forced else budget for h in row_head]
@@ -206,7 +206,7 @@ class HFEngine(Engine):
                             head, reg.grammars.chosen[(tool, head)], run.generated[a])):
                         redo.append(a)
                         run.guides[a] = RowGuide(self.constrainer, head, reg.grammars.chosen[(tool, head)])
-                        run.generated[a], run.finished[a] = [], False
+                        run.generated[a], run.finished[a], run.confidence[a] = [], False, 1.0
                         closed.discard(a)
             if redo:
                 run.on_function_done = None
@@ -222,11 +222,13 @@ class HFEngine(Engine):
         null_id = self.token_ids[NULL]
         for i, (reg, _) in enumerate(items):
             texts, ids_map, unfinished, grammar_closed, redecoded = {}, {}, set(), set(), set()
+            confidence: dict[str, float] = {}
             for r, (it, head) in enumerate(zip(row_item, row_head, strict=True)):
                 if it != i:
                     continue
                 ids = run.generated[r]
                 ids_map[head] = ids
+                confidence[head] = run.confidence[r]
                 if r in closed:
                     grammar_closed.add(head)
                 if r in redo:
@@ -241,7 +243,7 @@ class HFEngine(Engine):
             out.append(RawHeads(texts=texts, token_ids=ids_map, unfinished=unfinished,
                                 prompt_tokens=suffix_lens[i], cached_tokens=reg.prefix_tokens,
                                 prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
-                                grammar_closed=grammar_closed, redecoded=redecoded))
+                                grammar_closed=grammar_closed, redecoded=redecoded, confidence=confidence))
         return out
 
     def _chosen_tool(self, reg: Registration, ids: list[int]) -> str | None:
@@ -273,7 +275,13 @@ class HFEngine(Engine):
             if guides is not None:
                 logits = logits.float()
                 mask_logits(self.constrainer, [guides[r] for r in live], logits)
-            next_tok = logits.argmax(-1).tolist()
+            chosen = logits.argmax(-1)
+            next_tok = chosen.tolist()
+            if not forced:  # the probability of each greedy token, for Decision.confidence
+                probs = torch.softmax(logits.float(), dim=-1).gather(1, chosen[:, None])[:, 0].tolist()
+                for slot, p in enumerate(probs):
+                    r = live[slot]
+                    run.confidence[r] = min(run.confidence[r], p)
             for slot, r in enumerate(live):
                 tok = next_tok[slot]
                 run.generated[r].append(tok)
@@ -309,6 +317,7 @@ class _Rows:
 
     generated: list[list[int]]
     finished: list[bool]
+    confidence: list[float]  # per row: the smallest probability of a token it chose (after the mask)
     limits: list[int] = field(default_factory=list)
     stops: list[tuple[int, ...]] = field(default_factory=list)
     guides: list[RowGuide] | None = None

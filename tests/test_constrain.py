@@ -203,3 +203,23 @@ def test_bfcl_tool_sets_are_legal_for_a_random_model(category, tiny):
         assert d.legal, (q["id"], d.heads, d.reason)
         checked += 1
     assert checked >= 2
+
+
+def test_confidence_is_the_smallest_chosen_token_probability(tiny):
+    """Per head the smallest probability (after the mask) of a token the model chose: in (0, 1]; an
+    untrained model is far less sure than the shipped student on its own env."""
+    from tickcall.agent.inproc import InProcPolicy
+
+    con, _ = engines(tiny)
+    reg = con.register(TRICKY_TOOLS)
+    low = [con.decide(reg.handle, t).min_confidence for t in turns(8)]
+    assert all(0 < c <= 1 for c in low)
+    student = HFEngine(f"{SHIPPED}/tickcall-arena", device="cpu")
+    client = InProcPolicy(student)
+    client.hello()
+    from tickcall.envs.binding import make_binding
+
+    client.register(make_binding("tickcall/Arena-v0").tools)
+    reply = client.decide({"query": "tick 1: you at 3,4 hp 10; enemy 1 at 5,4 hp 3"}, tick_id=1)
+    assert reply.confidence is not None and 0 < reply.confidence <= 1
+    assert min(low) < 0.9
