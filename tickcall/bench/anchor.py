@@ -195,8 +195,9 @@ def http_concurrent(url: str, clients: int, per_client: int, warmup: int) -> tup
 class Process:
     """A server in its own process group (so its children, e.g. a vLLM engine core, die with it)."""
 
-    def __init__(self, argv: list[str], cwd: str | None = None) -> None:
+    def __init__(self, argv: list[str], cwd: str | None = None, log: Path | None = None) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.log = open(log, "w") if log is not None else None  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True)  # fmt: skip
         self.lines: queue.Queue[str] = queue.Queue()
@@ -208,6 +209,8 @@ class Process:
         for line in self.proc.stdout:
             self.tail = (self.tail + [line.rstrip()])[-30:]
             self.lines.put(line)
+            if self.log is not None:
+                self.log.write(line)
 
     def wait_line(self, prefix: str, timeout_s: float) -> str:
         end = time.monotonic() + timeout_s
@@ -231,6 +234,8 @@ class Process:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+        if self.log is not None:
+            self.log.close()
 
 
 def start_tickcall(
@@ -244,7 +249,8 @@ def start_tickcall(
               "model": str(model), "tokens": tokens}  # fmt: skip
     cfg.write_text(yaml.safe_dump({"engine": engine, "bind": "tcp://127.0.0.1:0"}))
     proc = Process(
-        [sys.executable, "-m", "tickcall.cli", "serve", "--config", str(cfg), "--http", "127.0.0.1:0"]
+        [sys.executable, "-m", "tickcall.cli", "serve", "--config", str(cfg), "--http", "127.0.0.1:0"],
+        log=workdir / f"serve-{backend}.log",
     )
     try:
         endpoint = proc.wait_line("policy service on ", timeout_s).split()[3]
@@ -267,7 +273,7 @@ def start_simpletool(folder: Path, model: Path, workdir: Path, timeout_s: float)
     link = scratch / "models" / "RT-Qwen3-4B-AWQ"
     if not link.exists():
         link.symlink_to(model.resolve())
-    proc = Process([sys.executable, str(server.resolve())], cwd=str(scratch))
+    proc = Process([sys.executable, str(server.resolve())], cwd=str(scratch), log=workdir / "rt_server.log")
     url = f"http://127.0.0.1:{ANCHOR_PORT}"
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -280,7 +286,8 @@ def start_simpletool(folder: Path, model: Path, workdir: Path, timeout_s: float)
             pass
         time.sleep(1.0)
     proc.stop()
-    raise RuntimeError("rt_server.py did not come up; last output:\n" + "\n".join(proc.tail))
+    raise RuntimeError(f"rt_server.py did not come up (whole log: {workdir / 'rt_server.log'}); last output:\n"
+                       + "\n".join(proc.tail))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the run
@@ -291,14 +298,18 @@ def _summary(ms: list[float]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # SIGTERM unwinds like Ctrl-C, so every started server's process group is ended (finally blocks)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="tickcall-bench-anchor-"))
+    print(f"work folder (model, configs, server logs): {workdir}")
     if args.model:
         model, desc = Path(args.model), args.model
     else:
         from tickcall.models.tiny import make_tiny_model
 
-        model = make_tiny_model(workdir / "tiny", seed=0)
-        desc = "tiny random Qwen2 (models.tiny.make_tiny_model defaults, 17 SimpleTool tokens)"
+        # head size 32 (hidden 64, 2 heads): vLLM's CPU attention has no 16, the defaults' size
+        model = make_tiny_model(workdir / "tiny", hidden=64, heads=2, kv_heads=1, intermediate=128, seed=0)
+        desc = "tiny random Qwen2 (hidden 64, 2 layers, head size 32; the 17 SimpleTool tokens)"
     if not args.simpletool:
         print(f"no --simpletool DIR: measuring tickcall alone (for the anchor: git clone {SIMPLETOOL_URL} DIR, "
               "pip install vllm, then --simpletool DIR)")  # fmt: skip

@@ -160,7 +160,10 @@ def _start_http(cfg: Any, endpoint: str) -> Any:
 
         curve = CurveConfig(server_public=cfg.curve.server_secret)
     try:
-        door = HttpDoor(endpoint, HttpDoorConfig.from_value(cfg.http), curve=curve)
+        http = HttpDoorConfig.from_value(cfg.http)
+        # the door is one client of the service: more decides in flight than its quota would be refused
+        http.max_inflight = min(http.max_inflight, cfg.max_streams_per_client)
+        door = HttpDoor(endpoint, http, curve=curve)
         url = door.start()
     except (ValueError, OSError) as exc:
         raise SystemExit(f"tickcall serve --http: {exc}") from None
