@@ -6,6 +6,7 @@ lenient assembly, re-registration, batching of concurrent HTTP clients, and ``ti
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import subprocess
@@ -336,3 +337,44 @@ def test_cli_serve_http(tmp_path: Path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+class RecordingEngine:
+    """Delegates to ``inner``; keeps every (handle, turn) it is asked to decide."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.seen: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def decide_batch(self, requests: Sequence[tuple[str, Any]]) -> list[Any]:
+        self.seen.extend(requests)
+        return self.inner.decide_batch(requests)
+
+
+def test_the_engine_gets_the_servers_prompt_byte_for_byte():
+    """A bare tool, 8 history items, an environment: the engine prefills exactly what SimpleTool's
+    v2 server would send (tool as given, default system for "", last 6 items, environment line)."""
+    bare = dict(PONG["function"])
+    engine = RecordingEngine(build_engine({"backend": "random", "seed": 0}))
+    d = Door(engine)
+    try:
+        body = {**BODY, "tools": [bare], "system": "", "history": [f"h{i}" for i in range(8)]}
+        assert d.post(body).json()["success"] is True
+        [(handle, turn)] = engine.seen
+        reg = engine.inner.registration(handle)
+        assert reg.template.name == "v2-server"
+        default = (
+            "You are a real-time function calling assistant. Convert user commands into function calls "
+            "using the available tools."
+        )
+        tools_line = json.dumps(bare, ensure_ascii=False)
+        assert reg.prefix_text + reg.template.suffix(turn) == (
+            f"<|im_start|>system\n{default}\n\n## Available Tools:\n\n{tools_line}\n<|im_end|>\n"
+            "<|im_start|>user\nhistory: [h2, h3, h4, h5, h6, h7]\n\n"
+            'environment: ["ball_y=120", "paddle_y=200"]\nMove UP.<|im_end|>\n<|im_start|>assistant\n'
+        )
+    finally:
+        d.close()
