@@ -21,8 +21,9 @@ from typing import Any
 NO_MODEL_BACKENDS = ("noop", "random")
 FACTORY_BACKEND = "factory"
 
-# tcp://HOST:PORT, HOST a name, an IPv4 address, * or a bracketed IPv6 address; PORT 0-65535 or *
-_TCP = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5}|\*)$")
+# tcp://HOST:PORT, HOST a name, an IPv4 address, *, or an IPv6 address (bracketed or not, as ZMQ
+# takes it: the port is after the last colon); PORT 0-65535 or *
+_TCP = re.compile(r"^tcp://([^\s/]+):(\d{1,5}|\*)$")
 
 
 def _shown(value: Any) -> str:
