@@ -353,7 +353,8 @@ class PolicyCore:
             handle=job.req.handle,
             call=None if d.call is None else WireCall(name=d.call.name, arguments=dict(d.call.arguments)),
             legal=bool(d.legal),
-            reason=d.reason,
+            # protocol v1: "" on a legal call (engines say "ok"), "no call" on a legal no-call
+            reason="" if d.legal and d.call is not None else d.reason,
             heads=dict(d.heads),
             tokens=Tokens(prompt=d.prompt_tokens, cached=d.cached_tokens, generated=dict(d.generated_tokens)),
             timings_ms=Timings(

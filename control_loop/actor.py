@@ -17,12 +17,17 @@ process: this room never builds one (the composition root does, ``tickcall.world
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict
 from typing import Any
 
 from tickcall.control_loop.loop import ControlLoop, LoopSettings
 from tickcall.control_loop.world import World, WorldFactory
+
+
+class LoopSetupError(RuntimeError):
+    """The loop actor could not build its world or register its tools; the message is one line."""
 
 
 class LoopActor:
@@ -40,16 +45,28 @@ class LoopActor:
         # thread and the actuator lanes share this process with the loop.
         sys.setswitchinterval(0.001)
         self.settings = LoopSettings(**settings)
-        self.world: World = make_world()
         self.endpoint = endpoint
-        self.client = PolicyClient(endpoint, timeout_ms=client_timeout_ms, curve=curve, name="tickcall-loop")
-        self.welcome = self.client.hello(timeout_ms=register_timeout_ms)
-        self.registration = self.client.register(self.world.tools, timeout_ms=register_timeout_ms)
         self.loop: ControlLoop | None = None
         self._ran = False
+        self.world: World | None = None
+        self.client: PolicyClient | None = None
+        # A setup failure (no engine, an engine refused, the service silent) is kept as one line for
+        # info(), not raised: an actor that dies in __init__ has Ray print its whole traceback.
+        self.setup_error: str | None = None
+        try:
+            self.world = make_world()
+            self.client = PolicyClient(endpoint, timeout_ms=client_timeout_ms, curve=curve, name="tickcall-loop")
+            self.welcome = self.client.hello(timeout_ms=register_timeout_ms)
+            self.registration = self.client.register(self.world.tools, timeout_ms=register_timeout_ms)
+        except Exception as exc:
+            text = " ".join(str(exc).split()) or repr(exc)
+            self.setup_error = text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
 
     def info(self) -> dict[str, Any]:
-        """Endpoint, server epoch and engine, registered heads, world description, pid."""
+        """Endpoint, server epoch and engine, registered heads, world description, pid; only
+        ``{"setup_error": LINE}`` when the world or the registration failed."""
+        if self.setup_error is not None:
+            return {"setup_error": self.setup_error}
         reg = self.registration
         return {"endpoint": self.endpoint, "epoch": self.client.epoch,
                 "engine": dict(self.welcome.engine) if self.welcome else {},
@@ -100,9 +117,11 @@ class LoopActor:
 
     def close(self) -> bool:
         try:
-            self.client.close()
+            if self.client is not None:
+                self.client.close()
         finally:
-            self.world.close()
+            if self.world is not None:
+                self.world.close()
         return True
 
 
@@ -128,5 +147,10 @@ def start_loop_actor(settings: LoopSettings, make_world: WorldFactory, endpoint:
             node_id=ray.get_runtime_context().get_node_id(), soft=False)
     handle = ray.remote(LoopActor).options(**options).remote(
         asdict(settings), make_world, endpoint, client_timeout_ms, register_timeout_ms, curve)
-    ray.get(handle.info.remote(), timeout=register_timeout_ms / 1e3 + 60)
+    info = ray.get(handle.info.remote(), timeout=register_timeout_ms / 1e3 + 60)
+    if "setup_error" in info:
+        with contextlib.suppress(Exception):
+            ray.get(handle.close.remote(), timeout=10)
+        ray.kill(handle)
+        raise LoopSetupError(info["setup_error"])
     return handle

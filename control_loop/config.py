@@ -134,6 +134,10 @@ class RunConfig(LoopSettings):
         "tickcall/Arena-v0", help="gymnasium id (tickcall/Arena-v0, CartPole-v1, ...) or "
         "engine:tcp://HOST:PORT for an external game engine", check=string(), flag=Flag("--env", metavar="ID"))
     env_kwargs: dict[str, Any] = setting(help="keyword arguments for the env", check=mapping(), factory=dict)
+    engine_wait_s: float = setting(
+        60.0, help="engine:... envs: how long to wait for the engine's hello and first observation, s "
+        "(env_kwargs wait_s overrides it)", check=number(lo=0, lo_open=True, unit="s"),
+        flag=Flag("--wait-s", metavar="S"))
     model: str | None = setting(
         None, help="SimpleTool-format model folder; null: the shipped model for the env",
         check=string(optional=True), flag=Flag("--model", metavar="PATH"))

@@ -10,12 +10,16 @@ every report, bench and evaluation uses). Definitions (the report and the bench 
   loop's own clock slipped over the run; absolute deadlines keep it near the last lateness.
 * ``achieved_hz``: ticks that ran (not skipped by the rate keeper) per second, between the first
   and the last tick start; ``decision_hz``: the rate times the fraction of ticks that were ``ok``.
-* ``deadline_misses``: ticks with outcome late, fallback or skipped; ``longest_miss_streak``: the
-  longest run of consecutive such ticks.
+* ``deadline_misses``: ticks with outcome late, fallback or skipped, and ticks with no observation
+  (``no_observation``: outcome error, reason "observation failed ...": the world, e.g. an engine
+  that is absent or silent, gave nothing to decide on, so no decision met the deadline);
+  ``longest_miss_streak``: the longest run of consecutive such ticks. ``observation_warning`` says
+  how many ticks had no observation, when any did.
 * ``calls``: what the policy answered in time (``call_counts``): ``legal`` (ok ticks), ``illegal``
   (an illegal call, never applied) and ``no_call`` (an error without a call: no function chosen, a
-  service error, a failed send). An answer that is not a call is not a deadline miss, so a run whose
-  every call is illegal has no misses: ``call_warning`` says so when that is most of the ticks.
+  service error, a failed send; not a tick without an observation, where the policy was never asked).
+  An answer that is not a call is not a deadline miss, so a run whose every call is illegal has no
+  misses: ``call_warning`` says so when that is most of the ticks.
 """
 
 from __future__ import annotations
@@ -47,12 +51,29 @@ def drift_ms(records: Sequence[TickRecord], period_ms: float) -> float | None:
     return round(actual - (last.tick - first.tick) * period_ms, 4)
 
 
+NO_OBSERVATION = "observation failed"  # the reason's start on a tick whose world.observe() raised (loop.py)
+
+
+def no_observation(record: TickRecord) -> bool:
+    """True for a tick that had nothing to decide on (the world's observe() failed: no engine...)."""
+    return record.outcome == "error" and record.reason.startswith(NO_OBSERVATION)
+
+
+def observation_warning(missing: int, ticks: int) -> str | None:
+    """One line when any tick had no observation (see module docstring), else None."""
+    if missing <= 0 or ticks <= 0:
+        return None
+    return (f"{missing} of {ticks} ticks ({100 * missing / ticks:.0f}%) had no observation (the world, e.g. a "
+            "game engine, was absent or silent): no decision was made on them, the fallback acted, and they "
+            "count as deadline misses")
+
+
 BAD_CALLS_SHARE = 0.5  # more than this share of ticks without a legal call deserves a warning
 
 
 def call_counts(records: Sequence[TickRecord]) -> dict[str, int]:
     """``legal``, ``illegal`` and ``no_call`` tick counts (see module docstring)."""
-    errors = [r for r in records if r.outcome == "error"]
+    errors = [r for r in records if r.outcome == "error" and not no_observation(r)]
     illegal = sum(1 for r in errors if r.call is not None and r.reason.startswith(ILLEGAL_PREFIX))
     return {"legal": sum(1 for r in records if r.outcome == "ok"), "illegal": illegal,
             "no_call": len(errors) - illegal}
@@ -93,7 +114,8 @@ def summarize(records: Sequence[TickRecord], rate_hz: float, elapsed_s: float) -
     if ran >= 2:
         mean = sum(lateness) / ran
         jitter = round(math.sqrt(sum((x - mean) ** 2 for x in lateness) / (ran - 1)), 4)
-    misses = [r.outcome in MISS_OUTCOMES for r in records]
+    misses = [r.outcome in MISS_OUTCOMES or no_observation(r) for r in records]
+    missing = sum(1 for r in records if no_observation(r))
     calls = call_counts(records)
     elapsed_s = max(elapsed_s, 1e-9)
     starts = [r.scheduled_ms + r.lateness_ms for r in records if r.lateness_ms is not None]
@@ -116,6 +138,8 @@ def summarize(records: Sequence[TickRecord], rate_hz: float, elapsed_s: float) -
         "missed_periods": sum(1 for r in records if r.reason == "missed_period"),
         "skipped_in_flight": sum(1 for r in records if r.reason == "in_flight"),
         "fallback_actions": sum(1 for r in records if r.fallback is not None),
+        "no_observation": missing,
+        "observation_warning": observation_warning(missing, len(records)),
         "calls": calls,
         "call_warning": call_warning(calls, len(records)),
     }

@@ -76,6 +76,14 @@ COUNTERS = (
     "pings_sent", "pongs_received", "episodes", "steps_sent", "io_errors")
 
 
+class EngineRefused(RuntimeError):
+    """An engine's hello was refused with a fatal error; ``error`` is the ``ProtocolError`` sent to it."""
+
+    def __init__(self, error: ProtocolError) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
+
+
 class BridgeState:
     """The state machine behind ``EngineBridge`` (see module docstring)."""
 
@@ -99,6 +107,9 @@ class BridgeState:
         self.errors_by_code: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
         self.episodes: list[dict[str, Any]] = []
+        # the newest hello refused with a fatal error while no session was live: wait_for_engine ends
+        # with it at once (the engine will not get in until it is fixed and restarted)
+        self.refused: ProtocolError | None = None
         self._ack_ms: deque[float] = deque(maxlen=100_000)
         self._result_ms: deque[float] = deque(maxlen=100_000)
         self._rtt_ms: deque[float] = deque(maxlen=10_000)
@@ -109,10 +120,14 @@ class BridgeState:
         return self._session
 
     def wait_for_engine(self, timeout_s: float, endpoint: str = "") -> HelloMsg:
-        """Block until an engine has said hello; raises TimeoutError after ``timeout_s`` seconds."""
+        """Block until an engine has said hello; raises TimeoutError after ``timeout_s`` seconds, or
+        ``EngineRefused`` at once when an engine's hello was refused with a fatal error (bad tools, wrong
+        version): that engine cannot get in until it is fixed."""
         deadline = self._clock() + timeout_s
         with self._obs_cond:
             while self._session is None:
+                if self.refused is not None:
+                    raise EngineRefused(self.refused)
                 left = deadline - self._clock()
                 if left <= 0:
                     raise TimeoutError(f"no engine connected to {endpoint} within {timeout_s} s")
@@ -269,6 +284,11 @@ class BridgeState:
             self.counts["errors_sent" if allowed else "errors_suppressed"] += 1
             if allowed:
                 self._emit(peer, err.to_message(), None)
+            if err.fatal and err.ref_type == "hello":
+                self._event("engine_refused", code=err.code, message=err.message)
+                if self._session is None:
+                    self.refused = err
+                    self._obs_cond.notify_all()
         log.debug("engine bridge: error to %r: %s", peer, err)
 
     def on_timer(self) -> None:
@@ -372,6 +392,7 @@ class BridgeState:
         tools = self._check_hello_tools(hello)
         now = self._clock()
         with self._lock:
+            self.refused = None  # an engine got in: an earlier refusal is history
             old = self._session
             if old is not None and old.peer == peer and old.id == hello.session and old.tools == tools:
                 # the same engine session saying hello again (it missed our welcome or thought we

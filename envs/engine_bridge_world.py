@@ -37,6 +37,7 @@ from tickcall.envs.engine_bridge import (
     EngineBridge,
     EngineCallError,
 )
+from tickcall.envs.engine_bridge_state import EngineRefused
 from tickcall.models.calls import Call
 from tickcall.models.tools import normalize_tools
 
@@ -226,11 +227,15 @@ def open_bridge(env: str, env_kwargs: Mapping[str, Any] | None = None) -> Engine
             raise TimeoutError(f"the engine on {cfg.endpoint} said hello but sent no observation "
                                f"within {wait_s} s")
         return bridge
+    except EngineRefused as exc:  # at once: waiting longer would not let this engine in
+        bridge.close()
+        raise EngineWorldError(f"the engine on {cfg.endpoint} was refused ({exc}); fix its hello and "
+                               "restart it") from None
     except TimeoutError as exc:
         bridge.close()
         raise EngineWorldError(f"{exc}: start the engine (it connects to {cfg.endpoint}), e.g. "
                                "engines/build/tickcall-reference-engine --connect "
-                               f"{cfg.endpoint}") from None
+                               f"{cfg.endpoint}, or wait longer with --wait-s") from None
     except BaseException:
         bridge.close()
         raise

@@ -108,7 +108,7 @@ def test_round_trip_raw_socket(serve):
     assert c["type"] == "call" and c["id"] == 4 and c["tick"] == 41 and c["sent_ms"] == 5.0
     # the no-op engine answers a legal call: the tool without required parameters (models.stand_ins)
     assert c["call"] == {"name": "wait", "arguments": {}} and c["legal"] is True
-    assert c["reason"] == "ok" and c["heads"] == {"function": "wait", "arg1": "<|null|>"}
+    assert c["reason"] == "" and c["heads"] == {"function": "wait", "arg1": "<|null|>"}
     assert set(c["timings_ms"]) == {"queue", "prefill", "decode", "assemble", "engine", "server"}
     assert c["batch"] == 1 and c["tokens"]["cached"] == r["prefix_tokens"]
     raw.request("ping", sent_ms=1.0)

@@ -82,6 +82,11 @@ def no_model_message(env_id: str | None, problem: str | None = None) -> str:
     except ImportError:
         SHIPPED = {}
     env = env_id or "the default env"
+    if env.startswith("engine:") and problem is None:
+        # an engine's game is known only once it connects, so no shipped model can be picked for it
+        return (f"an engine's model is not picked for it: name one with --model PATH (the reference engine's "
+                f"arena plays with --model models/shipped/{SHIPPED.get('tickcall/Arena-v0', 'tickcall-arena')}"
+                "), or use --backend random (legal random calls, no model)")
     what = problem or (f"no model ships for {env} (shipped: {', '.join(SHIPPED) or 'none'})")
     return (f"{what}; choose one: --backend random (legal random calls, no model), "
             f"--model PATH (a SimpleTool-format model folder), or train one with `tickcall train --env {env}`")
@@ -225,17 +230,21 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         else:
             service_info = {"endpoint": endpoint, "started_here": False}
 
-        from tickcall.control_loop.actor import start_loop_actor
+        from tickcall.control_loop.actor import LoopSetupError, start_loop_actor
 
         settings = LoopSettings.from_run_config(cfg)
-        world = WorldSpec(env=cfg.env, env_kwargs=cfg.env_kwargs or None, seed=cfg.seed,
-                          max_episodes=cfg.episodes)
+        world = WorldSpec(env=cfg.env, env_kwargs=world_kwargs(cfg), seed=cfg.seed, max_episodes=cfg.episodes)
         ends = ([f"{cfg.duration_s:g} s"] if cfg.duration_s else []) + (
             [f"{cfg.episodes} episodes"] if cfg.episodes else [])
         _say(stream, f"starting the control loop: {cfg.env} at {cfg.rate_hz:g} Hz ({' / '.join(ends)}) ...")
+        if cfg.env.startswith("engine:"):
+            _say(stream, f"waiting for a game engine on {cfg.env[len('engine:'):]} (up to "
+                         f"{world.env_kwargs['wait_s']:g} s; --wait-s) ...")
         try:
             loop_actor = start_loop_actor(settings, world_factory(world), endpoint,
                                           client_timeout_ms=cfg.service.timeout_ms)
+        except LoopSetupError as exc:  # already one line that says what to do
+            raise RunError(f"the control loop did not start: {exc}") from None
         except Exception as exc:
             raise RunError(f"the control loop did not start: {root_cause(exc)}") from exc
         info = ray.get(loop_actor.info.remote())
@@ -293,6 +302,14 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             Path(folder).rmdir()
         if started_ray:
             ray.shutdown()
+
+
+def world_kwargs(cfg: RunConfig) -> dict[str, Any] | None:
+    """The env's keyword arguments; an ``engine:`` env also gets ``wait_s`` from ``engine_wait_s``."""
+    kwargs = dict(cfg.env_kwargs or {})
+    if cfg.env.startswith("engine:"):
+        kwargs.setdefault("wait_s", cfg.engine_wait_s)
+    return kwargs or None
 
 
 def wait_for_service(endpoint: str, timeout_s: float, stream: TextIO) -> None:
@@ -356,6 +373,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         "outcomes " + "  ".join(f"{k} {v}" for k, v in o.items())
         + f"   deadline misses {report['deadline_misses']} (longest streak {report['longest_miss_streak']})",
     ]
+    if report.get("observation_warning"):
+        lines.append(f"warning: {report['observation_warning']}")
     if report.get("call_warning"):
         lines.append(f"warning: {report['call_warning']}")
     if lat["n"]:

@@ -1,0 +1,234 @@
+"""The engine bridge as a game developer meets it on the first day (issue 19's bridge items).
+
+A refused engine (``bad_tools``) is reported at once in one line, not after the whole wait; the wait
+has a flag (``--wait-s``); ``engine:`` envs say which model to name; the walkthrough's commands exist.
+Real ZMQ sockets throughout; the ``tickcall run`` cases are real subprocesses (Ray, both actors).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from tickcall.envs.engine_bridge import EngineBridge
+from tickcall.envs.engine_bridge_state import EngineRefused
+from tickcall.envs.engine_bridge_world import EngineWorldError, open_bridge
+
+from tickcall.job import no_model_message
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD_HELLO = {"v": 1, "type": "hello", "engine": "bad", "session": "b", "tools": [{"name": "bad name!"}]}
+
+
+def _free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+class BadEngine(threading.Thread):
+    """A DEALER that says a hello the bridge must refuse (a tool name with a space), every 50 ms, as
+    an engine does until it is welcomed; it keeps the errors it gets back."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(daemon=True)
+        self.endpoint = endpoint
+        self.errors: list[dict] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        try:
+            while not self.done.is_set():
+                sock.send(msgpack.packb(BAD_HELLO))
+                if sock.poll(50):
+                    self.errors.append(msgpack.unpackb(sock.recv(), raw=False))
+        finally:
+            sock.close()
+
+
+@pytest.fixture
+def bad_engine():
+    engines: list[BadEngine] = []
+
+    def start(endpoint: str) -> BadEngine:
+        engine = BadEngine(endpoint)
+        engine.start()
+        engines.append(engine)
+        return engine
+
+    yield start
+    for engine in engines:
+        engine.done.set()
+        engine.join(timeout=5)
+
+
+def test_a_refused_hello_ends_the_wait_for_an_engine(bad_engine):
+    with EngineBridge(endpoint="tcp://127.0.0.1:0") as bridge:
+        engine = bad_engine(bridge.endpoint)
+        # a day-long wait: only the refusal can end it
+        with pytest.raises(EngineRefused, match="bad_tools"):
+            bridge.wait_for_engine(timeout_s=86_400)
+        events = [e["event"] for e in bridge.stats()["events"]]
+        assert "engine_refused" in events and bridge.session is None
+    assert engine.errors and engine.errors[0]["code"] == "bad_tools" and engine.errors[0]["fatal"]
+
+
+def test_open_bridge_reports_a_refused_engine_in_one_line(bad_engine):
+    endpoint = _free_endpoint()
+    bad_engine(endpoint)
+    with pytest.raises(EngineWorldError) as info:
+        open_bridge(f"engine:{endpoint}", {"wait_s": 86_400})
+    text = str(info.value)
+    assert "\n" not in text and f"the engine on {endpoint} was refused (bad_tools:" in text
+    assert "fix its hello and restart it" in text
+
+
+def test_engine_envs_name_the_model_to_use():
+    line = no_model_message("engine:tcp://127.0.0.1:5560")
+    assert "--model PATH" in line and "--model models/shipped/tickcall-arena" in line
+    assert "--backend random" in line and (ROOT / "models" / "shipped" / "tickcall-arena").is_dir()
+
+
+def test_walkthrough_commands_exist():
+    doc = (ROOT / "docs" / "engine-bridge.md").read_text()
+    step3 = next(ln for ln in doc.splitlines() if ln.startswith(".venv/bin/tickcall run --env engine:"))
+    model = re.search(r"--model (\S+)", step3)
+    assert model and (ROOT / model.group(1)).is_dir(), step3
+    assert "tickcall bridge check" in (ROOT / "README.md").read_text()
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tickcall.cli",
+            "run",
+            "--backend",
+            "noop",
+            "--duration",
+            "2",
+            "--no-plots",
+            "--quiet",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _last_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return [ln for ln in result.stderr.splitlines() if ln.strip()][-1]
+
+
+@pytest.mark.slow
+def test_run_reports_a_refused_engine_at_once(tmp_path, bad_engine):
+    endpoint = _free_endpoint()
+    bad_engine(endpoint)
+    # --wait-s of a day: the run can only end early because the refusal ends the wait
+    r = _run("--env", f"engine:{endpoint}", "--wait-s", "86400", "--report", str(tmp_path / "r"))
+    line = _last_line(r)
+    assert line.startswith("tickcall run: the control loop did not start: the engine on"), line
+    assert "was refused (bad_tools:" in line
+    assert "Exception raised in creation task" not in r.stderr
+    assert f"waiting for a game engine on {endpoint} (up to 86400 s; --wait-s)" in r.stderr
+
+
+@pytest.mark.slow
+def test_run_wait_for_an_engine_has_a_flag(tmp_path):
+    endpoint = _free_endpoint()
+    r = _run("--env", f"engine:{endpoint}", "--wait-s", "0.5", "--report", str(tmp_path / "r"))
+    line = _last_line(r)
+    assert f"no engine connected to {endpoint} within 0.5 s" in line and "--wait-s" in line, line
+    assert "Exception raised in creation task" not in r.stderr
+
+
+def test_ticks_without_an_observation_are_deadline_misses():
+    from tickcall.control_loop.records import TickRecord
+    from tickcall.control_loop.stats import summarize
+
+    def rec(tick: int, outcome: str, reason: str = "") -> TickRecord:
+        return TickRecord(
+            tick=tick, scheduled_ms=62.5 * tick, lateness_ms=0.1, outcome=outcome, reason=reason
+        )
+
+    records = (
+        [rec(0, "ok")]
+        + [rec(k, "error", "observation failed: NoObservation: no engine connected") for k in range(1, 4)]
+        + [rec(4, "error", "illegal call: x")]
+    )
+    stats = summarize(records, 16.0, 0.3)
+    assert (
+        stats["no_observation"] == 3 and stats["deadline_misses"] == 3 and stats["longest_miss_streak"] == 3
+    )
+    assert stats["calls"] == {"legal": 1, "illegal": 0, "no_call": 1}  # the policy was never asked on those 3
+    assert stats["observation_warning"].startswith("3 of 5 ticks (60%) had no observation")
+    assert summarize(records[:1], 16.0, 0.1)["observation_warning"] is None
+
+
+@pytest.mark.slow
+def test_an_absent_engine_counts_as_misses_and_warns(tmp_path):
+    """The real C++ engine is killed once the run's first progress line shows ticks: the ticks after
+    that had no observation."""
+    engine_bin = ROOT / "engines" / "build" / "tickcall-reference-engine"
+    if not engine_bin.exists():
+        subprocess.run(["bash", str(ROOT / "scripts" / "build_reference_engine.sh")], check=True)
+    endpoint = _free_endpoint()
+    engine = subprocess.Popen(
+        [str(engine_bin), "--connect", endpoint], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tickcall.cli",
+            "run",
+            "--backend",
+            "noop",
+            "--duration",
+            "6",
+            "--env",
+            f"engine:{endpoint}",
+            "--report",
+            str(tmp_path / "r"),
+            "--no-plots",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    try:
+        for line in run.stdout:
+            seen.append(line)
+            if line.startswith("tick "):
+                break
+        engine.kill()
+        rest, _ = run.communicate(timeout=300)
+    finally:
+        engine.kill()
+        engine.wait()
+        run.kill()
+    out = "".join(seen) + rest
+    assert run.returncode == 0, out[-3000:]
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["no_observation"] > 0 and rep["deadline_misses"] >= rep["no_observation"]
+    assert f"deadline misses {rep['deadline_misses']} " in out
+    assert f"warning: {rep['no_observation']} of {rep['ticks']} ticks" in out
