@@ -272,6 +272,39 @@ def _noop_from_entry(space: Any, noop: Any) -> Any:
     return noop
 
 
+def tool_description(entry: EnvEntry, env: Any) -> str:
+    """The entry's description with ``{low}``/``{high}`` filled from the action space *as bound*
+    (after ``RescaleAction`` and the like; a wrapper that unbounds the space, ``ClipAction``, gets the
+    bounds it clips to), plus the observation legend; numbers signed and short (``-2``, ``+0.5``)."""
+    text = entry.description
+    if "{low}" in text or "{high}" in text:
+        lo, hi = _bounds(env.action_space)
+        if lo is None:
+            lo, hi = _bounds(env.unwrapped.action_space)
+        text = text.replace("{low}", _signed(lo)).replace("{high}", _signed(hi))
+    legend = entry.obs_legend()
+    return f"{text} {legend}".strip() if legend else text
+
+
+def _bounds(space: Any) -> tuple[float | None, float | None]:
+    """One (low, high) for a Box whose entries share finite bounds, else (None, None)."""
+    from gymnasium import spaces as S
+
+    if not isinstance(space, S.Box):
+        return None, None
+    lo, hi = np.unique(space.low), np.unique(space.high)
+    if lo.size != 1 or hi.size != 1 or not (np.isfinite(lo[0]) and np.isfinite(hi[0])):
+        return None, None
+    return float(lo[0]), float(hi[0])
+
+
+def _signed(x: float | None) -> str:
+    if x is None:
+        return "?"
+    text = f"{x:+.6g}"
+    return "0" if x == 0 else text
+
+
 def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = None,
                  obs_names: tuple[str, ...] | None = None, entry: EnvEntry | None = None,
                  obs_formatter: Callable[[Any], str] | None = None, render_mode: str | None = None,
@@ -292,6 +325,9 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
 
     if on_invalid not in ("clip", "reject"):
         raise ValueError(f"on_invalid must be 'clip' or 'reject', not {on_invalid!r}")
+    if isinstance(env, gym.vector.VectorEnv) or isinstance(getattr(env, "unwrapped", None), gym.vector.VectorEnv):
+        raise ValueError(f"{type(env).__name__} is a vector env: tickcall binds one env per loop (one decide "
+                         "per tick); pass a single env (gymnasium.make) and run one loop per copy")
     if isinstance(env, str):
         env_id = env
         if render_mode is not None:
@@ -309,8 +345,11 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
                           on_invalid=on_invalid, adapter=None, env_kwargs=env_kwargs,
                           _noop=raw.noop_action())
     e = entry or entry_for(env_id)
-    adapter = SpaceAdapter(env.action_space, name=e.tool, description=e.description,
-                           param_names=e.param_names, labels=e.labels)
+    descs = dict(zip(e.param_names, e.param_descriptions, strict=True)) if (
+        e.param_names and e.param_descriptions) else None
+    adapter = SpaceAdapter(env.action_space, name=e.tool, description=tool_description(e, env),
+                           param_names=e.param_names, labels=e.labels,
+                           param_descriptions={k: v for k, v in (descs or {}).items() if v} or None)
     fmt = obs_formatter or ObsFormatter(names=obs_names or e.obs_names,
                                         precision=e.precision if precision is None else precision)
     return EnvBinding(env=env, env_id=env_id, tools=[adapter.tool], specs=[adapter.spec],
