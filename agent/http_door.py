@@ -165,6 +165,9 @@ def create_app(
         assembly = body.assembly or cfg.assembly
         try:
             reply = await link.decide(body.tools, body.system, template, assembly, body.wire_turn())
+        except (OverflowError, TypeError, ValueError) as exc:  # not msgpack-encodable (ints over 64 bits)
+            err = FCResponse(success=False, error=f"malformed: {exc}"[:300])
+            return JSONResponse(err.model_dump(), status_code=400)
         except ServiceUnavailable as exc:
             err = FCResponse(
                 success=False, latency_ms=(time.perf_counter() - t0) * 1e3, error=f"unavailable: {exc}"

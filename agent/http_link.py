@@ -136,9 +136,10 @@ class ServiceLink:
         """Send one request; its reply, or ServiceUnavailable after ``timeout_s``."""
         if self._sock is None:
             raise ServiceUnavailable("the link is not started")
+        payload = P.encode(msg)  # raises (OverflowError...) for what msgpack cannot carry: nothing waits then
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[msg.id] = fut
-        await self._sock.send(P.encode(msg))
+        await self._sock.send(payload)
         try:
             return await asyncio.wait_for(fut, self.timeout_s)
         except TimeoutError:

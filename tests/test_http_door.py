@@ -161,6 +161,10 @@ def test_not_json_and_oversized(door):
 def test_service_refusals_map_to_4xx(door):
     r = door.post({**BODY, "tools": [{"type": "function", "function": {"description": "no name"}}]})
     assert r.status_code == 400 and r.json()["error"].startswith("illegal_tools:")
+    huge = {**PONG, "function": {**PONG["function"], "x-limit": 2**70}}  # JSON allows it, msgpack does not
+    r = door.post({**BODY, "tools": [huge]})
+    assert r.status_code == 400 and r.json()["error"].startswith("malformed:")
+    assert door.post(BODY).json()["success"] is True  # the door goes on serving
     r = door.post({**BODY, "template": "v9"})
     assert r.status_code == 400 and "unknown template" in r.json()["error"]
     assert set(r.json()) == RESPONSE_KEYS and r.json()["success"] is False
