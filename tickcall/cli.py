@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("tickcall.commands.bench", "benchmarks: decode, prefix, heads, serve, loop, asyncfc"),
     "eval": ("tickcall.commands.eval", "evaluate a policy (expert, random, model) on an env"),
     "train": ("tickcall.commands.train", "distil a teacher into a SimpleTool-format student"),
+    "record": ("tickcall.commands.record", "record a teacher's decisions on an env as a training dataset"),
     "quantize": ("tickcall.commands.quantize", "quantize a model folder to W4A16 (AWQ recipe)"),
     "bridge": ("tickcall.envs.engine_bridge_cli", "check a game engine against the engine bridge (no model)"),
 }

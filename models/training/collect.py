@@ -112,8 +112,8 @@ def rollout(source: EnvSource, policy: BatchPolicy | str, seeds: Sequence[int], 
             else:
                 acts = policy([insts[i].obs_text(obs[i]) for i in idx], [shown[i] for i in idx])
             for j, i in enumerate(idx):
-                label = insts[i].teacher(obs[i])
-                if record:
+                if record:  # a source without a teacher can still be rolled out unrecorded
+                    label = insts[i].teacher(obs[i])
                     records.append(Record(source.env_id, insts[i].obs_text(obs[i]), shown[i], label,
                                           insts[i].logits_of(obs[i])))
                 call = acts[j]

@@ -18,6 +18,7 @@ from typing import Any
 
 from tickcall.models.format import check_max_heads, get_template, max_heads_meta, max_heads_of
 from tickcall.models.training.collect import HISTORY_STYLES, RANDOM, TEACHER, Record, rollout
+from tickcall.models.training.dataset import Dataset, merge, read_dataset
 from tickcall.models.training.rows import RowCodec, branch_texts
 from tickcall.models.training.sources import EnvSource, SourceFactory
 from tickcall.models.training.trainer import TrainSettings, train
@@ -94,6 +95,33 @@ class DaggerSpec:
 
 
 @dataclass
+class TeacherSpec:
+    """Who labels the states: ``kind`` for ``tickcall.envs.teachers.load_teacher`` (``expert``,
+    ``module:function``, ``sb3:FILE.zip``, ``ppo``/``a2c``/``dqn``/``sac``/``td3`` trained here) or
+    ``none`` (the labels come only from ``data_files``: no DAgger, held-out rows split from the data).
+    ``steps``/``n_envs``/``kwargs``: the budget of an SB3 agent trained here (env decisions)."""
+
+    kind: str = "expert"
+    steps: int = 50_000
+    n_envs: int = 8
+    eval_episodes: int = 10
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            raise ValueError("teacher.kind must not be empty (none: labels only from data_files)")
+        if self.steps < 1:
+            raise ValueError(f"teacher.steps must be >= 1, not {self.steps}")
+
+    @property
+    def labels(self) -> bool:
+        return self.kind != "none"
+
+
+HELDOUT_SHARE = 0.1  # of a dataset's rows per env, held out when no teacher can label fresh states
+
+
+@dataclass
 class TrainConfig:
     name: str = "tickcall-student"
     envs: list[str] = field(default_factory=lambda: ["CartPole-v1"])
@@ -108,6 +136,10 @@ class TrainConfig:
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainSettings = field(default_factory=TrainSettings)
     dagger: DaggerSpec = field(default_factory=DaggerSpec)
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    # datasets (models.training.dataset; tickcall record, ticks.jsonl) whose rows are round 0's data
+    # for the envs they hold, in place of teacher rollouts
+    data_files: list[str] = field(default_factory=list)
     eval_episodes: int = 20
     eval_every: int = 0  # log held-out head accuracy every this many training steps (0: only at the end)
     eval_states: int = 600  # held-out states per env (rollout and sampled each) for those checks
@@ -123,7 +155,8 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        subs = {"model": ModelSpec, "data": DataSpec, "train": TrainSettings, "dagger": DaggerSpec}
+        subs = {"model": ModelSpec, "data": DataSpec, "train": TrainSettings, "dagger": DaggerSpec,
+                "teacher": TeacherSpec}
         for key, typ in subs.items():
             if key in d:
                 val = dict(d[key] or {})
@@ -176,23 +209,70 @@ class Pipeline:
     real-time comparison used when ``cfg.realtime_eval`` is set."""
 
     def __init__(self, cfg: TrainConfig, log=print, progress: bool = True, *, sources: SourceFactory,
-                 realtime: RealtimeCompare | None = None) -> None:
+                 realtime: RealtimeCompare | None = None, dataset: Dataset | None = None) -> None:
         self.cfg = cfg
         self.log = log
         self.progress = progress
         self.realtime_compare = realtime
         self.work = Path(cfg.work_dir)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.sources: dict[str, EnvSource] = {e: sources(e, cfg.prefer_builtin, cfg.data.text_labels)
-                                              for e in cfg.envs}
-        self.template = get_template(cfg.template)
         self.timings: dict[str, float] = {}
+        if dataset is None and cfg.data_files:
+            dataset = load_datasets(cfg.data_files)
+        self.dataset = dataset
+        given = set(dataset.env_ids) if dataset is not None else set()
+        t0 = time.perf_counter()
+        # sources: envs to roll out and score on; an env only a dataset knows (an engine, a model's log
+        # of an env that cannot be made here) has none and is scored on held-out rows alone
+        self.sources: dict[str, EnvSource] = {}
+        for e in cfg.envs:
+            try:
+                self.sources[e] = sources(e, cfg.prefer_builtin, cfg.data.text_labels)
+            except Exception as exc:
+                if e not in given or cfg.teacher.labels:
+                    raise
+                self.log(f"{e}: no env to roll out here ({type(exc).__name__}: {exc}); scored on held-out rows")
+        self.timings["teacher_s"] = time.perf_counter() - t0
+        self.tools: dict[str, list] = {}
+        for e in cfg.envs:
+            if e in given:
+                self.tools[e] = dataset.tools(e)
+                if e in self.sources and self.sources[e].tools != self.tools[e]:
+                    raise ValueError(f"{e}: the dataset's tools differ from the env's ({[t.name for t in self.tools[e]]} "
+                                     f"vs {[t.name for t in self.sources[e].tools]}); the student would be trained "
+                                     "on another prompt than it runs with")
+            elif e in self.sources and self.sources[e].has_teacher:
+                self.tools[e] = self.sources[e].tools
+            else:
+                raise ValueError(f"{e}: no labels: neither a teacher nor a dataset holding it")
+        self.template = get_template(cfg.template)
+
+    def _labelled(self) -> dict[str, EnvSource]:
+        """The sources whose teacher can label any state (rollouts, DAgger, coverage)."""
+        return {e: s for e, s in self.sources.items() if s.has_teacher}
+
+    def _given(self, env_id: str) -> bool:
+        return self.dataset is not None and env_id in self.dataset.header.envs
+
+    def _split(self, env_id: str) -> tuple[list[Record], list[Record]]:
+        """A dataset's rows of ``env_id`` as (train, held-out): the last ``HELDOUT_SHARE`` when no
+        teacher labels fresh held-out states (rows are in episode order: the tail is the last episodes)."""
+        rows = self.dataset.by_env()[env_id]
+        if env_id in self._labelled() or len(rows) < 10:
+            return rows, []
+        k = max(1, int(len(rows) * HELDOUT_SHARE))
+        return rows[:-k], rows[-k:]
 
     # ---- stages ------------------------------------------------------------------------------
     def collect_teacher(self) -> dict[str, list[Record]]:
         cfg, d = self.cfg, self.cfg.data
         out: dict[str, list[Record]] = {}
-        for i, (env_id, src) in enumerate(self.sources.items()):
+        for i, env_id in enumerate(cfg.envs):
+            if self._given(env_id):
+                out[env_id] = self._split(env_id)[0]
+                self.log(f"data {env_id}: {len(out[env_id])} rows from {self.dataset.header.teacher or 'a dataset'}")
+                continue
+            src = self.sources[env_id]
             path = self.work / f"data-{_slug(env_id)}-r0.jsonl"
             if path.exists():
                 out[env_id] = _read_jsonl(path)
@@ -207,7 +287,7 @@ class Pipeline:
                      f"(mean return {stats.mean_return:.1f})")
             out[env_id] = recs
         for i, (env_id, src) in enumerate(self.sources.items()):
-            if d.coverage > 0:
+            if d.coverage > 0 and src.has_teacher:
                 out[env_id] = out[env_id] + self._coverage(src, "cov", d.coverage, cfg.seed * 7_727 + 17 + i)
         return out
 
@@ -229,12 +309,16 @@ class Pipeline:
 
         n = self.cfg.data.heldout_coverage
         return {e: self._coverage(s, "heldout-cov", n, self.cfg.seed * 7_727 + 90_001 + i)
-                for i, (e, s) in enumerate(self.sources.items()) if n > 0 and has_sampler(e)}
+                for i, (e, s) in enumerate(self.sources.items()) if n > 0 and has_sampler(e) and s.has_teacher}
 
     def heldout(self) -> dict[str, list[Record]]:
         cfg, d = self.cfg, self.cfg.data
         out = {}
-        for i, (env_id, src) in enumerate(self.sources.items()):
+        for i, env_id in enumerate(cfg.envs):
+            src = self._labelled().get(env_id)
+            if src is None:
+                out[env_id] = self._split(env_id)[1]
+                continue
             path = self.work / f"heldout-{_slug(env_id)}.jsonl"
             if path.exists():
                 out[env_id] = _read_jsonl(path)
@@ -271,7 +355,7 @@ class Pipeline:
             rng = random.Random(self.cfg.seed)
             corpus: list[str] = []
             for env_id, recs in data.items():
-                tools = self.sources[env_id].tools
+                tools = self.tools[env_id]
                 for r in rng.sample(recs, min(2000, len(recs))):
                     corpus.extend(i + t for i, t, _ in branch_texts(r, tools, self.template, self.cfg.system,
                                                                     "all", m.max_heads)[:2])
@@ -291,7 +375,7 @@ class Pipeline:
     def encode(self, codec: RowCodec, data: dict[str, list[Record]]):
         examples = []
         for env_id, recs in data.items():
-            tools = self.sources[env_id].tools
+            tools = self.tools[env_id]
             examples.extend(codec.encode(r, tools) for r in recs)
         return examples
 
@@ -318,27 +402,44 @@ class Pipeline:
         held, held_cov = self.heldout(), self.heldout_coverage()
         scores: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
                                   "envs": {}}
-        for env_id, src in self.sources.items():
-            student = BatchStudent(model, tok, src.tools, self.template, cfg.system,
+        for env_id in cfg.envs:
+            student = BatchStudent(model, tok, self.tools[env_id], self.template, cfg.system,
                                    max_heads=cfg.model.max_heads)
             acc = head_accuracy(student, held[env_id])
             acc_cov = head_accuracy(student, held_cov[env_id]) if held_cov.get(env_id) else None
+            src = self.sources.get(env_id)
+            scores["envs"][env_id] = {"heldout": acc, "source": src.origin if src else "dataset",
+                                      "teacher": self._teacher_of(env_id)}
+            self.log(f"{env_id}: head accuracy {acc['per_head']}, exact {acc['exact_call']:.4f}, legal "
+                     f"{acc['legal_rate']:.4f} ({acc['n']} held-out states)")
+            if src is None:
+                continue
             seeds = [EVAL_SEED_BASE + k for k in range(episodes or cfg.eval_episodes)]
             args = (cfg.data.history_len, cfg.data.history_style)
             st = closed_loop(src, make_student_policy(student, {}), seeds, *args)
-            te = closed_loop(src, TEACHER, seeds, *args)
+            te = closed_loop(src, TEACHER, seeds, *args) if src.has_teacher else None
             rnd = closed_loop(src, RANDOM, seeds, *args)
-            scores["envs"][env_id] = {"heldout": acc, "lockstep": {"student": st, "teacher": te, "random": rnd,
-                                                                    "hold": src.hold},
-                                      "source": src.origin}
+            scores["envs"][env_id]["lockstep"] = {"student": st, "teacher": te, "random": rnd, "hold": src.hold}
             if acc_cov is not None:
                 scores["envs"][env_id]["heldout_coverage"] = acc_cov
                 self.log(f"{env_id}: sampled held-out states ({acc_cov['n']}): head accuracy {acc_cov['per_head']}, "
                          f"exact {acc_cov['exact_call']:.4f}, legal {acc_cov['legal_rate']:.4f}")
-            self.log(f"{env_id}: head accuracy {acc['per_head']}, exact {acc['exact_call']:.4f}, legal "
-                     f"{acc['legal_rate']:.4f}; lock-step return student {st['mean_return']:.1f} (illegal "
-                     f"{st['illegal']}/{st['decisions']}) teacher {te['mean_return']:.1f} random {rnd['mean_return']:.1f}")
+            self.log(f"{env_id}: lock-step return student {st['mean_return']:.1f} (illegal "
+                     f"{st['illegal']}/{st['decisions']}) teacher {te['mean_return'] if te else float('nan'):.1f} "
+                     f"random {rnd['mean_return']:.1f}")
         return scores
+
+    def _teacher_of(self, env_id: str) -> dict[str, Any]:
+        """Who labelled ``env_id``'s rows: the dataset's teacher and/or the source's (with its info)."""
+        out: dict[str, Any] = {}
+        if self._given(env_id):
+            out["dataset"] = self.dataset.header.teacher
+        src = self.sources.get(env_id)
+        if src is not None and src.has_teacher:
+            out["kind"] = self.cfg.teacher.kind
+            out["spec"] = src.teacher_spec
+            out.update(src.teacher_info)
+        return out
 
     def run(self) -> dict[str, Any]:
         """Every stage; returns the scores (also written to the model card and scores.json)."""
@@ -354,7 +455,7 @@ class Pipeline:
         model, tok = self.build_student(data)
         codec = RowCodec(tok, self.template, cfg.system, cfg.heads_mode, soft_tau=cfg.data.soft_tau,
                          max_heads=cfg.model.max_heads)
-        prefixes = {e: codec.prefix_ids(s.tools) for e, s in self.sources.items()}
+        prefixes = {e: codec.prefix_ids(t) for e, t in self.tools.items()}
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         n_params = sum(p.numel() for p in model.parameters())
         self.log(f"student: {n_params / 1e6:.2f}M parameters, vocab {len(tok)}; "
@@ -414,8 +515,8 @@ class Pipeline:
                 return
             model.eval()
             row: dict[str, Any] = {"round": r, "step": step, "loss": loss}
-            for env_id, src in self.sources.items():
-                student = BatchStudent(model, tok, src.tools, self.template, cfg.system,
+            for env_id in cfg.envs:
+                student = BatchStudent(model, tok, self.tools[env_id], self.template, cfg.system,
                                        max_heads=cfg.model.max_heads)
                 for name, recs in (("rollout", held[env_id]), ("sampled", cov.get(env_id))):
                     if recs:
@@ -437,10 +538,10 @@ class Pipeline:
         if self.realtime_compare is None:
             raise ValueError("realtime_eval needs the Pipeline's realtime comparison (tickcall.training."
                              "make_pipeline passes it)")
-        for env_id in self.cfg.envs:
+        for env_id, src in self.sources.items():
             scores["envs"].setdefault(env_id, {})["realtime"] = self.realtime_compare(
                 env_id, folder, self.cfg.eval_episodes, self.cfg.realtime_hz, EVAL_SEED_BASE,
-                self.cfg.data.history_len, self.cfg.train.threads, log=self.log)
+                self.cfg.data.history_len, self.cfg.train.threads, log=self.log, teacher=src.teacher_spec)
         (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
         write_card(folder, self.cfg, scores)
         return scores
@@ -450,8 +551,10 @@ class Pipeline:
         from tickcall.models.training.student import BatchStudent
 
         cfg, dg = self.cfg, self.cfg.dagger
-        out = {}
+        out = dict(data)  # envs without a teacher keep their rows
         for i, (env_id, src) in enumerate(self.sources.items()):
+            if not src.has_teacher:
+                continue
             path = self.work / f"data-{_slug(env_id)}-r{r}.jsonl"
             if path.exists():
                 new = _read_jsonl(path)
@@ -486,6 +589,11 @@ class Pipeline:
         (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
         write_card(out, self.cfg, scores)
         return out
+
+
+def load_datasets(paths: list[str]) -> Dataset:
+    """One dataset from ``data_files`` (datasets as ``models.training.dataset`` writes them)."""
+    return merge([read_dataset(p) for p in paths])
 
 
 def _slug(env_id: str) -> str:

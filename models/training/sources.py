@@ -18,7 +18,7 @@ from the envs' bindings and experts) and handed to the pipeline (``SourceFactory
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tickcall.models.calls import Call
@@ -54,6 +54,15 @@ class EnvSource:
     physics_hz: float
     decision_hz: float = DECISION_HZ
     origin: str = "builtin"
+    # A string that loads the same teacher again (``envs.teachers.load_teacher``; None: this source has
+    # no teacher: its labels come from a dataset) and the teacher's provenance (training time, return).
+    teacher_spec: str | None = "expert"
+    teacher_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_teacher(self) -> bool:
+        """True when ``instance().teacher`` labels states (False: a dataset-only source)."""
+        return self.teacher_spec is not None
 
     @property
     def hold(self) -> float:

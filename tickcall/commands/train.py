@@ -23,6 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", action="append", dest="envs", metavar="ENV_ID",
                         help="train on this env (repeatable; overrides the config's envs)")
     parser.add_argument("--steps", type=int, help="training steps of round 0 (overrides the config)")
+    parser.add_argument("--teacher", metavar="KIND",
+                        help="who labels the states: expert, module:function, sb3:FILE.zip, ppo|a2c|dqn|sac|td3 "
+                             "(trained here), none (labels only from --data); overrides the config's teacher.kind")
+    parser.add_argument("--teacher-steps", type=int, metavar="N",
+                        help="env decisions to train an SB3 teacher for (overrides teacher.steps)")
+    parser.add_argument("--data", action="append", dest="data_files", metavar="FILE",
+                        help="a dataset (tickcall record) or a tickcall run report (ticks.jsonl or its folder) "
+                             "as round 0's rows (repeatable); without --env: its envs; without --teacher: "
+                             "no teacher (no DAgger, held-out rows split from the data)")
     parser.add_argument("--seed", type=int, help="seed (overrides the config)")
     parser.add_argument("--realtime", action="store_true",
                         help="after training, measure the real-time loop figures (20 episodes per env)")
@@ -59,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.work_dir = args.work_dir
     if args.envs:
         cfg.envs = list(args.envs)
+    if args.teacher:
+        cfg.teacher.kind = args.teacher
+    if args.teacher_steps is not None:
+        cfg.teacher.steps = args.teacher_steps
+    if args.data_files:
+        _use_data(cfg, args)
     if args.steps is not None:
         cfg.train.steps = args.steps
     if args.seed is not None:
@@ -78,13 +93,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"model written to {cfg.out} from {args.export}")
     elif args.evaluate:
         from tickcall.envs.realtime_eval import compare
+        from tickcall.envs.teachers import resolve_spec
 
-        scores = {env: compare(env, args.evaluate, args.episodes, args.hz, log=print) for env in cfg.envs}
+        scores = {env: compare(env, args.evaluate, args.episodes, args.hz, log=print,
+                               teacher=resolve_spec(cfg.teacher.kind, env, cfg.work_dir)) for env in cfg.envs}
         _table(scores)
         if args.card:
             _update_card(Path(args.evaluate), cfg, scores)
     else:
-        scores = make_pipeline(cfg, progress=not args.no_progress).run()
+        from tickcall.commands.errors import CommandError
+
+        try:
+            pipeline = make_pipeline(cfg, progress=not args.no_progress)
+        except ValueError as exc:  # no such teacher, no labels for an env, tools that disagree
+            raise CommandError(str(exc)) from None
+        scores = pipeline.run()
         print(f"model written to {cfg.out}")
         rt = {e: s["realtime"] for e, s in scores["envs"].items() if "realtime" in s}
         if rt:
@@ -92,6 +115,23 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(scores, indent=2) + "\n")
     return 0
+
+
+def _use_data(cfg, args: argparse.Namespace) -> None:
+    """``--data``: the files' envs (or ``--env``'s), no teacher unless ``--teacher`` names one."""
+    from tickcall.commands.errors import CommandError
+    from tickcall.training import load_data
+
+    cfg.data_files = list(args.data_files)
+    try:
+        envs = load_data(cfg.data_files).env_ids
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--data: {exc}") from None
+    if not args.envs:
+        cfg.envs = envs
+    if not args.teacher:
+        cfg.teacher.kind = "none"
+        cfg.dagger.rounds = 0
 
 
 def _table(scores: dict) -> None:

@@ -1,0 +1,69 @@
+"""Logged decisions as a dataset: a ``tickcall run`` report's ``ticks.jsonl`` -> ``models.training.dataset``.
+
+Each tick of a run records the call the model made (``call``) and, when the loop records it, the
+turn it was sent (``turn``: ``{"query": observation text, "history": [lines]}``). Together they are
+one labelled row, so a big model's decisions train a small one (``tickcall train --data RUN/``). The
+env comes from the report (``report.json`` ``env``, next to ``ticks.jsonl``) or ``env_id``; its tools
+are the binding's (``envs.binding.make_binding``): the same tools the run registered.
+
+Kept: ticks with a call and a turn (any outcome: a late decision is still the model's decision for
+that turn). Invariant: every row's call names one of the env's tools (``read``-time check of the
+dataset format); a tick whose call does not is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tickcall.envs.binding import make_binding
+from tickcall.models.calls import Call
+from tickcall.models.training.collect import Record
+from tickcall.models.training.dataset import Dataset, EnvInfo, make_header
+
+
+def ticks_dataset(path: str | Path, env_id: str | None = None) -> Dataset:
+    """The dataset of a run report (its folder or its ``ticks.jsonl``). ValueError when no tick carries
+    a turn (the run did not record turns) or the env is unknown."""
+    path = Path(path)
+    ticks = path / "ticks.jsonl" if path.is_dir() else path
+    report_path = ticks.parent / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    env_id = env_id or report.get("env")
+    if not env_id:
+        raise ValueError(f"{ticks}: no env id (no report.json with 'env' beside it)")
+    binding = make_binding(env_id)
+    tools = binding.tools
+    names = {s.name for s in binding.specs}
+    rate = binding.physics_hz
+    binding.env.close()
+    records, no_turn, foreign = [], 0, 0
+    for line in ticks.read_text().splitlines():
+        if not line.strip():
+            continue
+        tick = json.loads(line)
+        call, turn = tick.get("call"), tick.get("turn")
+        if not call:
+            continue
+        if not turn:
+            no_turn += 1
+            continue
+        c = Call.from_dict(call)
+        if c.name not in names:
+            foreign += 1
+            continue
+        records.append(Record(env_id, str(turn["query"]), list(turn.get("history") or []), c))
+    if not records:
+        raise ValueError(
+            f"{ticks}: no tick carries both a call and its turn ({no_turn} calls without a "
+            "turn): the run must record each tick's turn (TickRecord.turn)"
+        )
+    meta = {
+        "source": str(ticks),
+        "model": report.get("model"),
+        "backend": report.get("backend"),
+        "ticks_without_turn": no_turn,
+        "calls_not_a_tool": foreign,
+    }
+    header = make_header({env_id: EnvInfo(tools, rate)}, f"ticks:{ticks.parent}", meta)
+    return Dataset(header, records)
