@@ -248,6 +248,9 @@ class ControlLoop:
         rec.obs_age_ms = max(0.0, (now - obs.taken_at) * 1e3)
         rec.episode = obs.episode
         self._add(rec)
+        observed = getattr(self.world, "observed", None)
+        if observed is not None:  # optional hook: a world that tags its calls with their tick (engine bridge)
+            observed(slot.index, obs)
 
         newest = self._pending.get(self._newest) if self._newest is not None else None
         if newest is not None:

@@ -35,7 +35,11 @@ class Observation(Protocol):
 
 @runtime_checkable
 class World(Protocol):
-    """A world the loop drives: its tools, its newest observation, fallbacks, hands, lifecycle."""
+    """A world the loop drives: its tools, its newest observation, fallbacks, hands, lifecycle.
+
+    Optional: ``observed(tick, obs)``, called by the loop right after a tick took ``obs``, for a world
+    whose calls must name the tick and observation they answer (the engine bridge's ``EngineWorld``).
+    """
 
     hands: Any            # AsyncFC (dispatch(call) -> future), or None
     history_chars: int    # longest result text a history line shows

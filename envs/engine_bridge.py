@@ -170,9 +170,11 @@ class EngineBridge:
         """The engine's ``text``, or its ``values`` rendered in the declared field order."""
         return self.state.observation_text(obs)
 
-    def send_call(self, call: Call | Mapping[str, Any], *, tick: int = -1, obs_seq: int = -1) -> EngineCall:
-        """Queue ``call`` for the engine and return at once (illegal or engine-less: ``rejected``)."""
-        return self.state.send_call(call, tick=tick, obs_seq=obs_seq)
+    def send_call(self, call: Call | Mapping[str, Any], *, tick: int = -1, obs_seq: int = -1,
+                  obs_t_ms: float | None = None) -> EngineCall:
+        """Queue ``call`` for the engine and return at once (illegal or engine-less: ``rejected``).
+        ``tick``, ``obs_seq`` and ``obs_t_ms`` (the observation's own ``t_ms``) tie it to what it answers."""
+        return self.state.send_call(call, tick=tick, obs_seq=obs_seq, obs_t_ms=obs_t_ms)
 
     def step(self, seq: int, calls: list[int] | None = None) -> None:
         """LOCK-STEP ONLY: release the engine waiting on observation ``seq`` after ``calls``."""

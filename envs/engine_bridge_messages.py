@@ -237,6 +237,7 @@ class CallMsg(Envelope, tag="call", frozen=True):
     arguments: dict[str, Any]
     tick: int = -1
     obs_seq: int = -1
+    obs_t_ms: float | None = None  # the answered observation's t_ms, echoed (engine clock, ms)
 
 
 class StepMsg(Envelope, tag="step", frozen=True):

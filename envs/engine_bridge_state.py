@@ -173,7 +173,8 @@ class BridgeState:
             return ""
         return render_values(obs.values, sess.hello.observation)
 
-    def send_call(self, call: Call | Mapping[str, Any], *, tick: int = -1, obs_seq: int = -1) -> EngineCall:
+    def send_call(self, call: Call | Mapping[str, Any], *, tick: int = -1, obs_seq: int = -1,
+                  obs_t_ms: float | None = None) -> EngineCall:
         """Queue ``call`` for the engine and return at once. A call the engine's tools do not allow,
         or one made while no engine is connected, is ``rejected`` (never sent): its ``result`` future
         raises EngineCallError."""
@@ -196,7 +197,7 @@ class BridgeState:
                 return handle
             self._calls[handle.id] = handle
             self._emit(sess.peer, CallMsg(id=handle.id, name=call.name, arguments=dict(call.arguments),
-                                          tick=tick, obs_seq=obs_seq), handle.id)
+                                          tick=tick, obs_seq=obs_seq, obs_t_ms=obs_t_ms), handle.id)
         return handle
 
     def step(self, seq: int, calls: list[int] | None = None) -> None:

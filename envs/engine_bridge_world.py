@@ -26,6 +26,7 @@ Units: ``*_s`` seconds, ``*_ms`` milliseconds, ``taken_at`` on ``time.monotonic`
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,39 @@ class WorldObservation:
     data: dict[str, Any] | None = None
     seq: int = -1
     frame: int = -1
+    t_ms: float = 0.0  # the engine's own clock at the observation (ms), echoed in calls as obs_t_ms
+
+
+class TickObservations:
+    """Which observation each loop tick decided on: tick -> (obs ``seq``, obs ``t_ms``), the newest
+    ``keep`` ticks. The loop tells the world at the tick's start (``EngineWorld.observed``); the
+    actuator reads it when the tick's call goes out, so the call names the observation it answers."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self.keep = keep
+        self._by_tick: dict[int, tuple[int, float]] = {}
+        self._newest: tuple[int, int, float] | None = None  # (tick, seq, t_ms)
+        self._lock = threading.Lock()
+
+    def note(self, tick: int, seq: int, t_ms: float) -> None:
+        with self._lock:
+            self._by_tick[tick] = (seq, t_ms)
+            self._newest = (tick, seq, t_ms)
+            while len(self._by_tick) > self.keep:
+                self._by_tick.pop(next(iter(self._by_tick)))  # dicts keep insertion order: the oldest
+
+    def of(self, tick: int | None) -> tuple[int, int, float | None]:
+        """``(tick, obs_seq, obs_t_ms)`` for ``tick``; ``(-1, -1, None)`` when it is not known."""
+        with self._lock:
+            if tick is not None and tick in self._by_tick:
+                seq, t_ms = self._by_tick[tick]
+                return tick, seq, t_ms
+        return -1, -1, None
+
+    def newest(self) -> tuple[int, int, float | None]:
+        """The newest tick that took an observation (what a fallback call answers)."""
+        with self._lock:
+            return self._newest if self._newest is not None else (-1, -1, None)
 
 
 def endpoint_from_spec(env: str) -> str:
@@ -85,12 +119,15 @@ class EngineActuator:
     true}``); raises ``EngineCallError`` (``cooldown: ...``) for an error result, a call the engine
     never acknowledged, a lost engine, or an illegal call."""
 
-    def __init__(self, bridge: EngineBridge, timeout_s: float = 5.0) -> None:
+    def __init__(self, bridge: EngineBridge, timeout_s: float = 5.0, ticks: TickObservations | None = None) -> None:
         self.bridge = bridge
         self.timeout_s = timeout_s
+        self.ticks = ticks if ticks is not None else TickObservations()
 
-    def __call__(self, call: Call) -> Any:
-        handle = self.bridge.send_call(call)
+    def __call__(self, call: Call, ctx: Any = None) -> Any:
+        """``ctx``: the futures layer's ``CallContext`` (lane ``context=True``); its ``seq`` is the tick."""
+        tick, obs_seq, obs_t_ms = self.ticks.of(getattr(ctx, "seq", None))
+        handle = self.bridge.send_call(call, tick=tick, obs_seq=obs_seq, obs_t_ms=obs_t_ms)
         try:
             return handle.result.result(timeout=self.timeout_s).value
         except TimeoutError:
@@ -111,7 +148,7 @@ class EngineWorld:
     """The engine behind a bridge, seen as a world by the control loop (see module docstring)."""
 
     def __init__(self, bridge: EngineBridge, *, env_id: str, history_chars: int = 40,
-                 hands: Any = None) -> None:
+                 hands: Any = None, ticks: TickObservations | None = None) -> None:
         hello = bridge.session.hello if bridge.session else None
         if hello is None:
             raise EngineWorldError("no engine connected: call bridge.wait_for_engine() first")
@@ -125,6 +162,7 @@ class EngineWorld:
         self.engine_name = hello.engine
         self.fallbacks: dict[str, int] = {}
         self.observe_failures = 0
+        self.ticks = ticks if ticks is not None else TickObservations()  # shared with the actuator
         bridge.pin_tools(self._tools)
 
     # ---- what the loop uses -----------------------------------------------------------------
@@ -142,7 +180,12 @@ class EngineWorld:
                 f"{self.bridge.config.max_obs_age_ms:.0f} ms")
             raise NoObservation(why)
         return WorldObservation(text=self.bridge.observation_text(obs), taken_at=obs.received,
-                                episode=obs.episode, data=obs.values, seq=obs.seq, frame=obs.frame)
+                                episode=obs.episode, data=obs.values, seq=obs.seq, frame=obs.frame, t_ms=obs.t_ms)
+
+    def observed(self, tick: int, obs: WorldObservation) -> None:
+        """The loop took ``obs`` for ``tick`` (its optional world hook): the tick's call will carry
+        ``tick``, ``obs_seq`` and ``obs_t_ms``."""
+        self.ticks.note(tick, obs.seq, obs.t_ms)
 
     def fallback(self, kind: str) -> str:
         """``hold`` (send nothing) or ``default``/``noop`` (send the engine's default call)."""
@@ -150,7 +193,9 @@ class EngineWorld:
         sess = self.bridge.session
         default = sess.hello.default_call if sess is not None else None
         if kind in ("default", "noop") and default is not None:
-            self.bridge.send_call(Call(default.name, dict(default.arguments)))
+            tick, obs_seq, obs_t_ms = self.ticks.newest()
+            self.bridge.send_call(Call(default.name, dict(default.arguments)), tick=tick, obs_seq=obs_seq,
+                                  obs_t_ms=obs_t_ms)
             done = kind
         self.fallbacks[done] = self.fallbacks.get(done, 0) + 1
         return done

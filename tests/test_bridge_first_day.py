@@ -232,3 +232,60 @@ def test_an_absent_engine_counts_as_misses_and_warns(tmp_path):
     assert rep["no_observation"] > 0 and rep["deadline_misses"] >= rep["no_observation"]
     assert f"deadline misses {rep['deadline_misses']} " in out
     assert f"warning: {rep['no_observation']} of {rep['ticks']} ticks" in out
+
+
+@pytest.mark.slow
+def test_calls_name_their_tick_and_observation(tmp_path):
+    """The real C++ engine logs every call it applied with the tick, obs_seq and obs_t_ms it carried."""
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build_reference_engine.sh")], check=True, capture_output=True
+    )
+    endpoint = _free_endpoint()
+    log = tmp_path / "engine.jsonl"
+    engine = subprocess.Popen(
+        [
+            str(ROOT / "engines" / "build" / "tickcall-reference-engine"),
+            "--connect",
+            endpoint,
+            "--log",
+            str(log),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tickcall.cli",
+                "run",
+                "--backend",
+                "noop",
+                "--duration",
+                "2",
+                "--env",
+                f"engine:{endpoint}",
+                "--report",
+                str(tmp_path / "r"),
+                "--no-plots",
+                "--quiet",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        engine.terminate()
+        engine.wait(timeout=30)
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    calls = [e for e in events if e["event"] == "call"]
+    assert calls, events[-5:]
+    for c in calls:
+        assert c["tick"] >= 0 and c["obs_seq"] >= 1 and isinstance(c["obs_t_ms"], float), c
+    ticks = [c["tick"] for c in calls]
+    assert ticks == sorted(ticks) and len(set(ticks)) == len(ticks)  # one call per tick, in order
+    seqs = [c["obs_seq"] for c in calls]
+    assert seqs == sorted(seqs)  # later ticks answer newer (or the same) observations

@@ -234,7 +234,7 @@ OLD_BRIDGE_MAPS = [
       "heartbeat_ms": 250.0, "max_msg_bytes": 1 << 20, "tools": ["move"], "lockstep": 0}),
     (CallMsg(id=3, name="move", arguments={"direction": "N"}, tick=9, obs_seq=7),
      {"v": 1, "type": "call", "id": 3, "name": "move", "arguments": {"direction": "N"}, "tick": 9,
-      "obs_seq": 7}),
+      "obs_seq": 7, "obs_t_ms": None}),  # obs_t_ms: an addition within v1 (old engines ignore the key)
     (StepMsg(seq=7, calls=[3]), {"v": 1, "type": "step", "seq": 7, "calls": [3]}),
     (PingMsg(epoch="e1", t_ms=12.5), {"v": 1, "type": "ping", "epoch": "e1", "t_ms": 12.5}),
     (PongMsg(epoch="e1", t_ms=12.5), {"v": 1, "type": "pong", "epoch": "e1", "t_ms": 12.5}),

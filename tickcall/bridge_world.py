@@ -14,7 +14,13 @@ from typing import Any, Protocol
 from tickcall.control_loop.futures.core import AsyncFC
 from tickcall.control_loop.futures.lanes import Lane
 from tickcall.envs.engine_bridge import EngineBridge
-from tickcall.envs.engine_bridge_world import EngineActuator, EngineWorld, EngineWorldError, open_bridge
+from tickcall.envs.engine_bridge_world import (
+    EngineActuator,
+    EngineWorld,
+    EngineWorldError,
+    TickObservations,
+    open_bridge,
+)
 from tickcall.models.tools import ToolSpec
 
 __all__ = ["EngineWorldSpec", "make_engine_hands", "make_engine_world"]
@@ -34,14 +40,17 @@ class EngineWorldSpec(Protocol):
 
 
 def make_engine_hands(bridge: EngineBridge, specs: list[ToolSpec],
-                      lane_timeout_s: float = DEFAULT_LANE_TIMEOUT_S) -> AsyncFC:
+                      lane_timeout_s: float = DEFAULT_LANE_TIMEOUT_S,
+                      ticks: TickObservations | None = None) -> AsyncFC:
     """An ``AsyncFC`` with one ``latest``-wins lane (``engine``) for every tool of the engine: a newer
-    call replaces a queued one; a call not completed within ``lane_timeout_s`` seconds times out."""
+    call replaces a queued one; a call not completed within ``lane_timeout_s`` seconds times out.
+    ``ticks``: shared with the world, so each call names its tick and the observation it answers (the
+    lane passes the call's context, whose ``seq`` is the loop's tick)."""
     names = tuple(s.name for s in specs)
     order = {s.name: list(s.param_names) for s in specs}
-    lane = Lane(LANE, tools=names, policy="latest", timeout_complete_s=lane_timeout_s)
+    lane = Lane(LANE, tools=names, policy="latest", timeout_complete_s=lane_timeout_s, context=True)
     # the actuator waits a little longer than the lane, so the lane's timeout is the one reported
-    actuator = EngineActuator(bridge, timeout_s=lane_timeout_s + 1.0)
+    actuator = EngineActuator(bridge, timeout_s=lane_timeout_s + 1.0, ticks=ticks)
     return AsyncFC([lane], {LANE: actuator}, param_order=order)
 
 
@@ -62,8 +71,9 @@ def make_engine_world(spec: EngineWorldSpec | str, **env_kwargs: Any) -> EngineW
         session = bridge.session
         if session is None:  # the engine left between its first observation and now
             raise EngineWorldError(f"the engine on {bridge.endpoint} left before its world was made")
-        hands = make_engine_hands(bridge, session.tools, lane_timeout_s)
-        return EngineWorld(bridge, env_id=env, history_chars=history_chars, hands=hands)
+        ticks = TickObservations()
+        hands = make_engine_hands(bridge, session.tools, lane_timeout_s, ticks)
+        return EngineWorld(bridge, env_id=env, history_chars=history_chars, hands=hands, ticks=ticks)
     except BaseException:
         if hands is not None:
             hands.shutdown(timeout_s=0.5)

@@ -378,7 +378,8 @@ class AsyncFC:
                 fut.state = CallState.RUNNING
                 fut.started_at = now
                 fut._ctx = CallContext(fut.id, rt.lane.name, deadline=(
-                    now + fut.timeout_complete_s if fut.timeout_complete_s is not None else None))
+                    now + fut.timeout_complete_s if fut.timeout_complete_s is not None else None),
+                    seq=fut.seq)
                 fut._invoking = True
                 fut._worker = w
                 rt.running[fut.id] = fut

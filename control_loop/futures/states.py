@@ -78,13 +78,15 @@ class CallContext:
 
     ``id`` is the future id to pass to ``AsyncFC.resolve``; ``cancelled`` is set when the call is
     cancelled, superseded, timed out or shut down, so a long actuator can stop early;
-    ``deadline`` is the clock time by which it must complete (``None``: no limit).
+    ``deadline`` is the clock time by which it must complete (``None``: no limit); ``seq`` is the
+    future's ``seq``: the one given to ``dispatch`` (the control loop's tick), else the lane's newest.
     """
 
     id: str
     lane: str
     cancelled: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None
+    seq: int | None = None
 
     def pending(self, on_cancel: Callable[[], Any] | None = None) -> Pending:
         return PENDING if on_cancel is None else Pending(on_cancel)

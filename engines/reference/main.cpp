@@ -107,6 +107,9 @@ struct PendingCall {
     int64_t id;
     std::string name;
     Value args;
+    int64_t tick;     // the tickcall loop tick that decided it (-1: not from a tick)
+    int64_t obs_seq;  // the observation it answers (-1: none)
+    Value obs_t_ms;   // that observation's t_ms, echoed by tickcall (nil: none)
 };
 
 class Runtime {
@@ -173,8 +176,10 @@ public:
 private:
     // ---- socket ----------------------------------------------------------------------------------------
     bool open_socket() {
-        ctx_ = zmq_ctx_new();
+        if (!ctx_) ctx_ = zmq_ctx_new();
+        if (sock_) zmq_close(sock_);
         sock_ = zmq_socket(ctx_, ZMQ_DEALER);
+        opened_ = Clock::now();
         int zero = 0, one = 1, hwm = 200, ivl = 100;
         int64_t maxmsg = 4 << 20;
         zmq_setsockopt(sock_, ZMQ_LINGER, &zero, sizeof zero);
@@ -332,7 +337,9 @@ private:
             return;
         }
         send(Value::object({{"v", opt_.protocol_version}, {"type", "ack"}, {"id", id}, {"frame", frame_}}));
-        pending_.push_back({id, name, *args});
+        const Value* obs_t = msg.get("obs_t_ms");
+        pending_.push_back({id, name, *args, msg.int_or("tick", -1), msg.int_or("obs_seq", -1),
+                            obs_t && obs_t->is_number() ? *obs_t : Value()});
     }
 
     void send_result(int64_t id, bool ok, const Value& value, const std::string& code, const std::string& message) {
@@ -354,6 +361,11 @@ private:
             welcomed_ = false;
             ++lost_;
             log_event("tickcall_lost", Value::object());
+            reopen("tickcall silent");
+        } else if (!welcomed_ && now - opened_ > kReopenAfter && now - last_heard_ > kReopenAfter) {
+            // hellos unanswered: libzmq ends a connection for good after a protocol error (a frame over
+            // ZMQ_MAXMSGSIZE) and never reconnects it, so a fresh socket is the only way back
+            reopen("no welcome");
         }
         if (!welcomed_ && now - last_hello_ >= std::chrono::milliseconds(100)) send_hello();
     }
@@ -370,7 +382,8 @@ private:
                 ++calls_applied_;
                 send_result(c.id, r.ok, r.value, r.code, r.message);
                 log_event("call", Value::object({{"id", c.id}, {"name", c.name}, {"arguments", c.args}, {"ok", r.ok},
-                                                 {"error", r.code}, {"frame", frame_}, {"step", game_->steps()}}));
+                                                 {"error", r.code}, {"frame", frame_}, {"step", game_->steps()},
+                                                 {"tick", c.tick}, {"obs_seq", c.obs_seq}, {"obs_t_ms", c.obs_t_ms}}));
             }
             ep_return_ += game_->step();
             std::string reason;
@@ -438,7 +451,7 @@ private:
                                      {"calls_received", calls_received_}, {"calls_applied", calls_applied_},
                                      {"calls_rejected", calls_rejected_}, {"hellos", hellos_}, {"sessions", sessions_},
                                      {"tickcall_lost", lost_}, {"errors_received", errors_received_},
-                                     {"bad_messages", bad_messages_}, {"episodes", episode_},
+                                     {"bad_messages", bad_messages_}, {"reconnects", reopens_}, {"episodes", episode_},
                                      {"elapsed_s", elapsed_s()}});
         log_event("stats", stats);
         if (!opt_.quiet) std::fprintf(stderr, "[engine] stats %s\n", ref::to_json(stats).c_str());
@@ -459,6 +472,14 @@ private:
     std::unique_ptr<ref::Game> game_;
     void* ctx_ = nullptr;
     void* sock_ = nullptr;
+    Clock::time_point opened_{};
+    static constexpr std::chrono::seconds kReopenAfter{2};  // unanswered hellos before a fresh socket
+
+    void reopen(const char* why) {
+        ++reopens_;
+        log_event("reconnect", Value::object({{"why", std::string(why)}}));
+        if (!open_socket()) say("cannot reopen the socket to %s", opt_.endpoint.c_str());
+    }
     std::string session_, epoch_;
     std::ofstream log_;
     Clock::time_point t0_, last_heard_{}, last_ping_{}, last_hello_{};
@@ -468,7 +489,8 @@ private:
     double acc_ = 0, ep_return_ = 0;
     int64_t frame_ = 0, obs_seq_ = 0, waiting_seq_ = -1, episode_ = 0;
     int64_t obs_sent_ = 0, obs_unsent_ = 0, send_drops_ = 0, calls_received_ = 0, calls_applied_ = 0,
-            calls_rejected_ = 0, hellos_ = 0, sessions_ = 0, lost_ = 0, errors_received_ = 0, bad_messages_ = 0;
+            calls_rejected_ = 0, hellos_ = 0, sessions_ = 0, lost_ = 0, errors_received_ = 0, bad_messages_ = 0,
+            reopens_ = 0;
     long long late_frames_ = 0;
 };
 

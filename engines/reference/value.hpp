@@ -5,6 +5,7 @@
 // so a tree is simpler than streaming and costs nothing that matters at 60 Hz.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -148,8 +149,15 @@ inline Value from_object(const msgpack::object& o, int depth = 0) {
     return v;
 }
 
+// Decode one message with limits from its own size: every array element, map pair and string byte
+// takes at least one byte of input, so a header that claims more (a 5-byte array32 header claiming
+// 4 G elements would make msgpack-c allocate 64 GB up front) is refused before any allocation.
 inline Value unpack(const char* data, size_t size) {
-    msgpack::object_handle oh = msgpack::unpack(data, size);
+    const std::size_t n = std::min<std::size_t>(size, 0xffffffffu);
+    const msgpack::unpack_limit limit(n, n / 2, n, n, n, 32);  // array, map, str, bin, ext, depth
+    std::size_t off = 0;
+    msgpack::object_handle oh = msgpack::unpack(data, size, off, nullptr, nullptr, limit);
+    if (off != size) throw std::runtime_error("trailing bytes after the message");
     return from_object(oh.get());
 }
 
