@@ -5,14 +5,21 @@ through it. Everything that needs Ray calls ``init_ray()`` first; the actor modu
 (``tickcall.agent.actor``, ``tickcall.control_loop.actor``) expect it started and say so when it is not.
 
 Security: a Ray started here starts no dashboard, and Ray 2.60 turns its token authentication on
-by itself. Ray resolves a loopback node address to the machine's reachable one (``ray.init`` with
-``_node_ip_address="127.0.0.1"`` changes nothing, measured), so its own ports are not loopback-only; the
-policy service's ZMQ socket, which carries the ticks, is (``tickcall.agent.security``).
+by itself. A *local* Ray (no ``address``, no ``RAY_ADDRESS``) is also loopback-only: every Ray process
+of it (gcs_server, raylet, workers, the driver) listens on 127.0.0.1, like the policy service's ZMQ
+socket (``tickcall.agent.security``). Ray resolves a loopback node address back to the machine's
+reachable one (``ray.init(_node_ip_address="127.0.0.1")`` changes nothing, measured) unless its
+"no cluster" mode is on: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray's own switch, default off on
+macOS/Windows: the node address is then the loopback one, and Ray's servers bind the node address).
+``init_ray`` sets it for the start only; the processes it starts keep it. Joining a cluster
+(``address``) leaves it alone: there, Ray's ports face the cluster network, and its token
+authentication is what guards them (docs/architecture.md, "What a run exposes").
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,8 +37,39 @@ def init_ray(address: str | None = None, *, log_to_driver: bool = False, logging
         return False
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": log_to_driver,
                                "logging_level": logging_level, **kwargs}
-    ray.init(address=address, **options)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        with _loopback_node():
+            ray.init(address=address, **options)
+    else:
+        ray.init(address=address, **options)
     return True
+
+
+NO_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch; "0": the node address is loopback
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Ray's "no cluster" mode while a local Ray starts (see module docstring).
+
+    The environment variable reaches the processes Ray starts (they read it when they import ray);
+    this process read it when it imported ray, so its module constant is set too. Both are put back
+    afterwards: a later ``ray.init(address=...)`` in this process must resolve its real address.
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(NO_CLUSTER_ENV)
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[NO_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(NO_CLUSTER_ENV, None)
+        else:
+            os.environ[NO_CLUSTER_ENV] = saved_env
 
 
 @contextlib.contextmanager
