@@ -1,6 +1,10 @@
 """``tickcall train --config configs/train-tiny.yaml``: distil a teacher into a SimpleTool-format student.
 
-Stages (each resumable from ``work_dir``): teacher rollouts -> tokenizer + student -> training ->
+Teachers of every kind (``--teacher``: expert, module:function, sb3:FILE.zip, ppo/dqn/sac/... trained
+first; ``tickcall.envs.teachers``) and datasets (``--data``: ``tickcall record`` files, a run's
+``ticks.jsonl``; ``tickcall.models.training.dataset``).
+
+Stages (each resumable from ``work_dir``): [SB3 teacher] -> teacher rollouts -> tokenizer + student -> training ->
 DAgger rounds -> held-out head accuracy and lock-step returns -> model folder with a model card.
 ``--realtime`` adds the real-time loop figures (16 Hz, wall clock) to the card. ``--evaluate FOLDER``
 only scores an existing folder in the real-time loop and prints the table.
@@ -83,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     cfg.realtime_hz = args.hz
     cfg.eval_episodes = args.episodes if args.realtime else cfg.eval_episodes
 
+    if cfg.model.kind == "smollm2" and not args.evaluate and (cfg.teacher.kind != "expert" or cfg.data_files):
+        from tickcall.commands.errors import CommandError
+
+        raise CommandError("the smollm2 student trains from the scripted experts only (no --teacher, no --data yet)")
     if cfg.model.kind == "smollm2" and not args.evaluate:
         from tickcall.training import train_smollm2
 
