@@ -106,9 +106,13 @@ class LoopActor:
         }
 
     def status(self) -> dict[str, Any]:
-        if self.loop is None:
-            return {"running": False, "ticks": 0, "outcomes": {}}
-        return self.loop.status()
+        """The loop's live snapshot, plus ``notices``: lines the world has for a person watching (an
+        engine connected, was lost...; worlds with a ``notices()`` method), each returned once."""
+        out = {"running": False, "ticks": 0, "outcomes": {}} if self.loop is None else self.loop.status()
+        notices = getattr(self.world, "notices", None)
+        if notices is not None:
+            out["notices"] = list(notices())
+        return out
 
     def stop(self) -> bool:
         if self.loop is not None:

@@ -38,6 +38,7 @@ from tickcall.envs.engine_bridge import (
     EngineBridge,
     EngineCallError,
 )
+from tickcall.envs.engine_bridge_notices import EngineNotices
 from tickcall.envs.engine_bridge_state import EngineRefused
 from tickcall.models.calls import Call
 from tickcall.models.tools import normalize_tools
@@ -163,6 +164,8 @@ class EngineWorld:
         self.fallbacks: dict[str, int] = {}
         self.observe_failures = 0
         self.ticks = ticks if ticks is not None else TickObservations()  # shared with the actuator
+        self._notices = EngineNotices()
+        self._notices_lock = threading.Lock()
         bridge.pin_tools(self._tools)
 
     # ---- what the loop uses -----------------------------------------------------------------
@@ -186,6 +189,12 @@ class EngineWorld:
         """The loop took ``obs`` for ``tick`` (its optional world hook): the tick's call will carry
         ``tick``, ``obs_seq`` and ``obs_t_ms``."""
         self.ticks.note(tick, obs.seq, obs.t_ms)
+
+    def notices(self) -> list[str]:
+        """One line per engine event (connected, lost, left, refused) and per kind of message the
+        bridge refused, since the last call, throttled (``envs.engine_bridge_notices``)."""
+        with self._notices_lock:
+            return self._notices.update(self.bridge.stats())
 
     def fallback(self, kind: str) -> str:
         """``hold`` (send nothing) or ``default``/``noop`` (send the engine's default call)."""

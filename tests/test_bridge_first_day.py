@@ -232,6 +232,9 @@ def test_an_absent_engine_counts_as_misses_and_warns(tmp_path):
     assert rep["no_observation"] > 0 and rep["deadline_misses"] >= rep["no_observation"]
     assert f"deadline misses {rep['deadline_misses']} " in out
     assert f"warning: {rep['no_observation']} of {rep['ticks']} ticks" in out
+    # what the engine did was printed as it happened, one line each
+    assert "engine connected: tickcall-reference-engine (session " in out, out[-3000:]
+    assert "engine lost: silent for " in out, out[-3000:]
 
 
 @pytest.mark.slow
@@ -289,3 +292,38 @@ def test_calls_name_their_tick_and_observation(tmp_path):
     assert ticks == sorted(ticks) and len(set(ticks)) == len(ticks)  # one call per tick, in order
     seqs = [c["obs_seq"] for c in calls]
     assert seqs == sorted(seqs)  # later ticks answer newer (or the same) observations
+
+
+def test_engine_notices_are_one_line_each_and_throttled():
+    from tickcall.envs.engine_bridge_notices import EngineNotices
+
+    now = [0.0]
+    notices = EngineNotices(interval_s=5.0, clock=lambda: now[0])
+    connected = {
+        "event": "engine_connected",
+        "t_s": 0.1,
+        "engine": "e",
+        "session": "s1",
+        "tools": ["move", "wait"],
+    }
+    lost = {"event": "engine_lost", "t_s": 2.0, "silent_ms": 1000.0}
+    stats = {"events": [connected], "errors_by_code": {}}
+    assert notices.update(stats) == ["engine connected: e (session s1; tools move, wait)"]
+    assert notices.update(stats) == []  # each event once
+    stats = {"events": [connected, lost], "errors_by_code": {"bad_field": 3}}
+    lines = notices.update(stats)
+    assert lines[0].startswith("engine lost: silent for 1000 ms")
+    assert lines[1].startswith("the bridge refused 3 messages from the engine: bad_field")
+    now[0] = 1.0  # within the interval: held back and counted
+    stats = {"events": [connected, lost, {**connected, "session": "s2"}], "errors_by_code": {"bad_field": 10}}
+    assert notices.update(stats) == []
+    now[0] = 6.0
+    stats = {
+        "events": [*stats["events"], {**connected, "session": "s3"}],
+        "errors_by_code": {"bad_field": 11},
+    }
+    assert notices.update(stats) == [
+        "engine connected: e (session s3; tools move, wait) (+1 more since the last)",
+        "the bridge refused 1 message from the engine: bad_field (the engine was told "
+        "why) (+7 more since the last)",
+    ]

@@ -260,13 +260,21 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         interrupted = False
         printer = ProgressPrinter(stream) if cfg.progress else None
         seen_warnings: set[str] = set()
+        watch_world = cfg.env.startswith("engine:")  # its notices are printed even with --quiet
         try:
             while True:
                 ready, _ = ray.wait([ref], timeout=status_every_s)
                 if ready:
                     break
-                if printer is not None:
+                if printer is not None or watch_world:
                     status = ray.get(loop_actor.status.remote())
+                    for line in status.get("notices", []):  # an engine connected, was lost... (throttled)
+                        if printer is not None:
+                            printer.message(line)
+                        else:
+                            _say(stream, line)
+                    if printer is None:
+                        continue
                     for w in status.get("warnings", []):
                         if w not in seen_warnings:
                             seen_warnings.add(w)
@@ -277,6 +285,10 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             _say(stream, "\ninterrupted: stopping the loop (the report is still written) ...")
             ray.get(loop_actor.stop.remote())
         result = ray.get(ref)
+        if watch_world:  # what the engine did after the last poll
+            with contextlib.suppress(Exception):
+                for line in ray.get(loop_actor.status.remote(), timeout=10).get("notices", []):
+                    (printer.message if printer is not None else lambda text: _say(stream, text))(line)
         if service_actor is not None:
             with contextlib.suppress(Exception):
                 service_info["stats"] = ray.get(service_actor.stats.remote(), timeout=10)
