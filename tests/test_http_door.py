@@ -249,6 +249,7 @@ class GatedEngine:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.release = threading.Event()
+        self.entered = threading.Event()  # the first decide_batch is holding the engine
         self._first = True
 
     def __getattr__(self, name: str) -> Any:
@@ -257,6 +258,7 @@ class GatedEngine:
     def decide_batch(self, requests: Sequence[tuple[str, Any]]) -> list[Any]:
         if self._first:
             self._first = False
+            self.entered.set()
             self.release.wait(30)
         return self.inner.decide_batch(requests)
 
@@ -274,11 +276,15 @@ def test_concurrent_clients_are_batched():
         return -1 if pong is None else pong["queued"]
 
     try:
+        def ask(i: int) -> Any:
+            return d.post({**BODY, "messages": [{"role": "user", "content": f"client {i}"}]})
+
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            futures = [
-                pool.submit(d.post, {**BODY, "messages": [{"role": "user", "content": f"client {i}"}]})
-                for i in range(8)
-            ]
+            # the first alone, so it holds the engine before the others arrive (else, on a busy
+            # machine, a second one may join its batch before the engine thread takes it)
+            futures = [pool.submit(ask, 0)]
+            assert engine.entered.wait(20), "the first decide never reached the engine"
+            futures += [pool.submit(ask, i) for i in range(1, 8)]
             assert wait_for(lambda: queued() == 7, 20), "7 decides never queued behind the first"
             engine.release.set()
             answers = [f.result(30) for f in futures]
