@@ -327,3 +327,38 @@ def test_engine_notices_are_one_line_each_and_throttled():
         "the bridge refused 1 message from the engine: bad_field (the engine was told "
         "why) (+7 more since the last)",
     ]
+
+
+TOOL = {"name": "wait", "description": "Do nothing.", "parameters": {"type": "object", "properties": {}}}
+BAD_HELLOS = [
+    ({"engine": " "}, "hello.engine must not be blank"),
+    ({"engine": 5}, "hello.engine must be"),
+    ({"session": None}, "hello.session is required"),
+    ({"observation": {"format": "values"}}, "hello.observation.fields is required"),
+    ({"observation": {"format": "values", "fields": [{"name": ""}]}}, "fields[0].name must be"),
+    ({"observation": {"format": "xml"}}, "hello.observation.format must be one of"),
+    ({"default_call": {"name": "zz", "arguments": {}}}, "hello.default_call is not a legal call"),
+    ({"default_call": {"name": "wait", "arguments": 5}}, "hello.default_call.arguments must be"),
+    ({"heartbeat_ms": -1}, "hello.heartbeat_ms must be"),
+    ({"lockstep": -3}, "hello.lockstep must be"),
+    ({"frame_hz": float("nan")}, "hello.frame_hz must be"),
+]
+
+
+@pytest.mark.parametrize(("change", "says"), BAD_HELLOS, ids=[s for _c, s in BAD_HELLOS])
+def test_bad_field_on_hello_is_always_fatal(change, says):
+    """protocol.md: every error answering a hello is fatal (the engine must be fixed, not retried)."""
+    hello = {"v": 1, "type": "hello", "engine": "e", "session": "s", "tools": [TOOL], **change}
+    with EngineBridge(endpoint="tcp://127.0.0.1:0") as bridge:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(bridge.endpoint)
+        try:
+            sock.send(msgpack.packb(hello))
+            assert sock.poll(30_000), "no answer to hello"
+            err = msgpack.unpackb(sock.recv(), raw=False)
+        finally:
+            sock.close()
+        assert bridge.session is None
+    assert err["type"] == "error" and err["code"] == "bad_field" and err["fatal"] is True, err
+    assert says in err["message"], err["message"]
