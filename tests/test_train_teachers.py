@@ -159,6 +159,8 @@ def test_train_with_a_ppo_teacher_beats_random_on_an_env_without_expert(acrobot_
     cfg = _tiny_cfg(tmp_path, envs=["Acrobot-v1"])
     cfg.work_dir = str(work)
     cfg.teacher.kind, cfg.teacher.steps = "ppo", 20_000
+    # configs/train-acrobot-ppo.yaml's noise (epsilon 0.1); 200 steps are too few for this env
+    cfg.data.epsilon, cfg.train.steps = 0.1, 300
     scores = make_pipeline(cfg, log=lambda m: None, progress=False).run()
     s = scores["envs"]["Acrobot-v1"]
     lock = s["lockstep"]
@@ -285,3 +287,45 @@ def test_a_run_without_turns_is_refused_by_name(tmp_path):
     )
     with pytest.raises(ValueError, match="must record each tick's turn"):
         ticks_dataset(tmp_path / "ticks.jsonl", env_id="CartPole-v1")
+
+
+@pytest.mark.slow
+def test_a_dataset_of_an_env_that_cannot_be_made_here_trains_on_its_rows(tmp_path):
+    """Recorded play of an engine (no gymnasium env here): trained and scored on held-out rows only."""
+    from tickcall.models.calls import Call
+    from tickcall.models.training.collect import Record
+    from tickcall.models.training.dataset import EnvInfo, make_header, write_dataset
+
+    from tickcall.training import make_pipeline
+
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "steer",
+                "description": "Steer.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"side": {"type": "string", "enum": ["left", "right"]}},
+                    "required": ["side"],
+                },
+            },
+        }
+    ]
+    rng = np.random.default_rng(0)
+    recs = []
+    for _ in range(400):
+        x = float(rng.uniform(-1, 1))
+        recs.append(
+            Record("engine:kart", f"x={x:+.2f}", [], Call("steer", {"side": "left" if x > 0 else "right"}))
+        )
+    data = tmp_path / "kart.jsonl"
+    write_dataset(data, make_header({"engine:kart": EnvInfo(tools)}, "engine-ai"), recs)
+    cfg = _tiny_cfg(tmp_path, envs=["engine:kart"], data_files=[str(data)])
+    cfg.teacher.kind, cfg.train.steps = "none", 60
+    logs: list[str] = []
+    scores = make_pipeline(cfg, log=logs.append, progress=False).run()
+    s = scores["envs"]["engine:kart"]
+    assert s["source"] == "dataset" and "lockstep" not in s and s["heldout"]["n"] == 40
+    assert s["heldout"]["legal_rate"] > 0.9
+    assert any("no env to roll out here" in m for m in logs)
