@@ -329,3 +329,23 @@ def test_a_dataset_of_an_env_that_cannot_be_made_here_trains_on_its_rows(tmp_pat
     assert s["source"] == "dataset" and "lockstep" not in s and s["heldout"]["n"] == 40
     assert s["heldout"]["legal_rate"] > 0.9
     assert any("no env to roll out here" in m for m in logs)
+
+
+@pytest.mark.slow
+def test_data_and_a_teacher_together_the_rows_join_round_0_and_dagger_relabels(tmp_path):
+    from tickcall.envs.recording import record_dataset
+
+    from tickcall.training import make_pipeline
+
+    data = tmp_path / "cp.jsonl"
+    info = record_dataset("CartPole-v1", f"{ME}:cartpole_action", 3, data, seed=50, log=None)
+    cfg = _tiny_cfg(tmp_path, data_files=[str(data)])
+    cfg.teacher.kind = "expert"
+    cfg.train.steps, cfg.dagger.rounds, cfg.dagger.episodes, cfg.dagger.steps = 30, 1, 4, 10
+    logs: list[str] = []
+    scores = make_pipeline(cfg, log=logs.append, progress=False).run()
+    s = scores["envs"]["CartPole-v1"]
+    assert s["teacher"]["dataset"] == f"{ME}:cartpole_action" and s["teacher"]["kind"] == "expert"
+    dagger_rows = scores["rows"]["CartPole-v1"] - info["rows"]
+    assert dagger_rows > 0 and any(m.startswith("dagger r1 CartPole-v1") for m in logs)
+    assert s["lockstep"]["teacher"]["mean_return"] > 100  # held-out episodes and scores: the expert's
