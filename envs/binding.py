@@ -272,6 +272,19 @@ def _noop_from_entry(space: Any, noop: Any) -> Any:
     return noop
 
 
+def _entry_of(env: Any, env_id: str | None) -> EnvEntry:
+    """The catalog's entry for ``env_id``; else the env's own ``metadata["tickcall"]`` (a catalog
+    entry as a dict, see ``envs.catalog``), so an env can name its tools and observation itself;
+    else the generic default (``act``, ``o0``..)."""
+    from tickcall.envs.catalog import CATALOG, entry_from_dict
+
+    known = entry_for(env_id)  # loads TICKCALL_ENV_CATALOG first
+    own = (getattr(env.unwrapped, "metadata", None) or {}).get("tickcall")
+    if (env_id or "") in CATALOG or not own:
+        return known
+    return entry_from_dict(env_id or type(env.unwrapped).__name__, dict(own))
+
+
 def tool_description(entry: EnvEntry, env: Any) -> str:
     """The entry's description with ``{low}``/``{high}`` filled from the action space *as bound*
     (after ``RescaleAction`` and the like; a wrapper that unbounds the space, ``ClipAction``, gets the
@@ -344,7 +357,7 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
         return EnvBinding(env=env, env_id=env_id, tools=tools, specs=specs, obs_formatter=fmt,
                           on_invalid=on_invalid, adapter=None, env_kwargs=env_kwargs,
                           _noop=raw.noop_action())
-    e = entry or entry_for(env_id)
+    e = entry or _entry_of(env, env_id)
     descs = dict(zip(e.param_names, e.param_descriptions, strict=True)) if (
         e.param_names and e.param_descriptions) else None
     adapter = SpaceAdapter(env.action_space, name=e.tool, description=tool_description(e, env),

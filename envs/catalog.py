@@ -20,7 +20,8 @@ Any env can be named once, in a small YAML file that every stage reads (``tickca
       precision: 3
       noop: 0.0                    # the fallback action (rejected calls)
 
-``load_catalog(path)`` adds its entries (``TICKCALL_ENV_CATALOG=a.yaml:b.yaml`` loads files in every
+An env may also carry its own entry, the same dict, as ``metadata["tickcall"]`` (used when the
+catalog has none for its id). ``load_catalog(path)`` adds its entries (``TICKCALL_ENV_CATALOG=a.yaml:b.yaml`` loads files in every
 process, the real-time comparison's teacher process included). Units and descriptions of the
 observation go into the tool description (``Observation: x position (m), v (m/s).``): the tool prefix
 is prefilled once per registration, so the legend costs nothing per tick, and the per-tick text stays

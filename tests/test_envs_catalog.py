@@ -94,3 +94,26 @@ def test_vector_envs_are_refused_with_one_clear_line():
     ):
         make_binding(env)
     env.close()
+
+
+def test_an_env_can_name_itself_in_its_metadata():
+    from tickcall.envs.binding import make_binding
+
+    class Thermostat(gym.Env):
+        metadata = {
+            "tickcall": {
+                "tool": "heat",
+                "description": "Heater power, {low} to {high}.",
+                "params": [{"name": "power", "description": "0: off"}],
+                "obs": [{"name": "temp", "unit": "C"}],
+                "precision": 1,
+            }
+        }
+        action_space = gym.spaces.Box(0.0, 1.0, (1,))
+        observation_space = gym.spaces.Box(-50.0, 50.0, (1,))
+
+    b = make_binding(Thermostat())
+    fn = b.tools[0]["function"]
+    assert fn["name"] == "heat" and fn["description"] == "Heater power, 0 to +1. Observation: temp (C)."
+    assert list(fn["parameters"]["properties"]) == ["power"]
+    assert b.obs_text([21.44]) == "temp=+21.4"
