@@ -272,6 +272,7 @@ class ControlLoop:
             except Exception as exc:  # history is advisory; the tick goes on without it
                 log.debug("history_lines failed: %s", exc)
         turn = Turn(query=obs.text, history=history)
+        rec.turn = {"query": turn.query, "history": list(turn.history)}  # ticks.jsonl is training data too
         deadline_at = slot.scheduled + self.s.deadline_s
         budget_ms = max(0.001, (deadline_at - self._clock()) * 1e3)
         try:

@@ -87,6 +87,10 @@ def test_tickcall_run_writes_the_report(tmp_path):
     assert rep["ticks"] == 48 == sum(rep["outcomes"].values())
     assert (rep["env"], rep["backend"], rep["rate_hz"]) == ("tickcall/Arena-v0", "noop", 16.0)
     assert len((out / "ticks.jsonl").read_text().splitlines()) == 48
+    from tickcall.training import load_data  # a run's ticks are training data: the turn of every sent tick
+
+    data = load_data([str(out)])
+    assert len(data.by_env()["tickcall/Arena-v0"]) == rep["outcomes"]["ok"] > 0
     assert (out / "latency_cdf.png").stat().st_size > 0 and (out / "timeline.png").stat().st_size > 0
     assert "ticks 48 at 16 Hz" in proc.stderr and "report:" in proc.stderr
 
