@@ -114,6 +114,10 @@ class LoopActor:
             out["notices"] = list(notices())
         return out
 
+    def snapshot(self, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """``ControlLoop.snapshot``: the records so far (for a driver that must outlive this actor)."""
+        return ([], since) if self.loop is None else self.loop.snapshot(since)
+
     def stop(self) -> bool:
         if self.loop is not None:
             self.loop.stop()

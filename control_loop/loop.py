@@ -126,6 +126,19 @@ class ControlLoop:
         """Ask a running loop to finish after the current tick (thread-safe)."""
         self._stop.set()
 
+    def snapshot(self, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """The records of ticks ``>= since`` as dicts, and the tick a later snapshot must start from:
+        the oldest that may still change (unresolved, or recent enough for a late reply to update).
+        The driver keeps these so that a loop that dies still leaves its ticks (thread-safe)."""
+        margin = int(self.s.rate_hz * self.s.in_flight_timeout_s) + 1  # ticks a late reply may reach
+        with self._lock:
+            recs = [r for r in self._records if r.tick >= since]
+            out = [r.to_dict() for r in recs]
+            open_ticks = [r.tick for r in recs if r.outcome is None]
+        newest = max((r["tick"] for r in out), default=since - 1)
+        settled = min([*open_ticks, newest + 1]) - margin
+        return out, max(since, settled)
+
     def status(self) -> dict[str, Any]:
         """A cheap snapshot for the live progress line (thread-safe)."""
         with self._lock:

@@ -261,30 +261,24 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         printer = ProgressPrinter(stream) if cfg.progress else None
         seen_warnings: set[str] = set()
         watch_world = cfg.env.startswith("engine:")  # its notices are printed even with --quiet
+        journal = TickJournal(folder, cfg.rate_hz)
+        loop_died: str | None = None
         try:
-            while True:
-                ready, _ = ray.wait([ref], timeout=status_every_s)
-                if ready:
-                    break
-                if printer is not None or watch_world:
-                    status = ray.get(loop_actor.status.remote())
-                    for line in status.get("notices", []):  # an engine connected, was lost... (throttled)
-                        if printer is not None:
-                            printer.message(line)
-                        else:
-                            _say(stream, line)
-                    if printer is None:
-                        continue
-                    for w in status.get("warnings", []):
-                        if w not in seen_warnings:
-                            seen_warnings.add(w)
-                            printer.message(f"warning: {w}")
-                    printer.update(status)
-        except KeyboardInterrupt:
-            interrupted = True
-            _say(stream, "\ninterrupted: stopping the loop (the report is still written) ...")
-            ray.get(loop_actor.stop.remote())
-        result = ray.get(ref)
+            try:
+                result = _watch(ref, loop_actor, journal, printer, seen_warnings, watch_world, stream,
+                                status_every_s)
+            except KeyboardInterrupt:
+                interrupted = True
+                _say(stream, "\ninterrupted: stopping the loop (the report is still written) ...")
+                ray.get(loop_actor.stop.remote())
+                result = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:  # kill -9, OOM: the ticks it had are the driver's copy
+            cause = root_cause(exc).split(" Some common causes")[0]  # Ray's advice paragraph is not ours
+            loop_died = f"the control loop actor died ({cause[:240]})"
+            _say(stream, f"error: {loop_died}; writing the report of the ticks it ran")
+            result = journal.result(loop_died)
+        finally:
+            journal.close()
         if watch_world:  # what the engine did after the last poll
             with contextlib.suppress(Exception):
                 for line in ray.get(loop_actor.status.remote(), timeout=10).get("notices", []):
@@ -302,7 +296,12 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
                            "latency_p99_ms": report["latency_ms"]["p99"],
                            "episodes_done": len(report["episodes"]),
                            "last_return": report["episodes"][-1]["return"] if report["episodes"] else None})
+        if loop_died is not None:
+            report["loop_died"] = loop_died
         paths = write_report(report, records, folder, plots=cfg.plots)
+        if loop_died is not None:
+            raise RunError(f"{loop_died}; the report of its {len(records)} ticks is in {folder} "
+                           "(marked loop_died)")
         return RunOutcome(report=report, records=records, paths=paths, interrupted=interrupted)
     except KeyboardInterrupt:
         raise RunInterrupted("interrupted before the loop ran: no report written") from None
@@ -358,6 +357,89 @@ def _cleanup(loop_actor: Any, service_actor: Any) -> None:
         with contextlib.suppress(Exception):
             ray.get(service_actor.stop.remote(), timeout=10)
         ray.kill(service_actor, no_restart=True)
+
+
+JOURNAL_EVERY_S = 1.0  # how often the driver copies the loop's records (s)
+
+
+class TickJournal:
+    """The driver's copy of the loop's tick records, refreshed from ``LoopActor.snapshot`` about once a
+    second, each record appended to ``ticks.jsonl`` (flushed) once it can no longer change; so a loop
+    actor that dies (kill -9, out of memory) still leaves its ticks and a report. A run that ends
+    normally rewrites ``ticks.jsonl`` whole from the loop's own records."""
+
+    def __init__(self, folder: str | Path, rate_hz: float) -> None:
+        self.rate_hz = rate_hz
+        self.records: dict[int, dict[str, Any]] = {}
+        self.since = 0  # ticks below this are final
+        self._written = 0
+        self._fh = open(Path(folder) / "ticks.jsonl", "w")  # noqa: SIM115 - open for the whole run
+        self._last = 0.0
+
+    def update(self, actor: Any, now: float) -> None:
+        """Copy what changed since the last copy (at most every JOURNAL_EVERY_S, ``now`` in s)."""
+        import json
+
+        import ray
+
+        if now - self._last < JOURNAL_EVERY_S:
+            return
+        self._last = now
+        try:
+            recs, since = ray.get(actor.snapshot.remote(self.since), timeout=10)
+        except ray.exceptions.GetTimeoutError:  # a busy actor: the next round copies it
+            return
+        for r in recs:
+            self.records[int(r["tick"])] = r
+        for tick in range(self._written, since):
+            if tick in self.records:
+                self._fh.write(json.dumps(self.records[tick]) + "\n")
+        self._fh.flush()
+        self._written = max(self._written, since)
+        self.since = since
+
+    def result(self, why: str) -> dict[str, Any]:
+        """What ``build_report`` needs, from the copy (the loop's own result is lost with it)."""
+        records = [self.records[t] for t in sorted(self.records)]
+        for r in records:  # in flight when the loop died: accounted as errors, not dropped
+            if r.get("outcome") is None:
+                r["outcome"], r["reason"] = "error", "unresolved: the control loop died"
+        last_ms = max((r.get("scheduled_ms") or 0.0 for r in records), default=0.0)
+        return {"records": records, "elapsed_s": last_ms / 1e3 + 1.0 / self.rate_hz, "stopped": why,
+                "warnings": [why]}
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _watch(ref: Any, loop_actor: Any, journal: TickJournal, printer: Any, seen_warnings: set[str],
+           watch_world: bool, stream: TextIO, status_every_s: float) -> dict[str, Any]:
+    """Wait for the loop's result: print its progress and notices, keep the journal; raises what
+    ``ray.get`` raises (RayActorError when the loop actor died)."""
+    import time
+
+    import ray
+
+    while True:
+        ready, _ = ray.wait([ref], timeout=status_every_s)
+        if ready:
+            return ray.get(ref)
+        journal.update(loop_actor, time.monotonic())
+        if printer is None and not watch_world:
+            continue
+        status = ray.get(loop_actor.status.remote())
+        for line in status.get("notices", []):  # an engine connected, was lost... (throttled)
+            if printer is not None:
+                printer.message(line)
+            else:
+                _say(stream, line)
+        if printer is None:
+            continue
+        for w in status.get("warnings", []):
+            if w not in seen_warnings:
+                seen_warnings.add(w)
+                printer.message(f"warning: {w}")
+        printer.update(status)
 
 
 def root_cause(exc: BaseException) -> str:
