@@ -14,13 +14,15 @@ Semantics shared by both backends (tests check they agree call for call):
    dead prefix mid-decode and stops the row early; the outcome is the same as checking at the end.
 
 Compiled grammars are kept with the registration (``Registration.grammars``) and deduplicated by
-their text per engine, so identical parameter schemas across tools and registrations compile once.
+their text per engine (a bounded LRU of ``CACHE_ENTRIES``: a service fed endless distinct tool sets
+stays flat), so identical parameter schemas across tools and registrations compile once.
 Per decide only matchers are created (microseconds each).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,9 @@ from tickcall.models.format import IM_END, NULL, close_tag
 from tickcall.models.grammars import HeadGrammars, HeadRule, build_head_grammars
 
 CLOSE_PATH_LIMIT = 64  # tokens a grammar-closed head may receive beyond its budget
+# Compiled grammars kept for reuse by later registrations (LRU): a service that sees endless distinct
+# tool sets (one client registering new tools forever) must not grow without bound.
+CACHE_ENTRIES = 512
 _CLOSERS = ('"', "]", "}", ",", "0", " ")  # tried in order after the stop tag when closing a head
 
 
@@ -62,7 +67,8 @@ class Constrainer:
 
     def __init__(self, tokenizer: Any, vocab_size: int, token_ids: dict[str, int]) -> None:
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-        self.compiler = xgr.GrammarCompiler(self.info, max_threads=1)
+        # our cache below is the only one: xgrammar's own is unbounded by default
+        self.compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
         self.vocab_size = vocab_size
         self.token_ids = token_ids
         self.null_id = token_ids[NULL]
@@ -71,7 +77,7 @@ class Constrainer:
         self.special_ids = sorted(i for i in special if i < vocab_size)
         self._ban: dict[tuple[str, bool], torch.Tensor] = {}
         self._keep: dict[tuple[str, bool], torch.Tensor] = {}
-        self._cache: dict[str, xgr.CompiledGrammar] = {}
+        self._cache: OrderedDict[str, xgr.CompiledGrammar] = OrderedDict()  # LRU, CACHE_ENTRIES at most
         self._closer_ids = []
         for ch in _CLOSERS:
             ids = tokenizer.encode(ch, add_special_tokens=False)
@@ -89,6 +95,10 @@ class Constrainer:
         compiled = self._cache.get(text)
         if compiled is None:
             compiled = self._cache[text] = self.compiler.compile_grammar(text)
+            if len(self._cache) > CACHE_ENTRIES:  # a registration keeps its own grammars alive
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(text)
         return CompiledRule(compiled, text, rule.nullable)
 
     def compile(self, tools: list[Any], heads: tuple[str, ...], allow_no_call: bool = False) -> CompiledHeads:

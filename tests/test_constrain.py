@@ -8,7 +8,6 @@ The vLLM backend's agreement with this one is in tests/test_vllm_engine.py.
 from __future__ import annotations
 
 import pytest
-
 from tickcall.models.format import NULL, Turn
 from tickcall.models.hf_engine import HFEngine
 from tickcall.models.tools import normalize_tools
@@ -223,3 +222,19 @@ def test_confidence_is_the_smallest_chosen_token_probability(tiny):
     reply = client.decide({"query": "tick 1: you at 3,4 hp 10; enemy 1 at 5,4 hp 3"}, tick_id=1)
     assert reply.confidence is not None and 0 < reply.confidence <= 1
     assert min(low) < 0.9
+
+
+def test_compiled_grammar_cache_is_bounded(tiny, monkeypatch):
+    """A service fed endless distinct tool sets must not grow: the cache is an LRU (tickcall bench soak
+    found the unbounded one growing ~20 MB/s under register spam)."""
+    import tickcall.models.constrain as constrain
+
+    monkeypatch.setattr(constrain, "CACHE_ENTRIES", 8)
+    con, _ = engines(tiny)
+    for i in range(30):
+        tools = [{"name": f"act_{i}", "description": "d", "parameters": {"type": "object", "properties": {
+            "x": {"type": "integer", "minimum": 0, "maximum": i + 1}}, "required": ["x"]}}]
+        reg = con.register(tools)
+        assert con.decide(reg.handle, Turn("x")).legal
+        con.unregister(reg.handle)
+    assert len(con.constrainer._cache) <= 8

@@ -18,6 +18,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "legality": ("tickcall.bench.legality", "legal-call sweep: every gymnasium env id and BFCL tool set"),
     "fairness": ("tickcall.bench.fairness", "victim P99 at 16 Hz beside a client sending maximal legal turns"),
     "anchor": ("tickcall.bench.anchor", "tickcall (ZMQ, HTTP door) vs SimpleTool's rt_server.py, same model"),
+    "soak": ("tickcall.bench.soak", "server memory under minutes of mixed hostile traffic"),
 }
 
 
