@@ -257,28 +257,7 @@ def test_calls_name_their_tick_and_observation(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tickcall.cli",
-                "run",
-                "--backend",
-                "noop",
-                "--duration",
-                "2",
-                "--env",
-                f"engine:{endpoint}",
-                "--report",
-                str(tmp_path / "r"),
-                "--no-plots",
-                "--quiet",
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        r = _run("--env", f"engine:{endpoint}", "--report", str(tmp_path / "r"))
     finally:
         engine.terminate()
         engine.wait(timeout=30)

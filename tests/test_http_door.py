@@ -27,18 +27,8 @@ from tickcall.agent.http_door import HttpDoor, HttpDoorConfig, host_port
 from tickcall.agent.messages import CallReply, Timings, Tokens
 from tickcall.agent.server import PolicyServer
 
-PONG = {
-    "type": "function",
-    "function": {
-        "name": "move",
-        "description": "Move paddle vertically to intercept ball",
-        "parameters": {
-            "type": "object",
-            "properties": {"direction": {"type": "string", "enum": ["up", "down", "stay"]}},
-            "required": ["direction"],
-        },
-    },
-}
+from tickcall.bench.anchor import PONG  # the bench's Pong-demo tool: one copy
+
 BODY = {
     "messages": [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Move UP."}],
     "tools": [PONG],
@@ -276,6 +266,7 @@ def test_concurrent_clients_are_batched():
         return -1 if pong is None else pong["queued"]
 
     try:
+
         def ask(i: int) -> Any:
             return d.post({**BODY, "messages": [{"role": "user", "content": f"client {i}"}]})
 
