@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +137,14 @@ class Constrainer:
                 row[tok >> 5] &= ~(1 << (tok & 31))
             bits = self._keep[(head, nullable)] = row
         return bits
+
+    def chosen_tool(self, ids: list[int], decode: Callable[[list[int]], str], grammars: CompiledHeads) -> str | None:
+        """The tool a finished function head (``ids``, stop token included) named: None for
+        ``<|null|>``, an unfinished head or a name that is not registered. ``decode``: ids -> text."""
+        if not ids or ids[-1] not in (self.token_ids[close_tag("function")], self.token_ids[IM_END]):
+            return None
+        name = decode(ids[:-1]).strip()
+        return name if name in grammars.tool_names else None
 
     def matcher(self, head: str, rule: CompiledRule) -> xgr.GrammarMatcher:
         return xgr.GrammarMatcher(rule.compiled, override_stop_tokens=self.stop_ids(head, rule.nullable))

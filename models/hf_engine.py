@@ -180,7 +180,7 @@ class HFEngine(Engine):
 
             def resolved(r: int) -> None:  # a function head stopped: shadow its item's argument rows
                 i = row_item[r]
-                tool = self._chosen_tool(items[i][0], run.generated[r])
+                tool = self.constrainer.chosen_tool(run.generated[r], self.decode_ids, items[i][0].grammars)
                 if tool is None:
                     return
                 chosen[i] = tool
@@ -245,13 +245,6 @@ class HFEngine(Engine):
                                 prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
                                 grammar_closed=grammar_closed, redecoded=redecoded, confidence=confidence))
         return out
-
-    def _chosen_tool(self, reg: Registration, ids: list[int]) -> str | None:
-        """The tool a finished function head named, None for ``<|null|>`` or an unknown name."""
-        if not ids or ids[-1] not in (self.token_ids[close_tag("function")], self.token_ids[IM_END]):
-            return None
-        name = self.decode_ids(ids[:-1]).strip()
-        return name if name in reg.grammars.tool_names else None
 
     def _close(self, r: int, run: _Rows, closed: set[int]) -> None:
         """Finish row ``r`` (cut at its budget) by its grammar, without the model."""

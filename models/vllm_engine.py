@@ -33,6 +33,7 @@ Units: milliseconds for timings, GiB for ``kv_cache_gib``, tokens for ``block_si
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -435,13 +436,10 @@ class VLLMEngine(Engine):
             ids_of[(i, head)] = self._closed_by_rule(head, items[i][0].grammars.start[head], ids, closed,
                                                      (i, head))
         redo = {}
-        name_stops = (self.token_ids[close_tag("function")], self.token_ids[IM_END])
+        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=False)
         for i, (reg, _) in enumerate(items):
-            fn = ids_of[(i, "function")]
-            if not fn or fn[-1] not in name_stops:
-                continue
-            tool = self.tokenizer.decode(fn[:-1], skip_special_tokens=False).strip()
-            if tool not in reg.grammars.tool_names:
+            tool = self.constrainer.chosen_tool(ids_of[(i, "function")], decode, reg.grammars)
+            if tool is None:
                 continue
             for head in reg.heads[1:]:
                 rule = reg.grammars.chosen[(tool, head)]
