@@ -12,7 +12,9 @@ deadlines (skipping ahead when a decision overruns, counted); ``delay_ms`` adds 
 between reading the observation and applying the call, to show what latency costs.
 
 Every decision is counted: ``decisions``, ``legal`` (the call was used, possibly clipped),
-``rejected`` (fallback applied); in real time also ``late_ticks`` and ``skipped_ticks``.
+``rejected`` (fallback applied); in real time also ``late_ticks`` and ``skipped_ticks``. Envs whose
+episodes end with ``info["goal_success"]`` (the GoalArena) also get ``goal_success``: the fraction of
+finished episodes that met their goal (None, and absent from the JSON, for other envs).
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ class EvalReport:
     illegal_reasons: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
     complete: bool = True
+    goal_success: float | None = None  # fraction of episodes with info["goal_success"]; None: not reported
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["goal_success"] is None:  # other envs' JSON stays as it was
+            del d["goal_success"]
+        return d
 
 
 def make_policy(kind: str, env_id: str, binding: EnvBinding, *, seed: int | None = 0,
@@ -131,7 +137,13 @@ def evaluate(env: str | EnvBinding, policy: Any = "expert", *, episodes: int = 5
         ticks=ticks, episode_info={k: float(np.mean([e.info.get(k, 0) for e in eps])) for k in info_keys},
         reject_reasons=dict(binding.reasons.most_common(5)),
         illegal_reasons=dict(pol.reasons.most_common(5)) if hasattr(pol, "reasons") else {}, wall_s=wall,
-        complete=len(eps) >= episodes)
+        complete=len(eps) >= episodes, goal_success=goal_success_rate([e.info for e in eps]))
+
+
+def goal_success_rate(infos: list[dict[str, Any]]) -> float | None:
+    """Fraction of episodes whose final info has a true ``goal_success``; None when none reports it."""
+    flags = [bool(i["goal_success"]) for i in infos if "goal_success" in i]
+    return sum(flags) / len(flags) if flags else None
 
 
 def _run_lockstep(binding: EnvBinding, pol: Any, episodes: int, seed: int | None,
@@ -187,9 +199,11 @@ def _run_realtime(binding: EnvBinding, pol: Any, episodes: int, seed: int | None
 
 
 def format_table(reports: list[EvalReport]) -> str:
-    """Side-by-side summary, one row per report."""
+    """Side-by-side summary, one row per report (a ``goal`` column when a report has ``goal_success``)."""
+    goal = any(r.goal_success is not None for r in reports)
     head = (f"{'env':<26} {'policy':<12} {'mode':<9} {'rate':>5} {'eps':>4} {'mean':>9} {'std':>8} "
-            f"{'min':>9} {'max':>9} {'legal':>6} {'dec p50 ms':>10} {'wall s':>7}")
+            f"{'min':>9} {'max':>9} {'legal':>6} {'dec p50 ms':>10} {'wall s':>7}"
+            + (f" {'goal':>6}" if goal else ""))
     lines = [head, "-" * len(head)]
     for r in reports:
         rate = f"{r.rate_hz:g}" if r.rate_hz else "-"
@@ -197,5 +211,10 @@ def format_table(reports: list[EvalReport]) -> str:
         mx = max(r.returns) if r.returns else math.nan
         lines.append(f"{r.env:<26} {r.policy:<12} {r.mode:<9} {rate:>5} {r.episodes:>4} "
                      f"{r.mean_return:>9.2f} {r.std_return:>8.2f} {mn:>9.2f} {mx:>9.2f} "
-                     f"{r.legal_rate:>6.3f} {r.decision_ms.get('p50', math.nan):>10.3f} {r.wall_s:>7.1f}")
+                     f"{r.legal_rate:>6.3f} {r.decision_ms.get('p50', math.nan):>10.3f} {r.wall_s:>7.1f}"
+                     + (f" {_rate(r.goal_success):>6}" if goal else ""))
     return "\n".join(lines)
+
+
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"

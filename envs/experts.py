@@ -156,7 +156,7 @@ class ArenaExpert:
 
 
 EXPERTS = ("CartPole-v1", "MountainCarContinuous-v0", "Pendulum-v1", "LunarLander-v3",
-           "tickcall/Arena-v0")
+           "tickcall/Arena-v0", "tickcall/GoalArena-v0", "tickcall/GoalArena-Heldout-v0")
 
 
 def get_expert(env_id: str, binding: EnvBinding | None = None) -> Policy:
@@ -166,6 +166,9 @@ def get_expert(env_id: str, binding: EnvBinding | None = None) -> Policy:
     if env_id == "tickcall/Arena-v0":
         fire_range = binding.env.unwrapped.fire_range if binding is not None else 4.0
         return ArenaExpert(fire_range)
+    if env_id.startswith("tickcall/GoalArena"):
+        fire_range = binding.env.unwrapped.fire_range if binding is not None else 4.0
+        return GoalArenaExpert(fire_range)
     binding = binding or make_binding(env_id)
     if env_id == "CartPole-v1":
         return ActionPolicy(binding, cartpole_action)
@@ -192,3 +195,80 @@ def get_policy(kind: str, env_id: str, binding: EnvBinding, seed: int | None = 0
     if kind == "random":
         return RandomPolicy(binding, seed)
     raise ValueError(f"unknown policy kind {kind!r}: expert or random")
+
+
+class GoalArenaExpert:
+    """The GoalArena's expert (``tickcall/GoalArena-v0``): the arena expert on the goal's colour, kept
+    out of the avoided zone and off the forbidden tool.
+
+    Decides from ``envs.goal_arena.features(obs)``: the structured goal and the rounded values the
+    text shows (``b``/``d``: bearing and distance of the goal-colour target)::
+
+        at in the avoided zone            -> move(opposite of avoid, run; walk if run is forbidden)
+        b != aim                          -> aim(b)
+        d > range:
+          avoid set, b in the zone's directions and at borders the zone (C or the two sectors
+          orthogonal to avoid)            -> slide: move(b without the avoided component, run|walk);
+                                             b == avoid: wait()
+          dcd == 0 and dash allowed       -> dash(b, 1|2|3 by how far out of range)
+          otherwise                       -> move(b, run; walk if run is forbidden)
+        another target as near or nearer in sector b -> wait()   (the shot would hit it)
+        cd == 0                           -> fire()
+        otherwise                         -> wait()
+    """
+
+    name = "expert"
+
+    def __init__(self, fire_range: float = 4.0) -> None:
+        self.fire_range = fire_range
+
+    def act(self, obs: Any) -> Call:
+        from tickcall.envs.arena import DIRECTIONS
+        from tickcall.envs.goal_arena import COLORS, features, zone_of
+
+        f = features(obs)
+        avoid, forbid = f["avoid"], f["forbid"]
+        speed = "walk" if forbid == "run" else "run"
+        zone = zone_of(avoid)
+        if f["at"] in zone:
+            return Call("move", {"direction": DIRECTIONS[(DIRECTIONS.index(avoid) + 4) % 8], "speed": speed})
+        b, d = f[f["color"]], f[f["color"] + "_d"]
+        if b != f["aim"]:
+            return Call("aim", {"direction": b})
+        gap = d - self.fire_range
+        if gap > 0:
+            if avoid is not None and b in zone and f["at"] in _borders(avoid):
+                slid = _slide(b, avoid)
+                if slid is None:
+                    return Call("wait", {})
+                return Call("move", {"direction": slid, "speed": speed})
+            if f["dcd"] == 0 and forbid != "dash":
+                dist = 3 if gap > 2 else 2 if gap > 1 else 1
+                return Call("dash", {"direction": b, "distance": dist})
+            return Call("move", {"direction": b, "speed": speed})
+        if any(f[c] == b and f[c + "_d"] <= d for c in COLORS if c != f["color"]):
+            return Call("wait", {})
+        if f["cd"] == 0:
+            return Call("fire", {})
+        return Call("wait", {})
+
+    def reset(self) -> None:
+        pass
+
+
+def _borders(avoid: str) -> frozenset[str]:
+    """The regions beside the zone of ``avoid`` (N|E|S|W): the centre and the two orthogonal sectors."""
+    from tickcall.envs.arena import DIRECTIONS
+
+    i = DIRECTIONS.index(avoid)
+    return frozenset({"C", DIRECTIONS[(i + 2) % 8], DIRECTIONS[(i + 6) % 8]})
+
+
+def _slide(b: str, avoid: str) -> str | None:
+    """``b`` without its ``avoid`` component (avoid N: NE -> E, NW -> W, N -> None)."""
+    from tickcall.envs.arena import DIRECTIONS
+
+    i, a = DIRECTIONS.index(b), DIRECTIONS.index(avoid)
+    if i == a:
+        return None
+    return DIRECTIONS[(a + 2) % 8] if (i - a) % 8 == 1 else DIRECTIONS[(a + 6) % 8]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tickcall.envs.binding import make_binding
+from tickcall.envs.evaluate import goal_success_rate
 from tickcall.envs.experts import RandomPolicy, get_expert
 from tickcall.envs.realtime import RealTimeEnv
 from tickcall.envs.teachers import load_teacher
@@ -41,6 +42,7 @@ class RealTimeResult:
     deadline_misses: int = 0
     skipped_ticks: int = 0
     decide_ms: list[float] = field(default_factory=list, repr=False)
+    goal_success: float | None = None  # goal envs (GoalArena): fraction of episodes that met the goal
 
     @property
     def mean_return(self) -> float:
@@ -48,6 +50,8 @@ class RealTimeResult:
 
     def summary(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "decide_ms"}
+        if d["goal_success"] is None:  # other envs' summaries stay as they were
+            del d["goal_success"]
         ms = timing_summary(self.decide_ms)
         d.update(mean_return=self.mean_return, legal_rate=self.legal / max(1, self.decisions),
                  **{f"decide_{k}_ms": ms[k] or 0.0 for k in ("p50", "p90", "p99", "mean")})
@@ -118,13 +122,16 @@ def run_realtime(env_id: str, policy: str = "model", model_path: str | Path | No
                 res.deadline_misses += 1
         res.skipped_ticks = keeper.skipped_total
     res.returns = [e.episode_return for e in rt.episodes][:episodes]
+    res.goal_success = goal_success_rate([e.info for e in rt.episodes][:episodes])
     rt.close()
     if engine is not None:
         engine.close()
     if log:
         s = res.summary()
+        goal = f", goal success {res.goal_success:.2f}" if res.goal_success is not None else ""
         log(f"realtime {env_id} {policy}: mean return {s['mean_return']:.1f} over {len(res.returns)} episodes, "
-            f"legal {s['legal_rate']:.4f}, misses {res.deadline_misses}, decide P50 {s['decide_p50_ms']:.2f} ms")
+            f"legal {s['legal_rate']:.4f}, misses {res.deadline_misses}, decide P50 {s['decide_p50_ms']:.2f} ms"
+            f"{goal}")
     return res
 
 
@@ -171,7 +178,9 @@ def compare(env_id: str, model_path: str | Path, episodes: int = 20, hz: float =
             "student_return": st["mean_return"], "teacher_return": te["mean_return"] if te else float("nan"),
             "ratio": ratio,
             "legal_rate": st["legal_rate"], "deadline_misses": st["deadline_misses"],
-            "decide_p50_ms": st["decide_p50_ms"], "decide_p90_ms": st["decide_p90_ms"]}
+            "decide_p50_ms": st["decide_p50_ms"], "decide_p90_ms": st["decide_p90_ms"],
+            # goal envs: the student's rate at top level like legal_rate (the teacher's is in "teacher")
+            **({"goal_success": st["goal_success"]} if "goal_success" in st else {})}
 
 
 def _ratio(student: float, teacher: float) -> float:

@@ -21,7 +21,11 @@ from typing import Any
 # id -> entry point; the one list (tickcall.envs.BUILTIN_ENVS reads it)
 BUILTIN_ENVS: dict[str, str] = {
     "tickcall/Arena-v0": "tickcall.envs.arena:ArenaEnv",
+    "tickcall/GoalArena-v0": "tickcall.envs.goal_arena:GoalArenaEnv",
+    "tickcall/GoalArena-Heldout-v0": "tickcall.envs.goal_arena:GoalArenaEnv",
 }
+# keyword arguments per id (the held-out id is the same env on the held-out split)
+BUILTIN_KWARGS: dict[str, dict[str, Any]] = {"tickcall/GoalArena-Heldout-v0": {"split": "heldout"}}
 
 
 def register_builtin_envs() -> None:
@@ -30,7 +34,8 @@ def register_builtin_envs() -> None:
 
     for env_id, entry_point in BUILTIN_ENVS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry_point, disable_env_checker=False)
+            gym.register(id=env_id, entry_point=entry_point, disable_env_checker=False,
+                         kwargs=dict(BUILTIN_KWARGS.get(env_id, {})))
 
 
 class _AfterGymnasium(importlib.abc.MetaPathFinder):
