@@ -342,7 +342,9 @@ def features(obs: Any) -> dict[str, Any]:
 
     Keys: ``color``/``avoid``/``forbid`` (the goal); per colour ``<colour>`` (bearing) and
     ``<colour>_d`` (distance, 0.1 units); ``at`` (the agent's region); ``aim``; ``cd``/``dcd``
-    (cooldown steps). The expert decides from these alone."""
+    (cooldown steps). The expert decides from these alone. ``at`` assumes the default 10-unit field
+    (the observation does not carry ``size``); an env built with another ``size`` still penalises
+    its own zone, so keep the default for anything a model learns from."""
     s = np.asarray(obs["state"], dtype=np.float64)
     f: dict[str, Any] = goal_from_obs(obs)
     for k, name in enumerate(COLORS):
