@@ -30,21 +30,35 @@ from tickcall.control_loop.config_fields import (
     integer,
     mapping,
     number,
+    number_or,
     section,
     setting,
     string,
     zmq_endpoint,
 )
 
-__all__ = ["BACKENDS", "DEFAULT_CONFIG", "DEFAULT_HISTORY", "FALLBACKS", "IN_FLIGHT_POLICIES", "ConfigError",
-           "LoopSettings", "RunConfig", "ServiceConfig", "from_dict", "load_run_config", "validate"]
+__all__ = [
+    "BACKENDS",
+    "CascadeConfig",
+    "DEFAULT_CONFIG",
+    "DEFAULT_HISTORY",
+    "FALLBACKS",
+    "IN_FLIGHT_POLICIES",
+    "ConfigError",
+    "LoopSettings",
+    "RunConfig",
+    "ServiceConfig",
+    "from_dict",
+    "load_run_config",
+    "validate",
+]
 
 IN_FLIGHT_POLICIES = ("skip", "supersede")
 FALLBACKS = ("hold", "default", "noop")
 BACKENDS = ("transformers", "noop", "vllm", "random")
 MODEL_FREE = ("noop", "random")  # backends that need no model folder (models.loading.MODEL_FREE)
 DEFAULT_CONFIG = config_path("run.yaml")
-MIN_RATE_HZ = 1.0   # the loop's supported rates (Hz); the rate keeper itself takes any positive rate
+MIN_RATE_HZ = 1.0  # the loop's supported rates (Hz); the rate keeper itself takes any positive rate
 MAX_RATE_HZ = 60.0
 DEFAULT_HISTORY = 4  # history items per turn when neither the config nor the model folder says
 
@@ -54,32 +68,52 @@ class LoopSettings:
     """The control loop's own knobs: what ``ControlLoop`` reads. ``RunConfig`` is a ``LoopSettings``."""
 
     rate_hz: float = setting(
-        16.0, help=f"ticks (decisions) per second, {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz",
-        check=number(lo=MIN_RATE_HZ, hi=MAX_RATE_HZ, unit="Hz"), flag=Flag("--rate", metavar="HZ"))
+        16.0,
+        help=f"ticks (decisions) per second, {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz",
+        check=number(lo=MIN_RATE_HZ, hi=MAX_RATE_HZ, unit="Hz"),
+        flag=Flag("--rate", metavar="HZ"),
+    )
     deadline_ms: float | None = setting(
-        None, help="reply budget per tick in ms, from the tick's scheduled start; null: one period",
-        check=number(lo=0, lo_open=True, unit="ms", optional=True), flag=Flag("--deadline-ms", metavar="MS"))
+        None,
+        help="reply budget per tick in ms, from the tick's scheduled start; null: one period",
+        check=number(lo=0, lo_open=True, unit="ms", optional=True),
+        flag=Flag("--deadline-ms", metavar="MS"),
+    )
     in_flight: str = setting(
-        "skip", help="when the previous request is still unanswered at the next tick: skip (record the "
+        "skip",
+        help="when the previous request is still unanswered at the next tick: skip (record the "
         "tick as skipped) or supersede (send anyway; the older tick turns late)",
-        check=choice(*IN_FLIGHT_POLICIES), flag="--in-flight")
+        check=choice(*IN_FLIGHT_POLICIES),
+        flag="--in-flight",
+    )
     in_flight_timeout_ms: float | None = setting(
-        None, help="drop an unanswered request after this many ms (at least the deadline); null: 4 deadlines",
-        check=number(lo=0, lo_open=True, unit="ms", optional=True))
+        None,
+        help="drop an unanswered request after this many ms (at least the deadline); null: 4 deadlines",
+        check=number(lo=0, lo_open=True, unit="ms", optional=True),
+    )
     fallback: str = setting(
-        "hold", help="what acts when no legal call arrives by the deadline: hold (keep the last action), "
+        "hold",
+        help="what acts when no legal call arrives by the deadline: hold (keep the last action), "
         "default (the binding's default action) or noop (the env's no-op)",
-        check=choice(*FALLBACKS), flag="--fallback")
+        check=choice(*FALLBACKS),
+        flag="--fallback",
+    )
     history: int | None = setting(
-        None, help="recent calls (with the status of calls in flight) in each turn's history line; null: "
+        None,
+        help="recent calls (with the status of calls in flight) in each turn's history line; null: "
         f"the model's history_len from its tickcall.json (what it was trained with), else {DEFAULT_HISTORY}",
-        check=integer(lo=0, optional=True))
+        check=integer(lo=0, optional=True),
+    )
     warn_interval_s: float = setting(
-        5.0, help="at most one 'falling behind' warning per this many seconds", check=number(lo=0, unit="s"))
+        5.0, help="at most one 'falling behind' warning per this many seconds", check=number(lo=0, unit="s")
+    )
     rt_priority: int | None = setting(
-        None, help="SCHED_FIFO priority 1-99 of the loop thread (Linux; refused: normal priority and a "
-        "warning); null: normal priority", check=integer(lo=1, hi=99, optional=True),
-        flag=Flag("--rt-priority", metavar="N", off=0))
+        None,
+        help="SCHED_FIFO priority 1-99 of the loop thread (Linux; refused: normal priority and a "
+        "warning); null: normal priority",
+        check=integer(lo=1, hi=99, optional=True),
+        flag=Flag("--rt-priority", metavar="N", off=0),
+    )
 
     @property
     def period_s(self) -> float:
@@ -112,18 +146,108 @@ class ServiceConfig:
     otherwise start one as a Ray actor bound to ``bind`` (port 0 = any free port)."""
 
     endpoint: str | None = setting(
-        None, help="use a running policy service (tickcall serve) at this ZeroMQ endpoint instead of "
-        "starting one", check=zmq_endpoint(optional=True), flag=Flag("--endpoint", metavar="URL"))
+        None,
+        help="use a running policy service (tickcall serve) at this ZeroMQ endpoint instead of starting one",
+        check=zmq_endpoint(optional=True),
+        flag=Flag("--endpoint", metavar="URL"),
+    )
     bind: str = setting(
-        "tcp://127.0.0.1:0", help="where a started service binds (port 0: any free port; loopback unless "
-        "CURVE keys are configured)", check=zmq_endpoint())
+        "tcp://127.0.0.1:0",
+        help="where a started service binds (port 0: any free port; loopback unless "
+        "CURVE keys are configured)",
+        check=zmq_endpoint(),
+    )
     timeout_ms: float = setting(
-        5000.0, help="client-side timeout of one request, ms", check=number(lo=0, lo_open=True, unit="ms"))
+        5000.0, help="client-side timeout of one request, ms", check=number(lo=0, lo_open=True, unit="ms")
+    )
     max_restarts: int = setting(3, help="Ray restarts of a started service that dies", check=integer(lo=0))
     connect_timeout_s: float = setting(
-        15.0, help="with endpoint: how long the driver waits for the running service to answer hello "
-        "before giving up, s", check=number(lo=0, lo_open=True, unit="s"),
-        flag=Flag("--connect-timeout", metavar="S"))
+        15.0,
+        help="with endpoint: how long the driver waits for the running service to answer hello "
+        "before giving up, s",
+        check=number(lo=0, lo_open=True, unit="s"),
+        flag=Flag("--connect-timeout", metavar="S"),
+    )
+
+
+CASCADE_INTENTS = ("none", "turn")  # control_loop.cascade.INTENTS (kept here: config imports no policy code)
+
+
+@dataclass
+class CascadeConfig:
+    """A big model beside the run's (small) model: ``control_loop.cascade`` (docs/cascade.md). The big model
+    decides at ``big_rate_hz`` off the tick's critical path; a tick whose small reply's confidence is below
+    ``threshold`` takes the big model's newest call when it is at most ``max_age_ms`` old."""
+
+    model: str | None = setting(
+        None,
+        help="the big model's folder (SimpleTool format); null with a model-free backend or an endpoint",
+        check=string(optional=True),
+        flag=Flag("--cascade-model", metavar="PATH"),
+    )
+    backend: str = setting(
+        "transformers",
+        help="the big model's decoding engine",
+        check=choice(*BACKENDS),
+        flag="--cascade-backend",
+    )
+    endpoint: str | None = setting(
+        None,
+        help="use a running policy service (tickcall serve) as the big model instead of starting one",
+        check=zmq_endpoint(optional=True),
+        flag=Flag("--cascade-endpoint", metavar="URL"),
+    )
+    big_rate_hz: float = setting(
+        4.0,
+        help="how often the big model is asked, Hz (never more than one request in flight)",
+        check=number(lo=0, lo_open=True, hi=MAX_RATE_HZ, unit="Hz"),
+        flag=Flag("--big-rate", metavar="HZ"),
+    )
+    threshold: float | str = setting(
+        "auto",
+        help="small-model confidence (smallest chosen-token probability, 0-1) below which a tick takes "
+        "the big model's call; above 1: every tick; auto: calibrated from calibrate_from",
+        check=number_or("auto", lo=0),
+        flag=Flag("--threshold", metavar="X"),
+    )
+    calibrate_from: str | None = setting(
+        None,
+        help="with threshold auto: a cascade run's report folder (or ticks.jsonl) whose reliability curve "
+        "sets the threshold",
+        check=string(optional=True),
+        flag=Flag("--cascade-calibrate", metavar="RUN"),
+    )
+    calibrate_target: float = setting(
+        0.95,
+        help="with threshold auto: the agreement with the big model the trusted confidence bins must reach",
+        check=number(lo=0, lo_open=True, hi=1),
+    )
+    max_age_ms: float = setting(
+        500.0,
+        help="the oldest big decision a tick may take, ms (from its request's send)",
+        check=number(lo=0, lo_open=True, unit="ms"),
+        flag=Flag("--max-age-ms", metavar="MS"),
+    )
+    intent: str = setting(
+        "none",
+        help="turn: put the big model's newest call in the small model's turn as an 'intent: CALL' "
+        "environment line (today's students were not trained with it); none: do not",
+        check=choice(*CASCADE_INTENTS),
+        flag="--intent",
+    )
+    engine_options: dict[str, Any] = setting(
+        help="passed to the big model's engine", check=mapping(), factory=dict
+    )
+
+    def engine_spec(self, device: str) -> dict[str, Any]:
+        """The big service's engine spec (``agent.engines.build_engine``)."""
+        spec: dict[str, Any] = {"backend": self.backend}
+        if self.backend not in MODEL_FREE:
+            spec["device"] = device
+        if self.model is not None:
+            spec["model"] = self.model
+        spec.update(self.engine_options)
+        return spec
 
 
 @dataclass
@@ -131,43 +255,82 @@ class RunConfig(LoopSettings):
     """Everything ``tickcall run`` needs. See configs/run.yaml for a commented example."""
 
     env: str = setting(
-        "tickcall/Arena-v0", help="gymnasium id (tickcall/Arena-v0, CartPole-v1, ...) or "
-        "engine:tcp://HOST:PORT for an external game engine", check=string(), flag=Flag("--env", metavar="ID"))
+        "tickcall/Arena-v0",
+        help="gymnasium id (tickcall/Arena-v0, CartPole-v1, ...) or "
+        "engine:tcp://HOST:PORT for an external game engine",
+        check=string(),
+        flag=Flag("--env", metavar="ID"),
+    )
     env_kwargs: dict[str, Any] = setting(help="keyword arguments for the env", check=mapping(), factory=dict)
     engine_wait_s: float = setting(
-        60.0, help="engine:... envs: how long to wait for the engine's hello and first observation, s "
-        "(env_kwargs wait_s overrides it)", check=number(lo=0, lo_open=True, unit="s"),
-        flag=Flag("--wait-s", metavar="S"))
+        60.0,
+        help="engine:... envs: how long to wait for the engine's hello and first observation, s "
+        "(env_kwargs wait_s overrides it)",
+        check=number(lo=0, lo_open=True, unit="s"),
+        flag=Flag("--wait-s", metavar="S"),
+    )
     model: str | None = setting(
-        None, help="SimpleTool-format model folder; null: the shipped model for the env",
-        check=string(optional=True), flag=Flag("--model", metavar="PATH"))
+        None,
+        help="SimpleTool-format model folder; null: the shipped model for the env",
+        check=string(optional=True),
+        flag=Flag("--model", metavar="PATH"),
+    )
     backend: str = setting("transformers", help="decoding engine", check=choice(*BACKENDS), flag="--backend")
-    device: str = setting("cpu", help="device of the transformers backend: cpu, cuda or auto", check=string(),
-                          flag="--device")
+    device: str = setting(
+        "cpu", help="device of the transformers backend: cpu, cuda or auto", check=string(), flag="--device"
+    )
     template: str | None = setting(
-        None, help="prompt template (v1, v2, compact); null: the model's own", check=string(optional=True))
+        None, help="prompt template (v1, v2, compact); null: the model's own", check=string(optional=True)
+    )
     constrain: bool = setting(
-        True, help="decode every head under its tool-schema grammar (legal calls by construction; "
-        "docs/constrained-decoding.md)", check=boolean(), flag="--no-constrain")
-    assembly: str = setting("strict", help="head texts -> call: strict (SimpleTool's format rules) or lenient "
-                            "(its server's readings)", check=choice("strict", "lenient"), flag="--assembly")
+        True,
+        help="decode every head under its tool-schema grammar (legal calls by construction; "
+        "docs/constrained-decoding.md)",
+        check=boolean(),
+        flag="--no-constrain",
+    )
+    assembly: str = setting(
+        "strict",
+        help="head texts -> call: strict (SimpleTool's format rules) or lenient (its server's readings)",
+        check=choice("strict", "lenient"),
+        flag="--assembly",
+    )
     engine_options: dict[str, Any] = setting(
-        help="passed to the engine (e.g. max_new_tokens, threads)", check=mapping(), factory=dict)
+        help="passed to the engine (e.g. max_new_tokens, threads)", check=mapping(), factory=dict
+    )
     duration_s: float | None = setting(
-        60.0, help="run length in seconds (with episodes: whichever ends first)",
+        60.0,
+        help="run length in seconds (with episodes: whichever ends first)",
         check=number(lo=0, lo_open=True, unit="s", optional=True),
-        flag=Flag("--duration", metavar="S", group="end"))
+        flag=Flag("--duration", metavar="S", group="end"),
+    )
     episodes: int | None = setting(
-        None, help="run until this many episodes have finished", check=integer(lo=1, optional=True),
-        flag=Flag("--episodes", metavar="N", group="end"))
+        None,
+        help="run until this many episodes have finished",
+        check=integer(lo=1, optional=True),
+        flag=Flag("--episodes", metavar="N", group="end"),
+    )
     seed: int = setting(0, help="base seed; episode i resets with seed + i", check=integer(), flag="--seed")
-    service: ServiceConfig = setting(help="the policy service", check=section(ServiceConfig),
-                                     factory=ServiceConfig)
+    service: ServiceConfig = setting(
+        help="the policy service", check=section(ServiceConfig), factory=ServiceConfig
+    )
+    cascade: CascadeConfig | None = setting(
+        None,
+        help="a big model beside the run's model, routed by confidence (docs/cascade.md); null: off",
+        check=section(CascadeConfig, optional=True),
+    )
     report_dir: str | None = setting(
-        None, help="report folder; null: reports/run-<UTC time>/", check=string(optional=True),
-        flag=Flag("--report", metavar="DIR"))
-    plots: bool = setting(True, help="write the plots (latency_cdf.png, timeline.png) next to report.json",
-                          check=boolean(), flag="--no-plots")
+        None,
+        help="report folder; null: reports/run-<UTC time>/",
+        check=string(optional=True),
+        flag=Flag("--report", metavar="DIR"),
+    )
+    plots: bool = setting(
+        True,
+        help="write the plots (latency_cdf.png, timeline.png) next to report.json",
+        check=boolean(),
+        flag="--no-plots",
+    )
     progress: bool = setting(True, help="print a live progress line", check=boolean(), flag="--quiet")
 
     # ---------------------------------------------------------------- derived values
@@ -218,9 +381,33 @@ def validate(cfg: RunConfig) -> RunConfig:
     if c.duration_s is None and c.episodes is None:
         raise ConfigError("set duration_s (seconds) or episodes (count): the run needs an end")
     if c.in_flight_timeout_ms is not None and c.in_flight_timeout_ms < c.effective_deadline_ms:
-        raise ConfigError(f"in_flight_timeout_ms ({c.in_flight_timeout_ms:g}) must be >= the deadline "
-                          f"({c.effective_deadline_ms:g} ms)")
+        raise ConfigError(
+            f"in_flight_timeout_ms ({c.in_flight_timeout_ms:g}) must be >= the deadline "
+            f"({c.effective_deadline_ms:g} ms)"
+        )
+    if c.cascade is not None:
+        _check_cascade(c.cascade)
     return c
+
+
+def _check_cascade(c: CascadeConfig) -> None:
+    """The rules that join the cascade's fields (each field's own check has run)."""
+    if c.model is None and c.endpoint is None and c.backend not in MODEL_FREE:
+        raise ConfigError(
+            "cascade: name the big model: --cascade-model PATH (cascade.model), a running service "
+            "(--cascade-endpoint URL), or cascade.backend random"
+        )
+    if c.threshold == "auto" and c.calibrate_from is None:
+        raise ConfigError(
+            "cascade.threshold is auto but nothing to calibrate from: give --threshold X (0 keeps every "
+            "tick on the small model and records the pairs) or --cascade-calibrate RUN (a cascade "
+            "run's report folder)"
+        )
+    if c.threshold != "auto" and c.calibrate_from is not None:
+        raise ConfigError(
+            f"cascade: threshold {c.threshold:g} and calibrate_from both given; set threshold to auto "
+            "to calibrate, or drop calibrate_from"
+        )
 
 
 def _check_keys(data: dict[str, Any], allowed: list[str], where: str) -> None:
@@ -253,16 +440,20 @@ def from_dict(data: dict[str, Any], where: str = "") -> RunConfig:
     """Build and validate a RunConfig from a plain mapping (as read from YAML)."""
     prefix = f"{where}: " if where else ""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}a run config must be a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(
+            f"{prefix}a run config must be a mapping of keys to values, got {type(data).__name__}"
+        )
     try:
         return validate(_build(RunConfig, data))
     except ConfigError as exc:
         raise ConfigError(f"{prefix}{exc}") from None
 
 
-def load_run_config(path: str | os.PathLike | None = None,
-                    overrides: dict[str, Any] | None = None,
-                    unset: tuple[str, ...] = ()) -> RunConfig:
+def load_run_config(
+    path: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    unset: tuple[str, ...] = (),
+) -> RunConfig:
     """Read a YAML config (default: configs/run.yaml when it exists), apply overrides, validate.
 
     ``overrides``: key -> value; ``None`` values are ignored, so argparse defaults can be passed

@@ -4,6 +4,9 @@ check and its command-line flag, so validation, ``--help`` and the override map 
     rate_hz: float = setting(16.0, help="ticks per second (Hz)", check=number(lo=1, hi=60, unit="Hz"),
                              flag=Flag("--rate", metavar="HZ"))
 
+A field's kind is one of ``number``, ``integer``, ``string``, ``choice``, ``boolean``, ``mapping``,
+``endpoint``, ``number_or`` (a number or a word, ``threshold: auto``) or ``section``.
+
 ``check_fields(obj)`` validates every field of a dataclass instance (sections recursively, keys
 dotted: ``service.bind``); ``cli_options(cls)`` lists the fields that have a flag. A check failure
 raises ``ConfigError`` with one line naming the key and what it must be.
@@ -43,9 +46,18 @@ class Check:
         return getattr(self, f"_{self.kind}")(value, key)
 
     @property
-    def arg_type(self) -> type:
-        """The type argparse converts a flag's text to."""
+    def arg_type(self) -> Any:
+        """The function argparse converts a flag's text with."""
+        if self.kind == "number_or":
+            return self._number_or_text
         return {"number": float, "integer": int}.get(self.kind, str)
+
+    def _number_or_text(self, text: str) -> float | str:
+        """A flag's text as a number when it reads as one, else as it is (``auto``): checked later."""
+        try:
+            return float(text)
+        except ValueError:
+            return text
 
     def _range(self, value: float, key: str, unit: str) -> None:
         lo, hi = self.lo, self.hi
@@ -56,7 +68,9 @@ class Check:
 
     def _number(self, value: Any, key: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a number{' of ' + self.unit if self.unit else ''}, got {value!r}")
+            raise ConfigError(
+                f"{key}: expected a number{' of ' + self.unit if self.unit else ''}, got {value!r}"
+            )
         self._range(value, key, self.unit and " " + self.unit)
         return float(value)
 
@@ -65,6 +79,14 @@ class Check:
             raise ConfigError(f"{key}: expected a whole number, got {value!r}")
         self._range(value, key, "")
         return value
+
+    def _number_or(self, value: Any, key: str) -> float | str:
+        """A number in range, or one of the words in ``choices`` (``threshold: auto``)."""
+        if isinstance(value, str):
+            if value in self.choices:
+                return value
+            raise ConfigError(f"{key}: expected a number or {' or '.join(self.choices)}, got {value!r}")
+        return self._number(value, key)
 
     def _string(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not value:
@@ -94,19 +116,30 @@ class Check:
             raise ConfigError(f"{key}: expected a ZeroMQ endpoint like tcp://127.0.0.1:5555, got {value!r}")
         return value
 
-    def _section(self, value: Any, key: str) -> Any:
+    def _section(self, value: Any, key: str) -> Any:  # None passes __call__ when the section is optional
         if self.section is None or not isinstance(value, self.section):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return check_fields(value, prefix=f"{key}.")
 
 
-def number(*, lo: float | None = None, hi: float | None = None, lo_open: bool = False, unit: str = "",
-           optional: bool = False) -> Check:
+def number(
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    unit: str = "",
+    optional: bool = False,
+) -> Check:
     return Check("number", lo=lo, hi=hi, lo_open=lo_open, unit=unit, optional=optional)
 
 
 def integer(*, lo: int | None = None, hi: int | None = None, optional: bool = False) -> Check:
     return Check("integer", lo=lo, hi=hi, optional=optional)
+
+
+def number_or(*words: str, lo: float | None = None, hi: float | None = None, unit: str = "") -> Check:
+    """A number in [lo, hi], or one of ``words`` (e.g. ``number_or("auto", lo=0)``)."""
+    return Check("number_or", lo=lo, hi=hi, unit=unit, choices=words)
 
 
 def string(*, optional: bool = False) -> Check:
@@ -129,8 +162,9 @@ def zmq_endpoint(*, optional: bool = False) -> Check:
     return Check("endpoint", optional=optional)
 
 
-def section(cls: type) -> Check:
-    return Check("section", section=cls)
+def section(cls: type, *, optional: bool = False) -> Check:
+    """A nested dataclass; ``optional``: the key may be null (the feature is off), its default then."""
+    return Check("section", section=cls, optional=optional)
 
 
 @dataclass(frozen=True)
@@ -145,8 +179,9 @@ class Flag:
     off: Any = None
 
 
-def setting(default: Any = MISSING, *, help: str, check: Check, flag: Flag | str | None = None,
-            factory: Any = MISSING) -> Any:
+def setting(
+    default: Any = MISSING, *, help: str, check: Check, flag: Flag | str | None = None, factory: Any = MISSING
+) -> Any:
     """A dataclass field carrying its help text, check and flag (see the module docstring)."""
     meta = {"help": help, "check": check, "flag": Flag(flag) if isinstance(flag, str) else flag}
     return field(default=default, default_factory=factory, metadata=meta)
@@ -192,7 +227,11 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for f in fields(cls):
         section_cls = f.metadata["check"].section
-        out += describe(section_cls, f"{prefix}{f.name}.") if section_cls else [(prefix + f.name, f.metadata["help"])]
+        out += (
+            describe(section_cls, f"{prefix}{f.name}.")
+            if section_cls
+            else [(prefix + f.name, f.metadata["help"])]
+        )
     return out
 
 

@@ -69,6 +69,17 @@ class TickRecord:
     # the turn sent for this tick, {"query": observation text, "history": [lines]} (None when not
     # recorded): with ``call`` it makes ticks.jsonl a training dataset (tickcall.envs.recorded)
     turn: dict[str, Any] | None = None
+    # cascade runs only (control_loop.cascade; None otherwise): which model's answer the tick got
+    # (``small``, ``big`` or ``none``: no answer was routed) and why (``cascade.REASONS``); the small
+    # reply's confidence (smallest chosen-token probability, 0-1); the age (ms) of the big decision the
+    # routing saw; the small model's own call and the big model's call on this tick's turn (when the big
+    # was sent this tick): the pairs the reliability curve compares
+    decided_by: str | None = None
+    route_reason: str | None = None
+    confidence: float | None = None
+    big_age_ms: float | None = None
+    small_call: dict[str, Any] | None = None
+    big_call: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

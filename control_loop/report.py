@@ -5,7 +5,8 @@ Files written into the report folder:
 * ``report.json``   the summary (``stats.summarize`` + run metadata: env, model, backend, episodes);
 * ``ticks.jsonl``   every ``TickRecord`` as one JSON line, in tick order;
 * ``latency_cdf.png``  the CDF of tick latency and of each stage (ms, log x axis);
-* ``timeline.png``  tick latency and round trip per tick, with each tick's outcome as a coloured strip.
+* ``timeline.png``  tick latency and round trip per tick, with each tick's outcome as a coloured strip
+  (and, in a cascade run, a second strip: the model whose answer each tick got, ``decided_by``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from typing import Any
 
 from tickcall.control_loop.records import OUTCOMES, TickRecord
 
-OUTCOME_COLOURS = {"ok": "#2a9d4b", "late": "#e9a23b", "fallback": "#d1495b", "skipped": "#8d99ae",
-                   "error": "#6a0dad"}
+OUTCOME_COLOURS = {
+    "ok": "#2a9d4b",
+    "late": "#e9a23b",
+    "fallback": "#d1495b",
+    "skipped": "#8d99ae",
+    "error": "#6a0dad",
+}
+DECIDER_COLOURS = {"small": "#3a86ff", "big": "#fb8500", "none": "#c9ccd1"}  # cascade runs (decided_by)
 
 
-def write_report(report: dict[str, Any], records: Sequence[TickRecord], folder: str | os.PathLike,
-                 *, plots: bool = True) -> dict[str, str]:
+def write_report(
+    report: dict[str, Any], records: Sequence[TickRecord], folder: str | os.PathLike, *, plots: bool = True
+) -> dict[str, str]:
     """Write the report files; returns ``{kind: path}``. Plot failures are reported, not raised."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,8 +66,13 @@ def _title(report: dict[str, Any]) -> str:
 
 
 def _stage_series(records: Sequence[TickRecord]) -> dict[str, list[float]]:
-    series: dict[str, list[float]] = {"tick latency": [], "round trip": [], "start lateness": [],
-                                      "dispatch": [], "observation age": []}
+    series: dict[str, list[float]] = {
+        "tick latency": [],
+        "round trip": [],
+        "start lateness": [],
+        "dispatch": [],
+        "observation age": [],
+    }
     for r in records:
         if r.outcome == "ok" and r.latency_ms is not None:
             series["tick latency"].append(r.latency_ms)
@@ -105,8 +118,16 @@ def write_plots(records: Sequence[TickRecord], folder: Path, title: str = "") ->
     paths["latency_cdf"] = str(p)
 
     # ---- timeline
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 5), sharex=True,
-                                   gridspec_kw={"height_ratios": [4, 1]})
+    cascade = any(r.decided_by is not None for r in records)
+    rows = 3 if cascade else 2
+    fig, axes = plt.subplots(
+        rows,
+        1,
+        figsize=(10, 5 + (1 if cascade else 0)),
+        sharex=True,
+        gridspec_kw={"height_ratios": [4, 1, 1][:rows]},
+    )
+    ax1, ax2 = axes[0], axes[1]
     ticks = [r.tick for r in records]
     for label, attr, style in (("round trip", "rtt_ms", "."), ("tick latency", "latency_ms", "x")):
         xs = [r.tick for r in records if getattr(r, attr) is not None]
@@ -120,13 +141,24 @@ def write_plots(records: Sequence[TickRecord], folder: Path, title: str = "") ->
     for outcome in OUTCOMES:
         xs = [r.tick for r in records if r.outcome == outcome]
         if xs:
-            ax2.bar(xs, [1] * len(xs), width=1.0, color=OUTCOME_COLOURS[outcome],
-                    label=f"{outcome} ({len(xs)})")
+            ax2.bar(
+                xs, [1] * len(xs), width=1.0, color=OUTCOME_COLOURS[outcome], label=f"{outcome} ({len(xs)})"
+            )
     ax2.set_yticks([])
     ax2.set_xlabel("tick")
     if ticks:
         ax2.set_xlim(ticks[0] - 0.5, ticks[-1] + 0.5)
     ax2.legend(fontsize=7, ncol=len(OUTCOMES), loc="upper center", bbox_to_anchor=(0.5, -0.6))
+    if cascade:
+        ax3 = axes[2]
+        for who, colour in DECIDER_COLOURS.items():
+            xs = [r.tick for r in records if (r.decided_by or "none") == who]
+            if xs:
+                ax3.bar(xs, [1] * len(xs), width=1.0, color=colour, label=f"decided by {who} ({len(xs)})")
+        ax3.set_yticks([])
+        ax3.set_xlabel("tick")
+        ax3.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.6))
+        ax2.set_xlabel("")
     fig.tight_layout()
     p = folder / "timeline.png"
     fig.savefig(p, dpi=110)

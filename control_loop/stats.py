@@ -63,9 +63,11 @@ def observation_warning(missing: int, ticks: int) -> str | None:
     """One line when any tick had no observation (see module docstring), else None."""
     if missing <= 0 or ticks <= 0:
         return None
-    return (f"{missing} of {ticks} ticks ({100 * missing / ticks:.0f}%) had no observation (the world, e.g. a "
-            "game engine, was absent or silent): no decision was made on them, the fallback acted, and they "
-            "count as deadline misses")
+    return (
+        f"{missing} of {ticks} ticks ({100 * missing / ticks:.0f}%) had no observation (the world, e.g. a "
+        "game engine, was absent or silent): no decision was made on them, the fallback acted, and they "
+        "count as deadline misses"
+    )
 
 
 BAD_CALLS_SHARE = 0.5  # more than this share of ticks without a legal call deserves a warning
@@ -75,8 +77,11 @@ def call_counts(records: Sequence[TickRecord]) -> dict[str, int]:
     """``legal``, ``illegal`` and ``no_call`` tick counts (see module docstring)."""
     errors = [r for r in records if r.outcome == "error" and not no_observation(r)]
     illegal = sum(1 for r in errors if r.call is not None and r.reason.startswith(ILLEGAL_PREFIX))
-    return {"legal": sum(1 for r in records if r.outcome == "ok"), "illegal": illegal,
-            "no_call": len(errors) - illegal}
+    return {
+        "legal": sum(1 for r in records if r.outcome == "ok"),
+        "illegal": illegal,
+        "no_call": len(errors) - illegal,
+    }
 
 
 def call_warning(calls: dict[str, int], ticks: int) -> str | None:
@@ -84,10 +89,12 @@ def call_warning(calls: dict[str, int], ticks: int) -> str | None:
     bad = calls["illegal"] + calls["no_call"]
     if ticks <= 0 or bad <= BAD_CALLS_SHARE * ticks:
         return None
-    return (f"{bad} of {ticks} ticks ({100 * bad / ticks:.0f}%) had no legal call ({calls['illegal']} illegal, "
-            f"{calls['no_call']} without a call) and the fallback acted on them; they are not deadline misses, "
-            "and tick latency covers ok ticks only (the round trip covers every reply). Check that the model "
-            "was made for this env's tools (--backend random gives a legal baseline)")
+    return (
+        f"{bad} of {ticks} ticks ({100 * bad / ticks:.0f}%) had no legal call ({calls['illegal']} illegal, "
+        f"{calls['no_call']} without a call) and the fallback acted on them; they are not deadline misses, "
+        "and tick latency covers ok ticks only (the round trip covers every reply). Check that the model "
+        "was made for this env's tools (--backend random gives a legal baseline)"
+    )
 
 
 def stage_summaries(records: Sequence[TickRecord]) -> dict[str, dict[str, Any]]:
@@ -143,3 +150,93 @@ def summarize(records: Sequence[TickRecord], rate_hz: float, elapsed_s: float) -
         "calls": calls,
         "call_warning": call_warning(calls, len(records)),
     }
+
+
+# --------------------------------------------------------------------------- the cascade (control_loop.cascade)
+
+
+def _field(record: Any, name: str) -> Any:
+    """A field of a ``TickRecord`` or of its dict (a ``ticks.jsonl`` line)."""
+    return record.get(name) if isinstance(record, dict) else getattr(record, name, None)
+
+
+def cascade_summary(
+    records: Sequence[Any], big: dict[str, Any] | None = None, bins: int = 10, target: float = 0.95
+) -> dict[str, Any]:
+    """The ``cascade`` block of ``report.json``.
+
+    ``small_share``/``big_share``/``none_share``: the fraction of *all* ticks whose answer came from the
+    small model, the big model, or neither (not sent, no reply, expired): they sum to 1. ``reasons``:
+    ticks per ``route_reason`` (every tick has one; they sum to ``ticks``). ``big``: the big model's own
+    figures (``CascadePolicy.big_stats``). ``reliability``: ``reliability_curve`` of this run's pairs,
+    with the threshold it suggests for ``target`` agreement (``choose_threshold``)."""
+    n = len(records)
+    by = {"small": 0, "big": 0, "none": 0}
+    reasons: dict[str, int] = {}
+    for r in records:
+        who = _field(r, "decided_by") or "none"
+        by[who] = by.get(who, 0) + 1
+        why = _field(r, "route_reason") or "not_routed"
+        reasons[why] = reasons.get(why, 0) + 1
+    curve = reliability_curve(records, bins=bins)
+    return {
+        "ticks": n,
+        "small_share": round(by["small"] / n, 4) if n else 0.0,
+        "big_share": round(by["big"] / n, 4) if n else 0.0,
+        "none_share": round(by["none"] / n, 4) if n else 0.0,
+        "decided_by": by,
+        "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "big": dict(big or {}),
+        "reliability": {**curve, "target": target, "suggested_threshold": choose_threshold(curve, target)},
+    }
+
+
+def reliability_curve(records: Sequence[Any], bins: int = 10) -> dict[str, Any]:
+    """Confidence bins -> how often the small model's call equals the big model's call on the same turn.
+
+    Pairs: ticks with a small ``confidence``, a ``small_call`` and a ``big_call`` (the big model was sent
+    that tick's turn and answered; with ``intent: turn`` the small turn also held the intent line).
+    Calls agree when their name and arguments are equal (exact: the arena's arguments are enums and
+    integers; a continuous argument would need a tolerance). Bins split [0, 1] in ``bins`` equal parts;
+    a confidence of exactly 1 falls in the last. Each bin: ``lo``, ``hi``, ``n`` pairs, ``agree``, and
+    ``agreement`` (agree / n; None when empty)."""
+    counts = [[0, 0] for _ in range(bins)]
+    pairs = 0
+    for r in records:
+        conf, small, big = _field(r, "confidence"), _field(r, "small_call"), _field(r, "big_call")
+        if conf is None or small is None or big is None:
+            continue
+        i = min(bins - 1, max(0, int(float(conf) * bins)))
+        counts[i][0] += 1
+        counts[i][1] += int(small == big)
+        pairs += 1
+    out = [
+        {
+            "lo": round(i / bins, 6),
+            "hi": round((i + 1) / bins, 6),
+            "n": n,
+            "agree": a,
+            "agreement": round(a / n, 4) if n else None,
+        }
+        for i, (n, a) in enumerate(counts)
+    ]
+    agree = sum(a for _, a in counts)
+    return {"pairs": pairs, "agreement": round(agree / pairs, 4) if pairs else None, "bins": out}
+
+
+def choose_threshold(curve: dict[str, Any], target: float = 0.95) -> float | None:
+    """The lowest confidence ``t`` (a bin's lower edge) such that every non-empty bin at or above ``t``
+    agrees with the big model at least ``target`` of the time: the small model is trusted from ``t`` up,
+    below it the big model is asked. ``0.0`` when every bin meets the target; above 1 (``1.01``: always ask
+    the big model) when even the top non-empty bin misses it; None without any pair."""
+    bins = [b for b in curve.get("bins", []) if b["n"]]
+    if not bins:
+        return None
+    threshold = 1.01
+    for b in sorted(bins, key=lambda b: -b["lo"]):
+        if b["agreement"] < target:
+            break
+        threshold = b["lo"]
+    if threshold <= min(b["lo"] for b in bins):  # every bin with pairs meets the target
+        return 0.0
+    return threshold

@@ -7,7 +7,8 @@
 
 This is the composition root's job: it is the only code that holds a policy service, a loop and a
 world at once. Steps: start Ray (if needed, ``tickcall.cluster``) -> resolve the model (``--model`` or the shipped default) -> start the
-policy service actor (unless ``service.endpoint`` names a running one) -> start the loop actor (it
+policy service actor (unless ``service.endpoint`` names a running one) -> with ``cascade``, the big
+model's service too (``control_loop.cascade``; unless ``cascade.endpoint``) -> start the loop actor (it
 builds the world and registers the tools) -> run, printing a live progress line -> write
 ``report.json``, ``ticks.jsonl`` and plots into the report folder -> stop what was started.
 """
@@ -28,7 +29,7 @@ from tickcall.control_loop.loop import LoopSettings
 from tickcall.control_loop.progress import ProgressPrinter
 from tickcall.control_loop.records import TickRecord
 from tickcall.control_loop.report import write_report
-from tickcall.control_loop.stats import summarize
+from tickcall.control_loop.stats import cascade_summary, summarize
 from tickcall.world import WorldSpec, check_spec, world_factory
 
 
@@ -45,7 +46,7 @@ class RunOutcome:
     report: dict[str, Any]
     records: list[TickRecord]
     paths: dict[str, str] = field(default_factory=dict)
-    interrupted: bool = False   # Ctrl-C stopped the loop early; the report covers the ticks that ran
+    interrupted: bool = False  # Ctrl-C stopped the loop early; the report covers the ticks that ran
 
 
 def default_report_dir() -> str:
@@ -84,12 +85,16 @@ def no_model_message(env_id: str | None, problem: str | None = None) -> str:
     env = env_id or "the default env"
     if env.startswith("engine:") and problem is None:
         # an engine's game is known only once it connects, so no shipped model can be picked for it
-        return (f"an engine's model is not picked for it: name one with --model PATH (the reference engine's "
-                f"arena plays with --model models/shipped/{SHIPPED.get('tickcall/Arena-v0', 'tickcall-arena')}"
-                "), or use --backend random (legal random calls, no model)")
+        return (
+            f"an engine's model is not picked for it: name one with --model PATH (the reference engine's "
+            f"arena plays with --model models/shipped/{SHIPPED.get('tickcall/Arena-v0', 'tickcall-arena')}"
+            "), or use --backend random (legal random calls, no model)"
+        )
     what = problem or (f"no model ships for {env} (shipped: {', '.join(SHIPPED) or 'none'})")
-    return (f"{what}; choose one: --backend random (legal random calls, no model), "
-            f"--model PATH (a SimpleTool-format model folder), or train one with `tickcall train --env {env}`")
+    return (
+        f"{what}; choose one: --backend random (legal random calls, no model), "
+        f"--model PATH (a SimpleTool-format model folder), or train one with `tickcall train --env {env}`"
+    )
 
 
 def prepare_report_dir(folder: str) -> str:
@@ -101,8 +106,10 @@ def prepare_report_dir(folder: str) -> str:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise RunError(f"report folder {out} is not writable ({exc.strerror or exc}); "
-                       "pass --report DIR with a folder you can write") from None
+        raise RunError(
+            f"report folder {out} is not writable ({exc.strerror or exc}); "
+            "pass --report DIR with a folder you can write"
+        ) from None
     return str(out)
 
 
@@ -139,13 +146,52 @@ def shipped_default_model(env_id: str | None = None) -> str | None:
     return None if path is None else str(path)
 
 
-def build_report(cfg: RunConfig, result: dict[str, Any], records: list[TickRecord], *,
-                 model: str | None, service: dict[str, Any]) -> dict[str, Any]:
-    """``report.json``: the statistics (``stats.summarize``) plus what ran and the episodes."""
+def resolve_cascade(cfg: RunConfig) -> dict[str, Any] | None:
+    """The cascade as the run uses it, checked in the driver before anything starts: the big model's
+    folder, the threshold (``auto``: ``cascade.calibrate`` of ``calibrate_from``) and where it came from.
+    None when the cascade is off. Raises RunError (one line)."""
+    c = cfg.cascade
+    if c is None:
+        return None
+    from tickcall.control_loop.cascade import calibrate
+    from tickcall.models.folder_check import ModelFolderError, check_model_folder
+
+    model = c.model
+    if c.endpoint is None and c.backend not in MODEL_FREE:
+        try:
+            check_model_folder(str(model))
+        except ModelFolderError as exc:
+            raise RunError(f"the cascade's big model: {exc}") from None
+    calibration = None
+    if c.threshold == "auto":
+        try:
+            threshold, calibration = calibrate(str(c.calibrate_from), c.calibrate_target)
+        except ValueError as exc:
+            raise RunError(f"cascade calibration: {exc}") from None
+        source = f"calibrated from {c.calibrate_from} (target agreement {c.calibrate_target:g})"
+    else:
+        threshold, source = float(c.threshold), "given"
+    return {"model": model, "threshold": threshold, "threshold_source": source, "calibration": calibration}
+
+
+def build_report(
+    cfg: RunConfig,
+    result: dict[str, Any],
+    records: list[TickRecord],
+    *,
+    model: str | None,
+    service: dict[str, Any],
+    cascade: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``report.json``: the statistics (``stats.summarize``) plus what ran and the episodes; with a
+    cascade, its block (``stats.cascade_summary``; ``cascade``: ``resolve_cascade``'s answer plus the big
+    service's description)."""
     stats = summarize(records, cfg.rate_hz, result["elapsed_s"])
-    episodes = [{"return": round(float(e["return"]), 4), "length": int(e["length"])}
-                for e in result.get("episodes", [])]
-    return {
+    episodes = [
+        {"return": round(float(e["return"]), 4), "length": int(e["length"])}
+        for e in result.get("episodes", [])
+    ]
+    report = {
         **stats,
         "episodes": episodes,
         "episode_in_progress": result.get("current_episode"),
@@ -164,6 +210,25 @@ def build_report(cfg: RunConfig, result: dict[str, Any], records: list[TickRecor
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
     }
+    if cascade is not None:
+        assert cfg.cascade is not None
+        big = (result.get("cascade") or {}).get("big") or {}
+        block = cascade_summary(records, big, target=cfg.cascade.calibrate_target)
+        block.update(
+            {
+                "threshold": cascade["threshold"],
+                "threshold_source": cascade["threshold_source"],
+                "max_age_ms": cfg.cascade.max_age_ms,
+                "big_rate_hz": cfg.cascade.big_rate_hz,
+                "intent": cfg.cascade.intent,
+                "big_model": cascade.get("model"),
+                "big_service": cascade.get("service", {}),
+            }
+        )
+        if cascade.get("calibration") is not None:
+            block["calibration"] = cascade["calibration"]
+        report["cascade"] = block
+    return report
 
 
 class _StartupInterrupt:
@@ -192,18 +257,25 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
     stream = stream or sys.stderr
     check_spec(cfg.env)  # a wrong env id is one line now, not an actor's traceback later
     model = resolve_model(cfg)
+    cascade = resolve_cascade(cfg)
     folder = prepare_report_dir(cfg.report_dir or default_report_dir())
     cfg = replace(cfg, history=resolve_history(cfg, model))
-    if cfg.service.endpoint is not None:  # before Ray starts: an absent service costs seconds, not minutes
+    waits = [
+        e for e in (cfg.service.endpoint, cfg.cascade.endpoint if cfg.cascade else None) if e is not None
+    ]
+    for waited in waits:  # before Ray starts: an absent service costs seconds, not minutes
         try:
-            wait_for_service(cfg.service.endpoint, cfg.service.connect_timeout_s, stream)
+            wait_for_service(waited, cfg.service.connect_timeout_s, stream)
         except (RunError, KeyboardInterrupt) as exc:
             with contextlib.suppress(OSError):  # no run, so no empty report folder left behind
                 Path(folder).rmdir()
             if isinstance(exc, KeyboardInterrupt):
-                raise RunInterrupted("interrupted while waiting for the policy service: no report written") from None
+                raise RunInterrupted(
+                    "interrupted while waiting for the policy service: no report written"
+                ) from None
             raise
     service_actor = None
+    big_actor = None
     loop_actor = None
     started_ray = False
     guard = _StartupInterrupt()
@@ -219,37 +291,96 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             spec = cfg.engine_spec()
             if model is not None:
                 spec["model"] = model
-            _say(stream, f"starting the policy service ({cfg.backend}"
-                         f"{', ' + str(model) if model else ''}) ...")
+            _say(
+                stream, f"starting the policy service ({cfg.backend}{', ' + str(model) if model else ''}) ..."
+            )
             try:
-                service_actor, endpoint = start_policy_service(spec, cfg.service.bind,
-                                                               max_restarts=cfg.service.max_restarts)
+                service_actor, endpoint = start_policy_service(
+                    spec, cfg.service.bind, max_restarts=cfg.service.max_restarts
+                )
             except Exception as exc:
                 raise RunError(f"the policy service did not start: {root_cause(exc)}") from exc
             service_info = {"endpoint": endpoint, "started_here": True}
         else:
             service_info = {"endpoint": endpoint, "started_here": False}
+        big_endpoint = None
+        if cascade is not None:
+            assert cfg.cascade is not None
+            big_endpoint = cfg.cascade.endpoint
+            if big_endpoint is None:
+                from tickcall.agent.actor import start_policy_service
+
+                _say(
+                    stream,
+                    f"starting the big model's policy service ({cfg.cascade.backend}"
+                    f"{', ' + str(cascade['model']) if cascade['model'] else ''}) ...",
+                )
+                try:
+                    big_actor, big_endpoint = start_policy_service(
+                        cfg.cascade.engine_spec(cfg.device),
+                        cfg.service.bind,
+                        max_restarts=cfg.service.max_restarts,
+                    )
+                except Exception as exc:
+                    raise RunError(
+                        f"the big model's policy service did not start: {root_cause(exc)}"
+                    ) from exc
+            cascade["service"] = {"endpoint": big_endpoint, "started_here": big_actor is not None}
 
         from tickcall.control_loop.actor import LoopSetupError, start_loop_actor
 
         settings = LoopSettings.from_run_config(cfg)
         world = WorldSpec(env=cfg.env, env_kwargs=world_kwargs(cfg), seed=cfg.seed, max_episodes=cfg.episodes)
         ends = ([f"{cfg.duration_s:g} s"] if cfg.duration_s else []) + (
-            [f"{cfg.episodes} episodes"] if cfg.episodes else [])
+            [f"{cfg.episodes} episodes"] if cfg.episodes else []
+        )
         _say(stream, f"starting the control loop: {cfg.env} at {cfg.rate_hz:g} Hz ({' / '.join(ends)}) ...")
         if cfg.env.startswith("engine:"):
-            _say(stream, f"waiting for a game engine on {cfg.env[len('engine:'):]} (up to "
-                         f"{world.env_kwargs['wait_s']:g} s; --wait-s) ...")
+            _say(
+                stream,
+                f"waiting for a game engine on {cfg.env[len('engine:') :]} (up to "
+                f"{world.env_kwargs['wait_s']:g} s; --wait-s) ...",
+            )
         try:
-            loop_actor = start_loop_actor(settings, world_factory(world), endpoint,
-                                          client_timeout_ms=cfg.service.timeout_ms)
+            if cascade is not None:
+                from tickcall.control_loop.cascade import CascadeSettings, start_cascade_loop_actor
+
+                assert cfg.cascade is not None and big_endpoint is not None
+                cs = CascadeSettings(
+                    big_rate_hz=cfg.cascade.big_rate_hz,
+                    threshold=cascade["threshold"],
+                    max_age_ms=cfg.cascade.max_age_ms,
+                    intent=cfg.cascade.intent,
+                )
+                loop_actor = start_cascade_loop_actor(
+                    settings,
+                    world_factory(world),
+                    endpoint,
+                    big_endpoint,
+                    cs,
+                    client_timeout_ms=cfg.service.timeout_ms,
+                )
+            else:
+                loop_actor = start_loop_actor(
+                    settings, world_factory(world), endpoint, client_timeout_ms=cfg.service.timeout_ms
+                )
         except LoopSetupError as exc:  # already one line that says what to do
             raise RunError(f"the control loop did not start: {exc}") from None
         except Exception as exc:
             raise RunError(f"the control loop did not start: {root_cause(exc)}") from exc
         info = ray.get(loop_actor.info.remote())
-        service_info.update({"epoch": info.get("epoch"), "engine": info.get("engine"),
-                             "heads": info.get("heads"), "prefix_tokens": info.get("prefix_tokens")})
+        service_info.update(
+            {
+                "epoch": info.get("epoch"),
+                "engine": info.get("engine"),
+                "heads": info.get("heads"),
+                "prefix_tokens": info.get("prefix_tokens"),
+            }
+        )
+        if cascade is not None:
+            cascade["service"].update(
+                {k: (info.get("big") or {}).get(k) for k in ("epoch", "engine", "heads")}
+            )
 
         if guard.hit:
             raise KeyboardInterrupt
@@ -265,8 +396,9 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         loop_died: str | None = None
         try:
             try:
-                result = _watch(ref, loop_actor, journal, printer, seen_warnings, watch_world, stream,
-                                status_every_s)
+                result = _watch(
+                    ref, loop_actor, journal, printer, seen_warnings, watch_world, stream, status_every_s
+                )
             except KeyboardInterrupt:
                 interrupted = True
                 _say(stream, "\ninterrupted: stopping the loop (the report is still written) ...")
@@ -288,27 +420,39 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
                 service_info["stats"] = ray.get(service_actor.stats.remote(), timeout=10)
         records = [TickRecord.from_dict(r) for r in result["records"]]
         engine = service_info.get("engine") or {}
-        report = build_report(cfg, result, records, model=model or engine.get("model"), service=service_info)
+        if big_actor is not None and cascade is not None:
+            with contextlib.suppress(Exception):
+                cascade["service"]["stats"] = ray.get(big_actor.stats.remote(), timeout=10)
+        report = build_report(
+            cfg, result, records, model=model or engine.get("model"), service=service_info, cascade=cascade
+        )
         if printer is not None:
-            printer.close({"ticks": report["ticks"], "ticks_planned": None,
-                           "achieved_hz": report["achieved_hz"], "outcomes": report["outcomes"],
-                           "latency_p50_ms": report["latency_ms"]["p50"],
-                           "latency_p99_ms": report["latency_ms"]["p99"],
-                           "episodes_done": len(report["episodes"]),
-                           "last_return": report["episodes"][-1]["return"] if report["episodes"] else None})
+            printer.close(
+                {
+                    "ticks": report["ticks"],
+                    "ticks_planned": None,
+                    "achieved_hz": report["achieved_hz"],
+                    "outcomes": report["outcomes"],
+                    "latency_p50_ms": report["latency_ms"]["p50"],
+                    "latency_p99_ms": report["latency_ms"]["p99"],
+                    "episodes_done": len(report["episodes"]),
+                    "last_return": report["episodes"][-1]["return"] if report["episodes"] else None,
+                }
+            )
         if loop_died is not None:
             report["loop_died"] = loop_died
         paths = write_report(report, records, folder, plots=cfg.plots)
         if loop_died is not None:
-            raise RunError(f"{loop_died}; the report of its {len(records)} ticks is in {folder} "
-                           "(marked loop_died)")
+            raise RunError(
+                f"{loop_died}; the report of its {len(records)} ticks is in {folder} (marked loop_died)"
+            )
         return RunOutcome(report=report, records=records, paths=paths, interrupted=interrupted)
     except KeyboardInterrupt:
         raise RunInterrupted("interrupted before the loop ran: no report written") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        _cleanup(loop_actor, service_actor)
+        _cleanup(loop_actor, service_actor, big_actor)
         with contextlib.suppress(OSError):  # a run that never reported leaves no empty folder behind
             Path(folder).rmdir()
         if started_ray:
@@ -332,31 +476,39 @@ def wait_for_service(endpoint: str, timeout_s: float, stream: TextIO) -> None:
     """
     from tickcall.agent.client import PolicyClient, PolicyError, PolicyTimeout
 
-    _say(stream, f"waiting for the policy service at {endpoint} (up to {timeout_s:g} s; "
-                 "service.connect_timeout_s, --connect-timeout) ...")
+    _say(
+        stream,
+        f"waiting for the policy service at {endpoint} (up to {timeout_s:g} s; "
+        "service.connect_timeout_s, --connect-timeout) ...",
+    )
     client = PolicyClient(endpoint, timeout_ms=timeout_s * 1e3, name="tickcall-run-probe")
     try:
         client.hello()
     except PolicyTimeout:
-        raise RunError(f"no policy service answered at {endpoint} within {timeout_s:g} s; start one there "
-                       f"(tickcall serve --bind {endpoint}), fix --endpoint, or raise --connect-timeout") from None
+        raise RunError(
+            f"no policy service answered at {endpoint} within {timeout_s:g} s; start one there "
+            f"(tickcall serve --bind {endpoint}), fix --endpoint, or raise --connect-timeout"
+        ) from None
     except PolicyError as exc:
         raise RunError(f"the policy service at {endpoint} refused the handshake: {exc}") from None
     finally:
         client.close()
 
 
-def _cleanup(loop_actor: Any, service_actor: Any) -> None:
+def _cleanup(loop_actor: Any, *services: Any) -> None:
     import ray
 
     if loop_actor is not None:
         with contextlib.suppress(Exception):
             ray.get(loop_actor.close.remote(), timeout=10)
         ray.kill(loop_actor)
-    if service_actor is not None:
-        with contextlib.suppress(Exception):
+    for service_actor in services:
+        if service_actor is None:
+            continue
+        with contextlib.suppress(Exception):  # a big service killed mid-run is already gone
             ray.get(service_actor.stop.remote(), timeout=10)
-        ray.kill(service_actor, no_restart=True)
+        with contextlib.suppress(Exception):
+            ray.kill(service_actor, no_restart=True)
 
 
 JOURNAL_EVERY_S = 1.0  # how often the driver copies the loop's records (s)
@@ -405,15 +557,27 @@ class TickJournal:
             if r.get("outcome") is None:
                 r["outcome"], r["reason"] = "error", "unresolved: the control loop died"
         last_ms = max((r.get("scheduled_ms") or 0.0 for r in records), default=0.0)
-        return {"records": records, "elapsed_s": last_ms / 1e3 + 1.0 / self.rate_hz, "stopped": why,
-                "warnings": [why]}
+        return {
+            "records": records,
+            "elapsed_s": last_ms / 1e3 + 1.0 / self.rate_hz,
+            "stopped": why,
+            "warnings": [why],
+        }
 
     def close(self) -> None:
         self._fh.close()
 
 
-def _watch(ref: Any, loop_actor: Any, journal: TickJournal, printer: Any, seen_warnings: set[str],
-           watch_world: bool, stream: TextIO, status_every_s: float) -> dict[str, Any]:
+def _watch(
+    ref: Any,
+    loop_actor: Any,
+    journal: TickJournal,
+    printer: Any,
+    seen_warnings: set[str],
+    watch_world: bool,
+    stream: TextIO,
+    status_every_s: float,
+) -> dict[str, Any]:
     """Wait for the loop's result: print its progress and notices, keep the journal; raises what
     ``ray.get`` raises (RayActorError when the loop actor died)."""
     import time
@@ -464,7 +628,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"ticks {report['ticks']} at {report['rate_hz']:g} Hz (achieved {report['achieved_hz']:.2f} Hz, "
         f"decisions {report['decision_hz']:.2f} Hz) over {report['elapsed_s']:.1f} s",
-        "outcomes " + "  ".join(f"{k} {v}" for k, v in o.items())
+        "outcomes "
+        + "  ".join(f"{k} {v}" for k, v in o.items())
         + f"   deadline misses {report['deadline_misses']} (longest streak {report['longest_miss_streak']})",
     ]
     if report.get("observation_warning"):
@@ -472,21 +637,41 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if report.get("call_warning"):
         lines.append(f"warning: {report['call_warning']}")
     if lat["n"]:
-        lines.append(f"tick latency ms  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
-                     f"max {lat['max']:.2f}")
+        lines.append(
+            f"tick latency ms  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
+            f"max {lat['max']:.2f}"
+        )
     rtt = (report.get("stages_ms") or {}).get("rtt") or {}
     if rtt.get("n") and (not lat["n"] or report.get("call_warning")):
         # tick latency covers ok ticks only; the round trip covers every reply, legal or not
-        lines.append(f"round trip ms (all {rtt['n']} replies)  p50 {rtt['p50']:.2f}  p90 {rtt['p90']:.2f}  "
-                     f"p99 {rtt['p99']:.2f}  max {rtt['max']:.2f}")
+        lines.append(
+            f"round trip ms (all {rtt['n']} replies)  p50 {rtt['p50']:.2f}  p90 {rtt['p90']:.2f}  "
+            f"p99 {rtt['p99']:.2f}  max {rtt['max']:.2f}"
+        )
     late = report["lateness_ms"]
     if late["n"]:
-        lines.append(f"start lateness ms  p50 {late['p50']:.3f}  p99 {late['p99']:.3f}  max {late['max']:.3f}"
-                     f"   drift {report['drift_ms']} ms")
+        lines.append(
+            f"start lateness ms  p50 {late['p50']:.3f}  p99 {late['p99']:.3f}  max {late['max']:.3f}"
+            f"   drift {report['drift_ms']} ms"
+        )
+    cas = report.get("cascade")
+    if cas:
+        big = cas.get("big") or {}
+        reasons = ", ".join(f"{k} {v}" for k, v in cas["reasons"].items())
+        p50 = big.get("p50_ms")
+        lines.append(
+            f"cascade  small {100 * cas['small_share']:.0f}%  big {100 * cas['big_share']:.0f}%  "
+            f"none {100 * cas['none_share']:.0f}%  (threshold {cas['threshold']:g}; {reasons})"
+        )
+        lines.append(
+            f"big model  {big.get('decides', 0)} decisions at {big.get('rate_hz', 0):.2f} Hz, "
+            f"{big.get('errors', 0)} errors" + (f", reply p50 {p50:.1f} ms" if p50 is not None else "")
+        )
     eps = report["episodes"]
     if eps:
         rets = [e["return"] for e in eps]
-        lines.append(f"episodes {len(eps)}  mean return {sum(rets) / len(rets):.2f}  "
-                     f"returns {', '.join(f'{r:.1f}' for r in rets[:10])}{' ...' if len(rets) > 10 else ''}")
+        lines.append(
+            f"episodes {len(eps)}  mean return {sum(rets) / len(rets):.2f}  "
+            f"returns {', '.join(f'{r:.1f}' for r in rets[:10])}{' ...' if len(rets) > 10 else ''}"
+        )
     return lines
-

@@ -3,6 +3,8 @@
     tickcall run                                  # configs/run.yaml: the arena, the shipped model, CPU
     tickcall run --backend noop --duration 10     # the plumbing only, no model
     tickcall run --env CartPole-v1 --model PATH --rate 16 --episodes 5 --report reports/cp
+    tickcall run --cascade-model BIG --threshold 0 --report reports/c0   # a big model beside (docs/cascade.md)
+    tickcall run --cascade-model BIG --cascade-calibrate reports/c0      # threshold from that run's pairs
 
 Options override the config file. Exit status: 0 when the run completed, 2 for a bad config or a
 setup problem (the message says what to change).
@@ -36,13 +38,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             target = groups[opt.flag.group]
         help_text = f"{opt.key}: {opt.help}"
         if opt.switch:
-            target.add_argument(opt.flag.name, dest=opt.dest, action="store_true",
-                                help=f"{opt.key} = {str(not opt.default).lower()} (default: {opt.help})")
+            target.add_argument(
+                opt.flag.name,
+                dest=opt.dest,
+                action="store_true",
+                help=f"{opt.key} = {str(not opt.default).lower()} (default: {opt.help})",
+            )
             continue
         if opt.flag.off is not None:
             help_text += f"; {opt.flag.off} here: unset"
-        target.add_argument(opt.flag.name, dest=opt.dest, type=opt.check.arg_type, metavar=opt.flag.metavar,
-                            choices=opt.check.choices or None, help=help_text)
+        target.add_argument(
+            opt.flag.name,
+            dest=opt.dest,
+            type=opt.check.arg_type,
+            metavar=opt.flag.metavar,
+            choices=(opt.check.choices if opt.check.kind == "choice" else None) or None,
+            help=help_text,
+        )  # a number_or's words are checked with its numbers, not by argparse
     parser.add_argument("--json", action="store_true", help="print report.json to stdout at the end")
 
 
@@ -65,7 +77,9 @@ def config_from_args(args: argparse.Namespace):
             unset.append(opt.key)
             continue
         overrides[opt.key] = value
-        unset += [o.key for o in options if opt.flag.group and o.flag.group == opt.flag.group and o is not opt]
+        unset += [
+            o.key for o in options if opt.flag.group and o.flag.group == opt.flag.group and o is not opt
+        ]
     return load_run_config(args.config, overrides, unset=tuple(unset))
 
 
