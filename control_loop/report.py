@@ -123,7 +123,7 @@ def write_plots(records: Sequence[TickRecord], folder: Path, title: str = "") ->
     fig, axes = plt.subplots(
         rows,
         1,
-        figsize=(10, 5 + (1 if cascade else 0)),
+        figsize=(10, 5 + (1.5 if cascade else 0)),
         sharex=True,
         gridspec_kw={"height_ratios": [4, 1, 1][:rows]},
     )
@@ -157,7 +157,7 @@ def write_plots(records: Sequence[TickRecord], folder: Path, title: str = "") ->
                 ax3.bar(xs, [1] * len(xs), width=1.0, color=colour, label=f"decided by {who} ({len(xs)})")
         ax3.set_yticks([])
         ax3.set_xlabel("tick")
-        ax3.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.6))
+        ax3.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.9))
         ax2.set_xlabel("")
     fig.tight_layout()
     p = folder / "timeline.png"
