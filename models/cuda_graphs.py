@@ -42,6 +42,68 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+# The step's pieces (the lean model's segment attention), kept here rather than borrowed from LeanLM's
+# private helpers: its own passes may change kernels, and the static step must not break when they do.
+def _linear(lw: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+    """A layer's projection ``name`` ("qkv", "o"): its callable where the lean model has one, else its
+    dense weight (and bias)."""
+    fn = getattr(lw, name, None)
+    if callable(fn):
+        return fn(x)
+    return F.linear(x, getattr(lw, f"w_{name}"), getattr(lw, f"b_{name}", None))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def _qkv(lm: Any, lw: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """h [B, 1, H] -> q [B, kv, g, 1, d], k/v [B, kv, 1, d] with RoPE (cos/sin [B, 1, d]), the numerics
+    of the transformers implementations (q/k RMSNorm where the model has it)."""
+    q, k, v = _linear(lw, "qkv", h).split([lm.q_size, lm.kv_size, lm.kv_size], dim=-1)
+    b, t = h.shape[0], h.shape[1]
+    q = q.view(b, t, lm.n_heads, lm.head_dim)
+    k = k.view(b, t, lm.n_kv, lm.head_dim)
+    v = v.view(b, t, lm.n_kv, lm.head_dim)
+    if lw.q_norm is not None:
+        q, k = lm._rms(q, lw.q_norm), lm._rms(k, lw.k_norm)
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [B, T, 1, d]
+    q = _rotate(q, cos, sin).permute(0, 2, 1, 3)  # [B, heads, T, d]
+    k = _rotate(k, cos, sin).permute(0, 2, 1, 3)  # [B, kv, T, d]
+    return q.reshape(b, lm.n_kv, lm.group, t, lm.head_dim), k, v.permute(0, 2, 1, 3)
+
+
+def _attend(lm: Any, q: torch.Tensor, segments: list) -> torch.Tensor:
+    """Softmax attention of q [B, kv, g, T, d] over K/V segments that are never copied: (K, V, mask)
+    with K/V [kv, L, d] shared by every row (the cached prefix) or [B, kv, L, d] per row; ``mask``
+    (bool, True = visible) broadcasts to [B, kv, g, T, L], or None. Returns [B, T, heads * d]."""
+    b, kv, g, t, d = q.shape
+    q_kv = None  # q as [kv, B*g*T, d] for shared segments: one bmm per kv head, K never expanded
+    scores = []
+    for k, _, mask in segments:
+        if k.dim() == 3:
+            if q_kv is None:
+                q_kv = q.permute(1, 0, 2, 3, 4).reshape(kv, b * g * t, d)
+            sc = torch.bmm(q_kv, k.transpose(1, 2)).view(kv, b, g, t, -1).permute(1, 0, 2, 3, 4)
+        else:
+            sc = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2))
+        if mask is not None:
+            sc = sc.masked_fill(~mask, float("-inf"))
+        scores.append(sc)
+    sizes = [sc.shape[-1] for sc in scores]
+    probs = torch.softmax(torch.cat(scores, dim=-1).float() * lm.scaling, dim=-1).to(q.dtype)
+    out = None
+    for p, (k, v, _) in zip(probs.split(sizes, dim=-1), segments, strict=True):
+        if k.dim() == 3:
+            part = torch.bmm(p.permute(1, 0, 2, 3, 4).reshape(kv, b * g * t, -1), v)
+            part = part.view(kv, b, g, t, d).permute(1, 0, 2, 3, 4)
+        else:
+            part = torch.matmul(p, v.unsqueeze(2))
+        out = part if out is None else out + part
+    return out.reshape(b, lm.n_heads, t, lm.head_dim).transpose(1, 2).reshape(b, t, lm.q_size)
+
+
 @dataclass
 class _Layout:
     """Static buffers (and, once captured, the graph) of one batch layout."""
@@ -248,7 +310,7 @@ class GraphedLM:
         own_mask = (lay.own_pos <= lay.t)[None, None, None, None, :]  # positions written so far
         x = F.embedding(lay.tokens, lm.embed).unsqueeze(1)  # [B, 1, H]
         for i, lw in enumerate(lm.layers):
-            q, k, v = lm._qkv(lw, lm._rms(x, lw.ln1), cos, sin)
+            q, k, v = _qkv(lm, lw, lm._rms(x, lw.ln1), cos, sin)
             lay.own_k[i].index_copy_(2, lay.t, k)
             lay.own_v[i].index_copy_(2, lay.t, v)
             parts = []
@@ -256,9 +318,9 @@ class GraphedLM:
                 segs = [(kp, vp, None) for kp, vp in lay.prefixes[gi][i]]
                 segs.append((lay.row_k[gi][i], lay.row_v[gi][i], lay.row_valid[gi]))
                 segs.append((lay.own_k[i][a:b], lay.own_v[i][a:b], own_mask))
-                parts.append(lm._attend(q[a:b], segs))
+                parts.append(_attend(lm, q[a:b], segs))
             att = parts[0] if len(parts) == 1 else torch.cat(parts)
-            x = x + (lw.o(att) if callable(getattr(lw, "o", None)) else F.linear(att, lw.w_o))
+            x = x + _linear(lw, "o", att)
             x = lm._mlp(lw, x)
         return lm.logits(x[:, 0])
 
