@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from tickcall.agent.messages import CallReply, DecideReply, ErrorReply
+from tickcall.agent.messages import MAX_DEADLINE_MS, CallReply, DecideReply, ErrorReply
 from tickcall.control_loop.actor import LoopActor, LoopSetupError
 from tickcall.control_loop.policy import Policy
 from tickcall.control_loop.replies import no_decision
@@ -284,7 +284,7 @@ class CascadePolicy:
             return
         try:
             # its deadline: a decision older than max_age_ms is never used, so the service may drop it
-            self.big.send_decide(turn, tick_id, self.s.max_age_ms)
+            self.big.send_decide(turn, tick_id, min(self.s.max_age_ms, MAX_DEADLINE_MS))
         except Exception:  # a big model that cannot be asked leaves the loop on the small one
             self._big["send_failures"] += 1
             self._next_big_at = now + 1.0 / self.s.big_rate_hz
@@ -458,6 +458,7 @@ class CascadeLoopActor(LoopActor):
         from tickcall.agent.client import PolicyClient
 
         big = dict(big or {})
+        client = None
         try:
             cs = CascadeSettings(**big.get("settings", {}))
             client = PolicyClient(
@@ -466,6 +467,8 @@ class CascadeLoopActor(LoopActor):
             welcome = client.hello(timeout_ms=register_timeout_ms)
             reg = client.register(self.world.tools, timeout_ms=register_timeout_ms)
         except Exception as exc:
+            if client is not None:
+                client.close()
             text = " ".join(str(exc).split()) or repr(exc)
             self.setup_error = (
                 f"the big model's service at {big.get('endpoint')}: {type(exc).__name__}: {text}"

@@ -225,7 +225,7 @@ class CascadeConfig:
     max_age_ms: float = setting(
         500.0,
         help="the oldest big decision a tick may take, ms (from its request's send)",
-        check=number(lo=0, lo_open=True, unit="ms"),
+        check=number(lo=0, lo_open=True, hi=3_600_000, unit="ms"),
         flag=Flag("--max-age-ms", metavar="MS"),
     )
     intent: str = setting(

@@ -484,3 +484,23 @@ def test_tickcall_run_with_a_cascade_writes_the_report_and_calibrates(services, 
     cas = out.report["cascade"]
     assert cas["threshold_source"].startswith("calibrated from") and cas["calibration"]["pairs"] >= 2
     assert cas["threshold"] == choose_threshold(cas["calibration"], 0.95)
+
+
+def test_a_big_service_that_is_not_there_is_one_line_at_start(services):
+    from tickcall.control_loop.actor import LoopSetupError
+    from tickcall.control_loop.cascade import start_cascade_loop_actor
+
+    from tickcall.world import WorldSpec, world_factory
+
+    small_ep, _ = services
+    with pytest.raises(LoopSetupError, match="the big model's service at tcp://127.0.0.1:9") as info:
+        start_cascade_loop_actor(
+            LoopSettings(rate_hz=RATE),
+            world_factory(WorldSpec(env="tickcall/Arena-v0")),
+            small_ep,
+            "tcp://127.0.0.1:9",
+            CascadeSettings(threshold=0),
+            client_timeout_ms=500,
+            register_timeout_ms=1500,
+        )
+    assert "\n" not in str(info.value)
