@@ -180,3 +180,81 @@ def test_bad_input_is_one_line(tmp_path):
         timeout=60,
     )
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "--warmup" in res.stderr
+
+
+class _FakeCapture:
+    """Stands in for torch.cuda's graph API on a CPU: a "capture" records which layout the step ran
+    on, a replay runs the step again into the captured output (what a CUDA graph replay does)."""
+
+    def __init__(self, monkeypatch, fail: bool = False) -> None:
+        import contextlib
+
+        import torch
+
+        fake = self
+        self.fail = fail
+        self.current = None
+        forward = GraphedLM._forward
+
+        class Graph:
+            def __init__(self):
+                self.replay_fn = None
+
+            def replay(self):
+                self.replay_fn()
+
+        class graph_ctx:  # torch.cuda.graph(g)
+            def __init__(self, g):
+                self.g = g
+
+            def __enter__(self):
+                fake.current = self.g
+
+            def __exit__(self, *exc):
+                fake.current = None
+                if fake.fail:
+                    raise RuntimeError("operation not permitted when stream is capturing")
+
+        def recording_forward(graphed, lay):
+            out = forward(graphed, lay)
+            if fake.current is not None:
+                fake.current.replay_fn = lambda: lay.logits.copy_(forward(graphed, lay))
+            return out
+
+        class Stream:
+            def wait_stream(self, other):
+                pass
+
+        monkeypatch.setattr(GraphedLM, "_forward", recording_forward)
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+        monkeypatch.setattr(torch.cuda, "graph", graph_ctx)
+        monkeypatch.setattr(torch.cuda, "Stream", Stream)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+        monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+
+def test_captured_steps_replay_into_the_same_tokens(engine, arena_tools, monkeypatch):
+    _FakeCapture(monkeypatch)
+    regs = [engine.register(arena_tools)]
+    graphed = GraphedLM(engine.lm, 4096)
+    graphed.fallback = None  # pretend the model is on CUDA: the fake capture runs on the CPU
+    want = _decide(engine, regs, engine.lm)
+    assert _decide(engine, regs, graphed) == want  # captures on the first step, replays after
+    assert _decide(engine, regs, graphed) == want  # the same layout: replays only
+    stats = graphed.stats()
+    assert stats["captures"] == 1 and stats["layouts"] == 1 and stats["fallback"] is None
+    steps = max(len(ids) for d in want for ids in d.values()) - 1  # the first token comes from prefill
+    assert stats["replays"] == 2 * steps  # the capturing step replays too (capture does not run the graph)
+
+
+def test_a_failed_capture_falls_back_for_good(engine, arena_tools, monkeypatch):
+    _FakeCapture(monkeypatch, fail=True)
+    regs = [engine.register(arena_tools)]
+    graphed = GraphedLM(engine.lm, 4096)
+    graphed.fallback = None
+    want = _decide(engine, regs, engine.lm)
+    assert _decide(engine, regs, graphed) == want  # the decide in flight finishes on the static step
+    assert "capture failed" in graphed.fallback and graphed.captures == 0
+    assert _decide(engine, regs, graphed) == want  # and the next ones run the lean step
+    assert graphed.replays == 0
