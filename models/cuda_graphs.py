@@ -306,7 +306,8 @@ class GraphedLM:
         """One decode step over every static row (no host sync, no shape that depends on ``t``)."""
         lm = self.lm
         pos = lay.ctx_len + lay.t
-        cos, sin = self._cos[pos].unsqueeze(1), self._sin[pos].unsqueeze(1)  # [B, 1, d]
+        # index_select, not advanced indexing: a plain gather kernel, safe to capture
+        cos, sin = self._cos.index_select(0, pos).unsqueeze(1), self._sin.index_select(0, pos).unsqueeze(1)
         own_mask = (lay.own_pos <= lay.t)[None, None, None, None, :]  # positions written so far
         x = F.embedding(lay.tokens, lm.embed).unsqueeze(1)  # [B, 1, H]
         for i, lw in enumerate(lm.layers):
