@@ -12,6 +12,12 @@ Semantics shared by both backends (tests check they agree call for call):
 3. Once the function head has chosen a tool, an argument head whose tokens the chosen tool's rule
    does not accept is re-decoded from its tag under that rule. The transformers backend notices a
    dead prefix mid-decode and stops the row early; the outcome is the same as checking at the end.
+4. Jump-forward of a forced stop (transformers backend): when all a row may emit next is its closing
+   tag or ``<|im_end|>`` (two stops with the same meaning), the row is finished with its closing tag
+   without another forward pass. Where the row has a chosen tool's shadow, what that rule allows
+   counts: anything else would kill the row, and its re-decode replays the same tokens (the chosen
+   rule's argmax is the start rule's while the shadow accepts) up to the same choice among the stops.
+   So the call is the one the model would have made; ``<|null|>`` (which changes the meaning) blocks it.
 
 Compiled grammars are kept with the registration (``Registration.grammars``) and deduplicated by
 their text per engine (a bounded LRU of ``CACHE_ENTRIES``: a service fed endless distinct tool sets
@@ -108,9 +114,13 @@ class Constrainer:
         grammars: HeadGrammars = build_head_grammars(tools, heads, allow_no_call)
         start = {head: self._compile(rule) for head, rule in grammars.start.items()}
         chosen = {key: self._compile(rule) for key, rule in grammars.chosen.items()}
-        return CompiledHeads(start=start, chosen=chosen, weaker=grammars.weaker,
-                             compile_ms=(time.perf_counter() - t0) * 1e3,
-                             tool_names=frozenset(t.name for t in tools))
+        return CompiledHeads(
+            start=start,
+            chosen=chosen,
+            weaker=grammars.weaker,
+            compile_ms=(time.perf_counter() - t0) * 1e3,
+            tool_names=frozenset(t.name for t in tools),
+        )
 
     # ---------------------------------------------------------------- helpers
     def stop_ids(self, head: str, nullable: bool) -> list[int]:
@@ -138,7 +148,9 @@ class Constrainer:
             bits = self._keep[(head, nullable)] = row
         return bits
 
-    def chosen_tool(self, ids: list[int], decode: Callable[[list[int]], str], grammars: CompiledHeads) -> str | None:
+    def chosen_tool(
+        self, ids: list[int], decode: Callable[[list[int]], str], grammars: CompiledHeads
+    ) -> str | None:
         """The tool a finished function head (``ids``, stop token included) named: None for
         ``<|null|>``, an unfinished head or a name that is not registered. ``decode``: ids -> text."""
         if not ids or ids[-1] not in (self.token_ids[close_tag("function")], self.token_ids[IM_END]):
@@ -208,6 +220,26 @@ class RowGuide:
         self.dead = False  # the chosen tool's rule rejected this row's prefix: re-decode it
 
 
+def forced_stop(constrainer: Constrainer, guide: RowGuide, close_id: int) -> int | None:
+    """The stop token a row can be finished with without the model (see rule 4 of the module
+    docstring): ``close_id`` where everything the row may emit next (its rule, its banned ids and, once
+    set, its shadow) is ``close_id`` or ``<|im_end|>``; None otherwise. Costs one or two mask fills."""
+    end_id = constrainer.token_ids[IM_END]
+    bm = xgr.allocate_token_bitmask(2 if guide.shadow is not None else 1, constrainer.vocab_size)
+    guide.matcher.fill_next_token_bitmask(bm, 0)
+    row = bm[0] & guide.keep
+    if guide.shadow is not None:
+        guide.shadow.fill_next_token_bitmask(bm, 1)
+        row &= bm[1]
+    words = torch.nonzero(row).flatten().tolist()
+    if not words or len(words) > 2:
+        return None
+    allowed = [(w << 5) + b for w in words for b in range(32) if (int(row[w]) >> b) & 1]
+    if close_id not in allowed or not set(allowed) <= {close_id, end_id}:
+        return None
+    return close_id
+
+
 def mask_logits(constrainer: Constrainer, guides: list[RowGuide], logits: torch.Tensor) -> None:
     """Restrict ``logits`` [rows, V] (float32) in place to what each row's rule allows next."""
     n, v = logits.shape
@@ -216,7 +248,7 @@ def mask_logits(constrainer: Constrainer, guides: list[RowGuide], logits: torch.
         g.matcher.fill_next_token_bitmask(bm, slot)
     bm &= torch.stack([g.keep for g in guides])  # special tokens that are not this head's stops
     if v > constrainer.vocab_size:  # padded output rows beyond the grammar's vocabulary
-        logits[:, constrainer.vocab_size:] = float("-inf")
+        logits[:, constrainer.vocab_size :] = float("-inf")
     if logits.device.type != "cpu":  # matchers fill a CPU mask; the kernel wants it beside the logits
         bm = bm.to(logits.device, non_blocking=True)
     xgr.apply_token_bitmask_inplace(logits, bm, vocab_size=min(v, constrainer.vocab_size))

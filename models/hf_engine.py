@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tickcall.models.constrain import Constrainer, RowGuide, mask_logits
+from tickcall.models.constrain import Constrainer, RowGuide, forced_stop, mask_logits
+from tickcall.models.cpu_features import PRECISIONS, choose_precision, cpu_flags
 from tickcall.models.engine import Engine, EngineError, RawHeads, Registration
 from tickcall.models.format import CHAT_TOKENS, IM_END, NULL, Turn, close_tag, open_tag, special_tokens
 from tickcall.models.lean import LeanLM
@@ -46,8 +47,10 @@ def check_special_tokens(tokenizer, max_heads: int = MAX_ARITY) -> dict[str, int
     if bad:
         raise TokenizerFormatError(
             "this tokenizer does not hold the SimpleTool tokens as single tokens ("
-            + "; ".join(bad) + f"; {max_heads} argument heads expected). Use a SimpleTool checkpoint (RT-Qwen) "
-            "or a model trained by tickcall, whose tickcall.json max_heads matches its tokenizer.")
+            + "; ".join(bad)
+            + f"; {max_heads} argument heads expected). Use a SimpleTool checkpoint (RT-Qwen) "
+            "or a model trained by tickcall, whose tickcall.json max_heads matches its tokenizer."
+        )
     return ids
 
 
@@ -61,7 +64,11 @@ class HFEngine(Engine):
     """SimpleTool decoding with transformers weights and the lean loop.
 
     ``model_path``: a local folder (config.json, safetensors, tokenizer). ``device``: "cpu", "cuda"
-    or "auto". ``dtype``: defaults to float32 on CPU and bfloat16 on CUDA. ``threads``: torch CPU
+    or "auto". ``dtype``: defaults to float32 on CPU and bfloat16 on CUDA; given, it is the format
+    (no fast path). ``precision`` (CPU): "fp32", "bf16" (weights and activations), "int8" (dynamic-
+    quantized projections and LM head, models.lean) or "auto": models under ``SMALL_MODEL_PARAMS`` stay
+    float32 (the shipped students are unchanged), bigger ones take the format ``models.cpu_features``
+    picks for this CPU; ``info()`` reports ``precision`` and ``fast_path_reason``. ``threads``: torch CPU
     threads (None: 1 for models under 50M parameters on CPU, else torch's default; process-wide).
     ``max_new_tokens``: per head budget. ``allow_future_refs``: accept ``@fN`` argument values (see
     models.assembly). ``constrain``: decode every head under its schema grammar (models.constrain;
@@ -71,18 +78,39 @@ class HFEngine(Engine):
 
     backend = "transformers"
 
-    def __init__(self, model_path: str | Path, *, device: str | None = "auto", dtype: str | None = None,
-                 threads: int | None = None, max_new_tokens: int = 32, template: str | None = None,
-                 allow_future_refs: bool = False, constrain: bool = True, assembly: str = "strict") -> None:
-        super().__init__(max_new_tokens=max_new_tokens, allow_future_refs=allow_future_refs, assembly=assembly)
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        device: str | None = "auto",
+        dtype: str | None = None,
+        threads: int | None = None,
+        max_new_tokens: int = 32,
+        template: str | None = None,
+        allow_future_refs: bool = False,
+        constrain: bool = True,
+        assembly: str = "strict",
+        precision: str = "auto",
+    ) -> None:
+        super().__init__(
+            max_new_tokens=max_new_tokens, allow_future_refs=allow_future_refs, assembly=assembly
+        )
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_path = Path(model_path)
         if not (self.model_path / "config.json").exists():
             raise EngineError(f"{self.model_path} is not a model folder (no config.json)")
         self.device = pick_device(device)
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda"
-                                                           else torch.float32)
+        if precision not in PRECISIONS:
+            raise EngineError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.device != "cpu" and precision not in ("auto", "bf16"):
+            raise EngineError(
+                f"precision {precision!r} is for the CPU; on {self.device} the model runs in bf16 "
+                "(or pass dtype)"
+            )
+        torch_dtype = (
+            getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
+        )
         self.meta = read_model_meta(self.model_path)
         self.max_heads = model_max_heads(self.model_path, self.meta)
         self.default_template = template or self.meta.get("template", "v2")
@@ -92,19 +120,42 @@ class HFEngine(Engine):
             transformers_load_kwargs,  # W4A16 (compressed-tensors): dequantized
         )
 
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype,
-                                                          **transformers_load_kwargs(self.model_path)).to(self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=torch_dtype, **transformers_load_kwargs(self.model_path)
+        ).to(self.device)
         self.model.eval()
-        self.lm = LeanLM(self.model)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.precision, self.fast_path_reason = self._pick_precision(precision, dtype)
+        if self.device == "cpu":  # int8 packs from float32 weights; its activations stay float32
+            want = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            if self.model.dtype != want:
+                self.model.to(want)
+        self.lm = LeanLM(self.model, int8=self.precision == "int8")
         self._fast = getattr(self.tokenizer, "_tokenizer", None)  # the Rust tokenizer: no Python wrapping
         self.forced_lengths: dict[str, int] | None = None  # benchmarks only: decode exactly N tokens
-        self.n_params = sum(p.numel() for p in self.model.parameters())
+        # constrained rows whose grammar allows only a stop next finish without a forward (constrain rule 4)
+        self.jump_forward = True
         if threads is None and self.device == "cpu" and self.n_params < SMALL_MODEL_PARAMS:
             threads = 1  # tiny matmuls: a second thread only adds synchronisation (and stalls under load)
         if threads:
             torch.set_num_threads(threads)
-        self.constrainer = (Constrainer(self.tokenizer, self.lm.lm_head.shape[0], self.token_ids)
-                            if constrain else None)
+        self.constrainer = Constrainer(self.tokenizer, self.lm.vocab, self.token_ids) if constrain else None
+
+    def _pick_precision(self, precision: str, dtype: str | None) -> tuple[str, str]:
+        """(precision, why) on this device for this model (see the class docstring)."""
+        loaded = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.model.dtype, str(self.model.dtype))
+        if self.device != "cpu":
+            return loaded, f"{loaded}: {self.device}"
+        if precision != "auto":
+            return precision, f"{precision}: asked for"
+        if dtype:
+            return loaded, f"{loaded}: dtype given"
+        if self.n_params < SMALL_MODEL_PARAMS:
+            return (
+                "fp32",
+                f"fp32: small model ({self.n_params / 1e6:.1f}M params < {SMALL_MODEL_PARAMS / 1e6:.0f}M)",
+            )
+        return choose_precision(cpu_flags())
 
     # ---------------------------------------------------------------- helpers
     def encode(self, text: str) -> list[int]:
@@ -123,10 +174,20 @@ class HFEngine(Engine):
 
     def info(self) -> dict[str, Any]:
         cfg = self.model.config
-        return {"backend": self.backend, "model": str(self.model_path), "model_type": cfg.model_type,
-                "params": self.n_params, "device": self.device, "dtype": str(self.lm.dtype).replace("torch.", ""),
-                "default_template": self.default_template, "constrained": self.constrainer is not None, "max_heads": self.max_heads,
-                "assembly": self.assembly}
+        return {
+            "backend": self.backend,
+            "model": str(self.model_path),
+            "model_type": cfg.model_type,
+            "params": self.n_params,
+            "device": self.device,
+            "dtype": str(self.lm.dtype).replace("torch.", ""),
+            "precision": self.precision,
+            "fast_path_reason": self.fast_path_reason,
+            "default_template": self.default_template,
+            "constrained": self.constrainer is not None,
+            "max_heads": self.max_heads,
+            "assembly": self.assembly,
+        }
 
     def close(self) -> None:
         self._registrations.clear()
@@ -175,8 +236,10 @@ class HFEngine(Engine):
         if self.constrainer is not None and not forced:
             chosen: dict[int, str] = {}  # item -> tool its function head chose
             rows_of = {i: [r for r in range(n) if row_item[r] == i] for i in range(len(items))}
-            run.guides = [RowGuide(self.constrainer, h, items[row_item[r]][0].grammars.start[h])
-                          for r, h in enumerate(row_head)]
+            run.guides = [
+                RowGuide(self.constrainer, h, items[row_item[r]][0].grammars.start[h])
+                for r, h in enumerate(row_head)
+            ]
 
             def resolved(r: int) -> None:  # a function head stopped: shadow its item's argument rows
                 i = row_item[r]
@@ -202,8 +265,12 @@ class HFEngine(Engine):
                 reg = items[i][0]
                 for a in rows_of[i]:
                     head = row_head[a]
-                    if head != "function" and (run.guides[a].dead or not self.constrainer.accepts(
-                            head, reg.grammars.chosen[(tool, head)], run.generated[a])):
+                    if head != "function" and (
+                        run.guides[a].dead
+                        or not self.constrainer.accepts(
+                            head, reg.grammars.chosen[(tool, head)], run.generated[a]
+                        )
+                    ):
                         redo.append(a)
                         run.guides[a] = RowGuide(self.constrainer, head, reg.grammars.chosen[(tool, head)])
                         run.generated[a], run.finished[a], run.confidence[a] = [], False, 1.0
@@ -240,10 +307,20 @@ class HFEngine(Engine):
                     texts[head] = NULL
                 else:
                     texts[head] = self.decode_ids(body)
-            out.append(RawHeads(texts=texts, token_ids=ids_map, unfinished=unfinished,
-                                prompt_tokens=suffix_lens[i], cached_tokens=reg.prefix_tokens,
-                                prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
-                                grammar_closed=grammar_closed, redecoded=redecoded, confidence=confidence))
+            out.append(
+                RawHeads(
+                    texts=texts,
+                    token_ids=ids_map,
+                    unfinished=unfinished,
+                    prompt_tokens=suffix_lens[i],
+                    cached_tokens=reg.prefix_tokens,
+                    prefill_ms=(t1 - t0) * 1e3,
+                    decode_ms=(t2 - t1) * 1e3,
+                    grammar_closed=grammar_closed,
+                    redecoded=redecoded,
+                    confidence=confidence,
+                )
+            )
         return out
 
     def _close(self, r: int, run: _Rows, closed: set[int]) -> None:
@@ -254,6 +331,20 @@ class HFEngine(Engine):
             run.generated[r].extend(path)
             run.finished[r] = True
             closed.add(r)
+
+    def _jump(self, r: int, run: _Rows) -> None:
+        """Finish row ``r`` with its closing tag when its grammar allows only a stop next
+        (models.constrain rule 4). The forced token counts as probability 1 for the confidence."""
+        g = run.guides[r]
+        tok = forced_stop(self.constrainer, g, self.token_ids[close_tag(g.head)])
+        if tok is None:
+            return
+        g.matcher.accept_token(tok)
+        if g.shadow is not None:
+            g.shadow.accept_token(tok)
+        run.generated[r].append(tok)
+        run.finished[r] = True
+        run.jumped += 1
 
     def _greedy(self, groups: list, rows: list[int], logits: torch.Tensor, run: _Rows, budget: int) -> None:
         """Greedy decode of ``rows`` (row indices, ascending) from their first-token ``logits``.
@@ -286,11 +377,23 @@ class HFEngine(Engine):
                 # forced (benchmarks): exactly limits[r] tokens; otherwise a stop id or the budget
                 stops = guides[r].stops if guides is not None else run.stops[r]
                 run.finished[r] = len(run.generated[r]) >= run.limits[r] if forced else tok in stops
+                if (
+                    not run.finished[r]
+                    and guides is not None
+                    and self.jump_forward
+                    and not guides[r].dead
+                    and len(run.generated[r]) < run.limits[r]
+                ):
+                    self._jump(r, run)  # only a stop may follow: finish the row without a forward
                 if run.finished[r] and run.on_function_done is not None and guides[r].head == "function":
                     run.on_function_done(r)
-            still = [slot for slot, r in enumerate(live)
-                     if not run.finished[r] and len(run.generated[r]) < run.limits[r]
-                     and not (guides is not None and guides[r].dead)]
+            still = [
+                slot
+                for slot, r in enumerate(live)
+                if not run.finished[r]
+                and len(run.generated[r]) < run.limits[r]
+                and not (guides is not None and guides[r].dead)
+            ]
             if not still:
                 return
             if rb is None:
@@ -315,3 +418,4 @@ class _Rows:
     stops: list[tuple[int, ...]] = field(default_factory=list)
     guides: list[RowGuide] | None = None
     on_function_done: Callable[[int], None] | None = None
+    jumped: int = 0  # rows finished by a jump-forward stop (no forward pass for it)

@@ -17,10 +17,18 @@ or 64 (no per-tick copy of the prefix KV, no per-head copy of the shared context
 Numerics follow the transformers implementations (RMSNorm in float32, rotate-half RoPE with the
 model's own ``inv_freq`` and ``attention_scaling``, softmax in float32); tests compare token for token
 with the transformers model.
+
+Weight formats (``LeanLM(model, int8=...)``): the model's own dtype (float32, or bfloat16 weights and
+activations), or int8: every projection (and the LM head) as a prepacked per-channel int8 weight
+applied with dynamic activation quantization (``torch.ops.quantized.linear_dynamic``, fbgemm; VNNI
+where the CPU has it), activations and KV cache in float32. Every matmul of a layer goes through one
+``Linear`` callable, so the format is chosen once, at load.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,45 +38,77 @@ SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
 
 Segment = tuple[torch.Tensor, torch.Tensor]  # (K [kv, L, d], V [kv, L, d])
 Context = list[list[Segment]]  # per layer: the segments a request's heads attend to
+Linear = Callable[[torch.Tensor], torch.Tensor]  # x [..., in] -> x W^T (+ b) [..., out]
+
+
+def dense(w: torch.Tensor, b: torch.Tensor | None = None) -> Linear:
+    """A linear layer in the weight's own dtype."""
+    return lambda x: F.linear(x, w, b)
+
+
+def int8_dynamic(w: torch.Tensor, b: torch.Tensor | None = None) -> Linear:
+    """A linear layer with a prepacked int8 weight (symmetric, one scale per output channel) and
+    activations quantized per call (per tensor, uint8 with full range: ``reduce_range=False`` is
+    exact with VNNI's 32-bit accumulation). Input and output float32."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
+    zero = torch.zeros(w.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # torch 2.13 marks quantized tensor creation deprecated; fbgemm stays
+        warnings.simplefilter("ignore", UserWarning)
+        qw = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+    packed = torch.ops.quantized.linear_prepack(qw, None if b is None else b.detach().float())
+    dyn = torch.ops.quantized.linear_dynamic
+    return lambda x: dyn(x, packed, False)
 
 
 @dataclass
 class _Layer:
     ln1: torch.Tensor
     ln2: torch.Tensor
-    w_qkv: torch.Tensor
-    b_qkv: torch.Tensor | None
-    w_o: torch.Tensor
-    w_gate_up: torch.Tensor
-    w_down: torch.Tensor
+    qkv: Linear
+    o: Linear
+    gate_up: Linear
+    down: Linear
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
+    w_o: torch.Tensor | None = None  # the dense o_proj weight (None for int8), for models.cuda_graphs
 
 
 class LeanLM:
     """Weights of a decoder-only model, and the two forward passes SimpleTool needs."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, *, int8: bool = False) -> None:
+        """``int8``: projections and LM head as dynamic-quantized int8 (CPU, float32 model only)."""
         cfg = model.config
         if cfg.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model_type {cfg.model_type!r} is not supported by the lean decoder; "
-                             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            raise ValueError(
+                f"model_type {cfg.model_type!r} is not supported by the lean decoder; "
+                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
         inner = model.model
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
         self.group = self.n_heads // self.n_kv
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
-        self.scaling = self.head_dim ** -0.5
+        self.scaling = self.head_dim**-0.5
         self.embed = inner.embed_tokens.weight.detach()
         self.norm = inner.norm.weight.detach()
-        self.lm_head = model.lm_head.weight.detach()
         self.dtype = self.embed.dtype
         self.device = self.embed.device
+        if int8 and (self.dtype != torch.float32 or self.device.type != "cpu"):
+            raise ValueError("int8 weights need a float32 model on the CPU")
+        self.int8 = int8
+        lin = int8_dynamic if int8 else dense
+        self.vocab = model.lm_head.weight.shape[0]
+        self.lm_head = lin(model.lm_head.weight.detach())
         rot = inner.rotary_emb
         self.inv_freq = rot.inv_freq.detach().float().to(self.device)
         self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
-        self._cos = self._sin = torch.empty(0)
+        self._cos = self._sin = self._sin_signed = torch.empty(0)
+        # float32 activations: torch's fused RMSNorm (one op, the same float32 math); bf16 keeps the
+        # transformers rounding (normalise in float32, round, then scale in bf16) for token equality
+        self._fused_rms = self.dtype == torch.float32
         self.layers: list[_Layer] = []
         with torch.no_grad():
             for layer in inner.layers:
@@ -76,26 +116,35 @@ class LeanLM:
                 projs = (a.q_proj, a.k_proj, a.v_proj)
                 b_qkv = None
                 if any(p.bias is not None for p in projs):
-                    b_qkv = torch.cat([p.bias if p.bias is not None else
-                                       torch.zeros(p.out_features, dtype=self.dtype, device=self.device)
-                                       for p in projs])
-                self.layers.append(_Layer(
-                    ln1=layer.input_layernorm.weight.detach(),
-                    ln2=layer.post_attention_layernorm.weight.detach(),
-                    w_qkv=torch.cat([p.weight for p in projs]).detach(),
-                    b_qkv=b_qkv,
-                    w_o=a.o_proj.weight.detach(),
-                    w_gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach(),
-                    w_down=m.down_proj.weight.detach(),
-                    q_norm=a.q_norm.weight.detach() if hasattr(a, "q_norm") else None,
-                    k_norm=a.k_norm.weight.detach() if hasattr(a, "k_norm") else None,
-                ))
+                    b_qkv = torch.cat(
+                        [
+                            p.bias
+                            if p.bias is not None
+                            else torch.zeros(p.out_features, dtype=self.dtype, device=self.device)
+                            for p in projs
+                        ]
+                    )
+                self.layers.append(
+                    _Layer(
+                        ln1=layer.input_layernorm.weight.detach(),
+                        ln2=layer.post_attention_layernorm.weight.detach(),
+                        qkv=lin(torch.cat([p.weight for p in projs]).detach(), b_qkv),
+                        o=lin(a.o_proj.weight.detach()),
+                        gate_up=lin(torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()),
+                        down=lin(m.down_proj.weight.detach()),
+                        q_norm=a.q_norm.weight.detach() if hasattr(a, "q_norm") else None,
+                        k_norm=a.k_norm.weight.detach() if hasattr(a, "k_norm") else None,
+                        w_o=None if int8 else a.o_proj.weight.detach(),
+                    )
+                )
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv * self.head_dim
-        self.inter = self.layers[0].w_down.shape[1] if self.layers else 0
+        self.inter = cfg.intermediate_size
 
     # ------------------------------------------------------------------ pieces
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self._fused_rms:
+            return F.rms_norm(x, (x.shape[-1],), w, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return w * xf.to(x.dtype)
@@ -109,6 +158,8 @@ class LeanLM:
         emb = torch.cat([freqs, freqs], dim=-1)
         self._cos = (emb.cos() * self.rope_scale).to(self.dtype)
         self._sin = (emb.sin() * self.rope_scale).to(self.dtype)
+        half = self._sin.shape[-1] // 2  # rotate_half(x) * sin == roll(x, half) * [-sin_lo, sin_hi], exactly
+        self._sin_signed = torch.cat([-self._sin[:, :half], self._sin[:, half:]], dim=-1)
 
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -116,9 +167,26 @@ class LeanLM:
         rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rot * sin
 
+    def _qkv_fast(self, lw: _Layer, h: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor):
+        """h [B, T, H] -> q [B, T, heads, d], k/v [B, T, kv, d] with RoPE applied to q and k in one
+        pass where there is no q/k norm (cos/sin_signed [B or 1, T, 1, d]; see ``_rope_tables``)."""
+        qkv = lw.qkv(h)
+        b, t = h.shape[0], h.shape[1]
+        nq, d, half = self.n_heads, self.head_dim, self.head_dim // 2
+        v = qkv[..., self.q_size + self.kv_size :].view(b, t, self.n_kv, d)
+        if lw.q_norm is None:
+            qk = qkv[..., : self.q_size + self.kv_size].view(b, t, nq + self.n_kv, d)
+            qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin_signed)
+            return qk[:, :, :nq], qk[:, :, nq:], v
+        q = self._rms(qkv[..., : self.q_size].view(b, t, nq, d), lw.q_norm)
+        k = self._rms(qkv[..., self.q_size : self.q_size + self.kv_size].view(b, t, self.n_kv, d), lw.k_norm)
+        q = torch.addcmul(q * cos, q.roll(half, -1), sin_signed)
+        k = torch.addcmul(k * cos, k.roll(half, -1), sin_signed)
+        return q, k, v
+
     def _qkv(self, lw: _Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """h [B, T, H] -> q [B, kv, g, T, d], k/v [B, kv, T, d] with RoPE (cos/sin [B or 1, T, d])."""
-        qkv = F.linear(h, lw.w_qkv, lw.b_qkv)
+        qkv = lw.qkv(h)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         b, t = h.shape[0], h.shape[1]
         q = q.view(b, t, self.n_heads, self.head_dim)
@@ -132,8 +200,9 @@ class LeanLM:
         k = self._rotate(k, cos, sin).permute(0, 2, 1, 3)  # [B, kv, T, d]
         return q.reshape(b, self.n_kv, self.group, t, self.head_dim), k, v.permute(0, 2, 1, 3)
 
-    def _attend(self, q: torch.Tensor, segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
-                ) -> torch.Tensor:
+    def _attend(
+        self, q: torch.Tensor, segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+    ) -> torch.Tensor:
         """Softmax attention of q [B, kv, g, T, d] over K/V segments that are never copied.
 
         A segment is (K, V, mask): K/V [kv, L, d] are shared by every row (the cached prefix);
@@ -165,29 +234,36 @@ class LeanLM:
         return out.reshape(b, self.n_heads, t, self.head_dim).transpose(1, 2).reshape(b, t, self.q_size)
 
     def _mlp(self, lw: _Layer, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(self._rms(x, lw.ln2), lw.w_gate_up).split(self.inter, dim=-1)
-        return x + F.linear(F.silu(gate) * up, lw.w_down)
+        gate, up = lw.gate_up(self._rms(x, lw.ln2)).split(self.inter, dim=-1)
+        return x + lw.down(F.silu(gate) * up)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._rms(h, self.norm), self.lm_head)
+        return self.lm_head(self._rms(h, self.norm))
 
     # ------------------------------------------------------------------ prefill
     @torch.inference_mode()
     def prefill_prefix(self, ids: list[int]) -> Context:
         """The static prefix's KV cache (one shared segment per layer)."""
         g = self.prefill_group([ids], None, [])
-        return [[(g.suf_k[i][0], g.suf_v[i][0])] for i in range(len(self.layers))]
+        return [[(g.suf_k[i][0].contiguous(), g.suf_v[i][0].contiguous())] for i in range(len(self.layers))]
 
     @torch.inference_mode()
-    def prefill_group(self, suffixes: list[list[int]], prefix: Context | None, tags: list[int]) -> GroupPrefill:
+    def prefill_group(
+        self, suffixes: list[list[int]], prefix: Context | None, tags: list[int]
+    ) -> GroupPrefill:
         """Prefill several requests that share one cached ``prefix``, in one forward.
 
         Each request's suffix (padded to the longest) is causal over prefix + itself; each of its tag
         tokens (one per head, the same for every request) sees prefix + suffix + itself only, at
-        position ``P + len(suffix)``. Returns the suffixes' and tags' K/V and the tags' logits."""
+        position ``P + len(suffix)``. Returns the suffixes' and tags' K/V and the tags' logits.
+
+        Attention is one ``scaled_dot_product_attention`` per layer over [prefix | window] keys: the
+        query heads of a KV group are folded into the query axis ([m, kv, g*W, d]), so K/V are never
+        repeated per query head; the prefix is copied once per layer (its attention reads it anyway)."""
         dev = self.device
-        p = sum(seg[0].shape[1] for seg in prefix[0]) if prefix else 0
-        m, n = len(suffixes), len(tags)
+        pk0 = prefix[0][0][0] if prefix and prefix[0] else None
+        p = pk0.shape[1] if pk0 is not None else 0
+        m, n, g = len(suffixes), len(tags), self.group
         lens = torch.tensor([len(x) for x in suffixes], device=dev)
         smax = int(lens.max())
         width = smax + n
@@ -199,7 +275,7 @@ class LeanLM:
         cols = torch.arange(width, device=dev)
         pos = torch.where(cols < smax, p + cols, p + lens[:, None])  # [m, width]; tags sit at P + len
         self._rope_tables(p + width + 1)
-        cos, sin = self._cos[pos], self._sin[pos]  # [m, width, d]
+        cos, sin_s = self._cos[pos].unsqueeze(2), self._sin_signed[pos].unsqueeze(2)  # [m, width, 1, d]
         # mask [m, width, width]: keys must be real suffix tokens (k < len) at or before the query,
         # or, for a tag, the tag itself.
         valid = cols[None, :] < lens[:, None]  # [m, width] real suffix keys
@@ -208,23 +284,41 @@ class LeanLM:
         mask = valid[:, None, :] & (causal | is_tag_q)
         if n:
             mask = mask | (is_tag_q & (cols[None, :, None] == cols[None, None, :]))
-        mask = mask[:, None, None]  # [m, 1, 1, width, width]
+        if p:
+            mask = torch.cat([torch.ones(m, width, p, dtype=torch.bool, device=dev), mask], dim=-1)
+        mask = mask.repeat(1, g, 1)[:, None]  # [m, 1, g*width, P + width]: query row = head_in_group*W + w
         x = F.embedding(tokens, self.embed)  # [m, width, H]
         suf_k, suf_v, tag_k, tag_v = [], [], [], []
+        kv, d = self.n_kv, self.head_dim
         for i, lw in enumerate(self.layers):
-            q, k, v = self._qkv(lw, self._rms(x, lw.ln1), cos, sin)
-            shared = [(kp, vp, None) for kp, vp in prefix[i]] if prefix else []
-            att = self._attend(q, [*shared, (k, v, mask)])
-            x = x + F.linear(att, lw.w_o)
+            q, k, v = self._qkv_fast(lw, self._rms(x, lw.ln1), cos, sin_s)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [m, kv, W, d]
+            if p:
+                kp, vp = prefix[i][0]
+                k_all = torch.cat([kp.expand(m, -1, -1, -1), k], dim=2)
+                v_all = torch.cat([vp.expand(m, -1, -1, -1), v], dim=2)
+            else:
+                k_all, v_all = k, v
+            qf = q.reshape(m, width, kv, g, d).permute(0, 2, 3, 1, 4).reshape(m, kv, g * width, d)
+            att = F.scaled_dot_product_attention(qf, k_all, v_all, attn_mask=mask, scale=self.scaling)
+            att = att.view(m, kv, g, width, d).permute(0, 3, 1, 2, 4).reshape(m, width, self.q_size)
+            x = x + lw.o(att)
             x = self._mlp(lw, x)
             suf_k.append(k[:, :, :smax])
             suf_v.append(v[:, :, :smax])
             tag_k.append(k[:, :, smax:])
             tag_v.append(v[:, :, smax:])
         logits = self.logits(x[:, smax:]) if n else None
-        return GroupPrefill(prefix=prefix or [[] for _ in self.layers], suf_k=suf_k, suf_v=suf_v,
-                            suf_valid=valid[:, :smax], tag_k=tag_k, tag_v=tag_v, ctx_len=p + lens,
-                            logits=logits)
+        return GroupPrefill(
+            prefix=prefix or [[] for _ in self.layers],
+            suf_k=suf_k,
+            suf_v=suf_v,
+            suf_valid=valid[:, :smax],
+            tag_k=tag_k,
+            tag_v=tag_v,
+            ctx_len=p + lens,
+            logits=logits,
+        )
 
     # ------------------------------------------------------------------ batched decode
     def rows(self, groups: list[GroupPrefill], budget: int) -> RowBatch:
@@ -233,25 +327,34 @@ class LeanLM:
 
     @torch.inference_mode()
     def step(self, rb: RowBatch, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per live row; returns next-token logits [rows, V]."""
+        """Feed one token per live row; returns next-token logits [rows, V].
+
+        Per layer and prefix group: this token's K/V go to each row's own slot ``t`` of the group's
+        key buffer, then one ``scaled_dot_product_attention`` of the group's rows (folded into the
+        query axis) over the buffer's first ``ctx + (t+1)*R`` keys, each row masked to its context."""
         t = rb.t
         pos = rb.ctx_len + t
         self._rope_tables(int(pos.max()) + 1)
-        cos, sin = self._cos[pos].unsqueeze(1), self._sin[pos].unsqueeze(1)  # [n, 1, d]
+        cos, sin_s = self._cos[pos][:, None, None], self._sin_signed[pos][:, None, None]  # [n, 1, 1, d]
+        spans = rb.spans()
+        masks = rb.masks_for_step()  # per span: [1, 1, g*rows, keys] (built once per step, not per layer)
         x = F.embedding(tokens, self.embed).unsqueeze(1)  # [n, 1, H]
+        kv, d, g = self.n_kv, self.head_dim, self.group
         for i, lw in enumerate(self.layers):
-            q, k, v = self._qkv(lw, self._rms(x, lw.ln1), cos, sin)
-            rb.k[i][:, :, t] = k[:, :, 0]
-            rb.v[i][:, :, t] = v[:, :, 0]
-            own_k, own_v = rb.k[i][:, :, : t + 1], rb.v[i][:, :, : t + 1]
+            q, k, v = self._qkv_fast(lw, self._rms(x, lw.ln1), cos, sin_s)  # q [n, 1, heads, d]
             parts = []
-            for g, a, b in rb.spans():
-                segs = [(kp, vp, None) for kp, vp in g.prefix[i]]
-                segs.append((g.row_k[i], g.row_v[i], g.row_valid))
-                segs.append((own_k[a:b], own_v[a:b], None))
-                parts.append(self._attend(q[a:b], segs))
+            for (gb, a, b, slots), mask in zip(spans, masks, strict=True):
+                kb, vb = gb.k[i], gb.v[i]
+                kb[:, slots] = k[a:b, 0].transpose(0, 1)  # [kv, rows, d] into their own slots
+                vb[:, slots] = v[a:b, 0].transpose(0, 1)
+                nb, keys = b - a, mask.shape[-1]
+                qf = q[a:b, 0].reshape(nb, kv, g, d).permute(1, 2, 0, 3).reshape(1, kv, g * nb, d)
+                att = F.scaled_dot_product_attention(
+                    qf, kb[None, :, :keys], vb[None, :, :keys], attn_mask=mask, scale=self.scaling
+                )
+                parts.append(att.view(kv, g, nb, d).permute(2, 0, 1, 3).reshape(nb, 1, self.q_size))
             att = parts[0] if len(parts) == 1 else torch.cat(parts)
-            x = x + F.linear(att, lw.w_o)
+            x = x + lw.o(att)
             x = self._mlp(lw, x)
         rb.t += 1
         return self.logits(x[:, 0])
@@ -272,59 +375,84 @@ class GroupPrefill:
     tag_v: list[torch.Tensor]
     ctx_len: torch.Tensor
     logits: torch.Tensor | None
-    # set by RowBatch: the suffix of each live row (copied from its request; suffixes are short)
-    row_k: list[torch.Tensor] | None = None
-    row_v: list[torch.Tensor] | None = None
-    row_valid: torch.Tensor | None = None
-    rows: int = 0
+
+
+class _GroupBuffer:
+    """One prefix group's keys for the decode steps, built once per decode (per layer [kv, L, d]):
+
+    ``[prefix P | suffix of request 0 .. m-1 (Smax each) | own slots, time-major: t*R + row]``.
+    Rows are the group's heads (request-major). ``base`` [R, L_max] bool is what each row may see of
+    the context (prefix, its request's real suffix tokens); own slot (t, r) becomes visible to row r
+    when it is written. Unwritten slots are zeros (masked; never NaN)."""
+
+    def __init__(self, lm: LeanLM, gp: GroupPrefill, budget: int) -> None:
+        dev = lm.device
+        m, kv, n, d = gp.tag_k[0].shape
+        smax = gp.suf_k[0].shape[2]
+        p = gp.prefix[0][0][0].shape[1] if gp.prefix and gp.prefix[0] else 0
+        self.rows = m * n
+        self.ctx = p + m * smax
+        total = self.ctx + (budget + 1) * self.rows
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        for li in range(len(lm.layers)):
+            for store, pre, suf, tag in ((self.k, 0, gp.suf_k, gp.tag_k), (self.v, 1, gp.suf_v, gp.tag_v)):
+                buf = torch.zeros(kv, total, d, dtype=lm.dtype, device=dev)
+                if p:
+                    buf[:, :p] = gp.prefix[li][0][pre]
+                buf[:, p : self.ctx] = suf[li].transpose(0, 1).reshape(kv, m * smax, d)
+                buf[:, self.ctx : self.ctx + self.rows] = tag[li].transpose(0, 1).reshape(kv, self.rows, d)
+                store.append(buf)
+        see = torch.zeros(self.rows, total, dtype=torch.bool, device=dev)
+        see[:, :p] = True
+        req = torch.arange(self.rows, device=dev) // n
+        for j in range(m):
+            see[req == j, p + j * smax : p + (j + 1) * smax] = gp.suf_valid[j]
+        see[torch.arange(self.rows, device=dev), self.ctx + torch.arange(self.rows, device=dev)] = True
+        self.see = see
+        self.ctx_len = gp.ctx_len.repeat_interleave(n)
 
 
 class RowBatch:
     """The heads being decoded: rows ordered by group (shared prefix), then request, then head.
 
-    Own tokens live in ``k``/``v`` [rows, kv, budget + 1, d] (the tag at index 0); each group keeps
-    its rows' suffixes (``row_k``/``row_v``, with a validity mask). ``keep(idx)`` drops finished rows."""
+    ``live`` holds the original indices of the rows still decoding (ascending); ``keep(idx)`` drops
+    the others (their slots stay in the buffers, unread). ``t`` is the own position written next."""
 
     def __init__(self, lm: LeanLM, groups: list[GroupPrefill], budget: int) -> None:
-        self.groups = groups
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        for li in range(len(lm.layers)):
-            kb = torch.empty(sum(g.tag_k[0].shape[0] * g.tag_k[0].shape[2] for g in groups), lm.n_kv,
-                             budget + 1, lm.head_dim, dtype=lm.dtype, device=lm.device)
-            vb = torch.empty_like(kb)
-            kb[:, :, 0] = torch.cat([g.tag_k[li].permute(0, 2, 1, 3).reshape(-1, lm.n_kv, lm.head_dim)
-                                     for g in groups])
-            vb[:, :, 0] = torch.cat([g.tag_v[li].permute(0, 2, 1, 3).reshape(-1, lm.n_kv, lm.head_dim)
-                                     for g in groups])
-            self.k.append(kb)
-            self.v.append(vb)
-        for g in groups:
-            n = g.tag_k[0].shape[2]
-            g.row_k = [sk.repeat_interleave(n, dim=0) for sk in g.suf_k]
-            g.row_v = [sv.repeat_interleave(n, dim=0) for sv in g.suf_v]
-            g.row_valid = g.suf_valid.repeat_interleave(n, dim=0)[:, None, None, None, :]
-            g.rows = g.row_valid.shape[0]
-        self.ctx_len = torch.cat([g.ctx_len.repeat_interleave(g.tag_k[0].shape[2]) for g in groups])
+        self.lm = lm
+        self.groups = [_GroupBuffer(lm, g, budget) for g in groups]
+        starts, a = [], 0
+        for gb in self.groups:
+            starts.append(a)
+            a += gb.rows
+        self.starts = starts
+        self.live = list(range(a))
+        self.ctx_len = torch.cat([gb.ctx_len for gb in self.groups])
         self.t = 1  # the tag token (own position 0) is already in the buffer
 
-    def spans(self) -> list[tuple[GroupPrefill, int, int]]:
+    def spans(self) -> list[tuple[_GroupBuffer, int, int, torch.Tensor]]:
+        """Per group with live rows: (buffer, first live slot, end slot, own-slot key index of each)."""
         out, a = [], 0
-        for g in self.groups:
-            if g.rows:
-                out.append((g, a, a + g.rows))
-                a += g.rows
+        for gb, start in zip(self.groups, self.starts, strict=True):
+            local = [r - start for r in self.live if start <= r < start + gb.rows]
+            if local:
+                idx = torch.tensor(local, dtype=torch.long, device=self.ctx_len.device)
+                out.append((gb, a, a + len(local), gb.ctx + self.t * gb.rows + idx))
+                a += len(local)
+        return out
+
+    def masks_for_step(self) -> list[torch.Tensor]:
+        """Per span: the attention mask [1, 1, g*rows, keys] of this step (rows see their slot t)."""
+        out = []
+        for gb, _, _, slots in self.spans():
+            local = slots - gb.ctx - self.t * gb.rows
+            gb.see[local, slots] = True
+            keys = gb.ctx + (self.t + 1) * gb.rows
+            out.append(gb.see[local, :keys].repeat(self.lm.group, 1)[None, None])
         return out
 
     def keep(self, idx: list[int]) -> None:
         """Keep only rows ``idx`` (ascending row indices of the current batch)."""
-        index = torch.tensor(idx, device=self.ctx_len.device)
-        self.k = [b.index_select(0, index) for b in self.k]
-        self.v = [b.index_select(0, index) for b in self.v]
-        self.ctx_len = self.ctx_len.index_select(0, index)
-        for g, a, b in self.spans():
-            local = torch.tensor([r - a for r in idx if a <= r < b], dtype=torch.long, device=index.device)
-            g.row_k = [x.index_select(0, local) for x in g.row_k]
-            g.row_v = [x.index_select(0, local) for x in g.row_v]
-            g.row_valid = g.row_valid.index_select(0, local)
-            g.rows = len(local)
+        self.live = [self.live[i] for i in idx]
+        self.ctx_len = self.ctx_len.index_select(0, torch.tensor(idx, device=self.ctx_len.device))

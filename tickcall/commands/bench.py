@@ -16,9 +16,16 @@ BENCHES: dict[str, tuple[str, str]] = {
     "asyncfc": ("tickcall.bench.asyncfc", "async vs sync dispatch with a slow actuator"),
     "constrain": ("tickcall.bench.constrain", "decide latency with and without schema-constrained heads"),
     "legality": ("tickcall.bench.legality", "legal-call sweep: every gymnasium env id and BFCL tool set"),
-    "fairness": ("tickcall.bench.fairness", "victim P99 at 16 Hz beside a client sending maximal legal turns"),
+    "fairness": (
+        "tickcall.bench.fairness",
+        "victim P99 at 16 Hz beside a client sending maximal legal turns",
+    ),
     "anchor": ("tickcall.bench.anchor", "tickcall (ZMQ, HTTP door) vs SimpleTool's rt_server.py, same model"),
     "soak": ("tickcall.bench.soak", "server memory under minutes of mixed hostile traffic"),
+    "lm": (
+        "tickcall.bench.lm",
+        "a language model's decide latency: float32 vs the CPU fast path (bf16/int8)",
+    ),
 }
 
 
