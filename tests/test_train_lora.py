@@ -1,42 +1,90 @@
-"""The LoRA pieces of the SmolLM2 student, on a tiny local Qwen2 (no download): only adapters and the
-new tokens' embedding rows train, and merging the adapters leaves the outputs unchanged."""
+"""The peft LoRA pieces of the SmolLM2 student, on a tiny local Qwen2 with tied embeddings (no download):
+only the adapters and the new tokens' embedding rows train (the tied LM head follows them), merging
+leaves the outputs unchanged, and the tree trainer runs under bf16 autocast and checkpoints only the
+trained tensors."""
 
 from __future__ import annotations
 
 import pytest
 
 torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
 
 
-def test_lora_trains_adapters_and_new_rows_only_and_merges_exactly(tmp_path):
+@pytest.fixture
+def tiny(tmp_path):
     from tickcall.models.tiny import make_tiny_model
-    from tickcall.models.training.smollm2 import add_lora, merge_lora
     from transformers import AutoModelForCausalLM
 
     path = make_tiny_model(tmp_path / "m", hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64)
-    model = AutoModelForCausalLM.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_adapter_trains_lora_and_new_rows_only_and_merges_exactly(tiny):
+    from tickcall.models.training.smollm2 import add_adapter, trained_params
+
+    model = tiny
     vocab = model.get_input_embeddings().weight.shape[0]
-    first_new = vocab - 5
+    new = [vocab - 1, vocab - 2, vocab - 3]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    params = add_lora(model, rank=4, alpha=8, first_new_token=first_new)
-    opt = torch.optim.SGD(params, lr=0.5)
+    peft_model = add_adapter(model, new, rank=4, alpha=8)
+    params = trained_params(peft_model)
+    opt = torch.optim.AdamW(params, lr=0.05)
     ids = torch.tensor([[1, 2, 3, vocab - 1, vocab - 2, 4]])
     for _ in range(3):
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = peft_model(input_ids=ids, labels=ids).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
-    emb = model.get_input_embeddings().weight.detach()
-    assert torch.equal(emb[:first_new], before["model.embed_tokens.weight"][:first_new])
-    assert not torch.equal(emb[first_new:], before["model.embed_tokens.weight"][first_new:])
-    frozen = model.model.layers[0].self_attn.q_proj.weight
-    assert torch.equal(frozen, before["model.layers.0.self_attn.q_proj.weight"]) and not frozen.requires_grad
-    model.eval()
+    peft_model.eval()
     with torch.no_grad():
-        adapted = model(input_ids=ids).logits
-        merge_lora(model)
-        merged = model(input_ids=ids).logits
-    assert type(model.model.layers[0].mlp.up_proj).__name__ == "Linear"
+        adapted = peft_model(input_ids=ids).logits
+    merged_model = peft_model.merge_and_unload()
+    with torch.no_grad():
+        merged = merged_model(input_ids=ids).logits
     assert torch.allclose(adapted, merged, atol=1e-5)
-    # the adapters did change the MLP weights (B starts at zero, so this proves training reached them)
-    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, before["model.layers.0.mlp.up_proj.weight"])
+    emb = merged_model.get_input_embeddings().weight.detach()
+    old = before["model.embed_tokens.weight"]
+    keep = [i for i in range(vocab) if i not in new]
+    assert torch.equal(emb[keep], old[keep]) and not torch.equal(emb[new], old[new])
+    # tied: the LM head is the same matrix, so the new tokens' output rows trained too
+    assert merged_model.lm_head.weight.data_ptr() == merged_model.get_input_embeddings().weight.data_ptr()
+    for name in ("self_attn.q_proj", "mlp.up_proj"):
+        key = f"model.layers.0.{name}.weight"
+        assert not torch.equal(merged_model.state_dict()[key], before[key]), name
+
+
+def test_tree_trainer_bf16_autocast_and_adapter_checkpoint(tiny, tmp_path):
+    from tickcall.models.training.rows import Example
+    from tickcall.models.training.smollm2 import add_adapter, trained_params
+    from tickcall.models.training.trainer import TrainSettings, train
+
+    model = tiny
+    vocab = model.get_input_embeddings().weight.shape[0]
+    peft_model = add_adapter(model, [vocab - 1], rank=4, alpha=8, targets=("q_proj", "down_proj"))
+    ex = Example(
+        group="g",
+        suffix_ids=[5, 6, 7],
+        branches=[[vocab - 1, 8, 9], [10, 11, 12]],
+        weights=[1.0, 1.0],
+        heads=("function", "arg1"),
+    )
+    settings = TrainSettings(
+        steps=2, batch_size=2, lr=0.01, warmup=1, checkpoint_every=1, threads=1, dtype="bf16"
+    )
+    ckpt = tmp_path / "adapter.pt"
+    res = train(
+        model,
+        [ex, ex],
+        {"g": [1, 2, 3, 4]},
+        0,
+        settings,
+        checkpoint=ckpt,
+        progress=False,
+        params=trained_params(peft_model),
+    )
+    assert res["steps"] == 2 and res["loss"] == res["loss"]  # finite
+    state = torch.load(ckpt, weights_only=True)
+    assert state["model"] and all("lora_" in k or "trainable_tokens" in k for k in state["model"])
+    with pytest.raises(ValueError, match="train.dtype"):
+        TrainSettings(dtype="fp16")

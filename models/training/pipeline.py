@@ -26,7 +26,9 @@ from tickcall.models.training.trainer import TrainSettings, train
 
 @dataclass
 class ModelSpec:
-    """The student. ``kind``: ``scratch`` (Qwen2 of this size, our tokenizer) or ``smollm2`` (LoRA).
+    """The student. ``kind``: ``scratch`` (Qwen2 of this size, our tokenizer) or ``smollm2`` (a peft
+    LoRA adapter of ``lora_rank``/``lora_alpha`` on ``lora_targets`` over SmolLM2-135M, trained by
+    ``models.training.smollm2``).
 
     ``max_heads``: argument heads the student is trained and served with (1..64; 6, the public
     checkpoints' count, by default). Its tokenizer holds ``format.special_tokens(max_heads)``, every
@@ -42,6 +44,9 @@ class ModelSpec:
     vocab_size: int = 512
     lora_rank: int = 16
     lora_alpha: int = 32
+    # smollm2: the projections LoRA adapts (peft target_modules names)
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                              "gate_proj", "up_proj", "down_proj"])
     max_heads: int = 6
 
     def __post_init__(self) -> None:

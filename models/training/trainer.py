@@ -4,6 +4,11 @@ Batches are drawn from one group (env) at a time, so the static prefix runs once
 Reproducible (``seed`` drives data order and init), resumable (``checkpoint`` holds model, optimizer,
 step and RNG state; a run restarted with the same arguments continues where it stopped), with a tqdm
 progress bar showing loss and teacher-forced exact-branch accuracy.
+
+``dtype: bf16`` runs the forward and backward passes under CPU/CUDA autocast to bfloat16 (the weights
+and the optimizer stay float32): on a CPU with AVX-512-BF16 or AMX the matmuls run in bf16. When
+``params`` restricts training (LoRA), a checkpoint holds only the trained tensors (the adapter, a few
+MB), not the frozen base.
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ class TrainSettings:
     threads: int = 2
     seed: int = 0
     group_balance: str = "uniform"  # batches per env: "uniform" (each env alike) or "size" (by rows)
+    dtype: str = "fp32"  # "fp32", or "bf16": forward/backward under autocast to bfloat16 (weights stay fp32)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"train.dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+
+
+DTYPES = ("fp32", "bf16")
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -61,7 +74,9 @@ def train(model, examples: Sequence[Example], prefixes: dict[str, list[int]], pa
         groups.setdefault(ex.group, []).append(ex)
     names = sorted(groups)
     sizes = [len(groups[g]) for g in names]
+    restricted = params is not None
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    device = next(model.parameters()).device.type
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
     step = 0
     rng = random.Random(settings.seed)
@@ -86,9 +101,10 @@ def train(model, examples: Sequence[Example], prefixes: dict[str, list[int]], pa
             pg["lr"] = lr_at(step, settings)
         from tickcall.models.training.tree import tree_loss
 
-        loss, exact = tree_loss(model, prefixes[g], [ex.suffix_ids for ex in batch],
-                                [ex.branches for ex in batch], [ex.weights for ex in batch], pad,
-                                [ex.soft for ex in batch])
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=settings.dtype == "bf16"):
+            loss, exact = tree_loss(model, prefixes[g], [ex.suffix_ids for ex in batch],
+                                    [ex.branches for ex in batch], [ex.weights for ex in batch], pad,
+                                    [ex.soft for ex in batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip:
@@ -105,18 +121,23 @@ def train(model, examples: Sequence[Example], prefixes: dict[str, list[int]], pa
         if log is not None and not progress and step % log_every == 0:
             log(f"{desc}: step {step}/{settings.steps} loss {ema_loss:.4f} branch acc {ema_acc:.3f}")
         if checkpoint is not None and (step % settings.checkpoint_every == 0 or step == settings.steps):
-            _save(checkpoint, model, opt, step, rng)
+            _save(checkpoint, model, opt, step, rng, trained_only=restricted)
     bar.close()
     model.eval()
     return {"loss": ema_loss, "branch_acc": ema_acc, "steps": step}
 
 
-def _save(path: Path, model, opt, step: int, rng: random.Random) -> None:
+def _save(path: Path, model, opt, step: int, rng: random.Random, trained_only: bool = False) -> None:
+    """Write the checkpoint atomically. ``trained_only``: only the parameters that require grad (the
+    resume loads with ``strict=False``, so the frozen base comes from the model as built)."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    trainable = {k: v for k, v in model.state_dict().items()}
+    if trained_only:
+        trainable = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    else:
+        trainable = {k: v for k, v in model.state_dict().items()}
     # tensors and plain types only: train() and the pipeline load it with torch.load(weights_only=True)
     torch.save({"model": trainable, "optim": opt.state_dict(), "step": step, "rng": rng.getstate(),
                 "torch_rng": torch.get_rng_state()}, tmp)
