@@ -149,6 +149,11 @@ class LeanLM:
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return w * xf.to(x.dtype)
 
+    def _additive(self, visible: torch.Tensor) -> torch.Tensor:
+        """A bool mask (True = visible) as 0 / -inf in the activations' dtype."""
+        out = torch.zeros(visible.shape, dtype=self.dtype, device=visible.device)
+        return out.masked_fill_(~visible, float("-inf"))
+
     def _rope_tables(self, n: int) -> None:
         if self._cos.shape[0] >= n:
             return
@@ -286,29 +291,42 @@ class LeanLM:
             mask = mask | (is_tag_q & (cols[None, :, None] == cols[None, None, :]))
         if p:
             mask = torch.cat([torch.ones(m, width, p, dtype=torch.bool, device=dev), mask], dim=-1)
-        mask = mask.repeat(1, g, 1)[:, None]  # [m, 1, g*width, P + width]: query row = head_in_group*W + w
+        # additive mask (0 / -inf) in the activations' dtype: SDPA would convert a bool mask per layer
+        mask = self._additive(mask)[:, None, None]  # [m, 1, 1, width, P + width]
+        keys = mask.shape[-1]
+        full = mask.expand(m, 1, g, width, keys).reshape(
+            m, 1, g * width, keys
+        )  # query row = head_in_group*W + w
+        # after the last layer only the tags' hidden states are read (their logits): its queries,
+        # o_proj and MLP run for the tags alone (the prefix prefill, with no tags, skips them)
+        tags_only = mask[:, :, :, smax:].expand(m, 1, g, n, keys).reshape(m, 1, g * n, keys)
         x = F.embedding(tokens, self.embed)  # [m, width, H]
         suf_k, suf_v, tag_k, tag_v = [], [], [], []
         kv, d = self.n_kv, self.head_dim
+        last = len(self.layers) - 1
         for i, lw in enumerate(self.layers):
             q, k, v = self._qkv_fast(lw, self._rms(x, lw.ln1), cos, sin_s)
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [m, kv, W, d]
-            if p:
-                kp, vp = prefix[i][0]
-                k_all = torch.cat([kp.expand(m, -1, -1, -1), k], dim=2)
-                v_all = torch.cat([vp.expand(m, -1, -1, -1), v], dim=2)
-            else:
-                k_all, v_all = k, v
-            qf = q.reshape(m, width, kv, g, d).permute(0, 2, 3, 1, 4).reshape(m, kv, g * width, d)
-            att = F.scaled_dot_product_attention(qf, k_all, v_all, attn_mask=mask, scale=self.scaling)
-            att = att.view(m, kv, g, width, d).permute(0, 3, 1, 2, 4).reshape(m, width, self.q_size)
-            x = x + lw.o(att)
-            x = self._mlp(lw, x)
             suf_k.append(k[:, :, :smax])
             suf_v.append(v[:, :, :smax])
             tag_k.append(k[:, :, smax:])
             tag_v.append(v[:, :, smax:])
-        logits = self.logits(x[:, smax:]) if n else None
+            if i == last:
+                if not n:
+                    break
+                q, x, rows, att_mask = q[:, smax:], x[:, smax:], n, tags_only
+            else:
+                rows, att_mask = width, full
+            if p:
+                kp, vp = prefix[i][0]
+                k = torch.cat([kp.expand(m, -1, -1, -1), k], dim=2)
+                v = torch.cat([vp.expand(m, -1, -1, -1), v], dim=2)
+            qf = q.reshape(m, rows, kv, g, d).permute(0, 2, 3, 1, 4).reshape(m, kv, g * rows, d)
+            att = F.scaled_dot_product_attention(qf, k, v, attn_mask=att_mask, scale=self.scaling)
+            att = att.view(m, kv, g, rows, d).permute(0, 3, 1, 2, 4).reshape(m, rows, self.q_size)
+            x = x + lw.o(att)
+            x = self._mlp(lw, x)
+        logits = self.logits(x) if n else None  # x holds the tags only after the last layer
         return GroupPrefill(
             prefix=prefix or [[] for _ in self.layers],
             suf_k=suf_k,
@@ -449,7 +467,7 @@ class RowBatch:
             local = slots - gb.ctx - self.t * gb.rows
             gb.see[local, slots] = True
             keys = gb.ctx + (self.t + 1) * gb.rows
-            out.append(gb.see[local, :keys].repeat(self.lm.group, 1)[None, None])
+            out.append(self.lm._additive(gb.see[local, :keys]).repeat(self.lm.group, 1)[None, None])
         return out
 
     def keep(self, idx: list[int]) -> None:
