@@ -153,8 +153,14 @@ def test_precision_rule_by_cpu_flags(tmp_path):
     from tickcall.models.cpu_features import choose_precision, cpu_flags
 
     assert choose_precision(frozenset({"amx_bf16", "avx512_bf16"})) == ("bf16", "bf16: amx_bf16")
-    path, why = choose_precision(frozenset({"avx512_bf16", "avx512_vnni", "avx512f"}))
-    assert path == "int8" and "avx512_bf16" in why and "no amx_bf16" in why
+    assert choose_precision(frozenset({"avx512_bf16", "avx512_vnni", "avx512f"})) == (
+        "bf16",
+        "bf16: avx512_bf16",
+    )
+    assert choose_precision(frozenset({"avx512_vnni", "avx512f"})) == (
+        "int8",
+        "int8: no bf16 instructions (avx512_vnni)",
+    )
     assert choose_precision(frozenset())[0] == "int8"
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni foo\n")
@@ -172,7 +178,7 @@ def test_auto_keeps_small_models_fp32_and_follows_the_cpu_for_big_ones(tiny_mode
     amx = HFEngine(tiny_model_path, device="cpu", threads=1)
     assert amx.info()["precision"] == "bf16" and amx.lm.dtype == torch.bfloat16
     assert amx.info()["fast_path_reason"] == "bf16: amx_bf16"
-    monkeypatch.setattr(hf, "cpu_flags", lambda: frozenset({"avx512_bf16", "avx512_vnni"}))
+    monkeypatch.setattr(hf, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
     vnni = HFEngine(tiny_model_path, device="cpu", threads=1)
     assert vnni.precision == "int8" and vnni.lm.int8
     given = HFEngine(tiny_model_path, device="cpu", threads=1, dtype="float32")
