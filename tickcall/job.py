@@ -72,6 +72,15 @@ def resolve_model(cfg: RunConfig) -> str | None:
         check_model_folder(path)
     except ModelFolderError as exc:
         raise RunError(str(exc)) from None
+    from tickcall.models.adapters import is_adapter_folder, materialize
+
+    if is_adapter_folder(path):
+        # the first merge with the base takes ~30-60 s: do it here, with its progress line, so the
+        # service actor finds it cached instead of overrunning its start-up timeout
+        try:
+            materialize(path)
+        except Exception as exc:
+            raise RunError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     return str(path)
 
 

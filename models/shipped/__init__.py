@@ -6,7 +6,10 @@
 
 Each folder holds ``config.json``, ``model.safetensors``, the tokenizer (with the 17 SimpleTool
 tokens), ``tickcall.json`` (template, env ids) and a model card ``README.md`` with its data, command
-and scores. ``SHIPPED`` maps env ids to folder names; one folder may serve several envs.
+and scores; or, for a model on a pretrained base that a package ships (``tickcall-smollm2``), the
+peft adapter (``adapter_config.json``, ``adapter_model.safetensors``) instead of the weights
+(``models.adapters`` merges it with the base at first load). ``SHIPPED`` maps env ids to folder
+names; one folder may serve several envs.
 """
 
 from __future__ import annotations
@@ -19,12 +22,20 @@ DEFAULT_ENV = "tickcall/Arena-v0"
 SHIPPED: dict[str, str] = {
     "tickcall/Arena-v0": "tickcall-arena",  # configs/train-arena.yaml
     "CartPole-v1": "tickcall-cartpole",  # configs/train-cartpole.yaml (soft targets from the expert's margin)
+    # configs/train-smollm2.yaml: SmolLM2-135M-Instruct + adapter; goals in words need a language model
+    "tickcall/GoalArena-v0": "tickcall-smollm2",
+    "tickcall/GoalArena-Heldout-v0": "tickcall-smollm2",
 }
+WEIGHT_FILES = ("config.json", "adapter_config.json")  # a full model folder, or an adapter on a shipped base
+
+
+def _present(path: Path) -> bool:
+    return any((path / name).exists() for name in WEIGHT_FILES)
 
 
 def available() -> dict[str, Path]:
     """Env id -> model folder, for the shipped folders that are present."""
-    return {env: HERE / name for env, name in SHIPPED.items() if (HERE / name / "config.json").exists()}
+    return {env: HERE / name for env, name in SHIPPED.items() if _present(HERE / name)}
 
 
 def default_model_path(env_id: str | None = None) -> Path:
@@ -38,6 +49,6 @@ def default_model_path(env_id: str | None = None) -> Path:
         raise KeyError(f"no shipped model for {env!r}; shipped: {', '.join(SHIPPED)}. "
                        "Train one with `tickcall train --config configs/train-tiny.yaml` (envs: [...]).")
     path = HERE / name
-    if not (path / "config.json").exists():
+    if not _present(path):
         raise FileNotFoundError(f"the shipped model folder {path} is missing from this checkout")
     return path
