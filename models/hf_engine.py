@@ -68,7 +68,9 @@ class HFEngine(Engine):
     (no fast path). ``precision`` (CPU): "fp32", "bf16" (weights and activations), "int8" (dynamic-
     quantized projections and LM head, models.lean) or "auto": models under ``SMALL_MODEL_PARAMS`` stay
     float32 (the shipped students are unchanged), bigger ones take the format ``models.cpu_features``
-    picks for this CPU; ``info()`` reports ``precision`` and ``fast_path_reason``. ``threads``: torch CPU
+    picks for this CPU; ``info()`` reports ``precision`` and ``fast_path_reason``. ``jump_forward``:
+    finish a constrained head without a forward when only its stop may follow (models.constrain rule
+    4; default: on for models of ``SMALL_MODEL_PARAMS`` and more). ``threads``: torch CPU
     threads (None: 1 for models under 50M parameters on CPU, else torch's default; process-wide).
     ``max_new_tokens``: per head budget. ``allow_future_refs``: accept ``@fN`` argument values (see
     models.assembly). ``constrain``: decode every head under its schema grammar (models.constrain;
@@ -91,6 +93,7 @@ class HFEngine(Engine):
         constrain: bool = True,
         assembly: str = "strict",
         precision: str = "auto",
+        jump_forward: bool | None = None,
     ) -> None:
         super().__init__(
             max_new_tokens=max_new_tokens, allow_future_refs=allow_future_refs, assembly=assembly
@@ -133,8 +136,11 @@ class HFEngine(Engine):
         self.lm = LeanLM(self.model, int8=self.precision == "int8")
         self._fast = getattr(self.tokenizer, "_tokenizer", None)  # the Rust tokenizer: no Python wrapping
         self.forced_lengths: dict[str, int] | None = None  # benchmarks only: decode exactly N tokens
-        # constrained rows whose grammar allows only a stop next finish without a forward (constrain rule 4)
-        self.jump_forward = True
+        # constrained rows whose grammar allows only a stop next finish without a forward (constrain
+        # rule 4). Default: on for models of SMALL_MODEL_PARAMS and more (a step costs tens of ms); off
+        # for small ones (a step costs ~1 ms, and their head token ids stay those of vLLM, which picks
+        # the stop token with the model: the calls are the same either way)
+        self.jump_forward = self.n_params >= SMALL_MODEL_PARAMS if jump_forward is None else jump_forward
         if threads is None and self.device == "cpu" and self.n_params < SMALL_MODEL_PARAMS:
             threads = 1  # tiny matmuls: a second thread only adds synchronisation (and stalls under load)
         if threads:
