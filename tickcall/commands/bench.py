@@ -26,6 +26,7 @@ BENCHES: dict[str, tuple[str, str]] = {
         "tickcall.bench.lm",
         "a language model's decide latency: float32 vs the CPU fast path (bf16/int8)",
     ),
+    "gpu-check": ("tickcall.bench.gpu_check", "decide P50/P90 on a CUDA GPU, eager vs CUDA graphs (scripts/gpu_check.sh)"),
 }
 
 
