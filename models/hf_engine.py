@@ -5,6 +5,8 @@ Per registration the static prefix is tokenised and prefilled once; its KV cache
 Per decide: the suffix (user turn) is tokenised and prefilled on top of the cached prefix together
 with one opening tag per head (tree mask), then all heads of all requests decode greedily as one
 batch; a head leaves the batch at its stop token (closing tag, ``<|null|>``, ``<|im_end|>``: by id).
+With a turn-prefix cache (``turn_cache``, models.turn_cache) a turn's first tokens shared with an
+earlier turn of the same registration bring their K/V instead of being prefilled again.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from tickcall.models.constrain import Constrainer, RowGuide, forced_stop, mask_l
 from tickcall.models.cpu_features import PRECISIONS, choose_precision, cpu_flags
 from tickcall.models.engine import Engine, EngineError, RawHeads, Registration
 from tickcall.models.format import CHAT_TOKENS, IM_END, NULL, Turn, close_tag, open_tag, special_tokens
-from tickcall.models.lean import LeanLM
+from tickcall.models.lean import LeanLM, Reused
 from tickcall.models.loading import model_max_heads, read_model_meta
 from tickcall.models.tools import MAX_ARITY
+from tickcall.models.turn_cache import TurnCache
 
 # Below this many parameters the CPU backend runs torch on one thread by default. Measured with the
 # shipped 0.7M model on the 2-core VM while other work ran: decide P50 6.9 ms on 1 thread, 320 ms on 2.
 SMALL_MODEL_PARAMS = 50_000_000
+# Turn-prefix cache entries per registration for models of SMALL_MODEL_PARAMS and more (models.turn_cache).
+# Small models keep it off: their whole prefill costs about a millisecond, less than the bookkeeping.
+TURN_CACHE_ENTRIES = 8
 
 
 class TokenizerFormatError(EngineError):
@@ -70,7 +76,12 @@ class HFEngine(Engine):
     float32 (the shipped students are unchanged), bigger ones take the format ``models.cpu_features``
     picks for this CPU; ``info()`` reports ``precision`` and ``fast_path_reason``. ``jump_forward``:
     finish a constrained head without a forward when only its stop may follow (models.constrain rule
-    4; default: on for models of ``SMALL_MODEL_PARAMS`` and more). ``threads``: torch CPU
+    4; default: on for models of ``SMALL_MODEL_PARAMS`` and more). ``turn_cache``: turn-prefix cache
+    entries per registration (models.turn_cache: a turn's first tokens shared with an earlier turn of
+    the same registration are not prefilled again; 0 = off; default ``TURN_CACHE_ENTRIES`` for models
+    of ``SMALL_MODEL_PARAMS`` and more, 0 for smaller ones); ``Decision.cached_tokens`` then counts the
+    reused turn tokens too, ``prompt_tokens`` only those prefilled, and ``info()["turn_cache"]`` the
+    totals. ``threads``: torch CPU
     threads (None: 1 for models under 50M parameters on CPU, else torch's default; process-wide).
     ``max_new_tokens``: per head budget. ``allow_future_refs``: accept ``@fN`` argument values (see
     models.assembly). ``constrain``: decode every head under its schema grammar (models.constrain;
@@ -94,6 +105,7 @@ class HFEngine(Engine):
         assembly: str = "strict",
         precision: str = "auto",
         jump_forward: bool | None = None,
+        turn_cache: int | None = None,
     ) -> None:
         super().__init__(
             max_new_tokens=max_new_tokens, allow_future_refs=allow_future_refs, assembly=assembly
@@ -141,6 +153,12 @@ class HFEngine(Engine):
         # for small ones (a step costs ~1 ms, and their head token ids stay those of vLLM, which picks
         # the stop token with the model: the calls are the same either way)
         self.jump_forward = self.n_params >= SMALL_MODEL_PARAMS if jump_forward is None else jump_forward
+        if turn_cache is None:
+            turn_cache = TURN_CACHE_ENTRIES if self.n_params >= SMALL_MODEL_PARAMS else 0
+        if not isinstance(turn_cache, int) or turn_cache < 0:
+            raise EngineError(f"turn_cache {turn_cache!r}: give a number of entries >= 0 (0 = off)")
+        self.turn_cache = turn_cache
+        self._turn_caches: dict[str, TurnCache] = {}  # registration handle -> its turn-prefix cache
         if threads is None and self.device == "cpu" and self.n_params < SMALL_MODEL_PARAMS:
             threads = 1  # tiny matmuls: a second thread only adds synchronisation (and stalls under load)
         if threads:
@@ -193,10 +211,41 @@ class HFEngine(Engine):
             "constrained": self.constrainer is not None,
             "max_heads": self.max_heads,
             "assembly": self.assembly,
+            "turn_cache": self.turn_cache_info(),
         }
+
+    def turn_cache_info(self) -> dict[str, int]:
+        """The turn-prefix caches of all live registrations: entries per registration (the setting),
+        entries and turn tokens held now, and lookups, hits, reused and prefilled suffix tokens so far
+        (registrations dropped since are not counted)."""
+        caches = [c for h, c in self._turn_caches.items() if h in self._registrations]
+        return {
+            "entries_per_registration": self.turn_cache,
+            "entries": sum(len(c.entries) for c in caches),
+            "held_tokens": sum(c.held_tokens() for c in caches),
+            "lookups": sum(c.stats.lookups for c in caches),
+            "hits": sum(c.stats.hits for c in caches),
+            "reused_tokens": sum(c.stats.reused_tokens for c in caches),
+            "prefilled_tokens": sum(c.stats.prefilled_tokens for c in caches),
+        }
+
+    def unregister(self, handle: str) -> None:
+        super().unregister(handle)
+        self._turn_caches.pop(handle, None)  # its K/V were computed on that registration's prefix
+
+    def _turn_cache_of(self, reg: Registration) -> TurnCache | None:
+        if not self.turn_cache:
+            return None
+        cache = self._turn_caches.get(reg.handle)
+        if cache is None:
+            for h in [h for h in self._turn_caches if h not in self._registrations]:
+                del self._turn_caches[h]  # registrations dropped without unregister (close, tests)
+            cache = self._turn_caches[reg.handle] = TurnCache(self.turn_cache)
+        return cache
 
     def close(self) -> None:
         self._registrations.clear()
+        self._turn_caches.clear()
         del self.lm, self.model
         if self.device == "cuda":
             torch.cuda.empty_cache()
@@ -216,11 +265,26 @@ class HFEngine(Engine):
         by_reg: dict[str, list[int]] = {}  # requests sharing a registration prefill together
         for i, (reg, _) in enumerate(items):
             by_reg.setdefault(reg.handle, []).append(i)
+        reused = [0] * len(items)  # turn tokens taken from the turn-prefix cache, per item
         groups, row_item, row_head = [], [], []
         for idxs in by_reg.values():
             reg = items[idxs[0]][0]
             tags = [self.token_ids[open_tag(h)] for h in reg.heads]
-            groups.append(self.lm.prefill_group([suffixes[i] for i in idxs], reg.state, tags))
+            cache = self._turn_cache_of(reg)
+            if cache is None:
+                groups.append(self.lm.prefill_group([suffixes[i] for i in idxs], reg.state, tags))
+            else:  # one group still: each request brings its own reused K/V (lean.prefill_group)
+                found = [cache.lookup(suffixes[i]) for i in idxs]
+                parts = []
+                for i, (key, n_reused) in zip(idxs, found, strict=True):
+                    reused[i] = n_reused
+                    e = cache.entries[key] if key is not None else None
+                    parts.append(Reused(n_reused, e.k, e.v) if e is not None else None)
+                news = [suffixes[i][reused[i] :] for i in idxs]
+                g = self.lm.prefill_group(news, reg.state, tags, parts if any(parts) else None)
+                groups.append(g)
+                for j, i in enumerate(idxs):
+                    cache.store(suffixes[i], *g.request_kv(j))
             for i in idxs:
                 row_item.extend([i] * len(reg.heads))
                 row_head.extend(reg.heads)
@@ -318,8 +382,8 @@ class HFEngine(Engine):
                     texts=texts,
                     token_ids=ids_map,
                     unfinished=unfinished,
-                    prompt_tokens=suffix_lens[i],
-                    cached_tokens=reg.prefix_tokens,
+                    prompt_tokens=suffix_lens[i] - reused[i],
+                    cached_tokens=reg.prefix_tokens + reused[i],
                     prefill_ms=(t1 - t0) * 1e3,
                     decode_ms=(t2 - t1) * 1e3,
                     grammar_closed=grammar_closed,

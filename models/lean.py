@@ -10,7 +10,9 @@ or 64 (no per-tick copy of the prefix KV, no per-head copy of the shared context
 
 * ``prefill(ids, past, tags)``: run ``ids`` on top of the cached ``past`` and, in the same forward, one
   *tag* token per head, each attending to past + ids + itself only (a small tree mask). Returns the
-  tags' next-token logits, so each head's first token costs no extra step.
+  tags' next-token logits, so each head's first token costs no extra step. A request may bring the
+  K/V of its turn's first tokens from an earlier decide (``Reused``; models.turn_cache): only the
+  rest of its turn is computed.
 * ``rows(...)`` + ``step(rows, tokens)``: greedy decode of many heads (rows) in one batch. Rows of one
   request share its context segments; rows of several requests are grouped by request.
 
@@ -254,7 +256,11 @@ class LeanLM:
 
     @torch.inference_mode()
     def prefill_group(
-        self, suffixes: list[list[int]], prefix: Context | None, tags: list[int]
+        self,
+        suffixes: list[list[int]],
+        prefix: Context | None,
+        tags: list[int],
+        reused: list[Reused | None] | None = None,
     ) -> GroupPrefill:
         """Prefill several requests that share one cached ``prefix``, in one forward.
 
@@ -262,14 +268,26 @@ class LeanLM:
         tokens (one per head, the same for every request) sees prefix + suffix + itself only, at
         position ``P + len(suffix)``. Returns the suffixes' and tags' K/V and the tags' logits.
 
-        Attention is one ``scaled_dot_product_attention`` per layer over [prefix | window] keys: the
-        query heads of a KV group are folded into the query axis ([m, kv, g*W, d]), so K/V are never
-        repeated per query head; the prefix is copied once per layer (its attention reads it anyway)."""
+        ``reused`` (per request, or None): K/V already computed for the first ``R_j`` tokens of request
+        j's turn on top of this same prefix (``models.turn_cache``); then ``suffixes[j]`` holds only the
+        turn's remaining tokens (at least one), placed at ``P + R_j + col``, and every query of the
+        request also sees those ``R_j`` keys. Exact by causality: the K/V of the first ``R_j`` tokens
+        depend only on them and the prefix. The returned ``suf_k``/``suf_v`` then hold
+        ``[reused (padded to the longest) | new]`` per request, ``suf_valid`` marks both parts, and
+        ``ctx_len`` counts both, so the decode reads the request as if it had been prefilled whole.
+
+        Attention is one ``scaled_dot_product_attention`` per layer over [prefix | reused | window]
+        keys: the query heads of a KV group are folded into the query axis ([m, kv, g*W, d]), so K/V
+        are never repeated per query head; the prefix is copied once per layer (its attention reads it
+        anyway)."""
         dev = self.device
         pk0 = prefix[0][0][0] if prefix and prefix[0] else None
         p = pk0.shape[1] if pk0 is not None else 0
         m, n, g = len(suffixes), len(tags), self.group
         lens = torch.tensor([len(x) for x in suffixes], device=dev)
+        r_list = [r.tokens if r is not None else 0 for r in reused] if reused else [0] * m
+        rmax = max(r_list)
+        r_lens = torch.tensor(r_list, device=dev)
         smax = int(lens.max())
         width = smax + n
         tokens = torch.zeros(m, width, dtype=torch.long, device=dev)
@@ -278,7 +296,8 @@ class LeanLM:
         if n:
             tokens[:, smax:] = torch.tensor(tags, dtype=torch.long, device=dev)
         cols = torch.arange(width, device=dev)
-        pos = torch.where(cols < smax, p + cols, p + lens[:, None])  # [m, width]; tags sit at P + len
+        start = (p + r_lens)[:, None]  # [m, 1]: where each request's new tokens begin
+        pos = torch.where(cols < smax, start + cols, start + lens[:, None])  # tags sit at P + R + len
         self._rope_tables(p + width + 1)
         cos, sin_s = self._cos[pos].unsqueeze(2), self._sin_signed[pos].unsqueeze(2)  # [m, width, 1, d]
         # mask [m, width, width]: keys must be real suffix tokens (k < len) at or before the query,
@@ -289,6 +308,9 @@ class LeanLM:
         mask = valid[:, None, :] & (causal | is_tag_q)
         if n:
             mask = mask | (is_tag_q & (cols[None, :, None] == cols[None, None, :]))
+        r_valid = torch.arange(rmax, device=dev)[None, :] < r_lens[:, None]  # [m, rmax] real reused keys
+        if rmax:  # every query of a request (its new tokens and its tags) sees all its reused tokens
+            mask = torch.cat([r_valid[:, None, :].expand(m, width, rmax), mask], dim=-1)
         if p:
             mask = torch.cat([torch.ones(m, width, p, dtype=torch.bool, device=dev), mask], dim=-1)
         # additive mask (0 / -inf) in the activations' dtype: SDPA would convert a bool mask per layer
@@ -307,10 +329,13 @@ class LeanLM:
         for i, lw in enumerate(self.layers):
             q, k, v = self._qkv_fast(lw, self._rms(x, lw.ln1), cos, sin_s)
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [m, kv, W, d]
-            suf_k.append(k[:, :, :smax])
-            suf_v.append(v[:, :, :smax])
-            tag_k.append(k[:, :, smax:])
-            tag_v.append(v[:, :, smax:])
+            if rmax:  # [reused (zero-padded, masked) | window] per request
+                rk, rv = self._reused_layer(reused, i, m, rmax)
+                k, v = torch.cat([rk, k], dim=2), torch.cat([rv, v], dim=2)
+            suf_k.append(k[:, :, : rmax + smax])
+            suf_v.append(v[:, :, : rmax + smax])
+            tag_k.append(k[:, :, rmax + smax :])
+            tag_v.append(v[:, :, rmax + smax :])
             if i == last:
                 if not n:
                     break
@@ -331,12 +356,29 @@ class LeanLM:
             prefix=prefix or [[] for _ in self.layers],
             suf_k=suf_k,
             suf_v=suf_v,
-            suf_valid=valid[:, :smax],
+            suf_valid=torch.cat([r_valid, valid[:, :smax]], dim=1),
             tag_k=tag_k,
             tag_v=tag_v,
-            ctx_len=p + lens,
+            ctx_len=p + r_lens + lens,
             logits=logits,
         )
+
+    def _reused_layer(
+        self, reused: list[Reused | None], layer: int, m: int, rmax: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s reused K/V of ``m`` requests as [m, kv, rmax, d] (zeros past each R_j).
+        One request: a view of its entry, no copy."""
+        if m == 1:
+            r = reused[0]
+            return r.k[layer][None, :, :rmax], r.v[layer][None, :, :rmax]
+        kv, d = self.n_kv, self.head_dim
+        rk = torch.zeros(m, kv, rmax, d, dtype=self.dtype, device=self.device)
+        rv = torch.zeros(m, kv, rmax, d, dtype=self.dtype, device=self.device)
+        for j, r in enumerate(reused):
+            if r is not None and r.tokens:
+                rk[j, :, : r.tokens] = r.k[layer][:, : r.tokens]
+                rv[j, :, : r.tokens] = r.v[layer][:, : r.tokens]
+        return rk, rv
 
     # ------------------------------------------------------------------ batched decode
     def rows(self, groups: list[GroupPrefill], budget: int) -> RowBatch:
@@ -379,11 +421,22 @@ class LeanLM:
 
 
 @dataclass
+class Reused:
+    """K/V of a turn's first ``tokens`` tokens, computed earlier on top of the same prefix: per layer
+    ``k``/``v`` [kv, >= tokens, d] (only the first ``tokens`` positions are read)."""
+
+    tokens: int
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+
+@dataclass
 class GroupPrefill:
     """Requests that share one cached prefix, after ``prefill_group``.
 
-    Per layer: ``suf_k``/``suf_v`` [m, kv, Smax, d] (``suf_valid`` [m, Smax] marks real tokens),
-    ``tag_k``/``tag_v`` [m, kv, n, d]; ``ctx_len`` [m] = prefix + suffix tokens; ``logits`` [m, n, V]."""
+    Per layer: ``suf_k``/``suf_v`` [m, kv, Smax, d] (``suf_valid`` [m, Smax] marks real tokens; with
+    reused turn K/V, Smax = longest reused + longest new part), ``tag_k``/``tag_v`` [m, kv, n, d];
+    ``ctx_len`` [m] = prefix + suffix tokens (reused included); ``logits`` [m, n, V]."""
 
     prefix: Context
     suf_k: list[torch.Tensor]
@@ -393,6 +446,15 @@ class GroupPrefill:
     tag_v: list[torch.Tensor]
     ctx_len: torch.Tensor
     logits: torch.Tensor | None
+
+    def request_kv(self, j: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Request ``j``'s whole turn K/V (reused + new, padding dropped), per layer [kv, len, d]:
+        fresh contiguous copies that do not keep the group's tensors alive."""
+        idx = self.suf_valid[j].nonzero()[:, 0]
+        return (
+            [k[j].index_select(1, idx) for k in self.suf_k],
+            [v[j].index_select(1, idx) for v in self.suf_v],
+        )
 
 
 class _GroupBuffer:

@@ -11,6 +11,12 @@ of each, ``speedup_p50`` = fp32 P50 / fast P50, the path taken and why, the CPU 
 and the fast path's agreement with float32: the share of identical calls (name and arguments) and,
 per head, of identical head texts. ``--forced function=2,arg1=2,...`` decodes exactly N tokens per
 head (an untrained model: latency at realistic head lengths; agreement is then on the heads' tokens).
+
+``--turn-cache N`` compares the turn-prefix cache instead (models.turn_cache): the fast path loaded
+twice, ``turn_cache=0`` (``off``) and ``turn_cache=N`` (``on``), the same alternation; ``speedup_p50``
+= off P50 / on P50, agreement is of ``on`` with ``off``, and ``turn_cache`` shows it was used: the mean
+suffix tokens reused and prefilled per decide and the engine's counters. Without the flag both
+engines take the engine's default (``HFEngine(turn_cache=None)``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", default=None, help="prompt template (default: the model's)")
     p.add_argument(
         "--forced", default=None, help="decode exactly N tokens per head, e.g. function=2,arg1=2,arg2=2"
+    )
+    p.add_argument(
+        "--turn-cache",
+        type=int,
+        default=None,
+        metavar="N",
+        help="compare the fast path without and with a turn-prefix cache of N entries (instead of fp32)",
     )
     p.add_argument("--seed", type=int, default=0, help="env seed of the rollout")
     p.add_argument("--json", help="write results to this file")
@@ -106,6 +119,10 @@ def _model_folder(path: str) -> str:
     return path
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 def _same_call(a: Any, b: Any) -> bool:
     if a.call is None or b.call is None:
         return a.call is None and b.call is None and a.head_token_ids == b.head_token_ids
@@ -133,10 +150,20 @@ def run(args: argparse.Namespace) -> int:
     forced = _forced(args.forced)
     env_id = _env_id(model, args.env)
     tools, turns = rollout_turns(env_id, args.warmup + args.turns, args.seed)
+    compare_cache = args.turn_cache is not None
+    if compare_cache and args.turn_cache < 1:
+        raise CommandError(f"--turn-cache {args.turn_cache}: give the entries of the cache compared, >= 1")
+    if compare_cache:  # the fast path without and with the turn-prefix cache
+        specs = {
+            "off": {"precision": args.fast, "turn_cache": 0},
+            "on": {"precision": args.fast, "turn_cache": args.turn_cache},
+        }
+    else:
+        specs = {"fp32": {"precision": "fp32"}, "fast": {"precision": args.fast}}
+    ref_name, fast_name = specs
     try:
         engines = {
-            "fp32": HFEngine(model, device="cpu", precision="fp32", threads=args.threads),
-            "fast": HFEngine(model, device="cpu", precision=args.fast, threads=args.threads),
+            name: HFEngine(model, device="cpu", threads=args.threads, **spec) for name, spec in specs.items()
         }
     except EngineError as exc:
         raise CommandError(f"--model {args.model}: {exc}") from None
@@ -156,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
                 times[name].append(d.timings_ms["total"])
                 decisions[name].append(d)
     wall = time.perf_counter() - t0
-    ref, fast = decisions["fp32"], decisions["fast"]
+    ref, fast = decisions[ref_name], decisions[fast_name]
     heads = list(ref[0].heads)
     if forced:
         per_head = {
@@ -170,48 +197,66 @@ def run(args: argparse.Namespace) -> int:
         }
     same = sum(_same_call(a, b) for a, b in zip(ref, fast, strict=True)) / len(ref)
     stats = {k: summary(v) for k, v in times.items()}
-    fe = engines["fast"]
+    fe = engines[fast_name]
     flags = sorted(cpu_flags())
+
+    def engine_figures(name: str) -> dict[str, Any]:
+        e, ds = engines[name], decisions[name]
+        return {
+            "p50_ms": stats[name]["p50"],
+            "p90_ms": stats[name]["p90"],
+            "stats": stats[name],
+            "path": e.precision,
+            "reason": e.fast_path_reason,
+            "legal": sum(d.legal for d in ds) / len(ds),
+            "turn_cache": e.turn_cache,
+        }
+
     out = {
         "model": args.model,
         "env": env_id,
         "turns": len(ref),
         "forced": forced,
         "template": fe.registration(handles[fe]).template.name,
-        "fp32": {
-            "p50_ms": stats["fp32"]["p50"],
-            "p90_ms": stats["fp32"]["p90"],
-            "stats": stats["fp32"],
-            "legal": sum(d.legal for d in ref) / len(ref),
-        },
-        "fast": {
-            "p50_ms": stats["fast"]["p50"],
-            "p90_ms": stats["fast"]["p90"],
-            "stats": stats["fast"],
-            "path": fe.precision,
-            "reason": fe.fast_path_reason,
-            "legal": sum(d.legal for d in fast) / len(fast),
-        },
-        "speedup_p50": round(stats["fp32"]["p50"] / stats["fast"]["p50"], 3),
+        ref_name: engine_figures(ref_name),
+        fast_name: engine_figures(fast_name),
+        "speedup_p50": round(stats[ref_name]["p50"] / stats[fast_name]["p50"], 3),
         "agreement": {"identical_calls": same, "per_head": per_head},
         "machine": {**machine(), "cpu_flags": flags, "threads": torch.get_num_threads()},
         "wall_s": round(wall, 1),
     }
+    if compare_cache:
+        out["turn_cache"] = {
+            "entries": args.turn_cache,
+            "reused_tokens_mean": _mean([d.cached_tokens for d in fast])
+            - _mean([d.cached_tokens for d in ref]),
+            "prefilled_tokens_mean": {
+                name: _mean([d.prompt_tokens for d in decisions[name]]) for name in specs
+            },
+            "counters": fe.turn_cache_info(),
+        }
     rows = [
         [name, out[name]["p50_ms"], out[name]["p90_ms"], out[name]["legal"], engines[name].precision]
-        for name in ("fp32", "fast")
+        for name in specs
     ]
     print_table(
         ["engine", "P50 ms", "P90 ms", "legal", "precision"],
         rows,
         title=f"tickcall bench lm: {args.model} on {env_id}, {len(ref)} turns, "
-        f"{torch.get_num_threads()} threads",
+        f"{torch.get_num_threads()} threads"
+        + (f", turn cache {args.turn_cache} entries" if compare_cache else ""),
     )
     print(
         f"speedup P50 {out['speedup_p50']:.2f}x; fast path {fe.fast_path_reason}; CPU flags {' '.join(flags)}"
     )
+    if compare_cache:
+        tc = out["turn_cache"]
+        print(
+            f"turn cache: {tc['reused_tokens_mean']:.1f} suffix tokens reused per decide; prefilled "
+            f"{tc['prefilled_tokens_mean']['off']:.1f} (off) vs {tc['prefilled_tokens_mean']['on']:.1f} (on)"
+        )
     print(
-        f"agreement with fp32: identical calls {same:.1%}; per head "
+        f"agreement with {ref_name}: identical calls {same:.1%}; per head "
         + ", ".join(f"{h} {v:.1%}" for h, v in per_head.items())
     )
     write_json(args.json, out)
