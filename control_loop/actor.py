@@ -136,12 +136,15 @@ class LoopActor:
 def start_loop_actor(settings: LoopSettings, make_world: WorldFactory, endpoint: str, *,
                      client_timeout_ms: float = 5000.0, register_timeout_ms: float = 120000.0,
                      curve: dict[str, Any] | None = None, num_cpus: float = 0,
-                     same_node: bool = True) -> Any:
+                     same_node: bool = True, actor_cls: type | None = None,
+                     extra_args: tuple[Any, ...] = ()) -> Any:
     """Start a ``LoopActor`` on the running Ray (``tickcall.cluster.init_ray()`` starts one). Returns the
     handle once the actor has built its world (``make_world()``, called in the actor's process) and registered the tools with the service.
 
     ``num_cpus=0``: the loop is light; on a small machine the policy service gets the CPUs.
     ``same_node``: pin the actor to this node (a loopback endpoint is only reachable here).
+    ``actor_cls`` / ``extra_args``: a ``LoopActor`` subclass and the constructor arguments it takes after
+    ``LoopActor``'s own (``control_loop.cascade.CascadeLoopActor``: the big model's endpoint and settings).
     """
     import ray
 
@@ -153,8 +156,8 @@ def start_loop_actor(settings: LoopSettings, make_world: WorldFactory, endpoint:
 
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
             node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    handle = ray.remote(LoopActor).options(**options).remote(
-        asdict(settings), make_world, endpoint, client_timeout_ms, register_timeout_ms, curve)
+    handle = ray.remote(actor_cls or LoopActor).options(**options).remote(
+        asdict(settings), make_world, endpoint, client_timeout_ms, register_timeout_ms, curve, *extra_args)
     info = ray.get(handle.info.remote(), timeout=register_timeout_ms / 1e3 + 60)
     if "setup_error" in info:
         with contextlib.suppress(Exception):

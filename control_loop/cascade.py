@@ -53,7 +53,7 @@ from typing import Any
 
 import msgspec
 from tickcall.agent.messages import MAX_DEADLINE_MS, CallReply, DecideReply, ErrorReply
-from tickcall.control_loop.actor import LoopActor, LoopSetupError
+from tickcall.control_loop.actor import LoopActor, start_loop_actor
 from tickcall.control_loop.policy import Policy
 from tickcall.control_loop.replies import no_decision
 from tickcall.control_loop.stats import choose_threshold, reliability_curve
@@ -521,32 +521,17 @@ def start_cascade_loop_actor(
     curve: dict[str, Any] | None = None,
 ) -> Any:
     """``control_loop.actor.start_loop_actor`` for a ``CascadeLoopActor`` (same options, pinned to this
-    node, ``max_concurrency=2``); raises ``LoopSetupError`` with one line when either registration fails."""
+    node); raises ``LoopSetupError`` with one line when either registration fails."""
     from dataclasses import asdict
 
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    if not ray.is_initialized():
-        raise RuntimeError("the loop actor needs Ray: call tickcall.cluster.init_ray() first")
-    options: dict[str, Any] = {
-        "num_cpus": 0,
-        "max_concurrency": 2,
-        "max_restarts": 0,
-        "scheduling_strategy": NodeAffinitySchedulingStrategy(
-            node_id=ray.get_runtime_context().get_node_id(), soft=False
-        ),
-    }
     big = {"endpoint": big_endpoint, "settings": asdict(cascade)}
-    handle = (
-        ray.remote(CascadeLoopActor)
-        .options(**options)
-        .remote(asdict(settings), make_world, endpoint, client_timeout_ms, register_timeout_ms, curve, big)
+    return start_loop_actor(
+        settings,
+        make_world,
+        endpoint,
+        client_timeout_ms=client_timeout_ms,
+        register_timeout_ms=register_timeout_ms,
+        curve=curve,
+        actor_cls=CascadeLoopActor,
+        extra_args=(big,),
     )
-    info = ray.get(handle.info.remote(), timeout=register_timeout_ms / 1e3 + 60)
-    if "setup_error" in info:
-        with contextlib.suppress(Exception):
-            ray.get(handle.close.remote(), timeout=10)
-        ray.kill(handle)
-        raise LoopSetupError(info["setup_error"])
-    return handle
