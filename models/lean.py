@@ -73,7 +73,6 @@ class _Layer:
     down: Linear
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
-    w_o: torch.Tensor | None = None  # the dense o_proj weight (None for int8), for models.cuda_graphs
 
 
 class LeanLM:
@@ -136,7 +135,6 @@ class LeanLM:
                         down=lin(m.down_proj.weight.detach()),
                         q_norm=a.q_norm.weight.detach() if hasattr(a, "q_norm") else None,
                         k_norm=a.k_norm.weight.detach() if hasattr(a, "k_norm") else None,
-                        w_o=None if int8 else a.o_proj.weight.detach(),
                     )
                 )
         self.q_size = self.n_heads * self.head_dim
@@ -168,12 +166,6 @@ class LeanLM:
         half = self._sin.shape[-1] // 2  # rotate_half(x) * sin == roll(x, half) * [-sin_lo, sin_hi], exactly
         self._sin_signed = torch.cat([-self._sin[:, :half], self._sin[:, half:]], dim=-1)
 
-    @staticmethod
-    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rot * sin
-
     def _qkv_fast(self, lw: _Layer, h: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor):
         """h [B, T, H] -> q [B, T, heads, d], k/v [B, T, kv, d] with RoPE applied to q and k in one
         pass where there is no q/k norm (cos/sin_signed [B or 1, T, 1, d]; see ``_rope_tables``)."""
@@ -190,55 +182,6 @@ class LeanLM:
         q = torch.addcmul(q * cos, q.roll(half, -1), sin_signed)
         k = torch.addcmul(k * cos, k.roll(half, -1), sin_signed)
         return q, k, v
-
-    def _qkv(self, lw: _Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """h [B, T, H] -> q [B, kv, g, T, d], k/v [B, kv, T, d] with RoPE (cos/sin [B or 1, T, d])."""
-        qkv = lw.qkv(h)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        b, t = h.shape[0], h.shape[1]
-        q = q.view(b, t, self.n_heads, self.head_dim)
-        k = k.view(b, t, self.n_kv, self.head_dim)
-        v = v.view(b, t, self.n_kv, self.head_dim)
-        if lw.q_norm is not None:
-            q = self._rms(q, lw.q_norm)
-            k = self._rms(k, lw.k_norm)
-        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [B, T, 1, d]
-        q = self._rotate(q, cos, sin).permute(0, 2, 1, 3)  # [B, heads, T, d]
-        k = self._rotate(k, cos, sin).permute(0, 2, 1, 3)  # [B, kv, T, d]
-        return q.reshape(b, self.n_kv, self.group, t, self.head_dim), k, v.permute(0, 2, 1, 3)
-
-    def _attend(
-        self, q: torch.Tensor, segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
-    ) -> torch.Tensor:
-        """Softmax attention of q [B, kv, g, T, d] over K/V segments that are never copied.
-
-        A segment is (K, V, mask): K/V [kv, L, d] are shared by every row (the cached prefix);
-        K/V [B, kv, L, d] belong to each row (a request's suffix, a head's own tokens); ``mask``
-        (bool, True = visible) broadcasts to [B, kv, g, T, L], or is None. Returns [B, T, heads*d]."""
-        b, kv, g, t, d = q.shape
-        q_kv = None  # q as [kv, B*g*T, d] for shared segments: one bmm per kv head, K never expanded
-        scores = []
-        for k, _, mask in segments:
-            if k.dim() == 3:
-                if q_kv is None:
-                    q_kv = q.permute(1, 0, 2, 3, 4).reshape(kv, b * g * t, d)
-                sc = torch.bmm(q_kv, k.transpose(1, 2)).view(kv, b, g, t, -1).permute(1, 0, 2, 3, 4)
-            else:
-                sc = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2))
-            if mask is not None:
-                sc = sc.masked_fill(~mask, float("-inf"))
-            scores.append(sc)
-        sizes = [sc.shape[-1] for sc in scores]
-        probs = torch.softmax(torch.cat(scores, dim=-1).float() * self.scaling, dim=-1).to(q.dtype)
-        out = None
-        for p, (k, v, _) in zip(probs.split(sizes, dim=-1), segments, strict=True):
-            if k.dim() == 3:
-                p_kv = p.permute(1, 0, 2, 3, 4).reshape(kv, b * g * t, -1)
-                part = torch.bmm(p_kv, v).view(kv, b, g, t, d).permute(1, 0, 2, 3, 4)
-            else:
-                part = torch.matmul(p, v.unsqueeze(2))
-            out = part if out is None else out + part
-        return out.reshape(b, self.n_heads, t, self.head_dim).transpose(1, 2).reshape(b, t, self.q_size)
 
     def _mlp(self, lw: _Layer, x: torch.Tensor) -> torch.Tensor:
         gate, up = lw.gate_up(self._rms(x, lw.ln2)).split(self.inter, dim=-1)
