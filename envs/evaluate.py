@@ -201,7 +201,8 @@ def _run_realtime(binding: EnvBinding, pol: Any, episodes: int, seed: int | None
 def format_table(reports: list[EvalReport]) -> str:
     """Side-by-side summary, one row per report (a ``goal`` column when a report has ``goal_success``)."""
     goal = any(r.goal_success is not None for r in reports)
-    head = (f"{'env':<26} {'policy':<12} {'mode':<9} {'rate':>5} {'eps':>4} {'mean':>9} {'std':>8} "
+    w = max([26, *(len(r.env) for r in reports)])  # the column fits the longest env id
+    head = (f"{'env':<{w}} {'policy':<12} {'mode':<9} {'rate':>5} {'eps':>4} {'mean':>9} {'std':>8} "
             f"{'min':>9} {'max':>9} {'legal':>6} {'dec p50 ms':>10} {'wall s':>7}"
             + (f" {'goal':>6}" if goal else ""))
     lines = [head, "-" * len(head)]
@@ -209,7 +210,7 @@ def format_table(reports: list[EvalReport]) -> str:
         rate = f"{r.rate_hz:g}" if r.rate_hz else "-"
         mn = min(r.returns) if r.returns else math.nan
         mx = max(r.returns) if r.returns else math.nan
-        lines.append(f"{r.env:<26} {r.policy:<12} {r.mode:<9} {rate:>5} {r.episodes:>4} "
+        lines.append(f"{r.env:<{w}} {r.policy:<12} {r.mode:<9} {rate:>5} {r.episodes:>4} "
                      f"{r.mean_return:>9.2f} {r.std_return:>8.2f} {mn:>9.2f} {mx:>9.2f} "
                      f"{r.legal_rate:>6.3f} {r.decision_ms.get('p50', math.nan):>10.3f} {r.wall_s:>7.1f}"
                      + (f" {_rate(r.goal_success):>6}" if goal else ""))

@@ -347,5 +347,7 @@ def test_random_backend_episode_reports_goal_success():
     rep = evaluate(HELDOUT_ID, "model", backend="random", episodes=1, seed=0, env_kwargs={"max_steps": 40})
     assert rep.episodes == 1 and rep.legal_rate == 1.0 and rep.goal_success == 0.0
     assert rep.to_dict()["goal_success"] == 0.0 and format_table([rep]).splitlines()[0].endswith("goal")
+    head, _, row = format_table([rep]).splitlines()
+    assert row.index(" model ") + 1 == head.index("policy")  # the env column fits the 29-character id
     other = evaluate("tickcall/Arena-v0", "expert", episodes=1, seed=0, env_kwargs={"max_steps": 20})
     assert "goal_success" not in other.to_dict() and "goal" not in format_table([other])
