@@ -58,8 +58,6 @@ def resolve_model(cfg: RunConfig) -> str | None:
     backends without a model (noop, random). The folder is checked here, in the driver
     (``models.folder_check``), before any actor starts. Raises RunError (``no_model_message`` when the
     env has no shipped model)."""
-    from tickcall.models.folder_check import ModelFolderError, check_model_folder
-
     if cfg.backend in MODEL_FREE:
         return cfg.model
     if cfg.model is not None:
@@ -68,20 +66,26 @@ def resolve_model(cfg: RunConfig) -> str | None:
         path = shipped_default_model(cfg.env)
         if path is None or not Path(path).exists():
             raise RunError(no_model_message(cfg.env))
+    ready_model_folder(str(path))
+    return str(path)
+
+
+def ready_model_folder(path: str, what: str = "") -> None:
+    """Check a model folder in the driver, before any actor starts (``models.folder_check``), and merge
+    an adapter folder with its base into the cache (``models.adapters``): the first merge takes ~30-60 s,
+    done here with its progress line so a service actor finds it cached instead of overrunning its
+    start-up timeout. ``what``: a prefix for the error line. Raises RunError (one line)."""
+    from tickcall.models.adapters import is_adapter_folder, materialize
+    from tickcall.models.folder_check import ModelFolderError, check_model_folder
+
     try:
         check_model_folder(path)
-    except ModelFolderError as exc:
-        raise RunError(str(exc)) from None
-    from tickcall.models.adapters import is_adapter_folder, materialize
-
-    if is_adapter_folder(path):
-        # the first merge with the base takes ~30-60 s: do it here, with its progress line, so the
-        # service actor finds it cached instead of overrunning its start-up timeout
-        try:
+        if is_adapter_folder(path):
             materialize(path)
-        except Exception as exc:
-            raise RunError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    return str(path)
+    except ModelFolderError as exc:
+        raise RunError(f"{what}{exc}") from None
+    except Exception as exc:
+        raise RunError(f"{what}{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def no_model_message(env_id: str | None, problem: str | None = None) -> str:
@@ -163,14 +167,10 @@ def resolve_cascade(cfg: RunConfig) -> dict[str, Any] | None:
     if c is None:
         return None
     from tickcall.control_loop.cascade import calibrate
-    from tickcall.models.folder_check import ModelFolderError, check_model_folder
 
     model = c.model
     if c.endpoint is None and c.backend not in MODEL_FREE:
-        try:
-            check_model_folder(str(model))
-        except ModelFolderError as exc:
-            raise RunError(f"the cascade's big model: {exc}") from None
+        ready_model_folder(str(model), "the cascade's big model: ")
     calibration = None
     if c.threshold == "auto":
         try:
