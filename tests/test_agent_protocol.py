@@ -358,14 +358,19 @@ def test_gather_never_delays_a_lone_client(serve):
         assert r.type == "call" and r.batch == 1
     assert srv.stats().get("gather_waits", 0) == 0
     # several clients: once a round was decoded as one batch of 3, a lone arrival waits (up to
-    # gather_ms) for the others, and that wait is counted. Which round first forms a whole batch
-    # depends on thread scheduling, so the rounds go on until one does.
+    # gather_ms) for the others, and that wait is counted. Three decides sent back to back need not
+    # reach the engine together (it may wake on the first), so each round first keeps the engine
+    # busy with the lone client's decide (50 ms) while the three queue up behind it; a round where
+    # the engine was too slow to take that decide alone is retried.
     clients = [PolicyClient(srv.endpoint, timeout_ms=30_000) for _ in range(3)]
     for cl in clients:
         cl.register(TOOLS)
     for rnd in range(20):
+        c.send_decide("busy", tick_id=100 + rnd)
+        time.sleep(0.01)
         for cl in clients:
             cl.send_decide("y", tick_id=rnd)
+        assert [r.type for r in c.poll(timeout_ms=30_000)] == ["call"]
         replies = [r for cl in clients for r in cl.poll(timeout_ms=30_000)]
         assert [r.type for r in replies] == ["call"] * 3
         if all(r.batch == 3 for r in replies):
