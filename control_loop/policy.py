@@ -20,7 +20,10 @@ class Policy(Protocol):
     (a policy that gives up on a request answers an ``ErrorReply`` with code ``timeout``)."""
 
     def send_decide(self, turn: Turn, tick_id: int, deadline_ms: float | None = None) -> int:
-        """Send one decide for tick ``tick_id`` with ``deadline_ms`` (ms, from receipt); returns at once."""
+        """Send one decide for tick ``tick_id`` with ``deadline_ms`` (ms, from receipt); returns at once.
+
+        Multi-agent loops also pass ``stream=AGENT`` (keyword): the latest-wins key, and the key a
+        replica router keeps each agent sticky by (``PolicyClient`` and ``agent.replicas`` take it)."""
         ...
 
     def poll(self, timeout_ms: float = 0) -> list[DecideReply]:

@@ -66,6 +66,9 @@ class TickRecord:
     call: dict[str, Any] | None = None
     fallback: str | None = None
     episode: int = 0
+    # multi-agent runs only (control_loop.crowd; None otherwise): the agent this record is for; a
+    # crowd run has one record per agent per tick, so outcomes sum to agents x ticks
+    agent: str | None = None
     # the turn sent for this tick, {"query": observation text, "history": [lines]} (None when not
     # recorded): with ``call`` it makes ticks.jsonl a training dataset (tickcall.envs.recorded)
     turn: dict[str, Any] | None = None

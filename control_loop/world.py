@@ -68,5 +68,48 @@ class World(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+@runtime_checkable
+class CrowdWorld(Protocol):
+    """A world of several agents that act at once (PettingZoo's Parallel API, an engine's NPC crowd).
+
+    One loop ticks every agent (``control_loop.crowd``): each tick it takes ``observe_all()``, sends one
+    decide per agent (all decoded as one batch by the service) and applies each agent's call with
+    ``apply_call(agent, call)``. Invariants: ``observe_all`` never waits for the env and returns the
+    newest observation of every agent alive now (agents may come and go between episodes, as in
+    PettingZoo); ``apply_call`` and ``fallback`` return at once (set-point semantics: the agent's action
+    stays in force until replaced); every agent uses the same ``tools`` (one registration).
+    """
+
+    history_chars: int    # longest result text a history line shows
+
+    @property
+    def tools(self) -> list[dict[str, Any]]: ...
+
+    @property
+    def agents(self) -> list[str]: ...
+
+    def observe_all(self) -> dict[str, Observation]: ...
+
+    def history(self, agent: str) -> list[str]: ...
+
+    def fallback(self, agent: str, kind: str) -> str: ...
+
+    def apply_call(self, agent: str, call: Any) -> Any: ...
+
+    def episodes_done(self) -> int: ...
+
+    def episodes(self) -> list[dict[str, Any]]: ...
+
+    def current_episode(self) -> dict[str, Any]: ...
+
+    def start(self) -> CrowdWorld: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
 WorldFactory = Callable[[], World]
 """A zero-argument callable that builds a world where it is called (inside the loop actor)."""
