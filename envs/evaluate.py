@@ -71,10 +71,10 @@ class EvalReport:
 
 def make_policy(kind: str, env_id: str, binding: EnvBinding, *, seed: int | None = 0,
                 model: str | None = None, backend: str = "transformers", history_len: int | None = None,
-                engine: Any = None) -> Any:
+                engine: Any = None, engine_options: dict[str, Any] | None = None) -> Any:
     """``expert``, ``random`` or ``model`` (``model`` needs a model folder or an ``engine``, except with
     a backend that has no model, ``noop`` or ``random``: the random backend's calls are seeded with
-    ``seed``)."""
+    ``seed``). ``engine_options`` go to the model's engine (``models.loading.load_engine``)."""
     if kind == "model":
         from tickcall.envs.policies import ModelPolicy
         from tickcall.models.loading import MODEL_FREE, load_engine
@@ -86,7 +86,7 @@ def make_policy(kind: str, env_id: str, binding: EnvBinding, *, seed: int | None
             return ModelPolicy(engine, binding, **kw)
         if not model:
             raise ValueError("--policy model needs --model PATH (a local model folder)")
-        return ModelPolicy.from_path(model, binding, backend=backend, **kw)
+        return ModelPolicy.from_path(model, binding, backend=backend, engine_options=engine_options, **kw)
     from tickcall.envs.experts import get_policy
 
     return get_policy(kind, env_id, binding, seed=seed)

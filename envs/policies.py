@@ -82,16 +82,17 @@ class ModelPolicy:
 
     @classmethod
     def from_path(cls, model_path: str | Path, binding: EnvBinding, *, backend: str = "transformers",
-                  **kwargs: Any) -> ModelPolicy:
-        """Load a model folder with ``models.loading.load_engine``; its ``tickcall.json`` (if any) may
-        set ``template``, ``system`` and ``history_len`` (explicit keyword arguments win)."""
+                  engine_options: dict[str, Any] | None = None, **kwargs: Any) -> ModelPolicy:
+        """Load a model folder with ``models.loading.load_engine`` (``engine_options``: its options, e.g.
+        ``{"precision": "int8", "threads": 2}``); its ``tickcall.json`` (if any) may set ``template``,
+        ``system`` and ``history_len`` (explicit keyword arguments win)."""
         from tickcall.models.loading import load_engine, read_model_meta
 
         path = Path(model_path)
         meta = read_model_meta(path)
         opts = {k: meta[k] for k in ("template", "system", "history_len") if meta.get(k) is not None}
         opts.update(kwargs)
-        engine = load_engine(path, backend=backend)
+        engine = load_engine(path, backend=backend, **(engine_options or {}))
         return cls(engine, binding, **opts)
 
     def turn(self, obs: Any) -> Turn:

@@ -94,6 +94,10 @@ EVAL_CASES = [
     ([*CART, "--max-seconds", "0"], "--max-seconds 0"),
     ([*CART, "--max-steps", "0"], "--max-steps 0"),
     ([*CART, "--history", "-1"], "--history -1"),
+    ([*CART, "--policy", "model", "--engine-option", "precision"], "is not KEY=VALUE"),
+    ([*CART, "--policy", "model", "--engine-option", "a b=1"], "is not KEY=VALUE"),
+    ([*CART, "--policy", "model", "--engine-option", "threads=[1, 2]"], "one scalar value"),
+    ([*CART, "--engine-option", "threads=2"], "--policy model only"),
 ]
 
 
@@ -112,6 +116,26 @@ def test_eval_json_checked_before_work(capsys, bad, monkeypatch):
 
     monkeypatch.setattr(evaluate_mod, "evaluate", boom)
     _fails_in_one_line(capsys, ["eval", *CART, "--json", f"{bad}/afile/out.json"], 2, "--json")
+
+
+def test_eval_engine_options_reach_the_engine(capsys, tiny_model_path, monkeypatch):
+    """--engine-option KEY=VALUE values reach load_engine typed (YAML scalars); an option the engine does
+    not take is one line naming it."""
+    import tickcall.models.loading as loading
+
+    seen = {}
+    real = loading.load_engine
+
+    def spy(spec, backend=None, **options):
+        seen.update(options)
+        return real(spec, backend=backend, **options)
+
+    monkeypatch.setattr(loading, "load_engine", spy)
+    argv = ["eval", *CART, "--policy", "model", "--model", str(tiny_model_path)]
+    assert main([*argv, "--engine-option", "precision=fp32", "--engine-option", "threads=1"]) in (0, 1)
+    assert seen == {"precision": "fp32", "threads": 1}
+    capsys.readouterr()  # the first run's loading progress
+    _fails_in_one_line(capsys, [*argv, "--engine-option", "warp_speed=9"], 2, "warp_speed")
 
 
 def test_eval_good_input_still_works(capsys, tmp_path):

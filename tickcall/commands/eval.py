@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tickcall.commands.errors import (
     CommandError,
@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seconds", type=float, default=None, help="real time: stop after this long")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="episode length override for envs that take max_steps (the Arena)")
+    parser.add_argument("--engine-option", dest="engine_options", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="an option of the model's engine, repeatable (values read as YAML scalars), "
+                             "e.g. --engine-option precision=int8 --engine-option threads=2")
     parser.add_argument("--json", dest="json_path", default=None, help="write the report(s) here")
     parser.add_argument("--render", action="store_true",
                         help="watch the episodes in a window (render_mode=human; needs pygame and a display)")
@@ -121,7 +125,30 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if "model" in kinds and not args.model and args.backend not in MODEL_FREE:
         args.model = _shipped_model(args.env)
     check_writable("--json", args.json_path)
+    args.engine_options = parse_engine_options(args.engine_options)
+    if args.engine_options and "model" not in kinds:
+        raise CommandError("--engine-option applies to --policy model only; add model to --policy or drop it")
     return kinds
+
+
+def parse_engine_options(items: list[str]) -> dict[str, Any]:
+    """``["precision=int8", "threads=2"]`` -> ``{"precision": "int8", "threads": 2}`` (YAML scalars)."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise CommandError(f"--engine-option {item!r} is not KEY=VALUE; e.g. --engine-option precision=int8")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, dict | list):
+            raise CommandError(f"--engine-option {item!r}: give one scalar value (a number, word or true/false)")
+        options[key] = value
+    return options
 
 
 def _evaluate(args: argparse.Namespace, kind: str, env_kwargs: dict) -> EvalReport:
@@ -138,7 +165,13 @@ def _evaluate(args: argparse.Namespace, kind: str, env_kwargs: dict) -> EvalRepo
         rep = evaluate(args.env, "model" if kind == "random-calls" else kind, episodes=args.episodes,
                        seed=args.seed, realtime=args.realtime, rate=args.rate, hold=args.hold,
                        delay_ms=args.delay_ms, max_seconds=args.max_seconds, env_kwargs=env_kwargs,
-                       model=model, backend=backend, history_len=args.history)
+                       model=model, backend=backend, history_len=args.history,
+                       **({"engine_options": args.engine_options} if args.engine_options else {}))
+    except TypeError as exc:  # an engine option the backend does not take
+        if not any(repr(k) in str(exc) for k in args.engine_options):
+            raise
+        raise CommandError(f"the {backend} engine refused --engine-option {sorted(args.engine_options)}: "
+                           f"{one_line(exc)}; see the engine's options in docs/training.md") from None
     except (EngineError, OSError, SafetensorError) as exc:
         if kind != "model":
             raise
