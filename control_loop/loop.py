@@ -20,7 +20,9 @@ deadlines as they come:
   tick becomes ``late`` (still not applied). An unanswered request is dropped after
   ``in_flight_timeout_ms`` so a dead service cannot block the loop; ticks keep their rate meanwhile.
 
-Every tick gets exactly one ``TickRecord`` and one final outcome: ``sum(outcomes) == ticks``.
+Every tick gets exactly one ``TickRecord`` and one final outcome: ``sum(outcomes) == ticks``. The
+records, the requests in flight and what a reply does to its tick are ``control_loop.tick_outcomes``,
+shared with the crowd loop (``control_loop.crowd``: one loop for every agent of a multi-agent world).
 The loop's collaborators: ``policy`` (``control_loop.policy.Policy``: ``send_decide``, ``poll``, answered
 with typed replies, read by ``control_loop.replies``), ``world`` (``control_loop.world.World``:
 ``observe``, ``fallback``, ``episodes_done``) and ``hands`` (``control_loop.futures.AsyncFC``:
@@ -32,7 +34,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,12 +43,13 @@ from tickcall.control_loop.config import LoopSettings
 from tickcall.control_loop.policy import Policy
 from tickcall.control_loop.priority import raise_priority
 from tickcall.control_loop.progress import Throttle
-from tickcall.control_loop.records import OUTCOMES, TickRecord
-from tickcall.control_loop.replies import call_dict, is_round_trip, judge, no_decision, stage_timings
+from tickcall.control_loop.records import TickRecord
+from tickcall.control_loop.tick_outcomes import Pending, Requests, TickBook, settle, settle_stale
 from tickcall.control_loop.world import World
+from tickcall.models.calls import Call
 from tickcall.models.format import Turn
 
-from tickcall.timing import RateKeeper, Slot, percentile
+from tickcall.timing import RateKeeper, Slot
 
 __all__ = ["ControlLoop", "LoopResult", "LoopSettings"]
 
@@ -55,18 +57,6 @@ log = logging.getLogger("tickcall.loop")
 
 POLL_GUARD_S = 0.0015  # stop polling this long before a tick is due; the rate keeper sleeps the rest
 MIN_POLL_MS = 1.0  # socket polls have 1 ms resolution: shorter waits are slept instead
-MAX_STALE = 256  # abandoned/superseded requests remembered to recognise their late replies
-
-
-@dataclass
-class _Pending:
-    tick: int
-    msg_id: Any
-    sent_at: float
-    deadline_at: float
-    obs_at: float
-    record: TickRecord
-    expired: bool = False
 
 
 @dataclass
@@ -104,13 +94,9 @@ class ControlLoop:
         self._clock = clock
         self._sleep = sleep
         self._stop = threading.Event()
-        self._records: list[TickRecord] = []
-        self._pending: OrderedDict[int, _Pending] = OrderedDict()
-        self._stale: OrderedDict[int, _Pending] = OrderedDict()
+        self._book = TickBook()  # every record and its outcome (control_loop.tick_outcomes)
+        self._requests = Requests()  # in flight and given up on, keyed by tick
         self._newest: int | None = None
-        self._counts = dict.fromkeys(OUTCOMES, 0)
-        self._unresolved = 0
-        self._latencies: deque[float] = deque(maxlen=256)
         self._stray = 0
         self._missed = 0
         self._warn = Throttle(settings.warn_interval_s, clock)
@@ -119,7 +105,6 @@ class ControlLoop:
         self._t0: float | None = None
         self._planned: int | None = None
         self._running = False
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -131,21 +116,12 @@ class ControlLoop:
         the oldest that may still change (unresolved, or recent enough for a late reply to update).
         The driver keeps these so that a loop that dies still leaves its ticks (thread-safe)."""
         margin = int(self.s.rate_hz * self.s.in_flight_timeout_s) + 1  # ticks a late reply may reach
-        with self._lock:
-            recs = [r for r in self._records if r.tick >= since]
-            out = [r.to_dict() for r in recs]
-            open_ticks = [r.tick for r in recs if r.outcome is None]
-        newest = max((r["tick"] for r in out), default=since - 1)
-        settled = min([*open_ticks, newest + 1]) - margin
-        return out, max(since, settled)
+        return self._book.snapshot(since, margin)
 
     def status(self) -> dict[str, Any]:
         """A cheap snapshot for the live progress line (thread-safe)."""
-        with self._lock:
-            lat = sorted(self._latencies)
-            ticks = len(self._records)
-            counts = dict(self._counts)
-            counts_pending = self._unresolved
+        live = self._book.live()
+        ticks = live["records"]
         now = self._clock()
         elapsed = (now - self._t0) if self._t0 is not None else 0.0
         ran = ticks - self._missed
@@ -155,10 +131,10 @@ class ControlLoop:
             "ticks_planned": self._planned,
             "elapsed_s": elapsed,
             "achieved_hz": (ran / elapsed) if elapsed > 0 else 0.0,
-            "outcomes": counts,
-            "unresolved": counts_pending,
-            "latency_p50_ms": percentile(lat, 50) if lat else None,
-            "latency_p99_ms": percentile(lat, 99) if lat else None,
+            "outcomes": live["outcomes"],
+            "unresolved": live["unresolved"],
+            "latency_p50_ms": live["latency_p50_ms"],
+            "latency_p99_ms": live["latency_p99_ms"],
             "warnings": list(self._warnings[-3:]),
         }
         eps = getattr(self.world, "episodes_done", None)
@@ -228,8 +204,8 @@ class ControlLoop:
         finally:
             self._running = False
             restore()
-        self._finalize()
-        records = sorted(self._records, key=lambda r: r.tick)
+        self._book.finalize()  # cannot leave anything after _drain; kept as a safety net
+        records = sorted(self._book.records, key=lambda r: r.tick)
         return LoopResult(
             records=records,
             t0=self._t0,
@@ -265,18 +241,11 @@ class ControlLoop:
         if observed is not None:  # optional hook: a world that tags its calls with their tick (engine bridge)
             observed(slot.index, obs)
 
-        newest = self._pending.get(self._newest) if self._newest is not None else None
-        if newest is not None:
+        if self._newest is not None and self._newest in self._requests.pending:
             if self.s.in_flight == "skip":
                 self._resolve(rec, "skipped", "in_flight")
                 return
-            # supersede: the older request's reply will not be applied
-            self._pending.pop(newest.tick)
-            self._remember_stale(newest)
-            if not newest.expired:
-                self._resolve(newest.record, "late", "superseded")
-            else:
-                newest.record.reason = "superseded after its deadline"
+            self._requests.supersede(self._newest, self._book)  # its reply will not be applied
 
         history = []
         if self.hands is not None and self.s.history_len > 0:
@@ -296,7 +265,7 @@ class ControlLoop:
             return
         sent_at = self._clock()
         rec.sent = True
-        self._pending[slot.index] = _Pending(
+        self._requests.pending[slot.index] = Pending(
             tick=slot.index,
             msg_id=msg_id,
             sent_at=sent_at,
@@ -314,11 +283,7 @@ class ControlLoop:
             self._expire(now)
             if now >= t_end:
                 return
-            wake = t_end
-            for p in self._pending.values():
-                wake = min(wake, p.sent_at + self.s.in_flight_timeout_s)
-                if not p.expired:
-                    wake = min(wake, p.deadline_at)
+            wake = self._requests.wake(t_end, self.s.in_flight_timeout_s)
             wait_ms = (wake - now) * 1e3
             if wait_ms < MIN_POLL_MS:  # too short for a socket poll: sleep it, then look once
                 self._sleep(max(0.0, wake - now))
@@ -342,116 +307,47 @@ class ControlLoop:
                 self._on_reply(reply, now)
 
     def _on_reply(self, reply: DecideReply, now: float) -> None:
-        p = self._pending.pop(reply.tick, None) if reply.tick is not None else None
-        if p is None:
-            self._on_stale_reply(reply, now)
-            return
-        rec = p.record
-        if is_round_trip(reply):
-            rec.rtt_ms = (now - p.sent_at) * 1e3
-            rec.stages_ms = stage_timings(reply)
-        if p.expired:
-            if no_decision(reply):
-                rec.reason = f"no reply by the deadline; then {reply.code}"  # stays a fallback
-                return
-            self._resolve(rec, "late", f"reply {rec.rtt_ms:.1f} ms after send, past the deadline")
-            return
-        verdict = judge(reply)
-        rec.call = call_dict(verdict.call)
-        if verdict.outcome == "ok" and verdict.call is None:  # a legal no-call: nothing to apply
-            rec.latency_ms = (self._clock() - p.obs_at) * 1e3
-            with self._lock:
-                self._latencies.append(rec.latency_ms)
-            self._resolve(rec, "ok", verdict.reason)
-            return
-        if verdict.outcome != "ok" or verdict.call is None:
-            self._resolve(rec, verdict.outcome, verdict.reason)
-            self._fallback(rec)
-            return
-        try:
-            t1 = self._clock()
-            if self.hands is not None:
-                self.hands.dispatch(verdict.call, seq=p.tick)
+        p = self._requests.pending.pop(reply.tick, None) if reply.tick is not None else None
+        if p is None:  # a reply to a request the loop no longer waits for (superseded, dropped), or to none
+            old = self._requests.stale.pop(reply.tick, None) if reply.tick is not None else None
+            if old is None:
+                self._stray += 1
             else:
-                self.world.apply_call(verdict.call)
-            t2 = self._clock()
-        except Exception as exc:
-            self._resolve(rec, "error", f"dispatch failed: {type(exc).__name__}: {exc}")
-            self._fallback(rec)
+                settle_stale(old, reply, now, self._book)
             return
-        rec.dispatch_ms = (t2 - t1) * 1e3
-        rec.latency_ms = (t2 - p.obs_at) * 1e3
-        with self._lock:
-            self._latencies.append(rec.latency_ms)
-        self._resolve(rec, "ok", "")
+        settle(p, reply, now, self._book, apply=self._apply, fallback=self._fallback, clock=self._clock)
 
-    def _on_stale_reply(self, reply: DecideReply, now: float) -> None:
-        """A reply to a request the loop no longer waits for (superseded or dropped), or to none."""
-        old = self._stale.pop(reply.tick, None) if reply.tick is not None else None
-        if old is None:
-            self._stray += 1
-            return
-        if no_decision(reply):
-            return  # the client gave up on it too: still no reply
-        old.record.rtt_ms = (now - old.sent_at) * 1e3
-        old.record.stages_ms = stage_timings(reply)
-        if old.record.outcome == "fallback":  # abandoned, then the reply came after all
-            self._resolve(old.record, "late", f"reply after {old.record.rtt_ms:.0f} ms (dropped)")
+    def _apply(self, call: Call, p: Pending) -> None:
+        if self.hands is not None:
+            self.hands.dispatch(call, seq=p.tick)
+        else:
+            self.world.apply_call(call)
 
     def _expire(self, now: float) -> None:
-        for tick in list(self._pending):
-            p = self._pending[tick]
-            if not p.expired and now >= p.deadline_at:
-                p.expired = True
-                self._resolve(p.record, "fallback", "no reply by the deadline")
-                if tick == self._newest:
-                    self._fallback(p.record)
-            if now >= p.sent_at + self.s.in_flight_timeout_s:
-                self._pending.pop(tick)
-                p.record.reason = (
-                    f"no reply within {self.s.in_flight_timeout_s * 1e3:.0f} ms (request dropped)"
-                )
-                self._remember_stale(p)
+        self._requests.expire(now, self.s.in_flight_timeout_s, self._book, self._on_deadline)
 
-    def _remember_stale(self, p: _Pending) -> None:
-        self._stale[p.tick] = p
-        while len(self._stale) > MAX_STALE:
-            self._stale.popitem(last=False)
+    def _on_deadline(self, p: Pending) -> None:
+        if p.tick == self._newest:  # an older request's tick already had its fallback or a newer call
+            self._fallback(p.record)
 
     def _drain(self) -> None:
         """After the last tick: handle replies until every request is answered or dropped, for at most
         ``min(in_flight_timeout, 1 s)`` past the last deadline (so late replies are told from lost ones)."""
-        if not self._pending:
+        pending = self._requests.pending
+        if not pending:
             return
-        end = max(p.deadline_at for p in self._pending.values()) + min(self.s.in_flight_timeout_s, 1.0)
-        while self._pending and self._clock() < end:
+        end = max(p.deadline_at for p in pending.values()) + min(self.s.in_flight_timeout_s, 1.0)
+        while pending and self._clock() < end:
             self._pump_until(min(end, self._clock() + 0.05))
         self._expire(self._clock())
         self._collect(0.0)
 
-    def _finalize(self) -> None:
-        for rec in self._records:
-            if rec.outcome is None:  # cannot happen after _drain; kept as a safety net
-                self._resolve(rec, "fallback", "loop ended before its deadline")
-
     # ------------------------------------------------------------------ bookkeeping
     def _add(self, rec: TickRecord) -> None:
-        with self._lock:
-            self._records.append(rec)
-            if rec.outcome is None:
-                self._unresolved += 1
-            else:
-                self._counts[rec.outcome] += 1
+        self._book.add(rec)
 
     def _resolve(self, rec: TickRecord, outcome: str, reason: str) -> None:
-        with self._lock:
-            if rec.outcome is None:
-                self._unresolved -= 1
-            else:
-                self._counts[rec.outcome] -= 1
-            rec.outcome = outcome
-            rec.reason = reason
-            self._counts[outcome] += 1
+        self._book.resolve(rec, outcome, reason)
 
     def _fallback(self, rec: TickRecord) -> None:
         try:
