@@ -12,6 +12,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "prefix": ("tickcall.bench.prefix", "decide latency vs tool count, cached vs uncached prefix"),
     "heads": ("tickcall.bench.heads", "decode-step time for 1, 2, 4, 8 heads"),
     "serve": ("tickcall.bench.serve", "policy service overhead vs raw ZMQ, batching gain"),
+    "service-cost": (
+        "tickcall.bench.service_cost",
+        "the policy service's CPU per decide at batch 1 and 64 vs a raw ZMQ echo",
+    ),
     "loop": ("tickcall.bench.loop", "rate keeper lateness and drift with a no-op policy"),
     "asyncfc": ("tickcall.bench.asyncfc", "async vs sync dispatch with a slow actuator"),
     "constrain": ("tickcall.bench.constrain", "decide latency with and without schema-constrained heads"),
