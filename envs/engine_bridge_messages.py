@@ -13,6 +13,13 @@ format, the tools' schemas, seq order) live in the session state machine.
 
 Units: ``*_ms`` milliseconds (float); ``t_ms`` the sender's own monotonic clock (never compared with
 the other side's); ``*_hz`` per second; ``frame`` the engine's own frame counter.
+
+Crowds (protocol 1.1, ``PROTOCOL_REVISION``; optional additions, so ``v`` stays 1): a hello with
+``agents`` (and optionally ``max_agents``) opens a crowd session; each ``obs`` then names its ``agent``
+(an agent's first observation makes it join), ``AgentByeMsg`` (``bye`` with ``agent``) makes one agent
+leave, ``episode`` may name its agent, and the bridge answers with ``CrowdWelcomeMsg`` and sends
+``AgentCallMsg`` (``call`` with ``agent``). A session whose hello has no ``agents`` is exactly today's
+single-agent session, byte for byte: the crowd variants are subclasses that only crowd sessions use.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 PROTOCOL_VERSION = 1
+PROTOCOL_REVISION = "1.1"  # 1.1 adds crowds (agent ids); optional fields only, so v stays 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+MAX_AGENTS = 1024  # the most agents one crowd session may have at once (hello.max_agents)
+AGENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 DEFAULT_MAX_MSG_BYTES = 1 << 20  # 1 MiB: larger messages are answered ``oversized`` and dropped
 DEFAULT_HEARTBEAT_MS = 250.0
 DEFAULT_HEARTBEAT_MISSES = 4  # peer silent for heartbeat_ms * misses => considered gone
@@ -51,6 +61,10 @@ Finite = Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT, descriptio
 
 # ``M(description=...)`` on a field says what it must be: error messages quote it
 M = msgspec.Meta
+
+AGENT_ID_TEXT = "an agent id: 1..64 characters among letters, digits and _ . : -"
+AgentId = Annotated[str, M(description=AGENT_ID_TEXT, pattern=AGENT_ID_PATTERN)]
+OptionalAgentId = Annotated[AgentId | None, M(description=AGENT_ID_TEXT)]
 
 
 class ProtocolError(Exception):
@@ -130,6 +144,11 @@ class HelloMsg(Envelope, tag="hello", frozen=True):
     lockstep: Annotated[int, M(description="an integer >= 0 (frames per step)", ge=0)] = 0
     default_call: Annotated[DefaultCall | None, M(description="a call map {name, arguments}")] = None
     instructions: str = ""
+    # protocol 1.1, crowds: the agents present at hello (absent = one agent, today's session) and the
+    # most that may be present at once (default: len(agents)); more join with their first obs
+    agents: Annotated[list[AgentId] | None, M(description="a list of agent ids (strings)")] = None
+    max_agents: Annotated[Annotated[int, M(ge=1, le=MAX_AGENTS)] | None,
+                          M(description=f"an integer 1..{MAX_AGENTS} (agents at once)")] = None
 
     def __post_init__(self) -> None:
         if not self.engine.strip():
@@ -138,6 +157,37 @@ class HelloMsg(Envelope, tag="hello", frozen=True):
         if not self.tools:
             raise ProtocolError("bad_tools", "hello.tools must be a non-empty list of maps", fatal=True,
                                 ref_type="hello")
+        if self.agents is None:
+            if self.max_agents is not None:
+                raise ProtocolError("bad_field", "hello.max_agents needs hello.agents (the crowd at "
+                                    "hello, [] for none yet)", fatal=True, ref_type="hello")
+            return
+        if len(set(self.agents)) != len(self.agents):
+            dup = sorted({a for a in self.agents if self.agents.count(a) > 1})
+            raise ProtocolError("bad_field", f"hello.agents names {dup} more than once", fatal=True,
+                                ref_type="hello")
+        if not self.agents and self.max_agents is None:
+            raise ProtocolError("bad_field", "hello.max_agents is required when hello.agents is empty "
+                                "(how many agents may join)", fatal=True, ref_type="hello")
+        if len(self.agents) > min(self.crowd_size, MAX_AGENTS):
+            raise ProtocolError("bad_field", f"hello.agents lists {len(self.agents)} agents, more than "
+                                f"hello.max_agents={self.crowd_size} (a crowd has at most {MAX_AGENTS})",
+                                fatal=True, ref_type="hello")
+        if self.lockstep:
+            raise ProtocolError("bad_field", "hello.lockstep must be 0 with hello.agents (crowds run in "
+                                "real time)", fatal=True, ref_type="hello")
+
+    @property
+    def crowd(self) -> bool:
+        """A crowd session (protocol 1.1): observations and calls name their agent."""
+        return self.agents is not None
+
+    @property
+    def crowd_size(self) -> int:
+        """The most agents present at once: ``max_agents``, else ``len(agents)`` (0: not a crowd)."""
+        if self.agents is None:
+            return 0
+        return self.max_agents if self.max_agents is not None else len(self.agents)
 
 
 class ObsMsg(Envelope, tag="obs", frozen=True):
@@ -154,6 +204,8 @@ class ObsMsg(Envelope, tag="obs", frozen=True):
         default=0.0, name="return")
     done: Annotated[bool, M(description="a bool")] = False
     wait: Annotated[bool, M(description="a bool (lock-step: the engine waits for step)")] = False
+    # protocol 1.1: required in a crowd session, refused in a single-agent one; seq increases per agent
+    agent: OptionalAgentId = None
 
 
 class AckMsg(Envelope, tag="ack", frozen=True):
@@ -192,6 +244,7 @@ class EpisodeMsg(Envelope, tag="episode", frozen=True):
     ret: Annotated[Finite, M(description="the episode's return (number)")] = msgspec.field(name="return")
     length: Annotated[int, M(description="the episode's length in the engine's steps (integer)")]
     reason: str = ""
+    agent: OptionalAgentId = None  # protocol 1.1: whose episode (crowd sessions)
 
 
 class PingMsg(Envelope, tag="ping", frozen=True):
@@ -214,6 +267,13 @@ class ByeMsg(Envelope, tag="bye", frozen=True):
     reason: str = ""
 
 
+class AgentByeMsg(ByeMsg, tag="bye", frozen=True, kw_only=True):
+    """Engine -> bridge, protocol 1.1 (crowd sessions): one agent leaves; the session goes on. Its
+    calls in flight end ``lost`` (``agent_left``); a later ``obs`` naming it makes it join again."""
+
+    agent: AgentId
+
+
 # --------------------------------------------------------------------------- bridge -> engine
 
 
@@ -229,6 +289,15 @@ class WelcomeMsg(Envelope, tag="welcome", frozen=True):
     server: str = "tickcall"
 
 
+class CrowdWelcomeMsg(WelcomeMsg, tag="welcome", frozen=True, kw_only=True):
+    """Protocol 1.1: the welcome of a crowd session (its hello had ``agents``); ``agents`` the roster
+    accepted, ``max_agents`` the most at once. An engine that gets a plain welcome to a crowd hello
+    talks to a bridge older than 1.1 and must not run its crowd over it."""
+
+    agents: list[str]
+    max_agents: int
+
+
 class CallMsg(Envelope, tag="call", frozen=True):
     """Apply ``name(arguments)`` at the next frame; answer ``ack`` then ``result``."""
 
@@ -238,6 +307,13 @@ class CallMsg(Envelope, tag="call", frozen=True):
     tick: int = -1
     obs_seq: int = -1
     obs_t_ms: float | None = None  # the answered observation's t_ms, echoed (engine clock, ms)
+
+
+class AgentCallMsg(CallMsg, tag="call", frozen=True, kw_only=True):
+    """Protocol 1.1 (crowd sessions): a call for one ``agent``; ``obs_seq``/``obs_t_ms`` name that
+    agent's observation."""
+
+    agent: str
 
 
 class StepMsg(Envelope, tag="step", frozen=True):
@@ -265,6 +341,11 @@ BRIDGE_MESSAGES: dict[str, type[Envelope]] = {
     "error": ErrorMsg, "bye": ByeMsg}
 ENGINE_TYPES = tuple(ENGINE_MESSAGES)
 BRIDGE_TYPES = tuple(BRIDGE_MESSAGES)
+
+# protocol 1.1 variants: a message of this type with this key present decodes into the variant
+ENGINE_VARIANTS: dict[str, tuple[str, type[Envelope]]] = {"bye": ("agent", AgentByeMsg)}
+BRIDGE_VARIANTS: dict[str, tuple[str, type[Envelope]]] = {
+    "call": ("agent", AgentCallMsg), "welcome": ("max_agents", CrowdWelcomeMsg)}
 
 EngineMessage = HelloMsg | ObsMsg | AckMsg | ResultMsg | EpisodeMsg | PingMsg | PongMsg | ByeMsg
 BridgeMessage = WelcomeMsg | CallMsg | StepMsg | PingMsg | PongMsg | ErrorMsg | ByeMsg

@@ -13,6 +13,12 @@ Validation, in order (``decode``): size (``oversized``), one msgpack map with st
 (``malformed``), ``v`` (``version_mismatch``, fatal on hello), ``type`` (``bad_field`` when not a
 string, ``unknown_type`` when no engine message has it), then the struct's field types, constraints
 and ``__post_init__`` (``bad_field``; ``bad_tools`` for hello.tools; every hello error is fatal).
+
+Crowds (protocol 1.1): a message whose type has a variant (``ENGINE_VARIANTS``/``BRIDGE_VARIANTS``:
+``bye`` with ``agent``; ``call`` with ``agent``, ``welcome`` with ``max_agents``) decodes into that
+variant; without the key it is exactly the 1.0 struct. Agent ids are checked here (``AgentId``: 1..64
+characters among letters, digits and ``_ . : -``); whether an agent belongs to the session is the
+state machine's check. Both are ``bad_field`` errors that name ``obs.agent`` (one clear line).
 """
 
 from __future__ import annotations
@@ -23,21 +29,29 @@ from typing import Any
 
 import msgspec
 from tickcall.envs.engine_bridge_messages import (
+    AGENT_ID_PATTERN,
     BRIDGE_MESSAGES,
     BRIDGE_TYPES,
+    BRIDGE_VARIANTS,
     DEFAULT_HEARTBEAT_MISSES,
     DEFAULT_HEARTBEAT_MS,
     DEFAULT_MAX_MSG_BYTES,
     ENGINE_MESSAGES,
     ENGINE_TYPES,
+    ENGINE_VARIANTS,
     ERROR_CODES,
+    MAX_AGENTS,
     OBS_FORMATS,
+    PROTOCOL_REVISION,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     AckMsg,
+    AgentByeMsg,
+    AgentCallMsg,
     BridgeMessage,
     ByeMsg,
     CallMsg,
+    CrowdWelcomeMsg,
     DefaultCall,
     EngineMessage,
     Envelope,
@@ -57,10 +71,11 @@ from tickcall.envs.engine_bridge_messages import (
 )
 
 __all__ = [
-    "BRIDGE_MESSAGES", "BRIDGE_TYPES", "DEFAULT_HEARTBEAT_MISSES", "DEFAULT_HEARTBEAT_MS",
-    "DEFAULT_MAX_MSG_BYTES", "ENGINE_MESSAGES", "ENGINE_TYPES", "ERROR_CODES", "OBS_FORMATS",
-    "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "AckMsg", "BridgeMessage", "ByeMsg", "CallMsg",
-    "DefaultCall", "EngineMessage", "Envelope", "EpisodeMsg", "ErrorMsg", "HelloMsg", "ObsField",
+    "AGENT_ID_PATTERN", "BRIDGE_MESSAGES", "BRIDGE_TYPES", "BRIDGE_VARIANTS", "DEFAULT_HEARTBEAT_MISSES",
+    "DEFAULT_HEARTBEAT_MS", "DEFAULT_MAX_MSG_BYTES", "ENGINE_MESSAGES", "ENGINE_TYPES", "ENGINE_VARIANTS",
+    "ERROR_CODES", "MAX_AGENTS", "OBS_FORMATS", "PROTOCOL_REVISION", "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS", "AckMsg", "AgentByeMsg", "AgentCallMsg", "BridgeMessage", "ByeMsg", "CallMsg",
+    "CrowdWelcomeMsg", "DefaultCall", "EngineMessage", "Envelope", "EpisodeMsg", "ErrorMsg", "HelloMsg", "ObsField",
     "ObsMsg", "ObsSpec", "PingMsg", "PongMsg", "ProtocolError", "ResultError", "ResultMsg", "StepMsg",
     "WelcomeMsg", "check_obs", "decode", "decode_bridge", "encode", "render_values",
 ]
@@ -82,12 +97,14 @@ def encode(msg: Envelope | Mapping[str, Any]) -> bytes:
 
 def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_MSG_BYTES) -> EngineMessage:
     """Decode and validate one engine -> bridge frame; raises ProtocolError (see module docstring)."""
-    return _decode(payload, max_bytes, ENGINE_MESSAGES, "an engine sends", "this bridge")  # type: ignore[return-value]
+    return _decode(payload, max_bytes, ENGINE_MESSAGES, "an engine sends", "this bridge",  # type: ignore[return-value]
+                   ENGINE_VARIANTS)
 
 
 def decode_bridge(payload: bytes, max_bytes: int = DEFAULT_MAX_MSG_BYTES) -> BridgeMessage:
     """Decode and validate one bridge -> engine frame (what an engine written in Python reads)."""
-    return _decode(payload, max_bytes, BRIDGE_MESSAGES, "the bridge sends", "this engine")  # type: ignore[return-value]
+    return _decode(payload, max_bytes, BRIDGE_MESSAGES, "the bridge sends", "this engine",  # type: ignore[return-value]
+                   BRIDGE_VARIANTS)
 
 
 def check_obs(obs: ObsMsg, spec: ObsSpec) -> None:
@@ -109,7 +126,7 @@ def check_obs(obs: ObsMsg, spec: ObsSpec) -> None:
 
 
 def _decode(payload: bytes, max_bytes: int, known: Mapping[str, type[Envelope]], sender: str,
-            speaker: str) -> Envelope:
+            speaker: str, variants: Mapping[str, tuple[str, type[Envelope]]]) -> Envelope:
     if len(payload) > max_bytes:
         raise ProtocolError("oversized", f"message of {len(payload)} bytes exceeds the limit of "
                                          f"{max_bytes} bytes")
@@ -136,6 +153,9 @@ def _decode(payload: bytes, max_bytes: int, known: Mapping[str, type[Envelope]],
         raise ProtocolError("unknown_type", f"unknown message type {_short(mtype)}; {sender} one of "
                                             f"{list(known)}", ref_type=mtype[:40])
     present = {k: value for k, value in raw.items() if value is not None}  # nil = absent
+    variant = variants.get(mtype)
+    if variant is not None and variant[0] in present:  # protocol 1.1: e.g. bye with agent
+        cls = variant[1]
     try:
         return msgspec.convert(present, cls)
     except msgspec.ValidationError as exc:

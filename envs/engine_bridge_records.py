@@ -53,6 +53,7 @@ class EngineCall:
     tick: int
     obs_seq: int
     sent_at: float
+    agent: str | None = None  # crowd sessions (protocol 1.1): the agent the call is for
     acked: Future = field(default_factory=Future, repr=False)
     result: Future = field(default_factory=Future, repr=False)
     state: str = "in_flight"
@@ -80,12 +81,23 @@ class Observation:
     wait: bool
     session: str = ""
     received: float = 0.0
+    agent: str | None = None  # crowd sessions (protocol 1.1): whose observation
 
     @classmethod
     def of(cls, msg: ObsMsg, *, session: str, received: float) -> Observation:
         return cls(seq=msg.seq, frame=msg.frame, t_ms=msg.t_ms, text=msg.text, values=msg.values,
                    episode=msg.episode, ret=msg.ret, done=msg.done, wait=msg.wait, session=session,
-                   received=received)
+                   received=received, agent=msg.agent)
+
+
+@dataclass
+class AgentSlot:
+    """One agent present in a crowd session: its newest ``seq`` (seq increases per agent), how many
+    observations it sent, and when it joined (bridge clock, s)."""
+
+    joined: float
+    newest_seq: int = -1
+    obs_received: int = 0
 
 
 @dataclass
@@ -100,10 +112,16 @@ class Session:
     last_ping: float = 0.0
     newest_seq: int = -1
     obs_received: int = 0
+    # crowd sessions (protocol 1.1): the agents present now, in join order
+    roster: dict[str, AgentSlot] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
         return self.hello.session
+
+    @property
+    def crowd(self) -> bool:
+        return self.hello.crowd
 
     @property
     def tool_map(self) -> dict[str, ToolSpec]:

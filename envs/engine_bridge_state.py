@@ -19,6 +19,11 @@ Invariants
   fatal ``superseded`` error. A repeated hello of the live session (same peer, session and tools)
   is idempotent.
 * A session silent for ``max(bridge, engine heartbeat_ms) * heartbeat_misses`` is dropped.
+* Crowd sessions (protocol 1.1, a hello with ``agents``): latest wins *per agent*; every ``obs`` names
+  a valid agent id (an agent's first observation makes it join, up to the hello's ``max_agents``),
+  ``seq`` increases per agent, ``bye`` with ``agent`` makes one agent leave (its calls in flight end
+  ``lost``), and every call names an agent present now (else it is ``rejected``, code
+  ``unknown_agent``). A session without ``agents`` behaves exactly as before.
 
 Times: ``now`` and every stored instant are ``time.monotonic`` seconds; ``*_ms`` milliseconds.
 """
@@ -36,8 +41,11 @@ from tickcall.envs.engine_bridge_config import BridgeConfig
 from tickcall.envs.engine_bridge_messages import (
     ENGINE_MESSAGES,
     AckMsg,
+    AgentByeMsg,
+    AgentCallMsg,
     ByeMsg,
     CallMsg,
+    CrowdWelcomeMsg,
     EngineMessage,
     Envelope,
     EpisodeMsg,
@@ -52,6 +60,7 @@ from tickcall.envs.engine_bridge_messages import (
 )
 from tickcall.envs.engine_bridge_protocol import check_obs, render_values
 from tickcall.envs.engine_bridge_records import (
+    AgentSlot,
     CallOutcome,
     EngineCall,
     EngineCallError,
@@ -73,7 +82,9 @@ COUNTERS = (
     "calls", "done", "failed", "rejected", "lost", "timeout", "late_replies",
     "obs_received", "obs_replaced", "obs_taken", "obs_stale_queries",
     "errors_sent", "errors_suppressed", "send_failures", "sessions", "sessions_lost", "rehellos",
-    "pings_sent", "pongs_received", "episodes", "steps_sent", "io_errors")
+    "pings_sent", "pongs_received", "episodes", "steps_sent", "io_errors",
+    "agents_joined", "agents_left")
+MAX_AGENT_EVENTS = 200  # join/leave events kept in ``events`` per bridge; later ones are only counted
 
 
 class EngineRefused(RuntimeError):
@@ -98,6 +109,10 @@ class BridgeState:
         self._session: Session | None = None
         self._latest: Observation | None = None
         self._taken_seq = -1
+        # crowd sessions: newest observation and newest seq taken, per agent present
+        self._crowd_latest: dict[str, Observation] = {}
+        self._crowd_taken: dict[str, int] = {}
+        self._agent_events = 0
         self._calls: dict[int, EngineCall] = {}
         self._next_id = 1
         self._pinned: list[ToolSpec] | None = None
@@ -148,6 +163,45 @@ class BridgeState:
             self._mark_taken(obs)
             return obs
 
+    def latest_observations(self, max_age_ms: float | None = None) -> dict[str, Observation]:
+        """CROWD SESSIONS: the newest fresh observation of every agent present that has one (agents
+        without a fresh one are left out); ``{}`` when no crowd engine is connected. Never blocks."""
+        max_age = self.config.max_obs_age_ms if max_age_ms is None else max_age_ms
+        with self._lock:
+            now = self._clock()
+            out: dict[str, Observation] = {}
+            for agent, obs in self._crowd_latest.items():
+                if (now - obs.received) * 1e3 > max_age:
+                    self.counts["obs_stale_queries"] += 1
+                    continue
+                if self._crowd_taken.get(agent) != obs.seq:
+                    self._crowd_taken[agent] = obs.seq
+                    self.counts["obs_taken"] += 1
+                out[agent] = obs
+            return out
+
+    def roster(self) -> list[str]:
+        """CROWD SESSIONS: the agents present now, in join order (``[]`` without a crowd session)."""
+        with self._lock:
+            sess = self._session
+            return list(sess.roster) if sess is not None else []
+
+    def wait_crowd(self, timeout_s: float, min_agents: int = 1) -> int:
+        """Block until the crowd session has fresh observations of at least ``min_agents`` agents (or of
+        every agent present, when fewer are), or ``timeout_s`` passes; returns how many agents have an
+        observation. For start-up only (a run waits for its crowd before its first tick)."""
+        deadline = self._clock() + timeout_s
+        with self._obs_cond:
+            while True:
+                sess = self._session
+                have = len(self._crowd_latest)
+                if sess is not None and sess.crowd and have and have >= min(min_agents, len(sess.roster)):
+                    return have
+                left = deadline - self._clock()
+                if left <= 0:
+                    return have
+                self._obs_cond.wait(left)
+
     def wait_observation(self, after_seq: int, timeout_s: float) -> Observation | None:
         """LOCK-STEP ONLY (deterministic tests): block until an observation with seq > ``after_seq``
         arrives in the current session, or ``timeout_s`` passes (returns None)."""
@@ -174,20 +228,25 @@ class BridgeState:
         return render_values(obs.values, sess.hello.observation)
 
     def send_call(self, call: Call | Mapping[str, Any], *, tick: int = -1, obs_seq: int = -1,
-                  obs_t_ms: float | None = None) -> EngineCall:
+                  obs_t_ms: float | None = None, agent: str | None = None) -> EngineCall:
         """Queue ``call`` for the engine and return at once. A call the engine's tools do not allow,
-        or one made while no engine is connected, is ``rejected`` (never sent): its ``result`` future
-        raises EngineCallError."""
+        one made while no engine is connected, or one whose ``agent`` does not fit the session (a crowd
+        session needs an agent present now; a single-agent session takes none) is ``rejected`` (never
+        sent): its ``result`` future raises EngineCallError."""
         if not isinstance(call, Call):
             call = Call.from_dict(call)
         with self._lock:
             sess = self._session
             handle = EngineCall(id=self._next_id, call=call, session=sess.id if sess else "",
-                                tick=tick, obs_seq=obs_seq, sent_at=self._clock())
+                                tick=tick, obs_seq=obs_seq, sent_at=self._clock(), agent=agent)
             self._next_id += 1
             self.counts["calls"] += 1
             if sess is None:
                 self._finish(handle, "rejected", "no_engine", "no engine is connected")
+                return handle
+            why_agent = self._agent_problem(sess, agent)
+            if why_agent:
+                self._finish(handle, "rejected", "unknown_agent", why_agent)
                 return handle
             spec = sess.tool_map.get(call.name)
             reason = (f"the engine offers no tool {call.name!r}" if spec is None
@@ -196,9 +255,25 @@ class BridgeState:
                 self._finish(handle, "rejected", "illegal_call", reason)
                 return handle
             self._calls[handle.id] = handle
-            self._emit(sess.peer, CallMsg(id=handle.id, name=call.name, arguments=dict(call.arguments),
-                                          tick=tick, obs_seq=obs_seq, obs_t_ms=obs_t_ms), handle.id)
+            fields = dict(id=handle.id, name=call.name, arguments=dict(call.arguments), tick=tick,
+                          obs_seq=obs_seq, obs_t_ms=obs_t_ms)
+            msg = CallMsg(**fields) if agent is None else AgentCallMsg(**fields, agent=agent)
+            self._emit(sess.peer, msg, handle.id)
         return handle
+
+    @staticmethod
+    def _agent_problem(sess: Session, agent: str | None) -> str:
+        """Why ``agent`` cannot receive a call in ``sess`` ("" when it can)."""
+        if not sess.crowd:
+            return "" if agent is None else (f"agent {agent!r}: the engine {sess.hello.engine!r} runs a "
+                                             "single agent (its hello declared no agents)")
+        if agent is None:
+            return (f"the engine {sess.hello.engine!r} runs a crowd: a call must name one of its agents "
+                    f"({len(sess.roster)} present)")
+        if agent not in sess.roster:
+            return (f"agent {agent!r} is not present in the engine {sess.hello.engine!r} (it left, never "
+                    f"joined, or the id is wrong; {len(sess.roster)} agents present)")
+        return ""
 
     def step(self, seq: int, calls: list[int] | None = None) -> None:
         """LOCK-STEP ONLY: release the engine waiting on observation ``seq`` (after the calls in
@@ -236,7 +311,9 @@ class BridgeState:
                 "engine": None if sess is None else {
                     "name": sess.hello.engine, "version": sess.hello.engine_version,
                     "session": sess.id, "tools": [t.name for t in sess.tools],
-                    "lockstep": sess.hello.lockstep, "frame_hz": sess.hello.frame_hz},
+                    "lockstep": sess.hello.lockstep, "frame_hz": sess.hello.frame_hz,
+                    **({"agents": len(sess.roster), "max_agents": sess.hello.crowd_size}
+                       if sess.crowd else {})},
                 "events": list(self.events), "episodes": list(self.episodes),
             }
 
@@ -262,9 +339,14 @@ class BridgeState:
                 case ResultMsg():
                     self._on_result(msg, now)
                 case EpisodeMsg():
+                    if msg.agent is not None:
+                        self._check_agent_field(sess, msg.agent, "episode", msg.index)
                     self.counts["episodes"] += 1
-                    self.episodes.append({"index": msg.index, "return": msg.ret, "length": msg.length,
-                                          "reason": msg.reason, "session": sess.id})
+                    ep = {"index": msg.index, "return": msg.ret, "length": msg.length,
+                          "reason": msg.reason, "session": sess.id}
+                    if msg.agent is not None:
+                        ep["agent"] = msg.agent
+                    self.episodes.append(ep)
                 case PingMsg():
                     self._emit(sess.peer, PongMsg(epoch=self.epoch, t_ms=msg.t_ms), None)
                 case PongMsg():
@@ -272,6 +354,8 @@ class BridgeState:
                     rtt = (now - self._t0) * 1e3 - msg.t_ms
                     if 0 <= rtt < 60_000:
                         self._rtt_ms.append(rtt)
+                case AgentByeMsg():
+                    self._on_agent_bye(sess, msg, now)
                 case ByeMsg():
                     self.counts["sessions_lost"] += 1
                     self._event("engine_bye", session=sess.id, reason=msg.reason)
@@ -345,11 +429,16 @@ class BridgeState:
                 self._finish(handle, state, code, message)
             self._session = None
             self._latest = None
+            self._crowd_latest.clear()
+            self._crowd_taken.clear()
             self._obs_cond.notify_all()
 
     # ---- internals (lock held) -------------------------------------------------------------------
     def _on_obs(self, sess: Session, msg: ObsMsg, now: float) -> None:
         check_obs(msg, sess.hello.observation)
+        if sess.crowd or msg.agent is not None:
+            self._on_agent_obs(sess, msg, now)
+            return
         if msg.seq <= sess.newest_seq:
             raise ProtocolError("stale_observation", f"obs.seq={msg.seq} is not above the newest seq "
                                 f"{sess.newest_seq} of this session; dropped", ref_type="obs",
@@ -361,6 +450,73 @@ class BridgeState:
             self.counts["obs_replaced"] += 1
         self._latest = Observation.of(msg, session=sess.id, received=now)
         self._obs_cond.notify_all()
+
+    def _check_agent_field(self, sess: Session, agent: str | None, mtype: str, ref: Any) -> None:
+        """``agent`` in a ``mtype`` message must fit the session: required in a crowd, refused
+        otherwise (the id's format was checked when decoding)."""
+        if not sess.crowd and agent is not None:
+            raise ProtocolError("bad_field", f"{mtype}.agent={agent!r}: this session's hello declared no "
+                                "agents; leave agent out, or say hello with agents to run a crowd",
+                                ref_type=mtype, ref_id=ref)
+        if sess.crowd and agent is None:
+            raise ProtocolError("bad_field", f"{mtype}.agent is required: this session's hello declared "
+                                "agents (a crowd), so every observation names its agent",
+                                ref_type=mtype, ref_id=ref)
+
+    def _on_agent_obs(self, sess: Session, msg: ObsMsg, now: float) -> None:
+        """A crowd session's observation: the agent joins if new (up to max_agents); seq per agent."""
+        self._check_agent_field(sess, msg.agent, "obs", msg.seq)
+        agent = msg.agent
+        assert agent is not None
+        slot = sess.roster.get(agent)
+        if slot is None:
+            limit = sess.hello.crowd_size
+            if len(sess.roster) >= limit:
+                raise ProtocolError("bad_field", f"obs.agent={agent!r} is a new agent but {limit} are "
+                                    f"present already (hello.max_agents={limit}): have one say bye "
+                                    "first, or raise max_agents", ref_type="obs", ref_id=msg.seq)
+            slot = self._join(sess, agent, now)
+        if msg.seq <= slot.newest_seq:
+            raise ProtocolError("stale_observation", f"obs.seq={msg.seq} is not above the newest seq "
+                                f"{slot.newest_seq} of agent {agent!r}; dropped", ref_type="obs",
+                                ref_id=msg.seq)
+        slot.newest_seq = msg.seq
+        slot.obs_received += 1
+        sess.obs_received += 1
+        self.counts["obs_received"] += 1
+        old = self._crowd_latest.get(agent)
+        if old is not None and old.seq != self._crowd_taken.get(agent):
+            self.counts["obs_replaced"] += 1
+        self._crowd_latest[agent] = Observation.of(msg, session=sess.id, received=now)
+        self._obs_cond.notify_all()
+
+    def _join(self, sess: Session, agent: str, now: float) -> AgentSlot:
+        slot = sess.roster[agent] = AgentSlot(joined=now)
+        self.counts["agents_joined"] += 1
+        self._agent_event("agent_joined", agent=agent, present=len(sess.roster))
+        return slot
+
+    def _on_agent_bye(self, sess: Session, msg: AgentByeMsg, now: float) -> None:
+        """One agent of a crowd leaves: its observation is dropped, its calls in flight end ``lost``."""
+        if not sess.crowd:
+            raise ProtocolError("bad_field", f"bye.agent={msg.agent!r}: this session's hello declared no "
+                                "agents; leave agent out to end the session", ref_type="bye")
+        if sess.roster.pop(msg.agent, None) is None:
+            raise ProtocolError("bad_field", f"bye.agent={msg.agent!r} is not present in this session "
+                                f"({len(sess.roster)} agents are)", ref_type="bye")
+        self._crowd_latest.pop(msg.agent, None)
+        self._crowd_taken.pop(msg.agent, None)
+        self.counts["agents_left"] += 1
+        self._agent_event("agent_left", agent=msg.agent, reason=msg.reason, present=len(sess.roster))
+        for handle in list(self._calls.values()):
+            if handle.agent == msg.agent:
+                self._finish(handle, "lost", "agent_left", f"agent {msg.agent!r} left the engine")
+
+    def _agent_event(self, event: str, **info: Any) -> None:
+        """Join/leave events: the first MAX_AGENT_EVENTS go into ``events``, all are counted."""
+        self._agent_events += 1
+        if self._agent_events <= MAX_AGENT_EVENTS:
+            self._event(event, **info)
 
     def _on_ack(self, msg: AckMsg, now: float) -> None:
         handle = self._calls.get(msg.id)
@@ -406,15 +562,22 @@ class BridgeState:
                     self._replace_session(old, peer, hello)
                 self._session = Session(peer=peer, hello=hello, tools=tools, started=now,
                                         last_seen=now, last_ping=now)
+                for agent in hello.agents or ():
+                    self._join(self._session, agent, now)
                 self._taken_seq = -1
                 self.counts["sessions"] += 1
                 self._event("engine_connected", engine=hello.engine, session=hello.session,
                             tools=[t.name for t in tools], lockstep=hello.lockstep)
                 self._obs_cond.notify_all()
-            self._emit(peer, WelcomeMsg(
-                epoch=self.epoch, session=hello.session, heartbeat_ms=self.config.heartbeat_ms,
-                max_msg_bytes=self.config.max_msg_bytes, tools=[t.name for t in tools],
-                lockstep=hello.lockstep), None)
+            welcome = dict(epoch=self.epoch, session=hello.session, heartbeat_ms=self.config.heartbeat_ms,
+                           max_msg_bytes=self.config.max_msg_bytes, tools=[t.name for t in tools],
+                           lockstep=hello.lockstep)
+            if hello.crowd:  # protocol 1.1: the roster accepted and the most agents at once
+                roster = list(self._session.roster) if self._session is not None else []
+                self._emit(peer, CrowdWelcomeMsg(**welcome, agents=roster, max_agents=hello.crowd_size),
+                           None)
+            else:
+                self._emit(peer, WelcomeMsg(**welcome), None)
 
     def _check_hello_tools(self, hello: HelloMsg) -> list[ToolSpec]:
         """The hello's tools, normalized: offerable to a model, the pinned ones if pinned, and its
