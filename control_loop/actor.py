@@ -133,7 +133,7 @@ class LoopActor:
         return True
 
 
-def start_loop_actor(settings: LoopSettings, make_world: WorldFactory, endpoint: str, *,
+def start_loop_actor(settings: LoopSettings, make_world: WorldFactory, endpoint: str | list[str], *,
                      client_timeout_ms: float = 5000.0, register_timeout_ms: float = 120000.0,
                      curve: dict[str, Any] | None = None, num_cpus: float = 0,
                      same_node: bool = True, actor_cls: type | None = None,
@@ -145,6 +145,8 @@ def start_loop_actor(settings: LoopSettings, make_world: WorldFactory, endpoint:
     ``same_node``: pin the actor to this node (a loopback endpoint is only reachable here).
     ``actor_cls`` / ``extra_args``: a ``LoopActor`` subclass and the constructor arguments it takes after
     ``LoopActor``'s own (``control_loop.cascade.CascadeLoopActor``: the big model's endpoint and settings).
+    ``endpoint``: a list for an actor that talks to several services (``control_loop.crowd.CrowdLoopActor``:
+    policy replicas).
     """
     import ray
 

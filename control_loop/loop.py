@@ -181,14 +181,7 @@ class ControlLoop:
                 for k in slot.skipped_indices:
                     if limit is not None and k >= limit:
                         break
-                    self._add(
-                        TickRecord(
-                            tick=k,
-                            scheduled_ms=self._rel_ms(rk.deadline(k)),
-                            outcome="skipped",
-                            reason="missed_period",
-                        )
-                    )
+                    self._missed_period(k, self._rel_ms(rk.deadline(k)))
                     self._missed += 1
                 if slot.skipped:
                     self._behind(f"{slot.skipped} missed period(s) before tick {slot.index}")
@@ -205,7 +198,7 @@ class ControlLoop:
             self._running = False
             restore()
         self._book.finalize()  # cannot leave anything after _drain; kept as a safety net
-        records = sorted(self._book.records, key=lambda r: r.tick)
+        records = sorted(self._book.records, key=self._order)
         return LoopResult(
             records=records,
             t0=self._t0,
@@ -306,10 +299,25 @@ class ControlLoop:
             for reply in replies:
                 self._on_reply(reply, now)
 
+    def _missed_period(self, tick: int, scheduled_ms: float) -> None:
+        """The record(s) of a tick the rate keeper could not start (``skipped``, ``missed_period``)."""
+        self._add(TickRecord(tick=tick, scheduled_ms=scheduled_ms, outcome="skipped", reason="missed_period"))
+
+    @staticmethod
+    def _order(rec: TickRecord) -> Any:
+        """The order of ``LoopResult.records``."""
+        return rec.tick
+
+    @staticmethod
+    def _key(reply: DecideReply) -> Any:
+        """The key a reply's request is kept under in ``_requests`` (here its tick: one request a tick)."""
+        return reply.tick
+
     def _on_reply(self, reply: DecideReply, now: float) -> None:
-        p = self._requests.pending.pop(reply.tick, None) if reply.tick is not None else None
+        key = self._key(reply)
+        p = self._requests.pending.pop(key, None) if key is not None else None
         if p is None:  # a reply to a request the loop no longer waits for (superseded, dropped), or to none
-            old = self._requests.stale.pop(reply.tick, None) if reply.tick is not None else None
+            old = self._requests.stale.pop(key, None) if key is not None else None
             if old is None:
                 self._stray += 1
             else:
