@@ -58,7 +58,7 @@ from tickcall.envs.binding import EnvBinding, _entry_of, make_binding
 from tickcall.envs.realtime import ApplyResult
 from tickcall.envs.world import EnvObservation, _tool_name
 from tickcall.models import prompt_text
-from tickcall.models.calls import render_call
+from tickcall.models.calls import Call, render_call
 
 from tickcall.timing import RateKeeper
 
@@ -322,6 +322,9 @@ class PettingZooWorld:
         self.clock = clock
         self._roster = list(penv.possible_agents)
         self._noop = declared_noop(binding)
+        # call -> verdict, for semantic envs only (see _convert): a third-party env may change an action
+        # it is given, so each of its calls gets its own
+        self._cache: dict[tuple, tuple[str, str, Any, str | None]] | None = {} if binding.semantic else None
         self._param_order = {s.name: tuple(s.param_names) for s in binding.specs}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -376,7 +379,18 @@ class PettingZooWorld:
             return []
         with self._lock:
             items = list(st.history)
-        return [prompt_text.status_line(s, self.history_chars) for s in items]
+        return [
+            prompt_text.status_line(
+                prompt_text.CallStatus(
+                    call=text,
+                    id=fid,
+                    state="rejected" if status == "rejected" else "done",
+                    error=reason if status == "rejected" else None,
+                ),
+                self.history_chars,
+            )
+            for text, fid, status, reason in items
+        ]
 
     def fallback(self, agent: str, kind: str) -> str:
         """Apply ``kind`` to ``agent``: ``hold`` (keep its action), ``default`` (the binding's default
@@ -398,24 +412,41 @@ class PettingZooWorld:
         """Make ``call`` the agent's set-point from the next physics step on; returns at once with the
         binding's verdict (``ok``/``clipped``/``rejected`` and why). A rejected call holds the previous action."""
         st = self._agent(agent)
-        res = self.binding.call_to_action(call)
+        status, reason, action, text = self._convert(call)
         with self._lock:
             st.counts["applied"] += 1
-            st.counts[res.status] += 1
-            if res.status != "rejected":
-                self._set(st, res.action)
-            if res.call is not None and st.history.maxlen:
+            st.counts[status] += 1
+            if status != "rejected":
+                self._set(st, action)
+            if text is not None and st.history.maxlen:
                 st.calls += 1
-                order = self._param_order.get(res.call.name)
-                st.history.append(
-                    prompt_text.CallStatus(
-                        call=render_call(res.call, order or None),
-                        id=f"f{st.calls}",
-                        state="rejected" if res.status == "rejected" else "done",
-                        error=res.reason if res.status == "rejected" else None,
-                    )
-                )
-            return ApplyResult(res.status, res.reason, self._total_steps, self._episode)
+                st.history.append((text, f"f{st.calls}", status, reason))
+            return ApplyResult(status, reason, self._total_steps, self._episode)
+
+    def _convert(self, call: Any) -> tuple[str, str, Any, str | None]:
+        """(status, reason, action, rendered call or None) through the binding. For a semantic env (the
+        crowd arena: its ``action_from_call`` builds a fresh action and its step only reads actions) the
+        verdict of a call already seen is reused, the same action object shared by the agents that sent
+        it: a crowd repeats a few calls (``fire()``, ``aim(direction="NE")``), and converting each one
+        anew is most of a 256-agent tick's world time. Counts are the binding's either way."""
+        key = _call_key(call) if self._cache is not None else None
+        hit = self._cache.get(key) if key is not None else None
+        if hit is not None:
+            b = self.binding
+            with b._lock:  # the binding's own counters, as call_to_action keeps them
+                b.counts["calls"] += 1
+                b.counts[hit[0]] += 1
+                if hit[1]:
+                    b.reasons[hit[1][:120]] += 1
+            return hit
+        res = self.binding.call_to_action(call)
+        text = None
+        if res.call is not None:
+            text = render_call(res.call, self._param_order.get(res.call.name) or None)
+        out = (res.status, res.reason, res.action, text)
+        if key is not None and len(self._cache) < _CACHE_SIZE:
+            self._cache[key] = out
+        return out
 
     def episodes_done(self) -> int:
         return len(self._episodes)
@@ -605,6 +636,23 @@ class PettingZooWorld:
                 with self._lock:
                     self._physics["error"] = _line(exc)
                 self._finished.set()
+
+
+_CACHE_SIZE = 4096  # distinct calls remembered per world (the arena has a few hundred)
+_KEY_TYPES = (str, int, float, bool, type(None))
+
+
+def _call_key(call: Any) -> tuple | None:
+    """A hashable key for a ``Call`` whose arguments are plain scalars (types included: ``1`` and
+    ``True`` validate differently); None for anything else (converted each time)."""
+    if not isinstance(call, Call):
+        return None
+    items = []
+    for k, v in call.arguments.items():
+        if type(v) not in _KEY_TYPES:
+            return None
+        items.append((k, type(v), v))
+    return (call.name, tuple(items))
 
 
 def _roster_text(roster: list[str]) -> str:
