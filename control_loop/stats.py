@@ -20,11 +20,27 @@ every report, bench and evaluation uses). Definitions (the report and the bench 
   service error, a failed send; not a tick without an observation, where the policy was never asked).
   An answer that is not a call is not a deadline miss, so a run whose every call is illegal has no
   misses: ``call_warning`` says so when that is most of the ticks.
+
+Crowd runs (records carry ``agent``; ``control_loop.crowd``: one record per agent per tick). The counts,
+outcomes and percentiles are over all agent-ticks (``ticks`` = agents x loop ticks, so the outcomes still
+sum to ``ticks``); the loop-clock figures (``lateness_ms``, ``jitter_ms``, ``drift_ms``, ``achieved_hz``)
+are over the loop's own ticks, one start per tick shared by its agents; ``longest_miss_streak`` is the
+longest run of one agent's consecutive missed ticks. Added keys (absent from a single-agent report):
+
+* ``agent_count``, ``loop_ticks`` (distinct tick ids), ``decisions_per_s``: ok agent-ticks per second of
+  loop clock (``rate_hz * ok / loop_ticks``; ``decision_hz`` stays per agent: ``rate_hz * ok / ticks``);
+* ``agents``: per agent (``agent_stats``): ``ticks``, ``outcomes``, ``deadline_misses``,
+  ``longest_miss_streak``, ``decide_ms`` and ``latency_ms`` ({``n``, ``p50``, ``p90``, ``max``}; decide =
+  the round trip of the agent's decide requests, every reply; latency = ok ticks), ``calls_per_tool``
+  (the tools of its ok ticks' calls, most used first);
+* ``agent_spread`` (``agent_spread``): the worst agent's latency and decide P90 (and which agent), the
+  best agent's, and deadline misses per agent min/max.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -110,25 +126,50 @@ def stage_summaries(records: Sequence[TickRecord]) -> dict[str, dict[str, Any]]:
     return {name: summary(vals) for name, vals in sorted(stages.items())}
 
 
+def is_miss(record: TickRecord) -> bool:
+    """True for a tick that got no decision in time (``deadline_misses``, see the module docstring)."""
+    return record.outcome in MISS_OUTCOMES or no_observation(record)
+
+
+def loop_clock(records: Sequence[TickRecord]) -> list[TickRecord]:
+    """One record per tick id (in tick order) for the loop-clock figures of a crowd run: the first of
+    the tick's records that has a start (``lateness_ms``), else its first record."""
+    by_tick: dict[int, TickRecord] = {}
+    for r in records:
+        have = by_tick.get(r.tick)
+        if have is None or (have.lateness_ms is None and r.lateness_ms is not None):
+            by_tick[r.tick] = r
+    return [by_tick[t] for t in sorted(by_tick)]
+
+
 def summarize(records: Sequence[TickRecord], rate_hz: float, elapsed_s: float) -> dict[str, Any]:
-    """The statistics block of ``report.json``. Raises if a record has no final outcome."""
+    """The statistics block of ``report.json``. Raises if a record has no final outcome.
+
+    Records that carry ``agent`` (a crowd run) add the per-agent blocks (module docstring)."""
     records = sorted(records, key=lambda r: r.tick)
+    crowd = any(r.agent is not None for r in records)
+    clock = loop_clock(records) if crowd else records
     period_ms = 1e3 / rate_hz
     outcomes = count_outcomes(list(records))
-    lateness = [r.lateness_ms for r in records if r.lateness_ms is not None]
+    lateness = [r.lateness_ms for r in clock if r.lateness_ms is not None]
     ran = len(lateness)
     jitter = None
     if ran >= 2:
         mean = sum(lateness) / ran
         jitter = round(math.sqrt(sum((x - mean) ** 2 for x in lateness) / (ran - 1)), 4)
-    misses = [r.outcome in MISS_OUTCOMES or no_observation(r) for r in records]
+    misses = [is_miss(r) for r in records]
+    groups = by_agent(records) if crowd else {}
+    if crowd:
+        streak = max(longest_streak(is_miss(r) for r in recs) for recs in groups.values())
+    else:
+        streak = longest_streak(misses)
     missing = sum(1 for r in records if no_observation(r))
     calls = call_counts(records)
     elapsed_s = max(elapsed_s, 1e-9)
-    starts = [r.scheduled_ms + r.lateness_ms for r in records if r.lateness_ms is not None]
+    starts = [r.scheduled_ms + r.lateness_ms for r in clock if r.lateness_ms is not None]
     span_s = (starts[-1] - starts[0]) / 1e3 if len(starts) >= 2 else 0.0
     achieved = (ran - 1) / span_s if span_s > 0 else 0.0
-    return {
+    out: dict[str, Any] = {
         "ticks": len(records),
         "rate_hz": rate_hz,
         "achieved_hz": round(achieved, 4),
@@ -137,11 +178,11 @@ def summarize(records: Sequence[TickRecord], rate_hz: float, elapsed_s: float) -
         "latency_ms": summary(r.latency_ms for r in records if r.outcome == "ok"),
         "lateness_ms": summary(lateness),
         "jitter_ms": jitter,
-        "drift_ms": drift_ms(records, period_ms),
+        "drift_ms": drift_ms(clock, period_ms),
         "stages_ms": stage_summaries(records),
         "outcomes": outcomes,
         "deadline_misses": sum(misses),
-        "longest_miss_streak": longest_streak(misses),
+        "longest_miss_streak": streak,
         "missed_periods": sum(1 for r in records if r.reason == "missed_period"),
         "skipped_in_flight": sum(1 for r in records if r.reason == "in_flight"),
         "fallback_actions": sum(1 for r in records if r.fallback is not None),
@@ -149,6 +190,87 @@ def summarize(records: Sequence[TickRecord], rate_hz: float, elapsed_s: float) -
         "observation_warning": observation_warning(missing, len(records)),
         "calls": calls,
         "call_warning": call_warning(calls, len(records)),
+    }
+    if crowd:
+        agents = {name: agent_stats(recs) for name, recs in groups.items()}
+        out.update(
+            {
+                "agent_count": len(agents),
+                "loop_ticks": len(clock),
+                "decisions_per_s": round(rate_hz * outcomes["ok"] / len(clock), 4) if clock else 0.0,
+                "agents": agents,
+                "agent_spread": agent_spread(agents),
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- crowd runs (per agent)
+
+NO_AGENT = "(no agent)"  # the key of records without an agent in a crowd run (none expected)
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that puts ``npc_2`` before ``npc_10`` (digit runs compare as numbers)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+def by_agent(records: Iterable[TickRecord]) -> dict[str, list[TickRecord]]:
+    """Records per agent (agents in natural order, each agent's records in tick order)."""
+    groups: dict[str, list[TickRecord]] = {}
+    for r in records:
+        groups.setdefault(r.agent if r.agent is not None else NO_AGENT, []).append(r)
+    return {name: sorted(groups[name], key=lambda r: r.tick) for name in sorted(groups, key=natural_key)}
+
+
+def _short(values: Iterable[float | None]) -> dict[str, Any]:
+    """``{n, p50, p90, max}`` (ms) of the non-None values: the per-agent percentiles."""
+    full = summary(values)
+    return {key: full[key] for key in ("n", "p50", "p90", "max")}
+
+
+def agent_stats(records: Sequence[TickRecord]) -> dict[str, Any]:
+    """One agent's block of ``agents`` (module docstring); ``records`` are that agent's, in tick order."""
+    tools: dict[str, int] = {}
+    for r in records:
+        if r.outcome == "ok" and isinstance(r.call, dict) and r.call.get("name") is not None:
+            name = str(r.call["name"])
+            tools[name] = tools.get(name, 0) + 1
+    misses = [is_miss(r) for r in records]
+    return {
+        "ticks": len(records),
+        "outcomes": count_outcomes(list(records)),
+        "deadline_misses": sum(misses),
+        "longest_miss_streak": longest_streak(misses),
+        "decide_ms": _short(r.rtt_ms for r in records),
+        "latency_ms": _short(r.latency_ms for r in records if r.outcome == "ok"),
+        "calls_per_tool": dict(sorted(tools.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+
+
+def _extremes(agents: dict[str, dict[str, Any]], pick: Any) -> dict[str, Any]:
+    """Worst (largest) and best (smallest) of ``pick(agent_block)`` over agents that have a value."""
+    values = [(pick(block), name) for name, block in agents.items() if pick(block) is not None]
+    if not values:
+        return {"worst": None, "worst_agent": None, "best": None, "best_agent": None}
+    worst = max(values, key=lambda v: v[0])  # first agent (natural order) wins a tie
+    best = min(values, key=lambda v: v[0])
+    return {"worst": worst[0], "worst_agent": worst[1], "best": best[0], "best_agent": best[1]}
+
+
+def agent_spread(agents: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """How far apart the agents are: the worst and best agent's latency P90 and decide P90 (ms), and
+    deadline misses per agent (``min``, ``max``, ``max_agent``: the first agent with the most)."""
+    misses = [(block["deadline_misses"], name) for name, block in agents.items()]
+    top = max(misses, key=lambda v: v[0]) if misses else (None, None)
+    return {
+        "latency_p90_ms": _extremes(agents, lambda b: b["latency_ms"]["p90"]),
+        "decide_p90_ms": _extremes(agents, lambda b: b["decide_ms"]["p90"]),
+        "deadline_misses": {
+            "min": min(v for v, _ in misses) if misses else None,
+            "max": top[0],
+            "max_agent": top[1],
+        },
     }
 
 
