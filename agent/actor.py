@@ -1,38 +1,65 @@
-"""The policy service as a Ray actor: Ray places it (on a GPU when the cluster has one), restarts it
-when it dies, and scales replicas; per-tick traffic goes over its ZMQ socket, never through Ray calls.
+"""The policy service as a Ray actor: Ray places it (on a GPU when the cluster has one) and restarts it
+when it dies; per-tick traffic goes over its ZMQ socket, never through Ray calls. Several replicas of
+it are started by ``tickcall.agent.replicas.start_replicas`` (built on ``launch_policy_service``).
 
 ``start_policy_service(engine_spec, bind)`` returns ``(actor_handle, endpoint)``. The endpoint stays
 the same across Ray restarts of the actor (a tcp port 0 is resolved once, before the actor starts), so
 clients reconnect to it; each restart is a new server epoch, and clients register again.
+
+Placement of a loopback bind: a ``tcp://127.0.0.1:PORT`` endpoint is reachable from the driver only if
+the actor runs on the driver's *machine*, not necessarily on the driver's Ray node: several Ray nodes
+can share one machine (``ray.cluster_utils.Cluster``, ``ray start`` twice). Ray gives every node the
+resource ``node:<its IP>``; asking for a sliver of the driver's (``host_resource``) keeps the actor on
+a node with the driver's address, i.e. on this machine, wherever Ray puts it among those nodes, and
+keeps it there across restarts (same port, same machine: same endpoint).
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from tickcall.agent.config import ServeConfig
+from tickcall.agent.config import CurveConfig, ServeConfig
 from tickcall.agent.security import is_local_endpoint
+
+HOST_SLIVER = 0.001  # the amount of Ray's ``node:<IP>`` resource that pins an actor to that address
 
 
 class PolicyServiceActor:
-    """Ray actor body: builds the engine, binds, and serves in a background thread."""
+    """Ray actor body: builds the engine, binds, and serves in a background thread.
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    ``curve_files``: ``{"server_secret": TEXT, "client_keys": {NAME.key: TEXT}}`` — the CURVE
+    certificate files made by the driver (``agent.replicas``), written here to a private folder of the
+    actor's own node (its machine may not share the driver's file system) and used as the config's
+    ``curve``. The same text comes with every Ray restart, so the server keeps its public key.
+    """
+
+    def __init__(self, config: dict[str, Any], curve_files: dict[str, Any] | None = None) -> None:
         from tickcall.agent.engines import build_engine
         from tickcall.agent.server import PolicyServer
 
         self.config = ServeConfig.from_dict(config)
+        if curve_files:
+            self.config.curve = write_curve_files(curve_files)
         self.engine = build_engine(self.config.engine)
         self.server = PolicyServer(self.engine, self.config)
         self.endpoint = self.server.start()
 
     def ready(self) -> dict[str, Any]:
-        """Endpoint, epoch and engine info once serving (call it to wait for the actor)."""
-        import os
+        """Endpoint, epoch, engine info, pid and Ray node once serving (call it to wait for the actor)."""
+        import ray
 
-        return {"endpoint": self.endpoint, "epoch": self.server.epoch, "engine": self.engine.info(),
-                "pid": os.getpid()}
+        return {
+            "endpoint": self.endpoint,
+            "epoch": self.server.epoch,
+            "engine": self.engine.info(),
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
+        }
 
     def stats(self) -> dict[str, Any]:
         return self.server.stats()
@@ -41,6 +68,27 @@ class PolicyServiceActor:
         self.server.stop()
         self.engine.close()
         return True
+
+
+def write_curve_files(curve_files: dict[str, Any]) -> CurveConfig:
+    """Write the driver's CURVE certificates to a fresh 0700 folder; the server side ``CurveConfig``."""
+    folder = Path(tempfile.mkdtemp(prefix="tickcall-curve-"))  # mkdtemp: mode 0700, only this user
+    secret = folder / "server.key_secret"
+    _write_private(secret, curve_files["server_secret"])
+    client_keys = None
+    if curve_files.get("client_keys"):
+        keys = folder / "clients"
+        keys.mkdir(mode=0o700)
+        for name, text in curve_files["client_keys"].items():
+            _write_private(keys / Path(name).name, text)
+        client_keys = str(keys)
+    return CurveConfig(server_secret=str(secret), client_keys=client_keys)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _free_port(host: str) -> int:
@@ -52,11 +100,12 @@ def _free_port(host: str) -> int:
 def resolve_bind(bind: str) -> str:
     """Replace a tcp port 0 by a concrete free port so that restarts bind the same endpoint.
 
-    Only for loopback binds (the actor is then pinned to this node); an exposed bind needs a real port.
+    Only for loopback binds (the actor then stays on this machine); an exposed bind needs a real port,
+    chosen on the node that binds it (``agent.replicas`` asks that node for one).
     """
     if not bind.startswith("tcp://"):
         return bind
-    host, _, port = bind[len("tcp://"):].rpartition(":")
+    host, _, port = bind[len("tcp://") :].rpartition(":")
     if port not in ("0", "*"):
         return bind
     if not is_local_endpoint(bind):
@@ -65,9 +114,94 @@ def resolve_bind(bind: str) -> str:
     return f"tcp://{host}:{_free_port('127.0.0.1' if bare == 'localhost' else bare)}"
 
 
-def start_policy_service(engine_spec: dict[str, Any] | None = None, bind: str | None = None, *,
-                         config: ServeConfig | dict[str, Any] | None = None, name: str | None = None,
-                         timeout_s: float = 300.0, **config_overrides: Any) -> tuple[Any, str]:
+def driver_ip() -> str:
+    """The address of the driver's Ray node (``127.0.0.1`` for a local Ray started by ``init_ray``)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            return str(node["NodeManagerAddress"])
+    return ray.util.get_node_ip_address()
+
+
+def host_resource(ip: str) -> dict[str, float]:
+    """Ray resources that keep an actor on a node whose address is ``ip`` (see module docstring)."""
+    return {f"node:{ip}": HOST_SLIVER}
+
+
+def serve_config(
+    engine_spec: dict[str, Any] | None,
+    bind: str | None,
+    config: ServeConfig | dict[str, Any] | None,
+    **overrides: Any,
+) -> ServeConfig:
+    """The checked ServeConfig of a service: ``config`` with ``engine``/``bind``/overrides applied."""
+    cfg = config.to_dict() if isinstance(config, ServeConfig) else dict(config or {})
+    if engine_spec is not None:
+        cfg["engine"] = dict(engine_spec)
+    if bind is not None:
+        cfg["bind"] = bind
+    elif config is None:
+        cfg["bind"] = "tcp://127.0.0.1:0"
+    cfg.update(overrides)
+    return ServeConfig.from_dict(cfg)  # validates before anything starts
+
+
+def default_gpus(serve: ServeConfig) -> float:
+    """``serve.num_gpus``, else 1 when the cluster has a GPU, else 0."""
+    import ray
+
+    if serve.num_gpus is not None:
+        return serve.num_gpus
+    return 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+
+def launch_policy_service(
+    serve: ServeConfig,
+    *,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    scheduling_strategy: Any = None,
+    name: str | None = None,
+    curve_files: dict[str, Any] | None = None,
+) -> Any:
+    """Create the service actor for a config whose bind is final (no port 0); returns the handle at once.
+
+    A loopback bind keeps the actor on this machine (``host_resource`` of the driver's address, module
+    docstring); ``resources`` are added to that (e.g. ``{"replica_node_a": 1}``). Call
+    ``handle.ready.remote()`` to wait for it.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("the policy service actor needs Ray: call tickcall.cluster.init_ray() first")
+    res = dict(resources or {})
+    if is_local_endpoint(serve.bind):  # clients on this machine must reach it: keep it here
+        res.update(host_resource(driver_ip()))
+    options: dict[str, Any] = {
+        "num_gpus": default_gpus(serve) if num_gpus is None else num_gpus,
+        "num_cpus": serve.num_cpus,
+        "max_restarts": serve.max_restarts,
+        "max_task_retries": 0,
+        "resources": res,
+    }
+    if scheduling_strategy is not None:
+        options["scheduling_strategy"] = scheduling_strategy
+    if name:
+        options["name"] = name
+    return ray.remote(PolicyServiceActor).options(**options).remote(serve.to_dict(), curve_files)
+
+
+def start_policy_service(
+    engine_spec: dict[str, Any] | None = None,
+    bind: str | None = None,
+    *,
+    config: ServeConfig | dict[str, Any] | None = None,
+    name: str | None = None,
+    timeout_s: float = 300.0,
+    **config_overrides: Any,
+) -> tuple[Any, str]:
     """Start the policy service actor on the running Ray (``tickcall.cluster.init_ray()`` starts one).
 
     ``engine_spec``: ``{"backend": "noop"}``, ``{"backend": "transformers", "model": PATH}``, ...
@@ -75,36 +209,14 @@ def start_policy_service(engine_spec: dict[str, Any] | None = None, bind: str | 
     ``config``: a full ServeConfig (its ``engine``/``bind`` are replaced by the arguments when given).
     Returns ``(actor_handle, endpoint)`` after the actor serves. GPU: ``num_gpus=1`` when the cluster
     has a GPU (override with ``config.num_gpus``). Restarts: ``config.max_restarts`` (default forever).
+    A loopback bind keeps the actor on this machine (module docstring).
     """
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    if isinstance(config, ServeConfig):
-        cfg = config.to_dict()
-    else:
-        cfg = dict(config or {})
-    if engine_spec is not None:
-        cfg["engine"] = dict(engine_spec)
-    if bind is not None:
-        cfg["bind"] = bind
-    elif config is None:
-        cfg["bind"] = "tcp://127.0.0.1:0"
-    cfg.update(config_overrides)
-    serve = ServeConfig.from_dict(cfg)  # validates before anything starts
+    serve = serve_config(engine_spec, bind, config, **config_overrides)
     serve.bind = resolve_bind(serve.bind)
     if not ray.is_initialized():
         raise RuntimeError("the policy service actor needs Ray: call tickcall.cluster.init_ray() first")
-    num_gpus = serve.num_gpus
-    if num_gpus is None:
-        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": serve.num_cpus, "max_restarts": serve.max_restarts,
-                               "max_task_retries": 0}
-    if name:
-        options["name"] = name
-    if is_local_endpoint(serve.bind):  # clients on this node must reach it: keep it here
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-            node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    actor_cls = ray.remote(PolicyServiceActor)
-    handle = actor_cls.options(**options).remote(serve.to_dict())
+    handle = launch_policy_service(serve, name=name)
     info = ray.get(handle.ready.remote(), timeout=timeout_s)
     return handle, info["endpoint"]

@@ -13,7 +13,13 @@ reachable one (``ray.init(_node_ip_address="127.0.0.1")`` changes nothing, measu
 macOS/Windows: the node address is then the loopback one, and Ray's servers bind the node address).
 ``init_ray`` sets it for the start only; the processes it starts keep it. Joining a cluster
 (``address``) leaves it alone: there, Ray's ports face the cluster network, and its token
-authentication is what guards them (docs/architecture.md, "What a run exposes").
+authentication is what guards them (docs/architecture.md, "What a run exposes"); except a cluster
+whose address is itself loopback (``127.0.0.1:PORT``: nodes started on this machine under
+``loopback_node()``, as the multi-node tests do), which this driver can only join as a loopback node.
+
+Policy replicas (``tickcall.agent.replicas``) follow the address Ray's nodes have: on a loopback Ray
+they bind 127.0.0.1; on a cluster with real node addresses (``--ray-address``) they bind their node's
+address with CURVE on (docs/replicas.md).
 """
 
 from __future__ import annotations
@@ -24,21 +30,28 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def init_ray(address: str | None = None, *, log_to_driver: bool = False, logging_level: str = "WARNING",
-             **kwargs: Any) -> bool:
+def init_ray(
+    address: str | None = None, *, log_to_driver: bool = False, logging_level: str = "WARNING", **kwargs: Any
+) -> bool:
     """Start a local Ray, or join the cluster at ``address``; returns True when this call started it.
 
     A Ray that is already initialized is left as it is (returns False). ``kwargs`` go to ``ray.init``
-    (e.g. ``num_cpus``).
+    (e.g. ``num_cpus``). ``address``: ``HOST:PORT`` of a running cluster's head (``ray start --head``
+    prints it); a loopback ``HOST`` joins as a loopback node (module docstring).
     """
     import ray
 
     if ray.is_initialized():
         return False
-    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": log_to_driver,
-                               "logging_level": logging_level, **kwargs}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        with _loopback_node():
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": log_to_driver,
+        "logging_level": logging_level,
+        **kwargs,
+    }
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target is None or _is_loopback_address(target):
+        with loopback_node():
             ray.init(address=address, **options)
     else:
         ray.init(address=address, **options)
@@ -48,9 +61,25 @@ def init_ray(address: str | None = None, *, log_to_driver: bool = False, logging
 NO_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch; "0": the node address is loopback
 
 
+def _is_loopback_address(address: str) -> bool:
+    """True for ``127.x.y.z:PORT``, ``localhost:PORT``, ``[::1]:PORT`` (a Ray head on loopback)."""
+    import ipaddress
+
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @contextlib.contextmanager
-def _loopback_node() -> Iterator[None]:
-    """Ray's "no cluster" mode while a local Ray starts (see module docstring).
+def loopback_node() -> Iterator[None]:
+    """Ray's "no cluster" mode while a local Ray starts or joins (see module docstring).
+
+    Also for Ray nodes started by hand on this machine, e.g. a ``ray.cluster_utils.Cluster`` created
+    inside this block has every node on 127.0.0.1.
 
     The environment variable reaches the processes Ray starts (they read it when they import ray);
     this process read it when it imported ray, so its module constant is set too. Both are put back
@@ -83,4 +112,3 @@ def ray_session(address: str | None = None, **kwargs: Any) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
-
