@@ -61,6 +61,7 @@ DEFAULT_CONFIG = config_path("run.yaml")
 MIN_RATE_HZ = 1.0  # the loop's supported rates (Hz); the rate keeper itself takes any positive rate
 MAX_RATE_HZ = 60.0
 DEFAULT_HISTORY = 4  # history items per turn when neither the config nor the model folder says
+MAX_REPLICAS = 64  # policy service replicas one run may start
 
 
 @dataclass
@@ -269,6 +270,28 @@ class RunConfig(LoopSettings):
         check=number(lo=0, lo_open=True, unit="s"),
         flag=Flag("--wait-s", metavar="S"),
     )
+    agents: int | None = setting(
+        None,
+        help="multi-agent envs (tickcall/CrowdArena-v0, pettingzoo:MODULE:FUNCTION) only: how many agents "
+        "one loop ticks, each decided every tick, all in one batch (docs/multi-agent.md); null: the env's "
+        "default",
+        check=integer(lo=1, optional=True),
+        flag=Flag("--agents", metavar="N"),
+    )
+    replicas: int = setting(
+        1,
+        help="multi-agent envs: policy service replicas Ray places (one GPU each where there are GPUs); "
+        "agents stay with one replica and move when it dies; 1: one service",
+        check=integer(lo=1, hi=MAX_REPLICAS),
+        flag=Flag("--replicas", metavar="M"),
+    )
+    ray_address: str | None = setting(
+        None,
+        help="join the Ray cluster at this address (what `ray start --head` prints, e.g. 10.0.0.5:6379) "
+        "instead of starting a local, loopback-only Ray; null: a local Ray",
+        check=string(optional=True),
+        flag=Flag("--ray-address", metavar="ADDR"),
+    )
     model: str | None = setting(
         None,
         help="SimpleTool-format model folder; null: the shipped model for the env",
@@ -387,6 +410,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     if c.cascade is not None:
         _check_cascade(c.cascade)
+    if c.replicas > 1 and c.service.endpoint is not None:
+        raise ConfigError(
+            f"replicas {c.replicas} starts {c.replicas} policy services, but service.endpoint names a running "
+            "one: drop --endpoint, or run with --replicas 1"
+        )
+    if c.replicas > 1 and c.cascade is not None:
+        raise ConfigError("replicas > 1 is for multi-agent runs, which have no cascade: drop one of them")
     return c
 
 

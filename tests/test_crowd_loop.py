@@ -12,6 +12,7 @@ dies leaves every agent-tick accounted for. Last, ``tickcall run`` end to end on
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -458,3 +459,61 @@ def test_the_crowd_actor_body_builds_its_world_and_runs_it(serve):
     assert out["client"]["sent"] >= 15
     bad = CrowdLoopActor({"rate_hz": 10.0}, lambda: RealCrowd(1), [])
     assert "at least one policy service endpoint" in bad.info()["setup_error"]
+
+
+# --------------------------------------------------------------------------- tickcall run, end to end
+
+
+def test_agents_on_a_single_agent_env_is_one_line_before_anything_starts(capsys):
+    import ray
+
+    from tickcall.cli import main
+
+    assert (
+        main(["run", "--env", "tickcall/Arena-v0", "--agents", "4", "--backend", "noop", "--duration", "1"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--agents 4 (agents) is for multi-agent envs" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["run", "--replicas", "2", "--endpoint", "tcp://127.0.0.1:5555", "--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "drop --endpoint, or run with --replicas 1" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["run", "--env", "tickcall/CrowdArena-v0", "--agents", "0", "--duration", "1"]) == 2
+    assert "agents: must be >= 1" in capsys.readouterr().err
+    assert not ray.is_initialized()  # refused before Ray, the service or the loop started
+
+
+def test_tickcall_run_drives_a_crowd_with_the_shipped_student(tmp_path):
+    """The real thing: Ray, the policy service actor with the shipped arena student (the default model
+    of tickcall/CrowdArena-v0), the crowd loop actor, four NPCs in real time, report.json and ticks.jsonl."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tickcall.cli", "run", "--env", "tickcall/CrowdArena-v0", "--agents", "4",
+         "--duration", "3", "--rate", "10", "--report", str(out), "--quiet", "--no-plots"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    ticks = [json.loads(line) for line in (out / "ticks.jsonl").read_text().splitlines()]
+    agents = [f"npc_{i}" for i in range(4)]
+    loop_ticks = len({r["tick"] for r in ticks})
+    assert loop_ticks == 30  # 3 s at 10 Hz
+    # one record per agent per tick, in ticks.jsonl and in the report's outcome counts
+    assert len(ticks) == rep["ticks"] == sum(rep["outcomes"].values()) == 4 * loop_ticks
+    assert Counter(r["agent"] for r in ticks) == dict.fromkeys(agents, loop_ticks)
+    assert all(sorted(r["agent"] for r in ticks if r["tick"] == t) == agents for t in range(loop_ticks))
+    assert all(r["outcome"] in OUTCOMES for r in ticks)
+    assert rep["model"].endswith("models/shipped/tickcall-arena") and rep["env"] == "tickcall/CrowdArena-v0"
+    crowd = rep["crowd"]
+    assert crowd["agents"] == 4 and crowd["agent_ids"] == agents and crowd["replicas"] == 1
+    # the service took the crowd's limits, so every agent's decide could be queued at once
+    assert rep["service"]["max_streams_per_client"] >= 16 and rep["service"]["max_batch"] >= 32
+    # the student's legal calls were the arena's own tools (each NPC acts as in tickcall/Arena-v0)
+    calls = {r["call"]["name"] for r in ticks if r["outcome"] == "ok" and r["call"]}
+    assert calls and calls <= {"wait", "move", "aim", "fire", "dash"}, calls
+    assert "agents 4: 120 agent-ticks over 30 ticks" in proc.stderr and "report:" in proc.stderr

@@ -6,11 +6,18 @@
     outcome.report["outcomes"], outcome.paths["report"]
 
 This is the composition root's job: it is the only code that holds a policy service, a loop and a
-world at once. Steps: start Ray (if needed, ``tickcall.cluster``) -> resolve the model (``--model`` or the shipped default) -> start the
-policy service actor (unless ``service.endpoint`` names a running one) -> with ``cascade``, the big
-model's service too (``control_loop.cascade``; unless ``cascade.endpoint``) -> start the loop actor (it
-builds the world and registers the tools) -> run, printing a live progress line -> write
-``report.json``, ``ticks.jsonl`` and plots into the report folder -> stop what was started.
+world at once. Steps: start Ray (if needed, ``tickcall.cluster``; or join ``ray_address``)
+-> resolve the model (``--model`` or the shipped default) -> start the policy service actor (unless
+``service.endpoint`` names a running one; ``replicas`` > 1: that many, ``agent.replicas.start_replicas``)
+-> with ``cascade``, the big model's service too (``control_loop.cascade``; unless ``cascade.endpoint``)
+-> start the loop actor (it builds the world and registers the tools; a multi-agent env gets the crowd
+loop, ``control_loop.crowd``) -> run, printing a live progress line -> write ``report.json``,
+``ticks.jsonl`` and plots into the report folder -> stop what was started.
+
+A multi-agent env (``tickcall.world.is_crowd_env``: ``tickcall/CrowdArena-v0``, ``pettingzoo:...``) runs
+``agents`` agents in one loop: one record per agent per tick in ``ticks.jsonl``; the service started here
+takes ``max_streams_per_client`` and ``max_batch`` of at least the agent count, so every agent of a tick
+can be queued and decoded in one batch (docs/multi-agent.md).
 """
 
 from __future__ import annotations
@@ -30,7 +37,14 @@ from tickcall.control_loop.progress import ProgressPrinter
 from tickcall.control_loop.records import TickRecord
 from tickcall.control_loop.report import write_report
 from tickcall.control_loop.stats import cascade_summary, summarize
-from tickcall.world import WorldSpec, check_spec, world_factory
+from tickcall.world import (
+    WorldSpec,
+    check_spec,
+    crowd_world_factory,
+    is_crowd_env,
+    make_crowd_world,
+    world_factory,
+)
 
 
 class RunError(RuntimeError):
@@ -183,6 +197,85 @@ def resolve_cascade(cfg: RunConfig) -> dict[str, Any] | None:
     return {"model": model, "threshold": threshold, "threshold_source": source, "calibration": calibration}
 
 
+def crowd_size(cfg: RunConfig) -> int | None:
+    """The number of agents of a multi-agent run, None for a single-agent env. The crowd world is built
+    once here, in the driver, and closed (a wrong id, agent count or env is one line before any actor
+    starts). Raises RunError for ``agents``/``replicas`` on a single-agent env and for a cascade on a crowd."""
+    if not is_crowd_env(cfg.env):
+        if cfg.agents is not None:
+            raise RunError(
+                f"--agents {cfg.agents} (agents) is for multi-agent envs (tickcall/CrowdArena-v0, "
+                f"pettingzoo:MODULE:FUNCTION); {cfg.env} has one agent: drop --agents or pick a multi-agent env"
+            )
+        if cfg.replicas > 1:
+            raise RunError(
+                f"--replicas {cfg.replicas} (replicas) is for multi-agent envs (tickcall/CrowdArena-v0, "
+                f"pettingzoo:MODULE:FUNCTION); {cfg.env} has one agent: run with --replicas 1"
+            )
+        return None
+    if cfg.cascade is not None:
+        raise RunError(
+            f"{cfg.env} is a multi-agent env and the cascade drives one agent: drop cascade (--cascade-*)"
+        )
+    world = make_crowd_world(crowd_spec(cfg))
+    try:
+        return len(world.agents)
+    finally:
+        world.close()
+
+
+def crowd_spec(cfg: RunConfig) -> WorldSpec:
+    """The crowd world's spec (``tickcall.world.make_crowd_world``)."""
+    return WorldSpec(
+        env=cfg.env, env_kwargs=world_kwargs(cfg), seed=cfg.seed, max_episodes=cfg.episodes, agents=cfg.agents
+    )
+
+
+DEFAULT_STREAMS = 16  # agent.config.ServeConfig.max_streams_per_client (what `tickcall serve` takes)
+
+
+def crowd_serve_config(agents: int) -> dict[str, Any]:
+    """What a crowd's service(s) take beyond the defaults: ``max_streams_per_client`` (one stream per
+    agent: every agent's decide may be queued at once) and ``max_batch`` (all agents of a tick in one
+    batch), each at least ``agents``."""
+    from tickcall.agent.config import ServeConfig
+
+    return {
+        "max_streams_per_client": max(ServeConfig.max_streams_per_client, agents),
+        "max_batch": max(ServeConfig.max_batch, agents),
+    }
+
+
+def start_replica_set(cfg: RunConfig, spec: dict[str, Any], limits: dict[str, Any]) -> Any:
+    """``cfg.replicas`` policy services placed by Ray (``agent.replicas.start_replicas``), each with the
+    crowd's limits. Raises RunError (one line)."""
+    try:
+        from tickcall.agent.replicas import start_replicas
+    except ImportError as exc:
+        raise RunError(
+            f"--replicas {cfg.replicas} needs tickcall.agent.replicas, which this install lacks ({exc}); "
+            "run with --replicas 1"
+        ) from None
+    config = {"max_restarts": cfg.service.max_restarts, **limits}
+    try:
+        return start_replicas(spec, cfg.replicas, config=config)
+    except Exception as exc:
+        raise RunError(f"the policy service replicas did not start: {root_cause(exc)}") from exc
+
+
+def replica_stats(replica_set: Any) -> list[dict[str, Any]]:
+    """Each replica's service counters (``{}`` for one that does not answer: it died or was killed)."""
+    import ray
+
+    out = []
+    for handle in replica_set.handles:
+        try:
+            out.append(ray.get(handle.stats.remote(), timeout=10))
+        except Exception:
+            out.append({})
+    return out
+
+
 def build_report(
     cfg: RunConfig,
     result: dict[str, Any],
@@ -191,10 +284,12 @@ def build_report(
     model: str | None,
     service: dict[str, Any],
     cascade: dict[str, Any] | None = None,
+    crowd: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``report.json``: the statistics (``stats.summarize``) plus what ran and the episodes; with a
     cascade, its block (``stats.cascade_summary``; ``cascade``: ``resolve_cascade``'s answer plus the big
-    service's description)."""
+    service's description); a multi-agent run's ``crowd`` block (agents asked for and seen, replicas,
+    their endpoints, the replica router's figures)."""
     stats = summarize(records, cfg.rate_hz, result["elapsed_s"])
     episodes = [
         {"return": round(float(e["return"]), 4), "length": int(e["length"])}
@@ -219,6 +314,8 @@ def build_report(
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
     }
+    if crowd is not None:
+        report["crowd"] = crowd
     if cascade is not None:
         assert cfg.cascade is not None
         big = (result.get("cascade") or {}).get("big") or {}
@@ -264,7 +361,9 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
     import ray
 
     stream = stream or sys.stderr
-    check_spec(cfg.env)  # a wrong env id is one line now, not an actor's traceback later
+    agents = crowd_size(cfg)  # a multi-agent env: its world is built and closed here, as its check
+    if agents is None:
+        check_spec(cfg.env)  # a wrong env id is one line now, not an actor's traceback later
     model = resolve_model(cfg)
     cascade = resolve_cascade(cfg)
     folder = prepare_report_dir(cfg.report_dir or default_report_dir())
@@ -284,34 +383,54 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
                 ) from None
             raise
     service_actor = None
+    replica_set = None
     big_actor = None
     loop_actor = None
     started_ray = False
     guard = _StartupInterrupt()
     previous = guard.install()
     try:
-        started_ray = init_ray(log_to_driver=True)
+        started_ray = init_ray(cfg.ray_address, log_to_driver=True)
         guard.install()  # again: starting Ray may set its own handler
         endpoint = cfg.service.endpoint
+        endpoints: list[str] = []  # a crowd's: one per replica
+        curve: dict[str, Any] | None = None  # client keys of replicas that listen beyond loopback
         service_info: dict[str, Any] = {}
+        serve_limits = crowd_serve_config(agents) if agents is not None else {}
         if endpoint is None:
             from tickcall.agent.actor import start_policy_service
 
             spec = cfg.engine_spec()
             if model is not None:
                 spec["model"] = model
-            _say(
-                stream, f"starting the policy service ({cfg.backend}{', ' + str(model) if model else ''}) ..."
-            )
-            try:
-                service_actor, endpoint = start_policy_service(
-                    spec, cfg.service.bind, max_restarts=cfg.service.max_restarts
-                )
-            except Exception as exc:
-                raise RunError(f"the policy service did not start: {root_cause(exc)}") from exc
+            what = f"{cfg.backend}{', ' + str(model) if model else ''}"
+            if cfg.replicas > 1:
+                _say(stream, f"starting {cfg.replicas} policy service replicas ({what}) ...")
+                replica_set = start_replica_set(cfg, spec, serve_limits)
+                endpoints = list(replica_set.endpoints)
+                endpoint = endpoints[0]
+                curve = getattr(replica_set, "curve", None)
+            else:
+                _say(stream, f"starting the policy service ({what}) ...")
+                try:
+                    service_actor, endpoint = start_policy_service(
+                        spec, cfg.service.bind, max_restarts=cfg.service.max_restarts, **serve_limits
+                    )
+                except Exception as exc:
+                    raise RunError(f"the policy service did not start: {root_cause(exc)}") from exc
             service_info = {"endpoint": endpoint, "started_here": True}
         else:
             service_info = {"endpoint": endpoint, "started_here": False}
+            if agents is not None and agents > DEFAULT_STREAMS:
+                _say(
+                    stream,
+                    f"note: {agents} agents share one client of the running service at {endpoint}: its "
+                    f"max_streams_per_client must be {agents} or more (tickcall serve's config), else "
+                    "agent-ticks are refused (over_quota)",
+                )
+        endpoints = endpoints or [endpoint]
+        if agents is not None:
+            service_info.update({"endpoints": endpoints, "replicas": len(endpoints), **serve_limits})
         big_endpoint = None
         if cascade is not None:
             assert cfg.cascade is not None
@@ -343,7 +462,11 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         ends = ([f"{cfg.duration_s:g} s"] if cfg.duration_s else []) + (
             [f"{cfg.episodes} episodes"] if cfg.episodes else []
         )
-        _say(stream, f"starting the control loop: {cfg.env} at {cfg.rate_hz:g} Hz ({' / '.join(ends)}) ...")
+        crowd_note = f" with {agents} agents" if agents is not None else ""
+        _say(
+            stream,
+            f"starting the control loop: {cfg.env}{crowd_note} at {cfg.rate_hz:g} Hz ({' / '.join(ends)}) ...",
+        )
         if cfg.env.startswith("engine:"):
             _say(
                 stream,
@@ -351,7 +474,17 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
                 f"{world.env_kwargs['wait_s']:g} s; --wait-s) ...",
             )
         try:
-            if cascade is not None:
+            if agents is not None:
+                from tickcall.control_loop.crowd import start_crowd_loop_actor
+
+                loop_actor = start_crowd_loop_actor(
+                    settings,
+                    crowd_world_factory(crowd_spec(cfg)),
+                    endpoints,
+                    client_timeout_ms=cfg.service.timeout_ms,
+                    curve=curve,
+                )
+            elif cascade is not None:
                 from tickcall.control_loop.cascade import CascadeSettings, start_cascade_loop_actor
 
                 assert cfg.cascade is not None and big_endpoint is not None
@@ -427,18 +560,37 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         if service_actor is not None:
             with contextlib.suppress(Exception):
                 service_info["stats"] = ray.get(service_actor.stats.remote(), timeout=10)
+        if replica_set is not None:
+            service_info["replica_stats"] = replica_stats(replica_set)
         records = [TickRecord.from_dict(r) for r in result["records"]]
         engine = service_info.get("engine") or {}
         if big_actor is not None and cascade is not None:
             with contextlib.suppress(Exception):
                 cascade["service"]["stats"] = ray.get(big_actor.stats.remote(), timeout=10)
+        crowd = None
+        if agents is not None:
+            crowd = {
+                "agents_requested": cfg.agents,
+                "agents": len(result.get("agents") or []) or agents,
+                "agent_ids": list(result.get("agents") or []),
+                "replicas": len(endpoints),
+                "endpoints": endpoints,
+            }
+            if result.get("router") is not None:
+                crowd["router"] = result["router"]
         report = build_report(
-            cfg, result, records, model=model or engine.get("model"), service=service_info, cascade=cascade
+            cfg,
+            result,
+            records,
+            model=model or engine.get("model"),
+            service=service_info,
+            cascade=cascade,
+            crowd=crowd,
         )
         if printer is not None:
             printer.close(
                 {
-                    "ticks": report["ticks"],
+                    "ticks": report.get("loop_ticks", report["ticks"]),
                     "ticks_planned": None,
                     "achieved_hz": report["achieved_hz"],
                     "outcomes": report["outcomes"],
@@ -462,6 +614,9 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         _cleanup(loop_actor, service_actor, big_actor)
+        if replica_set is not None:
+            with contextlib.suppress(Exception):
+                replica_set.stop()
         with contextlib.suppress(OSError):  # a run that never reported leaves no empty folder behind
             Path(folder).rmdir()
         if started_ray:
@@ -527,11 +682,12 @@ class TickJournal:
     """The driver's copy of the loop's tick records, refreshed from ``LoopActor.snapshot`` about once a
     second, each record appended to ``ticks.jsonl`` (flushed) once it can no longer change; so a loop
     actor that dies (kill -9, out of memory) still leaves its ticks and a report. A run that ends
-    normally rewrites ``ticks.jsonl`` whole from the loop's own records."""
+    normally rewrites ``ticks.jsonl`` whole from the loop's own records. Records are kept by tick and
+    agent (a crowd run has one per agent per tick; ``agent`` is None otherwise)."""
 
     def __init__(self, folder: str | Path, rate_hz: float) -> None:
         self.rate_hz = rate_hz
-        self.records: dict[int, dict[str, Any]] = {}
+        self.records: dict[tuple[int, str], dict[str, Any]] = {}
         self.since = 0  # ticks below this are final
         self._written = 0
         self._fh = open(Path(folder) / "ticks.jsonl", "w")  # noqa: SIM115 - open for the whole run
@@ -551,17 +707,16 @@ class TickJournal:
         except ray.exceptions.GetTimeoutError:  # a busy actor: the next round copies it
             return
         for r in recs:
-            self.records[int(r["tick"])] = r
-        for tick in range(self._written, since):
-            if tick in self.records:
-                self._fh.write(json.dumps(self.records[tick]) + "\n")
+            self.records[(int(r["tick"]), r.get("agent") or "")] = r
+        for key in sorted(k for k in self.records if self._written <= k[0] < since):
+            self._fh.write(json.dumps(self.records[key]) + "\n")
         self._fh.flush()
         self._written = max(self._written, since)
         self.since = since
 
     def result(self, why: str) -> dict[str, Any]:
         """What ``build_report`` needs, from the copy (the loop's own result is lost with it)."""
-        records = [self.records[t] for t in sorted(self.records)]
+        records = [self.records[k] for k in sorted(self.records)]
         for r in records:  # in flight when the loop died: accounted as errors, not dropped
             if r.get("outcome") is None:
                 r["outcome"], r["reason"] = "error", "unresolved: the control loop died"
@@ -635,12 +790,24 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lat = report["latency_ms"]
     o = report["outcomes"]
     lines = [
-        f"ticks {report['ticks']} at {report['rate_hz']:g} Hz (achieved {report['achieved_hz']:.2f} Hz, "
+        f"ticks {report.get('loop_ticks', report['ticks'])} at {report['rate_hz']:g} Hz (achieved {report['achieved_hz']:.2f} Hz, "
         f"decisions {report['decision_hz']:.2f} Hz) over {report['elapsed_s']:.1f} s",
         "outcomes "
         + "  ".join(f"{k} {v}" for k, v in o.items())
         + f"   deadline misses {report['deadline_misses']} (longest streak {report['longest_miss_streak']})",
     ]
+    crowd = report.get("crowd")
+    if crowd is not None:
+        n = report.get("agent_count") or crowd.get("agents")
+        loop_ticks = report.get("loop_ticks")
+        per = f" over {loop_ticks} ticks" if loop_ticks else ""
+        p50, p90 = lat.get("p50"), lat.get("p90")
+        overall = f"; all agent-ticks' latency p50 {p50:.2f}  p90 {p90:.2f} ms" if lat["n"] else ""
+        replicas = crowd.get("replicas", 1)
+        lines.append(
+            f"agents {n}: {report['ticks']} agent-ticks{per}{overall}"
+            + (f"; {replicas} replicas" if replicas > 1 else "")
+        )
     if report.get("observation_warning"):
         lines.append(f"warning: {report['observation_warning']}")
     if report.get("call_warning"):

@@ -21,6 +21,7 @@ DEFAULT_ENV = "tickcall/Arena-v0"
 # env id -> folder under models/shipped (checked in order when an env has no entry of its own)
 SHIPPED: dict[str, str] = {
     "tickcall/Arena-v0": "tickcall-arena",  # configs/train-arena.yaml
+    "tickcall/CrowdArena-v0": "tickcall-arena",  # each NPC sees and acts exactly as in Arena-v0
     "CartPole-v1": "tickcall-cartpole",  # configs/train-cartpole.yaml (soft targets from the expert's margin)
     # configs/train-smollm2.yaml: SmolLM2-135M-Instruct + adapter; goals in words need a language model
     "tickcall/GoalArena-v0": "tickcall-smollm2",

@@ -5,6 +5,8 @@
     tickcall run --env CartPole-v1 --model PATH --rate 16 --episodes 5 --report reports/cp
     tickcall run --cascade-model BIG --threshold 0 --report reports/c0   # a big model beside (docs/cascade.md)
     tickcall run --cascade-model BIG --cascade-calibrate reports/c0      # threshold from that run's pairs
+    tickcall run --env tickcall/CrowdArena-v0 --agents 16          # 16 NPCs, one loop (docs/multi-agent.md)
+    tickcall run --config configs/run-crowd.yaml --replicas 2       # ... decided by two policy replicas
 
 Options override the config file. Exit status: 0 when the run completed, 2 for a bad config or a
 setup problem (the message says what to change).
