@@ -307,6 +307,21 @@ def test_third_party_pettingzoo_envs_by_id() -> None:
         assert sorted(rps.observe_all()) == rps.agents and rps.current_episode()["index"] == 1
     finally:
         rps.close()
+    # a third-party env names its tool and observation once, in metadata["tickcall"] (a catalog entry)
+    from pettingzoo.classic import rps_v2
+
+    env = rps_v2.parallel_env()
+    env.metadata = {
+        **env.metadata,
+        "tickcall": {
+            "tool": "throw",
+            "labels": ["rock", "paper", "scissors"],
+            "obs": [{"name": "their_last"}],
+        },
+    }
+    named = crowd_binding(env, "rps")
+    assert [t["function"]["name"] for t in named.tools] == ["throw"] and named.obs_text(3) == "their_last=3"
+    assert named.call_to_action(Call("throw", {"action": "paper"})).action == 1
 
 
 # --------------------------------------------------------------------------- the shipped student, in one batch
