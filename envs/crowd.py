@@ -345,8 +345,7 @@ class PettingZooWorld:
             "step_ms_total": 0.0,
             "step_ms_max": 0.0,
         }
-        self._text_key: tuple[int, int] | None = None
-        self._texts: dict[str, str] = {}
+        self._text_cache: tuple[tuple[int, int] | None, dict[str, str]] = (None, {})
         self._reset_episode()
 
     # ---- what the crowd loop uses ---------------------------------------------------------------
@@ -365,11 +364,13 @@ class PettingZooWorld:
         with self._lock:
             snap = self._snap
         key = (snap.episode, snap.step)
-        if key != self._text_key:
+        cached = self._text_cache  # one reference read: (key, texts) always belong together
+        if cached[0] == key:
+            texts = cached[1]
+        else:
             fmt = self.binding.obs_text
             texts = {a: fmt(o) for a, o in snap.obs.items()}
-            self._text_key, self._texts = key, texts
-        texts = self._texts
+            self._text_cache = (key, texts)
         return {a: EnvObservation(text=texts[a], taken_at=snap.t, episode=snap.episode) for a in snap.obs}
 
     def history(self, agent: str) -> list[str]:

@@ -264,6 +264,54 @@ def test_physics_runs_on_its_own_clock_with_seeded_episodes() -> None:
         world.close()
 
 
+class _Boom(ParallelEnv):
+    """Two agents; the third step raises (a third-party env with a bug)."""
+
+    metadata = {"name": "boom_v0", "render_fps": 200}
+
+    def __init__(self) -> None:
+        self.possible_agents = ["a", "b"]
+        self.agents: list[str] = []
+        self._obs = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self._act = spaces.Discrete(2)
+        self.steps = 0
+
+    def observation_space(self, agent: str) -> spaces.Space:
+        return self._obs
+
+    def action_space(self, agent: str) -> spaces.Space:
+        return self._act
+
+    def reset(self, seed=None, options=None):
+        self.agents = list(self.possible_agents)
+        return {a: np.zeros(1, np.float32) for a in self.agents}, {a: {} for a in self.agents}
+
+    def step(self, actions):
+        self.steps += 1
+        if self.steps == 3:
+            raise RuntimeError("boom\nsecond line")
+        obs = {a: np.full(1, 0.5 * actions[a], np.float32) for a in self.agents}
+        zero = dict.fromkeys(self.agents, 0.0)
+        no = dict.fromkeys(self.agents, False)
+        return obs, zero, no, dict(no), {a: {} for a in self.agents}
+
+
+def test_an_env_that_raises_stops_the_physics_and_says_why() -> None:
+    env = _Boom()
+    world = PettingZooWorld(env, crowd_binding(env, "boom"), env_id="boom", seed=0)
+    try:
+        assert world.physics_hz == 200.0
+        world.apply_call("b", Call("act", {"action": 1}))
+        world.start()
+        assert _wait_for(lambda: world.done)
+        d = world.describe()
+        assert d["physics"]["error"] == "RuntimeError: boom" and d["physics_steps"] == 2
+        obs = world.observe_all()  # the last good observations stay readable
+        assert obs["a"].text == "o0=+0.000" and obs["b"].text == "o0=+0.500"
+    finally:
+        world.close()
+
+
 # --------------------------------------------------------------------------- a third-party PettingZoo env
 def test_third_party_pettingzoo_envs_by_id() -> None:
     pytest.importorskip("Box2D")  # multiwalker's physics (a dev dependency, like gymnasium's Box2D envs)
