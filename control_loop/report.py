@@ -228,6 +228,7 @@ def write_plots(
             where="post",
             label=f"{name} (n={len(vals)})",
             color=palette[i % 9],
+            ls=("-", "--", ":")[(i // 9) % 3],  # more stages than colours: the next ones dashed
         )
     _marks(ax, latencies, deadline_ms, vertical=True)
     ax.set_xscale("log")
@@ -268,8 +269,19 @@ def _timeline(
     t_hi = max((r.tick for r in records), default=0)
     width = t_hi - t_lo + 1
 
+    # the kinds of reason of the ticks that were not ok (the second panel's rows)
+    kinds: dict[str, list[TickRecord]] = {}
+    for r in records:
+        if r.outcome != "ok":
+            kinds.setdefault(reason_kind(r), []).append(r)
+    ranked = sorted(kinds.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    if len(ranked) > MAX_REASON_ROWS:
+        rest = [r for _, recs in ranked[MAX_REASON_ROWS - 1 :] for r in recs]
+        ranked = ranked[: MAX_REASON_ROWS - 1] + [
+            (f"other reasons ({len(ranked) - MAX_REASON_ROWS + 1} kinds)", rest)
+        ]
     raster_h = 1.0 if n_agents == 1 else min(3.0, 0.8 + 0.04 * n_agents)
-    heights = [4.0, 1.8, raster_h] + ([raster_h] if cascade else [])
+    heights = [4.0, 0.5 + 0.25 * len(ranked), raster_h] + ([raster_h] if cascade else [])
     fig, axes = plt.subplots(
         len(heights),
         1,
@@ -293,8 +305,11 @@ def _timeline(
             )
     marks = _marks(ax1, latencies, deadline_ms, vertical=False)
     ys = [r.rtt_ms for r in records if r.rtt_ms is not None] + latencies
-    if ys and min(ys) > 0 and max(ys) > 20 * max(percentile(ys, 90), deadline_ms or 0.0):
-        ax1.set_yscale("log")  # a few huge replies would flatten everything else
+    if ys and min(ys) > 0:
+        p90 = percentile(ys, 90)
+        # log when a few huge replies, or a deadline far above the data, would flatten the points
+        if max(ys) > 20 * max(p90, deadline_ms or 0.0) or (deadline_ms or 0.0) > 8 * max(ys):
+            ax1.set_yscale("log")
     _edge_labels(ax1, marks)
     ax1.set_ylabel("ms")
     ax1.grid(True, alpha=0.3)
@@ -318,16 +333,6 @@ def _timeline(
     ax1.legend(**LEGEND)
 
     # ---- ticks that were not ok, one row per kind of reason, markers by outcome
-    kinds: dict[str, list[TickRecord]] = {}
-    for r in records:
-        if r.outcome != "ok":
-            kinds.setdefault(reason_kind(r), []).append(r)
-    ranked = sorted(kinds.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    if len(ranked) > MAX_REASON_ROWS:
-        rest = [r for _, recs in ranked[MAX_REASON_ROWS - 1 :] for r in recs]
-        ranked = ranked[: MAX_REASON_ROWS - 1] + [
-            (f"other reasons ({len(ranked) - MAX_REASON_ROWS + 1} kinds)", rest)
-        ]
     for row, (kind, recs) in enumerate(ranked):
         outcome = max(OUTCOMES, key=lambda o: sum(1 for r in recs if r.outcome == o))
         tick_set = sorted({r.tick for r in recs})  # a crowd's agents share one mark per tick
