@@ -322,8 +322,9 @@ class CrowdLoopActor(LoopActor):
             "renewals": getattr(self.registration, "renewals", 0),
             "settings": asdict(self.settings),
         }
-        if len(self.endpoints) > 1:
-            out["router"] = _client_stats(self.client)
+        if len(self.endpoints) > 1:  # the replica router's figures (its clients' are inside)
+            out["router"] = out.pop("client")
+            out["client"] = {}
             with contextlib.suppress(Exception):
                 out["router"]["assignments"] = dict(self.client.assignments())
         return out

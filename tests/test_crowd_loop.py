@@ -517,3 +517,40 @@ def test_tickcall_run_drives_a_crowd_with_the_shipped_student(tmp_path):
     calls = {r["call"]["name"] for r in ticks if r["outcome"] == "ok" and r["call"]}
     assert calls and calls <= {"wait", "move", "aim", "fire", "dash"}, calls
     assert "agents 4: 120 agent-ticks over 30 ticks" in proc.stderr and "report:" in proc.stderr
+
+
+def test_two_replicas_share_the_crowd_and_one_dying_loses_no_agent_tick(serve):
+    """``crowd_policy`` with two endpoints is ``agent.replicas.ReplicaPolicy`` (two real in-process
+    services here; Ray placement is tests/test_replicas.py's): agents are spread over both; when one
+    service dies mid-run its agents' ticks fall back, they move to the other, and every agent-tick is
+    still accounted for."""
+    srv_a, ep_a = serve({"backend": "noop"}, max_streams_per_client=32)
+    _, ep_b = serve({"backend": "noop"}, max_streams_per_client=32)
+    client = crowd_policy([ep_a, ep_b], timeout_ms=1000)
+    try:
+        client.hello(timeout_ms=5000)
+        client.register(MOVE, timeout_ms=5000)
+        world = RealCrowd(6)
+        loop = CrowdLoop(LoopSettings(rate_hz=10, deadline_ms=100, in_flight_timeout_ms=400), client, world)
+        real = world.observe_all
+        before: dict[str, int] = {}
+
+        def observe_then_kill():
+            if world.served == 8:
+                before.update(client.assignments())
+                srv_a.stop()  # replica 0 dies between two ticks
+            return real()
+
+        world.observe_all = observe_then_kill
+        res = loop.run(max_ticks=25)
+        after = client.assignments()
+    finally:
+        client.close()
+    counts = count_outcomes(res.records)
+    assert len(res.records) == 6 * 25 == sum(counts.values())
+    assert sorted(Counter(before.values()).values()) == [3, 3]  # three agents on each replica
+    assert set(after.values()) == {1}  # all on the replica still alive
+    moved = [a for a, i in before.items() if i == 0]
+    # the moved agents are decided again by the other replica before the run ends
+    assert all(any(r.outcome == "ok" and r.tick >= 20 for r in res.records if r.agent == a) for a in moved)
+    assert counts["ok"] > 0 and counts["error"] == 0
