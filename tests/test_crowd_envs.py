@@ -5,6 +5,7 @@ real gymnasium arenas, the real shipped model."""
 
 from __future__ import annotations
 
+import pickle
 import time
 import warnings
 
@@ -316,7 +317,7 @@ def test_an_env_that_raises_stops_the_physics_and_says_why() -> None:
 def test_third_party_pettingzoo_envs_by_id() -> None:
     pytest.importorskip("Box2D")  # multiwalker's physics (a dev dependency, like gymnasium's Box2D envs)
     factory = crowd_world_factory(WorldSpec(env=MULTIWALKER, seed=0))
-    world = factory()
+    world = pickle.loads(pickle.dumps(factory))()  # the loop actor gets the factory through Ray
     try:
         assert world.agents == ["walker_0", "walker_1", "walker_2"] and world.physics_hz == 50.0
         (tool,) = world.tools
