@@ -127,6 +127,10 @@ def test_crowd_ids_specs_and_one_line_errors(monkeypatch: pytest.MonkeyPatch) ->
         ("pettingzoo:pettingzoo.classic.rps_v2:nothing", None): "has no function 'nothing'",
         ("pettingzoo:pettingzoo.classic.rps_v2", 5): "has 2 agents and its constructor takes no n_agents",
         ("CartPole-v1", 4): "single-agent env; 4 agents need a multi-agent env",
+        (
+            "tickcall/CrowdArena-v9",
+            4,
+        ): "unknown multi-agent env 'tickcall/CrowdArena-v9'; built in: tickcall/CrowdArena-v0",
     }
     for (env, agents), text in bad.items():
         with pytest.raises(WorldError) as exc:

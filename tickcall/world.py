@@ -46,7 +46,7 @@ __all__ = [
 class WorldSpec:
     """What ``make_world`` needs (JSON-able)."""
 
-    env: str  # gymnasium id, or "engine:tcp://HOST:PORT"
+    env: str  # gymnasium id, "engine:tcp://HOST:PORT", or a multi-agent id (is_crowd_env)
     env_kwargs: dict[str, Any] | None = None
     seed: int | None = 0
     max_episodes: int | None = None  # the physics stops after this many episodes
@@ -119,6 +119,10 @@ def check_spec(spec: WorldSpec | str, *, agents: int | None = None) -> None:
     try:
         gym.spec(env)
     except gym.error.Error as exc:
+        if env.startswith("tickcall/Crowd"):  # a misspelt multi-agent id: name the ones that exist
+            from tickcall.envs.crowd import CROWD_ENVS
+
+            raise WorldError(f"unknown multi-agent env {env!r}; built in: {', '.join(CROWD_ENVS)}") from None
         raise WorldError(f"cannot make env {env!r}: {exc}") from None
     if agents is not None and agents > 1:
         raise WorldError(
