@@ -43,6 +43,7 @@ from tickcall.agent.messages import (
     WireTurn,
 )
 from tickcall.models.format import Turn
+from tickcall.models.prompt_text import DEFAULT_PRECISION, fmt_number, fmt_value
 
 __all__ = [
     "ERROR_CODES",
@@ -295,9 +296,28 @@ def format_observation(obs: Mapping[str, Any]) -> str:
     booleans ``true``/``false``, nil ``null``, integers in decimal, floats signed with 3 decimals
     (``0.25`` -> ``+0.250``; ``-1e-05`` -> ``+0.000``: send a string for other precisions).
     """
-    from tickcall.models.prompt_text import render_observation
-
-    return render_observation(obs)
+    # The same text as ``prompt_text.render_observation(obs)`` (tests/test_bench_service_cost.py checks
+    # it value by value), dispatched on the exact type: a wire observation holds only str, bool, int,
+    # finite float and nil (``messages.ObsValue``), and render_observation's general checks (numpy
+    # scalars, per-name precision, units) cost ~10 us per decide on the service's I/O thread. Any other
+    # type (a numpy scalar put in a WireTurn by hand) takes prompt_text's general path.
+    parts = []
+    for name, value in obs.items():
+        kind = type(value)
+        if kind is float:
+            text = fmt_number(value, DEFAULT_PRECISION, True)
+        elif kind is str:
+            text = value
+        elif kind is int:
+            text = str(value)
+        elif kind is bool:
+            text = "true" if value else "false"
+        elif value is None:
+            text = "null"
+        else:
+            text = fmt_value(value)
+        parts.append(f"{name}={text}")
+    return " ".join(parts)
 
 
 def to_turn(wire: WireTurn):

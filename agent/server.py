@@ -5,8 +5,10 @@ Two threads:
 * the **I/O thread** owns the ROUTER socket. It reads every message as it arrives and stamps its
   receipt time (the origin of ``deadline_ms``), answers ``hello``, ``ping`` and every bad message at
   once (an ``error`` reply; the server keeps serving), queues ``decide`` with **latest-wins** per
-  (client, stream) — a newer decide replaces the queued one, which is answered ``superseded`` — and
-  sends the replies the engine thread hands it (over an inproc PULL socket);
+  (client, stream) — a newer decide replaces the queued one, which is answered ``superseded`` — waking
+  the engine thread once per read burst (at most ``max_batch`` decides apart), and sends the replies the
+  engine thread hands it (over an inproc PULL socket, one message per engine step: a batch's replies
+  travel together);
 * the **engine thread** owns the engine. It runs ``register``/``bye`` in arrival order, answers
   ``expired`` to queued decides whose deadline passed before decoding starts (nothing decoded), then
   calls ``engine.decide_batch`` once for up to ``max_batch`` queued decides — all clients' heads in one
@@ -21,6 +23,7 @@ Times are milliseconds; clocks are ``time.perf_counter`` of this process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -37,6 +40,14 @@ from tickcall.agent.quotas import ClientQueues
 from tickcall.agent.security import check_bind, setup_server_curve
 
 log = logging.getLogger("tickcall.agent.server")
+
+# pyzmq's constants are enums: ``events & zmq.POLLIN`` or ``zmq.SNDMORE | flags`` builds an enum member
+# (~0.6 us each, several per request). The hot path uses them as plain ints.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
 
 
 class PolicyServer:
@@ -70,13 +81,18 @@ class PolicyServer:
             max_prefix_tokens=cfg.max_prefix_tokens,
         )
         self._last_batch = 0
+        # engine thread -> I/O thread: lists of encoded replies (ident, payload, stats kind); each list
+        # is announced by one empty frame on the inproc socket, which wakes the I/O thread's poll
+        self._outbox: list[tuple[bytes, bytes, str]] = []
+        self._handover: deque[list[tuple[bytes, bytes, str]]] = deque()
         # shared (guarded by _cond)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # never taken re-entrantly: a plain lock
         self._pending: dict[tuple[bytes, str], Job] = {}
         self._quota = ClientQueues(cfg.max_streams_per_client, cfg.max_queued_bytes_per_client)
         self._commands: deque[tuple[bytes, Request]] = deque()
         # I/O-thread state
         self._io_stats: dict[str, int] = {}
+        self._queued = 0  # decides queued since the engine thread was last woken
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._io_ready = threading.Event()
@@ -187,7 +203,7 @@ class PolicyServer:
         try:
             # on stop, keep forwarding until the engine thread has finished (its last replies go out)
             while not (self._stop.is_set() and self._engine_done.is_set()):
-                ready = dict(poller.poll(self.config.poll_ms if not self._stop.is_set() else 10))
+                ready = [sock for sock, _ in poller.poll(self.config.poll_ms if not self._stop.is_set() else 10)]
                 if inbox in ready:
                     self._forward(inbox)
                 if router in ready:
@@ -200,17 +216,23 @@ class PolicyServer:
                 self._auth.stop()
 
     def _forward(self, inbox: zmq.Socket) -> None:
-        """Send the replies the engine thread produced: frames [ident, payload, kind]."""
-        while inbox.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # no zmq.Again exceptions (~10 us each)
-            ident, payload, kind = inbox.recv_multipart()
-            self._deliver(ident, payload, kind.decode())
+        """Send the replies the engine thread handed over (its wake-up frames are only read)."""
+        while inbox.getsockopt(_EVENTS) & _POLLIN:  # no zmq.Again exceptions (~10 us each)
+            inbox.recv()
+        handover = self._handover
+        while handover:
+            for ident, payload, kind in handover.popleft():
+                self._deliver(ident, payload, kind)
 
     def _deliver(self, ident: bytes, payload: bytes, kind: str) -> None:
         # Counted before the send, taken back if it fails: a client that has its reply must find it
         # counted when it asks for stats() right after (counting after the send raced with it).
         self._count(self._io_stats, kind)
         try:
-            self._router.send_multipart([ident, payload], zmq.NOBLOCK)
+            # the identity frame is where ROUTER_MANDATORY (peer gone) and the high-water mark refuse:
+            # nothing is queued then, as with send_multipart
+            self._router.send(ident, _NOBLOCK | _SNDMORE)
+            self._router.send(payload, _NOBLOCK)
         except zmq.Again:
             self._count(self._io_stats, kind, -1)
             self._count(self._io_stats, "dropped_hwm")
@@ -225,15 +247,31 @@ class PolicyServer:
         self._io_send(ident, P.error_reply(code, message, msg_id, self.epoch, **extra))
 
     def _drain(self, router: zmq.Socket) -> None:
-        for _ in range(100_000):
-            if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return
-            frames = router.recv_multipart()
-            self._on_message(frames[0], frames[1:], time.perf_counter())
+        """Read what has arrived; the engine thread is woken once at the end (and every ``max_batch``
+        queued decides), not once per decide: one wake-up, and one GIL hand-over, per burst."""
+        try:
+            for _ in range(100_000):
+                if not router.getsockopt(_EVENTS) & _POLLIN:
+                    return
+                ident = router.recv()
+                frames = [router.recv()]  # a ROUTER message is the peer's identity and 1+ frames
+                while router.getsockopt(_RCVMORE):
+                    frames.append(router.recv())
+                self._on_message(ident, frames, time.perf_counter())
+                if self._queued >= self.config.max_batch:
+                    self._wake_engine()
+        finally:
+            self._wake_engine()
+
+    def _wake_engine(self) -> None:
+        if self._queued:
+            self._queued = 0
+            with self._cond:
+                self._cond.notify()
 
     def _on_message(self, ident: bytes, frames: list[bytes], now: float) -> None:
         self._count(self._io_stats, "received")
-        size = sum(len(f) for f in frames)
+        size = len(frames[0]) if len(frames) == 1 else sum(len(f) for f in frames)
         if size > self.config.max_message_bytes:
             self._io_error(
                 ident,
@@ -314,8 +352,9 @@ class PolicyServer:
                     self._quota.remove(ident, old.nbytes)
                 self._pending[key] = new
                 self._quota.add(ident, nbytes)
-                self._cond.notify()
-        if refusal is not None:
+        if refusal is None:
+            self._queued += 1  # _drain wakes the engine thread
+        else:
             self._count(self._io_stats, "refused_over_quota")
             self._io_error(ident, "over_quota", refusal, req.id, tick=req.tick, handle=req.handle)
             return
@@ -388,10 +427,12 @@ class PolicyServer:
                             late_ms=late,
                         ),
                     )
+                self._flush()  # before the batch: a register or an expired decide never waits for decoding
                 if batch:
                     self._last_batch = len([p for p in batch if p.req.handle in self._core.handles])
                     for p, reply in zip(batch, self._core.decide(batch), strict=True):
                         self._send(p.owner, reply)
+                    self._flush()
         finally:
             out.close(0)
             self._engine_done.set()
@@ -411,6 +452,7 @@ class PolicyServer:
             self._cond.wait(left)
 
     def _send(self, ident: bytes, msg: Reply) -> None:
+        """Encode ``msg`` for ``ident`` into the outbox (``_flush`` hands it to the I/O thread)."""
         try:
             payload = P.encode(msg)
         except Exception as exc:  # an engine produced something msgpack cannot carry
@@ -422,10 +464,22 @@ class PolicyServer:
                 tick=getattr(msg, "tick", None),
             )
             payload = P.encode(msg)
+        self._outbox.append((ident, payload, _kind(msg)))
+
+    def _flush(self) -> None:
+        """Hand the outbox to the I/O thread: one list and one wake-up frame per engine step, not a
+        message per reply (a deque's append and popleft are atomic; the frame is sent after the append,
+        so the I/O thread, woken, finds the list)."""
+        replies, self._outbox = self._outbox, []
+        if not replies:
+            return
+        self._handover.append(replies)
         try:  # never blocks: unlimited HWM while the I/O thread runs; after it is gone, drop
-            self._out.send_multipart([ident, payload, _kind(msg).encode()], zmq.NOBLOCK)
-        except zmq.Again:
-            self._core.stats["dropped_stopping"] = self._core.stats.get("dropped_stopping", 0) + 1
+            self._out.send(b"", _NOBLOCK)
+        except zmq.Again:  # no I/O thread to read it (stopping)
+            with contextlib.suppress(ValueError):  # unless the I/O thread took it meanwhile
+                self._handover.remove(replies)
+                self._core.stats["dropped_stopping"] = self._core.stats.get("dropped_stopping", 0) + len(replies)
 
     def _take_batch(self) -> tuple[list[tuple[Job, float]], list[Job]]:
         """Under the lock: pull expired decides and up to max_batch live ones (oldest first)."""
