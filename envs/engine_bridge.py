@@ -171,10 +171,19 @@ class EngineBridge:
         return self.state.observation_text(obs)
 
     def send_call(self, call: Call | Mapping[str, Any], *, tick: int = -1, obs_seq: int = -1,
-                  obs_t_ms: float | None = None) -> EngineCall:
+                  obs_t_ms: float | None = None, agent: str | None = None) -> EngineCall:
         """Queue ``call`` for the engine and return at once (illegal or engine-less: ``rejected``).
-        ``tick``, ``obs_seq`` and ``obs_t_ms`` (the observation's own ``t_ms``) tie it to what it answers."""
-        return self.state.send_call(call, tick=tick, obs_seq=obs_seq, obs_t_ms=obs_t_ms)
+        ``tick``, ``obs_seq`` and ``obs_t_ms`` (the observation's own ``t_ms``) tie it to what it answers;
+        ``agent`` names the agent of a crowd engine (protocol 1.1; None for a single-agent engine)."""
+        return self.state.send_call(call, tick=tick, obs_seq=obs_seq, obs_t_ms=obs_t_ms, agent=agent)
+
+    def latest_observations(self, max_age_ms: float | None = None) -> dict[str, Observation]:
+        """CROWD ENGINES: the newest fresh observation of each agent present (never blocks)."""
+        return self.state.latest_observations(max_age_ms)
+
+    def roster(self) -> list[str]:
+        """CROWD ENGINES: the agents present now, in join order."""
+        return self.state.roster()
 
     def step(self, seq: int, calls: list[int] | None = None) -> None:
         """LOCK-STEP ONLY: release the engine waiting on observation ``seq`` after ``calls``."""

@@ -21,7 +21,9 @@ def event_line(event: dict[str, Any]) -> str:
     kind = event.get("event", "")
     if kind == "engine_connected":
         tools = ", ".join(event.get("tools") or [])
-        return f"engine connected: {event.get('engine')} (session {event.get('session')}; tools {tools})"
+        crowd = (f"; a crowd of {event['agents']} agents (at most {event.get('max_agents')})"
+                 if "agents" in event else "")
+        return f"engine connected: {event.get('engine')} (session {event.get('session')}; tools {tools}{crowd})"
     if kind == "engine_lost":
         return (
             f"engine lost: silent for {float(event.get('silent_ms', 0)):.0f} ms; ticks fall back until "
@@ -29,6 +31,11 @@ def event_line(event: dict[str, Any]) -> str:
         )
     if kind == "engine_bye":
         return f"engine left: {event.get('reason') or 'bye'}; ticks fall back until an engine says hello"
+    if kind == "agent_joined":
+        return f"engine agent {event.get('agent')} joined ({event.get('present')} present)"
+    if kind == "agent_left":
+        why = f": {event['reason']}" if event.get("reason") else ""
+        return f"engine agent {event.get('agent')} left{why} ({event.get('present')} present)"
     if kind == "engine_refused":
         return f"engine refused: {event.get('code')}: {event.get('message')}; fix the engine and restart it"
     info = {k: v for k, v in event.items() if k not in ("event", "t_s")}

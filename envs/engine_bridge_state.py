@@ -84,6 +84,7 @@ COUNTERS = (
     "errors_sent", "errors_suppressed", "send_failures", "sessions", "sessions_lost", "rehellos",
     "pings_sent", "pongs_received", "episodes", "steps_sent", "io_errors",
     "agents_joined", "agents_left")
+MAX_AGENT_IDS = 4096  # agent ids whose observations are counted one by one (obs_by_agent)
 MAX_AGENT_EVENTS = 200  # join/leave events kept in ``events`` per bridge; later ones are only counted
 
 
@@ -113,6 +114,10 @@ class BridgeState:
         self._crowd_latest: dict[str, Observation] = {}
         self._crowd_taken: dict[str, int] = {}
         self._agent_events = 0
+        # observations received per agent id over the bridge's life (every session), for reports and
+        # tests ("every agent observed every frame"); at most MAX_AGENT_IDS ids, the rest are only
+        # counted in obs_received
+        self.obs_by_agent: dict[str, int] = {}
         self._calls: dict[int, EngineCall] = {}
         self._next_id = 1
         self._pinned: list[ToolSpec] | None = None
@@ -315,6 +320,7 @@ class BridgeState:
                     **({"agents": len(sess.roster), "max_agents": sess.hello.crowd_size}
                        if sess.crowd else {})},
                 "events": list(self.events), "episodes": list(self.episodes),
+                **({"obs_by_agent": dict(self.obs_by_agent)} if self.obs_by_agent else {}),
             }
 
     # ---- what the socket loop feeds in (its I/O thread) ---------------------------------------------
@@ -482,6 +488,8 @@ class BridgeState:
                                 ref_id=msg.seq)
         slot.newest_seq = msg.seq
         slot.obs_received += 1
+        if agent in self.obs_by_agent or len(self.obs_by_agent) < MAX_AGENT_IDS:
+            self.obs_by_agent[agent] = self.obs_by_agent.get(agent, 0) + 1
         sess.obs_received += 1
         self.counts["obs_received"] += 1
         old = self._crowd_latest.get(agent)
@@ -490,10 +498,13 @@ class BridgeState:
         self._crowd_latest[agent] = Observation.of(msg, session=sess.id, received=now)
         self._obs_cond.notify_all()
 
-    def _join(self, sess: Session, agent: str, now: float) -> AgentSlot:
+    def _join(self, sess: Session, agent: str, now: float, event: bool = True) -> AgentSlot:
+        """``agent`` joins (its first observation; ``event=False`` for the hello's roster, which the
+        ``engine_connected`` event already names)."""
         slot = sess.roster[agent] = AgentSlot(joined=now)
         self.counts["agents_joined"] += 1
-        self._agent_event("agent_joined", agent=agent, present=len(sess.roster))
+        if event:
+            self._agent_event("agent_joined", agent=agent, present=len(sess.roster))
         return slot
 
     def _on_agent_bye(self, sess: Session, msg: AgentByeMsg, now: float) -> None:
@@ -563,11 +574,12 @@ class BridgeState:
                 self._session = Session(peer=peer, hello=hello, tools=tools, started=now,
                                         last_seen=now, last_ping=now)
                 for agent in hello.agents or ():
-                    self._join(self._session, agent, now)
+                    self._join(self._session, agent, now, event=False)
                 self._taken_seq = -1
                 self.counts["sessions"] += 1
+                crowd = {"agents": len(hello.agents or ()), "max_agents": hello.crowd_size} if hello.crowd else {}
                 self._event("engine_connected", engine=hello.engine, session=hello.session,
-                            tools=[t.name for t in tools], lockstep=hello.lockstep)
+                            tools=[t.name for t in tools], lockstep=hello.lockstep, **crowd)
                 self._obs_cond.notify_all()
             welcome = dict(epoch=self.epoch, session=hello.session, heartbeat_ms=self.config.heartbeat_ms,
                            max_msg_bytes=self.config.max_msg_bytes, tools=[t.name for t in tools],

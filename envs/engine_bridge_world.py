@@ -259,23 +259,37 @@ class EngineWorld:
         return out
 
 
+def bridge_config(env: str, env_kwargs: Mapping[str, Any] | None,
+                  allowed: tuple[str, ...] = WORLD_KWARGS) -> tuple[BridgeConfig, float]:
+    """The ``BridgeConfig`` and ``wait_s`` (s, default 60) of an ``engine:`` spec and its env_kwargs;
+    keys in ``allowed`` that are not bridge settings belong to the caller and are dropped here.
+    Raises EngineWorldError for unknown env_kwargs."""
+    kwargs = dict(env_kwargs or {})
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise EngineWorldError(f"{env}: unknown env_kwargs {unknown}; an engine world takes {list(allowed)}")
+    wait_s = float(kwargs.pop("wait_s", 60.0))
+    fields = set(BridgeConfig.__dataclass_fields__)
+    return BridgeConfig(endpoint=endpoint_from_spec(env),
+                        **{k: v for k, v in kwargs.items() if k in fields}), wait_s
+
+
 def open_bridge(env: str, env_kwargs: Mapping[str, Any] | None = None) -> EngineBridge:
     """Bind the bridge that ``env`` (``engine:tcp://HOST:PORT``) names and wait up to ``wait_s``
     (env_kwargs, default 60 s) for an engine's hello and its first observation (the first tick must
     find one). ``lane_timeout_s`` is the caller's (it belongs to the hands) and is ignored here.
-    Raises EngineWorldError for unknown env_kwargs or no engine in time (the bridge is closed then)."""
-    kwargs = dict(env_kwargs or {})
-    unknown = sorted(set(kwargs) - set(WORLD_KWARGS))
-    if unknown:
-        raise EngineWorldError(f"{env}: unknown env_kwargs {unknown}; an engine world takes "
-                               f"{list(WORLD_KWARGS)}")
-    wait_s = float(kwargs.pop("wait_s", 60.0))
-    kwargs.pop("lane_timeout_s", None)
-    cfg = BridgeConfig(endpoint=endpoint_from_spec(env), **kwargs)
+    Raises EngineWorldError for unknown env_kwargs, no engine in time, or an engine that runs a crowd
+    (protocol 1.1: ``envs.engine_bridge_crowd`` is its world); the bridge is closed then."""
+    cfg, wait_s = bridge_config(env, env_kwargs)
     bridge = EngineBridge(cfg).start()
     try:
         t0 = time.monotonic()
-        bridge.wait_for_engine(timeout_s=wait_s)
+        hello = bridge.wait_for_engine(timeout_s=wait_s)
+        if hello.crowd:
+            raise EngineWorldError(
+                f"the engine on {cfg.endpoint} runs a crowd of up to {hello.crowd_size} agents (its hello "
+                f"has agents): run it with agents={hello.crowd_size} (--agents {hello.crowd_size}), or "
+                "start the engine without --agents")
         left = max(0.0, wait_s - (time.monotonic() - t0))
         if bridge.wait_observation(after_seq=-1, timeout_s=left) is None:
             raise TimeoutError(f"the engine on {cfg.endpoint} said hello but sent no observation "

@@ -5,6 +5,10 @@ waits for the engine (``envs.engine_bridge_world.open_bridge``), builds the hand
 one ``latest``-wins lane named ``engine`` whose actuator sends each call to the engine and waits,
 in the lane's worker thread, for its result) and passes them into the envs-side
 ``EngineWorld``. The envs room never imports the loop; only this module joins the two.
+
+``make_engine_crowd_world(spec)`` is the same for an engine that runs a crowd of NPCs (protocol 1.1,
+``engines/build/tickcall-reference-engine --agents N``): an ``envs.engine_bridge_crowd.EngineCrowdWorld``
+(the control loop's ``CrowdWorld``), which sends each agent's call at once and needs no hands.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, Protocol
 from tickcall.control_loop.futures.core import AsyncFC
 from tickcall.control_loop.futures.lanes import Lane
 from tickcall.envs.engine_bridge import EngineBridge
+from tickcall.envs.engine_bridge_crowd import EngineCrowdWorld, open_crowd_bridge
 from tickcall.envs.engine_bridge_world import (
     EngineActuator,
     EngineWorld,
@@ -23,7 +28,8 @@ from tickcall.envs.engine_bridge_world import (
 )
 from tickcall.models.tools import ToolSpec
 
-__all__ = ["EngineWorldSpec", "make_engine_hands", "make_engine_world"]
+__all__ = ["EngineCrowdWorldSpec", "EngineWorldSpec", "make_engine_crowd_world", "make_engine_hands",
+           "make_engine_world"]
 
 LANE = "engine"
 DEFAULT_LANE_TIMEOUT_S = 1.0
@@ -77,5 +83,34 @@ def make_engine_world(spec: EngineWorldSpec | str, **env_kwargs: Any) -> EngineW
     except BaseException:
         if hands is not None:
             hands.shutdown(timeout_s=0.5)
+        bridge.close()
+        raise
+
+
+class EngineCrowdWorldSpec(EngineWorldSpec, Protocol):
+    """What ``make_engine_crowd_world`` reads: ``EngineWorldSpec`` plus ``agents`` (how many agents'
+    first observations to wait for; None: the engine's hello roster)."""
+
+    agents: int | None
+
+
+def make_engine_crowd_world(spec: EngineCrowdWorldSpec | str, **env_kwargs: Any) -> EngineCrowdWorld:
+    """Bind the bridge ``spec`` names, wait up to ``wait_s`` (env_kwargs, default 60 s) for a crowd
+    engine (a hello with ``agents``) and the first observations of ``spec.agents`` of its agents, and
+    return its crowd world. ``spec``: a ``WorldSpec``-shaped object, or the ``engine:...`` string
+    itself (then ``agents`` may be passed in ``env_kwargs``); ``env_kwargs`` override the spec's
+    (``history_keep``: calls remembered per agent, default 8). Raises
+    ``envs.engine_bridge_world.EngineWorldError`` (one line) when no crowd engine came in time."""
+    if isinstance(spec, str):
+        kwargs = dict(env_kwargs)
+        env, history_chars, agents = spec, 40, kwargs.pop("agents", None)
+    else:
+        env, history_chars, agents = spec.env, spec.history_chars, getattr(spec, "agents", None)
+        kwargs = {**(spec.env_kwargs or {}), **env_kwargs}
+    history_keep = int(kwargs.get("history_keep", 8))
+    bridge = open_crowd_bridge(env, kwargs, agents=agents)
+    try:
+        return EngineCrowdWorld(bridge, env_id=env, history_chars=history_chars, history_keep=history_keep)
+    except BaseException:
         bridge.close()
         raise

@@ -13,6 +13,12 @@
 // marked wait=true and blocks until tickcall answers `step` for it; frames then do not follow the
 // wall clock.
 //
+// --agents N (protocol 1.1, crowds): N NPCs (npc_0..npc_{N-1}), each in its own copy of the game
+// (seeded seed + 1000003 * k), one observation per NPC per observation frame (`obs` with `agent`),
+// each call applied to the NPC it names. --churn S: every S seconds the last NPC leaves (`bye` with
+// `agent`) or comes back (its next observation makes it join). Without --agents the engine is the
+// single-agent engine it always was, message for message.
+//
 // Exit codes: 0 done, 2 bad command line or socket setup, 3 fatal protocol error from tickcall
 // (version mismatch, tools refused), 4 superseded by another engine.
 #include <unistd.h>
@@ -30,6 +36,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "games.hpp"
 #include "value.hpp"
@@ -59,6 +66,9 @@ struct Options {
     int heartbeat_misses = 4;
     int protocol_version = 1;  // tests send a wrong one on purpose
     bool quiet = false;
+    int agents = 0;            // > 0: a crowd of that many NPCs (protocol 1.1); 0: one agent
+    double churn_s = 0;        // crowds: every churn_s seconds the last NPC leaves or comes back
+    std::string agent_prefix = "npc_";  // crowd agent ids are prefix + index
 };
 
 void usage() {
@@ -66,7 +76,8 @@ void usage() {
                  "usage: tickcall-reference-engine [--connect ENDPOINT] [--game arena|cartpole] [--seed N]\n"
                  "  [--duration S] [--frame-hz HZ] [--obs-every FRAMES] [--obs-format text|values]\n"
                  "  [--lockstep FRAMES] [--heartbeat-ms MS] [--name NAME] [--log FILE.jsonl]\n"
-                 "  [--render FILE.txt] [--server-key Z85] [--protocol-version V] [--quiet]\n");
+                 "  [--render FILE.txt] [--server-key Z85] [--protocol-version V] [--quiet]\n"
+                 "  [--agents N [--churn S] [--agent-prefix P]]\n");
 }
 
 bool parse_args(int argc, char** argv, Options& o) {
@@ -91,6 +102,9 @@ bool parse_args(int argc, char** argv, Options& o) {
         else if (a == "--server-key") o.server_key = next();
         else if (a == "--protocol-version") o.protocol_version = std::stoi(next());
         else if (a == "--quiet") o.quiet = true;
+        else if (a == "--agents") o.agents = std::stoi(next());
+        else if (a == "--churn") o.churn_s = std::stod(next());
+        else if (a == "--agent-prefix") o.agent_prefix = next();
         else if (a == "-h" || a == "--help") { usage(); std::exit(0); }
         else throw std::runtime_error("unknown option " + a);
     }
@@ -100,6 +114,9 @@ bool parse_args(int argc, char** argv, Options& o) {
     if (o.obs_every < 1 || o.lockstep < 0) throw std::runtime_error("--obs-every must be >= 1, --lockstep >= 0");
     if (o.heartbeat_ms < 10) throw std::runtime_error("--heartbeat-ms must be >= 10");
     if (!o.server_key.empty() && o.server_key.size() != 40) throw std::runtime_error("--server-key must be 40 z85 characters");
+    if (o.agents < 0 || o.agents > 1024) throw std::runtime_error("--agents must be within 1..1024");
+    if (o.agents > 0 && o.lockstep > 0) throw std::runtime_error("--agents runs in real time: leave out --lockstep");
+    if (o.churn_s < 0 || (o.churn_s > 0 && o.agents == 0)) throw std::runtime_error("--churn S needs --agents and S >= 0");
     return true;
 }
 
@@ -110,13 +127,29 @@ struct PendingCall {
     int64_t tick;     // the tickcall loop tick that decided it (-1: not from a tick)
     int64_t obs_seq;  // the observation it answers (-1: none)
     Value obs_t_ms;   // that observation's t_ms, echoed by tickcall (nil: none)
+    int npc = -1;     // crowds: the NPC it is for (index into npcs_)
+};
+
+// One NPC of a crowd (--agents N): its own game, episode and counters.
+struct Npc {
+    std::string id;
+    std::unique_ptr<ref::Game> game;
+    bool present = true;
+    int64_t episode = 0;
+    double ep_return = 0;
+    int64_t obs_sent = 0, calls_applied = 0;
 };
 
 class Runtime {
 public:
     explicit Runtime(Options o) : opt_(std::move(o)) {
-        if (opt_.game == "arena") game_ = std::make_unique<ref::Arena>();
-        else game_ = std::make_unique<ref::CartPole>();
+        game_ = make_game();
+        for (int k = 0; k < opt_.agents; ++k) {
+            Npc n;
+            n.id = opt_.agent_prefix + std::to_string(k);
+            n.game = make_game();
+            npcs_.push_back(std::move(n));
+        }
         std::random_device rd;
         char buf[64];
         std::snprintf(buf, sizeof buf, "%08x%08x-%d", rd(), rd(), static_cast<int>(getpid()));
@@ -132,6 +165,7 @@ public:
     int run() {
         if (!open_socket()) return 2;
         game_->reset(opt_.seed);
+        for (size_t k = 0; k < npcs_.size(); ++k) npcs_[k].game->reset(npc_seed(k, 0));
         log_event("start", Value::object({{"game", game_->name()}, {"session", session_}, {"seed", static_cast<int64_t>(opt_.seed)},
                                           {"lockstep", opt_.lockstep}}));
         say("engine %s (%s, session %s) -> %s%s", opt_.name.c_str(), game_->name().c_str(), session_.c_str(),
@@ -160,6 +194,13 @@ public:
             }
             ++frame_;
             heartbeat();
+            if (crowd()) {
+                churn();
+                advance_crowd(dt_frame);
+                if (frame_ % opt_.obs_every == 0) send_crowd_obs();
+                if (!opt_.render_path.empty() && frame_ % 30 == 0) render();
+                continue;
+            }
             advance(dt_frame);
             const int every = opt_.lockstep > 0 ? opt_.lockstep : opt_.obs_every;
             if (frame_ % every == 0) {
@@ -169,6 +210,10 @@ public:
             if (!opt_.render_path.empty() && frame_ % 30 == 0) render();
         }
         if (welcomed_) send(Value::object({{"v", opt_.protocol_version}, {"type", "bye"}, {"reason", "engine stopping"}}));
+        if (crowd() && sock_) {  // a crowd's last frame is N messages: let them and the bye reach tickcall
+            int linger = 100;
+            zmq_setsockopt(sock_, ZMQ_LINGER, &linger, sizeof linger);
+        }
         finish_log();
         return exit_code_ < 0 ? 0 : exit_code_;
     }
@@ -180,7 +225,8 @@ private:
         if (sock_) zmq_close(sock_);
         sock_ = zmq_socket(ctx_, ZMQ_DEALER);
         opened_ = Clock::now();
-        int zero = 0, one = 1, hwm = 200, ivl = 100;
+        // a crowd sends one message per NPC per frame: its queue holds as many frames as a single agent's
+        int zero = 0, one = 1, hwm = 200 * std::max(1, opt_.agents), ivl = 100;
         int64_t maxmsg = 4 << 20;
         zmq_setsockopt(sock_, ZMQ_LINGER, &zero, sizeof zero);
         zmq_setsockopt(sock_, ZMQ_IMMEDIATE, &one, sizeof one);  // never queue for a peer that is not there
@@ -265,6 +311,13 @@ private:
                                      {"observation", obs}, {"frame_hz", opt_.frame_hz},
                                      {"heartbeat_ms", opt_.heartbeat_ms}, {"lockstep", opt_.lockstep},
                                      {"default_call", game_->default_call()}});
+        if (crowd()) {  // protocol 1.1: the NPCs present now, and how many there may be
+            Value ids = Value::array();
+            for (const auto& n : npcs_)
+                if (n.present) ids.arr.emplace_back(n.id);
+            hello.set("agents", ids);
+            hello.set("max_agents", opt_.agents);
+        }
         last_hello_ = Clock::now();
         if (send(hello)) ++hellos_;  // not sent (no connection yet): heartbeat() retries in 100 ms
     }
@@ -277,6 +330,12 @@ private:
         }
         if (type == "welcome") {
             if (msg.str_or("session", "") != session_) return;  // an answer to an older hello
+            if (crowd() && !msg.get("max_agents")) {  // a bridge older than protocol 1.1
+                std::fprintf(stderr, "[engine] tickcall's bridge does not speak crowds (protocol 1.1: its welcome "
+                                     "has no max_agents): upgrade tickcall, or run without --agents\n");
+                exit_code_ = 3;
+                return;
+            }
             welcomed_ = true;
             epoch_ = msg.str_or("epoch", "");
             ++sessions_;
@@ -325,21 +384,36 @@ private:
         const std::string name = msg.str_or("name", "");
         const Value* args = msg.get("arguments");
         ++calls_received_;
+        int npc = -1;
+        if (crowd()) {  // every call names a present NPC
+            const std::string agent = msg.str_or("agent", "");
+            for (size_t k = 0; k < npcs_.size(); ++k)
+                if (npcs_[k].id == agent && npcs_[k].present) npc = static_cast<int>(k);
+            if (npc < 0) {
+                ++calls_rejected_;
+                send_result(id, false, Value(), "unknown_agent",
+                            agent.empty() ? "the call names no agent (this engine runs a crowd)"
+                                          : "no agent '" + agent + "' is present");
+                return;
+            }
+        }
         const std::string reason = args ? ref::validate_call(game_->tools(), name, *args) : "arguments missing";
         if (!reason.empty()) {
             ++calls_rejected_;
             send_result(id, false, Value(), ref::find_tool(game_->tools(), name) ? "bad_arguments" : "unknown_tool", reason);
             return;
         }
-        if (pending_.size() >= 256) {
+        const size_t limit = 256 * static_cast<size_t>(std::max(1, opt_.agents));
+        if (pending_.size() >= limit) {
             ++calls_rejected_;
-            send_result(id, false, Value(), "busy", "more than 256 calls waiting for the next physics step");
+            send_result(id, false, Value(), "busy", "more than " + std::to_string(limit) +
+                                                        " calls waiting for the next physics step");
             return;
         }
         send(Value::object({{"v", opt_.protocol_version}, {"type", "ack"}, {"id", id}, {"frame", frame_}}));
         const Value* obs_t = msg.get("obs_t_ms");
         pending_.push_back({id, name, *args, msg.int_or("tick", -1), msg.int_or("obs_seq", -1),
-                            obs_t && obs_t->is_number() ? *obs_t : Value()});
+                            obs_t && obs_t->is_number() ? *obs_t : Value(), npc});
     }
 
     void send_result(int64_t id, bool ok, const Value& value, const std::string& code, const std::string& message) {
@@ -400,6 +474,101 @@ private:
         }
     }
 
+    // ---- crowds (--agents N) ------------------------------------------------------------------------------
+    bool crowd() const { return opt_.agents > 0; }
+    uint64_t npc_seed(size_t k, int64_t episode) const {
+        return opt_.seed + 1000003ULL * k + static_cast<uint64_t>(episode);
+    }
+    std::unique_ptr<ref::Game> make_game() const {
+        if (opt_.game == "arena") return std::make_unique<ref::Arena>();
+        return std::make_unique<ref::CartPole>();
+    }
+
+    // Every NPC runs the same fixed physics step; calls apply to the NPC they name, in arrival order.
+    void advance_crowd(double dt_frame) {
+        acc_ += dt_frame;
+        while (acc_ >= game_->physics_dt() - 1e-9) {
+            acc_ -= game_->physics_dt();
+            while (!pending_.empty()) {
+                PendingCall c = std::move(pending_.front());
+                pending_.pop_front();
+                Npc& n = npcs_[static_cast<size_t>(c.npc)];
+                if (!n.present) {  // it left after the call arrived
+                    ++calls_rejected_;
+                    send_result(c.id, false, Value(), "unknown_agent", "agent '" + n.id + "' left");
+                    continue;
+                }
+                ref::ApplyResult r = n.game->apply(c.name, c.args);
+                ++calls_applied_;
+                ++n.calls_applied;
+                send_result(c.id, r.ok, r.value, r.code, r.message);
+                log_event("call", Value::object({{"id", c.id}, {"agent", n.id}, {"name", c.name}, {"arguments", c.args},
+                                                 {"ok", r.ok}, {"error", r.code}, {"frame", frame_},
+                                                 {"step", n.game->steps()}, {"tick", c.tick}, {"obs_seq", c.obs_seq},
+                                                 {"obs_t_ms", c.obs_t_ms}}));
+            }
+            for (size_t k = 0; k < npcs_.size(); ++k) {
+                Npc& n = npcs_[k];
+                if (!n.present) continue;
+                n.ep_return += n.game->step();
+                std::string reason;
+                if (n.game->finished(reason)) {
+                    send(Value::object({{"v", opt_.protocol_version}, {"type", "episode"}, {"index", n.episode},
+                                        {"return", n.ep_return}, {"length", n.game->steps()}, {"reason", reason},
+                                        {"agent", n.id}}));
+                    log_event("episode", Value::object({{"agent", n.id}, {"index", n.episode}, {"return", n.ep_return},
+                                                        {"length", n.game->steps()}, {"reason", reason}}));
+                    ++n.episode;
+                    ++episode_;
+                    n.ep_return = 0;
+                    n.game->reset(npc_seed(k, n.episode));
+                }
+            }
+        }
+    }
+
+    // One observation per present NPC, all with this frame's seq (seq increases per agent).
+    void send_crowd_obs() {
+        ++obs_seq_;
+        const double t_ms = elapsed_s() * 1e3;
+        for (auto& n : npcs_) {
+            if (!n.present) continue;
+            Value obs = Value::object({{"v", opt_.protocol_version}, {"type", "obs"}, {"seq", obs_seq_}, {"frame", frame_},
+                                       {"t_ms", t_ms}, {"episode", n.episode}, {"return", n.ep_return},
+                                       {"done", false}, {"wait", false}, {"agent", n.id}});
+            if (opt_.obs_format == "values") obs.set("values", n.game->obs_values());
+            else obs.set("text", n.game->obs_text());
+            if (!welcomed_) {
+                ++obs_unsent_;
+                continue;
+            }
+            if (send(obs)) {
+                ++obs_sent_;
+                ++n.obs_sent;
+            }
+        }
+    }
+
+    // --churn S: every S seconds the last NPC leaves (bye with agent) or comes back in a fresh episode.
+    void churn() {
+        if (opt_.churn_s <= 0 || npcs_.empty()) return;
+        const int64_t every = std::max<int64_t>(1, std::llround(opt_.churn_s * opt_.frame_hz));
+        if (frame_ % every != 0) return;
+        Npc& n = npcs_.back();
+        n.present = !n.present;
+        ++churns_;
+        if (!n.present) {
+            if (welcomed_) send(Value::object({{"v", opt_.protocol_version}, {"type", "bye"}, {"reason", "despawned"},
+                                               {"agent", n.id}}));
+        } else {
+            ++n.episode;
+            n.ep_return = 0;
+            n.game->reset(npc_seed(npcs_.size() - 1, n.episode));
+        }
+        log_event(n.present ? "agent_join" : "agent_leave", Value::object({{"agent", n.id}, {"frame", frame_}}));
+        say("agent %s %s", n.id.c_str(), n.present ? "joins" : "leaves");
+    }
+
     void send_obs(bool wait) {
         Value obs = Value::object({{"v", opt_.protocol_version}, {"type", "obs"}, {"seq", ++obs_seq_}, {"frame", frame_},
                                    {"t_ms", elapsed_s() * 1e3}, {"episode", episode_}, {"return", ep_return_},
@@ -432,7 +601,7 @@ private:
         const std::string tmp = opt_.render_path + ".tmp";
         {
             std::ofstream f(tmp, std::ios::trunc);
-            f << game_->render_ascii();
+            f << (crowd() ? npcs_[0].id + "\n" + npcs_[0].game->render_ascii() : game_->render_ascii());
         }
         std::rename(tmp.c_str(), opt_.render_path.c_str());
     }
@@ -453,6 +622,14 @@ private:
                                      {"tickcall_lost", lost_}, {"errors_received", errors_received_},
                                      {"bad_messages", bad_messages_}, {"reconnects", reopens_}, {"episodes", episode_},
                                      {"elapsed_s", elapsed_s()}});
+        if (crowd()) {  // per NPC: observations sent and calls applied
+            Value per = Value::object();
+            for (const auto& n : npcs_)
+                per.set(n.id, Value::object({{"obs_sent", n.obs_sent}, {"calls_applied", n.calls_applied},
+                                             {"present", n.present}}));
+            stats.set("agents", per);
+            stats.set("churns", churns_);
+        }
         log_event("stats", stats);
         if (!opt_.quiet) std::fprintf(stderr, "[engine] stats %s\n", ref::to_json(stats).c_str());
     }
@@ -484,6 +661,8 @@ private:
     std::ofstream log_;
     Clock::time_point t0_, last_heard_{}, last_ping_{}, last_hello_{};
     std::deque<PendingCall> pending_;
+    std::vector<Npc> npcs_;  // crowds only (--agents N)
+    int64_t churns_ = 0;
     bool welcomed_ = false;
     int exit_code_ = -1;
     double acc_ = 0, ep_return_ = 0;
