@@ -415,6 +415,7 @@ def _agents_plot(
 ) -> Path:
     """Per agent: latency P90 (bars), latency P50 and decide P90 (markers), and deadline misses."""
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     blocks = {name: agent_stats(recs) for name, recs in by_agent(records).items()}
     names = list(blocks)
@@ -449,6 +450,8 @@ def _agents_plot(
         label=f"deadline misses ({int(misses.sum())})",
     )
     ax2.set_ylabel("misses")
+    ax2.set_ylim(0, max(1.0, float(misses.max(initial=0.0))) * 1.1)
+    ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.grid(True, axis="y", alpha=0.3)
     ax2.legend(**LEGEND)
     step = max(1, len(names) // 32)

@@ -157,7 +157,7 @@ def _agents_tables(report: Mapping[str, Any]) -> str:
     if not isinstance(agents, Mapping) or not agents:
         return ""
     spread = report.get("agent_spread") or {}
-    worst = (spread.get("latency_p90_ms") or {}).get("worst_agent")
+    worst = (spread.get("latency_p90_ms") or {}).get("worst_agent") if len(agents) > 1 else None
     head = ["agent", "ticks", *OUTCOMES, "misses", "longest streak"]
     head += ["decide P50", "decide P90", "latency P50", "latency P90", "calls per tool"]
     rows = []

@@ -260,7 +260,8 @@ def _extremes(agents: dict[str, dict[str, Any]], pick: Any) -> dict[str, Any]:
 
 def agent_spread(agents: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """How far apart the agents are: the worst and best agent's latency P90 and decide P90 (ms), and
-    deadline misses per agent (``min``, ``max``, ``max_agent``: the first agent with the most)."""
+    deadline misses per agent (``min``, ``max``, ``max_agent``: the first agent with the most; None
+    when no agent missed)."""
     misses = [(block["deadline_misses"], name) for name, block in agents.items()]
     top = max(misses, key=lambda v: v[0]) if misses else (None, None)
     return {
@@ -269,7 +270,7 @@ def agent_spread(agents: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "deadline_misses": {
             "min": min(v for v, _ in misses) if misses else None,
             "max": top[0],
-            "max_agent": top[1],
+            "max_agent": top[1] if top[0] else None,  # no agent stands out when none missed
         },
     }
 

@@ -151,6 +151,8 @@ def test_crowd_report_json_has_exact_per_agent_stats(tmp_path):
         "deadline_misses": {"min": 0, "max": 3, "max_agent": "npc_1"},
     }
     assert "agents" in paths and "plot_error" not in paths and "html_error" not in paths
+    no_misses = summarize([r for r in recs if r.agent in ("npc_10", EVIL)], 10.0, 0.4)["agent_spread"]
+    assert no_misses["deadline_misses"] == {"min": 0, "max": 0, "max_agent": None}
 
 
 def test_single_agent_report_json_is_unchanged(tmp_path):
