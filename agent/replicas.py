@@ -333,7 +333,8 @@ class _Replica:
     down_ms: float | None = None  # when it was lost
     epoch: str | None = None
     outs: dict[int, _Pending] = field(default_factory=dict)  # its client's message id -> decide
-    rejoin: Future | None = None
+    rejoin: Future | None = None  # the background hello + register of a replica that came back
+    rejoin_ms: float = 0.0  # when that started
     sent: int = 0
     answered: int = 0
     lost: int = 0
@@ -352,6 +353,11 @@ def _join(
         client.close()
         raise
     return client, per
+
+
+def _close_joined(future: Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result()[0].close()
 
 
 class ReplicaPolicy:
@@ -429,14 +435,15 @@ class ReplicaPolicy:
     def register(
         self,
         tools: list[dict],
+        timeout_ms: float | None = None,
+        *,
         system: str | None = None,
         template: str | None = None,
-        timeout_ms: float | None = None,
         allow_no_call: bool = False,
     ) -> ReplicaRegistration:
         """Register a tool set on every live replica (kept, and registered on each replica that comes
-        back). The last registration is the one ``send_decide`` uses. Raises the last error when no
-        replica registers it (a refused tool set: ``PolicyError``, e.g. ``illegal_tools``)."""
+        back). The last registration is the one ``send_decide`` uses. Raises ``PolicyError`` when the
+        tool set is refused (e.g. ``illegal_tools``), ``PolicyTimeout`` when no replica answers."""
         reg = ReplicaRegistration(
             tools=list(tools), system=system, template=template, allow_no_call=allow_no_call
         )
@@ -466,6 +473,8 @@ class ReplicaPolicy:
         """Send one agent's decide to its replica; returns an id unique across replicas at once."""
         if not self._regs:
             raise RuntimeError("register tools before send_decide")
+        if not isinstance(stream, str) or not stream:
+            raise ValueError(f"send_decide needs the agent as stream=NAME (a non-empty str), got {stream!r}")
         gid = next(self._ids)
         pending = _Pending(gid, str(stream), int(tick_id))
         rep = self.replicas[self._route(pending.stream)]
@@ -551,7 +560,10 @@ class ReplicaPolicy:
         now = now_ms()
         for rep in self.replicas:
             if rep.beat.dropped():
-                self._lose(rep, "its connection dropped")
+                if rep.up:
+                    self._lose(rep, "its connection dropped")
+                else:
+                    rep.down_ms = now  # it must answer after this drop to count as back
             epochs = rep.beat.epochs()
             if epochs:
                 rep.heard_ms = now
@@ -626,11 +638,15 @@ class ReplicaPolicy:
         """A lost replica that answers pings again gets a fresh, registered client (in the background)."""
         if rep.rejoin is None:
             if rep.down_ms is not None and rep.heard_ms > rep.down_ms:
-                regs = list(self._regs)
+                rep.rejoin_ms = now_ms()
                 rep.rejoin = self._pool.submit(
-                    _join, rep.endpoint, self.timeout_ms, self.curve, f"{self.name}/{rep.index}", regs
+                    _join,
+                    rep.endpoint,
+                    self.timeout_ms,
+                    self.curve,
+                    f"{self.name}/{rep.index}",
+                    list(self._regs),
                 )
-                rep.rejoin.regs = regs  # type: ignore[attr-defined]
             return
         if not rep.rejoin.done():
             return
@@ -640,9 +656,10 @@ class ReplicaPolicy:
         except Exception:
             rep.down_ms = now_ms()  # try again on its next pong
             return
-        if len(per) != len(self._regs) or rep.beat.dropped():  # tool sets changed or it dropped again
+        if (
+            len(per) != len(self._regs) or (rep.down_ms or 0) > rep.rejoin_ms
+        ):  # new tool set, or dropped again
             client.close()
-            rep.down_ms = now_ms()
             return
         for reg, creg in zip(self._regs, per, strict=True):
             reg.per_replica[rep.index] = creg
@@ -653,6 +670,11 @@ class ReplicaPolicy:
         self._rebalance()
 
     # ------------------------------------------------------------------ introspection
+    @property
+    def epoch(self) -> str | None:
+        """The epoch of the first live replica (each replica has its own; ``stats`` lists them)."""
+        return next((r.epoch for r in self.replicas if r.up and r.epoch), None)
+
     def assignments(self) -> dict[str, int]:
         """Agent (stream) -> replica index."""
         return dict(self._assign)
@@ -673,6 +695,8 @@ class ReplicaPolicy:
                     "in_flight": len(r.outs),
                     "lost": r.lost,
                     "back": r.back,
+                    "epoch": r.epoch,
+                    "client": dict(r.client.stats) if r.client is not None else {},
                 }
                 for r in self.replicas
             ],
@@ -682,6 +706,8 @@ class ReplicaPolicy:
         """Close every client and heartbeat; decides still in flight are not answered."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         for rep in self.replicas:
+            if rep.rejoin is not None:  # a client being joined in the background is closed when it is done
+                rep.rejoin.add_done_callback(_close_joined)
             if rep.client is not None:
                 rep.client.close()
                 rep.client = None
