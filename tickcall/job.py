@@ -361,11 +361,14 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
     import ray
 
     stream = stream or sys.stderr
-    agents = crowd_size(cfg)  # a multi-agent env: its world is built and closed here, as its check
-    if agents is None:
-        check_spec(cfg.env)  # a wrong env id is one line now, not an actor's traceback later
-    model = resolve_model(cfg)
-    cascade = resolve_cascade(cfg)
+    try:  # the checks take a second or more (imports, a crowd's world, an adapter's merge): Ctrl-C is one line
+        agents = crowd_size(cfg)  # a multi-agent env: its world is built and closed here, as its check
+        if agents is None:
+            check_spec(cfg.env)  # a wrong env id is one line now, not an actor's traceback later
+        model = resolve_model(cfg)
+        cascade = resolve_cascade(cfg)
+    except KeyboardInterrupt:
+        raise RunInterrupted("interrupted before the loop ran: no report written") from None
     folder = prepare_report_dir(cfg.report_dir or default_report_dir())
     cfg = replace(cfg, history=resolve_history(cfg, model))
     waits = [
@@ -789,9 +792,16 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     """A short human summary of a report (printed by ``tickcall run`` at the end)."""
     lat = report["latency_ms"]
     o = report["outcomes"]
+    # a crowd's report counts agent-ticks in ``ticks``; its loop's own ticks are ``loop_ticks``
+    ticks = report.get("loop_ticks", report["ticks"])
+    decisions = (
+        f"decisions {report['decisions_per_s']:.1f}/s over all agents"
+        if "decisions_per_s" in report
+        else f"decisions {report['decision_hz']:.2f} Hz"
+    )
     lines = [
-        f"ticks {report.get('loop_ticks', report['ticks'])} at {report['rate_hz']:g} Hz (achieved {report['achieved_hz']:.2f} Hz, "
-        f"decisions {report['decision_hz']:.2f} Hz) over {report['elapsed_s']:.1f} s",
+        f"ticks {ticks} at {report['rate_hz']:g} Hz (achieved {report['achieved_hz']:.2f} Hz, "
+        f"{decisions}) over {report['elapsed_s']:.1f} s",
         "outcomes "
         + "  ".join(f"{k} {v}" for k, v in o.items())
         + f"   deadline misses {report['deadline_misses']} (longest streak {report['longest_miss_streak']})",
@@ -808,6 +818,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"agents {n}: {report['ticks']} agent-ticks{per}{overall}"
             + (f"; {replicas} replicas" if replicas > 1 else "")
         )
+        worst = ((report.get("agent_spread") or {}).get("latency_p90_ms") or {}).get("worst")
+        if worst is not None:
+            spread = report["agent_spread"]
+            misses = spread.get("deadline_misses") or {}
+            lines.append(
+                f"per agent  latency p90 worst {worst:.2f} ms ({spread['latency_p90_ms']['worst_agent']}), "
+                f"best {spread['latency_p90_ms']['best']:.2f} ms; deadline misses "
+                f"{misses.get('min')}-{misses.get('max')} per agent"
+            )
     if report.get("observation_warning"):
         lines.append(f"warning: {report['observation_warning']}")
     if report.get("call_warning"):
