@@ -9,7 +9,9 @@ page opens the same offline, from a mail attachment or a CI artifact. Every text
 Tables (each with an ``id``, so tests and scripts can find them): ``run`` (what ran), ``latency``
 (percentiles of tick latency, decide round trip, start lateness and every stage, ms), ``outcomes``
 (count and share of every outcome, misses and call counts), ``warnings``, ``episodes``, and where the
-report has them ``agents`` (one row per agent), ``agent_spread`` and ``cascade``/``reliability``.
+report has them ``agents`` (one row per agent), ``agent_spread``, ``crowd`` (replicas, endpoints, the
+router's figures) and ``cascade``/``reliability``; the config and the service, client and world blocks
+sit folded at the end.
 Numbers are written by ``fmt``: at most 3 decimals, trailing zeros dropped, ``–`` for none.
 """
 
@@ -239,6 +241,33 @@ def _cascade_tables(report: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
+def _compact(value: Any, limit: int = 400) -> Any:
+    """A table cell for any JSON value: scalars as they are, lists and dicts as compact JSON (cut)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    text = json.dumps(value, default=str, separators=(", ", ": "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _crowd_table(report: Mapping[str, Any]) -> str:
+    """The run's ``crowd`` block (agents asked for and run, replicas, endpoints, the router's figures)."""
+    c = report.get("crowd")
+    if not isinstance(c, Mapping) or not c:
+        return ""
+    rows = [(str(k).replace("_", " "), _compact(v)) for k, v in c.items()]
+    return "<h2>Crowd</h2>" + table("crowd", ["", "value"], rows)
+
+
+def _raw_blocks(report: Mapping[str, Any]) -> str:
+    """What ran, as ``report.json`` holds it, folded: the config and the service, client and world blocks."""
+    out = []
+    for key in ("config", "service", "client", "world"):
+        if isinstance(report.get(key), Mapping) and report[key]:
+            text = json.dumps(report[key], indent=2, sort_keys=True, default=str)
+            out.append(f"<details><summary>{escape(key)}</summary><pre>{escape(text)}</pre></details>")
+    return "<h2>What ran</h2>" + "".join(out) if out else ""
+
+
 def _image(kind: str, path: str | os.PathLike) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     caption = PLOT_CAPTIONS.get(kind, kind)
@@ -276,15 +305,14 @@ def render_report_html(
         "<h2>Latency</h2>",
         _latency_table(report),
         _agents_tables(report),
+        _crowd_table(report),
         _cascade_tables(report),
         "<h2>Episodes</h2>",
         _episodes_table(report),
         "<h2>Plots</h2>",
         "".join(_image(k, images[k]) for k in order) or "<p>No plots (written with plots off).</p>",
     ]
-    if isinstance(report.get("config"), Mapping):
-        config = json.dumps(report["config"], indent=2, sort_keys=True, default=str)
-        body.append(f"<h2>Config</h2><details><summary>config</summary><pre>{escape(config)}</pre></details>")
+    body.append(_raw_blocks(report))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

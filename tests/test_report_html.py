@@ -24,7 +24,7 @@ import pytest
 from tickcall.control_loop.records import TickRecord
 from tickcall.control_loop.report import write_report
 from tickcall.control_loop.report_html import fmt, render_report_html
-from tickcall.control_loop.stats import summarize
+from tickcall.control_loop.stats import cascade_summary, summarize
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 needs_chromium = pytest.mark.skipif(
@@ -291,7 +291,10 @@ def _self_contained(page: Path) -> None:
 @needs_chromium
 def test_crowd_page_in_chromium(tmp_path):
     recs = crowd_records()
-    rep = _report(recs, 0.4)
+    rep = {
+        **_report(recs, 0.4),
+        "crowd": {"replicas": 2, "endpoints": ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]},
+    }
     paths = write_report(rep, recs, tmp_path / "crowd")
     page = Path(paths["html"])
     _self_contained(page)
@@ -330,12 +333,17 @@ def test_crowd_page_in_chromium(tmp_path):
     spread = {row[0]: row[1:] for row in dom.tables["agent_spread"][1:]}
     assert spread["latency P90 (ms)"] == ["59", "npc_10", "4.7", EVIL]
     assert spread["deadline misses"][:2] == ["3", "npc_1"]
+    crowd = {row[0]: row[1] for row in dom.tables["crowd"][1:]}
+    assert crowd == {"replicas": "2", "endpoints": '["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]'}
 
 
 @needs_chromium
 def test_single_agent_page_in_chromium(tmp_path):
+    """A single-agent cascade run: no per-agent tables, the cascade block, the decided-by raster."""
     recs = single_records()
-    paths = write_report(_report(recs, 0.5), recs, tmp_path / "single")
+    for r, who in zip(recs, ("small", "big", "none", "small", "none"), strict=True):
+        r.decided_by, r.route_reason = who, "confident" if who == "small" else "unsure"
+    paths = write_report({**_report(recs, 0.5), "cascade": cascade_summary(recs)}, recs, tmp_path / "single")
     page = Path(paths["html"])
     _self_contained(page)
     probe, dom = open_in_chromium(page, tmp_path)
@@ -350,6 +358,9 @@ def test_single_agent_page_in_chromium(tmp_path):
     latency = {row[0]: row[1:] for row in dom.tables["latency"][1:]}
     assert latency["tick latency (ok ticks)"][:3] == ["3", "22", "30"]  # 12 22 32: P90 at rank 1.8
     assert latency["decide round trip (every reply)"][0] == "5"
+    cascade = {row[0]: row[1] for row in dom.tables["cascade"][1:]}
+    assert cascade["ticks"] == "5" and cascade["small share"] == "0.4" and cascade["big share"] == "0.2"
+    assert {row[0]: row[1] for row in dom.tables["cascade_reasons"][1:]} == {"unsure": "3", "confident": "2"}
     warnings = page.read_text().split('id="warnings"')[1].split("</ul>")[0]
     assert "tick 3 started 60.0 ms late &lt;b&gt;not bold&lt;/b&gt;" in warnings
 
