@@ -79,6 +79,9 @@ def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: flo
         for t in sess.tools:
             print(f"  tool {t.name}({', '.join(t.param_names)})", file=out)
         print(f"  observation format {hello.observation.format!r}: {hello.observation.description}", file=out)
+        if hello.crowd:
+            print(f"  a crowd (protocol 1.1): {len(hello.agents or ())} agents at hello, at most "
+                  f"{hello.crowd_size}; one call per agent per round", file=out)
         default = hello.default_call
         use = (Call.from_dict(call) if call else Call(default.name, dict(default.arguments)) if default
                else Call(sess.tools[0].name, {}))
@@ -99,7 +102,16 @@ def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: flo
         else:
             lockstep_states = None
             next_at = t0
-            while time.monotonic() - t0 < seconds:
+            while hello.crowd and time.monotonic() - t0 < seconds:  # one call per agent per round
+                for agent, obs in bridge.latest_observations().items():
+                    text = bridge.observation_text(obs)
+                    if len(texts) < 3:
+                        texts.append(text)
+                    decided = arena_text_expert(text) if policy == "arena-expert" else use
+                    handles.append(bridge.send_call(decided, agent=agent, obs_seq=obs.seq, obs_t_ms=obs.t_ms))
+                next_at += 1.0 / rate_hz
+                time.sleep(max(0.0, next_at - time.monotonic()))
+            while not hello.crowd and time.monotonic() - t0 < seconds:
                 obs = bridge.latest_observation()
                 if obs is not None and (not texts or texts[-1] != bridge.observation_text(obs)):
                     texts.append(bridge.observation_text(obs))
@@ -122,6 +134,8 @@ def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: flo
         "engine_errors": stats["errors_by_code"], "episodes": stats["episodes"],
         "lockstep_states": lockstep_states, "sample_observations": texts[:3],
     }
+    if hello.crowd:
+        report["obs_by_agent"] = stats.get("obs_by_agent", {})
     report["ok"] = (not report["engine_errors"] and c["calls"] == c["done"] + c["failed"])
     _table(report, out)
     return report
@@ -132,6 +146,9 @@ def _table(r: dict[str, Any], out: Any) -> None:
         return "-" if not p.get("n") else f"p50 {p['p50']}  p90 {p['p90']}  p99 {p['p99']}  max {p['max']}  (n {p['n']})"
 
     rows = [("observations", f"{r['obs_received']} in {r['elapsed_s']} s ({r['obs_hz']} /s)"),
+            *([("agents", f"{len(r['obs_by_agent'])}, observations per agent "
+                          f"{min(r['obs_by_agent'].values())}..{max(r['obs_by_agent'].values())}")]
+              if r.get("obs_by_agent") else []),
             ("calls", "  ".join(f"{k} {v}" for k, v in r["calls"].items())),
             ("ack ms", fmt(r["ack_ms"])), ("result ms", fmt(r["result_ms"])),
             ("ping rtt ms", fmt(r["ping_rtt_ms"])),

@@ -438,3 +438,19 @@ def test_the_crowd_loop_plays_the_engine_and_a_killed_engine_is_counted(engines,
         # with the process); nothing else separates the bridge's count from the engine's log
         ended = states.get("done", 0) + states.get("failed", 0)
         assert ended <= sum(applied.values()) <= ended + states.get("lost", 0)
+
+
+def test_bridge_check_reports_a_crowd(engines):
+    """``tickcall bridge check`` against a crowd engine: one call per agent per round, obs per agent."""
+    import io
+
+    from tickcall.envs.engine_bridge_cli import check
+
+    endpoint = free_endpoint()
+    engines(endpoint, "check", "--agents", "3", "--quiet")
+    out = io.StringIO()
+    report = check(endpoint, seconds=1.0, rate_hz=10, policy="arena-expert", wait_s=WAIT_S, out=out)
+    assert report["ok"] and set(report["obs_by_agent"]) == {"npc_0", "npc_1", "npc_2"}
+    assert report["calls"]["done"] == report["calls"]["calls"] > 0
+    assert "a crowd (protocol 1.1): 3 agents at hello" in out.getvalue()
+    assert "agents                  3, observations per agent" in out.getvalue()
