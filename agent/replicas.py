@@ -398,6 +398,8 @@ class ReplicaPolicy:
         self._regs: list[ReplicaRegistration] = []
         self._ids = itertools.count(1)
         self._ready: list[DecideReply] = []
+        self._poller = zmq.Poller()
+        self._polled: tuple[zmq.Socket, ...] = ()
         self._moved_at: dict[str, float] = {}  # agent -> when it was moved off a lost replica
         self._stats: dict[str, Any] = {
             "moves": 0,
@@ -500,13 +502,19 @@ class ReplicaPolicy:
         return out
 
     def _wait(self, wait_ms: float) -> None:
-        poller = zmq.Poller()
-        for rep in self.replicas:
-            poller.register(rep.beat.sock, zmq.POLLIN)
-            poller.register(rep.beat.monitor, zmq.POLLIN)
-            if rep.client is not None:
-                poller.register(rep.client.socket, zmq.POLLIN)
-        poller.poll(max(1, int(wait_ms)))
+        """Wait up to ``wait_ms`` for any replica's reply, pong or connection event."""
+        socks = tuple(
+            sock
+            for r in self.replicas
+            for sock in (r.beat.sock, r.beat.monitor, r.client.socket if r.client is not None else None)
+            if sock is not None
+        )
+        if socks != self._polled:  # a Poller is kept while the sockets stay (a client reset changes one)
+            self._poller = zmq.Poller()
+            for sock in socks:
+                self._poller.register(sock, zmq.POLLIN)
+            self._polled = socks
+        self._poller.poll(max(1, int(wait_ms)))
 
     # ------------------------------------------------------------------ routing
     def _route(self, stream: str) -> int:
