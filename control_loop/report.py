@@ -112,7 +112,7 @@ def _title(report: dict[str, Any]) -> str:
 def reason_kind(record: TickRecord) -> str:
     """``outcome: reason`` with its numbers replaced by ``#`` (so "reply 71.2 ms after send" and "reply
     80.3 ms after send" are one kind), at most 56 characters: the rows of the timeline's reason panel."""
-    text = re.sub(r"\d+(\.\d+)?", "#", record.reason or "no reason given").strip()
+    text = " ".join(re.sub(r"\d+(\.\d+)?", "#", record.reason or "no reason given").split())  # one line
     if len(text) > 48:
         text = text[:47] + "…"
     return f"{record.outcome}: {text}"

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from tickcall.control_loop.records import TickRecord
-from tickcall.control_loop.report import write_report
+from tickcall.control_loop.report import reason_kind, write_report
 from tickcall.control_loop.report_html import fmt, render_report_html
 from tickcall.control_loop.stats import cascade_summary, summarize
 
@@ -188,6 +188,20 @@ def test_page_escapes_run_text_and_works_without_plots(tmp_path):
     )
     with pytest.raises(FileNotFoundError):  # a plot named but missing is an error, not a blank image
         render_report_html({}, {"timeline": tmp_path / "missing.png"})
+
+
+def test_reason_kinds_group_reasons_that_differ_in_numbers_only():
+    """The timeline's reason rows: numbers become #, whitespace one space, long reasons are cut."""
+    late = [
+        _rec(0, None, "late", 71.2, reason=f"reply {ms} ms after\n send, past the deadline")
+        for ms in (71.2, 80)
+    ]
+    assert {reason_kind(r) for r in late} == {"late: reply # ms after send, past the deadline"}
+    long = reason_kind(_rec(0, None, "error", reason="x" * 200))
+    assert (
+        long == "error: " + "x" * 47 + "…"
+        and reason_kind(_rec(0, None, "fallback")) == "fallback: no reason given"
+    )
 
 
 # --------------------------------------------------------------------------- report.html in Chromium
