@@ -296,9 +296,14 @@ class Child:
         self._tmp: str | None = None
         if src is not None:
             self._tmp = tempfile.mkdtemp(prefix="tickcall-service-cost-src-")
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (layout_source(src, Path(self._tmp)), env.get("PYTHONPATH")) if p
-            )
+            try:
+                root = layout_source(src, Path(self._tmp))
+            except ValueError:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                raise
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # the child's stderr (closed in close()): its last line names a failure
+        self._err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         code = (
             "import runpy, sys; runpy.run_path(sys.argv[1], run_name='service_cost_child')"
             "['child_main'](sys.argv[2:])"
@@ -307,14 +312,19 @@ class Child:
             [sys.executable, "-c", code, __file__, mode, json.dumps(opts)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self._err,
             text=True,
             env=env,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
+            status = self.proc.wait(30)
+            self._err.seek(0)
+            lines = self._err.read().strip().splitlines() or ["no message"]
             self.close()
-            raise RuntimeError(f"the {mode} subprocess did not start (exit {self.proc.wait(10)})")
+            where = "" if src is None else f" from {src}"
+            raise RuntimeError(f"the {mode} subprocess{where} did not start (exit {status}): {lines[-1]}")
         self.endpoint = json.loads(line)["endpoint"]
 
     def cpu(self) -> dict[str, float]:
@@ -335,19 +345,26 @@ class Child:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait(10)
+        self._err.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def layout_source(src: Path, dest: Path) -> str:
-    """Lay a checkout ``src`` out under ``dest`` as the ``tickcall`` package (links to its rooms); returns
-    the folder to put on PYTHONPATH. Raises ValueError when ``src`` is not a tickcall checkout."""
+def check_source(src: Path) -> Path:
+    """``src`` resolved, when it is a tickcall checkout. Raises ValueError (one line) otherwise."""
     src = src.resolve()
     if not (src / "tickcall" / "__init__.py").is_file() or not (src / "agent" / "server.py").is_file():
         raise ValueError(
             f"--baseline-src {src}: not a tickcall source tree (no tickcall/ and agent/server.py); "
             "make one with: git archive REV | tar -x -C DIR"
         )
+    return src
+
+
+def layout_source(src: Path, dest: Path) -> str:
+    """Lay a checkout ``src`` out under ``dest`` as the ``tickcall`` package (links to its rooms); returns
+    the folder to put on PYTHONPATH. Raises ValueError when ``src`` is not a tickcall checkout."""
+    src = check_source(src)
     pkg = dest / "tickcall"
     pkg.mkdir(parents=True)
     for entry in (src / "tickcall").iterdir():
@@ -530,9 +547,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         echo = Child("echo", opts)
         children.append(echo)
         services = [("service", Child("service", opts))]
+        children.append(services[0][1])
         if args.baseline_src:
             services.append(("baseline service", Child("service", opts, Path(args.baseline_src))))
-        children += [c for _, c in services]
+            children.append(services[1][1])
         paths.append(Route("echo", echo, "echo"))
         for label, child in services:
             paths.append(Route(f"{label} (bare DEALER)", child, "bare"))
@@ -588,6 +606,11 @@ def run(args: argparse.Namespace) -> int:
             f"tickcall bench service-cost: --baseline-src {args.baseline_src} is not a folder; "
             "make one with: git archive REV | tar -x -C DIR"
         )
+    if args.baseline_src:
+        try:
+            check_source(Path(args.baseline_src))
+        except ValueError as exc:
+            raise SystemExit(f"tickcall bench service-cost: {exc}") from None
     out: dict[str, Any] = {
         "bench": "service-cost",
         "machine": machine(),
@@ -600,7 +623,7 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         out.update(measure(args))
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         raise SystemExit(f"tickcall bench service-cost: {exc}") from None
     if args.profile:
         out["profiles"] = profile(args, Path(args.profile))
