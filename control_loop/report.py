@@ -16,7 +16,8 @@ Files written into the report folder:
   as base64 PNG, no scripts and no external URL.
 
 Every legend sits outside the axes (right of them), so it never covers a curve. The plots draw numpy
-arrays and rasters, not one artist per tick: 64 agents x 600 ticks write in about a second.
+arrays and rasters, not one artist per tick: the plots of 64 agents x 600 ticks (38,400 records) take
+about 2 s on a 2-core CPU, the whole report about 2.5 s.
 """
 
 from __future__ import annotations
