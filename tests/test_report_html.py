@@ -5,8 +5,9 @@ like a crowd run (one record per agent per tick, ``agent`` set; ``control_loop.c
 like a single-agent run, with values chosen so every percentile can be checked by hand. The page is
 opened in real headless Chromium (Debian's ``chromium``, as ``tests/test_http_browser.py`` does; skipped
 without it): a probe script put in a *copy* of the page, ahead of the page's own Content-Security-Policy,
-draws every image on a canvas (a full decode) and counts its colours, lists the resources the page fetched and the requests the policy
-blocked, and writes the result into the DOM that ``--dump-dom`` prints. A negative control (a copy with
+draws every image on a canvas (a full decode) and counts its colours, lists the resources the page
+fetched and the requests the policy blocked, and writes the result into the DOM that ``--dump-dom``
+prints. A negative control (a copy with
 an external image and a broken one) shows that the probe reports both.
 """
 
