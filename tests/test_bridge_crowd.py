@@ -25,6 +25,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+from tickcall.control_loop.world import CrowdWorld
 from tickcall.envs.engine_bridge import EngineBridge
 from tickcall.envs.engine_bridge_crowd import EngineCrowdWorld
 from tickcall.envs.engine_bridge_protocol import (
@@ -199,6 +200,7 @@ def test_every_agent_is_observed_every_frame_and_each_call_reaches_its_npc(engin
     try:
         agents = [f"npc_{k}" for k in range(n)]
         assert world.agents == agents and isinstance(world, EngineCrowdWorld)
+        assert isinstance(world, CrowdWorld)  # the control loop's protocol, by shape
         assert len(world.tools) == 5 and world.describe()["engine"]["max_agents"] == n
         # each NPC is told to aim its own way (aim persists, and the observation text shows it)
         want = {a: DIRS[k % 8] for k, a in enumerate(agents)}
@@ -347,6 +349,18 @@ def test_bad_agent_ids_get_one_clear_error(engines, tmp_path):
             assert text[3].startswith("bye.agent='zz' is not present")
             assert bridge.roster() == ["a", "b"] and set(bridge.latest_observations()) == {"a", "b"}
             assert bridge.stats()["errors_by_code"] == {"bad_field": 4}
+            say(type="episode", index=0, length=300, agent="b", **{"return": 1.5})
+            until(lambda: bridge.episodes)
+            assert bridge.episodes[0]["agent"] == "b" and bridge.episodes[0]["return"] == 1.5
+            # a single-agent session (a new hello without agents) refuses agent ids
+            say(type="hello", engine="raw", session="r2", tools=tools)
+            until(lambda: bridge.session is not None and bridge.session.id == "r2")
+            say(type="obs", seq=1, frame=1, text="x", agent="a")
+            say(type="bye", agent="a")
+            errors = errors_back(2)
+            assert [e["message"].split(":")[0] for e in errors] == ["obs.agent='a'", "bye.agent='a'"]
+            assert all("declared no agents" in e["message"] for e in errors)
+            assert bridge.session is not None and bridge.roster() == []  # the session goes on
         finally:
             peer.close()
             ctx.term()
