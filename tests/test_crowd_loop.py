@@ -483,9 +483,11 @@ def test_agents_on_a_single_agent_env_is_one_line_before_anything_starts(capsys)
     assert not ray.is_initialized()  # refused before Ray, the service or the loop started
 
 
-def test_tickcall_run_drives_a_crowd_with_the_shipped_student(tmp_path):
-    """The real thing: Ray, the policy service actor with the shipped arena student (the default model
-    of tickcall/CrowdArena-v0), the crowd loop actor, four NPCs in real time, report.json and ticks.jsonl."""
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_tickcall_run_drives_a_crowd_with_the_shipped_student(tmp_path, replicas):
+    """The real thing: Ray, the policy service actor(s) with the shipped arena student (the default model
+    of tickcall/CrowdArena-v0), the crowd loop actor, four NPCs in real time, report.json and ticks.jsonl;
+    with two replicas, the agents are spread over both."""
     import subprocess
     import sys
     from pathlib import Path
@@ -494,7 +496,8 @@ def test_tickcall_run_drives_a_crowd_with_the_shipped_student(tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run(
         [sys.executable, "-m", "tickcall.cli", "run", "--env", "tickcall/CrowdArena-v0", "--agents", "4",
-         "--duration", "3", "--rate", "10", "--report", str(out), "--quiet", "--no-plots"],
+         "--duration", "3", "--rate", "10", "--replicas", str(replicas), "--report", str(out), "--quiet",
+         "--no-plots"],
         cwd=root, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -510,13 +513,18 @@ def test_tickcall_run_drives_a_crowd_with_the_shipped_student(tmp_path):
     assert all(r["outcome"] in OUTCOMES for r in ticks)
     assert rep["model"].endswith("models/shipped/tickcall-arena") and rep["env"] == "tickcall/CrowdArena-v0"
     crowd = rep["crowd"]
-    assert crowd["agents"] == 4 and crowd["agent_ids"] == agents and crowd["replicas"] == 1
+    assert crowd["agents"] == 4 and crowd["agent_ids"] == agents and crowd["replicas"] == replicas
+    assert len(set(crowd["endpoints"])) == replicas
+    if replicas > 1:  # sticky routing spread the agents, and both replicas decided
+        assert sorted(Counter(crowd["router"]["assignments"].values()).values()) == [2, 2]
+        assert all(sum(s.get("batch_sizes", {}).values()) > 0 for s in rep["service"]["replica_stats"])
     # the service took the crowd's limits, so every agent's decide could be queued at once
     assert rep["service"]["max_streams_per_client"] >= 16 and rep["service"]["max_batch"] >= 32
     # the student's legal calls were the arena's own tools (each NPC acts as in tickcall/Arena-v0)
     calls = {r["call"]["name"] for r in ticks if r["outcome"] == "ok" and r["call"]}
     assert calls and calls <= {"wait", "move", "aim", "fire", "dash"}, calls
     assert "agents 4: 120 agent-ticks over 30 ticks" in proc.stderr and "report:" in proc.stderr
+    assert ("2 replicas" in proc.stderr) == (replicas == 2)
 
 
 def test_two_replicas_share_the_crowd_and_one_dying_loses_no_agent_tick(serve):
