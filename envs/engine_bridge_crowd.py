@@ -338,7 +338,8 @@ def open_crowd_bridge(
 ) -> EngineBridge:
     """Bind the bridge ``env`` (``engine:tcp://HOST:PORT``) names and wait up to ``wait_s``
     (env_kwargs, default 60 s) for a crowd engine's hello and the first observations of ``agents``
-    of its agents (all present, when fewer; default: the hello's roster). ``history_keep`` and
+    of its agents (all present, when fewer; default: the hello's roster); an engine that may run more
+    than ``agents`` at once (its ``max_agents``) is refused. ``history_keep`` and
     ``lane_timeout_s`` belong to the caller and are ignored here. Raises EngineWorldError (one line)
     for unknown env_kwargs, no engine in time, a refused hello, or a single-agent engine; the bridge is
     closed then."""
@@ -351,6 +352,13 @@ def open_crowd_bridge(
             raise EngineWorldError(
                 f"the engine on {cfg.endpoint} runs a single agent (its hello has no "
                 "agents): start it with --agents N, or run with agents=1"
+            )
+        if agents is not None and hello.crowd_size > agents:
+            # the run's service was sized for ``agents`` streams: more agents would be refused there
+            raise EngineWorldError(
+                f"the engine on {cfg.endpoint} may run up to {hello.crowd_size} agents at once "
+                f"(hello.max_agents) but this run is for {agents}: run with --agents {hello.crowd_size}, "
+                f"or start the engine with --agents {agents}"
             )
         want = agents if agents is not None else max(1, len(hello.agents or ()))
         left = max(0.0, wait_s - (time.monotonic() - t0))

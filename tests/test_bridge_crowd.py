@@ -468,3 +468,16 @@ def test_bridge_check_reports_a_crowd(engines):
     assert report["calls"]["done"] == report["calls"]["calls"] > 0
     assert "a crowd (protocol 1.1): 3 agents at hello" in out.getvalue()
     assert "agents                  3, observations per agent" in out.getvalue()
+
+
+def test_an_engine_with_more_agents_than_the_run_is_refused_in_one_line(engines):
+    endpoint = free_endpoint()
+    engines(endpoint, "big", "--agents", "8", "--quiet")
+    with pytest.raises(EngineWorldError) as err:
+        make_engine_crowd_world(f"engine:{endpoint}", agents=4, wait_s=WAIT_S)
+    assert "up to 8 agents at once" in str(err.value) and "--agents 8" in str(err.value)
+    # and a single-agent world refuses a crowd engine, saying how to run it
+    from tickcall.bridge_world import make_engine_world
+
+    with pytest.raises(EngineWorldError, match=r"runs a crowd of up to 8 agents .*--agents 8"):
+        make_engine_world(f"engine:{endpoint}", wait_s=WAIT_S)
