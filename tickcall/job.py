@@ -608,7 +608,8 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
         paths = write_report(report, records, folder, plots=cfg.plots)
         if loop_died is not None:
             raise RunError(
-                f"{loop_died}; the report of its {len(records)} ticks is in {folder} (marked loop_died)"
+                f"{loop_died}; the report of its {len(records)} {'agent-ticks' if agents else 'ticks'} is in "
+                f"{folder} (marked loop_died)"
             )
         return RunOutcome(report=report, records=records, paths=paths, interrupted=interrupted)
     except KeyboardInterrupt:
