@@ -263,11 +263,21 @@ def test_an_agent_leaves_and_joins_again(engines):
             assert {"npc_0", "npc_1", "npc_2"} <= set(obs)
             if not present:
                 assert "npc_3" not in obs
+                assert world.fallback("npc_3", "default") == "hold"  # nobody there to send it to
                 handle = world.apply_call("npc_3", Call("wait", {}))
                 if handle.state == "rejected":  # it may have come back between the two reads
                     refused = handle
             seen.append(present)
             time.sleep(0.03)
+        # a fallback for a present agent sends the engine's default call (wait()) to that agent only
+        assert world.fallback("npc_0", "default") == "default"
+        per = world.describe()["per_agent"]
+        assert per["npc_0"]["fallbacks"] == {"default": 1} and per["npc_0"]["calls"] == 1
+        assert per["npc_3"]["fallbacks"]["hold"] >= 1 and per["npc_1"]["calls"] == 0
+        until(lambda: [(c["agent"], c["name"]) for c in engine.events("call") if c["agent"] != "npc_3"])
+        assert [(c["agent"], c["name"]) for c in engine.events("call") if c["agent"] != "npc_3"] == [
+            ("npc_0", "wait")
+        ]
         changes = sum(a != b for a, b in zip(seen, seen[1:], strict=False))
         assert changes >= 2 and False in seen  # it left and came back (at least once)
         assert refused is not None
