@@ -140,6 +140,26 @@ def _curve_keys() -> tuple[str, dict[str, Any], dict[str, str]]:
     return folder, actor_files, client
 
 
+def _check_feasible(
+    count: int, gpus: float, per_replica: list[dict[str, float]], cluster: dict[str, float]
+) -> None:
+    """ValueError (one line) for replicas no cluster node could ever hold: Ray would wait forever."""
+    if gpus > 0 and count * gpus > cluster.get("GPU", 0) + 1e-9:
+        raise ValueError(
+            f"{count} replicas with num_gpus {gpus:g} need {count * gpus:g} GPUs, the Ray cluster has "
+            f"{cluster.get('GPU', 0):g}: use fewer replicas, a fractional num_gpus (e.g. 0.5), or num_gpus 0"
+        )
+    for i, res in enumerate(per_replica):
+        for key, amount in res.items():
+            if not isinstance(amount, int | float) or amount <= 0:
+                raise ValueError(f"resources[{i}][{key!r}] must be a positive number, got {amount!r}")
+            if cluster.get(key, 0) < amount:
+                raise ValueError(
+                    f"resources[{i}] asks for {key!r}: {amount:g}, the Ray cluster has {cluster.get(key, 0):g} "
+                    f"(start a node with --resources '{{\"{key}\": {amount:g}}}')"
+                )
+
+
 def start_replicas(
     engine_spec: dict[str, Any],
     count: int,
@@ -173,13 +193,14 @@ def start_replicas(
     gpus = default_gpus(serve) if num_gpus is None else float(num_gpus)
     if gpus < 0:
         raise ValueError(f"num_gpus must be >= 0, got {gpus}")
+    per_replica = [dict(r) for r in resources] if resources else [{} for _ in range(count)]
+    _check_feasible(count, gpus, per_replica, ray.cluster_resources())
     exposed = (not is_local_endpoint(f"tcp://{driver_ip()}:1")) if expose is None else bool(expose)
     own_curve = serve.curve is not None and bool(serve.curve.server_secret)
     use_curve = (exposed and not serve.allow_insecure) if curve is None else bool(curve)
     key_dir, actor_files, client_curve = None, None, None
     if use_curve and not own_curve:
         key_dir, actor_files, client_curve = _curve_keys()
-    per_replica = [dict(r) for r in resources] if resources else [{} for _ in range(count)]
     binds: list[str] = []
     hosts: list[dict[str, float]] = []
     if exposed:

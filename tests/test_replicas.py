@@ -122,6 +122,13 @@ def local_ray():
 def test_replica_killed_and_frozen_agents_move_and_come_back(local_ray):
     from tickcall.agent.replicas import ReplicaPolicy, start_replicas
 
+    # replicas no node could hold are refused in one line, before anything starts (Ray would wait forever)
+    with pytest.raises(ValueError, match="need 2 GPUs, the Ray cluster has 0"):
+        start_replicas({"backend": "noop"}, 2, num_gpus=1)
+    with pytest.raises(ValueError, match="asks for 'replica_node_a'"):
+        start_replicas({"backend": "noop"}, 2, resources=[{"replica_node_a": 1}, {}])
+    with pytest.raises(ValueError, match="integer >= 1"):
+        start_replicas({"backend": "noop"}, 0)
     replicas = start_replicas({"backend": "random", "seed": 1}, 2, config={"num_cpus": 0})
     policy = ReplicaPolicy(replicas.endpoints, timeout_ms=2000, name="test-crowd")
     try:
