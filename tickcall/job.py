@@ -197,10 +197,30 @@ def resolve_cascade(cfg: RunConfig) -> dict[str, Any] | None:
     return {"model": model, "threshold": threshold, "threshold_source": source, "calibration": calibration}
 
 
+def is_engine_crowd(cfg: RunConfig) -> bool:
+    """An engine's NPC crowd over the bridge: ``engine:...`` with ``agents`` > 1 (docs/engine-bridge.md)."""
+    return cfg.env.startswith("engine:") and cfg.agents is not None and cfg.agents > 1
+
+
 def crowd_size(cfg: RunConfig) -> int | None:
     """The number of agents of a multi-agent run, None for a single-agent env. The crowd world is built
     once here, in the driver, and closed (a wrong id, agent count or env is one line before any actor
-    starts). Raises RunError for ``agents``/``replicas`` on a single-agent env and for a cascade on a crowd."""
+    starts); an engine's crowd (``is_engine_crowd``) is ``agents`` (the engine connects to the loop actor
+    only). Raises RunError for ``agents``/``replicas`` on a single-agent env and for a cascade on a crowd."""
+    if cfg.cascade is not None and (is_engine_crowd(cfg) or is_crowd_env(cfg.env)):
+        raise RunError(
+            f"{cfg.env} is a multi-agent env and the cascade drives one agent: drop cascade (--cascade-*)"
+        )
+    if is_engine_crowd(cfg):
+        check_spec(cfg.env)  # the endpoint's form
+        return cfg.agents
+    if cfg.env.startswith("engine:") and cfg.replicas > 1:
+        raise RunError(
+            f"--replicas {cfg.replicas} is for multi-agent runs: an engine's crowd is --agents N (N > 1); "
+            "one engine agent runs with --replicas 1"
+        )
+    if cfg.env.startswith("engine:"):
+        return None  # one agent (agents 1 or unset)
     if not is_crowd_env(cfg.env):
         if cfg.agents is not None:
             raise RunError(
@@ -213,10 +233,6 @@ def crowd_size(cfg: RunConfig) -> int | None:
                 f"pettingzoo:MODULE:FUNCTION); {cfg.env} has one agent: run with --replicas 1"
             )
         return None
-    if cfg.cascade is not None:
-        raise RunError(
-            f"{cfg.env} is a multi-agent env and the cascade drives one agent: drop cascade (--cascade-*)"
-        )
     world = make_crowd_world(crowd_spec(cfg))
     try:
         return len(world.agents)
@@ -229,6 +245,19 @@ def crowd_spec(cfg: RunConfig) -> WorldSpec:
     return WorldSpec(
         env=cfg.env, env_kwargs=world_kwargs(cfg), seed=cfg.seed, max_episodes=cfg.episodes, agents=cfg.agents
     )
+
+
+def crowd_factory(cfg: RunConfig) -> Any:
+    """The crowd loop actor's picklable world factory: an engine's NPCs over the bridge
+    (``bridge_world.make_engine_crowd_world``, waits for the engine in the actor) or a multi-agent env
+    (``tickcall.world.crowd_world_factory``)."""
+    if is_engine_crowd(cfg):
+        import functools
+
+        from tickcall.bridge_world import make_engine_crowd_world
+
+        return functools.partial(make_engine_crowd_world, crowd_spec(cfg))
+    return crowd_world_factory(crowd_spec(cfg))
 
 
 DEFAULT_STREAMS = 16  # agent.config.ServeConfig.max_streams_per_client (what `tickcall serve` takes)
@@ -482,7 +511,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
 
                 loop_actor = start_crowd_loop_actor(
                     settings,
-                    crowd_world_factory(crowd_spec(cfg)),
+                    crowd_factory(cfg),
                     endpoints,
                     client_timeout_ms=cfg.service.timeout_ms,
                     curve=curve,
