@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,7 +51,6 @@ import msgspec
 import zmq
 from tickcall.agent import protocol as P
 from tickcall.agent.actor import (
-    default_gpus,
     driver_ip,
     host_resource,
     launch_policy_service,
@@ -140,6 +140,19 @@ def _curve_keys() -> tuple[str, dict[str, Any], dict[str, str]]:
     return folder, actor_files, client
 
 
+def replica_gpus(count: int, cluster_gpus: float) -> float:
+    """The default GPUs per replica: 1 when the cluster has at least ``count`` GPUs; with fewer (but
+    some), the share ``1/k`` where k = replicas per GPU (``ceil(count / GPUs)``: a fraction never spans
+    two GPUs in Ray, so 3 replicas on 2 GPUs get 0.5 each, not 0.67); 0 without GPUs."""
+    whole = int(cluster_gpus + 1e-9)
+    if whole <= 0:
+        return 0.0
+    if whole >= count:
+        return 1.0
+    per_gpu = math.ceil(count / whole)
+    return math.floor(1e4 / per_gpu) / 1e4  # Ray takes 4 decimals; never round up past the GPU
+
+
 def _check_feasible(
     count: int, gpus: float, per_replica: list[dict[str, float]], cluster: dict[str, float]
 ) -> None:
@@ -175,7 +188,8 @@ def start_replicas(
 
     ``config``: the ServeConfig every replica shares (its ``engine`` replaced by ``engine_spec``; its
     bind's port is not used: each replica gets its own free port). ``num_gpus``: per replica (default
-    ``config.num_gpus``, else 1 where the cluster has GPUs, else 0; e.g. 0.25 for four small models per
+    ``config.num_gpus``, else ``replica_gpus``: one GPU each where the cluster has enough, a share of
+    one where it has fewer GPUs than replicas, 0 without GPUs; e.g. 0.25 for four small models per
     GPU). ``resources``: one dict of Ray resources per replica (e.g. node resources of a cluster).
     ``expose``: bind an address other nodes reach (default: when Ray's nodes have non-loopback
     addresses). ``curve``: CURVE on the replicas (default: when exposed, unless ``allow_insecure`` or a
@@ -190,7 +204,12 @@ def start_replicas(
     if not ray.is_initialized():
         raise RuntimeError("policy replicas need Ray: call tickcall.cluster.init_ray() first")
     serve = serve_config(engine_spec, "tcp://127.0.0.1:0", config)
-    gpus = default_gpus(serve) if num_gpus is None else float(num_gpus)
+    if num_gpus is not None:
+        gpus = float(num_gpus)
+    elif serve.num_gpus is not None:
+        gpus = float(serve.num_gpus)
+    else:
+        gpus = replica_gpus(count, ray.cluster_resources().get("GPU", 0))
     if gpus < 0:
         raise ValueError(f"num_gpus must be >= 0, got {gpus}")
     per_replica = [dict(r) for r in resources] if resources else [{} for _ in range(count)]

@@ -113,6 +113,19 @@ def _loads(assign: dict[str, int], n: int) -> list[int]:
     return [counts.get(i, 0) for i in range(n)]
 
 
+def test_default_gpus_per_replica_fit_the_cluster():
+    """One GPU each where there are enough; else replicas share GPUs in fractions Ray can place (a
+    fraction never spans two GPUs: 3 replicas on 2 GPUs get 0.5 each); none without GPUs."""
+    from tickcall.agent.replicas import replica_gpus
+
+    cases = {(2, 0): 0, (2, 2): 1, (1, 8): 1, (2, 1): 0.5, (3, 2): 0.5, (4, 1): 0.25, (3, 1): 0.3333}
+    for (count, gpus), want in cases.items():
+        got = replica_gpus(count, gpus)
+        assert got == want, (count, gpus, got)
+        if gpus:  # what Ray would do: whole replicas per GPU, every replica placed
+            assert (1 // got if got < 1 else 1) * gpus >= count
+
+
 def _server(bind: str = "tcp://127.0.0.1:0"):
     from tickcall.agent.config import ServeConfig
     from tickcall.agent.server import PolicyServer
