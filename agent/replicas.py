@@ -7,8 +7,9 @@ sticky to replicas, failover and rebalancing. docs/replicas.md is the user's pag
 
 Placement (Ray decides; nothing here picks nodes by hand):
 
-* resources: ``num_gpus`` per replica (default one GPU where the cluster has GPUs, else none; a
-  fraction shares a GPU between small models), ``config.num_cpus``, and optional Ray resources per
+* resources: ``num_gpus`` per replica (default one GPU each where the cluster has enough, a share of
+  one where it has fewer GPUs than replicas, none without GPUs: ``replica_gpus``; a fraction shares a
+  GPU between small models), ``config.num_cpus``, and optional Ray resources per
   replica (``resources=[{"replica_node_a": 1}, ...]``); replicas are spread over nodes (``SPREAD``).
 * address: replicas bind the kind of address Ray's own nodes have. On a loopback Ray (``init_ray()``
   without an address: every node is 127.0.0.1) they bind a free 127.0.0.1 port and Ray's
@@ -23,14 +24,17 @@ Failover (``ReplicaPolicy``), every decide answered exactly once by ``poll``:
 * each replica has a heartbeat socket (a ping every ``heartbeat_ms``, answered by the service's I/O
   thread even while its engine decodes) with a ZMQ monitor on it. A replica is *lost* when its TCP
   connection drops (the process died: seen at once) or when it has been silent for ``down_after_ms``
-  while another replica answered within that time (a hung process or a cut network).
+  while another replica answered within that time (a hung process or a cut network), or when its
+  pongs carry a new epoch (it restarted between two pings). Ray's own report of a dead actor is not
+  waited for: the dropped connection comes first, and a hang is one Ray does not see.
 * a lost replica's in-flight decides are answered here at once with ``ErrorReply(code="timeout",
   message="replica_down: ...")`` (``timeout`` is the code the control loop reads as "no decision",
   so the tick falls back), its client is dropped, and its agents go to the least loaded live
   replicas; their next decide goes there.
 * when a lost replica answers pings again (Ray restarted it: ``max_restarts``), a fresh client says
   hello and registers every tool set in a background thread (the loop never waits for it), then the
-  replica takes agents back until the assignment is balanced again (the fewest moves that balance it).
+  replica takes agents back until the assignment is balanced again (the fewest moves that balance it,
+  its own former agents first).
 
 Times are milliseconds on this process's monotonic clock.
 """
