@@ -17,6 +17,7 @@ keeps it there across restarts (same port, same machine: same endpoint).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -34,7 +35,8 @@ class PolicyServiceActor:
     ``curve_files``: ``{"server_secret": TEXT, "client_keys": {NAME.key: TEXT}}`` — the CURVE
     certificate files made by the driver (``agent.replicas``), written here to a private folder of the
     actor's own node (its machine may not share the driver's file system) and used as the config's
-    ``curve``. The same text comes with every Ray restart, so the server keeps its public key.
+    ``curve``; the folder is removed once the server has read them (it reads keys when it binds). The
+    same text comes with every Ray restart, so the server keeps its public key.
     """
 
     def __init__(self, config: dict[str, Any], curve_files: dict[str, Any] | None = None) -> None:
@@ -42,11 +44,17 @@ class PolicyServiceActor:
         from tickcall.agent.server import PolicyServer
 
         self.config = ServeConfig.from_dict(config)
+        key_dir = None
         if curve_files:
             self.config.curve = write_curve_files(curve_files)
-        self.engine = build_engine(self.config.engine)
-        self.server = PolicyServer(self.engine, self.config)
-        self.endpoint = self.server.start()
+            key_dir = Path(self.config.curve.server_secret or "").parent
+        try:
+            self.engine = build_engine(self.config.engine)
+            self.server = PolicyServer(self.engine, self.config)
+            self.endpoint = self.server.start()
+        finally:
+            if key_dir is not None:  # the keys live in the server's memory from here on
+                shutil.rmtree(key_dir, ignore_errors=True)
 
     def ready(self) -> dict[str, Any]:
         """Endpoint, epoch, engine info, pid and Ray node once serving (call it to wait for the actor)."""
