@@ -272,9 +272,9 @@ class RunConfig(LoopSettings):
     )
     agents: int | None = setting(
         None,
-        help="multi-agent envs (tickcall/CrowdArena-v0, pettingzoo:MODULE:FUNCTION) only: how many agents "
-        "one loop ticks, each decided every tick, all in one batch (docs/multi-agent.md); null: the env's "
-        "default",
+        help="multi-agent envs (tickcall/CrowdArena-v0, pettingzoo:MODULE:FUNCTION; engine:... with N > 1: "
+        "an engine's NPC crowd) only: how many agents one loop ticks, each decided every tick, all in one "
+        "batch (docs/multi-agent.md); null: the env's default",
         check=integer(lo=1, optional=True),
         flag=Flag("--agents", metavar="N"),
     )
