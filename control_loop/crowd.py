@@ -44,6 +44,7 @@ from tickcall.control_loop.config import LoopSettings
 from tickcall.control_loop.loop import ControlLoop, LoopResult
 from tickcall.control_loop.policy import Policy
 from tickcall.control_loop.records import TickRecord
+from tickcall.control_loop.stats import NO_OBSERVATION
 from tickcall.control_loop.tick_outcomes import Pending
 from tickcall.control_loop.world import CrowdWorld
 from tickcall.models.calls import Call
@@ -109,6 +110,18 @@ class CrowdLoop(ControlLoop):
             return list(self.world.agents)
         return []
 
+    def _listed_without(self, observations: dict[str, Any]) -> list[str]:
+        """Agents present in the world with no fresh observation this tick, from the world's optional
+        ``unobserved(observations)`` hook (an engine that skipped its frame for some of its NPCs).
+        A PettingZoo world has none: an agent missing from ``observe_all`` there is done, not missed."""
+        hook = getattr(self.world, "unobserved", None)
+        if hook is None:
+            return []
+        try:
+            return [a for a in hook(observations) if a not in observations]
+        except Exception:  # advisory: the observations are what the tick acts on
+            return []
+
     def _missed_period(self, tick: int, scheduled_ms: float) -> None:
         self._ticks += 1
         for agent in self._known_agents():
@@ -157,6 +170,17 @@ class CrowdLoop(ControlLoop):
                 self._resolve(rec, "error", why)
                 self._fallback(rec)
             return
+        observed_all = getattr(self.world, "observed_all", None)
+        if observed_all is not None:  # optional hook: a world that tags its calls with the loop's tick (bridge)
+            observed_all(slot.index, observations)
+        # an agent the world lists with no fresh observation this tick (an engine that skipped its
+        # frame for it) still gets its agent-tick: an error with the single-agent loop's reason
+        for agent in self._listed_without(observations):
+            rec = TickRecord(tick=slot.index, scheduled_ms=scheduled_ms, lateness_ms=slot.lateness_ms, agent=agent)
+            self._add(rec)
+            self._agent_ids.add(agent)
+            self._resolve(rec, "error", f"{NO_OBSERVATION}: no fresh observation for {agent}")
+            self._fallback(rec)
         self._agents = list(observations)
         now = self._clock()
         deadline_at = slot.scheduled + self.s.deadline_s

@@ -78,6 +78,11 @@ class CrowdWorld(Protocol):
     newest observation of every agent alive now (agents may come and go between episodes, as in
     PettingZoo); ``apply_call`` and ``fallback`` return at once (set-point semantics: the agent's action
     stays in force until replaced); every agent uses the same ``tools`` (one registration).
+
+    Optional hooks the loop calls when a world has them: ``observed_all(tick, observations)`` right
+    after a tick took its observations (a world whose calls name the loop's tick: the engine bridge),
+    and ``unobserved(observations) -> [agent]``, the agents present without a fresh observation this
+    tick (each gets an ``error`` agent-tick and its fallback, so nothing present goes unaccounted).
     """
 
     history_chars: int    # longest result text a history line shows

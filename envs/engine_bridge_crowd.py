@@ -123,6 +123,7 @@ class EngineCrowdWorld:
         self._lock = threading.Lock()
         self._books: dict[str, _AgentBook] = {}
         self._roster: list[str] = bridge.roster()  # kept while no engine is connected
+        self._observed_roster: list[str] = []  # the roster the last observe_all went through
         self._tick = -1
         self.observe_calls = 0
         self._notices = EngineNotices()
@@ -153,6 +154,7 @@ class EngineCrowdWorld:
         with self._lock:
             self._tick += 1
             self.observe_calls += 1
+            self._observed_roster = list(roster)
             for agent in roster:
                 book = self._book(agent)
                 obs = fresh.get(agent)
@@ -182,6 +184,13 @@ class EngineCrowdWorld:
             )
             raise NoObservation(f"{why} ({len(roster)} agents missed this tick)")
         return out
+
+    def unobserved(self, observations: Mapping[str, Any]) -> list[str]:
+        """Optional hook the crowd loop reads: agents present now without a fresh observation in
+        ``observations`` (each still gets its agent-tick, an ``error``, and its fallback)."""
+        with self._lock:  # the roster observe_all went through (an agent joining since is not missed)
+            roster = list(self._observed_roster)
+        return [a for a in roster if a not in observations]
 
     def observed_all(self, tick: int, observations: Mapping[str, Any]) -> None:
         """Optional hook: the loop names the tick that took ``observations`` (default: the world

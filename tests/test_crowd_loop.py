@@ -238,6 +238,26 @@ def test_each_agent_tick_has_its_own_outcome_and_fallback():
     )
 
 
+def test_an_agent_present_without_a_fresh_observation_still_gets_its_agent_tick():
+    """A world with the ``unobserved`` hook (an engine that skipped some NPCs' frames): each present
+    agent left out of ``observe_all`` gets an ``error`` agent-tick and its fallback; a world without
+    the hook (PettingZoo: a missing agent is done) gets none."""
+    skip = {3: {"npc_1"}, 4: {"npc_1", "npc_2"}}
+    loop, policy, world, _ = make(lambda t, a: 0.005, roster=lambda n: [a for a in AGENTS if a not in skip.get(n, ())])
+    world.unobserved = lambda observations: [a for a in AGENTS if a not in observations]
+    res = loop.run(max_ticks=10)
+    assert len(res.records) == 4 * 10 and per_agent(res.records) == dict.fromkeys(AGENTS, 10)
+    missed = sorted((r.tick, r.agent) for r in res.records if r.outcome == "error")
+    assert missed == [(3, "npc_1"), (4, "npc_1"), (4, "npc_2")]
+    assert all(r.reason.startswith("observation failed: no fresh observation") for r in res.records
+               if r.outcome == "error")
+    assert world.fallbacks == {"npc_1": ["hold", "hold"], "npc_2": ["hold"]}
+    # without the hook the left-out agents are simply not on this tick
+    loop, policy, world, _ = make(lambda t, a: 0.005, roster=lambda n: [a for a in AGENTS if a not in skip.get(n, ())])
+    res = loop.run(max_ticks=10)
+    assert len(res.records) == 4 * 10 - 3 and not world.fallbacks
+
+
 def test_supersede_sends_every_agent_every_tick():
     loop, policy, world, _ = make(lambda t, a: 0.15 if a == "npc_0" else 0.005, in_flight="supersede")
     res = loop.run(max_ticks=20)
