@@ -45,7 +45,6 @@ log = logging.getLogger("tickcall.agent.server")
 # (~0.6 us each, several per request). The hot path uses them as plain ints.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 
@@ -253,10 +252,12 @@ class PolicyServer:
             for _ in range(100_000):
                 if not router.getsockopt(_EVENTS) & _POLLIN:
                     return
-                ident = router.recv()
-                frames = [router.recv()]  # a ROUTER message is the peer's identity and 1+ frames
-                while router.getsockopt(_RCVMORE):
-                    frames.append(router.recv())
+                ident = router.recv()  # a ROUTER message is the peer's identity and 1+ frames
+                frame = router.recv(copy=False)  # Frame.more: ~1 us less than getsockopt(RCVMORE)
+                frames = [frame.bytes]
+                while frame.more:
+                    frame = router.recv(copy=False)
+                    frames.append(frame.bytes)
                 self._on_message(ident, frames, time.perf_counter())
                 if self._queued >= self.config.max_batch:
                     self._wake_engine()
