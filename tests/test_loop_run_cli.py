@@ -93,6 +93,7 @@ def test_tickcall_run_writes_the_report(tmp_path):
     assert len(data.by_env()["tickcall/Arena-v0"]) == rep["outcomes"]["ok"] > 0
     assert (out / "latency_cdf.png").stat().st_size > 0 and (out / "timeline.png").stat().st_size > 0
     assert "ticks 48 at 16 Hz" in proc.stderr and "report:" in proc.stderr
+    assert f"page: {out / 'report.html'}" in proc.stderr and (out / "report.html").stat().st_size > 0
 
 
 def _broken_folder(tmp_path: Path, how: str) -> Path:

@@ -108,8 +108,12 @@ def run(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     folder = outcome.paths.get("report", "")
     print(f"report: {folder}", file=sys.stderr)
+    if "html" in outcome.paths:
+        print(f"page: {outcome.paths['html']}", file=sys.stderr)
     if "plot_error" in outcome.paths:
         print(f"plots were not written: {outcome.paths['plot_error']}", file=sys.stderr)
+    if "html_error" in outcome.paths:
+        print(f"report.html was not written: {outcome.paths['html_error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(outcome.report, indent=2, default=str))
     return 130 if outcome.interrupted else 0  # 128 + SIGINT, as shells report an interrupted command
