@@ -119,3 +119,75 @@ def test_wire_observation_text_keeps_the_senders_order():
     obs = {"z": 1, "a": 2.5, "m": "x", "b": None, "c": False}
     assert P.format_observation(obs) == "z=1 a=+2.500 m=x b=null c=false" == render_observation(obs)
     assert P.format_observation({}) == render_observation({}) == ""
+
+
+def _map(*pairs) -> bytes:
+    """A msgpack map written key by key (duplicate keys allowed, as a hostile peer may send them)."""
+    import msgpack
+
+    body = b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in pairs)
+    n = len(pairs)
+    return (bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big")) + body
+
+
+_TURN = {"query": "", "observation": {"x": 1.5}}
+_HEAD = (("v", 1), ("type", "decide"))
+DECIDES = {
+    "valid": _map(*_HEAD, ("id", 7), ("handle", "h.1"), ("tick", 3), ("turn", _TURN)),
+    "valid, unknown keys": _map(*_HEAD, ("id", "a"), ("handle", "h"), ("tick", 0), ("turn", _TURN), ("x", [1])),
+    "later v 2": _map(*_HEAD, ("id", 7), ("handle", "h"), ("tick", 3), ("turn", _TURN), ("v", 2)),
+    "later type": _map(*_HEAD, ("id", 7), ("handle", "h"), ("tick", 3), ("turn", _TURN), ("type", "ping")),
+    "no id": _map(*_HEAD, ("handle", "h"), ("tick", 3), ("turn", _TURN)),
+    "bool id": _map(*_HEAD, ("id", True), ("handle", "h"), ("tick", 3), ("turn", _TURN)),
+    "float id": _map(*_HEAD, ("id", 1.0), ("handle", "h"), ("tick", 3), ("turn", _TURN)),
+    "long id": _map(*_HEAD, ("id", "i" * 129), ("handle", "h"), ("tick", 3), ("turn", _TURN)),
+    "huge id": _map(*_HEAD, ("id", 2**64 - 1), ("handle", "h"), ("tick", 3), ("turn", _TURN)),
+    "bad handle": _map(*_HEAD, ("id", 7), ("handle", 5), ("tick", 3), ("turn", _TURN)),
+    "bad deadline": _map(*_HEAD, ("id", 7), ("handle", "h"), ("tick", 3), ("turn", _TURN), ("deadline_ms", -1)),
+    "NaN sent_ms": _map(*_HEAD, ("id", 7), ("handle", "h"), ("tick", 3), ("turn", _TURN), ("sent_ms", math.nan)),
+    "bad obs": _map(*_HEAD, ("id", 7), ("handle", "h"), ("tick", 3), ("turn", {"observation": {"x": [1]}})),
+    "bin query": _map(*_HEAD, ("id", 7), ("handle", "h"), ("tick", 3), ("turn", {"query": b"q"})),
+    "16 keys": _map(*_HEAD, ("id", 7), ("handle", "h"), ("tick", 3), ("turn", _TURN), *((f"k{i}", i) for i in range(11))),
+    "truncated": _map(*_HEAD, ("id", 7), ("handle", "h"), ("tick", 3), ("turn", _TURN))[:-3],
+}  # fmt: skip
+
+
+def _outcome(fn, payload):
+    try:
+        return fn(payload)
+    except P.ProtocolError as exc:
+        return (exc.code, exc.message, exc.msg_id, exc.extra)
+
+
+@pytest.mark.parametrize("name", sorted(DECIDES))
+def test_decide_fast_path_decodes_as_the_envelope_path(name, monkeypatch):
+    """A decide that starts with the envelope bytes is decoded once, straight into Decide; every
+    payload gets the same struct or the same error as through the envelope path."""
+    payload = DECIDES[name]
+    took_fast = P._fast(payload, P._FAST_DECIDE, P._request_decoders["decide"]) is not None
+    assert took_fast == (name.startswith("valid") or name == "huge id")  # 16 keys: a map16 header
+    fast = _outcome(lambda b: P.decode_request(b, 1 << 20), payload)
+    monkeypatch.setattr(P, "_FAST_DECIDE", b"\xff")  # never matches: the envelope path only
+    slow = _outcome(lambda b: P.decode_request(b, 1 << 20), payload)
+    assert fast == slow
+    assert _outcome(lambda b: P.decode_request(b, 10), payload)[0] == "oversized"
+    if name.startswith("valid") or name in ("huge id", "16 keys"):
+        assert type(fast).__name__ == "Decide"
+    else:
+        assert isinstance(fast, tuple), fast  # refused, with the envelope path's code and message
+
+
+@pytest.mark.parametrize("later", [None, ("v", 2), ("type", "pong"), ("legal", "yes")])
+def test_call_reply_fast_path_decodes_as_the_envelope_path(later, monkeypatch):
+    from tickcall.agent.messages import CallReply, Timings, Tokens, WireCall
+
+    reply = CallReply(id=3, epoch="e", tick=1, handle="h", call=WireCall(name="wait"), legal=True,
+                      reason="", heads={}, tokens=Tokens(), timings_ms=Timings(), batch=1, sent_ms=None)  # fmt: skip
+    payload = P.encode(reply)
+    if later is not None:  # one more key after the others (a duplicate)
+        payload = bytes([payload[0] + 1]) + payload[1:] + _map(later)[1:]
+    assert (P._fast(payload, P._FAST_CALL, P._reply_decoders["call"]) is not None) == (later is None)
+    fast = _outcome(P.decode_reply, payload)
+    monkeypatch.setattr(P, "_FAST_CALL", b"\xff")
+    assert fast == _outcome(P.decode_reply, payload)
+    assert (fast == reply) if later is None else isinstance(fast, tuple)
