@@ -76,7 +76,7 @@ def test_service_cost_bench_accounts_for_every_decide(tmp_path):
         text = Path(data["profiles"][batch]).read_text()
         assert "server.py" in text and "_drain" in text
         assert Path(data["profiles"][batch]).with_suffix(".prof").is_file()
-    assert "batch 64: CPU per decide" in r.stdout and "load average" in r.stdout
+    assert "batch 64: CPU per decide (us" in r.stdout and "load average" in r.stdout
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ Paths (interleaved in blocks, the order rotated per block, so machine noise hits
 * ``service (bare DEALER)``: the same pre-encoded payloads to the service (client work as the echo's);
 * ``service (PolicyClient)``: ``agent.client.PolicyClient`` (encodes each decide, decodes each reply);
 * with ``--baseline-src DIR``, both service paths again with the service run from another source tree
-  (``git archive REV | tar -x -C DIR``): before and after measured in one run, on one machine load.
+  (``git archive REV | tar -x -C DIR``), its PolicyClient path with that tree's client too (in a
+  subprocess of its own): before and after measured in one run, on one machine load.
 
 Batch 1: one client, sequential (send, wait for the reply). Batch 64: one client sends 64 decides on 64
 streams at once and waits for the 64 replies (the service decodes them as one batch: ``mean_batch``).
@@ -178,12 +179,17 @@ def instant_engine() -> Any:
 
 
 def child_main(argv: list[str]) -> None:
-    """Entry of a service or echo subprocess: ``argv`` = [mode, options JSON]. Prints one JSON line with
-    its endpoint, then answers ``cpu`` (a JSON line of CPU seconds) and ``stop`` on stdin."""
+    """Entry of a service, echo or client subprocess: ``argv`` = [mode, options JSON]. Prints one JSON
+    line with its endpoint, then answers on stdin ``cpu`` (a JSON line of CPU seconds), ``block B N``
+    (client: N rounds of B decides, a JSON line of ``ClientRounds.run``) and ``stop``."""
     mode, opts = argv[0], json.loads(argv[1])
     threads: dict[str, threading.Thread] = {}
     profiles: dict[str, Any] = {}
-    if mode == "service":
+    rounds: ClientRounds | None = None
+    if mode == "client":
+        rounds = ClientRounds(opts["endpoint"])
+        endpoint, stop = opts["endpoint"], rounds.close
+    elif mode == "service":
         from tickcall.agent.config import ServeConfig
         from tickcall.agent.server import PolicyServer
 
@@ -214,10 +220,14 @@ def child_main(argv: list[str]) -> None:
     print(json.dumps({"endpoint": endpoint, "pid": os.getpid()}), flush=True)
     clocks = {name: time.pthread_getcpuclockid(t.ident) for name, t in threads.items() if t.ident}
     for line in sys.stdin:
-        if line.strip() != "cpu":
+        cmd = line.split()
+        if cmd[:1] == ["cpu"]:
+            cpu = {name: time.clock_gettime(c) for name, c in clocks.items()}
+            print(json.dumps({"process": time.process_time(), **cpu}), flush=True)
+        elif cmd[:1] == ["block"] and rounds is not None:
+            print(json.dumps(rounds.run(int(cmd[1]), int(cmd[2]))), flush=True)
+        else:
             break
-        cpu = {name: time.clock_gettime(c) for name, c in clocks.items()}
-        print(json.dumps({"process": time.process_time(), **cpu}), flush=True)
     stop()
     if profiles:
         _dump_profiles(profiles, Path(opts["profile"]))
@@ -329,10 +339,17 @@ class Child:
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: ``process`` (all threads) and per named thread (``io``, ``engine``)."""
+        return self.call("cpu")
+
+    def call(self, command: str) -> dict[str, Any]:
+        """One command (see ``child_main``) and its JSON answer."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("cpu\n")
+        self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the subprocess exited (status {self.proc.wait(30)}) on {command!r}")
+        return json.loads(line)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -378,11 +395,45 @@ def layout_source(src: Path, dest: Path) -> str:
 # --------------------------------------------------------------------------- clients
 
 
+class ClientRounds:
+    """``agent.client.PolicyClient`` (of whichever source tree is imported) sending rounds of decides."""
+
+    def __init__(self, endpoint: str) -> None:
+        from tickcall.agent.client import PolicyClient
+
+        self.client = PolicyClient(endpoint, timeout_ms=30_000, name="service-cost")
+        self.client.register(TOOLS)
+        self.tick = 0
+
+    def run(self, batch: int, rounds: int) -> dict[str, Any]:
+        """``rounds`` rounds of ``batch`` decides (streams s0..): ``round_ms`` per round, ``cpu_s`` of
+        this thread, and per reply [type, legal, batch]."""
+        times, replies = [], []
+        c0 = time.thread_time()
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for j in range(batch):
+                self.tick += 1
+                self.client.send_decide(turn(self.tick), self.tick, DEADLINE_MS, stream=f"s{j}")
+            got: list[Any] = []
+            while len(got) < batch:
+                got += self.client.poll(30_000)
+            times.append((time.perf_counter() - t) * 1e3)
+            replies += got
+        cpu = time.thread_time() - c0
+        summary = [[r.type, bool(getattr(r, "legal", False)), int(getattr(r, "batch", 0))] for r in replies]
+        return {"round_ms": times, "cpu_s": cpu, "replies": summary}
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class Route:
     """One measured path: a client of one subprocess (``kind``: ``echo``, ``bare`` DEALER or ``client``,
-    a PolicyClient), sending ``batch`` decides per round."""
+    a PolicyClient: in this process, or from ``client_src`` in a subprocess of its own), sending
+    ``batch`` decides per round."""
 
-    def __init__(self, name: str, child: Child, kind: str) -> None:
+    def __init__(self, name: str, child: Child, kind: str, client_src: Path | None = None) -> None:
         import zmq
 
         from tickcall.agent import protocol as P
@@ -390,15 +441,15 @@ class Route:
 
         self.name, self.child, self.kind = name, child, kind
         self.rows: dict[int, dict[str, Any]] = {}
-        self.client: Any = None
+        self.client: ClientRounds | None = None
+        self.remote: Child | None = None
         self.sock: Any = None
         self.payloads: list[bytes] = []
-        self.tick = 0
         if kind == "client":
-            from tickcall.agent.client import PolicyClient
-
-            self.client = PolicyClient(child.endpoint, timeout_ms=30_000, name="service-cost")
-            self.client.register(TOOLS)
+            if client_src is None:
+                self.client = ClientRounds(child.endpoint)
+            else:
+                self.remote = Child("client", {"endpoint": child.endpoint}, client_src)
             return
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -434,14 +485,21 @@ class Route:
     def block(self, batch: int, rounds: int, record: bool = True) -> None:
         """``rounds`` rounds of ``batch`` decides; with ``record``, their times and CPU go in the row."""
         before = self.child.cpu()
-        c0 = time.thread_time()
-        times, replies = [], []
-        for _ in range(rounds):
-            t = time.perf_counter()
-            got = self._round(batch)
-            times.append((time.perf_counter() - t) * 1e3)
-            replies.append(got)
-        c1 = time.thread_time()
+        if self.client is not None or self.remote is not None:
+            res = (
+                self.client.run(batch, rounds) if self.client else self.remote.call(f"block {batch} {rounds}")
+            )
+            times, replies, client_cpu = res["round_ms"], res["replies"], res["cpu_s"]
+        else:
+            times, replies = [], []
+            c0 = time.thread_time()
+            for _ in range(rounds):
+                t = time.perf_counter()
+                for j in range(batch):
+                    self.sock.send(self.payloads[j])
+                replies += [self.sock.recv() for _ in range(batch)]
+                times.append((time.perf_counter() - t) * 1e3)
+            client_cpu = time.thread_time() - c0
         after = self.child.cpu()
         if not record:
             return
@@ -449,44 +507,35 @@ class Route:
         row["rounds"] += rounds
         row["decides"] += rounds * batch
         row["round_ms"] += times
-        row["client_cpu_s"] += c1 - c0
+        row["client_cpu_s"] += client_cpu
         for k, v in after.items():
             row["cpu_s"][k] = row["cpu_s"].get(k, 0.0) + v - before[k]
-        for got in replies:
-            for r in got:
-                self._count(row, r)
-
-    def _round(self, batch: int) -> list[Any]:
-        if self.client is not None:
-            for j in range(batch):
-                self.tick += 1
-                self.client.send_decide(turn(self.tick), self.tick, DEADLINE_MS, stream=f"s{j}")
-            out: list[Any] = []
-            while len(out) < batch:
-                out += self.client.poll(30_000)
-            return out
-        for j in range(batch):
-            self.sock.send(self.payloads[j])
-        return [self.sock.recv() for _ in range(batch)]
+        for r in replies:
+            self._count(row, r)
 
     def _count(self, row: dict[str, Any], r: Any) -> None:
+        """Count one reply: raw bytes (echo, bare DEALER) or a PolicyClient's [type, legal, batch]."""
         row["replies"] += 1
+        if self.kind == "echo":  # the echo's reply is the request itself
+            row["calls"] += 1
+            return
         if isinstance(r, bytes):
-            if self.kind == "echo":  # the echo's reply is the request itself
-                row["calls"] += 1
-                return
             from tickcall.agent import protocol as P
 
-            r = P.decode_reply(r)
-        if r.type == "call" and r.legal:
+            reply = P.decode_reply(r)
+            r = [reply.type, bool(getattr(reply, "legal", False)), int(getattr(reply, "batch", 0))]
+        kind, legal, batch = r
+        if kind == "call" and legal:
             row["calls"] += 1
-            row["batch_sum"] += r.batch
+            row["batch_sum"] += batch
         else:
             row["errors"] += 1
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+        if self.remote is not None:
+            self.remote.close()
         if self.sock is not None:
             self.sock.close(0)
 
@@ -553,8 +602,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             children.append(services[1][1])
         paths.append(Route("echo", echo, "echo"))
         for label, child in services:
+            src = Path(args.baseline_src) if label.startswith("baseline") else None
             paths.append(Route(f"{label} (bare DEALER)", child, "bare"))
-            paths.append(Route(f"{label} (PolicyClient)", child, "client"))
+            paths.append(Route(f"{label} (PolicyClient)", child, "client", client_src=src))
         for batch, rounds in ((1, args.rounds), (64, args.rounds_64)):
             block = max(1, args.block if batch == 1 else args.block // 10)
             for p in paths:  # warm-up: the gather window learns the batch size, caches fill
@@ -631,26 +681,16 @@ def run(args: argparse.Namespace) -> int:
     for b in BATCHES:
         rows = [r for r in out["rows"] if r["batch"] == b]
         print_table(
-            [
-                "path",
-                "service CPU ms",
-                "io ms",
-                "engine ms",
-                "client CPU ms",
-                "P50 ms",
-                "P90 ms",
-                "CPU x echo",
-                "P50 x echo",
-                "mean batch",
-                "decides",
-            ],
+            ["path", "service CPU us", "io us", "engine us", "other us", "client CPU us", "P50 ms", "P90 ms",
+             "CPU x echo", "P50 x echo", "mean batch", "decides"],
             [
                 [
                     r["path"],
-                    r["service_cpu_ms"],
-                    r["io_cpu_ms"],
-                    "-" if r["engine_cpu_ms"] is None else r["engine_cpu_ms"],
-                    r["client_cpu_ms"],
+                    r["service_cpu_ms"] * 1e3,
+                    r["io_cpu_ms"] * 1e3,
+                    "-" if r["engine_cpu_ms"] is None else r["engine_cpu_ms"] * 1e3,
+                    (r["service_cpu_ms"] - r["io_cpu_ms"] - (r["engine_cpu_ms"] or 0.0)) * 1e3,
+                    r["client_cpu_ms"] * 1e3,
                     r["round_ms"]["p50"],
                     r["round_ms"]["p90"],
                     r["cpu_ratio_vs_echo"],
@@ -660,9 +700,9 @@ def run(args: argparse.Namespace) -> int:
                 ]
                 for r in rows
             ],
-            title=f"batch {b}: CPU per decide (ms), round trip per round of {b} (ms), "
-            f"{out['payload_bytes']}-byte decide, {args.engine} engine",
-        )
+            title=f"batch {b}: CPU per decide (us; other: libzmq's I/O thread and the rest of the process), "
+            f"round trip per round of {b} decides (ms); {out['payload_bytes']}-byte decide, {args.engine} engine",
+        )  # fmt: skip
         print()
     for b, path in out.get("profiles", {}).items():
         print(f"profile at batch {b}: {path}")
