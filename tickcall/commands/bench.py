@@ -30,6 +30,7 @@ BENCHES: dict[str, tuple[str, str]] = {
         "tickcall.bench.lm",
         "a language model's decide latency: float32 vs the CPU fast path (bf16/int8)",
     ),
+    "fleet": ("tickcall.bench.fleet", "many agents at 10 Hz on 1 and 2 policy service replicas, failover"),
     "gpu-check": ("tickcall.bench.gpu_check", "decide P50/P90 on a CUDA GPU, eager vs CUDA graphs (scripts/gpu_check.sh)"),
 }
 
