@@ -31,6 +31,8 @@ CELL_KEYS = {
     "all_ticks",
     "service_stages_ms",
     "loop_lateness_ms",
+    "service_busy_share",
+    "outside_service_ms",
 }
 
 
@@ -72,6 +74,7 @@ def test_tiny_fleet_writes_every_cell_accounted_and_prints_the_table(ray_session
         # the no-op engine answers at once: the service decoded batches, the loop got ok agent-ticks
         assert c["batches"] > 0 and c["mean_batch"] >= 1 and c["window_outcomes"]["ok"] > 0
         assert c["decide_ms"]["n"] > 0 and c["errors"] == 0
+        assert c["service_busy_share"] is not None and c["outside_service_ms"]["n"] == c["decide_ms"]["n"]
     assert set(data["ratios"]["throughput_most_over_1"]) == {"1"}
     assert data["ratios"]["throughput_most_over_1"]["1"]["agents"] == 2
     assert data["goals"]["zero_miss_32_one_replica"]["met"] is None  # 32 agents did not run

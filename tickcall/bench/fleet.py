@@ -11,7 +11,10 @@ Per cell, over the ticks after the first ``--warmup`` s (default 2; the warm-up'
 beside): decisions per second (ok agent-ticks / s: ``rate * ok / loop ticks``, as ``report.json``'s
 ``decisions_per_s``), the decide round trip P50/P90 (ms, every reply), the tick latency P50/P90 (ms,
 observation -> call applied, ok agent-ticks), deadline misses (late + fallback + skipped) and their
-share of the agent-ticks, and the service's stage times (queue, engine = the whole batch call). Over
+share of the agent-ticks, and where the time goes: the service's stage times (queue, engine = the
+whole batch call, server = receipt -> reply), ``service_busy_share`` (the engine time of the window's
+distinct batches over the window, per replica: near 1 is a saturated service) and
+``outside_service_ms`` (round trip minus the server's time: ZeroMQ, the client, the loop). Over
 the whole cell: the mean batch the service(s) decoded (``batch_sizes`` of the service stats) and the
 accounting: outcomes sum to agents x loop ticks, each (tick, agent) once; a cell that breaks it fails
 the bench (exit 1, after the JSON is written).
@@ -237,7 +240,12 @@ def _pct(values: list[float]) -> dict[str, Any]:
 
 
 def cell_figures(
-    records: Sequence[Any], report: dict[str, Any], agents: int, rate_hz: float, warmup_s: float
+    records: Sequence[Any],
+    report: dict[str, Any],
+    agents: int,
+    rate_hz: float,
+    warmup_s: float,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """The figures of one run from its records (``TickRecord``) and report (module docstring)."""
     loop_ticks = len({r.tick for r in records})
@@ -252,11 +260,25 @@ def cell_figures(
     misses = sum(win_out.get(k, 0) for k in MISS_OUTCOMES)
     stages: dict[str, list[float]] = {}
     for r in win:
-        for name in ("queue", "engine", "decode", "prefill"):
+        for name in ("queue", "engine", "decode", "prefill", "server"):
             v = (r.stages_ms or {}).get(name)
             if isinstance(v, int | float):
                 stages.setdefault(name, []).append(float(v))
     lateness = [r.lateness_ms for r in win if r.lateness_ms is not None]
+    # the agent-ticks of one batch carry the same engine/prefill/decode times, so distinct triples are the
+    # batches; their engine time over the window (per replica) is how busy the service was
+    batches = {
+        tuple((r.stages_ms or {}).get(k) for k in ("engine", "prefill", "decode"))
+        for r in win
+        if isinstance((r.stages_ms or {}).get("engine"), int | float)
+    }
+    window_s = win_ticks / rate_hz if win_ticks else 0.0
+    busy = sum(b[0] for b in batches) / 1e3 / (window_s * replicas) if window_s else None
+    outside = [
+        r.rtt_ms - r.stages_ms["server"]
+        for r in win
+        if r.rtt_ms is not None and isinstance((r.stages_ms or {}).get("server"), int | float)
+    ]
     return {
         "agents": agents,
         "loop_ticks": loop_ticks,
@@ -287,6 +309,8 @@ def cell_figures(
         },
         "service_stages_ms": {name: _pct(v) for name, v in sorted(stages.items())},
         "loop_lateness_ms": _pct(lateness),
+        "service_busy_share": None if busy is None else round(busy, 3),
+        "outside_service_ms": _pct(outside),
         "achieved_hz": report.get("achieved_hz"),
         "elapsed_s": report.get("elapsed_s"),
         **batch_figures(report.get("service") or {}),
@@ -482,6 +506,8 @@ def print_cells(cells: list[dict[str, Any]]) -> None:
             c["deadline_misses"],
             f"{100 * (c['miss_rate'] or 0):.1f}%",
             c["mean_batch"],
+            (c["service_stages_ms"].get("engine") or {}).get("p50"),
+            None if c["service_busy_share"] is None else f"{100 * c['service_busy_share']:.0f}%",
             c["errors"],
             c["accounting"],
         ]
@@ -500,6 +526,8 @@ def print_cells(cells: list[dict[str, Any]]) -> None:
             "misses",
             "miss rate",
             "mean batch",
+            "engine p50",
+            "busy",
             "errors",
             "outcomes = agents x ticks",
         ],
@@ -542,7 +570,7 @@ def run(args: argparse.Namespace) -> int:
                 outcome, wall = one_run(run_config(args, plan, n, m, str(base / f"r{m}-a{n}")))
                 cell = {
                     "replicas": m,
-                    **cell_figures(outcome.records, outcome.report, n, plan["rate_hz"], plan["warmup_s"]),
+                    **cell_figures(outcome.records, outcome.report, n, plan["rate_hz"], plan["warmup_s"], m),
                 }
                 cell.update(
                     {
@@ -577,7 +605,7 @@ def run(args: argparse.Namespace) -> int:
                 finally:
                     killer.cancel.set()
                     killer.join(60)
-            fig = cell_figures(outcome.records, outcome.report, n, plan["rate_hz"], plan["warmup_s"])
+            fig = cell_figures(outcome.records, outcome.report, n, plan["rate_hz"], plan["warmup_s"], 2)
             out["failover"] = {
                 "agents": n,
                 "replicas": 2,
