@@ -199,8 +199,9 @@ class PolicyClient:
         tick" (a null function head) is a legal answer. Raises PolicyError (e.g. ``illegal_tools``) or
         PolicyTimeout.
         """
-        reg = ClientRegistration(tools=P.wire_tools(tools), system=system, template=template,
-                                 allow_no_call=allow_no_call)
+        reg = ClientRegistration(
+            tools=P.wire_tools(tools), system=system, template=template, allow_no_call=allow_no_call
+        )
         out = self._send_register(reg, timeout_ms)
         self._wait(out, "register")
         self.registrations.append(reg)
@@ -210,8 +211,16 @@ class PolicyClient:
     def _send_register(self, reg: ClientRegistration, timeout_ms: float | None = None) -> Out:
         out = self._new_out("register", timeout_ms, reg=reg)
         reg._pending_id = out.msg_id
-        self._send(Register(id=out.msg_id, tools=reg.tools, system=reg.system, template=reg.template,
-                            allow_no_call=reg.allow_no_call), out)
+        self._send(
+            Register(
+                id=out.msg_id,
+                tools=reg.tools,
+                system=reg.system,
+                template=reg.template,
+                allow_no_call=reg.allow_no_call,
+            ),
+            out,
+        )
         return out
 
     def ping(self, timeout_ms: float | None = None) -> float:
@@ -376,7 +385,8 @@ class PolicyClient:
         for o in expired:
             self._out.pop(o.msg_id, None)
         self._expiry_floor = min(
-            (o.timeout_at for o in itertools.chain(self._out.values(), self._waiting.values())), default=math.inf
+            (o.timeout_at for o in itertools.chain(self._out.values(), self._waiting.values())),
+            default=math.inf,
         )
         if not expired:
             return

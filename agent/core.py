@@ -163,8 +163,13 @@ class PolicyCore:
                     return refused
                 # assembly only when asked for: engines of users' own (factory backends) may not take it
                 extra = {} if req.assembly is None else {"assembly": req.assembly}
-                r = self.engine.register(req.tools, system=req.system, template=req.template,
-                                         allow_no_call=req.allow_no_call, **extra)
+                r = self.engine.register(
+                    req.tools,
+                    system=req.system,
+                    template=req.template,
+                    allow_no_call=req.allow_no_call,
+                    **extra,
+                )
             except ToolSchemaError as exc:
                 return P.error_reply("illegal_tools", str(exc)[:1000], req.id, self.epoch)
             except Exception as exc:

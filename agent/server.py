@@ -202,7 +202,9 @@ class PolicyServer:
         try:
             # on stop, keep forwarding until the engine thread has finished (its last replies go out)
             while not (self._stop.is_set() and self._engine_done.is_set()):
-                ready = [sock for sock, _ in poller.poll(self.config.poll_ms if not self._stop.is_set() else 10)]
+                ready = [
+                    sock for sock, _ in poller.poll(self.config.poll_ms if not self._stop.is_set() else 10)
+                ]
                 if inbox in ready:
                     self._forward(inbox)
                 if router in ready:
@@ -411,8 +413,12 @@ class PolicyServer:
                         )
                     except Exception as exc:  # one request must never end the engine thread
                         log.exception("%s failed", req.type)
-                        reply = P.error_reply("engine_failure", f"{req.type} failed: {type(exc).__name__}: "
-                                              f"{exc}"[:1000], req.id, self.epoch)
+                        reply = P.error_reply(
+                            "engine_failure",
+                            f"{req.type} failed: {type(exc).__name__}: {exc}"[:1000],
+                            req.id,
+                            self.epoch,
+                        )
                     self._send(ident, reply)
                 for p, late in expired:
                     self._send(
@@ -480,7 +486,8 @@ class PolicyServer:
         except zmq.Again:  # no I/O thread to read it (stopping)
             with contextlib.suppress(ValueError):  # unless the I/O thread took it meanwhile
                 self._handover.remove(replies)
-                self._core.stats["dropped_stopping"] = self._core.stats.get("dropped_stopping", 0) + len(replies)
+                stats = self._core.stats
+                stats["dropped_stopping"] = stats.get("dropped_stopping", 0) + len(replies)
 
     def _take_batch(self) -> tuple[list[tuple[Job, float]], list[Job]]:
         """Under the lock: pull expired decides and up to max_batch live ones (oldest first)."""
