@@ -191,3 +191,41 @@ def test_call_reply_fast_path_decodes_as_the_envelope_path(later, monkeypatch):
     monkeypatch.setattr(P, "_FAST_CALL", b"\xff")
     assert fast == _outcome(P.decode_reply, payload)
     assert (fast == reply) if later is None else isinstance(fast, tuple)
+
+
+def test_a_reply_to_a_peer_that_left_is_counted_unroutable_and_the_service_keeps_serving():
+    """The I/O thread sends a reply as two frames: the identity frame is where ROUTER_MANDATORY refuses a
+    peer that is gone; the reply is then counted ``unroutable`` (not as a sent call), and others are
+    still served. A real server with the bench's stand-in engine (1 s a batch) so the peer leaves first."""
+    import zmq
+    from tickcall.agent.client import PolicyClient
+    from tickcall.agent.config import ServeConfig
+    from tickcall.agent.messages import Register
+    from tickcall.agent.server import PolicyServer
+
+    from tests.polling import wait_for
+    from tickcall.bench.standin import slow_noop
+
+    server = PolicyServer(slow_noop(1000.0), ServeConfig(bind="tcp://127.0.0.1:0"))
+    endpoint = server.start()
+    ctx = zmq.Context.instance()
+    try:
+        leaver = ctx.socket(zmq.DEALER)
+        leaver.setsockopt(zmq.LINGER, 1000)  # the decide leaves before the socket closes
+        leaver.connect(endpoint)
+        leaver.send(P.encode(Register(id=1, tools=service_cost.TOOLS)))
+        assert leaver.poll(30_000) and P.decode_reply(leaver.recv()).type == "registered"
+        [handle] = list(server._core.handles)
+        leaver.send(service_cost.payloads(handle)[0])
+        assert wait_for(lambda: server.stats().get("received", 0) >= 2, 10)
+        leaver.close()
+        assert wait_for(lambda: server.stats().get("unroutable", 0) == 1, 30), server.stats()
+        stats = server.stats()
+        assert stats.get("reply_call", 0) == 0 and stats["decided"] == 1
+        with PolicyClient(endpoint, timeout_ms=30_000) as client:  # the service still serves
+            client.register(service_cost.TOOLS)
+            reply = client.decide(service_cost.turn(1), 1)
+            assert reply.type == "call" and reply.legal, reply
+        assert server.stats()["reply_call"] == 1
+    finally:
+        server.stop()
