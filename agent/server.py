@@ -7,8 +7,8 @@ Two threads:
   once (an ``error`` reply; the server keeps serving), queues ``decide`` with **latest-wins** per
   (client, stream) — a newer decide replaces the queued one, which is answered ``superseded`` — waking
   the engine thread once per read burst (at most ``max_batch`` decides apart), and sends the replies the
-  engine thread hands it (over an inproc PULL socket, one message per engine step: a batch's replies
-  travel together);
+  engine thread hands it (one list per engine step, announced by one frame on an inproc socket: a
+  batch's replies travel together);
 * the **engine thread** owns the engine. It runs ``register``/``bye`` in arrival order, answers
   ``expired`` to queued decides whose deadline passed before decoding starts (nothing decoded), then
   calls ``engine.decide_batch`` once for up to ``max_batch`` queued decides — all clients' heads in one
