@@ -20,6 +20,7 @@ CELL_KEYS = {
     "accounted",
     "accounting",
     "decisions_per_s",
+    "replies_per_s",
     "decide_ms",
     "tick_latency_ms",
     "deadline_misses",
@@ -114,6 +115,7 @@ def test_failover_kills_one_replica_and_every_agent_tick_is_accounted(ray_sessio
     assert fo["killed"]["replica"] == 0 and fo["killed"]["pid"] > 0 and fo["kill_error"] is None
     assert fo["lost"] >= 1 and fo["moved_agents"] == 2 and fo["lost_reason"]
     assert fo["lost_to_served_ms"]["n"] == 2  # both moved agents got a call from the other replica
+    assert fo["down_replies"] >= fo["fallback_down_replies"] >= 0  # the lost replica's in-flight decides
     assert fo["kill_to_lost_ms"] is not None and fo["kill_to_all_moved_served_ms"] is not None
     assert fo["accounted"] and sum(fo["outcomes"].values()) == 4 * fo["loop_ticks"] == fo["agent_ticks"]
 
@@ -135,7 +137,13 @@ def test_bad_flags_are_one_line_and_exit_2(flags, says, capsys):
 
 
 def _cell(replicas: int, agents: int, dps: float, misses: int) -> dict:
-    return {"replicas": replicas, "agents": agents, "decisions_per_s": dps, "deadline_misses": misses}
+    return {
+        "replicas": replicas,
+        "agents": agents,
+        "decisions_per_s": dps,
+        "replies_per_s": 2 * dps,
+        "deadline_misses": misses,
+    }
 
 
 def test_goals_and_ratios_judge_the_cells_they_are_given():
@@ -152,5 +160,6 @@ def test_goals_and_ratios_judge_the_cells_they_are_given():
     assert thr["per_replicas"]["1"] == {"ratio": 3.9, "met": False}
     assert thr["per_replicas"]["2"] == {"ratio": 8.0, "met": True} and thr["met"] is False
     r = ratios(cells, [1, 32, 64], [1, 2])
+    assert r["throughput_most_over_1"]["1"] == {"agents": 64, "ratio": 3.9, "replies_ratio": 3.9}
     assert r["replicas_2_over_1"] == {"1": 1.0, "32": None, "64": 2.051}
     assert goals([_cell(1, 32, 300.0, 1)])["zero_miss_32_one_replica"]["met"] is False

@@ -291,6 +291,10 @@ def cell_figures(
         "window_agent_ticks": len(win),
         "window_outcomes": win_out,
         "decisions_per_s": round(rate_hz * win_out.get("ok", 0) / win_ticks, 3) if win_ticks else 0.0,
+        # every call the service(s) answered, in time or not: what it decoded, the deadline aside
+        "replies_per_s": round(sum(1 for r in win if r.rtt_ms is not None) / window_s, 3)
+        if window_s
+        else 0.0,
         "decide_ms": _pct([r.rtt_ms for r in win if r.rtt_ms is not None]),
         "tick_latency_ms": _pct(
             [r.latency_ms for r in win if r.outcome == "ok" and r.latency_ms is not None]
@@ -400,6 +404,10 @@ class Killer(threading.Thread):
             self.error = f"{type(exc).__name__}: {exc}"
 
 
+def _down_reason(reason: str) -> bool:
+    return "replica_down" in reason or reason.endswith("then timeout")
+
+
 def failover_figures(killer: Killer, report: dict[str, Any], records: Sequence[Any]) -> dict[str, Any]:
     """Kill -> loss -> moved agents served -> back, from the router's stats; the ticks that fell back."""
     router = (report.get("crowd") or {}).get("router") or {}
@@ -428,7 +436,9 @@ def failover_figures(killer: Killer, report: dict[str, Any], records: Sequence[A
         "back": router.get("back"),
         "down_replies": router.get("down_replies"),
         "fallback_agent_ticks": len(fell_back),
-        "fallback_replica_down": sum(1 for r in fell_back if "replica_down" in (r.reason or "")),
+        # in flight on the lost replica, answered by the router at once (``service: timeout replica_down
+        # ...`` before the deadline; ``... then timeout`` after it)
+        "fallback_down_replies": sum(1 for r in fell_back if _down_reason(r.reason or "")),
         "fallback_ticks": sorted({r.tick for r in fell_back}),
     }
 
@@ -453,9 +463,10 @@ def _fmt(v: Any) -> str:
 
 
 def ratios(cells: list[dict[str, Any]], agent_counts: list[int], replica_counts: list[int]) -> dict[str, Any]:
-    """Throughput (decisions/s) at the most agents over 1 agent per replica count; 2 replicas over 1 at
-    each agent count (where both ran)."""
+    """Throughput (decisions/s) at the most agents over 1 agent per replica count (and the same for every
+    reply, in time or late: ``replies_ratio``); 2 replicas over 1 at each agent count (where both ran)."""
     dps = {(c["replicas"], c["agents"]): c["decisions_per_s"] for c in cells}
+    rps = {(c["replicas"], c["agents"]): c.get("replies_per_s") for c in cells}
     most = max(agent_counts)
     out: dict[str, Any] = {"throughput_most_over_1": {}, "replicas_2_over_1": {}}
     if 1 in agent_counts:
@@ -463,6 +474,7 @@ def ratios(cells: list[dict[str, Any]], agent_counts: list[int], replica_counts:
             out["throughput_most_over_1"][str(m)] = {
                 "agents": most,
                 "ratio": _ratio(dps.get((m, most)), dps.get((m, 1))),
+                "replies_ratio": _ratio(rps.get((m, most)), rps.get((m, 1))),
             }
     if 1 in replica_counts and 2 in replica_counts:
         for n in agent_counts:
@@ -499,6 +511,7 @@ def print_cells(cells: list[dict[str, Any]]) -> None:
             c["replicas"],
             c["agents"],
             c["decisions_per_s"],
+            c["replies_per_s"],
             c["decide_ms"]["p50"],
             c["decide_ms"]["p90"],
             c["tick_latency_ms"]["p50"],
@@ -519,6 +532,7 @@ def print_cells(cells: list[dict[str, Any]]) -> None:
             "replicas",
             "agents",
             "dec/s",
+            "replies/s",
             "decide p50",
             "p90",
             "tick lat p50",
@@ -642,7 +656,10 @@ def run(args: argparse.Namespace) -> int:
     print_cells(cells)
     r = out["ratios"]
     for m, v in r["throughput_most_over_1"].items():
-        print(f"throughput {v['agents']} agents / 1 agent, {m} replica(s): {_fmt(v['ratio'])}")
+        print(
+            f"throughput {v['agents']} agents / 1 agent, {m} replica(s): {_fmt(v['ratio'])} "
+            f"(every reply, in time or late: {_fmt(v['replies_ratio'])})"
+        )
     if r["replicas_2_over_1"]:
         print(
             "2 replicas / 1 replica: "
@@ -660,7 +677,7 @@ def run(args: argparse.Namespace) -> int:
             f"{_fmt(fo['lost_to_served_ms'].get('max'))} ms after the loss "
             f"({_fmt(fo['kill_to_all_moved_served_ms'])} ms after the kill), back "
             f"{_fmt(fo['lost_to_back_ms'])} ms after the loss; fallback agent-ticks "
-            f"{fo['fallback_agent_ticks']} ({fo['fallback_replica_down']} replica_down); "
+            f"{fo['fallback_agent_ticks']} ({fo['fallback_down_replies']} of them the lost replica's in-flight decides); "
             f"outcomes {fo['accounting']}"
             + (f"; kill failed: {fo['kill_error']}" if fo["kill_error"] else "")
         )
