@@ -72,6 +72,30 @@ class PolicyServiceActor:
     def stats(self) -> dict[str, Any]:
         return self.server.stats()
 
+    def swap(
+        self, model_path: str | None = None, *, spec: dict[str, Any] | None = None, name: str | None = None
+    ) -> dict[str, Any]:
+        """Hot swap: serve the weights of ``model_path`` (this service's engine spec with that model;
+        or a whole ``spec``) behind the same endpoint, epoch and handles, without dropping a decide
+        (``PolicyServer.swap``). Returns ``SwapResult.to_dict()``: ``ok``, ``weights``, ``warm_ms``...;
+        a folder that does not load gives ``ok`` False and a one-line ``error``, the old weights serving.
+
+        Why a Ray method and not a wire message: a swap is rare control-plane work that makes the
+        service read a folder of its own machine; the wire is open to every client that can reach the
+        socket (decides from a game engine), and the engine spec comes from trusted config, never from
+        the wire (``agent.engines``). Whoever holds the actor handle (the run's driver, ``tickcall
+        serve --ray --swap-file``) started the service and may choose its weights. A Ray restart of the
+        actor rebuilds it from its original config (the first weights), as a new epoch.
+        """
+        if spec is None:
+            if not model_path:
+                return {"ok": False, "error": "swap: give model_path or spec", "weights": self.server.weights}
+            spec = {**dict(self.config.engine), "model": str(model_path)}
+        result = self.server.swap(spec, name=name)
+        if result.ok:
+            self.engine = self.server.engine
+        return result.to_dict()
+
     def stop(self) -> bool:
         self.server.stop()
         self.engine.close()

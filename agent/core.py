@@ -16,16 +16,21 @@ Invariants:
   a handle dropped after it was queued, ``engine_failure`` for a request the engine could not decide;
   a failing batch is retried request by request, so one bad request fails alone).
 * Times: ``recv_t`` and the clocks here are ``time.perf_counter`` seconds; reply timings are ms.
+* Hot swap: ``warm`` registers the live tool sets on new weights from any thread while the old engine
+  serves; ``switch`` (the thread that uses the core, between two engine steps) then answers from the
+  new engine with every handle, heads and epoch unchanged. Every ``call`` reply names its ``weights``.
 * Not thread-safe: one thread uses a core (``busy_since`` and ``handles`` may be read from others).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -76,6 +81,16 @@ class Registration:
     tool_names: list[str]
     key: bytes
     owners: set[Any] = field(default_factory=set)
+    request: Register | None = None  # what was registered: a hot swap registers it again on new weights
+
+
+@dataclass(frozen=True)
+class Warmed:
+    """One registration made again on a new engine by ``PolicyCore.warm`` (before the switch)."""
+
+    engine_handle: str
+    heads: tuple[str, ...]
+    prefix_tokens: int
 
 
 @dataclass
@@ -108,6 +123,7 @@ class PolicyCore:
         self.max_registrations = max_registrations
         self.max_registrations_per_client = max_registrations_per_client
         self.budget = Q.budget_for(engine, max_turn_tokens, max_prefix_tokens)
+        self._max_turn_tokens, self._max_prefix_tokens = max_turn_tokens, max_prefix_tokens
         self.stats: dict[str, int] = {}
         self.batch_sizes: dict[int, int] = {}
         self.busy_since: float | None = None  # perf_counter s while inside engine.decide_batch
@@ -116,6 +132,8 @@ class PolicyCore:
         self._by_key: dict[bytes, str] = {}
         self._reg_ids = 0
         self._info: dict[str, Any] | None = None
+        # which weights answer: every ``call`` reply carries it; a hot swap (``switch``) changes it
+        self.weights: str = weights_name(engine)
 
     def _count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -189,6 +207,7 @@ class PolicyCore:
                 template=r.template.name,
                 tool_names=[t.name for t in r.tools],
                 key=key,
+                request=req,
             )
             self._regs[reg.handle] = reg
             self._by_key[key] = reg.handle
@@ -373,4 +392,87 @@ class PolicyCore:
             batch=batch,
             sent_ms=job.req.sent_ms,
             confidence=getattr(d, "min_confidence", None),
+            weights=self.weights,
         )
+
+    # ------------------------------------------------------------------ hot swap
+    def registered(self) -> list[tuple[str, Register]]:
+        """The live registrations (handle, request) to make again on new weights. Safe to call from
+        another thread while the engine thread changes them: a copy, retried if it raced a change."""
+        for _ in range(100):
+            try:
+                regs = list(self._regs.values())
+                break
+            except RuntimeError:  # "changed size during iteration"
+                continue
+        else:  # pragma: no cover - the engine thread registering nonstop for 100 tries
+            regs = []
+        return [(r.handle, r.request) for r in regs if r.request is not None]
+
+    @staticmethod
+    def register_on(engine: Any, req: Register) -> Warmed:
+        """``req`` registered on ``engine`` (its tool prefix prefilled there). Raises what it raises."""
+        extra = {} if req.assembly is None else {"assembly": req.assembly}
+        r = engine.register(
+            req.tools, system=req.system, template=req.template, allow_no_call=req.allow_no_call, **extra
+        )
+        return Warmed(r.handle, tuple(r.heads), int(r.prefix_tokens))
+
+    def warm(self, engine: Any) -> dict[str, Warmed]:
+        """Register every live registration on ``engine`` (new weights), from any thread: the old engine
+        keeps serving meanwhile. Raises ValueError when the new weights would change a registration's
+        heads (a swap keeps every handle as it is, heads included), or what ``engine.register`` raises."""
+        warmed: dict[str, Warmed] = {}
+        for handle, req in self.registered():
+            w = self.register_on(engine, req)
+            old = self._regs.get(handle)
+            if old is not None and w.heads != old.heads:
+                raise ValueError(
+                    f"the new weights give handle {handle} the heads {list(w.heads)}, not {list(old.heads)}: "
+                    "a swap must keep every registration's heads (same tools, same max_heads)"
+                )
+            warmed[handle] = w
+        return warmed
+
+    def switch(self, engine: Any, warmed: dict[str, Warmed], weights: str) -> tuple[Any, list[str]]:
+        """Engine thread, between two engine steps: answer from ``engine`` from now on, every handle kept.
+
+        Registrations made after ``warm`` took its copy are registered now (on the engine thread); one
+        that fails there is dropped (its clients get ``unknown_handle`` and register again). Returns the
+        old engine (the caller closes it) and the handles dropped."""
+        dropped: list[str] = []
+        for handle, reg in list(self._regs.items()):
+            w = warmed.pop(handle, None)
+            if w is None:
+                try:
+                    assert reg.request is not None
+                    w = self.register_on(engine, reg.request)
+                except Exception as exc:
+                    log.warning("swap: handle %s could not be registered on the new weights: %s", handle, exc)
+                    del self._regs[handle]
+                    del self._by_key[reg.key]
+                    dropped.append(handle)
+                    continue
+            reg.engine_handle, reg.heads, reg.prefix_tokens = w.engine_handle, w.heads, w.prefix_tokens
+        for w in warmed.values():  # registrations released while the new engine warmed
+            with contextlib.suppress(Exception):
+                engine.unregister(w.engine_handle)
+        old, self.engine = self.engine, engine
+        self._info = None
+        self.budget = Q.budget_for(engine, self._max_turn_tokens, self._max_prefix_tokens)
+        self.weights = weights
+        self.handles = frozenset(self._regs)
+        self._count("swaps")
+        return old, dropped
+
+
+def weights_name(engine: Any) -> str:
+    """A short name for an engine's weights: its model folder's name, else its backend."""
+    try:
+        info = dict(engine.info())
+    except Exception:
+        info = {}
+    model = info.get("model")
+    if model:
+        return Path(str(model)).name or str(model)
+    return str(info.get("backend") or type(engine).__name__)

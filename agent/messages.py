@@ -213,6 +213,9 @@ class CallReply(Reply, kw_only=True, omit_defaults=True):
     batch: int
     sent_ms: float | None
     confidence: float | None = None  # smallest chosen-token probability over the heads; nil: not reported
+    # which weights answered (their model folder's name, or the backend): a hot swap changes it between
+    # two replies; nil from servers that do not say (additive within v1)
+    weights: str | None = None
 
     @property
     def ok(self) -> bool:

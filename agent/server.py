@@ -16,6 +16,13 @@ Two threads:
   the rest, like Triton's dynamic-batching queue delay; one client alone never waits) — and replies ``call`` to each (``engine_failure`` for a request the engine could not decide; a
   failing batch is retried request by request, so one bad request fails alone).
 
+**Hot swap** (``swap``, ``swap_engine``): new weights are loaded and every live registration is made
+again on them (same handles, same heads, prefixes prefilled) in the *caller's* thread while the engine
+thread keeps deciding with the old weights; the engine thread then switches between two engine steps
+(a swap is a command in its queue, like ``register``), so no decide is dropped or answered twice:
+each is decided wholly by the old or wholly by the new weights, and its ``call`` reply says which
+(``weights``). A load that fails leaves the old weights serving; the result says why in one line.
+
 Every request gets exactly one reply. Replies that cannot be delivered (the peer is gone:
 ROUTER_MANDATORY; or the high-water mark) are counted in ``stats`` (``unroutable``, ``dropped_hwm``).
 Times are milliseconds; clocks are ``time.perf_counter`` of this process.
@@ -29,6 +36,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -40,6 +48,43 @@ from tickcall.agent.quotas import ClientQueues
 from tickcall.agent.security import check_bind, setup_server_curve
 
 log = logging.getLogger("tickcall.agent.server")
+
+
+@dataclass
+class SwapResult:
+    """What a hot swap did. ``ok``: the new weights answer from now on (``weights`` names them); else
+    ``error`` is one line and the old weights (``weights``) still serve. ``load_ms``: building the new
+    engine; ``warm_ms``: building it and registering every live tool set on it (prefixes prefilled),
+    all while the old weights served; ``switch_ms``: the pause between two engine steps (ms)."""
+
+    ok: bool
+    weights: str
+    previous: str
+    error: str | None = None
+    load_ms: float = 0.0
+    warm_ms: float = 0.0
+    switch_ms: float = 0.0
+    registrations: int = 0
+    dropped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass
+class _Switch:
+    """A swap command for the engine thread: the warmed engine and where to put the outcome."""
+
+    engine: Any
+    warmed: dict[str, Any]
+    weights: str
+    done: threading.Event = field(default_factory=threading.Event)
+    old: Any = None
+    dropped: list[str] = field(default_factory=list)
+    pause_ms: float = 0.0
+
 
 # pyzmq's constants are enums: ``events & zmq.POLLIN`` or ``zmq.SNDMORE | flags`` builds an enum member
 # (~0.6 us each, several per request). The hot path uses them as plain ints.
@@ -93,6 +138,7 @@ class PolicyServer:
         self._io_stats: dict[str, int] = {}
         self._queued = 0  # decides queued since the engine thread was last woken
         self._stop = threading.Event()
+        self._swap_lock = threading.Lock()  # one hot swap at a time
         self._threads: list[threading.Thread] = []
         self._io_ready = threading.Event()
         self._engine_done = threading.Event()
@@ -157,6 +203,82 @@ class PolicyServer:
         out["registrations"] = len(self._core.handles)
         out["epoch"] = self.epoch
         return out
+
+    @property
+    def weights(self) -> str:
+        """The name of the weights answering now (``CallReply.weights``)."""
+        return self._core.weights
+
+    # ------------------------------------------------------------------ hot swap
+    def swap(self, spec: dict[str, Any], name: str | None = None, timeout_s: float = 60.0) -> SwapResult:
+        """Load the engine of ``spec`` (``agent.engines.build_engine``: ``{"backend": "transformers",
+        "model": PATH}``...) and swap it in behind the same registrations (module docstring). Blocks the
+        calling thread (never the service's) until switched or failed. ``name``: the new weights' name
+        (default: the model folder's name). Never raises for a bad model: ``SwapResult.error``."""
+        from tickcall.agent.engines import build_engine
+
+        t0 = time.perf_counter()
+        try:
+            engine = build_engine(spec)
+        except Exception as exc:  # a folder that does not load: the old weights keep serving
+            return self._swap_failed(f"cannot load {_what(spec)}: {_one_line(exc)}", t0)
+        return self.swap_engine(engine, name, timeout_s=timeout_s, t0=t0)
+
+    def swap_engine(
+        self, engine: Any, name: str | None = None, *, timeout_s: float = 60.0, t0: float | None = None
+    ) -> SwapResult:
+        """Swap in an engine already built (``swap`` builds one from a spec); ``engine`` is closed when the
+        swap fails. One swap at a time (a second caller waits for the first)."""
+        from tickcall.agent.core import weights_name
+
+        t0 = time.perf_counter() if t0 is None else t0
+        with self._swap_lock:
+            load_ms = (time.perf_counter() - t0) * 1e3
+            previous = self._core.weights
+            weights = name or weights_name(engine)
+            if weights == previous:  # the same folder again: still a new generation of weights
+                weights = f"{weights}#{self._core.stats.get('swaps', 0) + 1}"
+            try:
+                warmed = self._core.warm(engine)
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    engine.close()
+                return self._swap_failed(
+                    f"the new weights cannot serve the registrations: {_one_line(exc)}", t0
+                )
+            warm_ms = (time.perf_counter() - t0) * 1e3
+            n_regs = len(warmed)
+            cmd = _Switch(engine, warmed, weights)
+            with self._cond:
+                self._commands.append((b"", cmd))  # type: ignore[arg-type]  # an engine-thread command
+                self._cond.notify()
+            if not cmd.done.wait(timeout_s):
+                # the engine thread is stuck in a batch (or stopped): the command may still run later
+                return self._swap_failed(f"the engine thread did not switch within {timeout_s:.0f} s", t0)
+            old, cmd.old = cmd.old, None
+            with contextlib.suppress(Exception):
+                old.close()  # no longer used by the engine thread: its memory goes now
+            log.info(
+                "hot swap: %s -> %s (warm %.0f ms, pause %.2f ms)", previous, weights, warm_ms, cmd.pause_ms
+            )
+            return SwapResult(
+                ok=True,
+                weights=weights,
+                previous=previous,
+                load_ms=round(load_ms, 3),
+                warm_ms=round(warm_ms, 3),
+                switch_ms=round(cmd.pause_ms, 3),
+                registrations=n_regs,
+                dropped=list(cmd.dropped),
+            )
+
+    def _swap_failed(self, error: str, t0: float) -> SwapResult:
+        self._core.stats["swap_failures"] = self._core.stats.get("swap_failures", 0) + 1
+        log.warning("hot swap failed, %s still serves: %s", self._core.weights, error)
+        w = self._core.weights
+        return SwapResult(
+            ok=False, weights=w, previous=w, error=error, warm_ms=round((time.perf_counter() - t0) * 1e3, 3)
+        )
 
     @staticmethod
     def _count(stats: dict[str, int], key: str, n: int = 1) -> None:
@@ -405,6 +527,13 @@ class PolicyServer:
                     self._commands.clear()
                     expired, batch = self._take_batch()
                 for ident, req in commands:
+                    if isinstance(req, _Switch):
+                        t_sw = time.perf_counter()
+                        req.old, req.dropped = self._core.switch(req.engine, req.warmed, req.weights)
+                        self.engine = req.engine
+                        req.pause_ms = (time.perf_counter() - t_sw) * 1e3
+                        req.done.set()
+                        continue
                     try:
                         reply = (
                             self._core.register(ident, req)
@@ -505,6 +634,15 @@ class PolicyServer:
                 self._quota.remove(p.owner, p.nbytes)
                 batch.append(p)
         return expired, batch
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or repr(exc)
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _what(spec: dict[str, Any]) -> str:
+    return str(spec.get("model") or spec.get("factory") or spec.get("backend") or spec)
 
 
 def _kind(msg: Reply) -> str:
