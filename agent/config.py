@@ -82,7 +82,8 @@ class ServeConfig:
     num_cpus: float = 1.0  # Ray actor's CPU reservation (0 lets it start on a fully reserved node)
     max_restarts: int = -1  # Ray actor restarts (-1: forever)
     # The SimpleTool HTTP door (agent/http_door.py HttpDoorConfig: HOST:PORT or a mapping of its fields,
-    # checked there when the door starts); None: no HTTP door. ``tickcall serve --http`` sets it.
+    # checked here with the other settings and kept as that mapping); None: no HTTP door.
+    # ``tickcall serve --http`` sets it.
     http: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -97,8 +98,12 @@ class ServeConfig:
         check.check_endpoint("bind", self.bind)
         check.check_int("max_message_bytes", self.max_message_bytes, 1024, 1 << 20)
         if self.hard_max_message_bytes is not None:
-            check.check_int("hard_max_message_bytes", self.hard_max_message_bytes, self.max_message_bytes,
-                            4 * self.max_message_bytes + 65536)
+            check.check_int(
+                "hard_max_message_bytes",
+                self.hard_max_message_bytes,
+                self.max_message_bytes,
+                4 * self.max_message_bytes + 65536,
+            )
         check.check_number("gather_ms", self.gather_ms, 0, 100, 1.0)
         for name in _POSITIVE_INTS:
             check.check_int(name, getattr(self, name), 1, getattr(ServeConfig, name))
@@ -107,6 +112,10 @@ class ServeConfig:
             check.check_number("num_gpus", self.num_gpus, 0, 1024, 1)
         check.check_number("num_cpus", self.num_cpus, 0, 1024, 1)
         check.check_int("max_restarts", self.max_restarts, -1, -1)
+        if self.http is not None:  # its shape now, not after an engine has loaded (its bind policy: serve)
+            from tickcall.agent.http_door import HttpDoorConfig
+
+            self.http = HttpDoorConfig.from_value(self.http).to_dict()
 
     @property
     def hard_limit(self) -> int:
@@ -130,8 +139,10 @@ class ServeConfig:
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except OSError as exc:
-            raise ValueError(f"cannot read {path}: {exc.strerror or exc}; give an existing serve YAML "
-                             "(configs/serve.yaml is an example)") from None
+            raise ValueError(
+                f"cannot read {path}: {exc.strerror or exc}; give an existing serve YAML "
+                "(configs/serve.yaml is an example)"
+            ) from None
         except UnicodeDecodeError:
             raise ValueError(f"{path} is not UTF-8 text; give a serve YAML file") from None
         except yaml.YAMLError as exc:
@@ -140,8 +151,9 @@ class ServeConfig:
             problem = getattr(exc, "problem", None) or type(exc).__name__
             raise ValueError(f"{path} is not valid YAML{where} ({problem}); fix the syntax") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a serve config is a YAML mapping (key: value lines), "
-                             f"not a {type(data).__name__}")
+            raise ValueError(
+                f"{path}: a serve config is a YAML mapping (key: value lines), not a {type(data).__name__}"
+            )
         try:
             return cls.from_dict(data)
         except ValueError as exc:

@@ -21,16 +21,18 @@ fault; bodies over ``max_body_bytes`` get 413 before they are read. Nothing is e
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from tickcall.agent import config_check as check
 from tickcall.agent.config import CurveConfig
 from tickcall.agent.http_api import FCRequest, FCResponse, response_of
 from tickcall.agent.http_link import ServiceLink, ServiceUnavailable
-from tickcall.agent.security import check_bind
+from tickcall.agent.security import check_http_bind
 from tickcall.models.assembly import ASSEMBLY_MODES
 from tickcall.models.format import SERVER_VARIANTS, TEMPLATES
 
@@ -56,19 +58,21 @@ class HttpDoorConfig:
     max_body_bytes: int = 4 << 20
 
     def __post_init__(self) -> None:
+        """Check every field's type and range; ValueError names the field and what to write (one line)."""
         host_port(self.bind)
         if self.template is not None and self.template not in TEMPLATES:
-            raise ValueError(f"http.template {self.template!r} is not one of {', '.join(TEMPLATES)}")
+            raise ValueError(
+                f"http.template {self.template!r} is not one of {', '.join(TEMPLATES)}; "
+                "leave it out for the server variant of the model's template"
+            )
         if self.assembly not in ASSEMBLY_MODES:
             raise ValueError(
                 f"http.assembly must be one of {', '.join(ASSEMBLY_MODES)}, not {self.assembly!r}"
             )
-        for name in ("max_inflight", "max_body_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"http.{name} must be a positive integer, got {value!r}")
-        if not 0 < float(self.timeout_s) <= 3600:
-            raise ValueError(f"http.timeout_s must be in (0, 3600] seconds, got {self.timeout_s!r}")
+        check.check_bool("http.allow_insecure", self.allow_insecure)
+        check.check_int("http.max_inflight", self.max_inflight, 1, 16)
+        check.check_int("http.max_body_bytes", self.max_body_bytes, 1, 4 << 20)
+        check.check_number("http.timeout_s", self.timeout_s, 0.001, 3600, 30)
 
     @classmethod
     def from_value(cls, value: Any) -> HttpDoorConfig:
@@ -79,9 +83,10 @@ class HttpDoorConfig:
             return cls(bind=value)
         if not isinstance(value, dict):
             raise ValueError(
-                f"http must be HOST:PORT or a mapping of {', '.join(f.name for f in fields(cls))}"
+                f"http {value!r} is not HOST:PORT or a mapping of {', '.join(f.name for f in fields(cls))}; "
+                f"write e.g. http: {DEFAULT_HTTP_BIND}"
             )
-        unknown = sorted(set(value) - {f.name for f in fields(cls)})
+        unknown = sorted(str(key) for key in set(value) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown http keys {unknown}; known: {', '.join(f.name for f in fields(cls))}")
         return cls(**value)
@@ -94,7 +99,7 @@ def host_port(bind: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port). ValueError when it is not one."""
     host, sep, port = str(bind).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"http bind {bind!r}: expected HOST:PORT, e.g. {DEFAULT_HTTP_BIND}")
+        raise ValueError(f"http bind {bind!r}: expected HOST:PORT (PORT 0-65535), e.g. {DEFAULT_HTTP_BIND}")
     return (host[1:-1] if host.startswith("[") and host.endswith("]") else host), int(port)
 
 
@@ -190,9 +195,10 @@ class HttpDoor:
         self.curve = curve
         host, port = host_port(self.config.bind)
         # HTTP carries no CURVE: a bind other than loopback needs allow_insecure (agent/security.py)
-        check_bind(f"tcp://{host}:{port}", None, self.config.allow_insecure)
+        check_http_bind(host, port, self.config.allow_insecure)
         self._host, self._port = host, port
         self._server: Any = None
+        self._sock: socket.socket | None = None
         self._app: Any = None
         self._thread: threading.Thread | None = None
         self.url: str | None = None
@@ -201,6 +207,17 @@ class HttpDoor:
         """Bind and serve; returns ``http://HOST:PORT`` (port 0 resolved). Raises OSError on failure."""
         import uvicorn
 
+        # bound here, not by uvicorn: a port in use is this OSError at once, not a log line of
+        # uvicorn's thread followed by a wait
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"the HTTP door cannot bind {self.config.bind}: {exc.strerror or exc}") from None
+        self._sock = sock
         app = create_app(self.endpoint, self.config, curve=self.curve)
         self._app = app
         config = uvicorn.Config(
@@ -208,7 +225,9 @@ class HttpDoor:
         )
         server = uvicorn.Server(config)
         self._server = server
-        self._thread = threading.Thread(target=server.run, name="tickcall-http", daemon=True)
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="tickcall-http", daemon=True
+        )
         self._thread.start()
         end = time.monotonic() + timeout_s
         while not server.started:
@@ -230,6 +249,9 @@ class HttpDoor:
         if self._thread is not None:
             self._thread.join(timeout_s)
         self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     @property
     def link_stats(self) -> dict[str, int]:

@@ -36,7 +36,7 @@ def endpoint_host(endpoint: str) -> str | None:
     """The host of a ``tcp://HOST:PORT`` endpoint (brackets removed), or None for other transports."""
     if not endpoint.startswith("tcp://"):
         return None
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
@@ -65,13 +65,32 @@ def check_bind(endpoint: str, curve: CurveConfig | None, allow_insecure: bool) -
     if not curve_required(endpoint) or (curve is not None and curve.server_secret):
         return
     if allow_insecure:
-        log.warning("binding %s without CURVE (allow_insecure): anyone who can reach it may connect",
-                    endpoint)
+        log.warning(
+            "binding %s without CURVE (allow_insecure): anyone who can reach it may connect", endpoint
+        )
         return
     raise ValueError(
         f"refusing to bind {endpoint} without authentication (ZMQ CURVE): it is reachable from other "
         "machines. Bind 127.0.0.1, configure a CURVE server secret key file (tickcall serve "
-        "--gen-keys DIR writes one), or set allow_insecure on a trusted network")
+        "--gen-keys DIR writes one), or set allow_insecure on a trusted network"
+    )
+
+
+def check_http_bind(host: str, port: int, allow_insecure: bool) -> None:
+    """Raise ValueError for an HTTP door on an address other machines can reach, unless
+    ``allow_insecure``: HTTP carries no CURVE, so loopback (``is_local_endpoint``) is the only
+    protection it has. The message says what to bind or pass instead (one line)."""
+    if is_local_endpoint(f"tcp://{host}:{port}"):
+        return
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if allow_insecure:
+        log.warning("serving HTTP on %s (allow_insecure): anyone who can reach it may call the policy", shown)
+        return
+    raise ValueError(
+        f"refusing to bind the HTTP door to {shown}: it is reachable from other machines and HTTP carries "
+        "no authentication (no CURVE). Bind 127.0.0.1 (e.g. --http 127.0.0.1:8899), or pass --insecure "
+        "(allow_insecure: true) on a trusted network"
+    )
 
 
 def generate_keys(folder: str | Path, names: tuple[str, ...] = ("server", "client")) -> dict[str, Path]:
@@ -104,8 +123,10 @@ def _load(path: str | Path) -> tuple[bytes, bytes | None]:
     import zmq.auth
 
     if not Path(path).is_file():
-        raise ValueError(f"CURVE key file {str(path)[:80]!r} not found: keys are certificate files "
-                         "(tickcall serve --gen-keys DIR), never raw key strings")
+        raise ValueError(
+            f"CURVE key file {str(path)[:80]!r} not found: keys are certificate files "
+            "(tickcall serve --gen-keys DIR), never raw key strings"
+        )
     try:
         return zmq.auth.load_certificate(str(path))
     except Exception as exc:  # zmq.auth raises ValueError/KeyError/... for a file that is no certificate

@@ -41,6 +41,23 @@ CASES = [
         "bind: tcp://10.1.2.3:5555\n",
         ["refusing to bind tcp://10.1.2.3:5555 without authentication", "Bind 127.0.0.1"],
     ),
+    # the bind policy comes before the engine: a model that would fail to load is never reached
+    (
+        "bind: tcp://10.1.2.3:5555\nengine: {backend: transformers, model: /nonexistent}\n",
+        ["refusing to bind tcp://10.1.2.3:5555", "Bind 127.0.0.1"],
+    ),
+    # the SimpleTool HTTP door's settings (agent/http_door.py HttpDoorConfig), checked with the others
+    ("http: garbage\n", ["http bind 'garbage': expected HOST:PORT", "e.g. 127.0.0.1:8899"]),
+    ("http: 5\n", ["http 5 is not HOST:PORT or a mapping", "e.g. http: 127.0.0.1:8899"]),
+    ("http: {bogus: 1}\n", ["unknown http keys ['bogus']", "known: bind"]),
+    ("http: {max_inflight: 0}\n", ["http.max_inflight 0 is too small", "use 1 or more"]),
+    ("http: {timeout_s: abc}\n", ["http.timeout_s 'abc' is not a number", "http.timeout_s: 30"]),
+    ("http: {allow_insecure: maybe}\n", ["http.allow_insecure 'maybe' is not true or false", "true"]),
+    ("http: {template: zz}\n", ["http.template 'zz' is not one of", "leave it out"]),
+    (
+        "http: '0.0.0.0:8899'\nengine: {backend: transformers, model: /nonexistent}\n",
+        ["refusing to bind the HTTP door to 0.0.0.0:8899", "HTTP carries no authentication", "--insecure"],
+    ),
 ]
 
 
@@ -76,6 +93,58 @@ def test_missing_config_file_is_one_line(tmp_path):
 def test_bad_backend_flag_is_one_line():
     line = _one_line(_serve("--backend", "bogus"))
     assert "engine.backend 'bogus' is unknown" in line
+
+
+@pytest.mark.parametrize(
+    "flags,phrases",
+    [
+        (["--http", "garbage"], ["http bind 'garbage': expected HOST:PORT"]),
+        (["--http", "127.0.0.1:99999"], ["expected HOST:PORT (PORT 0-65535)"]),
+        (["--http", "0.0.0.0:8899"], ["refusing to bind the HTTP door to 0.0.0.0:8899", "--insecure"]),
+        (["--http-template", "v2"], ["--http-template sets the HTTP door, which is off", "--http HOST:PORT"]),
+        (["--http", "127.0.0.1:0", "--http-template", "zz"], ["http.template 'zz' is not one of"]),
+    ],
+)
+def test_bad_http_flags_are_one_line_before_the_engine(flags, phrases):
+    """``--http`` mistakes are refused before the engine is built (its model folder does not exist here,
+    so a check made after the load would print the model's error instead)."""
+    line = _one_line(_serve("--backend", "transformers", "--model", "/nonexistent", *flags))
+    for phrase in phrases:
+        assert phrase in line, line
+
+
+def test_http_port_in_use_is_one_line():
+    """A taken HTTP port: one line naming the bind and the fix, exit 1, the service stopped with it."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _serve("--backend", "noop", "--bind", "tcp://127.0.0.1:0", "--http", f"127.0.0.1:{port}")
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"tickcall serve: --http: the HTTP door cannot bind 127.0.0.1:{port}"), lines
+    assert "pick a free port" in lines[0]
+
+
+def test_insecure_covers_the_http_door(tmp_path):
+    """The service's allow_insecure (or --insecure) lets the door bind an exposed address too; the
+    config keeps the door's settings as a checked mapping."""
+    import argparse
+
+    from tickcall.agent.config import ServeConfig
+
+    from tickcall.commands.serve import _config, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = _config(parser.parse_args(["--backend", "noop", "--http", "0.0.0.0:0", "--insecure"]))
+    assert cfg.http["bind"] == "0.0.0.0:0" and cfg.http["allow_insecure"] is True
+    with pytest.raises(ValueError, match="refusing to bind the HTTP door"):
+        _config(parser.parse_args(["--backend", "noop", "--http", "0.0.0.0:0"]))
+    assert ServeConfig(http="127.0.0.1:8899").http == {**ServeConfig(http={}).http, "bind": "127.0.0.1:8899"}
 
 
 def test_shipped_serve_configs_still_load():

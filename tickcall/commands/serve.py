@@ -30,24 +30,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder for the engine")
     parser.add_argument("--max-batch", type=int, help="most decides decoded in one batch")
     parser.add_argument("--max-message-bytes", type=int, help="larger requests are answered 'oversized'")
-    parser.add_argument("--insecure", action="store_true",
-                        help="allow a non-loopback bind without CURVE (trusted networks only)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback bind without CURVE (trusted networks only)",
+    )
     parser.add_argument("--ray", action="store_true", help="run as a Ray actor (placed on a GPU if any)")
-    parser.add_argument("--stats-every", type=float, default=0.0, metavar="S",
-                        help="print the service counters every S seconds (0: only at exit)")
+    parser.add_argument(
+        "--stats-every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="print the service counters every S seconds (0: only at exit)",
+    )
     parser.add_argument("--gen-keys", metavar="DIR", help="write CURVE key pairs (server, client) and exit")
-    parser.add_argument("--probe", metavar="ENDPOINT", help="hello + ping a running service, print JSON, exit")
+    parser.add_argument(
+        "--probe", metavar="ENDPOINT", help="hello + ping a running service, print JSON, exit"
+    )
     parser.add_argument("--server-public", help="--probe with CURVE: the server's .key file")
     parser.add_argument("--client-secret", help="--probe with CURVE: this client's .key_secret file")
     parser.add_argument("--timeout-ms", type=float, default=2000.0, help="--probe timeout (ms)")
-    parser.add_argument("--http", metavar="HOST:PORT",
-                        help="also serve SimpleTool's HTTP API (GET /health, POST /v1/function_call) here, "
-                             "e.g. 127.0.0.1:8899 (docs/simpletool-compat.md)")
-    parser.add_argument("--http-assembly", choices=("lenient", "strict"),
-                        help="HTTP door: how heads become a call (default lenient, as SimpleTool's server)")
-    parser.add_argument("--http-template",
-                        help="HTTP door: prompt template (default: the server variant of the model's, "
-                             "v1-server or v2-server)")
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="also serve SimpleTool's HTTP API (GET /health, POST /v1/function_call) here, "
+        "e.g. 127.0.0.1:8899 (docs/simpletool-compat.md)",
+    )
+    parser.add_argument(
+        "--http-assembly",
+        choices=("lenient", "strict"),
+        help="HTTP door: how heads become a call (default lenient, as SimpleTool's server)",
+    )
+    parser.add_argument(
+        "--http-template",
+        help="HTTP door: prompt template (default: the server variant of the model's, "
+        "v1-server or v2-server)",
+    )
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -68,16 +86,44 @@ def _config(args: argparse.Namespace) -> Any:
         cfg.max_message_bytes = args.max_message_bytes
     if args.insecure:
         cfg.allow_insecure = True
+    if (args.http_assembly or args.http_template) and not args.http and cfg.http is None:
+        flag = "--http-assembly" if args.http_assembly else "--http-template"
+        raise ValueError(
+            f"{flag} sets the HTTP door, which is off; add --http HOST:PORT "
+            "(e.g. --http 127.0.0.1:8899) or http: in the serve config"
+        )
     if args.http or args.http_assembly or args.http_template:
-        from tickcall.agent.http_door import HttpDoorConfig
-
-        http = HttpDoorConfig.from_value(cfg.http if cfg.http is not None else {}).to_dict()
-        http.update({k: v for k, v in (("bind", args.http), ("assembly", args.http_assembly),
-                                       ("template", args.http_template)) if v})
-        http["allow_insecure"] = http["allow_insecure"] or cfg.allow_insecure
-        cfg.http = HttpDoorConfig.from_value(http).to_dict()
+        http = dict(cfg.http or {})  # ServeConfig keeps the door's settings as a checked mapping
+        http.update(
+            {
+                k: v
+                for k, v in (
+                    ("bind", args.http),
+                    ("assembly", args.http_assembly),
+                    ("template", args.http_template),
+                )
+                if v
+            }
+        )
+        cfg.http = http
+    if cfg.http is not None:  # the service's --insecure / allow_insecure covers its door too
+        cfg.http = {**cfg.http, "allow_insecure": bool(cfg.http.get("allow_insecure")) or cfg.allow_insecure}
     cfg.__post_init__()
+    _check_binds(cfg)
     return cfg
+
+
+def _check_binds(cfg: Any) -> None:
+    """The bind policy of the ZMQ socket and of the HTTP door, before any engine loads (a model can
+    take seconds) or any socket is made: ValueError with the one line to print."""
+    from tickcall.agent.security import check_bind, check_http_bind
+
+    if not cfg.allow_insecure:  # allowed binds are logged once, by the server that makes them
+        check_bind(cfg.bind, cfg.curve, False)
+    if cfg.http is not None and not cfg.http["allow_insecure"]:
+        from tickcall.agent.http_door import host_port
+
+        check_http_bind(*host_port(cfg.http["bind"]), False)
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -97,10 +143,21 @@ def _probe(args: argparse.Namespace) -> int:
         return 1
     finally:
         client.close()
-    print(json.dumps({"endpoint": args.probe, "epoch": welcome.epoch, "versions": welcome.versions,
-                      "server": welcome.server, "engine": welcome.engine, "limits": welcome.limits,
-                      "ping_ms": {"p50": round(rtts[len(rtts) // 2], 3), "max": round(rtts[-1], 3)}},
-                     indent=2, default=msgspec.to_builtins))  # welcome's parts are typed structs
+    print(
+        json.dumps(
+            {
+                "endpoint": args.probe,
+                "epoch": welcome.epoch,
+                "versions": welcome.versions,
+                "server": welcome.server,
+                "engine": welcome.engine,
+                "limits": welcome.limits,
+                "ping_ms": {"p50": round(rtts[len(rtts) // 2], 3), "max": round(rtts[-1], 3)},
+            },
+            indent=2,
+            default=msgspec.to_builtins,
+        )
+    )  # welcome's parts are typed structs
     return 0
 
 
@@ -110,8 +167,10 @@ def run(args: argparse.Namespace) -> int:
 
         for name, secret in generate_keys(args.gen_keys).items():
             print(f"{name}: public {secret.with_suffix('.key')}  secret {secret}")
-        print("server: curve.server_secret = server.key_secret; clients need server.key (public). "
-              "Authorise a client by copying its .key into the folder named by curve.client_keys.")
+        print(
+            "server: curve.server_secret = server.key_secret; clients need server.key (public). "
+            "Authorise a client by copying its .key into the folder named by curve.client_keys."
+        )
         return 0
     if args.probe:
         return _probe(args)
@@ -137,8 +196,15 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # a model folder that does not load, a port in use: one line, exit 2
         kind = "" if isinstance(exc, (ValueError, EngineError)) else f"{type(exc).__name__}: "
         raise CommandError(f"{kind}{one_line(exc)}") from None
-    print(f"policy service on {endpoint}  epoch {server.epoch}  engine {json.dumps(engine.info())}", flush=True)
-    door = _start_http(cfg, endpoint)
+    print(
+        f"policy service on {endpoint}  epoch {server.epoch}  engine {json.dumps(engine.info())}", flush=True
+    )
+    try:
+        door = _start_http(cfg, endpoint)
+    except CommandError:  # the port is taken: stop the service it was to front, then the one line
+        server.stop()
+        engine.close()
+        raise
     _wait(stop, server.stats, args.stats_every)
     if door is not None:
         door.stop()
@@ -159,14 +225,20 @@ def _start_http(cfg: Any, endpoint: str) -> Any:
         from tickcall.agent.config import CurveConfig
 
         curve = CurveConfig(server_public=cfg.curve.server_secret)
+    from tickcall.commands.errors import CommandError, one_line
+
     try:
         http = HttpDoorConfig.from_value(cfg.http)
         # the door is one client of the service: more decides in flight than its quota would be refused
         http.max_inflight = min(http.max_inflight, cfg.max_streams_per_client)
         door = HttpDoor(endpoint, http, curve=curve)
         url = door.start()
-    except (ValueError, OSError) as exc:
-        raise SystemExit(f"tickcall serve --http: {exc}") from None
+    except ValueError as exc:  # checked before the engine loaded (_config); kept for API callers
+        raise CommandError(f"--http: {one_line(exc)}") from None
+    except OSError as exc:  # the port is in use, or the service did not answer the door's hello
+        raise CommandError(
+            f"--http: {one_line(exc)}; pick a free port (--http 127.0.0.1:0 takes any)", code=1
+        ) from None
     print(f"SimpleTool HTTP API on {url}  (GET /health, POST /v1/function_call)", flush=True)
     return door
 
@@ -193,8 +265,10 @@ def _run_ray(cfg: Any, stop: threading.Event, every: float) -> int:
     try:
         handle, endpoint = start_policy_service(config=cfg)
         info = ray.get(handle.ready.remote())
-        print(f"policy service actor on {endpoint}  epoch {info['epoch']}  engine {json.dumps(info['engine'])}",
-              flush=True)
+        print(
+            f"policy service actor on {endpoint}  epoch {info['epoch']}  engine {json.dumps(info['engine'])}",
+            flush=True,
+        )
         door = _start_http(cfg, endpoint)
         _wait(stop, lambda: ray.get(handle.stats.remote()), every)
         if door is not None:
