@@ -23,8 +23,20 @@ def bad(tmp_path_factory) -> Path:
     (root / "notjson.json").write_text("not json")
     (root / "noname.json").write_text('[{"name": 3}]')
     (root / "object.json").write_text('{"name": "f"}')
-    (root / "badtype.json").write_text('[{"type": "function", "function": {"name": "f", "parameters": '
-                                       '{"type": "object", "properties": {"a": {"type": 7}}}}}]')
+    (root / "badtype.json").write_text(
+        '[{"type": "function", "function": {"name": "f", "parameters": '
+        '{"type": "object", "properties": {"a": {"type": 7}}}}}]'
+    )
+    # issue 19's wrong-but-accepted schemas, through the command (tests/test_tool_schemas.py has them all)
+    for name, props in (
+        ("enum5", '{"a": {"type": "number", "enum": 5}}'),
+        ("minmax", '{"a": {"type": "number", "minimum": 3, "maximum": 1}}'),
+        ("propnum", '{"a": 5}'),
+        ("emptyname", '{"": {"type": "number"}}'),
+    ):
+        (root / f"{name}.json").write_text(
+            f'[{{"name": "f", "parameters": {{"type": "object", "properties": {props}}}}}]'
+        )
     (root / "afile").write_text("x")
     shipped = default_model_path("CartPole-v1")
     shutil.copytree(shipped, root / "badcfg")
@@ -54,6 +66,10 @@ DECIDE_CASES = [
     (["--tools", "{bad}/noname.json"], "bad tool schema"),
     (["--tools", "{bad}/badtype.json"], "bad tool schema"),
     (["--tools", "{bad}/object.json"], "JSON list of tools"),
+    (["--tools", "{bad}/enum5.json"], "enum must be a non-empty list"),
+    (["--tools", "{bad}/minmax.json"], "minimum 3 is above maximum 1"),
+    (["--tools", "{bad}/propnum.json"], "schema must be an object"),
+    (["--tools", "{bad}/emptyname.json"], "parameter name '' is empty"),
     (["--model", "{bad}/badcfg", "--env", "CartPole-v1"], "cannot load model"),
     (["--model", "{bad}/trunc", "--env", "CartPole-v1"], "cannot load model"),
     (["--model", "{bad}/nonexist", "--env", "CartPole-v1"], "does not exist"),
@@ -75,8 +91,11 @@ EVAL_CASES = [
     (["--env", "Nope-v9"], "cannot make env 'Nope-v9'"),
     (["--env", "Nope-v9", "--describe"], "cannot make env 'Nope-v9'"),
     (["--env", "MountainCar-v0"], "no expert"),
-    pytest.param(["--env", "Ant-v5", "--policy", "random", "--episodes", "1"], "cannot make env 'Ant-v5'",
-                 marks=pytest.mark.skipif(HAS_MUJOCO, reason="the case needs MuJoCo to be missing")),
+    pytest.param(
+        ["--env", "Ant-v5", "--policy", "random", "--episodes", "1"],
+        "cannot make env 'Ant-v5'",
+        marks=pytest.mark.skipif(HAS_MUJOCO, reason="the case needs MuJoCo to be missing"),
+    ),
     ([*CART, "--policy", "zz"], "unknown policy zz"),
     (["--env", "Pendulum-v1", "--policy", "model"], "--backend random"),  # no shipped model for it
     ([*CART, "--policy", "model", "--model", "{bad}/badcfg"], "cannot load model"),

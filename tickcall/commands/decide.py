@@ -1,8 +1,8 @@
 """``tickcall decide``: decode one call for one turn and show everything (a demo of the engine).
 
-    tickcall decide "x=+0.02 v=-0.31 a=+0.05 w=+0.42" --env CartPole-v1
-    tickcall decide --model PATH --tools tools.json --template v2 "Turn on the flashlight"
-    tickcall decide "theta=0.1" --env Pendulum-v1 --backend random   # a legal random call, no model
+tickcall decide "x=+0.02 v=-0.31 a=+0.05 w=+0.42" --env CartPole-v1
+tickcall decide --model PATH --tools tools.json --template v2 "Turn on the flashlight"
+tickcall decide "theta=0.1" --env Pendulum-v1 --backend random   # a legal random call, no model
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model folder (default: the shipped model for --env)")
     p.add_argument("--env", default=None, help="env whose tools to offer (default: tickcall/Arena-v0)")
     p.add_argument("--tools", help="JSON file with a list of tools (OpenAI or BFCL style) instead of --env")
-    p.add_argument("--template", help="v1, v2 or compact (default: the model's own)")
+    p.add_argument("--template", help="v1, v2, compact, v1-server or v2-server (default: the model's own)")
     p.add_argument("--system", help="system prompt (v2, compact)")
     p.add_argument("--history", action="append", default=[], help="a history item, e.g. 'move(x=3)'")
-    p.add_argument("--backend", default="transformers",
-                   help="transformers, vllm, or noop / random (no model: one fixed or a random legal call)")
+    p.add_argument(
+        "--backend",
+        default="transformers",
+        help="transformers, vllm, or noop / random (no model: one fixed or a random legal call)",
+    )
     p.add_argument("--repeat", type=int, default=1, help="decide N times and report the last (warm) one")
 
 
@@ -60,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
             d = engine.decide(reg.handle, turn)
     finally:
         engine.close()
-    print(f"model     {model or '-'} ({engine.backend}, template {reg.template.name}, {reg.prefix_tokens} cached prefix tokens)")
+    print(
+        f"model     {model or '-'} ({engine.backend}, template {reg.template.name}, {reg.prefix_tokens} cached prefix tokens)"
+    )
     for head, text in d.heads.items():
         print(f"  <{head}> {text!r}  ({d.generated_tokens[head]} tokens)")
     call = f"{d.call.name}({json.dumps(d.call.arguments, ensure_ascii=False)})" if d.call else "-"
@@ -93,7 +98,9 @@ def _shipped_model(env_id: str) -> Path:
     except KeyError:
         raise CommandError(no_model_message(env_id)) from None
     except FileNotFoundError as exc:
-        raise CommandError(no_model_message(env_id, f"the shipped model is not usable ({one_line(exc)})")) from None
+        raise CommandError(
+            no_model_message(env_id, f"the shipped model is not usable ({one_line(exc)})")
+        ) from None
 
 
 def _file_tools(path: str) -> list:
@@ -103,7 +110,9 @@ def _file_tools(path: str) -> list:
 
     tools = read_tools_file(path)
     if not isinstance(tools, list) or not tools:
-        raise CommandError(f"--tools {path} must hold a non-empty JSON list of tools; wrap the tool(s) in [...]")
+        raise CommandError(
+            f"--tools {path} must hold a non-empty JSON list of tools; wrap the tool(s) in [...]"
+        )
     try:
         normalize_tools(tools, max_arity=MAX_HEADS_LIMIT)  # the model's own head count is checked at register
     except (ValueError, TypeError, KeyError) as exc:  # ToolSchemaError is a ValueError
@@ -112,8 +121,9 @@ def _file_tools(path: str) -> list:
 
 
 def _schema_error(source: str, exc: BaseException) -> CommandError:
-    return CommandError(f"bad tool schema in {source}: {one_line(exc)}; "
-                        "give a list of OpenAI- or BFCL-style tool dicts")
+    return CommandError(
+        f"bad tool schema in {source}: {one_line(exc)}; give a list of OpenAI- or BFCL-style tool dicts"
+    )
 
 
 def _env_tools(env_id: str) -> list:
@@ -122,8 +132,9 @@ def _env_tools(env_id: str) -> list:
     try:
         return make_binding(env_id).tools
     except Exception as exc:  # a missing extra (box2d, mujoco) or an unsupported space
-        raise CommandError(f"cannot make env {env_id!r}: {one_line(exc)}; pick another --env or use --tools") \
-            from None
+        raise CommandError(
+            f"cannot make env {env_id!r}: {one_line(exc)}; pick another --env or use --tools"
+        ) from None
 
 
 def _load(model: object, backend: str) -> Engine:
@@ -133,7 +144,9 @@ def _load(model: object, backend: str) -> Engine:
     from tickcall.models.loading import load_engine
 
     try:
-        return load_engine({"backend": backend} if model is None else {"backend": backend, "model": str(model)})
+        return load_engine(
+            {"backend": backend} if model is None else {"backend": backend, "model": str(model)}
+        )
     except (EngineError, OSError, ValueError, KeyError, SafetensorError) as exc:
         raise model_load_error(model, exc) from None
 
