@@ -138,6 +138,7 @@ class Route:
     big_call: dict[str, Any] | None = (
         None  # the big model's call on this very tick's turn, when it was sent one
     )
+    weights: str | None = None  # the small weights that answered (CallReply.weights): hot swaps show here
 
     def fields(self) -> dict[str, Any]:
         return {
@@ -147,6 +148,7 @@ class Route:
             "big_age_ms": None if self.big_age_ms is None else round(self.big_age_ms, 3),
             "small_call": self.small_call,
             "big_call": self.big_call,
+            "weights": self.weights,
         }
 
 
@@ -270,6 +272,8 @@ class CascadePolicy:
         out = []
         for reply in replies:
             routed, r = route(reply, self._latest, now, self.s)
+            if isinstance(reply, CallReply):
+                r.weights = reply.weights
             if reply.tick is not None:
                 with self._lock:
                     r.big_call = self._big_calls.get(reply.tick)

@@ -83,6 +83,9 @@ class TickRecord:
     big_age_ms: float | None = None
     small_call: dict[str, Any] | None = None
     big_call: dict[str, Any] | None = None
+    # cascade runs: the small model's weights that answered this tick (``CallReply.weights``, the model
+    # folder's name; None when no small reply came): where it changes, a hot swap happened
+    weights: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

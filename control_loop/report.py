@@ -33,7 +33,7 @@ from typing import Any
 
 from tickcall.control_loop.records import OUTCOMES, TickRecord
 from tickcall.control_loop.report_html import write_report_html
-from tickcall.control_loop.stats import agent_stats, by_agent, loop_clock
+from tickcall.control_loop.stats import agent_stats, by_agent, loop_clock, swap_marks
 
 from tickcall.timing import percentile
 
@@ -45,6 +45,7 @@ OUTCOME_COLOURS = {
     "error": "#6a0dad",
 }
 OUTCOME_MARKERS = {"late": "v", "fallback": "X", "skipped": "s", "error": "D", "ok": "o"}
+SWAP_COLOUR = "#8338ec"  # hot swaps of the model's weights (stats.swap_marks)
 DECIDER_COLOURS = {"small": "#3a86ff", "big": "#fb8500", "none": "#c9ccd1"}  # cascade runs (decided_by)
 DEADLINE_COLOUR = "#c1121f"
 MAX_REASON_ROWS = 8  # reason kinds drawn one per row; the rest share an "other" row
@@ -330,6 +331,15 @@ def _timeline(
             ax.vlines(
                 xs, 0, 1, transform=ax.get_xaxis_transform(), colors="#457b9d", lw=0.9, alpha=0.8,
                 label=f"episode start ({len(xs)})" if i == 0 else None,
+            )  # fmt: skip
+    # ---- hot swaps of the (small) model's weights (the tick whose reply came from the new weights)
+    swaps = swap_marks(records)
+    if swaps:
+        xs = [m["tick"] for m in swaps]
+        for i, ax in enumerate(axes):
+            ax.vlines(
+                xs, 0, 1, transform=ax.get_xaxis_transform(), colors=SWAP_COLOUR, lw=1.4, ls="--",
+                label=f"weights swapped ({len(xs)})" if i == 0 else None,
             )  # fmt: skip
     ax1.legend(**LEGEND)
 

@@ -363,3 +363,43 @@ def choose_threshold(curve: dict[str, Any], target: float = 0.95) -> float | Non
     if threshold <= min(b["lo"] for b in bins):  # every bin with pairs meets the target
         return 0.0
     return threshold
+
+
+def swap_marks(records: Sequence[Any]) -> list[dict[str, Any]]:
+    """The ticks where the answering weights changed (a hot swap): ``[{tick, model}]``, ``model`` the
+    new weights' name (``TickRecord.weights``). Ticks without weights (no small reply) are skipped."""
+    marks: list[dict[str, Any]] = []
+    prev = None
+    for r in sorted(records, key=lambda r: _field(r, "tick")):
+        w = _field(r, "weights")
+        if w is None:
+            continue
+        if prev is not None and w != prev:
+            marks.append({"tick": int(_field(r, "tick")), "model": w})
+        prev = w
+    return marks
+
+
+def episode_curve(records: Sequence[Any], returns: Sequence[float | None]) -> list[dict[str, Any]]:
+    """Per episode (``TickRecord.episode``, in order): its first tick, its return (``returns[i]``; None
+    for the one still running), the share of its ticks the small model decided, and the weights that
+    answered last in it: how a run that distils and swaps improves (small share and return over time)."""
+    eps: dict[int, list[Any]] = {}
+    for r in records:
+        eps.setdefault(int(_field(r, "episode") or 0), []).append(r)
+    out = []
+    for i in sorted(eps):
+        recs = eps[i]
+        small = sum(1 for r in recs if _field(r, "decided_by") == "small")
+        weights = [w for w in (_field(r, "weights") for r in recs) if w is not None]
+        out.append(
+            {
+                "episode": i,
+                "first_tick": min(int(_field(r, "tick")) for r in recs),
+                "ticks": len(recs),
+                "return": returns[i] if i < len(returns) else None,
+                "small_share": round(small / len(recs), 4),
+                "weights": weights[-1] if weights else None,
+            }
+        )
+    return out

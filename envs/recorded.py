@@ -6,7 +6,11 @@ one labelled row, so a big model's decisions train a small one (``tickcall train
 env comes from the report (``report.json`` ``env``, next to ``ticks.jsonl``) or ``env_id``; its tools
 are the binding's (``envs.binding.make_binding``): the same tools the run registered.
 
-Kept: ticks with a call and a turn (any outcome: a late decision is still the model's decision for
+``labels="big"`` (a cascade run, docs/cascade.md): the label is the big model's call on that tick's
+turn (``big_call``), not the call that was applied: the big model's decisions, logged while the loop
+ran, as a dataset to distil the small model on. Ticks the big model was not asked are skipped.
+
+Kept: ticks with a call (of the chosen labels) and a turn (any outcome: a late decision is still the model's decision for
 that turn). Invariant: every row's call names one of the env's tools (``read``-time check of the
 dataset format); a tick whose call does not is dropped and counted.
 """
@@ -21,10 +25,16 @@ from tickcall.models.calls import Call
 from tickcall.models.training.collect import Record
 from tickcall.models.training.dataset import Dataset, EnvInfo, make_header
 
+LABELS = ("call", "big")  # which call of a tick is its label: the applied one, or the big model's
 
-def ticks_dataset(path: str | Path, env_id: str | None = None) -> Dataset:
-    """The dataset of a run report (its folder or its ``ticks.jsonl``). ValueError when no tick carries
-    a turn (the run did not record turns) or the env is unknown."""
+
+def ticks_dataset(path: str | Path, env_id: str | None = None, labels: str = "call") -> Dataset:
+    """The dataset of a run report (its folder or its ``ticks.jsonl``). ``labels``: ``call`` (the
+    applied call) or ``big`` (the big model's, ``big_call``). ValueError when no tick carries a turn
+    (the run did not record turns), the env is unknown, or ``labels`` is not one of ``LABELS``."""
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {', '.join(LABELS)}, not {labels!r}")
+    key = "big_call" if labels == "big" else "call"
     path = Path(path)
     ticks = path / "ticks.jsonl" if path.is_dir() else path
     report_path = ticks.parent / "report.json"
@@ -42,7 +52,7 @@ def ticks_dataset(path: str | Path, env_id: str | None = None) -> Dataset:
         if not line.strip():
             continue
         tick = json.loads(line)
-        call, turn = tick.get("call"), tick.get("turn")
+        call, turn = tick.get(key), tick.get("turn")
         if not call:
             continue
         if not turn:
@@ -53,6 +63,11 @@ def ticks_dataset(path: str | Path, env_id: str | None = None) -> Dataset:
             foreign += 1
             continue
         records.append(Record(env_id, str(turn["query"]), list(turn.get("history") or []), c))
+    if not records and labels == "big":
+        raise ValueError(
+            f"{ticks}: no tick carries a big_call and its turn: --labels big needs a cascade run "
+            "(tickcall run --cascade-model BIG) that recorded turns"
+        )
     if not records:
         raise ValueError(
             f"{ticks}: no tick carries both a call and its turn ({no_turn} calls without a "
@@ -60,6 +75,7 @@ def ticks_dataset(path: str | Path, env_id: str | None = None) -> Dataset:
         )
     meta = {
         "source": str(ticks),
+        "labels": labels,
         "model": report.get("model"),
         "backend": report.get("backend"),
         "ticks_without_turn": no_turn,

@@ -504,3 +504,52 @@ def test_a_big_service_that_is_not_there_is_one_line_at_start(services):
             register_timeout_ms=1500,
         )
     assert "\n" not in str(info.value)
+
+
+def test_online_distillation_fine_tunes_and_hot_swaps_the_small_model_mid_run(services, tmp_path):
+    """A cascade run whose small service is started here (the shipped student), with the distiller on:
+    a round fine-tunes the student on the big model's logged decisions in a child process (5 steps, one
+    torch thread) and hot-swaps it in; the ticks say where (``weights``), the report lists the swap
+    with its warm time, every tick is accounted, and the big decisions read back as a dataset."""
+    from tickcall.envs.recorded import ticks_dataset
+
+    from tickcall.job import run_job
+    from tickcall.training import DistillSettings
+
+    _, big_ep = services
+    cfg = load_run_config(
+        None,
+        {
+            "model": STUDENT,
+            "duration_s": 14.0,
+            "progress": False,
+            "cascade.endpoint": big_ep,
+            "cascade.threshold": 0.0,
+            "cascade.big_rate_hz": 8.0,
+            "report_dir": str(tmp_path / "d"),
+        },
+    )
+    out = run_job(cfg, distill=DistillSettings(every_s=2.0, steps=5, batch_size=8, min_rows=4))
+    rep = out.report
+    assert sum(rep["outcomes"].values()) == rep["ticks"] == len(out.records)
+    rounds = rep["distill"]["rounds"]
+    done = [r for r in rounds if r.get("ok")]
+    assert done, rounds
+    assert done[0]["weights"] == "distill-1" and done[0]["warm_ms"] > 0 and done[0]["rows"] >= 4
+    swaps = rep["swaps"]
+    assert swaps and swaps[0]["model"] == "distill-1" and swaps[0]["warm_ms"] == done[0]["warm_ms"]
+    tick = swaps[0]["tick"]
+    weights = [r.weights for r in out.records if r.weights is not None]
+    assert weights[0] == "tickcall-arena" and out.records[tick].weights == "distill-1"
+    assert all(r.weights == "tickcall-arena" for r in out.records[:tick] if r.weights is not None)
+    # no decide lost to the swap: the service answered none with unknown_handle (the same handle
+    # served on), the loop never had an error reply; late/skipped ticks are this 2-core machine's load
+    # (the fine-tune process competes with the loop for the CPU), not the swap's
+    stats = rep["service"]["stats"]
+    assert stats["swaps"] >= 1 and not stats.get("error_unknown_handle") and rep["outcomes"]["error"] == 0
+    curve = rep["distill"]["curve"]
+    assert curve and sum(c["ticks"] for c in curve) == rep["ticks"]
+    assert all(0.0 <= c["small_share"] <= 1.0 for c in curve)
+    # the round's data: the big model's calls as labels
+    data = ticks_dataset(tmp_path / "d" / "distill" / "round-1", labels="big")
+    assert len(data.records) == done[0]["rows"] and data.header.meta["labels"] == "big"

@@ -25,10 +25,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tickcall.cluster import init_ray
 from tickcall.control_loop.config import DEFAULT_HISTORY, MODEL_FREE, RunConfig
@@ -36,7 +36,7 @@ from tickcall.control_loop.loop import LoopSettings
 from tickcall.control_loop.progress import ProgressPrinter
 from tickcall.control_loop.records import TickRecord
 from tickcall.control_loop.report import write_report
-from tickcall.control_loop.stats import cascade_summary, summarize
+from tickcall.control_loop.stats import cascade_summary, episode_curve, summarize, swap_marks
 from tickcall.world import (
     WorldSpec,
     check_spec,
@@ -45,6 +45,9 @@ from tickcall.world import (
     make_crowd_world,
     world_factory,
 )
+
+if TYPE_CHECKING:  # tickcall.training imports the training stack: only a distilling run loads it
+    from tickcall.training import Distiller, DistillSettings
 
 
 class RunError(RuntimeError):
@@ -314,6 +317,7 @@ def build_report(
     service: dict[str, Any],
     cascade: dict[str, Any] | None = None,
     crowd: dict[str, Any] | None = None,
+    distill: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``report.json``: the statistics (``stats.summarize``) plus what ran and the episodes; with a
     cascade, its block (``stats.cascade_summary``; ``cascade``: ``resolve_cascade``'s answer plus the big
@@ -363,6 +367,15 @@ def build_report(
         if cascade.get("calibration") is not None:
             block["calibration"] = cascade["calibration"]
         report["cascade"] = block
+        rounds = (distill or {}).get("rounds") or []
+        swaps = swap_report(records, rounds)
+        if swaps or distill is not None:
+            report["swaps"] = swaps
+        if distill is not None:
+            report["distill"] = {
+                **distill,
+                "curve": episode_curve(records, [e["return"] for e in episodes]),
+            }
     return report
 
 
@@ -385,8 +398,76 @@ class _StartupInterrupt:
             return None
 
 
-def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: float = 0.5) -> RunOutcome:
-    """Run one configured job end to end (see module docstring). Raises RunError for setup problems."""
+def check_distill(cfg: RunConfig, model: str | None) -> None:
+    """Online distillation needs a cascade and a small model folder whose service this run starts
+    (the swap is the service actor's method). Raises RunError (one line)."""
+    if cfg.cascade is None:
+        raise RunError("distillation learns from the big model: run a cascade (--cascade-model BIG)")
+    if cfg.service.endpoint is not None or cfg.replicas > 1:
+        raise RunError(
+            "distillation swaps the small model's weights in the service this run starts: drop "
+            "--endpoint (service.endpoint) and replicas"
+        )
+    if model is None:
+        raise RunError("distillation fine-tunes the small model's folder: give --model PATH")
+
+
+def start_distiller(
+    settings: DistillSettings,
+    cfg: RunConfig,
+    model: str | None,
+    folder: str,
+    loop_actor: Any,
+    service_actor: Any,
+    stream: TextIO,
+) -> Distiller:
+    """The run's background trainer (``training.Distiller``) on the loop's records and the small
+    service actor's ``swap``; its rounds go to ``folder/distill`` (or ``settings.work_dir``)."""
+    import ray
+
+    assert model is not None and service_actor is not None
+
+    def snapshot(since: int) -> tuple[list[dict[str, Any]], int]:
+        return ray.get(loop_actor.snapshot.remote(since), timeout=60)
+
+    def swap(path: str) -> dict[str, Any]:
+        return ray.get(service_actor.swap.remote(path), timeout=900)
+
+    from tickcall.training import Distiller
+
+    work = settings.work_dir or str(Path(folder) / "distill")
+    _say(stream, f"distilling the big model's decisions into {Path(model).name} every {settings.every_s:g} s")
+    return Distiller(
+        settings,
+        env_id=cfg.env,
+        init_model=model,
+        work_dir=work,
+        snapshot=snapshot,
+        swap=swap,
+        log=lambda line: _say(stream, line),
+    ).start()
+
+
+def swap_report(records: list[TickRecord], rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``report.json`` ``swaps``: the tick where each new set of small weights first answered
+    (``stats.swap_marks``), its name (``model``) and how long it took to warm (``warm_ms``: loading it
+    and registering the tools on it while the old weights served; None when not known here)."""
+    warm = {r.get("weights"): r.get("warm_ms") for r in rounds if r.get("ok")}
+    return [{**m, "warm_ms": warm.get(m["model"])} for m in swap_marks(records)]
+
+
+def run_job(
+    cfg: RunConfig,
+    *,
+    stream: TextIO | None = None,
+    status_every_s: float = 0.5,
+    distill: DistillSettings | None = None,
+) -> RunOutcome:
+    """Run one configured job end to end (see module docstring). Raises RunError for setup problems.
+
+    ``distill`` (a cascade run whose small service is started here): online distillation, a
+    ``training.Distiller`` that fine-tunes the small model on the big model's newest decisions every
+    ``distill.every_s`` s and hot-swaps the result into the small service (report ``swaps``, ``distill``)."""
     import ray
 
     stream = stream or sys.stderr
@@ -396,6 +477,8 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             check_spec(cfg.env)  # a wrong env id is one line now, not an actor's traceback later
         model = resolve_model(cfg)
         cascade = resolve_cascade(cfg)
+        if distill is not None:
+            check_distill(cfg, model)
     except KeyboardInterrupt:
         raise RunInterrupted("interrupted before the loop ran: no report written") from None
     folder = prepare_report_dir(cfg.report_dir or default_report_dir())
@@ -418,6 +501,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
     replica_set = None
     big_actor = None
     loop_actor = None
+    distiller = None
     started_ray = False
     guard = _StartupInterrupt()
     previous = guard.install()
@@ -562,6 +646,8 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             signal.signal(signal.SIGINT, previous)
             previous = None
         ref = loop_actor.run.remote(duration_s=cfg.duration_s, episodes=cfg.episodes)
+        if distill is not None:
+            distiller = start_distiller(distill, cfg, model, folder, loop_actor, service_actor, stream)
         interrupted = False
         printer = ProgressPrinter(stream) if cfg.progress else None
         seen_warnings: set[str] = set()
@@ -585,6 +671,8 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             result = journal.result(loop_died)
         finally:
             journal.close()
+            if distiller is not None:
+                distiller.stop()
         if watch_world:  # what the engine did after the last poll
             with contextlib.suppress(Exception):
                 for line in ray.get(loop_actor.status.remote(), timeout=10).get("notices", []):
@@ -618,6 +706,7 @@ def run_job(cfg: RunConfig, *, stream: TextIO | None = None, status_every_s: flo
             service=service_info,
             cascade=cascade,
             crowd=crowd,
+            distill=None if distiller is None else {"settings": asdict(distill), "rounds": distiller.rounds},
         )
         if printer is not None:
             printer.close(
