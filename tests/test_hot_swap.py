@@ -127,3 +127,57 @@ def test_a_swap_to_a_broken_folder_leaves_the_old_weights_serving(service, weigh
     stats = ray.get(actor.stats.remote())
     assert stats["swap_failures"] == serving.get("swap_failures", 0) + 2
     assert stats["swaps"] == serving.get("swaps", 0)
+
+
+def test_tickcall_serve_swaps_when_its_swap_file_names_new_weights(weights, tmp_path):
+    """``tickcall serve --swap-file F`` (in its own process, no Ray): writing a model folder into F swaps
+    it in behind the same handle; a broken folder is one line on stderr, the weights serving stay."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from tickcall.agent.client import PolicyClient
+
+    old, new, broken = weights
+    swap_file = tmp_path / "swap.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tickcall.cli", "serve", "--backend", "transformers", "--model", old,
+         "--bind", "tcp://127.0.0.1:0", "--swap-file", str(swap_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    lines: dict[str, list[str]] = {"out": [], "err": []}
+    for name, pipe in (("out", proc.stdout), ("err", proc.stderr)):
+        threading.Thread(target=lambda n=name, p=pipe: [lines[n].append(x) for x in p], daemon=True).start()
+
+    def wait_line(stream: str, text: str) -> str:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            for line in lines[stream]:
+                if text in line:
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} from tickcall serve: {lines}")
+
+    client = None
+    try:
+        endpoint = wait_line("out", "policy service on ").split()[3]
+        client = PolicyClient(endpoint, timeout_ms=10000)
+        reg = client.register(CART_TOOLS)
+        assert client.decide({"query": "x"}, tick_id=0, deadline_ms=5000).weights == "old"
+        swap_file.write_text(new + "\n")
+        wait_line("out", "swap: old -> new")
+        after = client.decide({"query": "x"}, tick_id=1, deadline_ms=5000)
+        assert isinstance(after, CallReply) and after.weights == "new" and after.handle == reg.handle
+        swap_file.write_text(broken + "\n")
+        line = wait_line("err", f"swap to {broken}")
+        assert line.startswith(f"swap to {broken} failed, new still serving: ")
+        still = client.decide({"query": "x"}, tick_id=2, deadline_ms=5000)
+        assert isinstance(still, CallReply) and still.weights == "new"
+        assert client.stats["renewals"] == 0
+    finally:
+        if client is not None:
+            client.close()
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -8,6 +8,13 @@ Examples::
     tickcall serve --gen-keys keys/                                 # CURVE key pairs for server/client
     tickcall serve --probe tcp://127.0.0.1:5555                     # hello + ping a running service
     tickcall serve --model DIR --http 127.0.0.1:8899                # + SimpleTool's HTTP API (its demos)
+    tickcall serve --model DIR --swap-file swap.txt                 # hot swap: echo NEW_DIR > swap.txt
+
+``--swap-file FILE``: when FILE's content (one line: a model folder) changes, the service loads those
+weights beside the ones serving, registers every live tool set on them, and switches between two engine
+steps, same endpoint, epoch and handles (docs/protocol.md, "Hot swap"). One line says how it went; a
+folder that does not load leaves the old weights serving. A file, not a wire message: only someone who
+may write on the service's machine chooses its weights.
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow a non-loopback bind without CURVE (trusted networks only)",
     )
     parser.add_argument("--ray", action="store_true", help="run as a Ray actor (placed on a GPU if any)")
+    parser.add_argument(
+        "--swap-file",
+        metavar="FILE",
+        help="hot swap: when FILE's content (a model folder) changes, serve those weights "
+        "(same endpoint and handles; the old ones serve until the new are warm)",
+    )
     parser.add_argument(
         "--stats-every",
         type=float,
@@ -184,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.ray:
-        return _run_ray(cfg, stop, args.stats_every)
+        return _run_ray(cfg, stop, args.stats_every, args.swap_file)
     from tickcall.agent.engines import build_engine
     from tickcall.agent.server import PolicyServer
     from tickcall.models.engine import EngineError
@@ -205,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
         engine.close()
         raise
-    _wait(stop, server.stats, args.stats_every)
+    watcher = _swap_watcher(args.swap_file, lambda path: server.swap({**cfg.engine, "model": path}).to_dict())
+    _wait(stop, server.stats, args.stats_every, watcher)
     if door is not None:
         door.stop()
     server.stop()
@@ -243,10 +257,61 @@ def _start_http(cfg: Any, endpoint: str) -> Any:
     return door
 
 
-def _wait(stop: threading.Event, stats: Any, every: float) -> None:
+class SwapWatcher:
+    """Watches ``--swap-file``: a new model folder in it is swapped in by ``swap(path) -> SwapResult
+    dict`` in a thread of its own (serving and the watch go on meanwhile); one line per swap."""
+
+    def __init__(self, path: str, swap: Any) -> None:
+        self.path = path
+        self.swap = swap
+        self._seen = self._read()  # what the file says at start is not a request
+        self._busy: threading.Thread | None = None
+
+    def _read(self) -> str | None:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                return fh.read().strip() or None
+        except OSError:
+            return None
+
+    def check(self) -> None:
+        want = self._read()
+        if want is None or want == self._seen or (self._busy is not None and self._busy.is_alive()):
+            return
+        self._seen = want
+        self._busy = threading.Thread(target=self._swap, args=(want,), name="swap", daemon=True)
+        self._busy.start()
+
+    def _swap(self, path: str) -> None:
+        try:
+            r = self.swap(path)
+        except Exception as exc:  # the actor died, Ray went away: the line says so
+            r = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if r.get("ok"):
+            print(
+                f"swap: {r['previous']} -> {r['weights']} (warm {r['warm_ms']:.0f} ms, pause "
+                f"{r['switch_ms']:.2f} ms, {r['registrations']} registrations)",
+                flush=True,
+            )
+        else:
+            print(
+                f"swap to {path} failed, {r.get('weights', 'the old weights')} still serving: "
+                f"{' '.join(str(r.get('error')).split())}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _swap_watcher(path: str | None, swap: Any) -> SwapWatcher | None:
+    return None if not path else SwapWatcher(path, swap)
+
+
+def _wait(stop: threading.Event, stats: Any, every: float, watcher: SwapWatcher | None = None) -> None:
     last = time.monotonic()
     try:
         while not stop.wait(0.5):
+            if watcher is not None:
+                watcher.check()
             if every > 0 and time.monotonic() - last >= every:
                 last = time.monotonic()
                 print(json.dumps(stats()), flush=True)
@@ -254,7 +319,7 @@ def _wait(stop: threading.Event, stats: Any, every: float) -> None:
         pass
 
 
-def _run_ray(cfg: Any, stop: threading.Event, every: float) -> int:
+def _run_ray(cfg: Any, stop: threading.Event, every: float, swap_file: str | None = None) -> int:
     import ray
 
     from tickcall.agent.actor import start_policy_service
@@ -270,7 +335,8 @@ def _run_ray(cfg: Any, stop: threading.Event, every: float) -> int:
             flush=True,
         )
         door = _start_http(cfg, endpoint)
-        _wait(stop, lambda: ray.get(handle.stats.remote()), every)
+        watcher = _swap_watcher(swap_file, lambda path: ray.get(handle.swap.remote(path)))
+        _wait(stop, lambda: ray.get(handle.stats.remote()), every, watcher)
         if door is not None:
             door.stop()
         print(json.dumps(ray.get(handle.stats.remote())), flush=True)
