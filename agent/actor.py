@@ -252,3 +252,14 @@ def start_policy_service(
     handle = launch_policy_service(serve, name=name)
     info = ray.get(handle.ready.remote(), timeout=timeout_s)
     return handle, info["endpoint"]
+
+
+def swap_policy_service(
+    handle: Any, model_path: str, *, name: str | None = None, timeout_s: float = 900.0
+) -> dict[str, Any]:
+    """Hot-swap the weights of a running service actor (``PolicyServiceActor.swap``) and wait for it:
+    ``{"ok", "weights", "previous", "warm_ms", "switch_ms", "registrations", "error"...}``; a folder
+    that does not load gives ``ok`` False and the old weights keep serving."""
+    import ray
+
+    return ray.get(handle.swap.remote(model_path, name=name), timeout=timeout_s)

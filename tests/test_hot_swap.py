@@ -107,6 +107,7 @@ def test_a_hot_swap_under_load_answers_every_decide_old_weights_then_new(service
 
 
 def test_a_swap_to_a_broken_folder_leaves_the_old_weights_serving(service, weights):
+    from tickcall.agent.actor import swap_policy_service
     from tickcall.agent.client import PolicyClient
 
     actor, endpoint = service
@@ -117,7 +118,7 @@ def test_a_swap_to_a_broken_folder_leaves_the_old_weights_serving(service, weigh
         client.register(CART_TOOLS)
         first = client.decide({"query": "a"}, tick_id=0, deadline_ms=5000)
         for bad in (broken, broken + "-missing"):
-            result = ray.get(actor.swap.remote(bad))
+            result = swap_policy_service(actor, bad)
             assert not result["ok"] and result["weights"] == first.weights
             assert bad in result["error"] and "\n" not in result["error"]
         after = client.decide({"query": "b"}, tick_id=1, deadline_ms=5000)
