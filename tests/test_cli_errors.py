@@ -162,3 +162,45 @@ def test_eval_good_input_still_works(capsys, tmp_path):
     assert main(["eval", *CART, "--json", str(out)]) == 0
     assert out.exists()
     assert "Traceback" not in capsys.readouterr().err
+
+
+REC = ["--env", "CartPole-v1", "--episodes", "1"]
+RECORD_CASES = [
+    (["--env", "Nope-v9", "--out", "{bad}/r.jsonl"], "no scripted expert for 'Nope-v9'"),
+    ([*REC, "--out", "{bad}/no/such/dir/r.jsonl"], "does not exist"),
+    ([*REC, "--out", "{bad}"], "is a folder"),
+    ([*REC, "--out", "{bad}/r.jsonl", "--json", "{bad}/afile/out.json"], "does not exist"),
+    (["--env", "CartPole-v1", "--episodes", "0", "--out", "{bad}/r.jsonl"], "--episodes must be >= 1"),
+    ([*REC, "--out", "{bad}/r.jsonl", "--epsilon", "2"], "--epsilon must be in [0, 1]"),
+    ([*REC, "--out", "{bad}/r.jsonl", "--teacher", "nomod:fn"], "cannot import 'nomod'"),
+    ([*REC, "--out", "{bad}/r.jsonl", "--teacher", "sb3:{bad}/none.zip"], "not found"),
+]
+
+
+@pytest.mark.parametrize(("flags", "phrase"), RECORD_CASES)
+def test_record_bad_input(capsys, bad, flags, phrase):
+    _fails_in_one_line(capsys, ["record"] + [f.format(bad=bad) for f in flags], 2, phrase)
+    assert not (bad / "r.jsonl").exists()  # refused before anything was recorded
+
+
+TRAIN_CASES = [
+    (["--steps", "0"], "--steps 0 is too small"),
+    (["--teacher-steps", "0"], "--teacher-steps 0 is too small"),
+    (["--evaluate", "{bad}/nonexist"], "--evaluate: model folder {bad}/nonexist does not exist"),
+    (["--evaluate", "{bad}"], "config.json is missing"),
+    (["--evaluate", "{bad}/badcfg"], "config.json is not readable JSON"),
+    (["--evaluate", "{bad}/trunc"], "model.safetensors is truncated"),
+    (["--evaluate", "{bad}/badcfg", "--episodes", "0"], "--episodes 0 is too small"),
+    (["--evaluate", "{bad}/badcfg", "--hz", "0"], "--hz 0 is too small"),
+    (["--evaluate", "{bad}/badcfg", "--json", "{bad}/afile/out.json"], "does not exist"),
+    (["--export", "{bad}/none.pt"], "no such checkpoint file"),
+    (["--card"], "--card adds figures to an --evaluate FOLDER"),
+    (["--config", "{bad}/none.yaml"], "config {bad}/none.yaml not found"),
+    (["--data", "{bad}/none.jsonl"], "give a tickcall record file"),
+]
+
+
+@pytest.mark.parametrize(("flags", "phrase"), TRAIN_CASES)
+def test_train_bad_input(capsys, bad, flags, phrase):
+    """Checked before any data, teacher or model is made (``--steps 0`` used to start a run)."""
+    _fails_in_one_line(capsys, ["train"] + [f.format(bad=bad) for f in flags], 2, phrase.format(bad=bad))

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tickcall.commands.errors import CommandError
+from tickcall.commands.errors import CommandError, check_writable
 
 HELP = "record a teacher's decisions on an env as a training dataset (JSONL)"
 
@@ -52,6 +52,9 @@ class Args:
             raise CommandError(f"--epsilon must be in [0, 1], not {self.epsilon}")
         if self.history_len < 0 or self.max_decisions < 1 or self.teacher_steps < 1:
             raise CommandError("--history-len must be >= 0, --max-decisions and --teacher-steps >= 1")
+        # both files are written after the recording: a path that cannot be written fails now
+        check_writable("--out", self.out)
+        check_writable("--json", self.json)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,38 +24,94 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/train-tiny.yaml", help="training config (YAML)")
     parser.add_argument("--out", help="model folder to write (overrides the config's out)")
     parser.add_argument("--work-dir", help="data, checkpoints (overrides the config's work_dir)")
-    parser.add_argument("--env", action="append", dest="envs", metavar="ENV_ID",
-                        help="train on this env (repeatable; overrides the config's envs)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        dest="envs",
+        metavar="ENV_ID",
+        help="train on this env (repeatable; overrides the config's envs)",
+    )
     parser.add_argument("--steps", type=int, help="training steps of round 0 (overrides the config)")
-    parser.add_argument("--teacher", metavar="KIND",
-                        help="who labels the states: expert, module:function, sb3:FILE.zip, ppo|a2c|dqn|sac|td3 "
-                             "(trained here), none (labels only from --data); overrides the config's teacher.kind")
-    parser.add_argument("--teacher-steps", type=int, metavar="N",
-                        help="env decisions to train an SB3 teacher for (overrides teacher.steps)")
-    parser.add_argument("--data", action="append", dest="data_files", metavar="FILE",
-                        help="a dataset (tickcall record) or a tickcall run report (ticks.jsonl or its folder) "
-                             "as round 0's rows (repeatable); without --env: its envs; without --teacher: "
-                             "no teacher (no DAgger, held-out rows split from the data)")
+    parser.add_argument(
+        "--teacher",
+        metavar="KIND",
+        help="who labels the states: expert, module:function, sb3:FILE.zip, ppo|a2c|dqn|sac|td3 "
+        "(trained here), none (labels only from --data); overrides the config's teacher.kind",
+    )
+    parser.add_argument(
+        "--teacher-steps",
+        type=int,
+        metavar="N",
+        help="env decisions to train an SB3 teacher for (overrides teacher.steps)",
+    )
+    parser.add_argument(
+        "--data",
+        action="append",
+        dest="data_files",
+        metavar="FILE",
+        help="a dataset (tickcall record) or a tickcall run report (ticks.jsonl or its folder) "
+        "as round 0's rows (repeatable); without --env: its envs; without --teacher: "
+        "no teacher (no DAgger, held-out rows split from the data)",
+    )
     parser.add_argument("--seed", type=int, help="seed (overrides the config)")
-    parser.add_argument("--realtime", action="store_true",
-                        help="after training, measure the real-time loop figures (20 episodes per env)")
-    parser.add_argument("--evaluate", metavar="FOLDER",
-                        help="no training: score FOLDER in the real-time loop against the teacher")
-    parser.add_argument("--export", metavar="CHECKPOINT",
-                        help="no training: score a checkpoint of this run (work_dir/ckpt-rN.pt) and write the "
-                             "model folder from it")
-    parser.add_argument("--card", action="store_true",
-                        help="with --evaluate: add the figures to FOLDER's scores.json and model card")
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="after training, measure the real-time loop figures (20 episodes per env)",
+    )
+    parser.add_argument(
+        "--evaluate",
+        metavar="FOLDER",
+        help="no training: score FOLDER in the real-time loop against the teacher",
+    )
+    parser.add_argument(
+        "--export",
+        metavar="CHECKPOINT",
+        help="no training: score a checkpoint of this run (work_dir/ckpt-rN.pt) and write the "
+        "model folder from it",
+    )
+    parser.add_argument(
+        "--card",
+        action="store_true",
+        help="with --evaluate: add the figures to FOLDER's scores.json and model card",
+    )
     parser.add_argument("--episodes", type=int, default=20, help="real-time episodes per env (default 20)")
     parser.add_argument("--hz", type=float, default=16.0, help="decision rate of the real-time loop (Hz)")
     parser.add_argument("--json", metavar="FILE", help="write the scores as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flags that cannot work, refused in one line before any data, teacher or model is made (a
+    ``--steps 0`` run used to train nothing, mark round 0 done and break the next run's resume)."""
+    from tickcall.commands.errors import CommandError, check_writable, one_line, require_at_least
+
+    require_at_least("--steps", args.steps, 1)
+    require_at_least("--teacher-steps", args.teacher_steps, 1)
+    require_at_least("--episodes", args.episodes, 1)
+    require_at_least("--hz", args.hz, 1)
+    check_writable("--json", args.json)
+    if args.export and not Path(args.export).is_file():
+        raise CommandError(
+            f"--export {args.export}: no such checkpoint file; give one of this run's work_dir/ckpt-rN.pt"
+        )
+    if args.evaluate:  # config.json and the weights' headers, read without loading anything
+        from tickcall.models.engine import EngineError
+        from tickcall.models.folder_check import check_model_folder
+
+        try:
+            check_model_folder(args.evaluate)
+        except EngineError as exc:
+            raise CommandError(f"--evaluate: {one_line(exc)}") from None
+    if args.card and not args.evaluate:
+        raise CommandError("--card adds figures to an --evaluate FOLDER; add --evaluate FOLDER")
+
+
 def run(args: argparse.Namespace) -> int:
     from tickcall.models.training.pipeline import TrainConfig
     from tickcall.training import make_pipeline
 
+    _check_flags(args)
     path = Path(args.config)
     if not path.exists():
         print(f"tickcall train: config {path} not found", file=sys.stderr)
@@ -90,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
     if cfg.model.kind == "smollm2" and not args.evaluate and (cfg.teacher.kind != "expert" or cfg.data_files):
         from tickcall.commands.errors import CommandError
 
-        raise CommandError("the smollm2 student trains from the scripted experts only (no --teacher, no --data yet)")
+        raise CommandError(
+            "the smollm2 student trains from the scripted experts only (no --teacher, no --data yet)"
+        )
     if cfg.model.kind == "smollm2" and not args.evaluate:
         from tickcall.training import train_smollm2
 
@@ -103,8 +161,17 @@ def run(args: argparse.Namespace) -> int:
         from tickcall.envs.realtime_eval import compare
         from tickcall.envs.teachers import resolve_spec
 
-        scores = {env: compare(env, args.evaluate, args.episodes, args.hz, log=print,
-                               teacher=resolve_spec(cfg.teacher.kind, env, cfg.work_dir)) for env in cfg.envs}
+        scores = {
+            env: compare(
+                env,
+                args.evaluate,
+                args.episodes,
+                args.hz,
+                log=print,
+                teacher=resolve_spec(cfg.teacher.kind, env, cfg.work_dir),
+            )
+            for env in cfg.envs
+        }
         _table(scores)
         if args.card:
             _update_card(Path(args.evaluate), cfg, scores)
@@ -127,14 +194,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _use_data(cfg, args: argparse.Namespace) -> None:
     """``--data``: the files' envs (or ``--env``'s), no teacher unless ``--teacher`` names one."""
-    from tickcall.commands.errors import CommandError
+    from tickcall.commands.errors import CommandError, one_line
     from tickcall.training import load_data
 
     cfg.data_files = list(args.data_files)
     try:
         envs = load_data(cfg.data_files).env_ids
     except (OSError, ValueError) as exc:
-        raise CommandError(f"--data: {exc}") from None
+        raise CommandError(
+            f"--data: {one_line(exc)}; give a tickcall record file, or a tickcall run's ticks.jsonl or its folder"
+        ) from None
     if not args.envs:
         cfg.envs = envs
     if not args.teacher:
@@ -143,12 +212,16 @@ def _use_data(cfg, args: argparse.Namespace) -> None:
 
 
 def _table(scores: dict) -> None:
-    print(f"{'env':<20} {'student':>9} {'teacher':>9} {'ratio':>7} {'legal':>8} {'misses':>7} "
-          f"{'P50 ms':>7} {'P90 ms':>7}")
+    print(
+        f"{'env':<20} {'student':>9} {'teacher':>9} {'ratio':>7} {'legal':>8} {'misses':>7} "
+        f"{'P50 ms':>7} {'P90 ms':>7}"
+    )
     for env, s in scores.items():
-        print(f"{env:<20} {s['student_return']:>9.1f} {s['teacher_return']:>9.1f} {100 * s['ratio']:>6.1f}% "
-              f"{100 * s['legal_rate']:>7.2f}% {s['deadline_misses']:>7d} {s['decide_p50_ms']:>7.2f} "
-              f"{s['decide_p90_ms']:>7.2f}")
+        print(
+            f"{env:<20} {s['student_return']:>9.1f} {s['teacher_return']:>9.1f} {100 * s['ratio']:>6.1f}% "
+            f"{100 * s['legal_rate']:>7.2f}% {s['deadline_misses']:>7d} {s['decide_p50_ms']:>7.2f} "
+            f"{s['decide_p90_ms']:>7.2f}"
+        )
 
 
 def _update_card(folder: Path, cfg, realtime: dict) -> None:
