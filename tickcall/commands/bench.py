@@ -31,6 +31,7 @@ BENCHES: dict[str, tuple[str, str]] = {
         "a language model's decide latency: float32 vs the CPU fast path (bf16/int8)",
     ),
     "fleet": ("tickcall.bench.fleet", "many agents at 10 Hz on 1 and 2 policy service replicas, failover"),
+    "cascade": ("tickcall.bench.cascade", "small alone, big alone and the cascade on the goal arena at 16 Hz"),
     "gpu-check": ("tickcall.bench.gpu_check", "decide P50/P90 on a CUDA GPU, eager vs CUDA graphs (scripts/gpu_check.sh)"),
 }
 
