@@ -19,6 +19,7 @@ import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 HELP = "check an engine against the engine bridge (mode 1) without a model"
@@ -31,15 +32,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="how long to watch (real time)")
     p.add_argument("--steps", type=int, default=100, help="steps for a lock-step engine")
     p.add_argument("--rate", type=float, default=16.0, help="calls per second (Hz)")
-    p.add_argument("--call", default=None, help='JSON call to send, e.g. \'{"name": "wait", "arguments": {}}\' '
-                                                "(default: the engine's default_call)")
-    p.add_argument("--policy", choices=("call", "arena-expert"), default="call",
-                   help="call: send --call (or the default call) every time; arena-expert: the scripted "
-                        "arena expert reading the observation text (reference engine's arena)")
+    p.add_argument(
+        "--call",
+        default=None,
+        help='JSON call to send, e.g. \'{"name": "wait", "arguments": {}}\' '
+        "(default: the engine's default_call)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=("call", "arena-expert"),
+        default="call",
+        help="call: send --call (or the default call) every time; arena-expert: the scripted "
+        "arena expert reading the observation text (reference engine's arena)",
+    )
     p.add_argument("--wait-s", type=float, default=60.0, help="how long to wait for the engine's hello")
-    p.add_argument("--curve-secret-key", default=None, metavar="FILE",
-                   help="the bridge's CURVE secret key file (.key_secret; tickcall serve --gen-keys DIR "
-                        "writes one); needed to bind a non-loopback address")
+    p.add_argument(
+        "--curve-secret-key",
+        default=None,
+        metavar="FILE",
+        help="the bridge's CURVE secret key file (.key_secret; tickcall serve --gen-keys DIR "
+        "writes one); needed to bind a non-loopback address",
+    )
     p.add_argument("--json", metavar="FILE", default=None, help="write the figures as JSON")
 
 
@@ -59,10 +72,21 @@ def arena_text_expert(text: str) -> Any:
     return Call("fire", {}) if f["cd"] == "0" else Call("wait", {})
 
 
-def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: float = 16.0,
-          call: dict[str, Any] | None = None, policy: str = "call", wait_s: float = 60.0,
-          curve_secret_key: str | None = None, out: Any = sys.stdout) -> dict[str, Any]:
-    """Run the check (see module docstring); returns the figures."""
+def check(
+    endpoint: str,
+    *,
+    seconds: float = 5.0,
+    steps: int = 100,
+    rate_hz: float = 16.0,
+    call: dict[str, Any] | None = None,
+    policy: str = "call",
+    wait_s: float = 60.0,
+    curve_secret_key: str | None = None,
+    out: Any = None,
+) -> dict[str, Any]:
+    """Run the check (see module docstring); returns the figures. ``out``: where the table goes
+    (None: the ``sys.stdout`` of the call, not the one of import time)."""
+    out = sys.stdout if out is None else out
     from tickcall.envs.engine_bridge import BridgeConfig, EngineBridge, EngineCallError
     from tickcall.envs.engine_bridge_world import run_lockstep
     from tickcall.models.calls import Call
@@ -72,23 +96,34 @@ def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: flo
         print(f"bridge listening on {bridge.endpoint}: start the engine (it connects there) ...", file=out)
         hello = bridge.wait_for_engine(wait_s)
         sess = bridge.session
-        print(f"engine {hello.engine!r} {hello.engine_version} session {hello.session} "
-              f"frame {hello.frame_hz:g} Hz, heartbeat {hello.heartbeat_ms:g} ms, "
-              f"{'LOCK-STEP every ' + str(hello.lockstep) + ' frames' if hello.lockstep else 'real time'}",
-              file=out)
+        print(
+            f"engine {hello.engine!r} {hello.engine_version} session {hello.session} "
+            f"frame {hello.frame_hz:g} Hz, heartbeat {hello.heartbeat_ms:g} ms, "
+            f"{'LOCK-STEP every ' + str(hello.lockstep) + ' frames' if hello.lockstep else 'real time'}",
+            file=out,
+        )
         for t in sess.tools:
             print(f"  tool {t.name}({', '.join(t.param_names)})", file=out)
         print(f"  observation format {hello.observation.format!r}: {hello.observation.description}", file=out)
         if hello.crowd:
-            print(f"  a crowd (protocol 1.1): {len(hello.agents or ())} agents at hello, at most "
-                  f"{hello.crowd_size}; one call per agent per round", file=out)
+            print(
+                f"  a crowd (protocol 1.1): {len(hello.agents or ())} agents at hello, at most "
+                f"{hello.crowd_size}; one call per agent per round",
+                file=out,
+            )
         default = hello.default_call
-        use = (Call.from_dict(call) if call else Call(default.name, dict(default.arguments)) if default
-               else Call(sess.tools[0].name, {}))
+        use = (
+            Call.from_dict(call)
+            if call
+            else Call(default.name, dict(default.arguments))
+            if default
+            else Call(sess.tools[0].name, {})
+        )
         t0 = time.monotonic()
         obs0 = bridge.stats()["counts"]["obs_received"]
         handles = []
         texts = []
+
         def decide(text: str) -> Any:
             texts.append(text)
             return arena_text_expert(text) if policy == "arena-expert" else use
@@ -127,45 +162,142 @@ def check(endpoint: str, *, seconds: float = 5.0, steps: int = 100, rate_hz: flo
     c = stats["counts"]
     report = {
         "engine": stats["engine"] or {"name": hello.engine, "session": hello.session},
-        "endpoint": stats["endpoint"], "elapsed_s": round(elapsed, 3), "call": use.to_dict(),
-        "obs_received": c["obs_received"] - obs0, "obs_hz": round((c["obs_received"] - obs0) / elapsed, 2),
+        "endpoint": stats["endpoint"],
+        "elapsed_s": round(elapsed, 3),
+        "call": use.to_dict(),
+        "obs_received": c["obs_received"] - obs0,
+        "obs_hz": round((c["obs_received"] - obs0) / elapsed, 2),
         "calls": {k: c[k] for k in ("calls", "done", "failed", "rejected", "lost", "timeout", "in_flight")},
-        "ack_ms": stats["ack_ms"], "result_ms": stats["result_ms"], "ping_rtt_ms": stats["ping_rtt_ms"],
-        "engine_errors": stats["errors_by_code"], "episodes": stats["episodes"],
-        "lockstep_states": lockstep_states, "sample_observations": texts[:3],
+        "ack_ms": stats["ack_ms"],
+        "result_ms": stats["result_ms"],
+        "ping_rtt_ms": stats["ping_rtt_ms"],
+        "engine_errors": stats["errors_by_code"],
+        "episodes": stats["episodes"],
+        "lockstep_states": lockstep_states,
+        "sample_observations": texts[:3],
     }
     if hello.crowd:
         report["obs_by_agent"] = stats.get("obs_by_agent", {})
-    report["ok"] = (not report["engine_errors"] and c["calls"] == c["done"] + c["failed"])
+    report["ok"] = not report["engine_errors"] and c["calls"] == c["done"] + c["failed"]
     _table(report, out)
     return report
 
 
 def _table(r: dict[str, Any], out: Any) -> None:
     def fmt(p: dict[str, Any]) -> str:
-        return "-" if not p.get("n") else f"p50 {p['p50']}  p90 {p['p90']}  p99 {p['p99']}  max {p['max']}  (n {p['n']})"
+        return (
+            "-"
+            if not p.get("n")
+            else f"p50 {p['p50']}  p90 {p['p90']}  p99 {p['p99']}  max {p['max']}  (n {p['n']})"
+        )
 
-    rows = [("observations", f"{r['obs_received']} in {r['elapsed_s']} s ({r['obs_hz']} /s)"),
-            *([("agents", f"{len(r['obs_by_agent'])}, observations per agent "
-                          f"{min(r['obs_by_agent'].values())}..{max(r['obs_by_agent'].values())}")]
-              if r.get("obs_by_agent") else []),
-            ("calls", "  ".join(f"{k} {v}" for k, v in r["calls"].items())),
-            ("ack ms", fmt(r["ack_ms"])), ("result ms", fmt(r["result_ms"])),
-            ("ping rtt ms", fmt(r["ping_rtt_ms"])),
-            ("engine protocol errors", json.dumps(r["engine_errors"]) if r["engine_errors"] else "none"),
-            ("episodes", str(len(r["episodes"])) + ("  returns " + " ".join(
-                f"{e['return']:.2f}" for e in r["episodes"]) if r["episodes"] else "")),
-            ("sample observation", r["sample_observations"][0] if r["sample_observations"] else "-"),
-            ("verdict", "OK" if r["ok"] else "PROBLEMS (see above)")]
+    rows = [
+        ("observations", f"{r['obs_received']} in {r['elapsed_s']} s ({r['obs_hz']} /s)"),
+        *(
+            [
+                (
+                    "agents",
+                    f"{len(r['obs_by_agent'])}, observations per agent "
+                    f"{min(r['obs_by_agent'].values())}..{max(r['obs_by_agent'].values())}",
+                )
+            ]
+            if r.get("obs_by_agent")
+            else []
+        ),
+        ("calls", "  ".join(f"{k} {v}" for k, v in r["calls"].items())),
+        ("ack ms", fmt(r["ack_ms"])),
+        ("result ms", fmt(r["result_ms"])),
+        ("ping rtt ms", fmt(r["ping_rtt_ms"])),
+        ("engine protocol errors", json.dumps(r["engine_errors"]) if r["engine_errors"] else "none"),
+        (
+            "episodes",
+            str(len(r["episodes"]))
+            + ("  returns " + " ".join(f"{e['return']:.2f}" for e in r["episodes"]) if r["episodes"] else ""),
+        ),
+        ("sample observation", r["sample_observations"][0] if r["sample_observations"] else "-"),
+        ("verdict", "OK" if r["ok"] else "PROBLEMS (see above)"),
+    ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}", file=out)
 
 
+def bad_flag(args: argparse.Namespace) -> str | None:
+    """The first flag that cannot work, as the line to print (what is wrong; what to write), or None.
+
+    Checked before the bridge binds: a wrong ``--json`` path used to fail after the whole check, an
+    endpoint that is not one read as an exposed bind, ``--seconds 0`` waited for an engine anyway."""
+    from tickcall.agent.config_check import check_endpoint
+
+    try:
+        check_endpoint("--endpoint", args.endpoint)
+    except ValueError:
+        return (
+            f"--endpoint {args.endpoint!r} is not a ZMQ endpoint; write e.g. --endpoint tcp://127.0.0.1:5560"
+        )
+    for flag, value in (("--seconds", args.seconds), ("--rate", args.rate), ("--wait-s", args.wait_s)):
+        if not value > 0:  # also NaN
+            return f"{flag} {value:g} must be above 0; e.g. {flag} {5 if flag != '--rate' else 16}"
+    if args.steps < 1:
+        return f"--steps {args.steps} is too small; use 1 or more"
+    if args.call is not None:
+        try:
+            call = json.loads(args.call)
+        except json.JSONDecodeError as exc:
+            return f'--call is not valid JSON ({exc}); write e.g. --call \'{{"name": "wait", "arguments": {{}}}}\''
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return '--call must be a JSON object with a "name" (and "arguments"); e.g. --call \'{"name": "wait"}\''
+    if args.curve_secret_key is not None and not Path(args.curve_secret_key).is_file():
+        return f"--curve-secret-key {args.curve_secret_key}: no such file; tickcall serve --gen-keys DIR writes one"
+    if args.json:
+        target = Path(args.json)
+        if target.is_dir():
+            return f"--json {args.json} is a folder; give a file path"
+        if not (target.parent if str(target.parent) else Path(".")).is_dir():
+            return (
+                f"--json {args.json}: folder {target.parent} does not exist; create it or pick another path"
+            )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    """Exit 0: the engine passed; 1: it did not (or never came, or was refused); 2: bad flags.
+    Every failure is one line on stderr (``tickcall bridge check: ...``), never a traceback."""
+    import zmq
+    from tickcall.envs.engine_bridge_config import BridgeConfigError
+    from tickcall.envs.engine_bridge_state import EngineRefused
+
+    def fail(line: str, code: int) -> int:
+        print(f"tickcall bridge check: {' '.join(line.split())}", file=sys.stderr)
+        return code
+
+    problem = bad_flag(args)
+    if problem is not None:
+        return fail(problem, 2)
     call = json.loads(args.call) if args.call else None
-    report = check(args.endpoint, seconds=args.seconds, steps=args.steps, rate_hz=args.rate, call=call,
-                   policy=args.policy, wait_s=args.wait_s, curve_secret_key=args.curve_secret_key)
+    try:
+        report = check(
+            args.endpoint,
+            seconds=args.seconds,
+            steps=args.steps,
+            rate_hz=args.rate,
+            call=call,
+            policy=args.policy,
+            wait_s=args.wait_s,
+            curve_secret_key=args.curve_secret_key,
+        )
+    except BridgeConfigError as exc:  # the bind policy (an exposed endpoint without CURVE), a bad key file
+        return fail(str(exc), 2)
+    except EngineRefused as exc:
+        return fail(f"the engine's hello was refused ({exc}); fix the engine and start it again", 1)
+    except TimeoutError:
+        return fail(
+            f"no engine said hello at {args.endpoint} within {args.wait_s:g} s; start the engine "
+            "(it connects there), or wait longer with --wait-s",
+            1,
+        )
+    except zmq.ZMQError as exc:  # the port is taken, an address this machine does not have
+        return fail(f"cannot bind {args.endpoint}: {exc.strerror}; pick a free port", 1)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)

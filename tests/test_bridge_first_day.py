@@ -341,3 +341,51 @@ def test_bad_field_on_hello_is_always_fatal(change, says):
         assert bridge.session is None
     assert err["type"] == "error" and err["code"] == "bad_field" and err["fatal"] is True, err
     assert says in err["message"], err["message"]
+
+
+BRIDGE_CHECK_CASES = [
+    # (flags, exit status, phrase of the one line)
+    (["--endpoint", "garbage"], 2, "--endpoint 'garbage' is not a ZMQ endpoint"),
+    (["--endpoint", "tcp://0.0.0.0:0"], 2, "refusing to bind tcp://0.0.0.0:0 without authentication"),
+    (["--seconds", "0"], 2, "--seconds 0 must be above 0"),
+    (["--rate", "-1"], 2, "--rate -1 must be above 0"),
+    (["--wait-s", "0"], 2, "--wait-s 0 must be above 0"),
+    (["--steps", "0"], 2, "--steps 0 is too small"),
+    (["--call", "{bad"], 2, "--call is not valid JSON"),
+    (["--call", "[1]"], 2, '--call must be a JSON object with a "name"'),
+    (["--curve-secret-key", "{tmp}/none.key_secret"], 2, "no such file; tickcall serve --gen-keys DIR"),
+    (["--json", "{tmp}/no/such/dir/c.json"], 2, "does not exist; create it or pick another path"),
+    (["--json", "{tmp}"], 2, "is a folder"),
+    (["--endpoint", "tcp://127.0.0.1:0", "--wait-s", "0.2"], 1, "no engine said hello at tcp://127.0.0.1:0"),
+]
+
+
+@pytest.mark.parametrize(("flags", "code", "phrase"), BRIDGE_CHECK_CASES)
+def test_bridge_check_bad_input_is_one_line(capsys, tmp_path, flags, code, phrase):
+    """``tickcall bridge check``'s mistakes: one stderr line naming the problem and the fix, no traceback
+    (an endpoint that is not one, or an exposed one, was a BridgeConfigError traceback; a bad --json
+    path failed after the whole check)."""
+    from tickcall.cli import main
+
+    assert main(["bridge", "check", *[f.replace("{tmp}", str(tmp_path)) for f in flags]]) == code
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith("tickcall bridge check: ") and phrase in lines[0], lines[0]
+
+
+def test_bridge_check_reports_a_refused_engine_and_a_taken_port(capsys, bad_engine):
+    from tickcall.cli import main
+
+    endpoint = _free_endpoint()
+    bad_engine(endpoint)
+    assert main(["bridge", "check", "--endpoint", endpoint, "--wait-s", "86400"]) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "the engine's hello was refused (bad_tools:" in lines[0], lines
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        assert main(["bridge", "check", "--endpoint", busy, "--wait-s", "1"]) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"tickcall bridge check: cannot bind {busy}"), lines
