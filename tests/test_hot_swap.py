@@ -182,3 +182,61 @@ def test_tickcall_serve_swaps_when_its_swap_file_names_new_weights(weights, tmp_
             client.close()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+class _GatedNoOp:
+    """A no-op engine (models.stand_ins, no weights) whose first ``register`` waits for ``gate``: the
+    test registers another tool set on the old weights while the new ones are warming."""
+
+    def __init__(self, gate, entered) -> None:
+        from tickcall.models.stand_ins import NoOpEngine
+
+        self.inner, self.gate, self.entered = NoOpEngine(), gate, entered
+
+    def register(self, *args, **kwargs):
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.gate.wait(30)
+        return self.inner.register(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_tool_set_registered_while_the_new_weights_warm_is_served_by_them():
+    """In process (a real PolicyServer and ZMQ socket, no-op engines): a registration that arrives
+    after the swap took its copy of the registrations is made on the new engine at the switch, so its
+    handle keeps working (and no client registers again)."""
+    import threading
+
+    from tickcall.agent.client import PolicyClient
+    from tickcall.agent.config import ServeConfig
+    from tickcall.agent.server import PolicyServer
+    from tickcall.models.stand_ins import NoOpEngine
+
+    server = PolicyServer(NoOpEngine(), ServeConfig(bind="tcp://127.0.0.1:0"))
+    endpoint = server.start()
+    a, b = PolicyClient(endpoint, timeout_ms=5000), PolicyClient(endpoint, timeout_ms=5000)
+    gate, entered = threading.Event(), threading.Event()
+    try:
+        a.register(CART_TOOLS)
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(r=server.swap_engine(_GatedNoOp(gate, entered))))
+        t.start()
+        assert entered.wait(30)  # the new engine is warming a's tool set
+        late = b.register(CART_TOOLS[:1])  # a new tool set, on the old weights, mid-warm
+        before = b.decide({"query": "x"}, tick_id=0, deadline_ms=5000)
+        gate.set()
+        t.join(30)
+        r = result["r"]
+        assert r.ok and r.previous == "noop" and r.weights == "noop#1" and r.registrations == 1
+        after_b = b.decide({"query": "y"}, tick_id=1, deadline_ms=5000)
+        after_a = a.decide({"query": "z"}, tick_id=2, deadline_ms=5000)
+    finally:
+        a.close()
+        b.close()
+        server.stop()
+    assert isinstance(before, CallReply) and before.weights == "noop"
+    assert isinstance(after_b, CallReply) and after_b.weights == "noop#1" and after_b.handle == late.handle
+    assert isinstance(after_a, CallReply) and after_a.weights == "noop#1"
+    assert b.stats["renewals"] == 0 and a.stats["renewals"] == 0
