@@ -62,12 +62,14 @@ def load_data(paths: list[str], labels: str = "call") -> Dataset:
     return merge(parts)
 
 
-def make_pipeline(cfg: TrainConfig, log: Any = print, progress: bool = True) -> Pipeline:
+def make_pipeline(
+    cfg: TrainConfig, log: Any = print, progress: bool = True, labels: str = "call"
+) -> Pipeline:
     """A ``Pipeline`` whose sources come from ``envs.teaching.get_source`` with ``cfg.teacher``, whose
     data may come from ``cfg.data_files`` and whose real-time figures are ``envs.realtime_eval.compare``."""
     from tickcall.envs.realtime_eval import compare
 
-    dataset = load_data(cfg.data_files) if cfg.data_files else None
+    dataset = load_data(cfg.data_files, labels=labels) if cfg.data_files else None
     return Pipeline(
         cfg, log=log, progress=progress, sources=source_factory(cfg, log), realtime=compare, dataset=dataset
     )
