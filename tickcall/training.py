@@ -66,7 +66,9 @@ def make_pipeline(
     cfg: TrainConfig, log: Any = print, progress: bool = True, labels: str = "call"
 ) -> Pipeline:
     """A ``Pipeline`` whose sources come from ``envs.teaching.get_source`` with ``cfg.teacher``, whose
-    data may come from ``cfg.data_files`` and whose real-time figures are ``envs.realtime_eval.compare``."""
+    data may come from ``cfg.data_files`` and whose real-time figures are ``envs.realtime_eval.compare``.
+    ``labels``: which call of a run report in ``data_files`` is its label (``call``, or ``big``: a
+    cascade run's big model, ``load_data``)."""
     from tickcall.envs.realtime_eval import compare
 
     dataset = load_data(cfg.data_files, labels=labels) if cfg.data_files else None
