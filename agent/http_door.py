@@ -216,7 +216,10 @@ class HttpDoor:
             sock.bind((self._host, self._port))
         except OSError as exc:
             sock.close()
-            raise OSError(f"the HTTP door cannot bind {self.config.bind}: {exc.strerror or exc}") from None
+            raise OSError(
+                f"the HTTP door cannot bind {self.config.bind}: {exc.strerror or exc}; pick a free port "
+                "(port 0 takes any)"
+            ) from None
         self._sock = sock
         app = create_app(self.endpoint, self.config, curve=self.curve)
         self._app = app
@@ -234,8 +237,9 @@ class HttpDoor:
             if not self._thread.is_alive() or time.monotonic() > end:
                 self.stop()
                 raise OSError(
-                    f"the HTTP door could not start on {self.config.bind} (port in use, or the "
-                    f"policy service at {self.endpoint} did not answer hello)"
+                    f"the HTTP door on {self.config.bind} got no answer to its hello from the policy "
+                    f"service at {self.endpoint} within {timeout_s:g} s; check the service runs there "
+                    "(and, with CURVE, that the door has the server's keys)"
                 )
             time.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]

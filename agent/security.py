@@ -147,6 +147,10 @@ def setup_server_curve(ctx: Any, sock: Any, curve: CurveConfig) -> Any:
     auth.start()
     if curve.client_keys:
         auth.configure_curve(domain="*", location=str(curve.client_keys))
+        # the server's own key pair is authorised too: the HTTP door in front of it (a client of its own
+        # server, ``tickcall serve --http``) connects with it. Whoever holds that secret key can be the
+        # server anyway, so this lets no one in who could not already get in.
+        auth.certs.setdefault("*", {})[public] = True
     else:
         auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
     sock.curve_secretkey = secret

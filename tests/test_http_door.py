@@ -340,6 +340,55 @@ def test_cli_serve_http(tmp_path: Path):
         proc.wait(30)
 
 
+def test_cli_serve_http_behind_curve_with_authorised_clients_only(tmp_path: Path):
+    """A CURVE service that lists its clients (``curve.client_keys``, as configs/serve-curve.yaml): the
+    door, a client of its own server, connects with the server's key pair and answers; a client key
+    that is not listed is still kept out (it used to be the door that was kept out: 30 s, then a line
+    blaming the port)."""
+    from tickcall.agent.client import PolicyClient, PolicyTimeout
+    from tickcall.agent.security import generate_keys
+
+    keys = generate_keys(tmp_path / "keys", ("server", "client", "stranger"))
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "clients" / "client.key").write_bytes(keys["client"].with_suffix(".key").read_bytes())
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(
+        f"engine: {{backend: random}}\nbind: tcp://127.0.0.1:0\n"
+        f"curve: {{server_secret: {keys['server']}, client_keys: {tmp_path / 'clients'}}}\n"
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tickcall.cli", "serve", "--config", str(cfg), "--http", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        endpoint = url = None
+        for line in proc.stdout:
+            if line.startswith("policy service on "):
+                endpoint = line.split()[3]
+            if line.startswith("SimpleTool HTTP API on "):
+                url = line.split()[4]
+                break
+        assert endpoint and url, "no HTTP door line"
+        assert httpx.post(f"{url}/v1/function_call", json=BODY, timeout=30).json()["success"] is True
+        curve = {"server_public": str(keys["server"].with_suffix(".key"))}
+        stranger = PolicyClient(
+            endpoint, timeout_ms=500, curve={**curve, "client_secret": str(keys["stranger"])}
+        )
+        try:
+            with pytest.raises(PolicyTimeout):
+                stranger.hello()
+        finally:
+            stranger.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
 class RecordingEngine:
     """Delegates to ``inner``; keeps every (handle, turn) it is asked to decide."""
 

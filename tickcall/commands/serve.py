@@ -235,10 +235,12 @@ def _start_http(cfg: Any, endpoint: str) -> Any:
     from tickcall.agent.http_door import HttpDoor, HttpDoorConfig
 
     curve = None
-    if cfg.curve is not None and cfg.curve.server_secret:  # the door is a client of its own server
+    if cfg.curve is not None and cfg.curve.server_secret:
         from tickcall.agent.config import CurveConfig
 
-        curve = CurveConfig(server_public=cfg.curve.server_secret)
+        # the door is a client of its own server, with the server's key pair (which the server
+        # authorises even when curve.client_keys lists who else may connect: agent/security.py)
+        curve = CurveConfig(server_public=cfg.curve.server_secret, client_secret=cfg.curve.server_secret)
     from tickcall.commands.errors import CommandError, one_line
 
     try:
@@ -250,9 +252,7 @@ def _start_http(cfg: Any, endpoint: str) -> Any:
     except ValueError as exc:  # checked before the engine loaded (_config); kept for API callers
         raise CommandError(f"--http: {one_line(exc)}") from None
     except OSError as exc:  # the port is in use, or the service did not answer the door's hello
-        raise CommandError(
-            f"--http: {one_line(exc)}; pick a free port (--http 127.0.0.1:0 takes any)", code=1
-        ) from None
+        raise CommandError(f"--http: {one_line(exc)}", code=1) from None
     print(f"SimpleTool HTTP API on {url}  (GET /health, POST /v1/function_call)", flush=True)
     return door
 
