@@ -124,6 +124,8 @@ class PolicyServer:
             max_turn_tokens=cfg.max_turn_tokens,
             max_prefix_tokens=cfg.max_prefix_tokens,
         )
+        # the weights' name is the model folder the config asked for (an engine may report a cache folder)
+        self._core.weights = _spec_name(cfg.engine) or self._core.weights
         self._last_batch = 0
         # engine thread -> I/O thread: lists of encoded replies (ident, payload, stats kind); each list
         # is announced by one empty frame on the inproc socket, which wakes the I/O thread's poll
@@ -222,20 +224,27 @@ class PolicyServer:
             engine = build_engine(spec)
         except Exception as exc:  # a folder that does not load: the old weights keep serving
             return self._swap_failed(f"cannot load {_what(spec)}: {_one_line(exc)}", t0)
-        return self.swap_engine(engine, name, timeout_s=timeout_s, t0=t0)
+        return self.swap_engine(engine, name, timeout_s=timeout_s, t0=t0, spec=spec)
 
     def swap_engine(
-        self, engine: Any, name: str | None = None, *, timeout_s: float = 60.0, t0: float | None = None
+        self,
+        engine: Any,
+        name: str | None = None,
+        *,
+        timeout_s: float = 60.0,
+        t0: float | None = None,
+        spec: dict[str, Any] | None = None,
     ) -> SwapResult:
-        """Swap in an engine already built (``swap`` builds one from a spec); ``engine`` is closed when the
-        swap fails. One swap at a time (a second caller waits for the first)."""
+        """Swap in an engine already built (``swap`` builds one from ``spec``, whose model folder then names
+        the weights); ``engine`` is closed when the swap fails. One swap at a time (a second caller
+        waits for the first)."""
         from tickcall.agent.core import weights_name
 
         t0 = time.perf_counter() if t0 is None else t0
         with self._swap_lock:
             load_ms = (time.perf_counter() - t0) * 1e3
             previous = self._core.weights
-            weights = name or weights_name(engine)
+            weights = name or _spec_name(spec) or weights_name(engine)
             if weights == previous:  # the same folder again: still a new generation of weights
                 weights = f"{weights}#{self._core.stats.get('swaps', 0) + 1}"
             try:
@@ -639,6 +648,16 @@ class PolicyServer:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or repr(exc)
     return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _spec_name(spec: dict[str, Any] | None) -> str | None:
+    """The name of the weights an engine spec asks for: its model folder's name (None without one)."""
+    model = (spec or {}).get("model")
+    if not model:
+        return None
+    from pathlib import Path
+
+    return Path(str(model)).name or str(model)
 
 
 def _what(spec: dict[str, Any]) -> str:
