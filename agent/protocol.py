@@ -172,9 +172,17 @@ _FAST_CALL = b"\xa1v\x01\xa4type\xa4call"
 
 
 def _fast(payload: bytes, prefix: bytes, decoder: msgspec.msgpack.Decoder) -> Any:
-    """The struct when ``payload`` is a fixmap starting with ``prefix`` that ``decoder`` accepts with
-    a supported ``v``; else None (the caller takes the envelope path)."""
-    if not (payload[:1] and 0x80 <= payload[0] <= 0x8F and payload.startswith(prefix, 1)):
+    """The struct when ``payload`` is a map (fixmap, or map16: msgspec writes map16 for a struct of more
+    than 15 fields even when defaults are omitted) starting with ``prefix`` that ``decoder`` accepts
+    with a supported ``v``; else None (the caller takes the envelope path)."""
+    head = payload[:1]
+    if head and 0x80 <= head[0] <= 0x8F:
+        start = 1
+    elif head == b"\xde":
+        start = 3
+    else:
+        return None
+    if not payload.startswith(prefix, start):
         return None
     try:
         msg = decoder.decode(payload)
