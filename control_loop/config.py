@@ -292,6 +292,19 @@ class RunConfig(LoopSettings):
         check=string(optional=True),
         flag=Flag("--ray-address", metavar="ADDR"),
     )
+    distill_every_s: float | None = setting(
+        None,
+        help="cascade runs: every S seconds fine-tune the small model on the big model's newest decisions "
+        "in a background process and hot-swap it into the small service (docs/cascade.md); null: never",
+        check=number(lo=0, lo_open=True, unit="s", optional=True),
+        flag=Flag("--distill-every", metavar="S"),
+    )
+    distill_steps: int = setting(
+        200,
+        help="optimizer steps of each distillation round (with --distill-every)",
+        check=integer(lo=1),
+        flag=Flag("--distill-steps", metavar="N"),
+    )
     model: str | None = setting(
         None,
         help="SimpleTool-format model folder; null: the shipped model for the env",

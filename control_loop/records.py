@@ -83,8 +83,9 @@ class TickRecord:
     big_age_ms: float | None = None
     small_call: dict[str, Any] | None = None
     big_call: dict[str, Any] | None = None
-    # cascade runs: the small model's weights that answered this tick (``CallReply.weights``, the model
-    # folder's name; None when no small reply came): where it changes, a hot swap happened
+    # the weights that answered this tick (``CallReply.weights``, the model folder's name; in a cascade
+    # the small model's; None when no reply came or the service does not say): where it changes, the
+    # service hot-swapped
     weights: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

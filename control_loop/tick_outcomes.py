@@ -191,6 +191,8 @@ def settle(
         return
     verdict = judge(reply)
     rec.call = call_dict(verdict.call)
+    if rec.weights is None:  # which weights answered: where it changes, the service hot-swapped
+        rec.weights = getattr(reply, "weights", None)
     if verdict.outcome == "ok" and verdict.call is None:  # a legal no-call: nothing to apply
         rec.latency_ms = (clock() - p.obs_at) * 1e3
         book.note_latency(rec.latency_ms)

@@ -197,6 +197,7 @@ TRAIN_CASES = [
     (["--card"], "--card adds figures to an --evaluate FOLDER"),
     (["--config", "{bad}/none.yaml"], "config {bad}/none.yaml not found"),
     (["--data", "{bad}/none.jsonl"], "give a tickcall record file"),
+    (["--labels", "big"], "--labels big reads the big model's calls of run reports"),
 ]
 
 

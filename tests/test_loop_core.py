@@ -154,6 +154,33 @@ def test_all_ok_when_the_service_answers_in_time():
     assert rep["deadline_misses"] == 0 and rep["drift_ms"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_every_ok_tick_names_the_weights_that_answered_and_a_swap_is_marked():
+    """Call replies name their weights; a hot swap (the core switching engines between two steps, as
+    the service does) shows as the tick where the name changes, for every run, not only cascades."""
+    from helpers import ScriptedEngine
+    from tickcall.control_loop.stats import swap_marks
+
+    loop, policy, world, hands, _ = make(lambda t: 0.010)
+    core = policy.inner._core
+    first = core.weights
+    new_engine = ScriptedEngine(ok_args={"direction": "N"}, illegal_args={"direction": "up?"})
+    swapped = {}
+
+    def dispatch(call, seq=None, _orig=hands.dispatch):
+        if len(hands.calls) == 20 and not swapped:  # at tick 20's call (its reply made): tick 21 gets new weights
+            warmed = core.warm(new_engine)
+            core.switch(new_engine, warmed, "student-v2")
+            policy.engine = new_engine
+            swapped["at"] = True
+        return _orig(call, seq)
+
+    hands.dispatch = dispatch
+    res = loop.run(max_ticks=40)
+    assert count_outcomes(res.records)["ok"] == 40
+    assert [r.weights for r in res.records] == [first] * 21 + ["student-v2"] * 19
+    assert swap_marks(res.records) == [{"tick": 21, "model": "student-v2"}]
+
+
 def test_late_replies_fall_back_and_are_never_applied():
     # every request takes 1.5 periods: its deadline passes, the fallback acts, the reply is late;
     # with in_flight=skip the tick after each request is skipped (the request is still out)

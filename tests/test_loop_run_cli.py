@@ -49,6 +49,20 @@ def test_unknown_env_is_one_line_before_anything_starts(env, says, capsys):
     assert not ray.is_initialized()  # refused before Ray, the service or the loop started
 
 
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--distill-every", "5"], "distillation learns from the big model"),
+    (["--distill-every", "0"], "distill_every_s: must be > 0 s"),
+    (["--distill-every", "5", "--distill-steps", "0"], "distill_steps: must be >= 1"),
+])
+def test_distillation_flags_are_one_line_before_anything_starts(flags, says, capsys):
+    import ray
+
+    assert main(["run", "--backend", "noop", "--duration", "1", *flags]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not ray.is_initialized()
+
+
 def test_root_cause_of_an_actor_that_died_while_starting():
     from tickcall.job import root_cause
 

@@ -376,6 +376,10 @@ def build_report(
                 **distill,
                 "curve": episode_curve(records, [e["return"] for e in episodes]),
             }
+    if "swaps" not in report:  # a service hot-swapped outside a cascade (tickcall serve --swap-file)
+        marks = swap_marks(records)
+        if marks:
+            report["swaps"] = marks
     return report
 
 
@@ -468,10 +472,14 @@ def run_job(
     ``distill`` (a cascade run whose small service is started here): online distillation, a
     ``training.Distiller`` that fine-tunes the small model on the big model's newest decisions every
     ``distill.every_s`` s and hot-swaps the result into the small service (report ``swaps``, ``distill``)."""
-    import ray
-
     stream = stream or sys.stderr
+    if distill is None and cfg.distill_every_s is not None:
+        from tickcall.training import DistillSettings
+
+        distill = DistillSettings(every_s=cfg.distill_every_s, steps=cfg.distill_steps)
     try:  # the checks take a second or more (imports, a crowd's world, an adapter's merge): Ctrl-C is one line
+        import ray
+
         agents = crowd_size(cfg)  # a multi-agent env: its world is built and closed here, as its check
         if agents is None:
             check_spec(cfg.env)  # a wrong env id is one line now, not an actor's traceback later

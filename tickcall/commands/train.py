@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "as round 0's rows (repeatable); without --env: its envs; without --teacher: "
         "no teacher (no DAgger, held-out rows split from the data)",
     )
+    parser.add_argument(
+        "--labels",
+        choices=("call", "big"),
+        default="call",
+        help="with --data run reports: which call of a tick is its label: call (the applied one, default) or "
+        "big (a cascade run's big-model call on that tick's turn: distil the big model into the small one)",
+    )
     parser.add_argument("--seed", type=int, help="seed (overrides the config)")
     parser.add_argument(
         "--realtime",
@@ -132,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
         cfg.teacher.kind = args.teacher
     if args.teacher_steps is not None:
         cfg.teacher.steps = args.teacher_steps
+    if args.labels != "call" and not args.data_files:
+        from tickcall.commands.errors import CommandError
+
+        raise CommandError("--labels big reads the big model's calls of run reports: give them with --data REPORT")
     if args.data_files:
         _use_data(cfg, args)
     if args.steps is not None:
@@ -155,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
         scores = train_smollm2(cfg, progress=not args.no_progress)
         print(f"model written to {cfg.out}")
     elif args.export:
-        scores = make_pipeline(cfg, progress=not args.no_progress).export(args.export, args.episodes)
+        scores = make_pipeline(cfg, progress=not args.no_progress, labels=args.labels).export(
+            args.export, args.episodes
+        )
         print(f"model written to {cfg.out} from {args.export}")
     elif args.evaluate:
         from tickcall.envs.realtime_eval import compare
@@ -179,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         from tickcall.commands.errors import CommandError
 
         try:
-            pipeline = make_pipeline(cfg, progress=not args.no_progress)
+            pipeline = make_pipeline(cfg, progress=not args.no_progress, labels=args.labels)
         except ValueError as exc:  # no such teacher, no labels for an env, tools that disagree
             raise CommandError(str(exc)) from None
         scores = pipeline.run()
@@ -199,11 +212,14 @@ def _use_data(cfg, args: argparse.Namespace) -> None:
 
     cfg.data_files = list(args.data_files)
     try:
-        envs = load_data(cfg.data_files).env_ids
+        data = load_data(cfg.data_files, labels=args.labels)
+        envs = data.env_ids
     except (OSError, ValueError) as exc:
         raise CommandError(
             f"--data: {one_line(exc)}; give a tickcall record file, or a tickcall run's ticks.jsonl or its folder"
         ) from None
+    if args.labels == "big" and not any(data.by_env().values()):
+        raise CommandError("--labels big: the --data reports hold no big-model calls; give a cascade run's report")
     if not args.envs:
         cfg.envs = envs
     if not args.teacher:
