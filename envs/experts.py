@@ -202,7 +202,8 @@ class GoalArenaExpert:
     out of the avoided zone and off the forbidden tool.
 
     Decides from ``envs.goal_arena.features(obs)``: the structured goal and the rounded values the
-    text shows (``b``/``d``: bearing and distance of the goal-colour target)::
+    text shows, of the goal-colour target only (``b``/``d``/``blocked``: its bearing, distance and
+    ``blocked`` flag) plus ``at``, ``aim``, ``cd``, ``dcd``::
 
         at in the avoided zone            -> move(opposite of avoid, run; walk if run is forbidden)
         b != aim                          -> aim(b)
@@ -212,7 +213,7 @@ class GoalArenaExpert:
                                              b == avoid: wait()
           dcd == 0 and dash allowed       -> dash(b, 1|2|3 by how far out of range)
           otherwise                       -> move(b, run; walk if run is forbidden)
-        another target as near or nearer in sector b -> wait()   (the shot would hit it)
+        blocked (another target as near or nearer in sector b) -> wait()   (the shot would hit it)
         cd == 0                           -> fire()
         otherwise                         -> wait()
     """
@@ -224,7 +225,7 @@ class GoalArenaExpert:
 
     def act(self, obs: Any) -> Call:
         from tickcall.envs.arena import DIRECTIONS
-        from tickcall.envs.goal_arena import COLORS, features, zone_of
+        from tickcall.envs.goal_arena import features, zone_of
 
         f = features(obs)
         avoid, forbid = f["avoid"], f["forbid"]
@@ -246,7 +247,7 @@ class GoalArenaExpert:
                 dist = 3 if gap > 2 else 2 if gap > 1 else 1
                 return Call("dash", {"direction": b, "distance": dist})
             return Call("move", {"direction": b, "speed": speed})
-        if any(f[c] == b and f[c + "_d"] <= d for c in COLORS if c != f["color"]):
+        if f[f["color"] + "_blocked"]:  # another target as near or nearer in sector b
             return Call("wait", {})
         if f["cd"] == 0:
             return Call("fire", {})

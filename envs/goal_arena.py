@@ -33,12 +33,18 @@ Observation (``spaces.Dict``): ``state`` (Box float32, 11 values: agent ``x, y``
 red, green and blue target relative to the agent; ``aim`` 0..7; ``cd`` and ``dcd`` in steps),
 ``goal`` (``MultiDiscrete([3, 5, 3])``: colour, avoid, forbid indices into ``COLORS``, ``AVOIDS``,
 ``FORBIDS``) and ``instruction`` (``spaces.Text``: the goal in words, ``envs.goal_phrasing``). Its
-text is a pure function of the observation, the instruction then one state line::
+text is a pure function of the observation, the instruction then one state line (``state_text``)::
 
     Shoot only the blue targets and keep out of the north. Never dash.
-    red=E 3.2 green=SW 5.1 blue=N 2.0 at=NW aim=NE cd=0 dcd=12
+    at=NW aim=NE cd=0 dcd=12; Red=E 4, Green=SW 6, Blue=N 2 blocked
 
-The targets' time left is not shown: the expert does not use it.
+Each target: its colour, capitalised (``Red``: never the instruction's token), its bearing (8-way),
+its distance in whole units rounded up (capped at 9: ``4`` is within range) and ``blocked`` when
+another target in the same sector is as near or nearer (a shot there would hit that one). The
+targets' time left is not shown: the expert does not use it. With the goal's colour known, the
+expert's call depends only on that colour's target and the fields before the ``;``
+(``tests/test_goal_arena.py`` checks it on sampled states): a model reads one target, the one the
+instruction names, instead of comparing all three.
 
 Splits (constructor ``split``): ``train`` draws the 36 training combinations phrased with the train
 templates; ``heldout`` (``tickcall/GoalArena-Heldout-v0``) the 9 held-out combinations phrased with
@@ -65,6 +71,7 @@ from tickcall.envs.goal_phrasing import AVOIDS, COLORS, FORBIDS, SPLITS, draw_go
 TEXT_CHARSET = string.ascii_letters + string.digits + " .,;:'-"
 MAX_INSTRUCTION = 240
 CENTER_RADIUS = 1.5  # within this of the centre the region is "C"
+DIST_CAP = 9  # distances shown (and read by the expert) are capped here: one digit
 
 
 def region(x: float, y: float, size: float = 10.0) -> str:
@@ -302,13 +309,54 @@ class GoalArenaEnv(ArenaEnv):
         if rng.random() < 0.5 * scale:
             self.aim = int(rng.integers(0, 8))
 
+    def sample_observation(self, rng: Any) -> dict[str, Any]:
+        """A state drawn over what the text can show, balanced over the expert's cases (coverage rows
+        for training, ``models.training.coverage``): a goal and its sentence from this split (a
+        ``reset`` seeded from ``rng``), the agent anywhere (inside the avoided zone less often), the goal
+        colour's target at any bearing with its distance dense around the thresholds 4 / 5 / 6, the
+        aim on it half the time, another target in the same sector a third of the time (``blocked``
+        either way), cooldowns zero half the time. Leaves the env in that state; returns its obs."""
+        self.reset(seed=int(rng.integers(2**31)))
+        goal_k = COLORS.index(self.goal["color"])
+        lo, hi = 0.5, self.size - 0.5
+        zone = zone_of(self.goal["avoid"])
+        while True:
+            self.pos = rng.uniform(0.0, self.size, size=2)
+            if region(*self.pos, self.size) in zone and rng.random() < 0.7:
+                continue  # inside the zone less often than its area (the expert only walks out)
+            u = rng.random()
+            d = (
+                float(rng.integers(30, 76)) / 10 + rng.uniform(-0.04, 0.04)
+                if u < 0.5
+                else rng.uniform(0.3, 9.0)
+            )
+            sec = int(rng.integers(0, 8))
+            ang = (sec + rng.uniform(-0.45, 0.45)) * math.pi / 4  # from +y, clockwise, inside the sector
+            p = self.pos + d * np.array([math.sin(ang), math.cos(ang)])
+            if np.all((p >= lo) & (p <= hi)):
+                break
+        self.tposs[goal_k] = p
+        for k in range(3):
+            if k == goal_k:
+                continue
+            if rng.random() < 0.33:  # along the goal target's line, nearer or farther
+                q = self.pos + (p - self.pos) * rng.uniform(0.3, 1.4)
+                q = q + rng.normal(0.0, 0.15, size=2)
+            else:
+                q = rng.uniform(lo, hi, size=2)
+            self.tposs[k] = np.clip(q, lo, hi)
+        self.aim = sector(*(p - self.pos)) if rng.random() < 0.5 else int(rng.integers(0, 8))
+        self.cd = 0 if rng.random() < 0.5 else int(rng.integers(1, self.fire_cooldown + 1))
+        self.dcd = 0 if rng.random() < 0.5 else int(rng.integers(1, self.dash_cooldown + 1))
+        return self._obs()
+
     # ---- tickcall: semantic tools and text -----------------------------------------------------
     def tickcall_tools(self) -> list[dict[str, Any]]:
         """The arena's tools (``ARENA_TOOLS``), unchanged: one registration text for both envs."""
         return [dict(t) for t in ARENA_TOOLS]
 
     def obs_text(self, obs: Any) -> str:
-        """The instruction, then ``red=E 3.2 green=SW 5.1 blue=N 2.0 at=NW aim=NE cd=0 dcd=12``."""
+        """The instruction, then ``at=NW aim=NE cd=0 dcd=12; Red=E 4, Green=SW 6, Blue=N 2``."""
         return obs_text(obs)
 
     # ---- rendering ----------------------------------------------------------------------------
@@ -338,27 +386,53 @@ class GoalArenaEnv(ArenaEnv):
 
 
 def features(obs: Any) -> dict[str, Any]:
-    """What the text shows, rounded as shown, plus the structured goal.
+    """What the text shows, as shown, plus the structured goal.
 
-    Keys: ``color``/``avoid``/``forbid`` (the goal); per colour ``<colour>`` (bearing) and
-    ``<colour>_d`` (distance, 0.1 units); ``at`` (the agent's region); ``aim``; ``cd``/``dcd``
-    (cooldown steps). The expert decides from these alone. ``at`` assumes the default 10-unit field
-    (the observation does not carry ``size``); an env built with another ``size`` still penalises
-    its own zone, so keep the default for anything a model learns from."""
+    Keys: ``color``/``avoid``/``forbid`` (the goal); per colour ``<colour>`` (bearing), ``<colour>_d``
+    (distance in whole units, rounded up from the 0.1-unit value and capped at ``DIST_CAP``: ``4``
+    means within 4 units, in range; the expert's thresholds, 4 / 5 / 6 units, are whole numbers, so
+    it decides exactly as on the 0.1-unit value) and ``<colour>_blocked`` (another target in the same
+    sector is as near or nearer, on the 0.1-unit values, so a shot along that sector would hit the
+    other one: a fact of the state, whatever the goal); ``at`` (the agent's region); ``aim``;
+    ``cd``/``dcd`` (cooldown steps). The expert decides from these alone. ``at`` assumes the default
+    10-unit field (the observation does not carry ``size``); an env built with another ``size``
+    still penalises its own zone, so keep the default for anything a model learns from."""
     s = np.asarray(obs["state"], dtype=np.float64)
     f: dict[str, Any] = goal_from_obs(obs)
+    tenths = {}
     for k, name in enumerate(COLORS):
         dx, dy = float(s[2 + 2 * k]), float(s[3 + 2 * k])
         f[name] = DIRECTIONS[sector(dx, dy)]
-        f[f"{name}_d"] = round(math.hypot(dx, dy), 1)
+        tenths[name] = round(math.hypot(dx, dy), 1)
+        f[f"{name}_d"] = min(math.ceil(tenths[name] - 1e-9), DIST_CAP)
+    for name in COLORS:
+        f[f"{name}_blocked"] = any(f[o] == f[name] and tenths[o] <= tenths[name] for o in COLORS if o != name)
     f["at"] = region(float(s[0]), float(s[1]))
     f["aim"] = DIRECTIONS[int(round(s[8])) % 8]
     f["cd"], f["dcd"] = int(round(s[9])), int(round(s[10]))
     return f
 
 
+#: How the state line names each colour: capitalised, so never the same token as the instruction's
+#: lower-case colour word (see ``state_text``).
+LABELS: dict[str, str] = {c: c.capitalize() for c in COLORS}
+
+
+def state_text(f: dict[str, Any]) -> str:
+    """The state line of ``features``: ``at=NW aim=NE cd=0 dcd=12; Red=E 4, Green=SW 6, Blue=N 2 blocked``.
+
+    Why this layout (it is what lets a small model learn the goal; docs/goal-arena.md): a direction
+    follows ``=``, so it is the very token a call's direction argument is written with (``aim=NE``,
+    a target at ``=NE``, ``aim(direction=NE)``): copying is reading. Each target is its label
+    (``LABELS``), bearing, distance in whole units rounded up (one digit: ``4`` is in range), and
+    ``blocked`` when another target shadows it. The labels are capitalised: the instruction's colour
+    word (lower case) is then the only colour word of its kind in the turn."""
+    targets = ", ".join(
+        f"{LABELS[c]}={f[c]} {f[c + '_d']}{' blocked' if f[c + '_blocked'] else ''}" for c in COLORS
+    )
+    return f"at={f['at']} aim={f['aim']} cd={f['cd']} dcd={f['dcd']}; {targets}"
+
+
 def obs_text(obs: Any) -> str:
     """The observation's text (a pure function of ``obs``): the instruction, a newline, the state."""
-    f = features(obs)
-    targets = " ".join(f"{c}={f[c]} {f[c + '_d']:.1f}" for c in COLORS)
-    return f"{obs['instruction']}\n{targets} at={f['at']} aim={f['aim']} cd={f['cd']} dcd={f['dcd']}"
+    return f"{obs['instruction']}\n{state_text(features(obs))}"

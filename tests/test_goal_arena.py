@@ -11,7 +11,7 @@ from tickcall.envs import goal_phrasing as gp
 from tickcall.envs.arena import DIRECTIONS, SPEEDS, TOOLS
 from tickcall.envs.binding import make_binding
 from tickcall.envs.experts import GoalArenaExpert, RandomPolicy, get_expert
-from tickcall.envs.goal_arena import COLORS, GoalArenaEnv, features, obs_text, region, zone_of
+from tickcall.envs.goal_arena import COLORS, LABELS, GoalArenaEnv, features, obs_text, region, zone_of
 from tickcall.models.calls import Call
 
 TRAIN_ID, HELDOUT_ID = "tickcall/GoalArena-v0", "tickcall/GoalArena-Heldout-v0"
@@ -148,12 +148,34 @@ def test_obs_text_is_pure_and_shows_the_sentence():
     assert text == obs_text(obs) == env.obs_text(obs)
     first, second = text.split("\n")
     assert first == obs["instruction"]
+    d = "(N|NE|E|SE|S|SW|W|NW)"
     assert re.fullmatch(
-        r"red=\w+ \d+\.\d green=\w+ \d+\.\d blue=\w+ \d+\.\d at=\w+ aim=\w+ cd=\d+ dcd=\d+", second
+        rf"at=(C|{d[1:-1]}) aim={d} cd=\d+ dcd=\d+; "
+        rf"Red={d} \d( blocked)?, Green={d} \d( blocked)?, Blue={d} \d( blocked)?",
+        second,
     )
     env.step(_act("move", "E", "run"))  # the env moving on does not change an old observation's text
     assert obs_text(obs) == text
     assert env.observation_space.contains(obs)
+
+
+def test_state_line_layout_blocked_and_cap():
+    # red due E at 3, blue due E nearer (so red is blocked, blue is not), green far NE (capped at 9)
+    env = _staged(
+        {"color": "red"},
+        pos=(0.5, 0.5),
+        targets={"red": (3.5, 0.5), "blue": (2.5, 0.5), "green": (9.5, 9.5)},
+        aim="E",
+    )
+    env.cd, env.dcd = 3, 12
+    state = obs_text(env._obs()).split("\n")[1]
+    assert state == "at=SW aim=E cd=3 dcd=12; Red=E 3 blocked, Green=NE 9, Blue=E 2"
+    f = features(env._obs())
+    assert (f["red_blocked"], f["blue_blocked"], f["green_d"]) == (True, False, 9)
+    # whole units rounded up from the 0.1-unit value: 4.0 is 4 (in range, as the shot rule says), 4.1 is 5
+    for dx, shown in ((4.04, 4), (4.06, 5), (0.01, 0)):
+        env.tposs[0] = (0.5 + dx, 0.5)
+        assert features(env._obs())["red_d"] == shown
 
 
 # ---- the expert ------------------------------------------------------------------------------------
@@ -278,6 +300,65 @@ def test_expert_succeeds_and_random_fails():
                 assert info["goal_success"] is (kind == "expert"), (env_id, kind, seed, info)
 
 
+def _goal_slot_and_common(text: str, color: str) -> tuple[str, str]:
+    """(the goal colour's target as the text writes it, the fields before the ``;``)."""
+    common, targets = text.split("\n")[1].split("; ")
+    (slot,) = [t for t in targets.split(", ") if t.split("=")[0] == LABELS[color]]
+    return slot, common
+
+
+def _sampled_states(n_seeds: int = 6, steps: int = 150) -> list[dict]:
+    """Observations of expert play with random actions mixed in (every goal of the train split)."""
+    b = make_binding(TRAIN_ID)
+    expert, rnd = get_expert(TRAIN_ID, b), RandomPolicy(b, 0)
+    rng = np.random.default_rng(0)
+    out = []
+    for seed in range(n_seeds):
+        obs, _ = b.env.reset(seed=seed)
+        for _ in range(steps):
+            out.append(obs)
+            pol = rnd if rng.random() < 0.3 else expert
+            obs, *_ = b.env.step(b.to_action(pol.act(obs)))
+    return out
+
+
+def test_expert_call_is_determined_by_the_goal_target_the_text_shows():
+    """The call depends on the text, and of the three targets only on the one the goal names: move
+    the other two anywhere that leaves that target's words (bearing, distance, blocked) and the
+    common fields as they were, and the expert's call stays. On the old text (``red=E 3.2 ...``,
+    no ``blocked``) this fails: moving a nearer target out of the goal's sector changed the call
+    (wait -> fire) while the goal target's words stayed the same (323 of 3,600 such moves)."""
+    expert, rng = GoalArenaExpert(), np.random.default_rng(1)
+    checked = shadowing = 0
+    for obs in _sampled_states():
+        f = features(obs)
+        want, key = expert.act(obs), _goal_slot_and_common(obs_text(obs), f["color"])
+        goal_k = COLORS.index(f["color"])
+        for _ in range(4):
+            moved = {**obs, "state": obs["state"].copy()}
+            for k in range(3):
+                if k != goal_k:  # another target anywhere, sometimes straight along the goal target's line
+                    scale = rng.uniform(0.3, 1.2) if rng.random() < 0.5 else None
+                    g = obs["state"][2 + 2 * goal_k : 4 + 2 * goal_k]
+                    moved["state"][2 + 2 * k : 4 + 2 * k] = g * scale if scale else rng.uniform(-9, 9, 2)
+            if _goal_slot_and_common(obs_text(moved), f["color"]) != key:
+                continue
+            checked += 1
+            shadowing += int(features(moved)[f["color"] + "_blocked"] or f[f["color"] + "_blocked"])
+            assert expert.act(moved) == want, (obs_text(obs), obs_text(moved))
+    assert checked > 1000 and shadowing > 50, (checked, shadowing)  # the rule was exercised
+
+
+def test_expert_call_is_a_function_of_the_turn_text():
+    """Sampled states grouped by their exact text (instruction + state line): one call per group."""
+    expert = GoalArenaExpert()
+    calls: dict[str, set] = {}
+    for obs in _sampled_states():
+        calls.setdefault(obs_text(obs), set()).add(repr(expert.act(obs)))
+    assert all(len(v) == 1 for v in calls.values())
+    assert len(calls) > 500
+
+
 # ---- phrasing splits -------------------------------------------------------------------------------
 
 
@@ -351,3 +432,29 @@ def test_random_backend_episode_reports_goal_success():
     assert row.index(" model ") + 1 == head.index("policy")  # the env column fits the 29-character id
     other = evaluate("tickcall/Arena-v0", "expert", episodes=1, seed=0, env_kwargs={"max_steps": 20})
     assert "goal_success" not in other.to_dict() and "goal" not in format_table([other])
+
+
+def test_sample_observation_covers_the_expert_cases():
+    """Coverage states (``models.training.coverage``) are real observations of the split and reach
+    every rule of the expert, the rare ones (dash, blocked, escape, slide) included."""
+    from tickcall.envs.teaching import get_source
+    from tickcall.models.training.coverage import coverage_records, has_sampler
+
+    env, rng, expert = GoalArenaEnv(split="heldout"), np.random.default_rng(0), GoalArenaExpert()
+    calls, blocked, escapes = set(), 0, 0
+    for _ in range(600):
+        obs = env.sample_observation(rng)
+        assert env.observation_space.contains(obs)
+        f = features(obs)
+        assert gp.combo(f) in gp.HELDOUT_COMBOS
+        call = expert.act(obs)
+        calls.add(call.name)
+        blocked += int(f[f["color"] + "_blocked"] and call.name == "wait")
+        escapes += int(f["at"] in zone_of(f["avoid"]))
+    assert calls == {"aim", "move", "dash", "fire", "wait"} and blocked > 10 and escapes > 10
+    assert has_sampler(TRAIN_ID) and has_sampler(HELDOUT_ID)
+    recs = coverage_records(get_source(TRAIN_ID), 20, rng_seed=3)
+    assert len(recs) == 20 and all(r.query.count("\n") == 1 and not r.history for r in recs)
+    assert [r.query for r in recs] == [
+        r.query for r in coverage_records(get_source(TRAIN_ID), 20, rng_seed=3)
+    ]

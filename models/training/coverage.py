@@ -13,9 +13,12 @@ the rollouts use:
   cooldowns zero half the time, and any target time left.
 * ``CartPole-v1``: (x, v, angle, angular velocity) from the region the 16 Hz loop visits and wider
   (recoveries), half of them placed near the expert's decision boundary (where a student errs).
+* ``tickcall/GoalArena-v0`` (``ENV_SAMPLED``): the env draws them itself
+  (``GoalArenaEnv.sample_observation``: a goal sentence of its split, the goal colour's target dense
+  around the thresholds, another target in its sector a third of the time).
 
-Invariant: a sampled observation is a float32 vector of the env's observation space, so ``obs_text``
-and the teacher see exactly what they would see from the env.
+Invariant: a sampled observation is an observation of the env's observation space (a float32 vector;
+the goal arena's dict), so ``obs_text`` and the teacher see exactly what they would see from the env.
 """
 
 from __future__ import annotations
@@ -80,10 +83,13 @@ def cartpole_states(rng: Any, n: int) -> list[Any]:
 
 
 SAMPLERS: dict[str, Sampler] = {"tickcall/Arena-v0": arena_states, "CartPole-v1": cartpole_states}
+# Envs that draw their own coverage states: ``env.unwrapped.sample_observation(rng) -> obs`` (the
+# goal arena: an observation holds a goal sentence, which only the env's phrasing can write).
+ENV_SAMPLED: tuple[str, ...] = ("tickcall/GoalArena-v0", "tickcall/GoalArena-Heldout-v0")
 
 
 def has_sampler(env_id: str) -> bool:
-    return env_id in SAMPLERS
+    return env_id in SAMPLERS or env_id in ENV_SAMPLED
 
 
 def coverage_records(source: EnvSource, n: int, rng_seed: int) -> list[Record]:
@@ -92,12 +98,17 @@ def coverage_records(source: EnvSource, n: int, rng_seed: int) -> list[Record]:
     Raises ``KeyError`` for an env without a sampler (see ``SAMPLERS``)."""
     import numpy as np
 
-    if source.env_id not in SAMPLERS:
-        raise KeyError(f"no state sampler for {source.env_id!r}; samplers: {', '.join(SAMPLERS)}")
+    if not has_sampler(source.env_id):
+        known = ", ".join([*SAMPLERS, *ENV_SAMPLED])
+        raise KeyError(f"no state sampler for {source.env_id!r}; samplers: {known}")
     rng = np.random.default_rng(rng_seed)
     inst = source.instance()
     try:
-        states = SAMPLERS[source.env_id](rng, n)
+        if source.env_id in SAMPLERS:
+            states = SAMPLERS[source.env_id](rng, n)
+        else:
+            env = getattr(inst.env, "unwrapped", inst.env)
+            states = [env.sample_observation(rng) for _ in range(n)]
         return [Record(source.env_id, inst.obs_text(o), [], inst.teacher(o), inst.logits_of(o)) for o in states]
     finally:
         inst.env.close()
