@@ -582,3 +582,21 @@ def test_two_replicas_share_the_crowd_and_one_dying_loses_no_agent_tick(serve):
     # the moved agents are decided again by the other replica before the run ends
     assert all(any(r.outcome == "ok" and r.tick >= 20 for r in res.records if r.agent == a) for a in moved)
     assert counts["ok"] > 0 and counts["error"] == 0
+
+
+def test_a_crowds_service_settings_batch_every_agent_and_use_int8_on_the_cpu():
+    """A crowd's service takes every agent of a tick in one batch (streams, batch size, a gather
+    window for decides sent one after another) and, on the CPU with the transformers backend, int8
+    weights unless the run names a precision."""
+    from tickcall.agent.config import ServeConfig
+    from tickcall.job import CROWD_GATHER_MS, crowd_int8, crowd_serve_config
+
+    limits = crowd_serve_config(64)
+    assert limits["max_streams_per_client"] == 64 and limits["max_batch"] >= 64
+    assert limits["gather_ms"] == max(ServeConfig.gather_ms, CROWD_GATHER_MS)
+    ServeConfig.from_dict({"engine": {"backend": "noop"}, **limits})  # valid serve settings
+    cpu = {"backend": "transformers", "device": "cpu", "model": "m"}
+    assert crowd_int8(cpu, 16)
+    assert not crowd_int8(cpu, 1) and not crowd_int8(cpu, None)  # one agent keeps the model's own precision
+    assert not crowd_int8({**cpu, "precision": "fp32"}, 16)  # the run's choice wins
+    assert not crowd_int8({**cpu, "device": "cuda"}, 16) and not crowd_int8({"backend": "noop"}, 16)

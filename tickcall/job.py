@@ -266,16 +266,35 @@ def crowd_factory(cfg: RunConfig) -> Any:
 DEFAULT_STREAMS = 16  # agent.config.ServeConfig.max_streams_per_client (what `tickcall serve` takes)
 
 
+CROWD_GATHER_MS = 5.0  # the loop sends a tick's decides one after another: 64 take ~3 ms to arrive
+
+
 def crowd_serve_config(agents: int) -> dict[str, Any]:
     """What a crowd's service(s) take beyond the defaults: ``max_streams_per_client`` (one stream per
     agent: every agent's decide may be queued at once) and ``max_batch`` (all agents of a tick in one
-    batch), each at least ``agents``."""
+    batch), each at least ``agents``; ``gather_ms`` ``CROWD_GATHER_MS``: once a tick's batch held every
+    agent, the next tick's first decides wait that long for the others rather than start a batch of a
+    few and leave the rest a whole decode behind."""
     from tickcall.agent.config import ServeConfig
 
     return {
         "max_streams_per_client": max(ServeConfig.max_streams_per_client, agents),
         "max_batch": max(ServeConfig.max_batch, agents),
+        "gather_ms": max(ServeConfig.gather_ms, CROWD_GATHER_MS),
     }
+
+
+def crowd_int8(spec: dict[str, Any], agents: int | None) -> bool:
+    """Whether a crowd's model runs with int8 weights: more than one agent, the transformers backend on
+    the CPU, and no ``precision`` in ``engine_options``. A crowd's batch is mostly the prefill of every
+    agent's turn (matmul-bound); int8 weights halve it on the arena student with identical calls
+    (docs/multi-agent.md has the figures), where a lone agent's small model keeps float32."""
+    return (
+        (agents or 1) > 1
+        and spec.get("backend") == "transformers"
+        and spec.get("device", "cpu") == "cpu"
+        and "precision" not in spec
+    )
 
 
 def start_replica_set(cfg: RunConfig, spec: dict[str, Any], limits: dict[str, Any]) -> Any:
@@ -527,6 +546,9 @@ def run_job(
             spec = cfg.engine_spec()
             if model is not None:
                 spec["model"] = model
+            if crowd_int8(spec, agents):
+                spec["precision"] = "int8"
+                _say(stream, f"a crowd of {agents}: int8 weights (its batches are prefill-bound; docs/multi-agent.md)")
             what = f"{cfg.backend}{', ' + str(model) if model else ''}"
             if cfg.replicas > 1:
                 _say(stream, f"starting {cfg.replicas} policy service replicas ({what}) ...")
