@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,18 @@ class PolicyServiceActor:
             self.engine = build_engine(self.config.engine)
             self.server = PolicyServer(self.engine, self.config)
             self.endpoint = self.server.start()
+            self.serving_since = time.time()  # wall clock s: when this actor's socket began to serve
         finally:
             if key_dir is not None:  # the keys live in the server's memory from here on
                 shutil.rmtree(key_dir, ignore_errors=True)
 
     def ready(self) -> dict[str, Any]:
-        """Endpoint, epoch, engine info, pid and Ray node once serving (call it to wait for the actor)."""
+        """Endpoint, epoch, engine info, pid and Ray node once serving (call it to wait for the actor);
+        ``serving_since``: the wall-clock time (s) its socket began to serve."""
         import ray
 
         return {
+            "serving_since": self.serving_since,
             "endpoint": self.endpoint,
             "epoch": self.server.epoch,
             "engine": self.engine.info(),

@@ -32,6 +32,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     ),
     "fleet": ("tickcall.bench.fleet", "many agents at 10 Hz on 1 and 2 policy service replicas, failover"),
     "cascade": ("tickcall.bench.cascade", "small alone, big alone and the cascade on the goal arena at 16 Hz"),
+    "service-kill": (
+        "tickcall.bench.service_kill",
+        "the loop's outage when the policy service is killed: restart, re-registration, first ok tick",
+    ),
     "gpu-check": ("tickcall.bench.gpu_check", "decide P50/P90 on a CUDA GPU, eager vs CUDA graphs (scripts/gpu_check.sh)"),
 }
 
