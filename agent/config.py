@@ -21,6 +21,7 @@ _POSITIVE_INTS = (
     "max_streams_per_client",
     "max_queued_bytes_per_client",
     "max_registrations_per_client",
+    "step_tokens",
 )
 
 
@@ -61,6 +62,14 @@ class ServeConfig:
     length where the engine knows it). ``max_streams_per_client`` and ``max_queued_bytes_per_client``
     (wire bytes) bound one client's queued decides; ``max_registrations_per_client`` bounds the tool sets
     one client holds (its own oldest is released first, never another client's).
+
+    Scheduling (docs/protocol.md "Scheduling"; issue 19, one client cannot starve the others): each
+    engine step takes at most one decide per client per round, clients in turn (nearest deadline first,
+    then the client served longest ago), until ``max_batch`` decides or ``step_tokens`` turn tokens to
+    prefill (the first decide always fits). ``prefill_chunk_tokens``: a turn with more tokens than this
+    left to prefill is prefilled that many per engine step (one such chunk per step, after the step's
+    batch), so a long turn holds the engine for one chunk at a time, not for its whole prefill; 0 turns
+    chunking off (engines without ``prefill_chunk`` never chunk).
     """
 
     engine: dict[str, Any] = field(default_factory=lambda: {"backend": "noop"})
@@ -76,6 +85,8 @@ class ServeConfig:
     max_streams_per_client: int = 16
     max_queued_bytes_per_client: int = 4 << 20
     max_registrations_per_client: int = 16
+    step_tokens: int = 2048
+    prefill_chunk_tokens: int = 32
     curve: CurveConfig | None = None
     allow_insecure: bool = False
     num_gpus: float | None = None  # Ray actor: None = 1 when the cluster has a GPU, else 0
@@ -107,6 +118,7 @@ class ServeConfig:
         check.check_number("gather_ms", self.gather_ms, 0, 100, 1.0)
         for name in _POSITIVE_INTS:
             check.check_int(name, getattr(self, name), 1, getattr(ServeConfig, name))
+        check.check_int("prefill_chunk_tokens", self.prefill_chunk_tokens, 0, 32)
         check.check_bool("allow_insecure", self.allow_insecure)
         if self.num_gpus is not None:
             check.check_number("num_gpus", self.num_gpus, 0, 1024, 1)

@@ -103,6 +103,15 @@ class Job:
     recv_t: float  # time.perf_counter() at receipt (s): the origin of deadline_ms
     expires_t: float | None = None  # recv_t + deadline (s); None without a deadline
     nbytes: int = 0  # wire size of the request (bytes), counted against the client's queue quota
+    # Scheduling state (engine thread; agent.server): suffix tokens still to prefill (None: not yet
+    # counted), the turn's first tokens prefilled by ``engine.prefill_chunk`` and the engine they were
+    # computed on (a hot swap makes them stale: the turn is then prefilled again on the new engine),
+    # and the server's chunk counter when the decide arrived (chunks it waited for = the counter at
+    # its batch - this).
+    left: int | None = None
+    part: Any = None
+    part_engine: Any = None
+    chunk_seq: int = 0
 
 
 class PolicyCore:
@@ -307,6 +316,65 @@ class PolicyCore:
                 replies[i] = reply
         return [r for r in replies if r is not None]
 
+    # ------------------------------------------------------------------ chunked prefill (scheduling)
+    @property
+    def can_chunk(self) -> bool:
+        """Whether the engine can prefill a turn in chunks (``prefill_chunk``; models.hf_engine)."""
+        return callable(getattr(self.engine, "prefill_chunk", None))
+
+    def to_prefill(self, job: Job) -> int:
+        """Suffix tokens the engine still has to prefill for ``job`` (counted once, with the engine's
+        tokenizer, no forward pass): 0 for a decide answered without one (handle gone, ``too_long``,
+        a turn the template cannot render) and for engines that cannot count tokens."""
+        if job.part is not None and job.part_engine is not self.engine:  # computed before a hot swap
+            job.part, job.part_engine, job.left = None, None, None
+        if job.left is not None:
+            return job.left
+        reg = self._regs.get(job.req.handle)
+        n = None
+        if reg is not None:
+            try:
+                n = Q.suffix_tokens(self.engine, reg.engine_handle, job.turn)
+            except Exception:  # answered engine_failure by decide, without a forward pass
+                n = None
+            if n is not None and n > self.budget.turn_limit(reg.prefix_tokens):
+                n = None  # answered too_long by decide
+        job.left = int(n or 0)
+        return job.left
+
+    def prefill_chunk(self, job: Job, chunk: int) -> None:
+        """Prefill the next ``chunk`` tokens of ``job``'s turn (kept on the job, ``job.left`` updated).
+        A failure is logged and leaves the turn to be decoded whole (where it fails, alone, if it must)."""
+        reg = self._regs.get(job.req.handle)
+        if reg is None or (job.part is not None and job.part_engine is not self.engine):
+            job.part, job.part_engine, job.left = None, None, None
+            return
+        self.busy_since = time.perf_counter()
+        try:
+            part, left = self.engine.prefill_chunk(reg.engine_handle, job.turn, job.part, chunk)
+        except Exception as exc:
+            log.warning("chunked prefill failed on tick %s (decoded whole instead): %s", job.req.tick, exc)
+            job.part, job.part_engine, job.left = None, None, 0
+            self._count("prefill_chunk_failures")
+            return
+        finally:
+            self.busy_since = None
+        job.part, job.part_engine, job.left = part, self.engine, int(left)
+        self._count("prefill_chunks")
+
+    def _parts(self, jobs: list[Job]) -> list[Any] | None:
+        """The jobs' chunk-prefilled parts on the current engine (None when there are none)."""
+        parts = [j.part if j.part is not None and j.part_engine is self.engine else None for j in jobs]
+        return parts if any(p is not None for p in parts) else None
+
+    def _engine_decide(self, jobs: list[Job]) -> list[Any]:
+        items = [(self._regs[j.req.handle].engine_handle, j.turn) for j in jobs]
+        parts = self._parts(jobs)
+        if parts is None:
+            return self.engine.decide_batch(items)
+        self._count("chunked_decides", sum(p is not None for p in parts))
+        return self.engine.decide_batch(items, parts=parts)
+
     def _check_turn(self, job: Job) -> ErrorReply | None:
         """``too_long`` when the decide's suffix is over budget (tokens of the engine's tokenizer)."""
         reg = self._regs[job.req.handle]
@@ -331,9 +399,7 @@ class PolicyCore:
     def _decide_live(self, jobs: list[Job]) -> list[DecideReply]:
         t0 = self.busy_since = time.perf_counter()
         try:
-            decisions = self.engine.decide_batch(
-                [(self._regs[j.req.handle].engine_handle, j.turn) for j in jobs]
-            )
+            decisions = self._engine_decide(jobs)
             if len(decisions) != len(jobs):
                 raise RuntimeError(f"engine returned {len(decisions)} decisions for {len(jobs)} requests")
         except Exception as exc:
@@ -345,7 +411,7 @@ class PolicyCore:
             for job in jobs:  # isolate the request that fails
                 t0 = time.perf_counter()
                 try:
-                    d = self.engine.decide_batch([(self._regs[job.req.handle].engine_handle, job.turn)])[0]
+                    d = self._engine_decide([job])[0]
                 except Exception as exc1:
                     out.append(self._engine_failure(job, exc1))
                     continue

@@ -127,6 +127,16 @@ class PolicyServer:
         # the weights' name is the model folder the config asked for (an engine may report a cache folder)
         self._core.weights = _spec_name(cfg.engine) or self._core.weights
         self._last_batch = 0
+        # scheduling (engine thread; _take_batch): the step counter, the step each client was last
+        # served a decide / a chunk (round robin), whether a long turn waits for chunks (no gather
+        # wait then), chunks started so far (read by the I/O thread to stamp each decide) and, per
+        # number of other turns' chunks a never-chunked decide waited for, how many did (stats)
+        self._step = 0
+        self._served: dict[Any, int] = {}
+        self._chunked: dict[Any, int] = {}
+        self._chunk_backlog = False
+        self._chunk_seq = 0
+        self.chunk_waits: dict[int, int] = {}
         # engine thread -> I/O thread: lists of encoded replies (ident, payload, stats kind); each list
         # is announced by one empty frame on the inproc socket, which wakes the I/O thread's poll
         self._outbox: list[tuple[bytes, bytes, str]] = []
@@ -202,6 +212,8 @@ class PolicyServer:
         for k, v in dict(self._core.stats).items():
             out[k] = out.get(k, 0) + v
         out["batch_sizes"] = dict(self._core.batch_sizes)
+        out["chunk_waits"] = dict(self.chunk_waits)
+        out["queued"] = len(self._pending)
         out["registrations"] = len(self._core.handles)
         out["epoch"] = self.epoch
         return out
@@ -475,7 +487,13 @@ class PolicyServer:
         key = (ident, req.stream if req.stream is not None else req.handle)
         expires = None if req.deadline_ms is None else now + req.deadline_ms / 1e3
         new = Job(
-            owner=ident, req=req, turn=P.to_turn(req.turn), recv_t=now, expires_t=expires, nbytes=nbytes
+            owner=ident,
+            req=req,
+            turn=P.to_turn(req.turn),
+            recv_t=now,
+            expires_t=expires,
+            nbytes=nbytes,
+            chunk_seq=self._chunk_seq,
         )
         with self._cond:
             old = self._pending.get(key)
@@ -534,7 +552,7 @@ class PolicyServer:
                     self._gather()
                     commands = list(self._commands)
                     self._commands.clear()
-                    expired, batch = self._take_batch()
+                    expired, batch, long_job = self._take_batch()
                 for ident, req in commands:
                     if isinstance(req, _Switch):
                         t_sw = time.perf_counter()
@@ -575,9 +593,17 @@ class PolicyServer:
                 self._flush()  # before the batch: a register or an expired decide never waits for decoding
                 if batch:
                     self._last_batch = len([p for p in batch if p.req.handle in self._core.handles])
+                    waits = self.chunk_waits
+                    for p in batch:
+                        if p.part is None:  # decides never chunked: other turns' chunks they waited for
+                            n = self._chunk_seq - p.chunk_seq
+                            waits[n] = waits.get(n, 0) + 1
                     for p, reply in zip(batch, self._core.decide(batch), strict=True):
                         self._send(p.owner, reply)
                     self._flush()
+                if long_job is not None and self._pending.get(self._key(long_job)) is long_job:
+                    self._chunk_seq += 1  # before it starts: a decide received from now on waits for it
+                    self._core.prefill_chunk(long_job, self.config.prefill_chunk_tokens)
         finally:
             out.close(0)
             self._engine_done.set()
@@ -586,7 +612,12 @@ class PolicyServer:
         """Under the lock: when fewer decides wait than the last batch held, wait up to ``gather_ms``
         for the others (closed-loop clients resend a moment after their reply) so batches stay whole."""
         gather_s = self.config.gather_ms / 1e3
-        if gather_s <= 0 or not self._pending or len(self._pending) >= self._last_batch:
+        if (
+            gather_s <= 0
+            or self._chunk_backlog
+            or not self._pending
+            or len(self._pending) >= self._last_batch
+        ):
             return
         self._core.stats["gather_waits"] = self._core.stats.get("gather_waits", 0) + 1
         end = time.perf_counter() + gather_s
@@ -595,6 +626,21 @@ class PolicyServer:
             if left <= 0:
                 return
             self._cond.wait(left)
+
+    def _is_long(self, job: Job, chunk: int) -> bool:
+        """Whether ``job`` is prefilled by chunks of ``chunk`` tokens, not batched yet: more than twice
+        ``chunk`` turn tokens left (a shorter turn costs about two chunks: splitting it would only add
+        steps), or a chunked turn not yet down to its last token (the heads' tags are prefilled with it
+        in the batch, which then costs what a short decide costs)."""
+        if not chunk:
+            return False
+        left = self._core.to_prefill(job)
+        return left > 2 * chunk or (job.part is not None and left > 1)
+
+    @staticmethod
+    def _key(job: Job) -> tuple[bytes, str]:
+        """The latest-wins key of a queued decide: (client, stream; the handle without one)."""
+        return (job.owner, job.req.stream if job.req.stream is not None else job.req.handle)
 
     def _send(self, ident: bytes, msg: Reply) -> None:
         """Encode ``msg`` for ``ident`` into the outbox (``_flush`` hands it to the I/O thread)."""
@@ -627,22 +673,92 @@ class PolicyServer:
                 stats = self._core.stats
                 stats["dropped_stopping"] = stats.get("dropped_stopping", 0) + len(replies)
 
-    def _take_batch(self) -> tuple[list[tuple[Job, float]], list[Job]]:
-        """Under the lock: pull expired decides and up to max_batch live ones (oldest first)."""
+    def _take_batch(self) -> tuple[list[tuple[Job, float]], list[Job], Job | None]:
+        """Under the lock: pull the expired decides, the next batch, and the long turn to prefill one
+        chunk of this step (module docstring "Scheduling"). The batch is built in rounds of at most one
+        decide per client, clients ordered by their head's deadline (nearest first, none last), then by
+        the step they were last served (longest ago first), then by arrival; it stops at ``max_batch``
+        decides, and a decide that would take the step over ``step_tokens`` turn tokens waits (the first
+        always fits). With chunking, a turn with more than ``prefill_chunk_tokens`` left to prefill is
+        not batched: one such turn (same order) gets one chunk this step, and stays queued meanwhile
+        (latest-wins, quotas and deadlines still apply to it)."""
+        cfg = self.config
         now = time.perf_counter()
+        self._step += 1
         expired: list[tuple[Job, float]] = []
-        batch: list[Job] = []
+        queues: dict[Any, list[tuple[tuple[bytes, str], Job]]] = {}
         for key in list(self._pending):
             p = self._pending[key]
             if p.expires_t is not None and now > p.expires_t:
                 del self._pending[key]
                 self._quota.remove(p.owner, p.nbytes)
                 expired.append((p, (now - p.expires_t) * 1e3))
-            elif len(batch) < self.config.max_batch:
+            else:
+                queues.setdefault(p.owner, []).append((key, p))
+        chunk = cfg.prefill_chunk_tokens if self._core.can_chunk else 0
+        inf = float("inf")
+        for q in queues.values():  # each client's own order: nearest deadline, then oldest
+            q.sort(key=lambda kp: (inf if kp[1].expires_t is None else kp[1].expires_t, kp[1].recv_t))
+        batch: list[Job] = []
+        longs: list[tuple[Any, Job]] = []  # (client, its turn too long to batch whole)
+        tokens = 0
+        served = self._served
+        while queues and len(batch) < cfg.max_batch:
+            order = sorted(
+                queues,
+                key=lambda o: (
+                    inf if queues[o][0][1].expires_t is None else queues[o][0][1].expires_t,
+                    served.get(o, -1),
+                    queues[o][0][1].recv_t,
+                ),
+            )
+            took = False
+            for owner in order:
+                q = queues[owner]
+                while q and self._is_long(q[0][1], chunk):
+                    longs.append((owner, q.pop(0)[1]))
+                if not q:
+                    del queues[owner]
+                    continue
+                if len(batch) >= cfg.max_batch:
+                    break
+                key, p = q[0]
+                need = self._core.to_prefill(p)
+                if batch and tokens + need > cfg.step_tokens:  # over this step's budget: the next step
+                    del queues[owner]
+                    continue
+                q.pop(0)
                 del self._pending[key]
                 self._quota.remove(p.owner, p.nbytes)
                 batch.append(p)
-        return expired, batch
+                tokens += need
+                served[owner] = self._step
+                took = True
+                if not q:
+                    del queues[owner]
+            if not took:
+                break
+        for q in queues.values():  # long turns behind a full batch still count for the chunk's choice
+            longs += [(q[0][1].owner, p) for _, p in q if self._is_long(p, chunk)]
+        long_job = None
+        if longs:
+            chunked = self._chunked
+            owner, long_job = min(
+                longs,
+                key=lambda op: (
+                    inf if op[1].expires_t is None else op[1].expires_t,
+                    chunked.get(op[0], -1),
+                    op[1].part is None,  # a turn already begun is finished first (its K/V held)
+                    op[1].recv_t,
+                ),
+            )
+            chunked[owner] = self._step
+        self._chunk_backlog = long_job is not None
+        if len(served) > 4 * cfg.max_batch + 1024:  # forget clients with nothing queued
+            live = {p.owner for p in self._pending.values()} | {p.owner for p in batch}
+            self._served = {o: s for o, s in served.items() if o in live}
+            self._chunked = {o: s for o, s in self._chunked.items() if o in live}
+        return expired, batch, long_job
 
 
 def _one_line(exc: BaseException) -> str:

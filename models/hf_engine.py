@@ -7,6 +7,12 @@ with one opening tag per head (tree mask), then all heads of all requests decode
 batch; a head leaves the batch at its stop token (closing tag, ``<|null|>``, ``<|im_end|>``: by id).
 With a turn-prefix cache (``turn_cache``, models.turn_cache) a turn's first tokens shared with an
 earlier turn of the same registration bring their K/V instead of being prefilled again.
+
+Chunked prefill (the policy service's fairness, issue 19): ``prefill_chunk`` prefills the next tokens
+of one turn's suffix on top of what an earlier call returned (a ``models.lean.Reused``, kept by the
+caller), and ``decide_batch(requests, parts=...)`` then decodes the turn with its remaining tokens only:
+a long turn is prefilled over several engine steps with other batches decoded in between. Exact by
+causality, as the turn-prefix cache (up to floating point; tests compare the greedy tokens).
 """
 
 from __future__ import annotations
@@ -158,6 +164,7 @@ class HFEngine(Engine):
         if not isinstance(turn_cache, int) or turn_cache < 0:
             raise EngineError(f"turn_cache {turn_cache!r}: give a number of entries >= 0 (0 = off)")
         self.turn_cache = turn_cache
+        self._parts: list[Reused | None] | None = None  # decide_batch's parts, read by _decode
         self._turn_caches: dict[str, TurnCache] = {}  # registration handle -> its turn-prefix cache
         if threads is None and self.device == "cpu" and self.n_params < SMALL_MODEL_PARAMS:
             threads = 1  # tiny matmuls: a second thread only adds synchronisation (and stalls under load)
@@ -259,8 +266,40 @@ class HFEngine(Engine):
             reg.grammars = self.constrainer.compile(reg.tools, reg.heads, reg.allow_no_call)
 
     @torch.inference_mode()
+    def prefill_chunk(
+        self, handle: str, turn: Turn, part: Reused | None, chunk: int
+    ) -> tuple[Reused | None, int]:
+        """Prefill the next ``chunk`` (>= 1) tokens of ``turn``'s suffix on ``handle``'s prefix, on top
+        of ``part`` (the suffix's first ``part.tokens`` already prefilled by an earlier call; None: none).
+        Returns (the new part, the suffix tokens still to prefill). The suffix's last token is always
+        left to ``decide_batch`` (the heads' tags must be prefilled with it), so the tokens left are >= 1;
+        with nothing to do the part comes back as it was. Raises UnknownHandleError."""
+        reg = self.registration(handle)
+        ids = self.encode(reg.template.suffix(turn))
+        done = part.tokens if part is not None else 0
+        end = min(done + max(1, int(chunk)), len(ids) - 1)
+        if end <= done:
+            return part, len(ids) - done
+        g = self.lm.prefill_group([ids[done:end]], reg.state, [], [part] if part is not None else None)
+        k, v = g.request_kv(0)
+        return Reused(end, k, v), len(ids) - end
+
+    def decide_batch(
+        self, requests: list[tuple[str, Turn]], parts: list[Reused | None] | None = None
+    ) -> list:
+        """``Engine.decide_batch``; ``parts``: per request, the suffix's first tokens already prefilled
+        by ``prefill_chunk`` for that very turn on this engine (None: none), so only the rest is
+        prefilled here (the turn-prefix cache is not consulted for such a request)."""
+        self._parts = list(parts) if parts is not None else None
+        try:
+            return super().decide_batch(requests)
+        finally:
+            self._parts = None
+
+    @torch.inference_mode()
     def _decode(self, items: list[tuple[Registration, Turn]]) -> list[RawHeads]:
         t0 = time.perf_counter()
+        pinned = self._parts if self._parts is not None else [None] * len(items)
         suffixes = [self.encode(reg.template.suffix(turn)) for reg, turn in items]
         by_reg: dict[str, list[int]] = {}  # requests sharing a registration prefill together
         for i, (reg, _) in enumerate(items):
@@ -271,20 +310,26 @@ class HFEngine(Engine):
             reg = items[idxs[0]][0]
             tags = [self.token_ids[open_tag(h)] for h in reg.heads]
             cache = self._turn_cache_of(reg)
-            if cache is None:
+            if cache is None and not any(pinned[i] is not None for i in idxs):
                 groups.append(self.lm.prefill_group([suffixes[i] for i in idxs], reg.state, tags))
             else:  # one group still: each request brings its own reused K/V (lean.prefill_group)
-                found = [cache.lookup(suffixes[i]) for i in idxs]
-                parts = []
-                for i, (key, n_reused) in zip(idxs, found, strict=True):
+                parts: list[Reused | None] = []
+                for i in idxs:
+                    pin = pinned[i]
+                    if pin is not None:  # prefilled in chunks (prefill_chunk): exactly this turn's tokens
+                        reused[i] = pin.tokens
+                        parts.append(pin)
+                        continue
+                    key, n_reused = cache.lookup(suffixes[i]) if cache is not None else (None, 0)
                     reused[i] = n_reused
-                    e = cache.entries[key] if key is not None else None
+                    e = cache.entries[key] if cache is not None and key is not None else None
                     parts.append(Reused(n_reused, e.k, e.v) if e is not None else None)
                 news = [suffixes[i][reused[i] :] for i in idxs]
                 g = self.lm.prefill_group(news, reg.state, tags, parts if any(parts) else None)
                 groups.append(g)
-                for j, i in enumerate(idxs):
-                    cache.store(suffixes[i], *g.request_kv(j))
+                if cache is not None:
+                    for j, i in enumerate(idxs):
+                        cache.store(suffixes[i], *g.request_kv(j))
             for i in idxs:
                 row_item.extend([i] * len(reg.heads))
                 row_head.extend(reg.heads)

@@ -241,7 +241,7 @@ class LeanLM:
         cols = torch.arange(width, device=dev)
         start = (p + r_lens)[:, None]  # [m, 1]: where each request's new tokens begin
         pos = torch.where(cols < smax, start + cols, start + lens[:, None])  # tags sit at P + R + len
-        self._rope_tables(p + width + 1)
+        self._rope_tables(p + rmax + width + 1)  # positions reach P + R + width
         cos, sin_s = self._cos[pos].unsqueeze(2), self._sin_signed[pos].unsqueeze(2)  # [m, width, 1, d]
         # mask [m, width, width]: keys must be real suffix tokens (k < len) at or before the query,
         # or, for a tag, the tag itself.

@@ -47,3 +47,8 @@ def test_fairness_bench_writes_its_figures(tmp_path):
     assert data["goal"] == {"p99_ratio_max": 1.5, "victim_misses": 0}
     assert data["oversized"]["sent"] > 0 and data["oversized"]["all_too_long"], data["oversized"]
     assert "victim p99 attacked / alone" in r.stdout
+    # the service ran with its scheduling defaults: the attacker's maximal turns were prefilled in
+    # chunks (the legal ones; every oversized one was refused before any forward pass)
+    assert data["prefill_chunk_tokens"] == 32 and data["step_tokens"] == 2048
+    assert data["server"]["prefill_chunks"] > 0 and data["server"]["prefill_chunk_failures"] == 0
+    assert data["victim_attacked"]["server_ms"]["queue"]["n"] > 0

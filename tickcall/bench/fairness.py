@@ -40,6 +40,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attackers", type=int, default=1, help="attacking clients, each one request in flight")
     p.add_argument("--oversized-every", type=int, default=4, help="every Nth attacker request is too long")
     p.add_argument("--max-turn-tokens", type=int, default=512, help="the service's max_turn_tokens")
+    p.add_argument(
+        "--prefill-chunk-tokens",
+        type=int,
+        default=None,
+        help="the service's prefill_chunk_tokens (0: whole turns; default: the serve default)",
+    )
+    p.add_argument(
+        "--step-tokens", type=int, default=None, help="the service's step_tokens (default: the serve default)"
+    )
     p.add_argument("--json", help="write results to this file")
 
 
@@ -130,6 +139,7 @@ def victim(endpoint: str, tools: list[dict[str, Any]], rate_hz: float, seconds: 
     period = 1.0 / rate_hz
     client = PolicyClient(endpoint, timeout_ms=10_000, name="bench-victim")
     lat: list[float] = []
+    stages: dict[str, list[float]] = {"queue": [], "engine": [], "server": [], "batch": []}
     misses: dict[str, int] = {}
     try:
         client.register(tools)
@@ -142,6 +152,11 @@ def victim(endpoint: str, tools: list[dict[str, Any]], rate_hz: float, seconds: 
             reply = client.decide(arena_turn(k), k, deadline_ms=period * 1e3)
             ms = (time.perf_counter() - t0) * 1e3
             lat.append(ms)
+            tm = getattr(reply, "timings_ms", None)
+            if tm is not None:  # where the time went, server side (ms)
+                for name in ("queue", "engine", "server"):
+                    stages[name].append(getattr(tm, name))
+                stages["batch"].append(float(getattr(reply, "batch", 0) or 0))
             if not _is_call(reply):
                 misses[_code(reply) or "no_call"] = misses.get(_code(reply) or "no_call", 0) + 1
             elif ms > period * 1e3:
@@ -155,6 +170,8 @@ def victim(endpoint: str, tools: list[dict[str, Any]], rate_hz: float, seconds: 
     return {
         "decides": len(lat),
         "latency_ms": summary(lat),
+        "server_ms": {name: summary(v) for name, v in stages.items() if name != "batch" and v},
+        "batch_size": summary(stages["batch"]) if stages["batch"] else None,
         "misses": sum(misses.values()),
         "miss_kinds": misses,
     }
@@ -171,9 +188,13 @@ def run(args: argparse.Namespace) -> int:
     world.close()
     spec = {"backend": "transformers", "model": args.model}
     engine = build_engine(spec)
-    server = PolicyServer(
-        engine, ServeConfig(engine=spec, bind="tcp://127.0.0.1:0", max_turn_tokens=args.max_turn_tokens)
-    )
+    sched = {
+        k: v
+        for k, v in (("prefill_chunk_tokens", args.prefill_chunk_tokens), ("step_tokens", args.step_tokens))
+        if v is not None
+    }
+    config = ServeConfig(engine=spec, bind="tcp://127.0.0.1:0", max_turn_tokens=args.max_turn_tokens, **sched)
+    server = PolicyServer(engine, config)
     endpoint = server.start()
     try:
         from tickcall.agent.client import PolicyClient
@@ -193,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
             a.stop.set()
         for a in attackers:
             a.join(timeout=300)
+        stats = server.stats()
     finally:
         server.stop()
         engine.close()
@@ -212,6 +234,13 @@ def run(args: argparse.Namespace) -> int:
         "seconds": args.seconds,
         "attackers": args.attackers,
         "max_turn_tokens": args.max_turn_tokens,
+        "prefill_chunk_tokens": config.prefill_chunk_tokens,
+        "step_tokens": config.step_tokens,
+        "server": {
+            k: stats.get(k, 0)
+            for k in ("batches", "prefill_chunks", "chunked_decides", "prefill_chunk_failures")
+        }
+        | {"chunk_waits": stats.get("chunk_waits", {})},
         "longest_legal_turn_words": words,
         "victim_alone": alone,
         "victim_attacked": attacked,

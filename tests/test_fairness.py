@@ -1,0 +1,340 @@
+"""Fair scheduling in the policy service (issue 19: one client cannot starve the others).
+
+Real ``PolicyServer`` and real ZMQ clients on loopback. The scheduling tests use a scripted engine: the
+no-op engine of ``models.stand_ins`` (it counts whitespace words as tokens and decodes nothing) that
+logs every engine step and can hold one, so that the queue the scheduler sees is known exactly; a fake
+only for what cannot be arranged otherwise (a model whose steps stop on demand). The chunked-prefill
+tests run the real transformers engine on the tiny model and on the shipped arena student, token for
+token. No timing thresholds: the tests assert order and accounting.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import pytest
+from helpers import CART_TOOLS
+from tickcall.agent.client import PolicyClient
+from tickcall.agent.config import ServeConfig
+from tickcall.agent.messages import CallReply
+from tickcall.agent.server import PolicyServer
+from tickcall.models.format import Turn
+from tickcall.models.stand_ins import NoOpEngine
+
+ARENA = "models/shipped/tickcall-arena"
+
+
+@dataclass
+class _Part:
+    """The scripted engine's stand-in for prefilled K/V: how many suffix tokens, on which engine."""
+
+    tokens: int
+    engine: str
+
+
+class Scripted(NoOpEngine):
+    """The no-op engine, logging each engine step: ``("batch", [queries], [part tokens or None])`` and
+    ``("chunk", query, tokens done before)``. A decide whose query is ``"block"`` holds its step until
+    ``release`` is set (``held`` tells the test it is held)."""
+
+    def __init__(self, name: str = "A") -> None:
+        super().__init__()
+        self.name = name
+        self.log: list[tuple] = []
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def decide_batch(self, requests, parts=None):
+        self.log.append(
+            (
+                "batch",
+                [t.query for _, t in requests],
+                None if parts is None else [None if p is None else (p.tokens, p.engine) for p in parts],
+            )
+        )
+        if any(t.query == "block" for _, t in requests):
+            self.held.set()
+            assert self.release.wait(30)
+        return super().decide_batch(requests)
+
+
+class Chunking(Scripted):
+    """A scripted engine that can prefill in chunks (``prefill_chunk``); its ``hold_chunk``-th chunk
+    call holds its step like ``"block"`` does."""
+
+    def __init__(self, name: str = "A", hold_chunk: int = 0) -> None:
+        super().__init__(name)
+        self.hold_chunk = hold_chunk
+        self.chunks = 0
+
+    def prefill_chunk(self, handle, turn, part, chunk):
+        n = self.suffix_tokens(handle, turn)
+        done = 0 if part is None else part.tokens
+        assert part is None or part.engine == self.name, "a part made on another engine"
+        self.chunks += 1
+        self.log.append(("chunk", turn.query, done))
+        if self.chunks == self.hold_chunk:
+            self.held.set()
+            assert self.release.wait(30)
+        end = min(done + chunk, n - 1)
+        return _Part(end, self.name), n - end
+
+
+def _serve(engine, **settings):
+    config = ServeConfig(bind="tcp://127.0.0.1:0", gather_ms=0, **settings)
+    server = PolicyServer(engine, config)
+    return server, server.start()
+
+
+def _wait(predicate, what: str, timeout_s: float = 10.0) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout_s * 200)):
+        if predicate():
+            return
+        done.wait(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _queued(server, n: int) -> None:
+    _wait(lambda: server.stats()["queued"] == n, f"{n} queued decides")
+
+
+def _replies(client, n: int) -> list:
+    got: list = []
+    for _ in range(200):
+        got += client.poll(100)
+        if len(got) >= n:
+            break
+    assert len(got) == n, got
+    return got
+
+
+def _batches(engine, after: str = "block") -> list[list[str]]:
+    """The queries of each batch the engine decoded after the one holding ``after``."""
+    seen, out = False, []
+    for entry in engine.log:
+        if entry[0] == "batch":
+            if seen:
+                out.append(entry[1])
+            seen = seen or after in entry[1]
+    return out
+
+
+def test_round_robin_one_decide_per_client_per_round_nearest_deadline_first():
+    """Oldest-first would batch a1 a2 | a3 b | c. The scheduler takes one decide per client per round:
+    b first (the only deadline), then a (arrived before c); next step c (never served) before a2."""
+    engine = Scripted()
+    server, endpoint = _serve(engine, max_batch=2, prefill_chunk_tokens=0)
+    z, a, b, c = (PolicyClient(endpoint, timeout_ms=20_000, name=n) for n in "zabc")
+    try:
+        for cl in (z, a, b, c):
+            cl.register(CART_TOOLS)
+        z.send_decide("block", 0)
+        assert engine.held.wait(10)
+        for k in (1, 2, 3):
+            a.send_decide(f"a{k}", k, stream=f"s{k}")
+        _queued(server, 3)
+        b.send_decide("b1", 1, deadline_ms=20_000)
+        _queued(server, 4)
+        c.send_decide("c1", 1)
+        _queued(server, 5)
+        engine.release.set()
+        got = _replies(a, 3) + _replies(b, 1) + _replies(c, 1) + _replies(z, 1)
+    finally:
+        for cl in (z, a, b, c):
+            cl.close()
+        server.stop()
+    assert all(isinstance(r, CallReply) for r in got)
+    assert _batches(engine) == [["b1", "a1"], ["c1", "a2"], ["a3"]]
+
+
+def test_step_token_budget_keeps_a_long_turn_out_of_the_short_batch():
+    """With chunking off, a long turn that would take the step over ``step_tokens`` waits for the next
+    step, where it is decoded alone (the first decide of a step always fits); short ones go together."""
+    engine = Scripted()
+    handle = engine.register(CART_TOOLS).handle
+    short = engine.suffix_tokens(handle, Turn(query="s1"))
+    server, endpoint = _serve(engine, max_batch=8, prefill_chunk_tokens=0, step_tokens=2 * short)
+    z, a, b, c = (PolicyClient(endpoint, timeout_ms=20_000, name=n) for n in "zabc")
+    long_query = " ".join(["w"] * 50)
+    try:
+        for cl in (z, a, b, c):
+            cl.register(CART_TOOLS)
+        z.send_decide("block", 0)
+        assert engine.held.wait(10)
+        a.send_decide("s1", 1)
+        _queued(server, 1)
+        b.send_decide(long_query, 1)
+        _queued(server, 2)
+        c.send_decide("s2", 1)
+        _queued(server, 3)
+        engine.release.set()
+        got = _replies(a, 1) + _replies(b, 1) + _replies(c, 1) + _replies(z, 1)
+    finally:
+        for cl in (z, a, b, c):
+            cl.close()
+        server.stop()
+    assert all(isinstance(r, CallReply) for r in got)
+    assert _batches(engine) == [["s1", "s2"], [long_query]]
+
+
+def test_a_victims_decide_never_waits_for_a_whole_long_prefill():
+    """A long turn is prefilled a chunk per engine step; a short decide that arrives meanwhile is
+    decoded at the next step, before any further chunk, and every short decide waited for at most one
+    chunk of another turn (``chunk_waits``). The long turn is decoded with its prefilled part, which
+    covers all its tokens but the last, in exactly ceil((n - 1) / chunk) chunks."""
+    engine = Chunking(hold_chunk=1)
+    handle = engine.register(CART_TOOLS).handle
+    chunk = 4
+    server, endpoint = _serve(engine, prefill_chunk_tokens=chunk)
+    attacker = PolicyClient(endpoint, timeout_ms=20_000, name="attacker")
+    victim = PolicyClient(endpoint, timeout_ms=20_000, name="victim")
+    long_query = " ".join(["w"] * 60)
+    n = engine.suffix_tokens(handle, Turn(query=long_query))
+    try:
+        attacker.register(CART_TOOLS)
+        victim.register(CART_TOOLS)
+        attacker.send_decide(long_query, 1)
+        assert engine.held.wait(10)  # the first chunk is running
+        victim.send_decide("v0", 0, deadline_ms=20_000)
+        _queued(server, 2)
+        engine.release.set()
+        k, done = 0, []
+        while not done:  # the victim decides in a closed loop until the long turn is answered
+            r = victim.decide(f"v{k + 1}", k + 1, deadline_ms=20_000) if k else _replies(victim, 1)[0]
+            assert isinstance(r, CallReply)
+            k += 1
+            done = attacker.poll(0)
+        stats = server.stats()
+    finally:
+        attacker.close()
+        victim.close()
+        server.stop()
+    assert isinstance(done[0], CallReply)
+    assert engine.log[0] == ("chunk", long_query, 0)
+    assert engine.log[1][:2] == ("batch", ["v0"])  # before the second chunk
+    chunks = [e for e in engine.log if e[0] == "chunk"]
+    assert [e[2] for e in chunks] == list(range(0, n - 1, chunk))
+    assert stats["prefill_chunks"] == len(chunks) == -(-(n - 1) // chunk)
+    final = [e for e in engine.log if e[0] == "batch" and long_query in e[1]]
+    assert len(final) == 1
+    assert final[0][2][final[0][1].index(long_query)] == (n - 1, "A")
+    assert max(stats["chunk_waits"]) <= 1 and sum(stats["chunk_waits"].values()) == k
+
+
+def test_a_half_prefilled_turn_is_restarted_on_new_weights():
+    """A hot swap between two chunks: the turn's part, made on the old engine, is never used on the new
+    one; the turn is prefilled again there from its first token and answered once, by the new weights."""
+    old, new = Chunking("A", hold_chunk=2), Chunking("B")
+    server, endpoint = _serve(old, prefill_chunk_tokens=4)
+    client = PolicyClient(endpoint, timeout_ms=20_000)
+    long_query = " ".join(["w"] * 40)
+    result: dict = {}
+    try:
+        client.register(CART_TOOLS)
+        client.send_decide(long_query, 1)
+        assert old.held.wait(10)  # inside the second chunk, on the old weights
+        t = threading.Thread(target=lambda: result.update(r=server.swap_engine(new, "B")))
+        t.start()
+        _wait(lambda: server._commands, "the switch command")  # queued behind the running chunk
+        old.release.set()
+        t.join(30)
+        (reply,) = _replies(client, 1)
+    finally:
+        client.close()
+        server.stop()
+    assert result["r"].ok
+    assert isinstance(reply, CallReply) and reply.weights == "B"
+    assert [e[0] for e in old.log] == ["chunk", "chunk"]  # never decoded on the old weights
+    new_chunks = [e for e in new.log if e[0] == "chunk"]
+    assert new_chunks[0][2] == 0  # restarted from the first token
+    (final,) = [e for e in new.log if e[0] == "batch"]
+    assert final[2][0][1] == "B"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("prefill_chunk_tokens", -1), ("prefill_chunk_tokens", "abc"), ("step_tokens", 0), ("step_tokens", 1.5)],
+)
+def test_bad_scheduling_settings_are_refused(setting, value):
+    with pytest.raises(ValueError, match=setting):
+        ServeConfig(**{setting: value})
+
+
+# ---------------------------------------------------------------------------------- real models
+def _engine(path: str):
+    from tickcall.models.hf_engine import HFEngine
+
+    return HFEngine(path)
+
+
+def _arena_tools():
+    from tickcall.world import WorldSpec, make_world
+
+    world = make_world(WorldSpec(env="tickcall/Arena-v0", seed=0))
+    try:
+        return world.tools
+    finally:
+        world.close()
+
+
+@pytest.fixture(scope="module")
+def arena_tools():
+    return _arena_tools()
+
+
+def _turns() -> list[Turn]:
+    from tickcall.bench.fairness import arena_turn, long_turn
+
+    return [Turn(query=long_turn(w)) for w in (3, 40, 125)] + [Turn(query=arena_turn(k)) for k in range(2)]
+
+
+@pytest.mark.parametrize("model", ["tiny", "arena"])
+def test_chunked_prefill_gives_the_same_tokens(model, tiny_model_path, arena_tools):
+    """Every head's greedy tokens, prefilled in chunks of 5 and 32 tokens and then decoded with the
+    parts, equal those of the whole prefill (one batch of long and short turns)."""
+    path = str(tiny_model_path) if model == "tiny" else ARENA
+    engine = _engine(path)
+    try:
+        handle = engine.register(arena_tools).handle
+        turns = _turns()
+        whole = engine.decide_batch([(handle, t) for t in turns])
+        for chunk in (5, 32):
+            parts = []
+            for t in turns:
+                part, left = None, 2
+                while left > 1:
+                    part, left = engine.prefill_chunk(handle, t, part, chunk)
+                parts.append(part)
+            n = [engine.suffix_tokens(handle, t) for t in turns]
+            assert [0 if p is None else p.tokens for p in parts] == [x - 1 for x in n]
+            got = engine.decide_batch([(handle, t) for t in turns], parts=parts)
+            assert [d.head_token_ids for d in got] == [d.head_token_ids for d in whole], chunk
+            assert [d.prompt_tokens for d in got] == [1] * len(turns)
+    finally:
+        engine.close()
+
+
+def test_the_service_answers_the_same_with_and_without_chunks(arena_tools):
+    """Through the service (real sockets, the shipped arena student): long and short turns answered with
+    chunked prefill (4 tokens a chunk) carry the same heads and calls as with whole turns."""
+    engine = _engine(ARENA)
+    answers = {}
+    try:
+        for chunk in (0, 4):
+            server, endpoint = _serve(engine, prefill_chunk_tokens=chunk)
+            client = PolicyClient(endpoint, timeout_ms=60_000)
+            try:
+                client.register(arena_tools)
+                for k, t in enumerate(_turns()):
+                    client.send_decide(t, k, stream=f"s{k}")
+                got = sorted(_replies(client, len(_turns())), key=lambda r: r.tick)
+                answers[chunk] = [(r.heads, r.call) for r in got]
+                chunked = server.stats().get("chunked_decides", 0)
+            finally:
+                client.close()
+                server.stop()
+            assert chunked > 0 if chunk else chunked == 0
+    finally:
+        engine.close()
+    assert answers[4] == answers[0]
