@@ -66,10 +66,11 @@ class ServeConfig:
     Scheduling (docs/protocol.md "Scheduling"; issue 19, one client cannot starve the others): each
     engine step takes at most one decide per client per round, clients in turn (nearest deadline first,
     then the client served longest ago), until ``max_batch`` decides or ``step_tokens`` turn tokens to
-    prefill (the first decide always fits). ``prefill_chunk_tokens``: a turn with more tokens than this
-    left to prefill is prefilled that many per engine step (one such chunk per step, after the step's
-    batch), so a long turn holds the engine for one chunk at a time, not for its whole prefill; 0 turns
-    chunking off (engines without ``prefill_chunk`` never chunk).
+    prefill (the first decide always fits). ``prefill_chunk_tokens``: a turn with more than twice this
+    many tokens to prefill is prefilled this many per engine step (one such chunk per step, after the
+    step's batch) down to its last token, then batched like a short decide, so a long turn holds the
+    engine for one chunk at a time, not for its whole prefill; 0 turns chunking off (engines without
+    ``prefill_chunk`` never chunk).
     """
 
     engine: dict[str, Any] = field(default_factory=lambda: {"backend": "noop"})

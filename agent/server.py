@@ -16,6 +16,15 @@ Two threads:
   the rest, like Triton's dynamic-batching queue delay; one client alone never waits) — and replies ``call`` to each (``engine_failure`` for a request the engine could not decide; a
   failing batch is retried request by request, so one bad request fails alone).
 
+**Scheduling** (``_take_batch``; docs/protocol.md "Scheduling"): a step's batch is built in rounds of at
+most one decide per client (nearest deadline first, then the client served longest ago), within
+``max_batch`` decides and ``step_tokens`` turn tokens. With an engine that has ``prefill_chunk``, a
+turn of more than 2 x ``prefill_chunk_tokens`` tokens is not batched whole: after each step's batch one
+such turn gets one chunk prefilled (its K/V kept on its queued ``Job``), until only its last token is
+left; it is then batched like a short decide. A decide arriving meanwhile waits for at most the chunk
+in flight (``stats()["chunk_waits"]`` counts the chunks each waited for). A hot swap makes the chunks
+prefilled so far stale: the turn is prefilled again on the new engine.
+
 **Hot swap** (``swap``, ``swap_engine``): new weights are loaded and every live registration is made
 again on them (same handles, same heads, prefixes prefilled) in the *caller's* thread while the engine
 thread keeps deciding with the old weights; the engine thread then switches between two engine steps
