@@ -86,7 +86,7 @@ class ServeConfig:
     max_streams_per_client: int = 16
     max_queued_bytes_per_client: int = 4 << 20
     max_registrations_per_client: int = 16
-    step_tokens: int = 2048
+    step_tokens: int = 4096
     prefill_chunk_tokens: int = 32
     curve: CurveConfig | None = None
     allow_insecure: bool = False

@@ -49,6 +49,6 @@ def test_fairness_bench_writes_its_figures(tmp_path):
     assert "victim p99 attacked / alone" in r.stdout
     # the service ran with its scheduling defaults: the attacker's maximal turns were prefilled in
     # chunks (the legal ones; every oversized one was refused before any forward pass)
-    assert data["prefill_chunk_tokens"] == 32 and data["step_tokens"] == 2048
+    assert data["prefill_chunk_tokens"] == 32 and data["step_tokens"] == 4096
     assert data["server"]["prefill_chunks"] > 0 and data["server"]["prefill_chunk_failures"] == 0
     assert data["victim_attacked"]["server_ms"]["queue"]["n"] > 0
