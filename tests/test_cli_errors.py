@@ -205,3 +205,22 @@ TRAIN_CASES = [
 def test_train_bad_input(capsys, bad, flags, phrase):
     """Checked before any data, teacher or model is made (``--steps 0`` used to start a run)."""
     _fails_in_one_line(capsys, ["train"] + [f.format(bad=bad) for f in flags], 2, phrase.format(bad=bad))
+
+
+@pytest.mark.parametrize(("argv", "phrase"), [
+    (["decide", "x", "--repeat", "abc"], "argument --repeat: invalid int value: 'abc'"),
+    (["run", "--nope"], "unrecognized arguments: --nope"),
+    (["eval"], "the following arguments are required: --env"),
+    (["bench", "nosuch"], "invalid choice: 'nosuch'"),
+    (["bench", "fleet", "--agents"], "argument --agents: expected one argument"),
+    (["nosuch"], "unknown command 'nosuch'"),
+])
+def test_usage_errors_are_one_line_with_where_the_help_is(capsys, argv, phrase):
+    """argparse's own errors (a flag's type, an unknown flag, a missing argument), in every command and
+    sub-command: one line naming the problem and the command's --help, exit 2, no usage block."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert phrase in err and "--help`" in err and "usage:" not in err

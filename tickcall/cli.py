@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # command name -> (module, one-line help). Help is duplicated here so --help imports nothing heavy.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,8 +26,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (what is wrong, where the help is) and exit 2, not the
+    usage block followed by the message; sub-parsers (``tickcall bench NAME``) inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message}; see `{self.prog} --help`\n")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tickcall", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="tickcall", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -43,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"tickcall {name}", description=module.HELP)
+    parser = OneLineParser(prog=f"tickcall {name}", description=module.HELP)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     from tickcall.commands.errors import CommandError
