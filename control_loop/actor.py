@@ -30,6 +30,26 @@ class LoopSetupError(RuntimeError):
     """The loop actor could not build its world or register its tools; the message is one line."""
 
 
+def run_result(result: Any, world: Any, world_desc: dict[str, Any], settings: LoopSettings,
+               **extra: Any) -> dict[str, Any]:
+    """What a loop actor's ``run`` returns (plain JSON-able data): the loop's ``LoopResult`` as dicts,
+    the world's episodes and its description ``world_desc``, the settings, and ``extra`` keys."""
+    return {
+        "records": [r.to_dict() for r in result.records],
+        "t0": result.t0,
+        "elapsed_s": result.elapsed_s,
+        "stray_replies": result.stray_replies,
+        "warnings": result.warnings,
+        "stopped": result.stopped,
+        "priority": result.priority,
+        "episodes": world.episodes(),
+        "current_episode": world.current_episode(),
+        "world": world_desc,
+        **extra,
+        "settings": asdict(settings),
+    }
+
+
 class LoopActor:
     """Ray actor body (use ``start_loop_actor``). ``max_concurrency=2``: ``status``/``stop`` are served
     while ``run`` is running."""
@@ -89,21 +109,8 @@ class LoopActor:
         if self.world.hands is not None:
             self.world.hands.settle(timeout_s=1.0)
             world = self.world.describe()
-        return {
-            "records": [r.to_dict() for r in result.records],
-            "t0": result.t0,
-            "elapsed_s": result.elapsed_s,
-            "stray_replies": result.stray_replies,
-            "warnings": result.warnings,
-            "stopped": result.stopped,
-            "priority": result.priority,
-            "episodes": self.world.episodes(),
-            "current_episode": self.world.current_episode(),
-            "world": world,
-            "client": dict(self.client.stats),
-            "renewals": self.registration.renewals,
-            "settings": asdict(self.settings),
-        }
+        return run_result(result, self.world, world, self.settings, client=dict(self.client.stats),
+                          renewals=self.registration.renewals)
 
     def status(self) -> dict[str, Any]:
         """The loop's live snapshot, plus ``notices``: lines the world has for a person watching (an

@@ -35,11 +35,10 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 from tickcall.agent.messages import DecideReply
-from tickcall.control_loop.actor import LoopActor, LoopSetupError, start_loop_actor
+from tickcall.control_loop.actor import LoopActor, LoopSetupError, run_result, start_loop_actor
 from tickcall.control_loop.config import LoopSettings
 from tickcall.control_loop.loop import ControlLoop, LoopResult
 from tickcall.control_loop.policy import Policy
@@ -330,22 +329,9 @@ class CrowdLoopActor(LoopActor):
             result = self.loop.run(max_ticks=max_ticks, duration_s=duration_s, episodes=episodes)
         finally:
             self.world.stop()
-        out = {
-            "records": [r.to_dict() for r in result.records],
-            "t0": result.t0,
-            "elapsed_s": result.elapsed_s,
-            "stray_replies": result.stray_replies,
-            "warnings": result.warnings,
-            "stopped": result.stopped,
-            "priority": result.priority,
-            "episodes": self.world.episodes(),
-            "current_episode": self.world.current_episode(),
-            "world": self.world.describe(),
-            "agents": self.loop.agents_seen,
-            "client": _client_stats(self.client),
-            "renewals": getattr(self.registration, "renewals", 0),
-            "settings": asdict(self.settings),
-        }
+        out = run_result(result, self.world, self.world.describe(), self.settings,
+                         agents=self.loop.agents_seen, client=_client_stats(self.client),
+                         renewals=getattr(self.registration, "renewals", 0))
         if len(self.endpoints) > 1:  # the replica router's figures (its clients' are inside)
             out["router"] = out.pop("client")
             out["client"] = {}
