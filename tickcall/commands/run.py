@@ -82,7 +82,17 @@ def config_from_args(args: argparse.Namespace):
         unset += [
             o.key for o in options if opt.flag.group and o.flag.group == opt.flag.group and o is not opt
         ]
-    return load_run_config(args.config, overrides, unset=tuple(unset))
+    from tickcall.control_loop.config import ConfigError
+
+    try:
+        return load_run_config(args.config, overrides, unset=tuple(unset))
+    except ConfigError as exc:  # a value given on the command line: name its flag, not the config file
+        text = str(exc)
+        for opt in options:
+            if opt.key in overrides and (text.startswith(f"{opt.key}:") or f": {opt.key}:" in text):
+                problem = text.split(f"{opt.key}:", 1)[1].strip()
+                raise ConfigError(f"{opt.flag.name} {overrides[opt.key]}: {problem}") from None
+        raise
 
 
 def run(args: argparse.Namespace) -> int:
