@@ -499,7 +499,7 @@ def test_agents_on_a_single_agent_env_is_one_line_before_anything_starts(capsys)
     err = capsys.readouterr().err
     assert "drop --endpoint, or run with --replicas 1" in err and len(err.strip().splitlines()) == 1, err
     assert main(["run", "--env", "tickcall/CrowdArena-v0", "--agents", "0", "--duration", "1"]) == 2
-    assert "--agents 0: must be >= 1" in capsys.readouterr().err
+    assert "--agents 0: agents: must be >= 1" in capsys.readouterr().err
     assert not ray.is_initialized()  # refused before Ray, the service or the loop started
 
 

@@ -29,7 +29,7 @@ def test_bad_config_value_exits_2_with_the_key(tmp_path, capsys):
 def test_bad_rate_on_the_command_line(capsys):
     assert main(["run", "--rate", "0.5", "--backend", "noop"]) == 2
     err = capsys.readouterr().err
-    assert "--rate 0.5: must be >= 1 Hz" in err and "run.yaml" not in err  # the flag, not the config file
+    assert "--rate 0.5: rate_hz: must be >= 1 Hz" in err and "run.yaml" not in err  # the flag, not the config file
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
@@ -52,8 +52,8 @@ def test_unknown_env_is_one_line_before_anything_starts(env, says, capsys):
 
 @pytest.mark.parametrize(("flags", "says"), [
     (["--distill-every", "5"], "distillation learns from the big model"),
-    (["--distill-every", "0"], "--distill-every 0.0: must be > 0 s"),
-    (["--distill-every", "5", "--distill-steps", "0"], "--distill-steps 0: must be >= 1"),
+    (["--distill-every", "0"], "--distill-every 0.0: distill_every_s: must be > 0 s"),
+    (["--distill-every", "5", "--distill-steps", "0"], "--distill-steps 0: distill_steps: must be >= 1"),
 ])
 def test_distillation_flags_are_one_line_before_anything_starts(flags, says, capsys):
     import ray

@@ -90,8 +90,8 @@ def config_from_args(args: argparse.Namespace):
         text = str(exc)
         for opt in options:
             if opt.key in overrides and (text.startswith(f"{opt.key}:") or f": {opt.key}:" in text):
-                problem = text.split(f"{opt.key}:", 1)[1].strip()
-                raise ConfigError(f"{opt.flag.name} {overrides[opt.key]}: {problem}") from None
+                keyed = text[text.index(f"{opt.key}:") :]  # "key: problem", without the file it overrode
+                raise ConfigError(f"{opt.flag.name} {overrides[opt.key]}: {keyed}") from None
         raise
 
 
