@@ -69,3 +69,20 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nbare imports of tickcall rooms (use tickcall.<room>): {', '.join(bare[:10])}",
               file=sys.stderr)
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def engine_bin() -> str:
+    """The C++ reference engine, built once per session (scripts/build_reference_engine.sh)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["bash", str(root / "scripts" / "build_reference_engine.sh")],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, f"building the reference engine failed:\n{out.stdout}\n{out.stderr}"
+    path = out.stdout.strip().splitlines()[-1]
+    assert os.access(path, os.X_OK), path
+    return path
+

@@ -169,3 +169,13 @@ class Raw:
 
     def close(self) -> None:
         self.sock.close(0)
+
+
+def free_endpoint() -> str:
+    """A tcp endpoint on a loopback port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+

@@ -14,9 +14,7 @@ every agent-tick counted), never on how fast this machine is.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -25,6 +23,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+from helpers import free_endpoint
 from tickcall.control_loop.world import CrowdWorld
 from tickcall.envs.engine_bridge import EngineBridge
 from tickcall.envs.engine_bridge_crowd import EngineCrowdWorld
@@ -53,24 +52,8 @@ FAST = {"heartbeat_ms": 100.0, "max_obs_age_ms": 300.0, "wait_s": WAIT_S}
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def engine_bin() -> str:
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build_reference_engine.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, f"building the reference engine failed:\n{out.stdout}\n{out.stderr}"
-    path = out.stdout.strip().splitlines()[-1]
-    assert os.access(path, os.X_OK), path
-    return path
 
 
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class Engine:

@@ -11,15 +11,14 @@ never on how fast this machine is.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from helpers import free_endpoint
 from tickcall.envs.engine_bridge import BridgeConfig, EngineBridge
 from tickcall.envs.engine_bridge_cli import arena_text_expert as text_expert
 from tickcall.envs.engine_bridge_world import run_lockstep
@@ -34,20 +33,8 @@ ARENA_TEXT = re.compile(r"^tgt=(N|NE|E|SE|S|SW|W|NW) d=\d+\.\d aim=(N|NE|E|SE|S|
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="session")
-def engine_bin() -> str:
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "build_reference_engine.sh")],
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, f"building the reference engine failed:\n{out.stdout}\n{out.stderr}"
-    path = out.stdout.strip().splitlines()[-1]
-    assert os.access(path, os.X_OK), path
-    return path
 
 
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class Engine:
