@@ -179,3 +179,45 @@ def free_endpoint() -> str:
         sock.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
 
+
+class SimClock:
+    """Simulated monotonic seconds: ``sleep`` and policy polls move it forward, nothing else does."""
+
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        assert s >= 0
+        self.t += s
+
+
+class HeldReplies:
+    """Replies held back on a ``SimClock`` until their simulated time: ``poll`` hands over the due ones,
+    jumping the clock to the first one due within ``timeout_ms`` (or sleeping the whole timeout)."""
+
+    def __init__(self, clock: SimClock) -> None:
+        self.clock = clock
+        self._queue: list[tuple[float, object]] = []
+
+    def _hold(self, reply: object, delay_s: float | None) -> None:
+        if delay_s is not None:  # None: never answered
+            self._queue.append((self.clock() + delay_s, reply))
+
+    def poll(self, timeout_ms: float = 0) -> list:
+        now = self.clock()
+        due = [r for t, r in self._queue if t <= now]
+        if not due and self._queue:
+            first = min(t for t, _ in self._queue)
+            if first <= now + timeout_ms / 1e3:
+                self.clock.t = first
+                due = [r for t, r in self._queue if t <= first]
+            else:
+                self.clock.sleep(timeout_ms / 1e3)
+        elif not due:
+            self.clock.sleep(timeout_ms / 1e3)
+        self._queue = [(t, r) for t, r in self._queue if r not in due]
+        return due
+

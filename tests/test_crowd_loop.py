@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-from helpers import ScriptedEngine, injected
+from helpers import HeldReplies, ScriptedEngine, SimClock, injected
 from tickcall.agent.inproc import InProcPolicy
 from tickcall.control_loop.crowd import CrowdLoop, CrowdLoopActor, crowd_policy
 from tickcall.control_loop.loop import LoopSettings
@@ -41,18 +41,6 @@ MOVE = [
 ]
 
 
-class SimClock:
-    """Simulated monotonic seconds: ``sleep`` and policy polls move it forward, nothing else does."""
-
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        assert s >= 0
-        self.t += s
 
 
 @dataclass
@@ -122,19 +110,18 @@ class SimCrowd:
         return {"agents": len(self.agents)}
 
 
-class CrowdScriptedPolicy:
+class CrowdScriptedPolicy(HeldReplies):
     """Answers agent ``a``'s request for tick ``t`` after ``delay(t, a)`` simulated seconds (None: never)
     with ``kind(t, a)`` ('ok', 'illegal', 'error'); the reply is made at once by an ``InProcPolicy``."""
 
     def __init__(self, clock, delay, kind=lambda t, a: "ok") -> None:
-        self.clock = clock
+        super().__init__(clock)
         self.delay = delay
         self.kind = kind
         self.sent: list[tuple[int, str, float, object]] = []
         self.engine = ScriptedEngine(ok_args={"direction": "N"}, illegal_args={"direction": "up?"})
         self.inner = InProcPolicy(self.engine)
         self.inner.register(MOVE)
-        self._queue: list[tuple[float, object]] = []
 
     def send_decide(self, turn, tick_id, deadline_ms=None, *, stream):
         assert deadline_ms > 0
@@ -142,25 +129,9 @@ class CrowdScriptedPolicy:
         self.engine.kind = self.kind(tick_id, stream)
         msg_id = self.inner.send_decide(turn, tick_id, deadline_ms, stream=stream)
         [reply] = self.inner.poll()
-        d = self.delay(tick_id, stream)
-        if d is not None:
-            self._queue.append((self.clock() + d, reply))
+        self._hold(reply, self.delay(tick_id, stream))
         return msg_id
 
-    def poll(self, timeout_ms=0):
-        now = self.clock()
-        due = [r for t, r in self._queue if t <= now]
-        if not due and self._queue:
-            first = min(t for t, _ in self._queue)
-            if first <= now + timeout_ms / 1e3:
-                self.clock.t = first
-                due = [r for t, r in self._queue if t <= first]
-            else:
-                self.clock.sleep(timeout_ms / 1e3)
-        elif not due:
-            self.clock.sleep(timeout_ms / 1e3)
-        self._queue = [(t, r) for t, r in self._queue if r not in due]
-        return due
 
 
 AGENTS = ["npc_0", "npc_1", "npc_2", "npc_3"]

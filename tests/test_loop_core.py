@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers import ScriptedEngine, injected
+from helpers import HeldReplies, ScriptedEngine, SimClock, injected
 from tickcall.agent.inproc import InProcPolicy
 from tickcall.control_loop.loop import ControlLoop, LoopSettings
 from tickcall.control_loop.policy import Policy
@@ -23,21 +23,6 @@ from tickcall.control_loop.records import OUTCOMES, count_outcomes
 from tickcall.control_loop.stats import summarize
 from tickcall.envs.world import EnvObservation as Observation
 from tickcall.models.calls import Call
-
-
-class SimClock:
-    """Simulated monotonic seconds: ``sleep`` and socket polls move it forward, nothing else does."""
-
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        assert s >= 0
-        self.t += s
-
 
 MOVE = [
     {
@@ -55,21 +40,20 @@ MOVE = [
 ]
 
 
-class ScriptedPolicy:
+class ScriptedPolicy(HeldReplies):
     """Answers request ``tick`` after ``delay(tick)`` simulated seconds (None: never) with ``kind(tick)``.
 
     ``kind``: 'ok' (a legal call), 'illegal' (an illegal call), 'error' (the engine fails). The reply is
     made at once by an ``InProcPolicy`` and held back until its simulated time."""
 
     def __init__(self, clock: SimClock, delay, kind=lambda tick: "ok") -> None:
-        self.clock = clock
+        super().__init__(clock)
         self.delay = delay
         self.kind = kind
         self.sent: list[tuple[int, float]] = []
         self.engine = ScriptedEngine(ok_args={"direction": "N"}, illegal_args={"direction": "up?"})
         self.inner = InProcPolicy(self.engine)
         self.inner.register(MOVE)
-        self._queue: list[tuple[float, object]] = []
 
     def send_decide(self, turn, tick_id, deadline_ms):
         assert deadline_ms > 0
@@ -77,25 +61,9 @@ class ScriptedPolicy:
         self.engine.kind = self.kind(tick_id)
         msg_id = self.inner.send_decide(turn, tick_id, deadline_ms)
         [reply] = self.inner.poll()
-        d = self.delay(tick_id)
-        if d is not None:
-            self._queue.append((self.clock() + d, reply))
+        self._hold(reply, self.delay(tick_id))
         return msg_id
 
-    def poll(self, timeout_ms):
-        now = self.clock()
-        due = [r for t, r in self._queue if t <= now]
-        if not due and self._queue:
-            first = min(t for t, _ in self._queue)
-            if first <= now + timeout_ms / 1e3:
-                self.clock.t = first
-                due = [r for t, r in self._queue if t <= first]
-            else:
-                self.clock.sleep(timeout_ms / 1e3)
-        elif not due:
-            self.clock.sleep(timeout_ms / 1e3)
-        self._queue = [(t, r) for t, r in self._queue if r not in due]
-        return due
 
 
 class SimWorld:
