@@ -27,6 +27,7 @@ a number out of range is *clipped* (``on_invalid="clip"``, the default) or rejec
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -288,15 +289,68 @@ def _entry_of(env: Any, env_id: str | None) -> EnvEntry:
 def tool_description(entry: EnvEntry, env: Any) -> str:
     """The entry's description with ``{low}``/``{high}`` filled from the action space *as bound*
     (after ``RescaleAction`` and the like; a wrapper that unbounds the space, ``ClipAction``, gets the
-    bounds it clips to), plus the observation legend; numbers signed and short (``-2``, ``+0.5``)."""
+    bounds it clips to), plus the observation legend; numbers signed and short (``-2``, ``+0.5``).
+
+    The entry describes the raw env's action; when a wrapper changed the action space in a way the
+    placeholders cannot say (numbers written into the text, a ``DiscretizeAction`` level instead of
+    the value), one sentence says how the action as bound differs (``wrapped_action_note``)."""
     text = entry.description
-    if "{low}" in text or "{high}" in text:
+    placeholders = "{low}" in text or "{high}" in text
+    if placeholders:
         lo, hi = _bounds(env.action_space)
         if lo is None:
             lo, hi = _bounds(env.unwrapped.action_space)
         text = text.replace("{low}", _signed(lo)).replace("{high}", _signed(hi))
+    note = wrapped_action_note(env, placeholders)
+    text = f"{text} {note}".strip() if note else text
     legend = entry.obs_legend()
     return f"{text} {legend}".strip() if legend else text
+
+
+def wrapped_action_note(env: Any, placeholders: bool = False) -> str:
+    """One sentence on how ``env.action_space`` (as wrapped) differs from the raw env's, or "".
+
+    Nothing when they are equal (``TimeLimit`` and ``gymnasium.make``'s own wrappers), when a
+    ``ClipAction`` only unbounded the space, or when a Box was rescaled and the text's
+    ``placeholders`` already carry the new bounds."""
+    from gymnasium import spaces as S
+
+    outer, raw = env.action_space, env.unwrapped.action_space
+    if outer == raw:
+        return ""
+    if isinstance(outer, S.Box) and isinstance(raw, S.Box):
+        lo, hi = _bounds(outer)
+        if lo is None or placeholders:  # ClipAction, or the text says the new bounds itself
+            return ""
+        rlo, rhi = _bounds(raw)
+        own = f" (the env's own range: {_signed(rlo)} to {_signed(rhi)})" if rlo is not None else ""
+        return f"As wrapped, each value runs {_signed(lo)} to {_signed(hi)}{own}."
+    if isinstance(raw, S.Box) and isinstance(outer, S.Discrete | S.MultiDiscrete):
+        bins = _discretizer(env)
+        rlo, rhi = _bounds(raw)
+        if isinstance(outer, S.Discrete) and bins is not None and bins == outer.n and rlo is not None:
+            return (f"As wrapped, the action is a level {int(outer.start)} to {int(outer.start) + bins - 1}, not "
+                    f"the value: {bins} equal bins from {_signed(rlo)} to {_signed(rhi)}, each level the "
+                    "middle of its bin.")
+        return f"As wrapped, the action is an index of {outer}, not the value itself."
+    return f"As wrapped, the action is {outer} (the env's own action space is {raw})."
+
+
+def _reshaped(env: Any) -> bool:
+    """True when a wrapper changed the action space's type or shape (not just its bounds)."""
+    outer, raw = env.action_space, env.unwrapped.action_space
+    return type(outer) is not type(raw) or getattr(outer, "shape", None) != getattr(raw, "shape", None)
+
+
+def _discretizer(env: Any) -> int | None:
+    """The bin count of a one-dimensional ``DiscretizeAction`` in ``env``'s wrapper chain, else None."""
+    from gymnasium.wrappers import DiscretizeAction
+
+    while env is not env.unwrapped:
+        if isinstance(env, DiscretizeAction):
+            return int(env.bins[0]) if env.n_dims == 1 else None
+        env = env.env
+    return None
 
 
 def _bounds(space: Any) -> tuple[float | None, float | None]:
@@ -358,6 +412,15 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
                           on_invalid=on_invalid, adapter=None, env_kwargs=env_kwargs,
                           _noop=raw.noop_action())
     e = entry or _entry_of(env, env_id)
+    if entry is None and _reshaped(env):
+        # a wrapper changed the action's kind or shape (DiscretizeAction, FlattenAction, ...): the
+        # catalog's names, labels and no-op were written for the raw action; keep the names only
+        # where they still fit, and the default no-op
+        e = dataclasses.replace(e, noop=None)
+        try:
+            SpaceAdapter(env.action_space, param_names=e.param_names, labels=e.labels)
+        except ValueError:
+            e = dataclasses.replace(e, param_names=None, labels=None, param_descriptions=None)
     descs = dict(zip(e.param_names, e.param_descriptions, strict=True)) if (
         e.param_names and e.param_descriptions) else None
     adapter = SpaceAdapter(env.action_space, name=e.tool, description=tool_description(e, env),
