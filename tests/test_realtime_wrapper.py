@@ -117,6 +117,16 @@ def test_step_and_reset_follow_gymnasium_in_lockstep():
     assert _accounted(rt)
 
 
+def test_step_takes_a_call_when_the_env_is_a_binding():
+    rt = RealTimeEnv(make_binding("CartPole-v1"), mode="lockstep", hold_steps=3, seed=0)
+    rt.reset()
+    info = rt.step(Call("push", {"direction": "right"}))[4]["realtime"]
+    assert (info["status"], info["physics_steps"]) == ("ok", 3) and rt.current_action() == 1
+    info = rt.step(Call("push", {"direction": "up"}))[4]["realtime"]
+    assert info["status"] == "rejected" and "not one of" in info["reason"]
+    assert rt.current_action() == 1 and rt.stats["rejected"] == 1  # on_reject="hold": right stays
+
+
 def test_reset_after_the_last_episode_is_refused_with_one_line():
     rt = RealTimeEnv(Ticker(length=2), mode="lockstep", max_episodes=1)
     rt.reset()
@@ -177,14 +187,13 @@ def test_realtime_episode_end_is_reported_once_and_the_world_moves_on():
 
 def test_gymnasium_steps_with_the_physics_thread_count_every_physics_step():
     """Real clock, physics thread: only counts are asserted (how many steps run is the machine's)."""
-    env = Ticker()
-    rt = RealTimeEnv(env, physics_hz=400, step_hz=100)
+    rt = RealTimeEnv(Ticker(), physics_hz=400, step_hz=100)
+    rt.reset()  # before the thread starts: no physics step has run
     with rt:
-        rt.reset()
-        mark = rt.stats["physics_steps"]
-        infos = [rt.step(k % 3)[4]["realtime"] for k in range(5)]
-    assert sum(i["physics_steps"] for i in infos) == rt.stats["physics_steps"] - mark
-    assert rt.stats["step_calls"] == 5 and all(i["elapsed_s"] > 0 for i in infos)
+        infos = [rt.step(k % 3)[4]["realtime"] for k in range(4)]
+    infos.append(rt.step(0)[4]["realtime"])  # the world stood still from the stop: this window ends there
+    assert sum(i["physics_steps"] for i in infos) == rt.stats["physics_steps"]
+    assert rt.stats["step_calls"] == 5 and rt.stats["resets"] == 1
     assert _accounted(rt)
 
 
