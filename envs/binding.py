@@ -60,8 +60,11 @@ class ActionResult:
         return self.status != "rejected"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "reason": self.reason,
-                "call": self.call.to_dict() if self.call else None}
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "call": self.call.to_dict() if self.call else None,
+        }
 
 
 @dataclass
@@ -191,8 +194,11 @@ class EnvBinding:
             raise ActionError(err)
         action, env_clipped = self.env.unwrapped.action_from_call(Call(call.name, args))
         clipped = bool(clipped_names) or bool(env_clipped)
-        reason = f"clipped {', '.join(clipped_names)} into range" if clipped_names else (
-            "clipped into range" if env_clipped else "")
+        reason = (
+            f"clipped {', '.join(clipped_names)} into range"
+            if clipped_names
+            else ("clipped into range" if env_clipped else "")
+        )
         return action, clipped, reason
 
     def _reject(self, call: Call | None, reason: str) -> ActionResult:
@@ -219,8 +225,13 @@ class EnvBinding:
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary (id, tool names, counts)."""
-        return {"env_id": self.env_id, "tools": [s.name for s in self.specs],
-                "semantic": self.semantic, "on_invalid": self.on_invalid, "counts": dict(self.counts)}
+        return {
+            "env_id": self.env_id,
+            "tools": [s.name for s in self.specs],
+            "semantic": self.semantic,
+            "on_invalid": self.on_invalid,
+            "counts": dict(self.counts),
+        }
 
 
 def clip_arguments(spec: ToolSpec, args: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -329,9 +340,11 @@ def wrapped_action_note(env: Any, placeholders: bool = False) -> str:
         bins = _discretizer(env)
         rlo, rhi = _bounds(raw)
         if isinstance(outer, S.Discrete) and bins is not None and bins == outer.n and rlo is not None:
-            return (f"As wrapped, the action is a level {int(outer.start)} to {int(outer.start) + bins - 1}, not "
-                    f"the value: {bins} equal bins from {_signed(rlo)} to {_signed(rhi)}, each level the "
-                    "middle of its bin.")
+            return (
+                f"As wrapped, the action is a level {int(outer.start)} to {int(outer.start) + bins - 1}, not "
+                f"the value: {bins} equal bins from {_signed(rlo)} to {_signed(rhi)}, each level the "
+                "middle of its bin."
+            )
         return f"As wrapped, the action is an index of {outer}, not the value itself."
     return f"As wrapped, the action is {outer} (the env's own action space is {raw})."
 
@@ -372,10 +385,17 @@ def _signed(x: float | None) -> str:
     return "0" if x == 0 else text
 
 
-def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = None,
-                 obs_names: tuple[str, ...] | None = None, entry: EnvEntry | None = None,
-                 obs_formatter: Callable[[Any], str] | None = None, render_mode: str | None = None,
-                 **env_kwargs: Any) -> EnvBinding:
+def make_binding(
+    env: Any,
+    *,
+    on_invalid: str = "clip",
+    precision: int | None = None,
+    obs_names: tuple[str, ...] | None = None,
+    entry: EnvEntry | None = None,
+    obs_formatter: Callable[[Any], str] | None = None,
+    render_mode: str | None = None,
+    **env_kwargs: Any,
+) -> EnvBinding:
     """Bind an env id (``"CartPole-v1"``, ``"tickcall/Arena-v0"``) or an env instance.
 
     Args:
@@ -392,9 +412,13 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
 
     if on_invalid not in ("clip", "reject"):
         raise ValueError(f"on_invalid must be 'clip' or 'reject', not {on_invalid!r}")
-    if isinstance(env, gym.vector.VectorEnv) or isinstance(getattr(env, "unwrapped", None), gym.vector.VectorEnv):
-        raise ValueError(f"{type(env).__name__} is a vector env: tickcall binds one env per loop (one decide "
-                         "per tick); pass a single env (gymnasium.make) and run one loop per copy")
+    if isinstance(env, gym.vector.VectorEnv) or isinstance(
+        getattr(env, "unwrapped", None), gym.vector.VectorEnv
+    ):
+        raise ValueError(
+            f"{type(env).__name__} is a vector env: tickcall binds one env per loop (one decide "
+            "per tick); pass a single env (gymnasium.make) and run one loop per copy"
+        )
     if isinstance(env, str):
         env_id = env
         if render_mode is not None:
@@ -405,12 +429,25 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
     raw = env.unwrapped
     if hasattr(raw, "tickcall_tools"):
         tools = raw.tickcall_tools()
-        specs = normalize_tools(tools, max_arity=MAX_HEADS_LIMIT)  # the serving model's limit applies at register
-        fmt = obs_formatter or (raw.obs_text if precision is None and obs_names is None else ObsFormatter(
-            names=obs_names, precision=3 if precision is None else precision))
-        return EnvBinding(env=env, env_id=env_id, tools=tools, specs=specs, obs_formatter=fmt,
-                          on_invalid=on_invalid, adapter=None, env_kwargs=env_kwargs,
-                          _noop=raw.noop_action())
+        specs = normalize_tools(
+            tools, max_arity=MAX_HEADS_LIMIT
+        )  # the serving model's limit applies at register
+        fmt = obs_formatter or (
+            raw.obs_text
+            if precision is None and obs_names is None
+            else ObsFormatter(names=obs_names, precision=3 if precision is None else precision)
+        )
+        return EnvBinding(
+            env=env,
+            env_id=env_id,
+            tools=tools,
+            specs=specs,
+            obs_formatter=fmt,
+            on_invalid=on_invalid,
+            adapter=None,
+            env_kwargs=env_kwargs,
+            _noop=raw.noop_action(),
+        )
     e = entry or _entry_of(env, env_id)
     if entry is None and _reshaped(env):
         # a wrapper changed the action's kind or shape (DiscretizeAction, FlattenAction, ...): the
@@ -421,13 +458,30 @@ def make_binding(env: Any, *, on_invalid: str = "clip", precision: int | None = 
             SpaceAdapter(env.action_space, param_names=e.param_names, labels=e.labels)
         except ValueError:
             e = dataclasses.replace(e, param_names=None, labels=None, param_descriptions=None)
-    descs = dict(zip(e.param_names, e.param_descriptions, strict=True)) if (
-        e.param_names and e.param_descriptions) else None
-    adapter = SpaceAdapter(env.action_space, name=e.tool, description=tool_description(e, env),
-                           param_names=e.param_names, labels=e.labels,
-                           param_descriptions={k: v for k, v in (descs or {}).items() if v} or None)
-    fmt = obs_formatter or ObsFormatter(names=obs_names or e.obs_names,
-                                        precision=e.precision if precision is None else precision)
-    return EnvBinding(env=env, env_id=env_id, tools=[adapter.tool], specs=[adapter.spec],
-                      obs_formatter=fmt, on_invalid=on_invalid, adapter=adapter, env_kwargs=env_kwargs,
-                      _noop=_noop_from_entry(env.action_space, e.noop))
+    descs = (
+        dict(zip(e.param_names, e.param_descriptions, strict=True))
+        if (e.param_names and e.param_descriptions)
+        else None
+    )
+    adapter = SpaceAdapter(
+        env.action_space,
+        name=e.tool,
+        description=tool_description(e, env),
+        param_names=e.param_names,
+        labels=e.labels,
+        param_descriptions={k: v for k, v in (descs or {}).items() if v} or None,
+    )
+    fmt = obs_formatter or ObsFormatter(
+        names=obs_names or e.obs_names, precision=e.precision if precision is None else precision
+    )
+    return EnvBinding(
+        env=env,
+        env_id=env_id,
+        tools=[adapter.tool],
+        specs=[adapter.spec],
+        obs_formatter=fmt,
+        on_invalid=on_invalid,
+        adapter=adapter,
+        env_kwargs=env_kwargs,
+        _noop=_noop_from_entry(env.action_space, e.noop),
+    )
