@@ -185,6 +185,11 @@ class EngineBridge:
         """CROWD ENGINES: the agents present now, in join order."""
         return self.state.roster()
 
+    def take_played(self) -> list[Observation]:
+        """Protocol 1.2 (recordings): the observations carrying ``played`` (the engine's AI or player's
+        call on them) received since the last call, oldest first; needs ``keep_played`` > 0."""
+        return self.state.take_played()
+
     def step(self, seq: int, calls: list[int] | None = None) -> None:
         """LOCK-STEP ONLY: release the engine waiting on observation ``seq`` after ``calls``."""
         self.state.step(seq, calls)

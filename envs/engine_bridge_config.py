@@ -41,6 +41,9 @@ class BridgeConfig:
     curve_secret_key: str | None = None
     curve_client_keys: str | None = None
     allow_insecure: bool = False
+    # protocol 1.2: observations with ``played`` the bridge keeps, oldest first, for a recorder
+    # (``EngineBridge.take_played``); 0 keeps none (a live run only needs the newest observation)
+    keep_played: int = 0
 
     def __post_init__(self) -> None:
         if not 10 <= self.heartbeat_ms <= 60_000:
@@ -51,6 +54,8 @@ class BridgeConfig:
             raise BridgeConfigError("max_msg_bytes must be >= 1024")
         if self.ack_timeout_ms <= 0 or self.max_obs_age_ms <= 0:
             raise BridgeConfigError("ack_timeout_ms and max_obs_age_ms must be > 0")
+        if self.keep_played < 0:
+            raise BridgeConfigError("keep_played must be >= 0 (observations with played kept)")
 
     @property
     def curve(self) -> CurveConfig | None:

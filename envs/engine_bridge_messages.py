@@ -20,6 +20,13 @@ Crowds (protocol 1.1, ``PROTOCOL_REVISION``; optional additions, so ``v`` stays 
 leave, ``episode`` may name its agent, and the bridge answers with ``CrowdWelcomeMsg`` and sends
 ``AgentCallMsg`` (``call`` with ``agent``). A session whose hello has no ``agents`` is exactly today's
 single-agent session, byte for byte: the crowd variants are subclasses that only crowd sessions use.
+
+Recordings (protocol 1.2, optional additions again): an ``obs`` may carry ``played`` (``PlayedCall``:
+the call the engine's own AI, or a human player, took on that observation), decoded into the variant
+``PlayedObsMsg``; a malformed or illegal one is refused with the one code ``bad_played``. A hello may
+carry ``game``: the gymnasium id of the game the engine runs when it is the same game (same tools and
+observation text, e.g. ``tickcall/Arena-v0``), so recordings and models name it. An obs without
+``played`` is exactly the 1.1 ``ObsMsg``.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 PROTOCOL_VERSION = 1
-PROTOCOL_REVISION = "1.1"  # 1.1 adds crowds (agent ids); optional fields only, so v stays 1
+PROTOCOL_REVISION = "1.2"  # 1.1 crowds (agent ids), 1.2 recordings (obs.played, hello.game); optional
+# fields only, so v stays 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 MAX_AGENTS = 1024  # the most agents one crowd session may have at once (hello.max_agents)
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -50,6 +58,7 @@ ERROR_CODES: dict[str, str] = {
     "unknown_call": "ack/result names a call id the bridge never sent to this session, or one "
                     "already finished",
     "stale_observation": "obs.seq is not greater than the newest seq seen in this session",
+    "bad_played": "obs.played is not a legal call {name, arguments} of the engine's tools (protocol 1.2)",
 }
 
 OBS_FORMATS = ("text", "values")
@@ -149,6 +158,9 @@ class HelloMsg(Envelope, tag="hello", frozen=True):
     agents: Annotated[list[AgentId] | None, M(description="a list of agent ids (strings)")] = None
     max_agents: Annotated[Annotated[int, M(ge=1, le=MAX_AGENTS)] | None,
                           M(description=f"an integer 1..{MAX_AGENTS} (agents at once)")] = None
+    # protocol 1.2: the gymnasium id of the same game (same tools and observation text), if any
+    game: Annotated[Annotated[str, M(min_length=1, max_length=128)] | None,
+                    M(description="a gymnasium env id (string, 1..128 characters)")] = None
 
     def __post_init__(self) -> None:
         if not self.engine.strip():
@@ -206,6 +218,22 @@ class ObsMsg(Envelope, tag="obs", frozen=True):
     wait: Annotated[bool, M(description="a bool (lock-step: the engine waits for step)")] = False
     # protocol 1.1: required in a crowd session, refused in a single-agent one; seq increases per agent
     agent: OptionalAgentId = None
+
+
+class PlayedCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Protocol 1.2: the call the engine's own AI (or a human player) took on an observation."""
+
+    name: Annotated[str, M(description="a tool name (string)", min_length=1)]
+    arguments: Annotated[dict[str, Any], M(description="a map of arguments")] = {}
+
+
+class PlayedObsMsg(ObsMsg, tag="obs", frozen=True, kw_only=True):
+    """Protocol 1.2 (recordings): an observation with ``played``, the call the engine's AI or player
+    took on it (applied at the engine's next step, as a call from tickcall would be). The bridge checks
+    it against the session's tools (``bad_played``); ``tickcall record --env engine:...`` writes the
+    pairs (observation text, played call) as a dataset."""
+
+    played: Annotated[PlayedCall, M(description="a call map {name: str, arguments: map}")]
 
 
 class AckMsg(Envelope, tag="ack", frozen=True):
@@ -343,7 +371,8 @@ ENGINE_TYPES = tuple(ENGINE_MESSAGES)
 BRIDGE_TYPES = tuple(BRIDGE_MESSAGES)
 
 # protocol 1.1 variants: a message of this type with this key present decodes into the variant
-ENGINE_VARIANTS: dict[str, tuple[str, type[Envelope]]] = {"bye": ("agent", AgentByeMsg)}
+ENGINE_VARIANTS: dict[str, tuple[str, type[Envelope]]] = {
+    "bye": ("agent", AgentByeMsg), "obs": ("played", PlayedObsMsg)}
 BRIDGE_VARIANTS: dict[str, tuple[str, type[Envelope]]] = {
     "call": ("agent", AgentCallMsg), "welcome": ("max_agents", CrowdWelcomeMsg)}
 

@@ -62,6 +62,8 @@ from tickcall.envs.engine_bridge_messages import (
     ObsMsg,
     ObsSpec,
     PingMsg,
+    PlayedCall,
+    PlayedObsMsg,
     PongMsg,
     ProtocolError,
     ResultError,
@@ -76,7 +78,7 @@ __all__ = [
     "ERROR_CODES", "MAX_AGENTS", "OBS_FORMATS", "PROTOCOL_REVISION", "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS", "AckMsg", "AgentByeMsg", "AgentCallMsg", "BridgeMessage", "ByeMsg", "CallMsg",
     "CrowdWelcomeMsg", "DefaultCall", "EngineMessage", "Envelope", "EpisodeMsg", "ErrorMsg", "HelloMsg", "ObsField",
-    "ObsMsg", "ObsSpec", "PingMsg", "PongMsg", "ProtocolError", "ResultError", "ResultMsg", "StepMsg",
+    "ObsMsg", "ObsSpec", "PingMsg", "PlayedCall", "PlayedObsMsg", "PongMsg", "ProtocolError", "ResultError", "ResultMsg", "StepMsg",
     "WelcomeMsg", "check_obs", "decode", "decode_bridge", "encode", "render_values",
 ]
 
@@ -189,6 +191,8 @@ def _explain(text: str, raw: Mapping[str, Any], cls: type, mtype: str) -> Protoc
                        + ("" if got is _UNKNOWN else f" ({_short(got)})")
                        + (f"; {mtype}.{field_path} must be {desc}" if desc else ""))
     code = "bad_tools" if mtype == "hello" and path.startswith("tools[") else "bad_field"
+    if mtype == "obs" and (path == "played" or path.startswith(("played.", "played["))):
+        code = "bad_played"  # protocol 1.2: every fault of obs.played has this one code
     ref_id = raw.get("id", raw.get("seq"))
     return ProtocolError(code, message, fatal=mtype == "hello", ref_type=mtype,
                          ref_id=ref_id if isinstance(ref_id, int | str) else None)

@@ -82,12 +82,15 @@ class Observation:
     session: str = ""
     received: float = 0.0
     agent: str | None = None  # crowd sessions (protocol 1.1): whose observation
+    played: Call | None = None  # protocol 1.2: the call the engine's AI or player took on it
 
     @classmethod
     def of(cls, msg: ObsMsg, *, session: str, received: float) -> Observation:
+        played = getattr(msg, "played", None)  # PlayedObsMsg only
         return cls(seq=msg.seq, frame=msg.frame, t_ms=msg.t_ms, text=msg.text, values=msg.values,
                    episode=msg.episode, ret=msg.ret, done=msg.done, wait=msg.wait, session=session,
-                   received=received, agent=msg.agent)
+                   received=received, agent=msg.agent,
+                   played=Call(played.name, dict(played.arguments)) if played is not None else None)
 
 
 @dataclass

@@ -52,6 +52,7 @@ from tickcall.envs.engine_bridge_messages import (
     HelloMsg,
     ObsMsg,
     PingMsg,
+    PlayedObsMsg,
     PongMsg,
     ProtocolError,
     ResultMsg,
@@ -83,7 +84,7 @@ COUNTERS = (
     "obs_received", "obs_replaced", "obs_taken", "obs_stale_queries",
     "errors_sent", "errors_suppressed", "send_failures", "sessions", "sessions_lost", "rehellos",
     "pings_sent", "pongs_received", "episodes", "steps_sent", "io_errors",
-    "agents_joined", "agents_left")
+    "agents_joined", "agents_left", "obs_played", "played_dropped")
 MAX_AGENT_IDS = 4096  # agent ids whose observations are counted one by one (obs_by_agent)
 MAX_AGENT_EVENTS = 200  # join/leave events kept in ``events`` per bridge; later ones are only counted
 
@@ -133,6 +134,9 @@ class BridgeState:
         self._ack_ms: deque[float] = deque(maxlen=100_000)
         self._result_ms: deque[float] = deque(maxlen=100_000)
         self._rtt_ms: deque[float] = deque(maxlen=10_000)
+        # protocol 1.2: observations with ``played``, oldest first, for a recorder (config.keep_played;
+        # when full the oldest goes and counts as played_dropped)
+        self._played: deque[Observation] = deque()
 
     # ---- what the loop uses (any thread) --------------------------------------------------------
     @property
@@ -221,6 +225,14 @@ class BridgeState:
                 if left <= 0:
                     return None
                 self._obs_cond.wait(left)
+
+    def take_played(self) -> list[Observation]:
+        """Protocol 1.2: the observations with ``played`` received since the last call, oldest first
+        (only when ``config.keep_played`` > 0). Never blocks."""
+        with self._lock:
+            out = list(self._played)
+            self._played.clear()
+            return out
 
     def observation_text(self, obs: Observation) -> str:
         """The per-tick text of an observation: the engine's ``text``, or its ``values`` rendered in
@@ -442,6 +454,8 @@ class BridgeState:
     # ---- internals (lock held) -------------------------------------------------------------------
     def _on_obs(self, sess: Session, msg: ObsMsg, now: float) -> None:
         check_obs(msg, sess.hello.observation)
+        if isinstance(msg, PlayedObsMsg):
+            self._check_played(sess, msg)
         if sess.crowd or msg.agent is not None:
             self._on_agent_obs(sess, msg, now)
             return
@@ -455,7 +469,25 @@ class BridgeState:
         if self._latest is not None and self._latest.seq != self._taken_seq:
             self.counts["obs_replaced"] += 1
         self._latest = Observation.of(msg, session=sess.id, received=now)
+        if self._latest.played is not None:
+            self.counts["obs_played"] += 1
+            if self.config.keep_played > 0:
+                if len(self._played) >= self.config.keep_played:
+                    self._played.popleft()
+                    self.counts["played_dropped"] += 1
+                self._played.append(self._latest)
         self._obs_cond.notify_all()
+
+    @staticmethod
+    def _check_played(sess: Session, msg: PlayedObsMsg) -> None:
+        """Protocol 1.2: ``obs.played`` must be a legal call of the session's tools (``bad_played``)."""
+        spec = sess.tool_map.get(msg.played.name)
+        reason = (f"names no tool of this engine ({', '.join(t.name for t in sess.tools)})" if spec is None
+                  else validate_arguments(spec, msg.played.arguments))
+        if reason:
+            raise ProtocolError("bad_played", f"obs.played {msg.played.name}(...) is not a legal call: "
+                                f"{reason}; send the call the AI or player took as {{name, arguments}} of "
+                                "the tools in hello", ref_type="obs", ref_id=msg.seq)
 
     def _check_agent_field(self, sess: Session, agent: str | None, mtype: str, ref: Any) -> None:
         """``agent`` in a ``mtype`` message must fit the session: required in a crowd, refused

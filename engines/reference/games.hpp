@@ -122,6 +122,12 @@ public:
     virtual Value obs_fields() const = 0;  // hello.observation.fields
     virtual Value obs_values() const = 0;  // obs.values (same names)
     virtual std::string render_ascii() const = 0;
+    // The gymnasium id of the same game (same tools, same observation text), or "" (hello.game).
+    virtual std::string gym_id() const { return ""; }
+    // The engine's own AI (--ai NAME): the call it takes on the state the observation shows now, as a
+    // map {name, arguments}; nil when this game has no AI of that name. Reads only what the text shows.
+    virtual Value ai_call(const std::string& ai) const = 0;
+    virtual std::string ai_names() const = 0;  // the --ai names this game knows, for errors
 };
 
 // ---- arena ---------------------------------------------------------------------------------------------
@@ -255,6 +261,31 @@ public:
         return Value::object({{"x", x_}, {"y", y_}, {"dx", tx_ - x_}, {"dy", ty_ - y_}, {"aim", kDirs[aim_]},
                               {"cd", cd_}, {"dcd", dcd_}, {"tl", tleft_ * kDt}});
     }
+    std::string gym_id() const override { return "tickcall/Arena-v0"; }
+    std::string ai_names() const override { return "chase"; }
+    // "chase": tickcall's ArenaExpert (envs/experts.py), on the values the text shows (bearing, distance
+    // rounded to 0.1, aim, cooldowns): aim at the target's sector, close in (dash when far and ready,
+    // else run), fire when ready, else wait.
+    Value ai_call(const std::string& ai) const override {
+        if (ai != "chase") return Value();
+        const double dx = tx_ - x_, dy = ty_ - y_;
+        const char* tgt = kDirs[sector(dx, dy)];
+        const double d = std::round(std::hypot(dx, dy) * 10) / 10;
+        auto call = [](const char* name, Value args) {
+            return Value::object({{"name", name}, {"arguments", std::move(args)}});
+        };
+        if (sector(dx, dy) != aim_) return call("aim", Value::object({{"direction", tgt}}));
+        const double gap = d - kRange;
+        if (gap > 0) {
+            if (dcd_ == 0) {
+                const int64_t dist = gap > 2 ? 3 : gap > 1 ? 2 : 1;
+                return call("dash", Value::object({{"direction", tgt}, {"distance", dist}}));
+            }
+            return call("move", Value::object({{"direction", tgt}, {"speed", "run"}}));
+        }
+        if (cd_ == 0) return call("fire", Value::object());
+        return call("wait", Value::object());
+    }
     std::string render_ascii() const override {
         const int n = 21;
         std::string out;
@@ -380,6 +411,14 @@ public:
                              f("a", "rad", "pole angle"), f("w", "rad/s", "pole angular velocity")});
     }
     Value obs_values() const override { return Value::object({{"x", x_}, {"v", v_}, {"a", a_}, {"w", w_}}); }
+    std::string ai_names() const override { return "balance"; }
+    // "balance": tickcall's CartPole expert (envs/experts.py): push right when 0.05 x + 0.3 v + 3 a +
+    // 0.6 w > 0 (state feedback on the values the observation carries).
+    Value ai_call(const std::string& ai) const override {
+        if (ai != "balance") return Value();
+        const bool right = 0.05 * x_ + 0.3 * v_ + 3.0 * a_ + 0.6 * w_ > 0;
+        return Value::object({{"name", "push"}, {"arguments", Value::object({{"direction", right ? "right" : "left"}})}});
+    }
     std::string render_ascii() const override {
         std::string line(49, '-');
         const int pos = std::clamp(static_cast<int>(std::lround((x_ + 2.4) / 4.8 * 48)), 0, 48);

@@ -19,6 +19,12 @@
 // `agent`) or comes back (its next observation makes it join). Without --agents the engine is the
 // single-agent engine it always was, message for message.
 //
+// --ai NAME (recording mode, protocol 1.2): the engine's own AI plays (arena: chase, tickcall's
+// ArenaExpert; cartpole: balance). Every 1/--ai-hz s of game time (16 Hz, tickcall's rate) the AI
+// decides on the observation being sent and that observation carries what it played (`played`);
+// tickcall's calls are refused (`ai_playing`) and never applied. --speed X runs game time X times
+// faster than the wall clock (recordings in less time; pings and --duration stay on the wall clock).
+//
 // Exit codes: 0 done, 2 bad command line or socket setup, 3 fatal protocol error from tickcall
 // (version mismatch, tools refused), 4 superseded by another engine.
 #include <unistd.h>
@@ -69,6 +75,9 @@ struct Options {
     int agents = 0;            // > 0: a crowd of that many NPCs (protocol 1.1); 0: one agent
     double churn_s = 0;        // crowds: every churn_s seconds the last NPC leaves or comes back
     std::string agent_prefix = "npc_";  // crowd agent ids are prefix + index
+    std::string ai;            // --ai NAME: the engine's own AI plays and sends `played` (recording)
+    double ai_hz = 16;         // AI decisions per second of game time
+    double speed = 1;          // game seconds per wall-clock second (real-time mode)
 };
 
 void usage() {
@@ -77,7 +86,7 @@ void usage() {
                  "  [--duration S] [--frame-hz HZ] [--obs-every FRAMES] [--obs-format text|values]\n"
                  "  [--lockstep FRAMES] [--heartbeat-ms MS] [--name NAME] [--log FILE.jsonl]\n"
                  "  [--render FILE.txt] [--server-key Z85] [--protocol-version V] [--quiet]\n"
-                 "  [--agents N [--churn S] [--agent-prefix P]]\n");
+                 "  [--agents N [--churn S] [--agent-prefix P]] [--ai chase|balance [--ai-hz HZ]] [--speed X]\n");
 }
 
 bool parse_args(int argc, char** argv, Options& o) {
@@ -105,6 +114,9 @@ bool parse_args(int argc, char** argv, Options& o) {
         else if (a == "--agents") o.agents = std::stoi(next());
         else if (a == "--churn") o.churn_s = std::stod(next());
         else if (a == "--agent-prefix") o.agent_prefix = next();
+        else if (a == "--ai") o.ai = next();
+        else if (a == "--ai-hz") o.ai_hz = std::stod(next());
+        else if (a == "--speed") o.speed = std::stod(next());
         else if (a == "-h" || a == "--help") { usage(); std::exit(0); }
         else throw std::runtime_error("unknown option " + a);
     }
@@ -117,6 +129,9 @@ bool parse_args(int argc, char** argv, Options& o) {
     if (o.agents < 0 || o.agents > 1024) throw std::runtime_error("--agents must be within 1..1024");
     if (o.agents > 0 && o.lockstep > 0) throw std::runtime_error("--agents runs in real time: leave out --lockstep");
     if (o.churn_s < 0 || (o.churn_s > 0 && o.agents == 0)) throw std::runtime_error("--churn S needs --agents and S >= 0");
+    if (!o.ai.empty() && o.agents > 0) throw std::runtime_error("--ai plays one agent: leave out --agents");
+    if (o.ai_hz <= 0 || o.ai_hz > 1000) throw std::runtime_error("--ai-hz must be within (0, 1000]");
+    if (o.speed < 0.1 || o.speed > 100) throw std::runtime_error("--speed must be within 0.1..100");
     return true;
 }
 
@@ -163,16 +178,23 @@ public:
     }
 
     int run() {
+        if (!opt_.ai.empty() && game_->ai_call(opt_.ai).kind == Value::Nil) {
+            std::fprintf(stderr, "tickcall-reference-engine: --ai %s: the %s game's AI is '%s'\n", opt_.ai.c_str(),
+                         game_->name().c_str(), game_->ai_names().c_str());
+            return 2;
+        }
         if (!open_socket()) return 2;
         game_->reset(opt_.seed);
         for (size_t k = 0; k < npcs_.size(); ++k) npcs_[k].game->reset(npc_seed(k, 0));
         log_event("start", Value::object({{"game", game_->name()}, {"session", session_}, {"seed", static_cast<int64_t>(opt_.seed)},
                                           {"lockstep", opt_.lockstep}}));
-        say("engine %s (%s, session %s) -> %s%s", opt_.name.c_str(), game_->name().c_str(), session_.c_str(),
-            opt_.endpoint.c_str(), opt_.lockstep ? " [LOCK-STEP]" : "");
+        say("engine %s (%s, session %s) -> %s%s%s", opt_.name.c_str(), game_->name().c_str(), session_.c_str(),
+            opt_.endpoint.c_str(), opt_.lockstep ? " [LOCK-STEP]" : "",
+            opt_.ai.empty() ? "" : (" [AI " + opt_.ai + " plays]").c_str());
         send_hello();
-        const double frame_dt = 1.0 / opt_.frame_hz;
-        const auto period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(frame_dt));
+        const double frame_dt = 1.0 / opt_.frame_hz;  // game seconds per frame
+        const auto period = std::chrono::duration_cast<Clock::duration>(
+            std::chrono::duration<double>(frame_dt / opt_.speed));  // wall seconds per frame
         auto next = Clock::now();
         auto last = next;
         while (!g_stop && exit_code_ < 0) {
@@ -181,7 +203,7 @@ public:
             if (opt_.lockstep == 0) {
                 serve_until(next);  // the only wait: for our own frame deadline, serving the socket meanwhile
                 const auto now = Clock::now();
-                dt_frame = std::min(0.25, std::chrono::duration<double>(now - last).count());
+                dt_frame = std::min(0.25, std::chrono::duration<double>(now - last).count() * opt_.speed);
                 last = now;
                 next += period;
                 if (now - next > period) {  // more than a frame behind: skip ahead, never burst
@@ -204,6 +226,7 @@ public:
             advance(dt_frame);
             const int every = opt_.lockstep > 0 ? opt_.lockstep : opt_.obs_every;
             if (frame_ % every == 0) {
+                ai_decide();
                 send_obs(opt_.lockstep > 0);
                 if (opt_.lockstep > 0) wait_for_step();
             }
@@ -311,6 +334,7 @@ private:
                                      {"observation", obs}, {"frame_hz", opt_.frame_hz},
                                      {"heartbeat_ms", opt_.heartbeat_ms}, {"lockstep", opt_.lockstep},
                                      {"default_call", game_->default_call()}});
+        if (!game_->gym_id().empty()) hello.set("game", game_->gym_id());  // protocol 1.2: the same game as
         if (crowd()) {  // protocol 1.1: the NPCs present now, and how many there may be
             Value ids = Value::array();
             for (const auto& n : npcs_)
@@ -384,6 +408,13 @@ private:
         const std::string name = msg.str_or("name", "");
         const Value* args = msg.get("arguments");
         ++calls_received_;
+        if (!opt_.ai.empty()) {  // recording mode: the engine's AI plays; tickcall's calls never apply
+            ++calls_rejected_;
+            send_result(id, false, Value(), "ai_playing",
+                        "this engine's AI plays (--ai " + opt_.ai + "): calls from tickcall are not applied; "
+                        "restart the engine without --ai to let tickcall play");
+            return;
+        }
         int npc = -1;
         if (crowd()) {  // every call names a present NPC
             const std::string agent = msg.str_or("agent", "");
@@ -445,7 +476,19 @@ private:
     }
 
     // ---- game --------------------------------------------------------------------------------------------
+    // --ai: every 1/ai_hz s of game time, the AI decides on the state the coming observation shows; the
+    // call is applied at the next physics step (as tickcall's are) and sent with that observation.
+    void ai_decide() {
+        played_ = Value();
+        if (opt_.ai.empty() || game_s_ + 1e-9 < next_ai_s_) return;
+        played_ = game_->ai_call(opt_.ai);
+        next_ai_s_ = std::max(next_ai_s_ + 1.0 / opt_.ai_hz, game_s_);  // never bursts to catch up
+        pending_.push_back({-1, played_.get("name")->s, *played_.get("arguments"), -1, -1, Value(), -1});
+        ++ai_calls_;
+    }
+
     void advance(double dt_frame) {
+        game_s_ += dt_frame;
         acc_ += dt_frame;
         while (acc_ >= game_->physics_dt() - 1e-9) {
             acc_ -= game_->physics_dt();
@@ -454,8 +497,8 @@ private:
                 pending_.pop_front();
                 ref::ApplyResult r = game_->apply(c.name, c.args);
                 ++calls_applied_;
-                send_result(c.id, r.ok, r.value, r.code, r.message);
-                log_event("call", Value::object({{"id", c.id}, {"name", c.name}, {"arguments", c.args}, {"ok", r.ok},
+                if (c.id >= 0) send_result(c.id, r.ok, r.value, r.code, r.message);  // AI calls (id -1): no result
+                log_event(c.id >= 0 ? "call" : "ai_call", Value::object({{"id", c.id}, {"name", c.name}, {"arguments", c.args}, {"ok", r.ok},
                                                  {"error", r.code}, {"frame", frame_}, {"step", game_->steps()},
                                                  {"tick", c.tick}, {"obs_seq", c.obs_seq}, {"obs_t_ms", c.obs_t_ms}}));
             }
@@ -575,6 +618,7 @@ private:
                                    {"done", false}, {"wait", wait}});
         if (opt_.obs_format == "values") obs.set("values", game_->obs_values());
         else obs.set("text", game_->obs_text());
+        if (played_.kind != Value::Nil) obs.set("played", played_);  // protocol 1.2: what the AI played on it
         if (!welcomed_) {
             ++obs_unsent_;
             return;
@@ -622,6 +666,7 @@ private:
                                      {"tickcall_lost", lost_}, {"errors_received", errors_received_},
                                      {"bad_messages", bad_messages_}, {"reconnects", reopens_}, {"episodes", episode_},
                                      {"elapsed_s", elapsed_s()}});
+        if (!opt_.ai.empty()) stats.set("ai_calls", ai_calls_);
         if (crowd()) {  // per NPC: observations sent and calls applied
             Value per = Value::object();
             for (const auto& n : npcs_)
@@ -666,6 +711,9 @@ private:
     bool welcomed_ = false;
     int exit_code_ = -1;
     double acc_ = 0, ep_return_ = 0;
+    double game_s_ = 0, next_ai_s_ = 0;  // game time (s) and the AI's next decision (--ai)
+    Value played_;                       // what the AI played on the observation about to go out
+    int64_t ai_calls_ = 0;
     int64_t frame_ = 0, obs_seq_ = 0, waiting_seq_ = -1, episode_ = 0;
     int64_t obs_sent_ = 0, obs_unsent_ = 0, send_drops_ = 0, calls_received_ = 0, calls_applied_ = 0,
             calls_rejected_ = 0, hellos_ = 0, sessions_ = 0, lost_ = 0, errors_received_ = 0, bad_messages_ = 0,
