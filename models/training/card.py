@@ -32,16 +32,58 @@ def _teachers_text(cfg) -> str:
     kind = getattr(getattr(cfg, "teacher", None), "kind", "expert")
     data = getattr(cfg, "data_files", None) or []
     who = {"expert": "the scripted expert of each env", "none": "recorded data only"}.get(
-        kind, f"the teacher `{kind}`" + (" (Stable-Baselines3, trained by this run)"
-                                       if kind in ("ppo", "a2c", "dqn", "sac", "td3") else ""))
+        kind,
+        f"the teacher `{kind}`"
+        + (
+            " (Stable-Baselines3, trained by this run)" if kind in ("ppo", "a2c", "dqn", "sac", "td3") else ""
+        ),
+    )
     return who + (f", with the datasets {', '.join(f'`{d}`' for d in data)}" if data else "")
 
 
 def _teacher_figures(scores: dict[str, Any]) -> str:
     """`` (Acrobot-v1: 50000 steps in 41 s, return -82.3)`` for teachers trained by the run."""
-    parts = [f"{e}: {t['steps']} steps in {t['train_s']:.0f} s, return {t['mean_return']:.1f}"
-             for e, s in scores.get("envs", {}).items() if "train_s" in (t := s.get("teacher") or {})]
+    parts = [
+        f"{e}: {t['steps']} steps in {t['train_s']:.0f} s, return {t['mean_return']:.1f}"
+        for e, s in scores.get("envs", {}).items()
+        if "train_s" in (t := s.get("teacher") or {})
+    ]
     return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _rollouts_text(cfg) -> str:
+    """How the rows were made: teacher rollouts (episodes, noise), or only the datasets' rows."""
+    if getattr(cfg.teacher, "kind", "expert") == "none":
+        return (
+            f"The rows are the datasets' own turns; {_pct(cfg.data.heldout_share)} of each env's rows "
+            f"held out by whole episodes (or contiguous blocks with {cfg.data.heldout_gap} training rows "
+            f"dropped on each side), seed {cfg.seed} (`models/training/split.py`)."
+        )
+    return (
+        f"{cfg.data.episodes} seeded episodes per env, random actions at rate {cfg.data.epsilon}, state "
+        f"perturbations at rate {cfg.data.perturb_prob} per decision; each decision held for the env's "
+        "real-time hold (16 Hz)."
+    )
+
+
+def _agreement_text(acc: dict[str, Any]) -> str:
+    """The held-out agreement of a student with the data's labels (a logged model, an engine's AI)."""
+    sp = acc["split"]
+    heads = " ".join(f"{h} {_pct(v)}" for h, v in acc["per_head"].items())
+    args = " ".join(f"`{k}` {_pct(v)}" for k, v in acc.get("per_arg", {}).items())
+    return (
+        f"- Agreement with the data's labels on {acc['n']} held-out turns ({sp['heldout_rows']} of "
+        f"{sp['heldout_rows'] + sp['train_rows'] + sp['gap_dropped']} rows: {len(sp['heldout_groups'])} of "
+        f"{sp['groups']} {sp['unit']}s, never trained on): exact call {_pct(acc['exact_call'])}; legal "
+        f"{_pct(acc['legal_rate'])}; per head {heads}" + (f"; per argument {args}" if args else "") + "."
+    )
+
+
+def _machine_text(scores: dict[str, Any]) -> str:
+    m = scores.get("machine")
+    if not m:
+        return "machine not recorded"
+    return f"{m.get('cpu', 'CPU')}, {m.get('cores', '?')} cores, shared with other jobs"
 
 
 def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = None) -> Path:
@@ -64,31 +106,54 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         f"{scores.get('params', 0) / 1e6:.2f}M parameters, tied embeddings, float32 safetensors.",
         f"- Tokenizer: byte-level BPE, {scores.get('vocab', '?')} tokens, trained on this run's prompts; "
         f"chat tokens and the {_token_text(cfg.model.max_heads)} are single ids, digits split one per token.",
-        f"- Envs: {', '.join(cfg.envs)}." + (f" Initialised from `{cfg.init_from}` (an earlier run of this "
-                                             "recipe), then trained further." if cfg.init_from else ""),
+        f"- Envs: {', '.join(cfg.envs)}."
+        + (
+            f" Initialised from `{cfg.init_from}` (an earlier run of this recipe), then trained further."
+            if cfg.init_from
+            else ""
+        ),
         "",
         "## Data",
         "",
-        f"- Teacher: {_teachers_text(cfg)}{_teacher_figures(scores)}. {cfg.data.episodes} seeded episodes per env, "
-        f"random actions at rate {cfg.data.epsilon}, state perturbations at rate {cfg.data.perturb_prob} "
-        f"per decision; each decision held for the env's real-time hold (16 Hz).",
-        *([f"- Coverage: {cfg.data.coverage} more states per env sampled directly over the state space the text "
-            "can show (`models/training/coverage.py`: balanced over the teacher's cases, dense beside its "
-            "decision thresholds), labelled by the same teacher."] if getattr(cfg.data, "coverage", 0) else []),
-        *(["- Labels: the teacher decides on the observation as the text shows it (numbers rounded to the "
-           "text's precision), so every label is a function of the student's input."]
-          if getattr(cfg.data, "text_labels", False) else []),
-        *([f"- Soft targets: where the teacher scores its choices (CartPole: the margin 0.05 x + 0.3 v + 3 a + "
-           f"0.6 w is the logit of `right`), the first value token learns softmax(logit / {cfg.data.soft_tau}) "
-           "instead of the one-hot label; the label is still the teacher's choice."]
-          if getattr(cfg.data, "soft_tau", 0) else []),
-        (f"- DAgger: {cfg.dagger.rounds} round(s) of {cfg.dagger.episodes} student episodes per env, "
-         "visited states relabelled by the teacher." if cfg.dagger.rounds else "- DAgger: none."),
+        f"- Teacher: {_teachers_text(cfg)}{_teacher_figures(scores)}. " + _rollouts_text(cfg),
+        *(
+            [
+                f"- Coverage: {cfg.data.coverage} more states per env sampled directly over the state space the text "
+                "can show (`models/training/coverage.py`: balanced over the teacher's cases, dense beside its "
+                "decision thresholds), labelled by the same teacher."
+            ]
+            if getattr(cfg.data, "coverage", 0)
+            else []
+        ),
+        *(
+            [
+                "- Labels: the teacher decides on the observation as the text shows it (numbers rounded to the "
+                "text's precision), so every label is a function of the student's input."
+            ]
+            if getattr(cfg.data, "text_labels", False)
+            else []
+        ),
+        *(
+            [
+                f"- Soft targets: where the teacher scores its choices (CartPole: the margin 0.05 x + 0.3 v + 3 a + "
+                f"0.6 w is the logit of `right`), the first value token learns softmax(logit / {cfg.data.soft_tau}) "
+                "instead of the one-hot label; the label is still the teacher's choice."
+            ]
+            if getattr(cfg.data, "soft_tau", 0)
+            else []
+        ),
+        (
+            f"- DAgger: {cfg.dagger.rounds} round(s) of {cfg.dagger.episodes} student episodes per env, "
+            "visited states relabelled by the teacher."
+            if cfg.dagger.rounds
+            else "- DAgger: none."
+        ),
         f"- Rows per env (all rounds): {json.dumps(scores.get('rows', {}))}. One branch per head "
         f"({cfg.heads_mode} heads), loss on the target only, head weights function 2.0, "
         f"{_weights_text(cfg.model.max_heads)}.",
         f"- Training: {cfg.train.steps} steps"
-        + (f" (+{cfg.dagger.steps} per DAgger round)" if cfg.dagger.rounds else "") + ", batch "
+        + (f" (+{cfg.dagger.steps} per DAgger round)" if cfg.dagger.rounds else "")
+        + ", batch "
         f"{cfg.train.batch_size}, AdamW lr {cfg.train.lr}, seed {cfg.seed}.",
         "",
         "## Command",
@@ -101,46 +166,56 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         "",
         "## Scores",
         "",
-        "Held-out states (teacher rollouts with unseen seeds): share of states where each head's text "
-        "equals the teacher's.",
+        "Held-out states (teacher rollouts with unseen seeds; for an env labelled only by data, turns of "
+        "the data held out before training): share of states where each head's text equals the label's.",
         "",
     ]
     for env_id, s in scores.get("envs", {}).items():
         acc = s["heldout"]
         heads = " ".join(f"{h} {_pct(v)}" for h, v in acc["per_head"].items())
         lock = s.get("lockstep")
-        lines += [
-            f"### {env_id}",
-            "",
-            f"- Head accuracy ({acc['n']} states): {heads}; exact call {_pct(acc['exact_call'])}; "
-            f"legal {_pct(acc['legal_rate'])}.",
-        ]
+        lines += [f"### {env_id}", ""]
+        if acc.get("split"):
+            lines.append(_agreement_text(acc))
+        else:
+            lines.append(
+                f"- Head accuracy ({acc['n']} states): {heads}; exact call {_pct(acc['exact_call'])}; "
+                f"legal {_pct(acc['legal_rate'])}."
+            )
         cov = s.get("heldout_coverage")
         if cov:
             heads = " ".join(f"{h} {_pct(v)}" for h, v in cov["per_head"].items())
-            lines.append(f"- Head accuracy on held-out sampled states ({cov['n']}, balanced over the teacher's "
-                         f"cases): {heads}; exact call {_pct(cov['exact_call'])}; legal {_pct(cov['legal_rate'])}.")
+            lines.append(
+                f"- Head accuracy on held-out sampled states ({cov['n']}, balanced over the teacher's "
+                f"cases): {heads}; exact call {_pct(cov['exact_call'])}; legal {_pct(cov['legal_rate'])}."
+            )
         if lock:
             te = lock.get("teacher")
             lines.append(
                 f"- Lock-step closed loop (action held {lock['hold']} physics steps, {lock['student']['episodes']} "
                 f"seeded episodes): student {lock['student']['mean_return']:.1f}, teacher "
-                f"{te['mean_return'] if te else float('nan'):.1f}, random {lock['random']['mean_return']:.1f}.")
+                f"{te['mean_return'] if te else float('nan'):.1f}, random {lock['random']['mean_return']:.1f}."
+            )
         rt = s.get("realtime")
+        if s.get("realtime_skipped"):
+            lines.append(f"- Real-time loop: not run ({s['realtime_skipped']}).")
         if rt:
             lines.append(
                 f"- Real-time loop at {rt.get('hz', 16)} Hz ({rt['episodes']} seeded episodes): student "
                 f"{rt['student_return']:.1f}, teacher {rt['teacher_return']:.1f} "
                 f"({_pct(rt['ratio'])} of teacher); legal {_pct(rt['legal_rate'])}; deadline misses "
                 f"{rt['deadline_misses']}; decide P50 {rt['decide_p50_ms']:.2f} ms, "
-                f"P90 {rt['decide_p90_ms']:.2f} ms.")
+                f"P90 {rt['decide_p90_ms']:.2f} ms."
+            )
         lines.append("")
     t = scores.get("timings_s", {})
     if t:
-        lines += [f"Wall time of the last invocation (a resumed run counts only the stages it ran): teacher "
-                  f"{t.get('teacher_s', 0):.0f} s, collection "
-                  f"{t.get('collect_s', 0):.0f} s, training {t.get('train_s', 0):.0f} s (2-core Intel Xeon VM, "
-                  "AVX-512, no GPU, shared with other jobs).", ""]
+        lines += [
+            f"Wall time of the last invocation (a resumed run counts only the stages it ran): teacher "
+            f"{t.get('teacher_s', 0):.0f} s, collection "
+            f"{t.get('collect_s', 0):.0f} s, training {t.get('train_s', 0):.0f} s ({_machine_text(scores)}).",
+            "",
+        ]
     path = Path(folder) / "README.md"
     path.write_text("\n".join(lines))
     return path

@@ -28,25 +28,43 @@ class Record:
 
     ``logits`` (optional): the teacher's scores behind the call, ``{parameter: {value: logit}}``, for
     teachers that have them (CartPole's linear expert: its margin). Training with ``data.soft_tau``
-    turns them into soft targets; the call stays the hard label (its value has the highest logit)."""
+    turns them into soft targets; the call stays the hard label (its value has the highest logit).
+
+    ``episode`` (optional): which episode of its source the turn belongs to (a rollout: the episode's
+    seed; a run: its episode number). Rows of one episode are near-identical neighbours, so a held-out
+    split of the data keeps each episode on one side (``models.training.split``); None: unknown (the
+    split then cuts contiguous blocks of file order)."""
 
     env_id: str
     query: str
     history: list[str]
     call: Call
     logits: dict[str, dict[str, float]] | None = None  # the teacher's scores, parameter -> value -> logit
+    episode: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"env_id": self.env_id, "query": self.query, "history": list(self.history),
-             "call": self.call.to_dict()}
+        d = {
+            "env_id": self.env_id,
+            "query": self.query,
+            "history": list(self.history),
+            "call": self.call.to_dict(),
+        }
         if self.logits is not None:
             d["logits"] = self.logits
+        if self.episode is not None:
+            d["episode"] = self.episode
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
-        return cls(d["env_id"], d["query"], list(d.get("history") or []), Call.from_dict(d["call"]),
-                   d.get("logits"))
+        return cls(
+            d["env_id"],
+            d["query"],
+            list(d.get("history") or []),
+            Call.from_dict(d["call"]),
+            d.get("logits"),
+            d.get("episode"),
+        )
 
 
 @dataclass
@@ -67,11 +85,23 @@ TEACHER = "teacher"  # act with each instance's teacher
 RANDOM = "random"  # act with uniformly random legal calls
 
 
-def rollout(source: EnvSource, policy: BatchPolicy | str, seeds: Sequence[int], *, n_envs: int = 16,
-            epsilon: float = 0.0, perturb_prob: float = 0.0, perturb_scale: float = 1.0,
-            history_len: int = 0, max_decisions: int = 1000, rng_seed: int = 0,
-            record: bool = True, hold: float | None = None, delay_prob: float = 0.0,
-            history_style: str = "futures") -> tuple[list[Record], RolloutStats]:
+def rollout(
+    source: EnvSource,
+    policy: BatchPolicy | str,
+    seeds: Sequence[int],
+    *,
+    n_envs: int = 16,
+    epsilon: float = 0.0,
+    perturb_prob: float = 0.0,
+    perturb_scale: float = 1.0,
+    history_len: int = 0,
+    max_decisions: int = 1000,
+    rng_seed: int = 0,
+    record: bool = True,
+    hold: float | None = None,
+    delay_prob: float = 0.0,
+    history_style: str = "futures",
+) -> tuple[list[Record], RolloutStats]:
     """Run one episode per seed (``n_envs`` at a time); label each visited state with the teacher.
 
     ``policy(obs_texts, histories) -> calls`` (or ``TEACHER`` / ``RANDOM``) acts (None = an illegal
@@ -114,8 +144,16 @@ def rollout(source: EnvSource, policy: BatchPolicy | str, seeds: Sequence[int], 
             for j, i in enumerate(idx):
                 if record:  # a source without a teacher can still be rolled out unrecorded
                     label = insts[i].teacher(obs[i])
-                    records.append(Record(source.env_id, insts[i].obs_text(obs[i]), shown[i], label,
-                                          insts[i].logits_of(obs[i])))
+                    records.append(
+                        Record(
+                            source.env_id,
+                            insts[i].obs_text(obs[i]),
+                            shown[i],
+                            label,
+                            insts[i].logits_of(obs[i]),
+                            int(chunk[i]),
+                        )
+                    )
                 call = acts[j]
                 if epsilon and rng.random() < epsilon:
                     call = insts[i].random_call(rng)
@@ -152,7 +190,6 @@ def rollout(source: EnvSource, policy: BatchPolicy | str, seeds: Sequence[int], 
         for env in envs:
             env.close()
     return records, stats
-
 
 
 HISTORY_STYLES = ("futures", "lockstep")

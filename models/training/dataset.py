@@ -9,11 +9,15 @@ up here, so the student's training never depends on where the labels came from::
     {"env_id": "Acrobot-v1", "query": "c1=+0.998 ...", "history": [], "call": {"name": "torque",
         "arguments": {"direction": "neg"}}}                                          <- one row per turn
     {"env_id": ..., "query": ..., "history": [...], "call": {...}, "logits": {"direction": {"neg": 1.2, ...}}}
+    {"env_id": ..., "query": ..., "call": {...}, "episode": 3}                      <- optional episode
 
 The rows are exactly the pipeline's own ``Record`` JSON (``models.training.collect.Record``: the
 turn text ``query`` + ``history`` lines, the teacher's ``call``, optional ``logits`` = the teacher's
-scores ``{parameter: {value: logit}}``), which the pipeline already writes per round in its
-``work_dir`` (``data-ENV-rN.jsonl``); a dataset adds the header line so the file carries its own tools.
+scores ``{parameter: {value: logit}}``; optional ``episode``: the episode the turn belongs to, so a
+held-out split keeps an episode on one side, ``models.training.split``), which the pipeline already
+writes per round in its ``work_dir`` (``data-ENV-rN.jsonl``); a dataset adds the header line so the
+file carries its own tools. A file without ``episode`` reads as before (the field is optional and
+not written when unknown), so version 1 still describes every file.
 
 Invariants: every row's ``env_id`` is in the header's ``envs``; every row's call names one of that
 env's tools (checked on read, so a dataset that trains is a dataset whose labels are callable);
@@ -68,6 +72,7 @@ class Row(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     call: CallRow
     history: list[str] = msgspec.field(default_factory=list)
     logits: dict[str, dict[str, float]] | None = None
+    episode: int | None = None  # the episode the turn belongs to (None: unknown; not written then)
 
 
 class Dataset(msgspec.Struct):
@@ -102,12 +107,18 @@ def row_of(record: Record) -> Row:
         CallRow(record.call.name, dict(record.call.arguments)),
         list(record.history),
         record.logits,
+        record.episode,
     )
 
 
 def record_of(row: Row) -> Record:
     return Record(
-        row.env_id, row.query, list(row.history), Call(row.call.name, dict(row.call.arguments)), row.logits
+        row.env_id,
+        row.query,
+        list(row.history),
+        Call(row.call.name, dict(row.call.arguments)),
+        row.logits,
+        row.episode,
     )
 
 

@@ -21,6 +21,7 @@ from tickcall.models.training.collect import HISTORY_STYLES, RANDOM, TEACHER, Re
 from tickcall.models.training.dataset import Dataset, merge, read_dataset
 from tickcall.models.training.rows import RowCodec, branch_texts
 from tickcall.models.training.sources import EnvSource, SourceFactory
+from tickcall.models.training.split import DEFAULT_GAP, DEFAULT_SHARE, Split, check_share, split_rows
 from tickcall.models.training.trainer import TrainSettings, train
 
 
@@ -45,8 +46,9 @@ class ModelSpec:
     lora_rank: int = 16
     lora_alpha: int = 32
     # smollm2: the projections LoRA adapts (peft target_modules names)
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                              "gate_proj", "up_proj", "down_proj"])
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     max_heads: int = 6
 
     def __post_init__(self) -> None:
@@ -75,17 +77,30 @@ class DataSpec:
     n_envs: int = 32
     heldout_episodes: int = 8
     delay_prob: float = 0.2
-    coverage: int = 0  # extra rows per env from states sampled over the state space (models.training.coverage)
+    # extra rows per env from states sampled over the state space (models.training.coverage)
+    coverage: int = 0
     heldout_coverage: int = 0  # held-out sampled states per env (scored apart from the rollout states)
+    # envs labelled only by a dataset (no teacher to label fresh states): the share of its rows held out,
+    # whole episodes or contiguous blocks (models.training.split), and the training rows dropped beside
+    # a held-out block so no training turn is a held-out turn's neighbour
+    heldout_share: float = DEFAULT_SHARE
+    heldout_gap: int = DEFAULT_GAP
     text_labels: bool = False  # the teacher decides on the values the text shows (CartPole: rounded)
     soft_tau: float = 0.0  # > 0: distil the teacher's scores, softmax(logit / soft_tau), where it has them
 
     def __post_init__(self) -> None:
         if self.history_style not in HISTORY_STYLES:
-            raise ValueError(f"data.history_style must be one of {', '.join(HISTORY_STYLES)}, "
-                             f"not {self.history_style!r}")
+            raise ValueError(
+                f"data.history_style must be one of {', '.join(HISTORY_STYLES)}, not {self.history_style!r}"
+            )
         if self.history_len < 0:
             raise ValueError(f"data.history_len must be >= 0, not {self.history_len}")
+        try:
+            check_share(self.heldout_share)
+        except ValueError as exc:
+            raise ValueError(f"data.heldout_share: {exc}") from None
+        if self.heldout_gap < 0:
+            raise ValueError(f"data.heldout_gap must be >= 0 rows, not {self.heldout_gap}")
 
 
 @dataclass
@@ -123,9 +138,6 @@ class TeacherSpec:
         return self.kind != "none"
 
 
-HELDOUT_SHARE = 0.1  # of a dataset's rows per env, held out when no teacher can label fresh states
-
-
 @dataclass
 class TrainConfig:
     name: str = "tickcall-student"
@@ -160,8 +172,13 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        subs = {"model": ModelSpec, "data": DataSpec, "train": TrainSettings, "dagger": DaggerSpec,
-                "teacher": TeacherSpec}
+        subs = {
+            "model": ModelSpec,
+            "data": DataSpec,
+            "train": TrainSettings,
+            "dagger": DaggerSpec,
+            "teacher": TeacherSpec,
+        }
         for key, typ in subs.items():
             if key in d:
                 val = dict(d[key] or {})
@@ -213,8 +230,16 @@ class Pipeline:
     does not import the envs: ``tickcall.training.make_pipeline`` wires both). ``realtime``: the
     real-time comparison used when ``cfg.realtime_eval`` is set."""
 
-    def __init__(self, cfg: TrainConfig, log=print, progress: bool = True, *, sources: SourceFactory,
-                 realtime: RealtimeCompare | None = None, dataset: Dataset | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        log=print,
+        progress: bool = True,
+        *,
+        sources: SourceFactory,
+        realtime: RealtimeCompare | None = None,
+        dataset: Dataset | None = None,
+    ) -> None:
         self.cfg = cfg
         self.log = log
         self.progress = progress
@@ -236,21 +261,26 @@ class Pipeline:
             except Exception as exc:
                 if e not in given or cfg.teacher.labels:
                     raise
-                self.log(f"{e}: no env to roll out here ({type(exc).__name__}: {exc}); scored on held-out rows")
+                self.log(
+                    f"{e}: no env to roll out here ({type(exc).__name__}: {exc}); scored on held-out rows"
+                )
         self.timings["teacher_s"] = time.perf_counter() - t0
         self.tools: dict[str, list] = {}
         for e in cfg.envs:
             if e in given:
                 self.tools[e] = dataset.tools(e)
                 if e in self.sources and self.sources[e].tools != self.tools[e]:
-                    raise ValueError(f"{e}: the dataset's tools differ from the env's ({[t.name for t in self.tools[e]]} "
-                                     f"vs {[t.name for t in self.sources[e].tools]}); the student would be trained "
-                                     "on another prompt than it runs with")
+                    raise ValueError(
+                        f"{e}: the dataset's tools differ from the env's ({[t.name for t in self.tools[e]]} "
+                        f"vs {[t.name for t in self.sources[e].tools]}); the student would be trained "
+                        "on another prompt than it runs with"
+                    )
             elif e in self.sources and self.sources[e].has_teacher:
                 self.tools[e] = self.sources[e].tools
             else:
                 raise ValueError(f"{e}: no labels: neither a teacher nor a dataset holding it")
         self.template = get_template(cfg.template)
+        self._splits: dict[str, Split] = {}
 
     def _labelled(self) -> dict[str, EnvSource]:
         """The sources whose teacher can label any state (rollouts, DAgger, coverage)."""
@@ -259,14 +289,45 @@ class Pipeline:
     def _given(self, env_id: str) -> bool:
         return self.dataset is not None and env_id in self.dataset.header.envs
 
-    def _split(self, env_id: str) -> tuple[list[Record], list[Record]]:
-        """A dataset's rows of ``env_id`` as (train, held-out): the last ``HELDOUT_SHARE`` when no
-        teacher labels fresh held-out states (rows are in episode order: the tail is the last episodes)."""
-        rows = self.dataset.by_env()[env_id]
-        if env_id in self._labelled() or len(rows) < 10:
-            return rows, []
-        k = max(1, int(len(rows) * HELDOUT_SHARE))
-        return rows[:-k], rows[-k:]
+    def split(self, env_id: str) -> Split:
+        """A dataset's rows of ``env_id`` as training and held-out rows. With a teacher that labels fresh
+        states every row trains (the held-out states are the teacher's own rollouts); without one,
+        ``data.heldout_share`` of the rows is held out by whole episodes or contiguous blocks, seeded
+        by ``seed`` (``models.training.split``)."""
+        if env_id not in self._splits:
+            rows = self.dataset.by_env()[env_id]
+            d = self.cfg.data
+            if env_id in self._labelled():
+                self._splits[env_id] = Split(rows, [], "none", d.heldout_share, self.cfg.seed)
+            else:
+                sp = split_rows(rows, d.heldout_share, self.cfg.seed, d.heldout_gap)
+                self._check_split(env_id, sp)
+                self._splits[env_id] = sp
+                if sp.unit == "none":
+                    self.log(f"split {env_id}: only {len(rows)} rows: nothing held out, no agreement figure")
+                else:
+                    self.log(
+                        f"split {env_id}: {len(sp.heldout)} of {len(rows)} rows held out by {sp.unit} "
+                        f"({len(sp.heldout_groups)} of {sp.groups}; {sp.dropped} training rows dropped "
+                        "beside them)"
+                    )
+        return self._splits[env_id]
+
+    def _check_split(self, env_id: str, sp: Split) -> None:
+        """Keep ``work_dir/split-ENV.json``; a resumed run whose split differs (another share, seed or
+        data) would score a checkpoint on rows it trained on: refused in one line."""
+        path = self.work / f"split-{_slug(env_id)}.json"
+        info = sp.info()
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old != info:
+                raise ValueError(
+                    f"{env_id}: {self.work} holds a run trained with another held-out split ({old['unit']} "
+                    f"{old['heldout_groups']} of {old['groups']}, share {old['share']}, seed {old['seed']}); "
+                    "use a fresh --work-dir, or the same data, share and seed"
+                )
+            return
+        path.write_text(json.dumps(info) + "\n")
 
     # ---- stages ------------------------------------------------------------------------------
     def collect_teacher(self) -> dict[str, list[Record]]:
@@ -274,22 +335,35 @@ class Pipeline:
         out: dict[str, list[Record]] = {}
         for i, env_id in enumerate(cfg.envs):
             if self._given(env_id):
-                out[env_id] = self._split(env_id)[0]
-                self.log(f"data {env_id}: {len(out[env_id])} rows from {self.dataset.header.teacher or 'a dataset'}")
+                out[env_id] = self.split(env_id).train
+                self.log(
+                    f"data {env_id}: {len(out[env_id])} rows from {self.dataset.header.teacher or 'a dataset'}"
+                )
                 continue
             src = self.sources[env_id]
             path = self.work / f"data-{_slug(env_id)}-r0.jsonl"
             if path.exists():
                 out[env_id] = _read_jsonl(path)
                 continue
-            recs, stats = rollout(src, TEACHER, _episode_seeds(cfg, i, 0, d.episodes),
-                                  n_envs=d.n_envs, epsilon=d.epsilon, perturb_prob=d.perturb_prob,
-                                  perturb_scale=d.perturb_scale, history_len=d.history_len, history_style=d.history_style,
-                                  max_decisions=d.max_decisions, rng_seed=cfg.seed + i,
-                                  delay_prob=d.delay_prob)
+            recs, stats = rollout(
+                src,
+                TEACHER,
+                _episode_seeds(cfg, i, 0, d.episodes),
+                n_envs=d.n_envs,
+                epsilon=d.epsilon,
+                perturb_prob=d.perturb_prob,
+                perturb_scale=d.perturb_scale,
+                history_len=d.history_len,
+                history_style=d.history_style,
+                max_decisions=d.max_decisions,
+                rng_seed=cfg.seed + i,
+                delay_prob=d.delay_prob,
+            )
             _write_jsonl(path, recs)
-            self.log(f"collect {env_id}: {len(recs)} states from {d.episodes} noisy teacher episodes "
-                     f"(mean return {stats.mean_return:.1f})")
+            self.log(
+                f"collect {env_id}: {len(recs)} states from {d.episodes} noisy teacher episodes "
+                f"(mean return {stats.mean_return:.1f})"
+            )
             out[env_id] = recs
         for i, (env_id, src) in enumerate(self.sources.items()):
             if d.coverage > 0 and src.has_teacher:
@@ -313,8 +387,11 @@ class Pipeline:
         from tickcall.models.training.coverage import has_sampler
 
         n = self.cfg.data.heldout_coverage
-        return {e: self._coverage(s, "heldout-cov", n, self.cfg.seed * 7_727 + 90_001 + i)
-                for i, (e, s) in enumerate(self.sources.items()) if n > 0 and has_sampler(e) and s.has_teacher}
+        return {
+            e: self._coverage(s, "heldout-cov", n, self.cfg.seed * 7_727 + 90_001 + i)
+            for i, (e, s) in enumerate(self.sources.items())
+            if n > 0 and has_sampler(e) and s.has_teacher
+        }
 
     def heldout(self) -> dict[str, list[Record]]:
         cfg, d = self.cfg, self.cfg.data
@@ -322,17 +399,26 @@ class Pipeline:
         for i, env_id in enumerate(cfg.envs):
             src = self._labelled().get(env_id)
             if src is None:
-                out[env_id] = self._split(env_id)[1]
+                out[env_id] = self.split(env_id).heldout if self._given(env_id) else []
                 continue
             path = self.work / f"heldout-{_slug(env_id)}.jsonl"
             if path.exists():
                 out[env_id] = _read_jsonl(path)
                 continue
-            recs, _ = rollout(src, TEACHER, _episode_seeds(cfg, i, 99, d.heldout_episodes),
-                              n_envs=d.n_envs, epsilon=d.epsilon, perturb_prob=d.perturb_prob,
-                              perturb_scale=d.perturb_scale, history_len=d.history_len, history_style=d.history_style,
-                              max_decisions=d.max_decisions, rng_seed=cfg.seed + 7_919 + i,
-                              delay_prob=d.delay_prob)
+            recs, _ = rollout(
+                src,
+                TEACHER,
+                _episode_seeds(cfg, i, 99, d.heldout_episodes),
+                n_envs=d.n_envs,
+                epsilon=d.epsilon,
+                perturb_prob=d.perturb_prob,
+                perturb_scale=d.perturb_scale,
+                history_len=d.history_len,
+                history_style=d.history_style,
+                max_decisions=d.max_decisions,
+                rng_seed=cfg.seed + 7_919 + i,
+                delay_prob=d.delay_prob,
+            )
             _write_jsonl(path, recs)
             out[env_id] = recs
         return out
@@ -362,17 +448,33 @@ class Pipeline:
             for env_id, recs in data.items():
                 tools = self.tools[env_id]
                 for r in rng.sample(recs, min(2000, len(recs))):
-                    corpus.extend(i + t for i, t, _ in branch_texts(r, tools, self.template, self.cfg.system,
-                                                                    "all", m.max_heads)[:2])
-            make_tiny_model(init, hidden=m.hidden, layers=m.layers, heads=m.heads, kv_heads=m.kv_heads,
-                            intermediate=m.intermediate, vocab_size=m.vocab_size, seed=self.cfg.seed,
-                            corpus=corpus, template=self.cfg.template, max_heads=m.max_heads)
+                    corpus.extend(
+                        i + t
+                        for i, t, _ in branch_texts(
+                            r, tools, self.template, self.cfg.system, "all", m.max_heads
+                        )[:2]
+                    )
+            make_tiny_model(
+                init,
+                hidden=m.hidden,
+                layers=m.layers,
+                heads=m.heads,
+                kv_heads=m.kv_heads,
+                intermediate=m.intermediate,
+                vocab_size=m.vocab_size,
+                seed=self.cfg.seed,
+                corpus=corpus,
+                template=self.cfg.template,
+                max_heads=m.max_heads,
+            )
         # an init_from folder (or a work_dir of an earlier config) brings its own tokenizer: its heads
         # must be the config's, or rows would name tags its vocabulary does not hold
         have = max_heads_of(json.loads((init / "tickcall.json").read_text()))
         if have != m.max_heads:
-            raise ValueError(f"{init} has {have} argument heads but the config asks for model.max_heads "
-                             f"{m.max_heads}: start from a model with as many heads (or a fresh work_dir)")
+            raise ValueError(
+                f"{init} has {have} argument heads but the config asks for model.max_heads "
+                f"{m.max_heads}: start from a model with as many heads (or a fresh work_dir)"
+            )
         tok = AutoTokenizer.from_pretrained(init)
         model = AutoModelForCausalLM.from_pretrained(init)
         return model, tok
@@ -405,33 +507,59 @@ class Pipeline:
 
         cfg = self.cfg
         held, held_cov = self.heldout(), self.heldout_coverage()
-        scores: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
-                                  "envs": {}}
+        scores: dict[str, Any] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "vocab": len(tok),
+            "envs": {},
+        }
         for env_id in cfg.envs:
-            student = BatchStudent(model, tok, self.tools[env_id], self.template, cfg.system,
-                                   max_heads=cfg.model.max_heads)
+            student = BatchStudent(
+                model, tok, self.tools[env_id], self.template, cfg.system, max_heads=cfg.model.max_heads
+            )
             acc = head_accuracy(student, held[env_id])
             acc_cov = head_accuracy(student, held_cov[env_id]) if held_cov.get(env_id) else None
             src = self.sources.get(env_id)
-            scores["envs"][env_id] = {"heldout": acc, "source": src.origin if src else "dataset",
-                                      "teacher": self._teacher_of(env_id)}
-            self.log(f"{env_id}: head accuracy {acc['per_head']}, exact {acc['exact_call']:.4f}, legal "
-                     f"{acc['legal_rate']:.4f} ({acc['n']} held-out states)")
+            if env_id not in self._labelled() and self._given(env_id):
+                # no teacher labels fresh states: the held-out turns are the data's own, and the figure is
+                # the student's agreement with whoever made the data (a logged model, an engine's AI)
+                acc["split"] = self.split(env_id).info()
+            scores["envs"][env_id] = {
+                "heldout": acc,
+                "source": src.origin if src else "dataset",
+                "teacher": self._teacher_of(env_id),
+            }
+            self.log(
+                f"{env_id}: head accuracy {acc['per_head']}, exact {acc['exact_call']:.4f}, legal "
+                f"{acc['legal_rate']:.4f} ({acc['n']} held-out states)"
+            )
             if src is None:
+                self.log(
+                    f"{env_id}: no lock-step or real-time loop (the env cannot be made on this machine); "
+                    "scored on held-out turns only"
+                )
                 continue
             seeds = [EVAL_SEED_BASE + k for k in range(episodes or cfg.eval_episodes)]
             args = (cfg.data.history_len, cfg.data.history_style)
             st = closed_loop(src, make_student_policy(student, {}), seeds, *args)
             te = closed_loop(src, TEACHER, seeds, *args) if src.has_teacher else None
             rnd = closed_loop(src, RANDOM, seeds, *args)
-            scores["envs"][env_id]["lockstep"] = {"student": st, "teacher": te, "random": rnd, "hold": src.hold}
+            scores["envs"][env_id]["lockstep"] = {
+                "student": st,
+                "teacher": te,
+                "random": rnd,
+                "hold": src.hold,
+            }
             if acc_cov is not None:
                 scores["envs"][env_id]["heldout_coverage"] = acc_cov
-                self.log(f"{env_id}: sampled held-out states ({acc_cov['n']}): head accuracy {acc_cov['per_head']}, "
-                         f"exact {acc_cov['exact_call']:.4f}, legal {acc_cov['legal_rate']:.4f}")
-            self.log(f"{env_id}: lock-step return student {st['mean_return']:.1f} (illegal "
-                     f"{st['illegal']}/{st['decisions']}) teacher {te['mean_return'] if te else float('nan'):.1f} "
-                     f"random {rnd['mean_return']:.1f}")
+                self.log(
+                    f"{env_id}: sampled held-out states ({acc_cov['n']}): head accuracy {acc_cov['per_head']}, "
+                    f"exact {acc_cov['exact_call']:.4f}, legal {acc_cov['legal_rate']:.4f}"
+                )
+            self.log(
+                f"{env_id}: lock-step return student {st['mean_return']:.1f} (illegal "
+                f"{st['illegal']}/{st['decisions']}) teacher {te['mean_return'] if te else float('nan'):.1f} "
+                f"random {rnd['mean_return']:.1f}"
+            )
         return scores
 
     def _teacher_of(self, env_id: str) -> dict[str, Any]:
@@ -458,13 +586,21 @@ class Pipeline:
         self.heldout()
         self.timings["collect_s"] = time.perf_counter() - t0
         model, tok = self.build_student(data)
-        codec = RowCodec(tok, self.template, cfg.system, cfg.heads_mode, soft_tau=cfg.data.soft_tau,
-                         max_heads=cfg.model.max_heads)
+        codec = RowCodec(
+            tok,
+            self.template,
+            cfg.system,
+            cfg.heads_mode,
+            soft_tau=cfg.data.soft_tau,
+            max_heads=cfg.model.max_heads,
+        )
         prefixes = {e: codec.prefix_ids(t) for e, t in self.tools.items()}
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         n_params = sum(p.numel() for p in model.parameters())
-        self.log(f"student: {n_params / 1e6:.2f}M parameters, vocab {len(tok)}; "
-                 f"prefix tokens {', '.join(f'{e}={len(p)}' for e, p in prefixes.items())}")
+        self.log(
+            f"student: {n_params / 1e6:.2f}M parameters, vocab {len(tok)}; "
+            f"prefix tokens {', '.join(f'{e}={len(p)}' for e, p in prefixes.items())}"
+        )
         t1 = time.perf_counter()
         history: list[dict[str, Any]] = []
         rounds = 1 + cfg.dagger.rounds
@@ -486,19 +622,31 @@ class Pipeline:
                 continue
             examples = self.encode(codec, data)
             on_step = self._checker(model, tok, r) if cfg.eval_every > 0 else None
-            res = train(model, examples, prefixes, pad, settings, checkpoint=ckpt,
-                        desc=f"train r{r} ({len(examples)} rows)", progress=self.progress, log=self.log,
-                        on_step=on_step)
+            res = train(
+                model,
+                examples,
+                prefixes,
+                pad,
+                settings,
+                checkpoint=ckpt,
+                desc=f"train r{r} ({len(examples)} rows)",
+                progress=self.progress,
+                log=self.log,
+                on_step=on_step,
+            )
             res["rows"] = len(examples)
             done_flag.write_text(json.dumps(res))
             history.append(res)
-            self.log(f"round {r}: {res['steps']} steps on {len(examples)} examples, "
-                     f"loss {res['loss']:.4f}, teacher-forced branch accuracy {res['branch_acc']:.3f}")
+            self.log(
+                f"round {r}: {res['steps']} steps on {len(examples)} examples, "
+                f"loss {res['loss']:.4f}, teacher-forced branch accuracy {res['branch_acc']:.3f}"
+            )
         self.timings["train_s"] = time.perf_counter() - t1
         model.eval()
         scores = self.score(model, tok)
         scores.update(rounds=history, rows={e: len(v) for e, v in data.items()})
         scores["timings_s"] = dict(self.timings)
+        scores["machine"] = machine()
         out = self.save(model, tok, scores)
         if cfg.realtime_eval:
             self.realtime(out, scores)
@@ -521,15 +669,18 @@ class Pipeline:
             model.eval()
             row: dict[str, Any] = {"round": r, "step": step, "loss": loss}
             for env_id in cfg.envs:
-                student = BatchStudent(model, tok, self.tools[env_id], self.template, cfg.system,
-                                       max_heads=cfg.model.max_heads)
+                student = BatchStudent(
+                    model, tok, self.tools[env_id], self.template, cfg.system, max_heads=cfg.model.max_heads
+                )
                 for name, recs in (("rollout", held[env_id]), ("sampled", cov.get(env_id))):
                     if recs:
                         acc = head_accuracy(student, recs)
                         row[f"{env_id}/{name}"] = acc
-                        self.log(f"r{r} step {step} {env_id} {name} ({acc['n']}): exact {acc['exact_call']:.4f} "
-                                 f"legal {acc['legal_rate']:.4f} heads "
-                                 + " ".join(f"{h} {v:.3f}" for h, v in acc["per_head"].items()))
+                        self.log(
+                            f"r{r} step {step} {env_id} {name} ({acc['n']}): exact {acc['exact_call']:.4f} "
+                            f"legal {acc['legal_rate']:.4f} heads "
+                            + " ".join(f"{h} {v:.3f}" for h, v in acc["per_head"].items())
+                        )
             with path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             model.train()
@@ -541,12 +692,28 @@ class Pipeline:
         from tickcall.models.training.card import write_card
 
         if self.realtime_compare is None:
-            raise ValueError("realtime_eval needs the Pipeline's realtime comparison (tickcall.training."
-                             "make_pipeline passes it)")
-        for env_id, src in self.sources.items():
+            raise ValueError(
+                "realtime_eval needs the Pipeline's realtime comparison (tickcall.training."
+                "make_pipeline passes it)"
+            )
+        for env_id in self.cfg.envs:
+            if env_id not in self.sources:
+                why = "the env cannot be made on this machine (only its data is here)"
+                scores["envs"].setdefault(env_id, {})["realtime_skipped"] = why
+                self.log(f"realtime {env_id}: skipped: {why}; its figure is the held-out agreement")
+                continue
+            src = self.sources[env_id]
             scores["envs"].setdefault(env_id, {})["realtime"] = self.realtime_compare(
-                env_id, folder, self.cfg.eval_episodes, self.cfg.realtime_hz, EVAL_SEED_BASE,
-                self.cfg.data.history_len, self.cfg.train.threads, log=self.log, teacher=src.teacher_spec)
+                env_id,
+                folder,
+                self.cfg.eval_episodes,
+                self.cfg.realtime_hz,
+                EVAL_SEED_BASE,
+                self.cfg.data.history_len,
+                self.cfg.train.threads,
+                log=self.log,
+                teacher=src.teacher_spec,
+            )
         (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
         write_card(folder, self.cfg, scores)
         return scores
@@ -564,19 +731,29 @@ class Pipeline:
             if path.exists():
                 new = _read_jsonl(path)
             else:
-                student = BatchStudent(model, tok, src.tools, self.template, cfg.system,
-                                       max_heads=cfg.model.max_heads)
+                student = BatchStudent(
+                    model, tok, src.tools, self.template, cfg.system, max_heads=cfg.model.max_heads
+                )
                 tally: dict[str, int] = {}
-                new, stats = rollout(src, make_student_policy(student, tally),
-                                     _episode_seeds(cfg, i, r, dg.episodes), n_envs=cfg.data.n_envs,
-                                     epsilon=dg.epsilon, perturb_prob=cfg.data.perturb_prob,
-                                     perturb_scale=cfg.data.perturb_scale, history_len=cfg.data.history_len,
-                                     history_style=cfg.data.history_style,
-                                     max_decisions=cfg.data.max_decisions, rng_seed=cfg.seed + 31 * r + i,
-                                     delay_prob=cfg.data.delay_prob)
+                new, stats = rollout(
+                    src,
+                    make_student_policy(student, tally),
+                    _episode_seeds(cfg, i, r, dg.episodes),
+                    n_envs=cfg.data.n_envs,
+                    epsilon=dg.epsilon,
+                    perturb_prob=cfg.data.perturb_prob,
+                    perturb_scale=cfg.data.perturb_scale,
+                    history_len=cfg.data.history_len,
+                    history_style=cfg.data.history_style,
+                    max_decisions=cfg.data.max_decisions,
+                    rng_seed=cfg.seed + 31 * r + i,
+                    delay_prob=cfg.data.delay_prob,
+                )
                 _write_jsonl(path, new)
-                self.log(f"dagger r{r} {env_id}: student mean return {stats.mean_return:.1f}, "
-                         f"{len(new)} states relabelled, {stats.illegal} illegal calls")
+                self.log(
+                    f"dagger r{r} {env_id}: student mean return {stats.mean_return:.1f}, "
+                    f"{len(new)} states relabelled, {stats.illegal} illegal calls"
+                )
             out[env_id] = data[env_id] + new
         return out
 
@@ -587,13 +764,35 @@ class Pipeline:
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         tok.save_pretrained(out)
-        meta = {"template": self.cfg.template, "system": self.cfg.system, "envs": list(self.cfg.envs),
-                "name": self.cfg.name, "history_len": self.cfg.data.history_len,
-                **max_heads_meta(self.cfg.model.max_heads)}
+        meta = {
+            "template": self.cfg.template,
+            "system": self.cfg.system,
+            "envs": list(self.cfg.envs),
+            "name": self.cfg.name,
+            "history_len": self.cfg.data.history_len,
+            **max_heads_meta(self.cfg.model.max_heads),
+        }
         (out / "tickcall.json").write_text(json.dumps(meta, indent=2) + "\n")
         (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
         write_card(out, self.cfg, scores)
         return out
+
+
+def machine() -> dict[str, Any]:
+    """The CPU the run trained on (``/proc/cpuinfo`` model name where there is one) and its core count:
+    the card's wall times mean little without them."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": name, "cores": os.cpu_count() or 0}
 
 
 def load_datasets(paths: list[str]) -> Dataset:

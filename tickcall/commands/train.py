@@ -60,6 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --data run reports: which call of a tick is its label: call (the applied one, default) or "
         "big (a cascade run's big-model call on that tick's turn: distil the big model into the small one)",
     )
+    parser.add_argument(
+        "--heldout-share",
+        type=float,
+        metavar="X",
+        help="envs labelled only by --data: the share of their rows held out, by whole episodes or "
+        "contiguous blocks, seeded by --seed, to measure the student's agreement with the data "
+        "(0 < X <= 0.5; default: the config's data.heldout_share, 0.1)",
+    )
     parser.add_argument("--seed", type=int, help="seed (overrides the config)")
     parser.add_argument(
         "--realtime",
@@ -98,6 +106,16 @@ def _check_flags(args: argparse.Namespace) -> None:
     require_at_least("--episodes", args.episodes, 1)
     require_at_least("--hz", args.hz, 1)
     check_writable("--json", args.json)
+    if args.heldout_share is not None:
+        from tickcall.models.training.split import check_share
+
+        try:
+            check_share(args.heldout_share)
+        except ValueError:
+            raise CommandError(
+                f"--heldout-share {args.heldout_share:g} is not a share of the rows; give a fraction "
+                "above 0 and at most 0.5 (e.g. 0.1)"
+            ) from None
     if args.export and not Path(args.export).is_file():
         raise CommandError(
             f"--export {args.export}: no such checkpoint file; give one of this run's work_dir/ckpt-rN.pt"
@@ -142,13 +160,17 @@ def run(args: argparse.Namespace) -> int:
     if args.labels != "call" and not args.data_files:
         from tickcall.commands.errors import CommandError
 
-        raise CommandError("--labels big reads the big model's calls of run reports: give them with --data REPORT")
+        raise CommandError(
+            "--labels big reads the big model's calls of run reports: give them with --data REPORT"
+        )
     if args.data_files:
         _use_data(cfg, args)
     if args.steps is not None:
         cfg.train.steps = args.steps
     if args.seed is not None:
         cfg.seed = args.seed
+    if args.heldout_share is not None:
+        cfg.data.heldout_share = args.heldout_share
     if args.realtime:
         cfg.realtime_eval = True
     cfg.realtime_hz = args.hz
@@ -189,14 +211,18 @@ def run(args: argparse.Namespace) -> int:
         if args.card:
             _update_card(Path(args.evaluate), cfg, scores)
     else:
-        from tickcall.commands.errors import CommandError
+        from tickcall.commands.errors import CommandError, one_line
 
         try:
             pipeline = make_pipeline(cfg, progress=not args.no_progress, labels=args.labels)
         except ValueError as exc:  # no such teacher, no labels for an env, tools that disagree
             raise CommandError(str(exc)) from None
-        scores = pipeline.run()
+        try:
+            scores = pipeline.run()
+        except ValueError as exc:  # a resumed work_dir of another split, a dataset the student cannot hold
+            raise CommandError(one_line(exc)) from None
         print(f"model written to {cfg.out}")
+        _agreement_table(scores)
         rt = {e: s["realtime"] for e, s in scores["envs"].items() if "realtime" in s}
         if rt:
             _table(rt)
@@ -219,7 +245,9 @@ def _use_data(cfg, args: argparse.Namespace) -> None:
             f"--data: {one_line(exc)}; give a tickcall record file, or a tickcall run's ticks.jsonl or its folder"
         ) from None
     if args.labels == "big" and not any(data.by_env().values()):
-        raise CommandError("--labels big: the --data reports hold no big-model calls; give a cascade run's report")
+        raise CommandError(
+            "--labels big: the --data reports hold no big-model calls; give a cascade run's report"
+        )
     if not args.envs:
         cfg.envs = envs
     if not args.teacher:
@@ -238,6 +266,25 @@ def _table(scores: dict) -> None:
             f"{100 * s['legal_rate']:>7.2f}% {s['deadline_misses']:>7d} {s['decide_p50_ms']:>7.2f} "
             f"{s['decide_p90_ms']:>7.2f}"
         )
+
+
+def _agreement_table(scores: dict) -> None:
+    """Held-out agreement per env: exact call, legal rate, each head and each argument, and how the
+    held-out turns were chosen (the data's own turns, or the teacher's fresh rollouts)."""
+    envs = {e: s["heldout"] for e, s in scores.get("envs", {}).items() if s.get("heldout", {}).get("n")}
+    if not envs:
+        return
+    print(f"{'env':<20} {'held-out':>8} {'by':<16} {'exact':>8} {'legal':>8}  per head / per argument")
+    for env, a in envs.items():
+        sp = a.get("split")
+        by = f"{len(sp['heldout_groups'])}/{sp['groups']} {sp['unit']}s" if sp else "teacher rollouts"
+        heads = " ".join(f"{h} {100 * v:.1f}%" for h, v in a["per_head"].items())
+        print(
+            f"{env:<20} {a['n']:>8d} {by:<16} {100 * a['exact_call']:>7.2f}% {100 * a['legal_rate']:>7.2f}%  {heads}"
+        )
+        if a.get("per_arg"):
+            args = " ".join(f"{k} {100 * v:.1f}%" for k, v in a["per_arg"].items())
+            print(f"{'':<65}{args}")
 
 
 def _update_card(folder: Path, cfg, realtime: dict) -> None:
