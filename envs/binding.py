@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -284,6 +285,56 @@ def _noop_from_entry(space: Any, noop: Any) -> Any:
     return noop
 
 
+def _raw_action(env: Any, action: Any) -> Any:
+    """``action`` as the raw env receives it: through each ``ActionWrapper``'s ``action`` on the way in."""
+    import gymnasium as gym
+
+    while env is not env.unwrapped:
+        if isinstance(env, gym.ActionWrapper):
+            action = env.action(action)
+        env = env.env
+    return action
+
+
+def _noop_through_wrappers(env: Any, raw_noop: Any) -> Any:
+    """The action as wrapped that reaches the raw env as (or nearest to) ``raw_noop``, or None.
+
+    A Box whose wrappers map each entry affinely (``RescaleAction``, ``ClipAction``): solved from the
+    raw actions of the wrapped bounds (checked at the midpoint). A small Discrete or MultiDiscrete
+    over a Box (``DiscretizeAction``): the level whose raw action is nearest. So the fallback of a rescaled
+    LunarLanderContinuous is still "engines off", not the low corner of the new range."""
+    from gymnasium import spaces as S
+
+    outer, raw = env.action_space, env.unwrapped.action_space
+    if not isinstance(raw, S.Box):
+        return None
+    target = np.asarray(raw_noop, dtype=np.float64)
+    try:
+        if isinstance(outer, S.Box) and outer.shape == raw.shape:
+            lo, hi = outer.low.astype(np.float64), outer.high.astype(np.float64)
+            if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(hi > lo)):
+                return None
+            r_lo, r_hi = (np.asarray(_raw_action(env, x), dtype=np.float64) for x in (lo, hi))
+            r_mid = np.asarray(_raw_action(env, (lo + hi) / 2), dtype=np.float64)
+            if not np.allclose(r_mid, (r_lo + r_hi) / 2, atol=1e-6) or np.any(r_hi == r_lo):
+                return None  # not affine (or flat): no way to say which action means the no-op
+            action = lo + (target - r_lo) * (hi - lo) / (r_hi - r_lo)
+            return np.clip(action, lo, hi).astype(outer.dtype)
+        if isinstance(outer, S.Discrete) and outer.n <= 1024:
+            levels: list[Any] = [int(outer.start) + k for k in range(int(outer.n))]
+        elif isinstance(outer, S.MultiDiscrete) and outer.nvec.ndim == 1 and int(np.prod(outer.nvec)) <= 1024:
+            ranges = [range(int(st), int(st) + int(n)) for st, n in zip(outer.start, outer.nvec, strict=True)]
+            levels = [np.array(c, dtype=outer.dtype) for c in itertools.product(*ranges)]
+        else:
+            return None
+        dist = [
+            float(np.abs(np.asarray(_raw_action(env, a), dtype=np.float64) - target).sum()) for a in levels
+        ]
+        return levels[int(np.argmin(dist))]
+    except (TypeError, ValueError, AssertionError, IndexError):
+        return None  # a wrapper that cannot map these test actions: keep the plain default
+
+
 def _entry_of(env: Any, env_id: str | None) -> EnvEntry:
     """The catalog's entry for ``env_id``; else the env's own ``metadata["tickcall"]`` (a catalog
     entry as a dict, see ``envs.catalog``), so an env can name its tools and observation itself;
@@ -449,11 +500,14 @@ def make_binding(
             _noop=raw.noop_action(),
         )
     e = entry or _entry_of(env, env_id)
+    noop = _noop_from_entry(env.action_space, None if entry is None and _reshaped(env) else e.noop)
+    if entry is None and env.action_space != env.unwrapped.action_space:
+        # the catalog's no-op is the raw env's: find the action as wrapped that reaches it
+        found = _noop_through_wrappers(env, _noop_from_entry(env.unwrapped.action_space, e.noop))
+        noop = noop if found is None else found
     if entry is None and _reshaped(env):
         # a wrapper changed the action's kind or shape (DiscretizeAction, FlattenAction, ...): the
-        # catalog's names, labels and no-op were written for the raw action; keep the names only
-        # where they still fit, and the default no-op
-        e = dataclasses.replace(e, noop=None)
+        # catalog's names and labels were written for the raw action; keep them only where they fit
         try:
             SpaceAdapter(env.action_space, param_names=e.param_names, labels=e.labels)
         except ValueError:
@@ -483,5 +537,5 @@ def make_binding(
         on_invalid=on_invalid,
         adapter=adapter,
         env_kwargs=env_kwargs,
-        _noop=_noop_from_entry(env.action_space, e.noop),
+        _noop=noop,
     )

@@ -47,6 +47,18 @@ class Ticker(gym.Env):
         return np.array([self.n], np.float32), float(action), self.n >= self.length, False, {"n": self.n}
 
 
+class RawActions(gym.Wrapper):
+    """Records the actions that reach the env it wraps (put under the wrappers being tested)."""
+
+    def __init__(self, env) -> None:
+        super().__init__(env)
+        self.actions: list[np.ndarray] = []
+
+    def step(self, action):
+        self.actions.append(np.round(np.asarray(action, dtype=np.float64), 6))
+        return self.env.step(action)
+
+
 def _sim_rt(length: int = 10_000, **kw) -> tuple[RealTimeEnv, Ticker, SimClock]:
     env, clock = Ticker(length), SimClock(t=0.0)
     return RealTimeEnv(env, physics_hz=50, step_hz=10, clock=clock, sleep=clock.sleep, **kw), env, clock
@@ -232,7 +244,27 @@ def test_a_reshaped_action_drops_catalog_names_that_no_longer_fit():
     assert list(fn["parameters"]["properties"]) == ["action"]  # not the four joint names
     assert "an index of Discrete(81)" in fn["description"]
     assert walker.call_to_action(Call("motors", {"action": 80})).status == "ok"
-    assert walker.default_action() == 0
+    assert walker.default_action() == 40  # the middle bin of each joint: torques 0, as the raw no-op
+
+
+def test_the_fallback_action_is_the_raw_no_op_through_the_wrappers():
+    """The catalog's no-op is the raw env's ("engines off"): a rescaled or discretized env falls back
+    to the action that reaches the raw env as that, not to the low corner of the new space."""
+    lander = make_binding(RescaleAction(gym.make("LunarLanderContinuous-v3"), 0.0, 1.0))
+    assert lander.default_action().tolist() == [0.5, 0.5]  # raw [0, 0]: both engines off
+    assert make_binding(DiscretizeAction(gym.make("Pendulum-v1"), 5)).default_action() == 2  # torque 0
+    car = make_binding(DiscretizeAction(gym.make("MountainCarContinuous-v0"), 3, multidiscrete=True))
+    assert car.default_action().tolist() == [1]
+    assert make_binding(ClipAction(gym.make("Pendulum-v1"))).default_action().tolist() == [0.0]
+    raw = RawActions(gym.make("LunarLanderContinuous-v3"))
+    rt = RealTimeEnv(make_binding(RescaleAction(raw, 0.0, 1.0)), mode="lockstep", seed=0)
+    rt.reset()
+    rt.apply(Call("engines", {"main": 1.0, "lateral": 0.5}))
+    rt.apply(None)  # no usable call: rejected, on_reject="hold" keeps main engine full
+    rt2 = RealTimeEnv(rt.binding, mode="lockstep", seed=0, on_reject="default")
+    rt2.apply(None)  # on_reject="default": the fallback, engines off again
+    assert [a.tolist() for a in raw.actions] == [[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]
+    rt.close()
 
 
 def test_realtime_env_over_wrapped_envs():
