@@ -117,6 +117,27 @@ def test_engine_ai_sends_what_it_played_and_refuses_tickcalls_calls(engine):
     assert ai and all(c["ok"] for c in ai if c["name"] not in ("fire", "dash"))
 
 
+def test_cartpole_ai_balances_and_says_what_it_pushed(engine):
+    """``--game cartpole --ai balance``: tickcall's CartPole expert (push right when 0.05 x + 0.3 v + 3 a +
+    0.6 w > 0) in C++: what it played agrees with the expert on the observation's text (3 decimals: only
+    turns beside the boundary may differ). How long the pole stays up depends on the machine keeping
+    20x real time, so no return is asserted."""
+    from tickcall.envs.experts import cartpole_action
+
+    with EngineBridge(BridgeConfig(endpoint="tcp://127.0.0.1:0", keep_played=10_000)) as bridge:
+        engine(bridge.endpoint, "--game", "cartpole", "--ai", "balance", "--speed", "20")
+        hello = bridge.wait_for_engine(30)
+        assert hello.game is None  # its text is not CartPole-v1's: no gymnasium id claimed
+        assert _until(lambda: len(bridge.episodes) >= 1 and bridge.counts["obs_played"] > 300)
+        played = bridge.take_played()
+        values = [[float(kv.split("=")[1]) for kv in bridge.observation_text(o).split()] for o in played]
+        agree = sum(
+            o.played.arguments["direction"] == ("right" if cartpole_action(v) else "left")
+            for o, v in zip(played, values, strict=True)
+        )
+        assert len(played) > 100 and agree >= 0.95 * len(played)
+
+
 def test_engine_without_ai_is_unchanged(engine):
     """Without ``--ai`` observations carry no ``played`` (they decode to the 1.1 ``ObsMsg``) and
     tickcall's calls apply as before."""
