@@ -191,10 +191,11 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
             )
         if lock:
             te = lock.get("teacher")
+            te_text = f"{te['mean_return']:.1f}" if te else "n/a (no teacher at train time)"
             lines.append(
                 f"- Lock-step closed loop (action held {lock['hold']} physics steps, {lock['student']['episodes']} "
-                f"seeded episodes): student {lock['student']['mean_return']:.1f}, teacher "
-                f"{te['mean_return'] if te else float('nan'):.1f}, random {lock['random']['mean_return']:.1f}."
+                f"seeded episodes): student {lock['student']['mean_return']:.1f}, teacher {te_text}, random "
+                f"{lock['random']['mean_return']:.1f}."
             )
         rt = s.get("realtime")
         if s.get("realtime_skipped"):
