@@ -108,6 +108,40 @@ def test_a_bad_heldout_share_in_the_config_is_one_line_and_exit_2(tmp_path, caps
     assert len(err.splitlines()) == 1 and "data.heldout_share" in err
 
 
+def _cartpole_run(folder: Path, episodes: int, per_episode: int) -> Path:
+    """A run report of CartPole-v1 as the loop writes it: ticks with turn, call and episode number."""
+    from tickcall.control_loop.records import TickRecord
+
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps({"env": "CartPole-v1", "model": "big"}))
+    ticks, k = [], 0
+    for ep in range(episodes):
+        for j in range(per_episode):
+            a = (j % 9) / 4.0 - 1.0
+            call = {"name": "push", "arguments": {"direction": "right" if a > 0 else "left"}}
+            turn = {"query": f"x=+0.{ep:03d} v=+0.000 a={a:+.3f} w=+0.{j:03d}", "history": []}
+            ticks.append(TickRecord(k, 62.5 * k, outcome="ok", call=call, turn=turn, episode=ep))
+            k += 1
+    ticks.insert(3, TickRecord(k, 0.0, outcome="skipped", episode=0))  # no call: not a row
+    (folder / "ticks.jsonl").write_text("".join(json.dumps(t.to_dict()) + "\n" for t in ticks))
+    return folder
+
+
+def test_run_reports_give_their_rows_episodes_distinct_across_runs(tmp_path):
+    from tickcall.models.training.split import split_rows
+
+    from tickcall.training import load_data
+
+    a, b = _cartpole_run(tmp_path / "a", 4, 30), _cartpole_run(tmp_path / "b", 6, 20)
+    data = load_data([str(a), str(b)])
+    assert [r.episode for r in data.records] == [e for e in range(4) for _ in range(30)] + [
+        e for e in range(4, 10) for _ in range(20)
+    ]
+    sp = split_rows(data.records, 0.1, seed=0)
+    assert sp.unit == "episode" and sp.groups == 10
+    assert not {r.episode for r in sp.train} & {r.episode for r in sp.heldout}
+
+
 # ---- data-only training -----------------------------------------------------------------------------
 def test_data_only_training_reports_the_held_out_agreement(tmp_path, capsys):
     """``tickcall record`` (the CartPole expert, 12 episodes) -> ``tickcall train --data`` (no teacher):

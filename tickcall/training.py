@@ -59,7 +59,24 @@ def load_data(paths: list[str], labels: str = "call") -> Dataset:
             parts.append(_with_episodes(ticks_dataset(path, labels=labels), path, labels))
         else:
             parts.append(read_dataset(path))
+    _distinct_episodes(parts)
     return merge(parts)
+
+
+def _distinct_episodes(parts: list[Dataset]) -> None:
+    """Renumber the episodes of the second and later files past the earlier files' (two runs both
+    count from 0; merged, their episode 0s would read as one episode to the held-out split)."""
+    base = 0
+    for d in parts:
+        eps = [r.episode for r in d.records if r.episode is not None]
+        if not eps:
+            continue
+        low = min(eps)
+        if base:
+            for r in d.records:
+                if r.episode is not None:
+                    r.episode = r.episode - low + base
+        base = max(r.episode for r in d.records if r.episode is not None) + 1
 
 
 def _with_episodes(data: Dataset, path: Path, labels: str) -> Dataset:
