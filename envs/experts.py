@@ -97,6 +97,31 @@ def mountaincar_cont_action(obs: Any) -> np.ndarray:
     return np.array([1.0 if v >= 0 else -1.0], dtype=np.float32)
 
 
+def mountaincar_action(obs: Any) -> int:
+    """Pump energy: push (0 left, 2 right) in the direction of motion, biased by the position.
+
+    Push right when ``v >= 0.01 (x + 0.47)`` (x in position units, v per step): from rest right of
+    -0.47 the car first swings back left, which gains the energy to climb sooner. The two constants
+    were picked on seeds 100-159 with each decision held 2 physics steps (16 Hz on a 30 Hz env):
+    -102.8 mean return there, against -120.7 for plain velocity-following (gymnasium's
+    ``reward_threshold`` is -110)."""
+    return 2 if mountaincar_margin(obs) >= 0 else 0
+
+
+def mountaincar_margin(obs: Any) -> float:
+    """``v - 0.01 (x + 0.47)``: positive pushes right (see ``mountaincar_action``)."""
+    return float(obs[1]) - 0.01 * (float(obs[0]) + 0.47)
+
+
+def mountaincar_logits(obs: Any) -> dict[str, dict[str, float]]:
+    """The expert's scores per value of ``push(direction)``: ``right`` wins exactly when it pushes right.
+
+    400 x the margin: one step of the text's last digit (0.001) is a logit of 0.4, as sure as
+    CartPole's expert is while balancing; ``none`` is never the expert's choice."""
+    m = mountaincar_margin(obs)
+    return {"direction": {"left": 0.0, "none": -20.0, "right": 400.0 * m}}
+
+
 def pendulum_action(obs: Any) -> np.ndarray:
     """Energy-shaping swing-up, then a PD controller near the top (torque limit 2)."""
     c, s, w = (float(t) for t in obs)
@@ -155,7 +180,7 @@ class ArenaExpert:
         pass
 
 
-EXPERTS = ("CartPole-v1", "MountainCarContinuous-v0", "Pendulum-v1", "LunarLander-v3",
+EXPERTS = ("CartPole-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Pendulum-v1", "LunarLander-v3",
            "tickcall/Arena-v0", "tickcall/GoalArena-v0", "tickcall/GoalArena-Heldout-v0")
 
 
@@ -172,6 +197,8 @@ def get_expert(env_id: str, binding: EnvBinding | None = None) -> Policy:
     binding = binding or make_binding(env_id)
     if env_id == "CartPole-v1":
         return ActionPolicy(binding, cartpole_action)
+    if env_id == "MountainCar-v0":
+        return ActionPolicy(binding, mountaincar_action)
     if env_id == "MountainCarContinuous-v0":
         return ActionPolicy(binding, mountaincar_cont_action)
     if env_id == "Pendulum-v1":
@@ -180,7 +207,7 @@ def get_expert(env_id: str, binding: EnvBinding | None = None) -> Policy:
 
 
 ExpertLogits = Callable[[Any], dict[str, dict[str, float]]]  # obs -> {parameter: {value: logit}}
-EXPERT_LOGITS: dict[str, ExpertLogits] = {"CartPole-v1": cartpole_logits}
+EXPERT_LOGITS: dict[str, ExpertLogits] = {"CartPole-v1": cartpole_logits, "MountainCar-v0": mountaincar_logits}
 
 
 def get_expert_logits(env_id: str) -> ExpertLogits | None:
