@@ -173,7 +173,10 @@ def test_data_only_training_reports_the_held_out_agreement(tmp_path, capsys):
     # the held-out episode is not in the training rows: the rows trained are the others
     assert scores["rows"]["CartPole-v1"] == sp["train_rows"] == len(ds.records) - 50
     assert 0.0 <= held["exact_call"] <= 1.0 and 0.0 <= held["legal_rate"] <= 1.0
-    assert "1/12 episodes" in out and "push.direction" in out and "exact" in out
+    assert "1/12 episodes" in out and "push.direction" in out and "exact" in out and "as served" in out
+    served = held["served"]  # the written folder through the engine tickcall run uses (constrained heads)
+    assert served["n"] == 50 and served["legal_rate"] == 1.0 and set(served["per_arg"]) == {"push.direction"}
+    assert 0.0 <= served["exact_call"] <= served["function"] <= 1.0
     card = (tmp_path / "model" / "README.md").read_text()
     assert "Agreement with the data's labels on 50 held-out turns" in card and "1 of 12 episodes" in card
     assert scores["machine"]["cores"] >= 1 and scores["machine"]["cpu"] in card

@@ -177,6 +177,13 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         lines += [f"### {env_id}", ""]
         if acc.get("split"):
             lines.append(_agreement_text(acc))
+            sv = acc.get("served")
+            if sv:
+                lines.append(
+                    f"- The same turns as `tickcall run` serves the model (the transformers engine, constrained "
+                    f"heads: argument heads decoded under the chosen tool's grammar): exact call "
+                    f"{_pct(sv['exact_call'])}; tool {_pct(sv['function'])}; legal {_pct(sv['legal_rate'])}."
+                )
         else:
             lines.append(
                 f"- Head accuracy ({acc['n']} states): {heads}; exact call {_pct(acc['exact_call'])}; "

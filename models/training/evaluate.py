@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tickcall.models.calls import Call
 from tickcall.models.format import encode_call_heads
 from tickcall.models.prompt_text import make_turn
+from tickcall.models.tools import ToolSpec
 from tickcall.models.training.collect import BatchPolicy, Record, rollout
 from tickcall.models.training.sources import EnvSource
 from tickcall.models.training.student import BatchStudent
@@ -62,6 +64,67 @@ def head_accuracy(student: BatchStudent, records: Sequence[Record]) -> dict[str,
         "per_tool_n": tool_n,
         "exact_call": exact / n,
         "legal_rate": legal / n,
+    }
+
+
+def served_agreement(
+    folder: str | Path,
+    tools: Sequence[ToolSpec],
+    records: Sequence[Record],
+    threads: int = 1,
+    batch: int = 64,
+) -> dict[str, Any]:
+    """The agreement of the model folder ``folder`` with the labels of ``records`` as ``tickcall run``
+    serves it: the transformers engine (``models.loading.load_engine``, CPU, its default constrained
+    heads: the function head picks a tool, each argument head is decoded under the chosen tool's
+    grammar), the folder's own template and system prompt (``tickcall.json``). ``head_accuracy`` reads
+    the raw heads of an unconstrained decode, where an argument head may still write a value for a
+    tool that takes none; here that cannot happen, so this is the figure of the model in the loop.
+    Returns ``n``, ``exact_call``, ``legal_rate``, ``function`` (the tool named right) and
+    ``per_arg`` (as ``head_accuracy``'s)."""
+    from tickcall.models.loading import load_engine, read_model_meta
+
+    meta = read_model_meta(folder)
+    engine = load_engine(folder, device="cpu", threads=threads)
+    try:
+        reg = engine.register(list(tools), meta.get("system"), meta.get("template"))
+        decisions = []
+        for i in range(0, len(records), batch):
+            chunk = records[i : i + batch]
+            decisions.extend(
+                engine.decide_batch([(reg.handle, make_turn(r.query, r.history)) for r in chunk])
+            )
+    finally:
+        engine.close()
+    tool_map = {t.name: t for t in tools}
+    exact = legal = function = 0
+    arg_right: dict[str, int] = {}
+    arg_tool: dict[str, str] = {}
+    tool_n: dict[str, int] = {}
+    for rec, dec in zip(records, decisions, strict=True):
+        got = dec.call if dec.legal else None
+        tool = tool_map[rec.call.name]
+        tool_n[tool.name] = tool_n.get(tool.name, 0) + 1
+        for name in tool.param_names:
+            key = f"{tool.name}.{name}"
+            arg_tool[key] = tool.name
+            same = (
+                got is not None
+                and got.name == tool.name
+                and got.arguments.get(name) == rec.call.arguments.get(name)
+            )
+            arg_right[key] = arg_right.get(key, 0) + int(same)
+        legal += int(dec.legal)
+        function += int(got is not None and got.name == rec.call.name)
+        exact += int(got is not None and got == rec.call)
+    n = max(1, len(records))
+    return {
+        "n": len(records),
+        "exact_call": exact / n,
+        "legal_rate": legal / n,
+        "function": function / n,
+        "per_arg": {k: v / tool_n[arg_tool[k]] for k, v in arg_right.items()},
+        "decoding": "transformers engine, constrained heads (as tickcall run serves it)",
     }
 
 

@@ -497,7 +497,7 @@ class Pipeline:
         model.eval()
         scores = self.score(model, tok, episodes)
         scores["checkpoint"] = {"file": Path(checkpoint).name, "step": int(state["step"])}
-        self.save(model, tok, scores)
+        self.served(self.save(model, tok, scores), scores)
         return scores
 
     def score(self, model, tok, episodes: int | None = None) -> dict[str, Any]:
@@ -561,6 +561,31 @@ class Pipeline:
                 f"random {rnd['mean_return']:.1f}"
             )
         return scores
+
+    def served(self, folder: Path, scores: dict[str, Any]) -> None:
+        """For envs scored on the data's own held-out turns: the agreement of the written model folder
+        as ``tickcall run`` serves it (``evaluate.served_agreement``: the engine, constrained heads),
+        added as ``heldout.served``; scores.json and the card are rewritten."""
+        from tickcall.models.training.card import write_card
+        from tickcall.models.training.evaluate import served_agreement
+
+        held = self.heldout()
+        done = False
+        for env_id in self.cfg.envs:
+            acc = scores["envs"].get(env_id, {}).get("heldout", {})
+            if not acc.get("split") or not held.get(env_id):
+                continue
+            acc["served"] = sv = served_agreement(
+                folder, self.tools[env_id], held[env_id], self.cfg.train.threads
+            )
+            self.log(
+                f"{env_id}: as served (engine, constrained heads): exact {sv['exact_call']:.4f}, legal "
+                f"{sv['legal_rate']:.4f}, function {sv['function']:.4f} ({sv['n']} held-out turns)"
+            )
+            done = True
+        if done:
+            (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+            write_card(folder, self.cfg, scores)
 
     def _teacher_of(self, env_id: str) -> dict[str, Any]:
         """Who labelled ``env_id``'s rows: the dataset's teacher and/or the source's (with its info)."""
@@ -648,6 +673,7 @@ class Pipeline:
         scores["timings_s"] = dict(self.timings)
         scores["machine"] = machine()
         out = self.save(model, tok, scores)
+        self.served(out, scores)
         if cfg.realtime_eval:
             self.realtime(out, scores)
         return scores

@@ -285,6 +285,12 @@ def _agreement_table(scores: dict) -> None:
         if a.get("per_arg"):
             args = " ".join(f"{k} {100 * v:.1f}%" for k, v in a["per_arg"].items())
             print(f"{'':<65}{args}")
+        sv = a.get("served")
+        if sv:
+            print(
+                f"{'  as served':<20} {sv['n']:>8d} {'engine':<16} {100 * sv['exact_call']:>7.2f}% "
+                f"{100 * sv['legal_rate']:>7.2f}%  tool {100 * sv['function']:.1f}% (constrained heads)"
+            )
 
 
 def _update_card(folder: Path, cfg, realtime: dict) -> None:
