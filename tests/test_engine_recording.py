@@ -117,6 +117,22 @@ def test_engine_ai_sends_what_it_played_and_refuses_tickcalls_calls(engine):
     assert ai and all(c["ok"] for c in ai if c["name"] not in ("fire", "dash"))
 
 
+def test_ai_epsilon_spreads_the_states_but_played_stays_the_ais_decision(engine):
+    """``--ai-epsilon 1``: every decision is replaced in the game by a random legal call, and every
+    ``played`` still names what the AI decided on that observation (the label of a recording)."""
+    with EngineBridge(BridgeConfig(endpoint="tcp://127.0.0.1:0", keep_played=10_000)) as bridge:
+        eng = engine(bridge.endpoint, "--ai", "chase", "--ai-epsilon", "1", "--speed", "20")
+        bridge.wait_for_engine(30)
+        played: list = []
+        assert _until(lambda: played.extend(bridge.take_played()) or len(played) >= 100)
+        assert all(o.played == arena_text_expert(bridge.observation_text(o)) for o in played)
+    assert eng.stop() == 0
+    [stats] = eng.events("stats")
+    assert stats["ai_noise_calls"] == stats["ai_calls"] > 0
+    applied = [Call(c["name"], c["arguments"]) for c in eng.events("ai_call")]
+    assert len({c.name for c in applied}) == 5  # random tools, not the AI's
+
+
 def test_cartpole_ai_balances_and_says_what_it_pushed(engine):
     """``--game cartpole --ai balance``: tickcall's CartPole expert (push right when 0.05 x + 0.3 v + 3 a +
     0.6 w > 0) in C++: what it played agrees with the expert on the observation's text (3 decimals: only

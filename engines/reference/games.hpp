@@ -75,6 +75,34 @@ inline std::string validate_call(const Value& tools, const std::string& name, co
     return "";
 }
 
+// A uniformly random legal call of `tools` (a map {name, arguments}): a random tool, each parameter
+// drawn from its enum, or uniformly within [minimum, maximum] (0..1 when unbounded), booleans by a coin.
+template <typename Rng>
+Value random_call(const Value& tools, Rng& rng) {
+    std::uniform_int_distribution<size_t> pick_tool(0, tools.arr.size() - 1);
+    const Value& fn = *tools.arr[pick_tool(rng)].get("function");
+    Value args = Value::object();
+    const Value* params = fn.get("parameters");
+    const Value* props = params ? params->get("properties") : nullptr;
+    if (props) {
+        for (const auto& kv : props->map) {
+            const Value& schema = kv.second;
+            if (const Value* en = schema.get("enum")) {
+                std::uniform_int_distribution<size_t> pick(0, en->arr.size() - 1);
+                args.set(kv.first, en->arr[pick(rng)]);
+            } else if (schema.str_or("type", "") == "boolean") {
+                args.set(kv.first, std::uniform_int_distribution<int>(0, 1)(rng) == 1);
+            } else {
+                const Value* lo = schema.get("minimum");
+                const Value* hi = schema.get("maximum");
+                std::uniform_real_distribution<double> u(lo ? lo->number() : 0.0, hi ? hi->number() : 1.0);
+                args.set(kv.first, std::round(u(rng) * 10) / 10);
+            }
+        }
+    }
+    return Value::object({{"name", fn.str_or("name", "")}, {"arguments", args}});
+}
+
 inline Value tool(const std::string& name, const std::string& description, Value properties,
                   std::vector<Value> required) {
     Value params = Value::object({{"type", "object"}, {"properties", std::move(properties)},

@@ -22,7 +22,8 @@
 // --ai NAME (recording mode, protocol 1.2): the engine's own AI plays (arena: chase, tickcall's
 // ArenaExpert; cartpole: balance). Every 1/--ai-hz s of game time (16 Hz, tickcall's rate) the AI
 // decides on the observation being sent and that observation carries what it played (`played`);
-// tickcall's calls are refused (`ai_playing`) and never applied. --speed X runs game time X times
+// tickcall's calls are refused (`ai_playing`) and never applied. --ai-epsilon P: a share P of the
+// AI's decisions is replaced in the game by a random legal call (`played` still names the AI's). --speed X runs game time X times
 // faster than the wall clock (recordings in less time; pings and --duration stay on the wall clock).
 //
 // Exit codes: 0 done, 2 bad command line or socket setup, 3 fatal protocol error from tickcall
@@ -77,6 +78,7 @@ struct Options {
     std::string agent_prefix = "npc_";  // crowd agent ids are prefix + index
     std::string ai;            // --ai NAME: the engine's own AI plays and sends `played` (recording)
     double ai_hz = 16;         // AI decisions per second of game time
+    double ai_epsilon = 0;     // share of the AI's decisions replaced in the game by a random legal call
     double speed = 1;          // game seconds per wall-clock second (real-time mode)
 };
 
@@ -86,7 +88,8 @@ void usage() {
                  "  [--duration S] [--frame-hz HZ] [--obs-every FRAMES] [--obs-format text|values]\n"
                  "  [--lockstep FRAMES] [--heartbeat-ms MS] [--name NAME] [--log FILE.jsonl]\n"
                  "  [--render FILE.txt] [--server-key Z85] [--protocol-version V] [--quiet]\n"
-                 "  [--agents N [--churn S] [--agent-prefix P]] [--ai chase|balance [--ai-hz HZ]] [--speed X]\n");
+                 "  [--agents N [--churn S] [--agent-prefix P]] [--ai chase|balance [--ai-hz HZ] [--ai-epsilon P]]\n"
+                 "  [--speed X]\n");
 }
 
 bool parse_args(int argc, char** argv, Options& o) {
@@ -116,6 +119,7 @@ bool parse_args(int argc, char** argv, Options& o) {
         else if (a == "--agent-prefix") o.agent_prefix = next();
         else if (a == "--ai") o.ai = next();
         else if (a == "--ai-hz") o.ai_hz = std::stod(next());
+        else if (a == "--ai-epsilon") o.ai_epsilon = std::stod(next());
         else if (a == "--speed") o.speed = std::stod(next());
         else if (a == "-h" || a == "--help") { usage(); std::exit(0); }
         else throw std::runtime_error("unknown option " + a);
@@ -131,6 +135,7 @@ bool parse_args(int argc, char** argv, Options& o) {
     if (o.churn_s < 0 || (o.churn_s > 0 && o.agents == 0)) throw std::runtime_error("--churn S needs --agents and S >= 0");
     if (!o.ai.empty() && o.agents > 0) throw std::runtime_error("--ai plays one agent: leave out --agents");
     if (o.ai_hz <= 0 || o.ai_hz > 1000) throw std::runtime_error("--ai-hz must be within (0, 1000]");
+    if (o.ai_epsilon < 0 || o.ai_epsilon > 1) throw std::runtime_error("--ai-epsilon must be within 0..1");
     if (o.speed < 0.1 || o.speed > 100) throw std::runtime_error("--speed must be within 0.1..100");
     return true;
 }
@@ -184,6 +189,7 @@ public:
             return 2;
         }
         if (!open_socket()) return 2;
+        noise_rng_.seed(opt_.seed + 0x5eed);
         game_->reset(opt_.seed);
         for (size_t k = 0; k < npcs_.size(); ++k) npcs_[k].game->reset(npc_seed(k, 0));
         log_event("start", Value::object({{"game", game_->name()}, {"session", session_}, {"seed", static_cast<int64_t>(opt_.seed)},
@@ -483,7 +489,15 @@ private:
         if (opt_.ai.empty() || game_s_ + 1e-9 < next_ai_s_) return;
         played_ = game_->ai_call(opt_.ai);
         next_ai_s_ = std::max(next_ai_s_ + 1.0 / opt_.ai_hz, game_s_);  // never bursts to catch up
-        pending_.push_back({-1, played_.get("name")->s, *played_.get("arguments"), -1, -1, Value(), -1});
+        // --ai-epsilon: now and then the game applies a random legal call instead, while the observation
+        // still says what the AI decided: the label stays the AI's, the states it then meets spread out
+        // (what tickcall record's --epsilon does for Python teachers)
+        Value applied = played_;
+        if (opt_.ai_epsilon > 0 && std::uniform_real_distribution<double>(0, 1)(noise_rng_) < opt_.ai_epsilon) {
+            applied = ref::random_call(game_->tools(), noise_rng_);
+            ++ai_noise_;
+        }
+        pending_.push_back({-1, applied.get("name")->s, *applied.get("arguments"), -1, -1, Value(), -1});
         ++ai_calls_;
     }
 
@@ -666,7 +680,10 @@ private:
                                      {"tickcall_lost", lost_}, {"errors_received", errors_received_},
                                      {"bad_messages", bad_messages_}, {"reconnects", reopens_}, {"episodes", episode_},
                                      {"elapsed_s", elapsed_s()}});
-        if (!opt_.ai.empty()) stats.set("ai_calls", ai_calls_);
+        if (!opt_.ai.empty()) {
+            stats.set("ai_calls", ai_calls_);
+            stats.set("ai_noise_calls", ai_noise_);
+        }
         if (crowd()) {  // per NPC: observations sent and calls applied
             Value per = Value::object();
             for (const auto& n : npcs_)
@@ -713,7 +730,8 @@ private:
     double acc_ = 0, ep_return_ = 0;
     double game_s_ = 0, next_ai_s_ = 0;  // game time (s) and the AI's next decision (--ai)
     Value played_;                       // what the AI played on the observation about to go out
-    int64_t ai_calls_ = 0;
+    int64_t ai_calls_ = 0, ai_noise_ = 0;
+    std::mt19937_64 noise_rng_{0x5eed};  // --ai-epsilon draws (seeded: the same run twice is the same)
     int64_t frame_ = 0, obs_seq_ = 0, waiting_seq_ = -1, episode_ = 0;
     int64_t obs_sent_ = 0, obs_unsent_ = 0, send_drops_ = 0, calls_received_ = 0, calls_applied_ = 0,
             calls_rejected_ = 0, hellos_ = 0, sessions_ = 0, lost_ = 0, errors_received_ = 0, bad_messages_ = 0,
