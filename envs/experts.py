@@ -113,15 +113,6 @@ def mountaincar_margin(obs: Any) -> float:
     return float(obs[1]) - 0.01 * (float(obs[0]) + 0.47)
 
 
-def mountaincar_logits(obs: Any) -> dict[str, dict[str, float]]:
-    """The expert's scores per value of ``push(direction)``: ``right`` wins exactly when it pushes right.
-
-    400 x the margin: one step of the text's last digit (0.001) is a logit of 0.4, as sure as
-    CartPole's expert is while balancing; ``none`` is never the expert's choice."""
-    m = mountaincar_margin(obs)
-    return {"direction": {"left": 0.0, "none": -20.0, "right": 400.0 * m}}
-
-
 def pendulum_action(obs: Any) -> np.ndarray:
     """Energy-shaping swing-up, then a PD controller near the top (torque limit 2)."""
     c, s, w = (float(t) for t in obs)
@@ -207,7 +198,7 @@ def get_expert(env_id: str, binding: EnvBinding | None = None) -> Policy:
 
 
 ExpertLogits = Callable[[Any], dict[str, dict[str, float]]]  # obs -> {parameter: {value: logit}}
-EXPERT_LOGITS: dict[str, ExpertLogits] = {"CartPole-v1": cartpole_logits, "MountainCar-v0": mountaincar_logits}
+EXPERT_LOGITS: dict[str, ExpertLogits] = {"CartPole-v1": cartpole_logits}
 
 
 def get_expert_logits(env_id: str) -> ExpertLogits | None:

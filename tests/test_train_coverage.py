@@ -104,3 +104,23 @@ def test_unknown_env_has_no_sampler_and_configs_take_the_new_keys():
     assert cfg.data.coverage == 10 and cfg.data.text_labels and cfg.eval_every == 50
     with pytest.raises(ValueError, match="unknown keys in data"):
         TrainConfig.from_dict({"data": {"coverge": 10}})
+
+
+def test_mountaincar_samples_cover_the_start_and_both_sides_of_the_boundary():
+    from tickcall.envs.binding import make_binding
+    from tickcall.envs.teaching import get_source
+    from tickcall.models.training.coverage import coverage_records, mountaincar_states
+
+    env_id = "MountainCar-v0"
+    space = make_binding(env_id).env.observation_space
+    states = mountaincar_states(np.random.default_rng(5), 1500)
+    assert all(space.contains(o) for o in states)
+    recs = coverage_records(get_source(env_id, text_labels=True), 1500, 5)
+    at_rest = [(o, r) for o, r in zip(states, recs, strict=True) if o[1] == 0.0]
+    assert len(at_rest) > 300
+    # the start's first push: right from left of -0.47, left from right of it (as the text shows x;
+    # the tie x=-0.470 falls as float32 rounding puts it)
+    shown = [(float(r.query.split()[0][2:]), r.call.arguments["direction"]) for _, r in at_rest]
+    sides = {(x < -0.47, d) for x, d in shown if x != -0.47}
+    assert sides == {(True, "right"), (False, "left")}
+    assert Counter(r.call.arguments["direction"] for r in recs).keys() == {"left", "right"}
