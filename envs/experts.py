@@ -134,6 +134,33 @@ def lunar_lander_action(env: Any) -> Callable[[Any], int]:
     return lambda obs: int(heuristic(raw, np.asarray(obs)))
 
 
+def lunar_lander_todo(obs: Any) -> tuple[float, float]:
+    """The two quantities gymnasium's heuristic lander decides on: ``(angle_todo, hover_todo)``.
+
+    Tilt toward the pad (target angle 0.5 x + vx, within +-0.4 rad) and hover at 0.55 |x|, both as
+    corrections damped by the rates; with a leg down only the fall is slowed (angle_todo 0). Its
+    discrete choice: ``main`` when hover_todo > max(|angle_todo|, 0.05), else ``right`` below -0.05
+    angle_todo, ``left`` above +0.05, else ``none`` (``lunar_lander_logits`` orders them the same way)."""
+    x, y, vx, vy, a, w, left_leg, right_leg = (float(t) for t in obs)
+    if left_leg or right_leg:
+        return 0.0, -0.5 * vy
+    angle_targ = min(max(0.5 * x + vx, -0.4), 0.4)
+    return 0.5 * (angle_targ - a) - w, 0.5 * (0.55 * abs(x) - y) - 0.5 * vy
+
+
+def lunar_lander_logits(obs: Any) -> dict[str, dict[str, float]]:
+    """The heuristic's scores per value of ``engine(fire)``: the argmax is exactly its choice.
+
+    10 x how far each condition is past its threshold: ``main`` the hover margin over
+    max(|angle_todo|, 0.05); a side engine its angle margin past 0.05, capped below zero while
+    ``main`` wins; ``none`` 0. A correction of 0.05 past a threshold is a logit of 0.5."""
+    angle_todo, hover_todo = lunar_lander_todo(obs)
+    main = hover_todo - max(abs(angle_todo), 0.05)
+    left = min(angle_todo - 0.05, -main)
+    right = min(-angle_todo - 0.05, -main)
+    return {"fire": {"none": 0.0, "left": 10.0 * left, "main": 10.0 * main, "right": 10.0 * right}}
+
+
 class ArenaExpert:
     """Aim at the target's sector, close in (dash when far and ready, else run), fire when ready.
 
@@ -198,7 +225,7 @@ def get_expert(env_id: str, binding: EnvBinding | None = None) -> Policy:
 
 
 ExpertLogits = Callable[[Any], dict[str, dict[str, float]]]  # obs -> {parameter: {value: logit}}
-EXPERT_LOGITS: dict[str, ExpertLogits] = {"CartPole-v1": cartpole_logits}
+EXPERT_LOGITS: dict[str, ExpertLogits] = {"CartPole-v1": cartpole_logits, "LunarLander-v3": lunar_lander_logits}
 
 
 def get_expert_logits(env_id: str) -> ExpertLogits | None:

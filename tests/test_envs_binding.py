@@ -196,3 +196,27 @@ def test_image_observations_need_a_formatter():
     b2 = make_binding("CarRacing-v3", obs_formatter=lambda o: f"mean={o.mean():.1f}")
     assert b2.obs_text(obs).startswith("mean=")
     assert b2.specs[0].param_names == ("a0", "a1", "a2")
+
+
+def test_lunar_lander_scores_pick_exactly_the_heuristics_choice():
+    """The soft targets' argmax is gymnasium's heuristic decision on its own rollouts (with 30% random
+    actions, so tilted and falling states are in too): a student taught the scores learns its choice."""
+    import gymnasium as gym
+    from gymnasium.envs.box2d.lunar_lander import heuristic
+    from tickcall.envs.experts import lunar_lander_logits
+
+    env = gym.make("LunarLander-v3")
+    rng = np.random.default_rng(0)
+    values = ["none", "left", "main", "right"]
+    seen = set()
+    for ep in range(4):
+        obs, _ = env.reset(seed=ep)
+        done = False
+        while not done:
+            want = int(heuristic(env.unwrapped, obs))
+            scores = lunar_lander_logits(obs)["fire"]
+            assert values.index(max(scores, key=scores.get)) == want, (obs, scores)
+            seen.add(want)
+            obs, _, term, trunc, _ = env.step(want if rng.random() > 0.3 else int(rng.integers(4)))
+            done = term or trunc
+    assert seen == {0, 1, 2, 3}
