@@ -134,18 +134,22 @@ def lunar_lander_action(env: Any) -> Callable[[Any], int]:
     return lambda obs: int(heuristic(raw, np.asarray(obs)))
 
 
-def lunar_lander_todo(obs: Any) -> tuple[float, float]:
+def lunar_lander_todo(obs: Any) -> tuple[np.float32, np.float32]:
     """The two quantities gymnasium's heuristic lander decides on: ``(angle_todo, hover_todo)``.
 
     Tilt toward the pad (target angle 0.5 x + vx, within +-0.4 rad) and hover at 0.55 |x|, both as
     corrections damped by the rates; with a leg down only the fall is slowed (angle_todo 0). Its
     discrete choice: ``main`` when hover_todo > max(|angle_todo|, 0.05), else ``right`` below -0.05
     angle_todo, ``left`` above +0.05, else ``none`` (``lunar_lander_logits`` orders them the same way)."""
-    x, y, vx, vy, a, w, left_leg, right_leg = (float(t) for t in obs)
+    # float32 as the heuristic computes on the env's float32 observation, so a correction exactly at
+    # a threshold falls on the same side in both
+    x, y, vx, vy, a, w, left_leg, right_leg = np.asarray(obs, dtype=np.float32)
     if left_leg or right_leg:
-        return 0.0, -0.5 * vy
-    angle_targ = min(max(0.5 * x + vx, -0.4), 0.4)
-    return 0.5 * (angle_targ - a) - w, 0.5 * (0.55 * abs(x) - y) - 0.5 * vy
+        return np.float32(0.0), -vy * np.float32(0.5)
+    angle_targ = np.clip(x * np.float32(0.5) + vx, np.float32(-0.4), np.float32(0.4))
+    angle_todo = (angle_targ - a) * np.float32(0.5) - w
+    hover_todo = (np.float32(0.55) * abs(x) - y) * np.float32(0.5) - vy * np.float32(0.5)
+    return angle_todo, hover_todo
 
 
 def lunar_lander_logits(obs: Any) -> dict[str, dict[str, float]]:
@@ -155,10 +159,12 @@ def lunar_lander_logits(obs: Any) -> dict[str, dict[str, float]]:
     max(|angle_todo|, 0.05); a side engine its angle margin past 0.05, capped below zero while
     ``main`` wins; ``none`` 0. A correction of 0.05 past a threshold is a logit of 0.5."""
     angle_todo, hover_todo = lunar_lander_todo(obs)
-    main = hover_todo - max(abs(angle_todo), 0.05)
-    left = min(angle_todo - 0.05, -main)
-    right = min(-angle_todo - 0.05, -main)
-    return {"fire": {"none": 0.0, "left": 10.0 * left, "main": 10.0 * main, "right": 10.0 * right}}
+    step = np.float32(0.05)
+    main = hover_todo - max(abs(angle_todo), step)
+    cap = -main if main > 0 else np.float32(np.inf)  # below zero while main wins, free when it does not
+    left = min(angle_todo - step, cap)
+    right = min(-angle_todo - step, cap)
+    return {"fire": {"none": 0.0, "left": 10.0 * float(left), "main": 10.0 * float(main), "right": 10.0 * float(right)}}
 
 
 class ArenaExpert:

@@ -201,21 +201,24 @@ def test_image_observations_need_a_formatter():
 def test_lunar_lander_scores_pick_exactly_the_heuristics_choice():
     """The soft targets' argmax is gymnasium's heuristic decision on its own rollouts (with 30% random
     actions, so tilted and falling states are in too): a student taught the scores learns its choice."""
-    import gymnasium as gym
     from gymnasium.envs.box2d.lunar_lander import heuristic
     from tickcall.envs.experts import lunar_lander_logits
 
-    env = gym.make("LunarLander-v3")
+    b = make_binding("LunarLander-v3")
+    env = b.env
     rng = np.random.default_rng(0)
     values = ["none", "left", "main", "right"]
     seen = set()
-    for ep in range(4):
+    for ep in range(30):
         obs, _ = env.reset(seed=ep)
         done = False
         while not done:
+            # raw, and as the text shows it (2 decimals: many corrections land exactly on a threshold)
+            shown = np.asarray([float(t.split("=")[1]) for t in b.obs_text(obs).split()], dtype=np.float32)
+            for o in (obs, shown):
+                scores = lunar_lander_logits(o)["fire"]
+                assert values.index(max(scores, key=scores.get)) == int(heuristic(env.unwrapped, o)), (o, scores)
             want = int(heuristic(env.unwrapped, obs))
-            scores = lunar_lander_logits(obs)["fire"]
-            assert values.index(max(scores, key=scores.get)) == want, (obs, scores)
             seen.add(want)
             obs, _, term, trunc, _ = env.step(want if rng.random() > 0.3 else int(rng.integers(4)))
             done = term or trunc
