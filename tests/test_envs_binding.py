@@ -148,7 +148,7 @@ def _lockstep_returns(env_id: str, policy_kind: str, seeds, hold: int = 1):
 
 @pytest.mark.parametrize("env_id, seeds, hold, expert_min_mean, random_max_mean", [
     ("CartPole-v1", range(3), 3, 500.0, 50.0),          # 500 = the maximum, also at ~16 Hz
-    ("MountainCar-v0", range(5), 2, -112.0, -199.0),    # gymnasium's reward_threshold is -110
+    ("MountainCar-v0", range(5), 2, -118.0, -199.0),    # -107.6 over seeds 300-399; threshold -110
     ("MountainCarContinuous-v0", range(3), 1, 85.0, 0.0),
     ("Pendulum-v1", range(5), 1, -250.0, -800.0),
     ("LunarLander-v3", range(5), 1, 200.0, -50.0),

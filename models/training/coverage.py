@@ -14,8 +14,8 @@ the rollouts use:
 * ``CartPole-v1``: (x, v, angle, angular velocity) from the region the 16 Hz loop visits and wider
   (recoveries), half of them placed near the expert's decision boundary (where a student errs).
 * ``MountainCar-v0``: (x, v) a third at rest with x over the reset range [-0.6, -0.4] (the expert's
-  first push depends on which side of -0.47 the car starts: a wrong one costs a whole swing), a
-  third beside the decision boundary v = 0.01 (x + 0.47), a third anywhere in the state space.
+  first push depends on which side of -0.5 the car starts: a wrong one costs a whole swing), a
+  third beside the decision boundary v = 0.005 (x + 0.5), a third anywhere in the state space.
 * ``tickcall/GoalArena-v0`` (``ENV_SAMPLED``): the env draws them itself
   (``GoalArenaEnv.sample_observation``: a goal sentence of its split, the goal colour's target dense
   around the thresholds, another target in its sector a third of the time).
@@ -94,9 +94,9 @@ def mountaincar_states(rng: Any, n: int) -> list[Any]:
         kind = rng.integers(3)
         if kind == 0:  # at rest, where an episode starts
             x, v = rng.uniform(-0.6, -0.4), 0.0
-        elif kind == 1:  # beside the boundary v = 0.01 (x + 0.47)
+        elif kind == 1:  # beside the boundary v = 0.005 (x + 0.5)
             x = rng.uniform(-1.2, 0.5)
-            v = 0.01 * (x + 0.47) + rng.normal(0, 0.002)
+            v = 0.005 * (x + 0.5) + rng.normal(0, 0.002)
         else:
             x, v = rng.uniform(-1.2, 0.5), rng.uniform(-0.07, 0.07)
         out.append(np.array([x, np.clip(v, -0.07, 0.07)], dtype=np.float32))
