@@ -41,7 +41,7 @@ def _tiny_cfg(tmp: Path, **data):
     cfg = TrainConfig.load(ROOT / "configs" / "train-ci.yaml")
     cfg.out, cfg.work_dir = str(tmp / "model"), str(tmp / "work")
     cfg.data.soft_tau, cfg.data.text_labels = 0.0, False
-    cfg.train.steps, cfg.train.warmup, cfg.eval_episodes = 40, 5, 2
+    cfg.train.steps, cfg.train.warmup, cfg.eval_episodes = 20, 5, 2
     for k, v in data.items():
         setattr(cfg.data, k, v)
     return cfg
