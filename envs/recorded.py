@@ -62,7 +62,12 @@ def ticks_dataset(path: str | Path, env_id: str | None = None, labels: str = "ca
         if c.name not in names:
             foreign += 1
             continue
-        records.append(Record(env_id, str(turn["query"]), list(turn.get("history") or []), c))
+        # a crowd run counts episodes per agent: its rows carry none (the split then cuts time blocks)
+        episode = tick.get("episode") if tick.get("agent") is None else None
+        records.append(
+            Record(env_id, str(turn["query"]), list(turn.get("history") or []), c,
+                   episode=episode if isinstance(episode, int) else None)
+        )
     if not records and labels == "big":
         raise ValueError(
             f"{ticks}: no tick carries a big_call and its turn: --labels big needs a cascade run "

@@ -56,7 +56,7 @@ def load_data(paths: list[str], labels: str = "call") -> Dataset:
     for p in paths:
         path = Path(p)
         if path.is_dir() or path.name == "ticks.jsonl" or not is_dataset(path):
-            parts.append(_with_episodes(ticks_dataset(path, labels=labels), path, labels))
+            parts.append(ticks_dataset(path, labels=labels))
         else:
             parts.append(read_dataset(path))
     _distinct_episodes(parts)
@@ -77,39 +77,6 @@ def _distinct_episodes(parts: list[Dataset]) -> None:
                 if r.episode is not None:
                     r.episode = r.episode - low + base
         base = max(r.episode for r in d.records if r.episode is not None) + 1
-
-
-def _with_episodes(data: Dataset, path: Path, labels: str) -> Dataset:
-    """``data`` (a run report's rows) with each row's ``episode`` from its tick, so the held-out split
-    keeps whole episodes (``models.training.split``). ``envs.recorded.ticks_dataset`` keeps the rows in
-    file order without the episode; the ticks are walked again with its filter (a label and a turn,
-    a call naming a tool) and each row's query is checked against its tick's: on any mismatch, or in a
-    crowd run (one episode counter per agent), the rows are left as they are (the split then cuts
-    contiguous blocks of time). Rows that already carry an episode are left alone."""
-    recs = data.records
-    if not recs or any(r.episode is not None for r in recs):
-        return data
-    ticks = path / "ticks.jsonl" if path.is_dir() else path
-    key = "big_call" if labels == "big" else "call"
-    names = {t.name for env in data.env_ids for t in data.tools(env)}
-    episodes: list[int] = []
-    for line in ticks.read_text().splitlines():
-        if not line.strip():
-            continue
-        tick = json.loads(line)
-        call, turn = tick.get(key), tick.get("turn")
-        if not call or not turn or call.get("name") not in names:
-            continue
-        if tick.get("agent") is not None or len(episodes) >= len(recs):
-            return data
-        if str(turn["query"]) != recs[len(episodes)].query or not isinstance(tick.get("episode"), int):
-            return data
-        episodes.append(tick["episode"])
-    if len(episodes) != len(recs):
-        return data
-    for r, e in zip(recs, episodes, strict=True):
-        r.episode = e
-    return data
 
 
 def make_pipeline(
