@@ -23,6 +23,11 @@ SHIPPED: dict[str, str] = {
     "tickcall/Arena-v0": "tickcall-arena",  # configs/train-arena.yaml
     "tickcall/CrowdArena-v0": "tickcall-arena",  # each NPC sees and acts exactly as in Arena-v0
     "CartPole-v1": "tickcall-cartpole",  # configs/train-cartpole.yaml (soft targets from the expert's margin)
+    # one small folder per env (configs/train-ENV.yaml; docs/benchmarks.md "Shipped students")
+    "Acrobot-v1": "tickcall-acrobot",  # teacher: PPO trained on the spot (no scripted expert)
+    "MountainCar-v0": "tickcall-mountaincar",
+    "MountainCarContinuous-v0": "tickcall-mountaincar-continuous",
+    "Pendulum-v1": "tickcall-pendulum",
     # configs/train-smollm2.yaml: SmolLM2-135M-Instruct + adapter; goals in words need a language model
     "tickcall/GoalArena-v0": "tickcall-smollm2",
     "tickcall/GoalArena-Heldout-v0": "tickcall-smollm2",
