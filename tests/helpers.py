@@ -124,8 +124,9 @@ class ScriptedEngine(NoOpEngine):
         return out
 
 
-def scripted_engine(kind: str = "ok", ok_args: dict[str, str] | None = None,
-                    illegal_args: dict[str, str] | None = None) -> ScriptedEngine:
+def scripted_engine(
+    kind: str = "ok", ok_args: dict[str, str] | None = None, illegal_args: dict[str, str] | None = None
+) -> ScriptedEngine:
     """The ``factory`` of a service engine spec: a ``ScriptedEngine`` that always answers ``kind``."""
     engine = ScriptedEngine(ok_args or {}, illegal_args or {})
     engine.kind = kind
@@ -221,3 +222,34 @@ class HeldReplies:
         self._queue = [(t, r) for t, r in self._queue if r not in due]
         return due
 
+
+def kart_dataset(path: Any, rows: int, episode_len: int | None = None) -> Any:
+    """A dataset of an engine game with no gymnasium env here (``engine:kart``: one ``steer(side)``
+    tool, the label ``left`` exactly when the text's ``x`` is positive), written to ``path``; rows are
+    split into episodes of ``episode_len`` when given. Returns ``path``."""
+    import numpy as np
+    from tickcall.models.calls import Call
+    from tickcall.models.training.collect import Record
+    from tickcall.models.training.dataset import EnvInfo, make_header, write_dataset
+
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "steer",
+            "description": "Steer.",
+            "parameters": {
+                "type": "object",
+                "properties": {"side": {"type": "string", "enum": ["left", "right"]}},
+                "required": ["side"],
+            },
+        },
+    }
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(rows):
+        x = float(rng.uniform(-1, 1))
+        side = "left" if x > 0 else "right"
+        episode = i // episode_len if episode_len else None
+        recs.append(Record("engine:kart", f"x={x:+.2f}", [], Call("steer", {"side": side}), episode=episode))
+    write_dataset(path, make_header({"engine:kart": EnvInfo([tool])}, "engine-ai"), recs)
+    return path

@@ -184,35 +184,11 @@ def test_data_only_training_reports_the_held_out_agreement(tmp_path, capsys):
 
 def test_an_env_that_cannot_be_made_here_skips_its_real_time_loop_with_a_line(tmp_path):
     """An engine's recorded play (no gymnasium env of that id here), with --realtime asked for."""
-    import numpy as np
-    from tickcall.models.calls import Call
-    from tickcall.models.training.collect import Record
-    from tickcall.models.training.dataset import EnvInfo, make_header, write_dataset
+    from helpers import kart_dataset
 
     from tickcall.training import make_pipeline
 
-    tool = {
-        "type": "function",
-        "function": {
-            "name": "steer",
-            "description": "Steer.",
-            "parameters": {
-                "type": "object",
-                "properties": {"side": {"type": "string", "enum": ["left", "right"]}},
-                "required": ["side"],
-            },
-        },
-    }
-    rng = np.random.default_rng(0)
-    recs = []
-    for i in range(300):
-        x = float(rng.uniform(-1, 1))
-        recs.append(
-            Record("engine:kart", f"x={x:+.2f}", [], Call("steer", {"side": "left" if x > 0 else "right"}))
-        )
-        recs[-1].episode = i // 30  # ten engine episodes
-    data = tmp_path / "kart.jsonl"
-    write_dataset(data, make_header({"engine:kart": EnvInfo([tool])}, "engine-ai"), recs)
+    data = kart_dataset(tmp_path / "kart.jsonl", 300, episode_len=30)  # ten engine episodes
     cfg = _tiny_cfg(tmp_path)
     cfg.envs, cfg.data_files, cfg.teacher.kind, cfg.realtime_eval = ["engine:kart"], [str(data)], "none", True
     logs: list[str] = []

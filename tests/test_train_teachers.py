@@ -292,35 +292,11 @@ def test_a_run_without_turns_is_refused_by_name(tmp_path):
 @pytest.mark.slow
 def test_a_dataset_of_an_env_that_cannot_be_made_here_trains_on_its_rows(tmp_path):
     """Recorded play of an engine (no gymnasium env here): trained and scored on held-out rows only."""
-    from tickcall.models.calls import Call
-    from tickcall.models.training.collect import Record
-    from tickcall.models.training.dataset import EnvInfo, make_header, write_dataset
+    from helpers import kart_dataset
 
     from tickcall.training import make_pipeline
 
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "steer",
-                "description": "Steer.",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"side": {"type": "string", "enum": ["left", "right"]}},
-                    "required": ["side"],
-                },
-            },
-        }
-    ]
-    rng = np.random.default_rng(0)
-    recs = []
-    for _ in range(400):
-        x = float(rng.uniform(-1, 1))
-        recs.append(
-            Record("engine:kart", f"x={x:+.2f}", [], Call("steer", {"side": "left" if x > 0 else "right"}))
-        )
-    data = tmp_path / "kart.jsonl"
-    write_dataset(data, make_header({"engine:kart": EnvInfo(tools)}, "engine-ai"), recs)
+    data = kart_dataset(tmp_path / "kart.jsonl", 400)
     cfg = _tiny_cfg(tmp_path, envs=["engine:kart"], data_files=[str(data)])
     cfg.teacher.kind, cfg.train.steps = "none", 60
     logs: list[str] = []

@@ -345,20 +345,7 @@ class Pipeline:
             if path.exists():
                 out[env_id] = _read_jsonl(path)
                 continue
-            recs, stats = rollout(
-                src,
-                TEACHER,
-                _episode_seeds(cfg, i, 0, d.episodes),
-                n_envs=d.n_envs,
-                epsilon=d.epsilon,
-                perturb_prob=d.perturb_prob,
-                perturb_scale=d.perturb_scale,
-                history_len=d.history_len,
-                history_style=d.history_style,
-                max_decisions=d.max_decisions,
-                rng_seed=cfg.seed + i,
-                delay_prob=d.delay_prob,
-            )
+            recs, stats = self._teacher_rollout(src, _episode_seeds(cfg, i, 0, d.episodes), cfg.seed + i)
             _write_jsonl(path, recs)
             self.log(
                 f"collect {env_id}: {len(recs)} states from {d.episodes} noisy teacher episodes "
@@ -369,6 +356,24 @@ class Pipeline:
             if d.coverage > 0 and src.has_teacher:
                 out[env_id] = out[env_id] + self._coverage(src, "cov", d.coverage, cfg.seed * 7_727 + 17 + i)
         return out
+
+    def _teacher_rollout(self, src: EnvSource, seeds: list[int], rng_seed: int) -> tuple[list[Record], Any]:
+        """The teacher's noisy episodes of ``src`` with these seeds, as ``data`` sets the noise."""
+        d = self.cfg.data
+        return rollout(
+            src,
+            TEACHER,
+            seeds,
+            n_envs=d.n_envs,
+            epsilon=d.epsilon,
+            perturb_prob=d.perturb_prob,
+            perturb_scale=d.perturb_scale,
+            history_len=d.history_len,
+            history_style=d.history_style,
+            max_decisions=d.max_decisions,
+            rng_seed=rng_seed,
+            delay_prob=d.delay_prob,
+        )
 
     def _coverage(self, src: EnvSource, tag: str, n: int, rng_seed: int) -> list[Record]:
         """``n`` sampled-state rows of ``src`` (cached in ``work_dir/{tag}-ENV.jsonl``)."""
@@ -405,19 +410,8 @@ class Pipeline:
             if path.exists():
                 out[env_id] = _read_jsonl(path)
                 continue
-            recs, _ = rollout(
-                src,
-                TEACHER,
-                _episode_seeds(cfg, i, 99, d.heldout_episodes),
-                n_envs=d.n_envs,
-                epsilon=d.epsilon,
-                perturb_prob=d.perturb_prob,
-                perturb_scale=d.perturb_scale,
-                history_len=d.history_len,
-                history_style=d.history_style,
-                max_decisions=d.max_decisions,
-                rng_seed=cfg.seed + 7_919 + i,
-                delay_prob=d.delay_prob,
+            recs, _ = self._teacher_rollout(
+                src, _episode_seeds(cfg, i, 99, d.heldout_episodes), cfg.seed + 7_919 + i
             )
             _write_jsonl(path, recs)
             out[env_id] = recs
