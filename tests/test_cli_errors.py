@@ -60,7 +60,7 @@ def _fails_in_one_line(capsys, argv: list[str], code: int, phrase: str) -> None:
 
 DECIDE_CASES = [
     (["--env", "Nope-v9"], "cannot make env 'Nope-v9'"),
-    (["--env", "MountainCar-v0"], "--backend random"),  # no shipped model: the choices are named
+    (["--env", "LunarLander-v3"], "--backend random"),  # no shipped model: the choices are named
     (["--tools", "{bad}/missing.json"], "cannot read --tools"),
     (["--tools", "{bad}/notjson.json"], "is not valid JSON"),
     (["--tools", "{bad}/noname.json"], "bad tool schema"),
@@ -90,14 +90,14 @@ CART = ["--env", "CartPole-v1", "--episodes", "1"]
 EVAL_CASES = [
     (["--env", "Nope-v9"], "cannot make env 'Nope-v9'"),
     (["--env", "Nope-v9", "--describe"], "cannot make env 'Nope-v9'"),
-    (["--env", "MountainCar-v0"], "no expert"),
+    (["--env", "Acrobot-v1"], "no expert"),
     pytest.param(
         ["--env", "Ant-v5", "--policy", "random", "--episodes", "1"],
         "cannot make env 'Ant-v5'",
         marks=pytest.mark.skipif(HAS_MUJOCO, reason="the case needs MuJoCo to be missing"),
     ),
     ([*CART, "--policy", "zz"], "unknown policy zz"),
-    (["--env", "Pendulum-v1", "--policy", "model"], "--backend random"),  # no shipped model for it
+    (["--env", "LunarLander-v3", "--policy", "model"], "--backend random"),  # no shipped model for it
     ([*CART, "--policy", "model", "--model", "{bad}/badcfg"], "cannot load model"),
     ([*CART, "--policy", "model", "--model", "{bad}/trunc"], "cannot load model"),
     ([*CART, "--policy", "model", "--model", "{bad}/nonexist"], "does not exist"),
