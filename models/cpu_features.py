@@ -22,6 +22,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 FLAGS_OF_INTEREST = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2", "avx_vnni")
 
 
+def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name from ``/proc/cpuinfo``; ``platform``'s processor or machine elsewhere."""
+    import platform
+
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
     """The CPU's flags of interest (``FLAGS_OF_INTEREST``); empty where nothing can be read."""
     flags: set[str] = set()

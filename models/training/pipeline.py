@@ -802,17 +802,10 @@ def machine() -> dict[str, Any]:
     """The CPU the run trained on (``/proc/cpuinfo`` model name where there is one) and its core count:
     the card's wall times mean little without them."""
     import os
-    import platform
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": name, "cores": os.cpu_count() or 0}
+    from tickcall.models.cpu_features import cpu_name
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count() or 0}
 
 
 def load_datasets(paths: list[str]) -> Dataset:
