@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from helpers import free_endpoint
+from polling import wait_for
 from tickcall.envs.engine_bridge import BridgeConfig, EngineBridge
 from tickcall.envs.engine_bridge_cli import arena_text_expert as text_expert
 from tickcall.envs.engine_bridge_world import run_lockstep
@@ -335,15 +336,6 @@ def count(records: list[dict]) -> dict[str, int]:
     return outs
 
 
-def wait_for(pred, timeout_s: float) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
-
-
 @pytest.mark.slow
 def test_tickcall_run_with_the_engine_10s_at_16hz(engines, ray_session, tmp_path):
     """`tickcall run --env engine:tcp://...` (run_job, the command's own code path): 10 s at 16 Hz,
@@ -403,7 +395,7 @@ def test_malformed_and_wrong_version_messages_leave_the_loop_unaffected(engines,
     rogue.connect(endpoint)
     try:
         ref = loop.run.remote(duration_s=6)
-        assert wait_for(lambda: outcomes(loop).get("ok", 0) >= 16, 30)
+        assert wait_for(lambda: outcomes(loop).get("ok", 0) >= 16, 30, 0.1)
         bad = [(b"\x00\xc1junk", "malformed"), (msgpack.packb("hello"), "malformed"),
                (encode({"v": 9, "type": "obs", "seq": 1}), "version_mismatch"),
                (encode({"v": 1, "type": "warp"}), "unknown_type"),
@@ -444,13 +436,15 @@ def test_engine_killed_and_restarted_mid_run(engines, noop_service):
     loop = start_loop(noop_service, endpoint)
     try:
         ref = loop.run.remote(duration_s=12)
-        assert wait_for(lambda: outcomes(loop).get("ok", 0) >= 24, 30)
+        assert wait_for(lambda: outcomes(loop).get("ok", 0) >= 24, 30, 0.1)
         first.kill()
         bad_before = sum(v for k, v in outcomes(loop).items() if k != "ok")
-        assert wait_for(lambda: sum(v for k, v in outcomes(loop).items() if k != "ok") >= bad_before + 8, 10)
+        assert wait_for(
+            lambda: sum(v for k, v in outcomes(loop).items() if k != "ok") >= bad_before + 8, 10, 0.1
+        )
         ok_gap = outcomes(loop).get("ok", 0)
         second = engines(endpoint, "second", "--seed", "2")
-        assert wait_for(lambda: outcomes(loop).get("ok", 0) >= ok_gap + 16, 15)
+        assert wait_for(lambda: outcomes(loop).get("ok", 0) >= ok_gap + 16, 15, 0.1)
         res = ray.get(ref, timeout=120)
     finally:
         ray.get(loop.close.remote(), timeout=10)

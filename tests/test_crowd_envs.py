@@ -6,7 +6,6 @@ real gymnasium arenas, the real shipped model."""
 from __future__ import annotations
 
 import pickle
-import time
 import warnings
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 from pettingzoo.test import parallel_api_test
+from polling import wait_for
 from tickcall.control_loop.world import CrowdWorld, WorldError
 from tickcall.envs.arena import ArenaEnv, sector
 from tickcall.envs.binding import make_binding
@@ -32,15 +32,6 @@ from tickcall.world import (
 
 ARENA = "tickcall/CrowdArena-v0"
 MULTIWALKER = "pettingzoo:pettingzoo.sisl.multiwalker_v9:parallel_env"
-
-
-def _wait_for(pred, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 # --------------------------------------------------------------------------- the crowd arena as an env
@@ -241,7 +232,7 @@ def test_physics_runs_on_its_own_clock_with_seeded_episodes() -> None:
         first = world.observe_all()
         assert sorted(first) == world.agents and {o.episode for o in first.values()} == {0}
         world.start()
-        assert _wait_for(lambda: world.done)
+        assert wait_for(lambda: world.done, 10.0, 0.01)
         eps = world.episodes()
         assert [e["index"] for e in eps] == [0, 1] and [e["seed"] for e in eps] == [7, 8]
         assert [e["length"] for e in eps] == [8, 8] and all(sorted(e["returns"]) == world.agents for e in eps)
@@ -258,7 +249,7 @@ def test_physics_runs_on_its_own_clock_with_seeded_episodes() -> None:
         t0 = world.observe_all()["npc_0"].taken_at
         world.apply_call("npc_0", Call("move", {"direction": "E", "speed": "walk"}))
         steps0 = world.describe()["physics_steps"]
-        assert _wait_for(lambda: world.describe()["physics_steps"] >= steps0 + 4)
+        assert wait_for(lambda: world.describe()["physics_steps"] >= steps0 + 4, 10.0, 0.01)
         obs = world.observe_all()
         assert obs["npc_0"].taken_at > t0 and obs["npc_0"].taken_at == obs["npc_1"].taken_at
         world.stop()
@@ -308,7 +299,7 @@ def test_an_env_that_raises_stops_the_physics_and_says_why() -> None:
         assert world.physics_hz == 200.0
         world.apply_call("b", Call("act", {"action": 1}))
         world.start()
-        assert _wait_for(lambda: world.done)
+        assert wait_for(lambda: world.done, 10.0, 0.01)
         d = world.describe()
         assert d["physics"]["error"] == "RuntimeError: boom" and d["physics_steps"] == 2
         obs = world.observe_all()  # the last good observations stay readable
@@ -344,7 +335,7 @@ def test_third_party_pettingzoo_envs_by_id() -> None:
         assert sorted(obs) == world.agents
         assert all(len(o.text.split()) == 31 and o.text.startswith("o0=") for o in obs.values())
         world.start()  # and in real time on its own clock
-        assert _wait_for(lambda: world.describe()["physics_steps"] >= 10)
+        assert wait_for(lambda: world.describe()["physics_steps"] >= 10, 10.0, 0.01)
         world.stop()
         assert "error" not in world.describe()["physics"]
     finally:

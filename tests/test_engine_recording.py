@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
 from helpers import free_endpoint
+from polling import wait_for
 from tickcall.envs.arena import ARENA_TOOLS
 from tickcall.envs.engine_bridge import BridgeConfig, EngineBridge, EngineCallError
 from tickcall.envs.engine_bridge_cli import arena_text_expert
@@ -78,15 +78,6 @@ def engine(engine_bin, tmp_path):
         e.stop()
 
 
-def _until(pred, timeout_s: float = 20.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
-
-
 # --------------------------------------------------------------------------- the engine's AI
 
 
@@ -100,7 +91,7 @@ def test_engine_ai_sends_what_it_played_and_refuses_tickcalls_calls(engine):
         assert hello.game == "tickcall/Arena-v0"
         assert normalize_tools(hello.tools) == normalize_tools(ARENA_TOOLS)
         played: list = []
-        assert _until(lambda: played.extend(bridge.take_played()) or len(played) >= 200)
+        assert wait_for(lambda: played.extend(bridge.take_played()) or len(played) >= 200, 20, 0.02)
         for obs in played:
             assert obs.played == arena_text_expert(bridge.observation_text(obs)), obs
         names = {o.played.name for o in played}
@@ -124,7 +115,7 @@ def test_ai_epsilon_spreads_the_states_but_played_stays_the_ais_decision(engine)
         eng = engine(bridge.endpoint, "--ai", "chase", "--ai-epsilon", "1", "--speed", "20")
         bridge.wait_for_engine(30)
         played: list = []
-        assert _until(lambda: played.extend(bridge.take_played()) or len(played) >= 100)
+        assert wait_for(lambda: played.extend(bridge.take_played()) or len(played) >= 100, 20, 0.02)
         assert all(o.played == arena_text_expert(bridge.observation_text(o)) for o in played)
     assert eng.stop() == 0
     [stats] = eng.events("stats")
@@ -144,7 +135,7 @@ def test_cartpole_ai_balances_and_says_what_it_pushed(engine):
         engine(bridge.endpoint, "--game", "cartpole", "--ai", "balance", "--speed", "20")
         hello = bridge.wait_for_engine(30)
         assert hello.game is None  # its text is not CartPole-v1's: no gymnasium id claimed
-        assert _until(lambda: len(bridge.episodes) >= 1 and bridge.counts["obs_played"] > 300)
+        assert wait_for(lambda: len(bridge.episodes) >= 1 and bridge.counts["obs_played"] > 300, 20, 0.02)
         played = bridge.take_played()
         values = [[float(kv.split("=")[1]) for kv in bridge.observation_text(o).split()] for o in played]
         agree = sum(
@@ -232,7 +223,7 @@ def test_illegal_played_is_refused_by_the_bridge_over_zmq():
                 err = recv("error")
                 assert err["code"] == "bad_played" and err["ref_id"] == seq and "obs.played" in err["message"]
             send({"v": 1, "type": "obs", "seq": 9, "frame": 9, "text": "t", "played": {"name": "fire"}})
-            assert _until(lambda: bridge.counts["obs_played"] == 1, 5)
+            assert wait_for(lambda: bridge.counts["obs_played"] == 1, 5, 0.02)
             [obs] = bridge.take_played()
             assert obs.seq == 9 and obs.played == Call("fire", {})
             assert bridge.stats()["errors_by_code"]["bad_played"] == 3
