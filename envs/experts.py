@@ -103,9 +103,9 @@ def mountaincar_action(obs: Any) -> int:
     Push right when ``v >= 0.005 (x + 0.5)`` (x in position units, v per step): from rest right of
     -0.5 the car first swings back left, which gains the energy to climb sooner. With each decision
     held 2 physics steps (16 Hz on a 30 Hz env) its mean return is -107.6 over seeds 300-399 (-113.9
-    over 10000-10019), against -120.7 for plain velocity-following on seeds 100-159 (gymnasium's ``reward_threshold``
-    is -110). A switch point of -0.47 did about as well (-106.9) but a student reading the text did
-    not learn to tell -0.48 from -0.46 at rest; -0.5 is read off the first decimal."""
+    over 10000-10019), against -120.7 for plain velocity-following on seeds 100-159 (gymnasium's
+    ``reward_threshold`` is -110). A switch point of -0.47 did about as well (-106.9) but a student
+    reading the text did not learn to tell -0.48 from -0.46 at rest; -0.5 is read off the first decimal."""
     return 2 if mountaincar_margin(obs) >= 0 else 0
 
 
@@ -165,7 +165,8 @@ def lunar_lander_logits(obs: Any) -> dict[str, dict[str, float]]:
     cap = -main if main > 0 else np.float32(np.inf)  # below zero while main wins, free when it does not
     left = min(angle_todo - step, cap)
     right = min(-angle_todo - step, cap)
-    return {"fire": {"none": 0.0, "left": 10.0 * float(left), "main": 10.0 * float(main), "right": 10.0 * float(right)}}
+    scores = {"none": 0.0, "left": float(left), "main": float(main), "right": float(right)}
+    return {"fire": {value: 10.0 * score for value, score in scores.items()}}
 
 
 class ArenaExpert:
