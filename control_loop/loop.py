@@ -229,6 +229,7 @@ class ControlLoop:
         obs_at = now
         rec.obs_age_ms = max(0.0, (now - obs.taken_at) * 1e3)
         rec.episode = obs.episode
+        rec.played = getattr(obs, "played", None)  # an engine's AI's call on this observation, if it sent one
         self._add(rec)
         observed = getattr(self.world, "observed", None)
         if observed is not None:  # optional hook: a world that tags its calls with their tick (engine bridge)

@@ -87,6 +87,10 @@ class TickRecord:
     # the small model's; None when no reply came or the service does not say): where it changes, the
     # service hot-swapped
     weights: str | None = None
+    # engine runs only (protocol 1.2, an engine whose AI advises: ``--ai NAME --ai-advise``): the call the
+    # engine's AI made on the observation this tick took (``obs.played``); with ``turn`` it is a row
+    # labelled by the engine's AI on a state the model reached (``tickcall train --labels played``)
+    played: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

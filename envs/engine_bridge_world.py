@@ -69,6 +69,7 @@ class WorldObservation:
     seq: int = -1
     frame: int = -1
     t_ms: float = 0.0  # the engine's own clock at the observation (ms), echoed in calls as obs_t_ms
+    played: dict[str, Any] | None = None  # protocol 1.2: the engine's AI's call on it ({name, arguments})
 
 
 class TickObservations:
@@ -161,6 +162,7 @@ class EngineWorld:
         self._tools = [dict(t) for t in hello.tools]
         self.specs = normalize_tools(self._tools)
         self.engine_name = hello.engine
+        self.game = hello.game  # the gymnasium id of the game it plays (protocol 1.2), or None
         self.fallbacks: dict[str, int] = {}
         self.observe_failures = 0
         self.ticks = ticks if ticks is not None else TickObservations()  # shared with the actuator
@@ -183,7 +185,8 @@ class EngineWorld:
                 f"{self.bridge.config.max_obs_age_ms:.0f} ms")
             raise NoObservation(why)
         return WorldObservation(text=self.bridge.observation_text(obs), taken_at=obs.received,
-                                episode=obs.episode, data=obs.values, seq=obs.seq, frame=obs.frame, t_ms=obs.t_ms)
+                                episode=obs.episode, data=obs.values, seq=obs.seq, frame=obs.frame, t_ms=obs.t_ms,
+                                played=obs.played.to_dict() if obs.played is not None else None)
 
     def observed(self, tick: int, obs: WorldObservation) -> None:
         """The loop took ``obs`` for ``tick`` (its optional world hook): the tick's call will carry
@@ -244,7 +247,7 @@ class EngineWorld:
     def describe(self) -> dict[str, Any]:
         stats = self.bridge.stats()
         out: dict[str, Any] = {
-            "env": self.env_id, "tools": [s.name for s in self.specs], "engine": stats["engine"],
+            "env": self.env_id, "game": self.game, "tools": [s.name for s in self.specs], "engine": stats["engine"],
             "fallbacks": dict(self.fallbacks), "observe_failures": self.observe_failures,
             "bridge": {k: stats[k] for k in ("endpoint", "counts", "errors_by_code", "ack_ms",
                                              "result_ms", "ping_rtt_ms", "events")},

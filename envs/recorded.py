@@ -10,6 +10,12 @@ are the binding's (``envs.binding.make_binding``): the same tools the run regist
 turn (``big_call``), not the call that was applied: the big model's decisions, logged while the loop
 ran, as a dataset to distil the small model on. Ticks the big model was not asked are skipped.
 
+``labels="played"`` (a run against an engine whose own AI advises, ``--ai NAME --ai-advise``,
+docs/engine-bridge.md): the label is the engine's AI's call on the observation the tick took
+(``played``): the engine's AI labels the states the model reached (DAgger over the bridge). The env
+is the game the engine declared (``report.json`` ``world.game``, its ``hello.game``) when the run's
+env is an ``engine:`` address. Ticks whose observation carried no ``played`` are skipped.
+
 Kept: ticks with a call (of the chosen labels) and a turn (any outcome: a late decision is still the model's decision for
 that turn). Invariant: every row's call names one of the env's tools (``read``-time check of the
 dataset format); a tick whose call does not is dropped and counted.
@@ -25,16 +31,19 @@ from tickcall.models.calls import Call
 from tickcall.models.training.collect import Record
 from tickcall.models.training.dataset import Dataset, EnvInfo, make_header
 
-LABELS = ("call", "big")  # which call of a tick is its label: the applied one, or the big model's
+# which call of a tick is its label: the applied one, the big model's, or the engine's AI's
+LABELS = ("call", "big", "played")
+KEYS = {"call": "call", "big": "big_call", "played": "played"}
 
 
 def ticks_dataset(path: str | Path, env_id: str | None = None, labels: str = "call") -> Dataset:
     """The dataset of a run report (its folder or its ``ticks.jsonl``). ``labels``: ``call`` (the
-    applied call) or ``big`` (the big model's, ``big_call``). ValueError when no tick carries a turn
-    (the run did not record turns), the env is unknown, or ``labels`` is not one of ``LABELS``."""
+    applied call), ``big`` (the big model's, ``big_call``) or ``played`` (an advising engine AI's).
+    ValueError when no tick carries a turn (the run did not record turns), the env is unknown, or
+    ``labels`` is not one of ``LABELS``."""
     if labels not in LABELS:
         raise ValueError(f"labels must be one of {', '.join(LABELS)}, not {labels!r}")
-    key = "big_call" if labels == "big" else "call"
+    key = KEYS[labels]
     path = Path(path)
     ticks = path / "ticks.jsonl" if path.is_dir() else path
     report_path = ticks.parent / "report.json"
@@ -42,6 +51,14 @@ def ticks_dataset(path: str | Path, env_id: str | None = None, labels: str = "ca
     env_id = env_id or report.get("env")
     if not env_id:
         raise ValueError(f"{ticks}: no env id (no report.json with 'env' beside it)")
+    if env_id.startswith("engine:"):  # the rows are of the game the engine declared it plays
+        game = (report.get("world") or {}).get("game")
+        if not game:
+            raise ValueError(
+                f"{ticks}: the run played {env_id}, whose engine declared no game (hello.game, protocol "
+                "1.2): its rows have no env to train and score on"
+            )
+        env_id = game
     binding = make_binding(env_id)
     tools = binding.tools
     names = {s.name for s in binding.specs}
@@ -67,6 +84,11 @@ def ticks_dataset(path: str | Path, env_id: str | None = None, labels: str = "ca
         records.append(
             Record(env_id, str(turn["query"]), list(turn.get("history") or []), c,
                    episode=episode if isinstance(episode, int) else None)
+        )
+    if not records and labels == "played":
+        raise ValueError(
+            f"{ticks}: no tick carries a played call and its turn: --labels played needs a run against "
+            "an engine whose AI advises (tickcall-reference-engine --ai NAME --ai-advise)"
         )
     if not records and labels == "big":
         raise ValueError(

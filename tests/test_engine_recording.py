@@ -158,6 +158,96 @@ def test_engine_without_ai_is_unchanged(engine):
         assert bridge.take_played() == [] and bridge.counts["obs_played"] == 0
 
 
+def test_advising_ai_labels_every_observation_while_tickcalls_calls_apply(engine):
+    """``--ai chase --ai-advise --ai-hz 1000``: tickcall plays (its calls are applied, with results),
+    and every observation carries the AI's call on it (the label of a DAgger row); the AI's calls are
+    never applied (no ``ai_call`` event)."""
+    with EngineBridge(BridgeConfig(endpoint="tcp://127.0.0.1:0", keep_played=10_000)) as bridge:
+        eng = engine(bridge.endpoint, "--ai", "chase", "--ai-advise", "--ai-hz", "1000", "--seed", "5")
+        bridge.wait_for_engine(30)
+        handle = bridge.send_call(Call("aim", {"direction": "E"}))
+        assert handle.result.result(timeout=5).value == {"aim": "E"}
+        played: list = []
+        assert wait_for(lambda: played.extend(bridge.take_played()) or len(played) >= 30, 20, 0.02)
+        assert all(o.played == arena_text_expert(bridge.observation_text(o)) for o in played)
+        assert bridge.counts["obs_played"] == bridge.counts["obs_received"]  # every observation labelled
+    assert eng.stop() == 0
+    assert [c["name"] for c in eng.events("call")] == ["aim"]
+    assert not eng.events("ai_call")
+    [stats] = eng.events("stats")
+    assert stats["ai_calls"] >= 30 and stats["ai_noise_calls"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ai-advise"], "--ai-advise needs --ai NAME"),
+        (["--ai", "chase", "--ai-advise", "--ai-epsilon", "0.2"], "leave it out with --ai-advise"),
+    ],
+)
+def test_advise_needs_an_ai_that_does_not_play(engine_bin, args, message):
+    proc = subprocess.run([engine_bin, *args], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and message in proc.stderr.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_a_run_against_an_advising_engine_is_a_dataset_labelled_by_its_ai(engine, ray_session, tmp_path):
+    """``tickcall run --env engine:...`` against ``--ai chase --ai-advise``: each tick records the AI's
+    call on the observation it took (``played``); ``ticks_dataset(labels="played")`` makes them rows of
+    the game the engine declared (``world.game``: tickcall/Arena-v0), each the AI's call on the tick's
+    turn. The same run read with ``labels="call"`` gives the applied calls (the no-op policy's wait)."""
+    from tickcall.control_loop.config import from_dict
+    from tickcall.envs.recorded import ticks_dataset
+
+    from tickcall.job import run_job
+
+    endpoint = free_endpoint()
+    eng = engine(endpoint, "--ai", "chase", "--ai-advise", "--ai-hz", "1000", "--seed", "7")
+    cfg = from_dict(
+        {
+            "env": f"engine:{endpoint}",
+            "env_kwargs": {"wait_s": 60},
+            "backend": "noop",
+            "rate_hz": 16,
+            "duration_s": 3,
+            "report_dir": str(tmp_path / "run"),
+            "plots": False,
+            "progress": False,
+        }
+    )
+    run_job(cfg)
+    eng.stop()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["world"]["game"] == "tickcall/Arena-v0"
+    played = ticks_dataset(tmp_path / "run", labels="played")
+    assert played.env_ids == ["tickcall/Arena-v0"]
+    assert len(played.records) >= report["outcomes"]["ok"] // 2 > 0
+    for r in played.records:
+        assert r.call == arena_text_expert(r.query), r
+    assert {r.call.name for r in played.records} != {"wait"}  # the AI's calls, not the policy's
+    applied = ticks_dataset(tmp_path / "run", labels="call")
+    assert {r.call.name for r in applied.records} == {"wait"}
+
+
+def test_played_labels_need_an_engine_that_advised(tmp_path):
+    from tickcall.envs.recorded import ticks_dataset
+
+    tick = {
+        "tick": 0,
+        "call": {"name": "wait", "arguments": {}},
+        "turn": {"query": "tgt=N d=1.0", "history": []},
+    }
+    (tmp_path / "ticks.jsonl").write_text(json.dumps(tick) + "\n")
+    (tmp_path / "report.json").write_text(
+        json.dumps({"env": "engine:tcp://127.0.0.1:5560", "world": {"game": "tickcall/Arena-v0"}})
+    )
+    with pytest.raises(ValueError, match="--ai-advise"):
+        ticks_dataset(tmp_path, labels="played")
+    (tmp_path / "report.json").write_text(json.dumps({"env": "engine:tcp://127.0.0.1:5560", "world": {}}))
+    with pytest.raises(ValueError, match="declared no game"):
+        ticks_dataset(tmp_path, labels="played")
+
+
 # --------------------------------------------------------------------------- protocol 1.2 as data
 
 

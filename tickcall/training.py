@@ -49,7 +49,8 @@ def source_factory(cfg: TrainConfig, log: Any = print):
 def load_data(paths: list[str], labels: str = "call") -> Dataset:
     """Datasets (``tickcall record``) and ``tickcall run`` reports (``ticks.jsonl`` or its folder) as
     one dataset (``models.training.dataset``). ``labels`` (reports only): ``call``, the applied call,
-    or ``big``, the big model's call on each tick's turn in a cascade run (``envs.recorded``)."""
+    ``big``, the big model's call on each tick's turn in a cascade run, or ``played``, an advising
+    engine AI's call on each tick's observation (``envs.recorded``)."""
     from tickcall.envs.recorded import ticks_dataset
 
     parts = []
@@ -202,7 +203,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--init", required=True, help="the model folder to start from")
     p.add_argument("--data", required=True, action="append", help="a dataset file or a run's ticks.jsonl")
-    p.add_argument("--labels", default="call", choices=("call", "big"))
+    p.add_argument("--labels", default="call", choices=("call", "big", "played"))
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=5e-4)

@@ -25,6 +25,10 @@
 // tickcall's calls are refused (`ai_playing`) and never applied. --ai-epsilon P: a share P of the
 // AI's decisions is replaced in the game by a random legal call (`played` still names the AI's). --speed X runs game time X times
 // faster than the wall clock (recordings in less time; pings and --duration stay on the wall clock).
+// --ai-advise (with --ai): the AI only advises. tickcall plays as without --ai (its calls apply) and each
+// observation the AI decided on carries the AI's call on it as `played`: the engine's AI labels the states
+// tickcall's model reaches (DAgger over the bridge: `tickcall run` records it per tick as `played`,
+// `tickcall train --data RUN --labels played` learns from it). --ai-hz 1000 labels every observation.
 //
 // Exit codes: 0 done, 2 bad command line or socket setup, 3 fatal protocol error from tickcall
 // (version mismatch, tools refused), 4 superseded by another engine.
@@ -79,6 +83,7 @@ struct Options {
     std::string ai;            // --ai NAME: the engine's own AI plays and sends `played` (recording)
     double ai_hz = 16;         // AI decisions per second of game time
     double ai_epsilon = 0;     // share of the AI's decisions replaced in the game by a random legal call
+    bool ai_advise = false;    // --ai-advise: the AI's calls label observations but are never applied
     double speed = 1;          // game seconds per wall-clock second (real-time mode)
 };
 
@@ -88,7 +93,7 @@ void usage() {
                  "  [--duration S] [--frame-hz HZ] [--obs-every FRAMES] [--obs-format text|values]\n"
                  "  [--lockstep FRAMES] [--heartbeat-ms MS] [--name NAME] [--log FILE.jsonl]\n"
                  "  [--render FILE.txt] [--server-key Z85] [--protocol-version V] [--quiet]\n"
-                 "  [--agents N [--churn S] [--agent-prefix P]] [--ai chase|balance [--ai-hz HZ] [--ai-epsilon P]]\n"
+                 "  [--agents N [--churn S] [--agent-prefix P]] [--ai chase|balance [--ai-hz HZ] [--ai-epsilon P | --ai-advise]]\n"
                  "  [--speed X]\n");
 }
 
@@ -120,6 +125,7 @@ bool parse_args(int argc, char** argv, Options& o) {
         else if (a == "--ai") o.ai = next();
         else if (a == "--ai-hz") o.ai_hz = std::stod(next());
         else if (a == "--ai-epsilon") o.ai_epsilon = std::stod(next());
+        else if (a == "--ai-advise") o.ai_advise = true;
         else if (a == "--speed") o.speed = std::stod(next());
         else if (a == "-h" || a == "--help") { usage(); std::exit(0); }
         else throw std::runtime_error("unknown option " + a);
@@ -136,6 +142,9 @@ bool parse_args(int argc, char** argv, Options& o) {
     if (!o.ai.empty() && o.agents > 0) throw std::runtime_error("--ai plays one agent: leave out --agents");
     if (o.ai_hz <= 0 || o.ai_hz > 1000) throw std::runtime_error("--ai-hz must be within (0, 1000]");
     if (o.ai_epsilon < 0 || o.ai_epsilon > 1) throw std::runtime_error("--ai-epsilon must be within 0..1");
+    if (o.ai_advise && o.ai.empty()) throw std::runtime_error("--ai-advise needs --ai NAME (the AI that advises)");
+    if (o.ai_advise && o.ai_epsilon > 0)
+        throw std::runtime_error("--ai-epsilon applies to an AI that plays: leave it out with --ai-advise");
     if (o.speed < 0.1 || o.speed > 100) throw std::runtime_error("--speed must be within 0.1..100");
     return true;
 }
@@ -414,7 +423,7 @@ private:
         const std::string name = msg.str_or("name", "");
         const Value* args = msg.get("arguments");
         ++calls_received_;
-        if (!opt_.ai.empty()) {  // recording mode: the engine's AI plays; tickcall's calls never apply
+        if (!opt_.ai.empty() && !opt_.ai_advise) {  // recording mode: the engine's AI plays; tickcall's calls never apply
             ++calls_rejected_;
             send_result(id, false, Value(), "ai_playing",
                         "this engine's AI plays (--ai " + opt_.ai + "): calls from tickcall are not applied; "
@@ -489,6 +498,8 @@ private:
         if (opt_.ai.empty() || game_s_ + 1e-9 < next_ai_s_) return;
         played_ = game_->ai_call(opt_.ai);
         next_ai_s_ = std::max(next_ai_s_ + 1.0 / opt_.ai_hz, game_s_);  // never bursts to catch up
+        ++ai_calls_;
+        if (opt_.ai_advise) return;  // advice only: tickcall's calls play
         // --ai-epsilon: now and then the game applies a random legal call instead, while the observation
         // still says what the AI decided: the label stays the AI's, the states it then meets spread out
         // (what tickcall record's --epsilon does for Python teachers)
@@ -498,7 +509,6 @@ private:
             ++ai_noise_;
         }
         pending_.push_back({-1, applied.get("name")->s, *applied.get("arguments"), -1, -1, Value(), -1});
-        ++ai_calls_;
     }
 
     void advance(double dt_frame) {

@@ -55,10 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--labels",
-        choices=("call", "big"),
+        choices=("call", "big", "played"),
         default="call",
-        help="with --data run reports: which call of a tick is its label: call (the applied one, default) or "
-        "big (a cascade run's big-model call on that tick's turn: distil the big model into the small one)",
+        help="with --data run reports: which call of a tick is its label: call (the applied one, default), "
+        "big (a cascade run's big-model call on that tick's turn: distil the big model into the small one) or "
+        "played (an advising engine AI's call on the tick's observation: tickcall-reference-engine --ai NAME "
+        "--ai-advise)",
     )
     parser.add_argument(
         "--heldout-share",
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         from tickcall.commands.errors import CommandError
 
         raise CommandError(
-            "--labels big reads the big model's calls of run reports: give them with --data REPORT"
+            f"--labels {args.labels} reads the calls of run reports: give them with --data REPORT"
         )
     if args.data_files:
         _use_data(cfg, args)
