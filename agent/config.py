@@ -67,10 +67,14 @@ class ServeConfig:
     engine step takes at most one decide per client per round, clients in turn (nearest deadline first,
     then the client served longest ago), until ``max_batch`` decides or ``step_tokens`` turn tokens to
     prefill (the first decide always fits). ``prefill_chunk_tokens``: a turn with more than twice this
-    many tokens to prefill is prefilled this many per engine step (one such chunk per step, after the
-    step's batch) down to its last token, then batched like a short decide, so a long turn holds the
-    engine for one chunk at a time, not for its whole prefill; 0 turns chunking off (engines without
-    ``prefill_chunk`` never chunk).
+    many tokens to prefill is prefilled this many per engine step (after the step's batch, one chunk
+    per such turn, in rounds of one turn per client within what the batch left of ``step_tokens``)
+    down to its last token, then batched like a short decide, so a long turn holds the engine for one
+    chunk at a time, not for its whole prefill, and many long turns still advance together; 0 turns
+    chunking off (engines without ``prefill_chunk`` never chunk). ``prefill_chunk_ms``: a turn is
+    chunked only when its whole prefill would hold the engine longer than this (ms, estimated from the
+    service's measured prefill cost per token; before the first measurement every turn over the size
+    counts): on a small model a 100-token turn costs about a millisecond and is batched whole.
     """
 
     engine: dict[str, Any] = field(default_factory=lambda: {"backend": "noop"})
@@ -88,6 +92,7 @@ class ServeConfig:
     max_registrations_per_client: int = 16
     step_tokens: int = 4096
     prefill_chunk_tokens: int = 32
+    prefill_chunk_ms: float = 5.0
     curve: CurveConfig | None = None
     allow_insecure: bool = False
     num_gpus: float | None = None  # Ray actor: None = 1 when the cluster has a GPU, else 0
@@ -120,6 +125,7 @@ class ServeConfig:
         for name in _POSITIVE_INTS:
             check.check_int(name, getattr(self, name), 1, getattr(ServeConfig, name))
         check.check_int("prefill_chunk_tokens", self.prefill_chunk_tokens, 0, 32)
+        check.check_number("prefill_chunk_ms", self.prefill_chunk_ms, 0, 10_000, 5.0)
         check.check_bool("allow_insecure", self.allow_insecure)
         if self.num_gpus is not None:
             check.check_number("num_gpus", self.num_gpus, 0, 1024, 1)

@@ -69,6 +69,10 @@ def server_version() -> str:
         return "0+unknown"
 
 
+# fewest turn tokens a prefill must hold to count for the engine's prefill cost per token
+COST_MIN_TOKENS = 32
+
+
 @dataclass
 class Registration:
     """One registered tool set, shared by every owner that registers the same (tools, system, template)."""
@@ -136,6 +140,10 @@ class PolicyCore:
         self.stats: dict[str, int] = {}
         self.batch_sizes: dict[int, int] = {}
         self.busy_since: float | None = None  # perf_counter s while inside engine.decide_batch
+        # what a turn token costs to prefill on this engine (ms), a moving average over decided batches
+        # (their prefill time over the tokens they prefilled); None until the first batch: the scheduler
+        # then treats every turn over the chunk size as long
+        self.prefill_ms_per_token: float | None = None
         self.handles: frozenset[str] = frozenset()  # republished after every change (safe to read)
         self._regs: OrderedDict[str, Registration] = OrderedDict()  # LRU order: oldest first
         self._by_key: dict[bytes, str] = {}
@@ -349,7 +357,8 @@ class PolicyCore:
         if reg is None or (job.part is not None and job.part_engine is not self.engine):
             job.part, job.part_engine, job.left = None, None, None
             return
-        self.busy_since = time.perf_counter()
+        self.busy_since = t0 = time.perf_counter()
+        before = job.left
         try:
             part, left = self.engine.prefill_chunk(reg.engine_handle, job.turn, job.part, chunk)
         except Exception as exc:
@@ -360,7 +369,48 @@ class PolicyCore:
         finally:
             self.busy_since = None
         job.part, job.part_engine, job.left = part, self.engine, int(left)
+        if before is not None:
+            self._note_prefill_ms((time.perf_counter() - t0) * 1e3, before - int(left))
         self._count("prefill_chunks")
+
+    def prefill_chunks(self, jobs: list[Job], chunk: int) -> None:
+        """``prefill_chunk`` for each of ``jobs``, in one engine call when the engine has
+        ``prefill_chunks`` (one forward per registration); a failing call is retried job by job, so a
+        turn that cannot be chunked fails alone."""
+        batched = getattr(self.engine, "prefill_chunks", None)
+        live = []
+        for job in jobs:
+            if job.req.handle not in self._regs or (
+                job.part is not None and job.part_engine is not self.engine
+            ):
+                job.part, job.part_engine, job.left = None, None, None
+            else:
+                live.append(job)
+        if batched is None or len(live) < 2:
+            for job in live:
+                self.prefill_chunk(job, chunk)
+            return
+        self.busy_since = t0 = time.perf_counter()
+        before = [j.left for j in live]
+        try:
+            done = batched([(self._regs[j.req.handle].engine_handle, j.turn, j.part) for j in live], chunk)
+        except Exception as exc:
+            log.warning(
+                "batched chunked prefill failed (%s): chunking its %d turns one by one", exc, len(live)
+            )
+            done = None
+        finally:
+            self.busy_since = None
+        if done is None:
+            for job in live:
+                self.prefill_chunk(job, chunk)
+            return
+        ms = (time.perf_counter() - t0) * 1e3
+        for job, (part, left) in zip(live, done, strict=True):
+            job.part, job.part_engine, job.left = part, self.engine, int(left)
+        if None not in before:
+            self._note_prefill_ms(ms, sum(b - j.left for b, j in zip(before, live, strict=True)))
+        self._count("prefill_chunks", len(live))
 
     def _parts(self, jobs: list[Job]) -> list[Any] | None:
         """The jobs' chunk-prefilled parts on the current engine (None when there are none)."""
@@ -420,7 +470,29 @@ class PolicyCore:
             return out
         t1 = time.perf_counter()
         self.busy_since = None
+        self._note_prefill(decisions)
         return [self.call_reply(j, d, t0, t1, len(jobs)) for j, d in zip(jobs, decisions, strict=True)]
+
+    def _note_prefill(self, decisions: list[Any]) -> None:
+        """Fold one batch's prefill (its time over its prefilled tokens) into ``prefill_ms_per_token``."""
+        tokens = sum(int(getattr(d, "prompt_tokens", 0) or 0) for d in decisions)
+        ms = max((float(d.timings_ms.get("prefill", 0.0)) for d in decisions), default=0.0)
+        self._note_prefill_ms(ms, tokens)
+
+    def _note_prefill_ms(self, ms: float, tokens: int) -> None:
+        """One prefill of ``tokens`` turn tokens that took ``ms``. Prefills of fewer than
+        ``COST_MIN_TOKENS`` tokens are left out: their fixed cost (the heads' tags, one forward's
+        overhead) would read as a per-token cost and make every turn look long."""
+        if tokens < COST_MIN_TOKENS or ms <= 0:
+            return
+        x = ms / tokens
+        old = self.prefill_ms_per_token
+        self.prefill_ms_per_token = x if old is None else 0.8 * old + 0.2 * x
+
+    def prefill_cost_ms(self, tokens: int) -> float | None:
+        """The estimated prefill time of ``tokens`` turn tokens (ms), None before any measurement."""
+        per = self.prefill_ms_per_token
+        return None if per is None else per * tokens
 
     def _engine_failure(self, job: Job, exc: BaseException) -> ErrorReply:
         log.warning("engine failure on tick %s: %s", job.req.tick, exc)
@@ -524,6 +596,7 @@ class PolicyCore:
             with contextlib.suppress(Exception):
                 engine.unregister(w.engine_handle)
         old, self.engine = self.engine, engine
+        self.prefill_ms_per_token = None  # other weights, another cost per token: measured again
         self._info = None
         self.budget = Q.budget_for(engine, self._max_turn_tokens, self._max_prefix_tokens)
         self.weights = weights

@@ -19,10 +19,12 @@ Two threads:
 **Scheduling** (``_take_batch``; docs/protocol.md "Scheduling"): a step's batch is built in rounds of at
 most one decide per client (nearest deadline first, then the client served longest ago), within
 ``max_batch`` decides and ``step_tokens`` turn tokens. With an engine that has ``prefill_chunk``, a
-turn of more than 2 x ``prefill_chunk_tokens`` tokens is not batched whole: after each step's batch one
-such turn gets one chunk prefilled (its K/V kept on its queued ``Job``), until only its last token is
-left; it is then batched like a short decide. A decide arriving meanwhile waits for at most the chunk
-in flight (``stats()["chunk_waits"]`` counts the chunks each waited for). A hot swap makes the chunks
+turn of more than 2 x ``prefill_chunk_tokens`` tokens is not batched whole: after each step's batch such
+turns get one chunk each prefilled (its K/V kept on its queued ``Job``; the chunks of one registration
+in one forward), chosen in rounds of one turn per client within what the batch left of ``step_tokens``,
+until only a turn's last token is left; it is then batched like a short decide. A decide arriving
+meanwhile waits for at most the chunk step in flight (``stats()["chunk_waits"]`` counts the chunk steps
+each waited for). A hot swap makes the chunks
 prefilled so far stale: the turn is prefilled again on the new engine.
 
 **Hot swap** (``swap``, ``swap_engine``): new weights are loaded and every live registration is made
@@ -561,7 +563,7 @@ class PolicyServer:
                     self._gather()
                     commands = list(self._commands)
                     self._commands.clear()
-                    expired, batch, long_job = self._take_batch()
+                    expired, batch, long_jobs = self._take_batch()
                 for ident, req in commands:
                     if isinstance(req, _Switch):
                         t_sw = time.perf_counter()
@@ -610,9 +612,10 @@ class PolicyServer:
                     for p, reply in zip(batch, self._core.decide(batch), strict=True):
                         self._send(p.owner, reply)
                     self._flush()
-                if long_job is not None and self._pending.get(self._key(long_job)) is long_job:
+                live = [j for j in long_jobs if self._pending.get(self._key(j)) is j]
+                if live:
                     self._chunk_seq += 1  # before it starts: a decide received from now on waits for it
-                    self._core.prefill_chunk(long_job, self.config.prefill_chunk_tokens)
+                    self._core.prefill_chunks(live, self.config.prefill_chunk_tokens)
         finally:
             out.close(0)
             self._engine_done.set()
@@ -639,12 +642,19 @@ class PolicyServer:
     def _is_long(self, job: Job, chunk: int) -> bool:
         """Whether ``job`` is prefilled by chunks of ``chunk`` tokens, not batched yet: more than twice
         ``chunk`` turn tokens left (a shorter turn costs about two chunks: splitting it would only add
-        steps), or a chunked turn not yet down to its last token (the heads' tags are prefilled with it
-        in the batch, which then costs what a short decide costs)."""
+        steps) whose whole prefill would take over ``prefill_chunk_ms`` at the engine's measured cost
+        per token (unknown before the first batch: long), or a chunked turn not yet down to its last
+        token (the heads' tags are prefilled with it in the batch, which then costs what a short decide
+        costs)."""
         if not chunk:
             return False
         left = self._core.to_prefill(job)
-        return left > 2 * chunk or (job.part is not None and left > 1)
+        if job.part is not None:
+            return left > 1
+        if left <= 2 * chunk:
+            return False
+        cost = self._core.prefill_cost_ms(left)  # cheap enough to batch whole: nobody waits long for it
+        return cost is None or cost > self.config.prefill_chunk_ms
 
     @staticmethod
     def _key(job: Job) -> tuple[bytes, str]:
@@ -682,15 +692,16 @@ class PolicyServer:
                 stats = self._core.stats
                 stats["dropped_stopping"] = stats.get("dropped_stopping", 0) + len(replies)
 
-    def _take_batch(self) -> tuple[list[tuple[Job, float]], list[Job], Job | None]:
-        """Under the lock: pull the expired decides, the next batch, and the long turn to prefill one
-        chunk of this step (module docstring "Scheduling"). The batch is built in rounds of at most one
+    def _take_batch(self) -> tuple[list[tuple[Job, float]], list[Job], list[Job]]:
+        """Under the lock: pull the expired decides, the next batch, and the long turns to prefill one
+        chunk each of this step (module docstring "Scheduling"). The batch is built in rounds of at most one
         decide per client, clients ordered by their head's deadline (nearest first, none last), then by
         the step they were last served (longest ago first), then by arrival; it stops at ``max_batch``
         decides, and a decide that would take the step over ``step_tokens`` turn tokens waits (the first
         always fits). With chunking, a turn with more than ``prefill_chunk_tokens`` left to prefill is
-        not batched: one such turn (same order) gets one chunk this step, and stays queued meanwhile
-        (latest-wins, quotas and deadlines still apply to it)."""
+        not batched: such turns get one chunk each this step (``_chunk_picks``: rounds of one per client,
+        within what the batch left of ``step_tokens``), and stay queued meanwhile (latest-wins, quotas
+        and deadlines still apply to them)."""
         cfg = self.config
         now = time.perf_counter()
         self._step += 1
@@ -747,27 +758,51 @@ class PolicyServer:
                     del queues[owner]
             if not took:
                 break
-        for q in queues.values():  # long turns behind a full batch still count for the chunk's choice
+        for q in queues.values():  # long turns behind a full batch still count for the chunks' choice
             longs += [(q[0][1].owner, p) for _, p in q if self._is_long(p, chunk)]
-        long_job = None
-        if longs:
-            chunked = self._chunked
-            owner, long_job = min(
-                longs,
-                key=lambda op: (
-                    inf if op[1].expires_t is None else op[1].expires_t,
-                    chunked.get(op[0], -1),
-                    op[1].part is None,  # a turn already begun is finished first (its K/V held)
-                    op[1].recv_t,
-                ),
-            )
-            chunked[owner] = self._step
-        self._chunk_backlog = long_job is not None
+        long_jobs = self._chunk_picks(longs, chunk, cfg.step_tokens - tokens)
+        self._chunk_backlog = bool(long_jobs)
         if len(served) > 4 * cfg.max_batch + 1024:  # forget clients with nothing queued
             live = {p.owner for p in self._pending.values()} | {p.owner for p in batch}
             self._served = {o: s for o, s in served.items() if o in live}
             self._chunked = {o: s for o, s in self._chunked.items() if o in live}
-        return expired, batch, long_job
+        return expired, batch, long_jobs
+
+    def _chunk_picks(self, longs: list[tuple[Any, Job]], chunk: int, budget: int) -> list[Job]:
+        """The long turns that get one chunk each this step: in rounds of at most one turn per client
+        (clients ordered by their most urgent turn: nearest deadline, then chunked longest ago; within a
+        client a turn already begun first, its K/V held, then arrival), until ``max_batch`` turns or
+        ``budget`` chunk tokens (what ``step_tokens`` leaves after the batch; the first always fits)."""
+        if not longs:
+            return []
+        inf = float("inf")
+        chunked = self._chunked
+        ordered = sorted(
+            longs,
+            key=lambda op: (
+                inf if op[1].expires_t is None else op[1].expires_t,
+                chunked.get(op[0], -1),
+                op[1].part is None,
+                op[1].recv_t,
+            ),
+        )
+        per_owner: dict[Any, list[Job]] = {}
+        for owner, job in ordered:
+            per_owner.setdefault(owner, []).append(job)
+        picks: list[Job] = []
+        while per_owner and len(picks) < self.config.max_batch:
+            for owner in list(per_owner):
+                q = per_owner[owner]
+                if picks and chunk > budget:
+                    return picks
+                picks.append(q.pop(0))
+                budget -= chunk
+                chunked[owner] = self._step
+                if not q:
+                    del per_owner[owner]
+                if len(picks) >= self.config.max_batch:
+                    break
+        return picks
 
 
 def _one_line(exc: BaseException) -> str:

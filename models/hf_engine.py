@@ -284,6 +284,38 @@ class HFEngine(Engine):
         k, v = g.request_kv(0)
         return Reused(end, k, v), len(ids) - end
 
+    def prefill_chunks(
+        self, items: list[tuple[str, Turn, Reused | None]], chunk: int
+    ) -> list[tuple[Reused | None, int]]:
+        """``prefill_chunk`` for several turns at once: the next ``chunk`` tokens of each, the turns of
+        one registration in one forward (``LeanLM.prefill_group`` over their parts), so k turns cost
+        one pass over the weights per registration, not k. Same results, per item, as ``prefill_chunk``.
+        Raises UnknownHandleError."""
+        out: list[tuple[Reused | None, int] | None] = [None] * len(items)
+        groups: dict[str, list[tuple[int, list[int], int, int]]] = {}
+        for i, (handle, turn, part) in enumerate(items):
+            reg = self.registration(handle)
+            ids = self.encode(reg.template.suffix(turn))
+            done = part.tokens if part is not None else 0
+            end = min(done + max(1, int(chunk)), len(ids) - 1)
+            if end <= done:
+                out[i] = (part, len(ids) - done)
+            else:
+                groups.setdefault(handle, []).append((i, ids, done, end))
+        for handle, rows in groups.items():
+            reg = self.registration(handle)
+            parts = [items[i][2] for i, *_ in rows]
+            g = self.lm.prefill_group(
+                [ids[done:end] for _, ids, done, end in rows],
+                reg.state,
+                [],
+                parts if any(p is not None for p in parts) else None,
+            )
+            for j, (i, ids, _, end) in enumerate(rows):
+                k, v = g.request_kv(j)
+                out[i] = (Reused(end, k, v), len(ids) - end)
+        return [o for o in out if o is not None]
+
     def decide_batch(
         self, requests: list[tuple[str, Turn]], parts: list[Reused | None] | None = None
     ) -> list:

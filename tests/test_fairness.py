@@ -222,6 +222,83 @@ def test_a_victims_decide_never_waits_for_a_whole_long_prefill():
     assert max(stats["chunk_waits"]) <= 1 and sum(stats["chunk_waits"].values()) == k
 
 
+def test_every_waiting_long_turn_gets_its_chunk_in_the_same_step():
+    """Three long turns queued behind a held step (two of one client, one of another): each engine
+    step prefills one chunk of every one of them, not of one turn at a time, so they advance together
+    and are decoded together; the chunk steps are counted once each for the decides waiting on them."""
+    engine = Chunking()
+    chunk = 4
+    server, endpoint = _serve(engine, prefill_chunk_tokens=chunk)
+    a = PolicyClient(endpoint, timeout_ms=20_000, name="a")
+    b = PolicyClient(endpoint, timeout_ms=20_000, name="b")
+    queries = [" ".join([w] * 20) for w in ("x", "y", "z")]
+    try:
+        a.register(CART_TOOLS)
+        b.register(CART_TOOLS)
+        a.send_decide("block", 0, stream="hold")
+        assert engine.held.wait(10)
+        a.send_decide(queries[0], 1, stream="s1")
+        a.send_decide(queries[1], 2, stream="s2")
+        b.send_decide(queries[2], 3)
+        _queued(server, 3)
+        engine.release.set()
+        got = _replies(a, 3) + _replies(b, 1)
+    finally:
+        a.close()
+        b.close()
+        server.stop()
+    assert all(isinstance(r, CallReply) for r in got)
+    steps = [e for e in engine.log if e[0] == "chunk"]
+    n = engine.suffix_tokens(engine.register(CART_TOOLS).handle, Turn(query=queries[0]))
+    rounds = -(-(n - 1) // chunk)
+    assert len(steps) == 3 * rounds
+    for k in range(rounds):  # step k: one chunk of each turn, at the same offset
+        step = steps[3 * k : 3 * k + 3]
+        assert sorted(e[1] for e in step) == sorted(queries) and {e[2] for e in step} == {k * chunk}
+    (final,) = [e for e in engine.log if e[0] == "batch" and queries[0] in e[1]]
+    assert sorted(final[1]) == sorted(queries)  # decoded in one batch
+
+
+def test_a_turn_cheap_to_prefill_whole_is_not_chunked():
+    """``prefill_chunk_ms``: a turn over the chunk size is chunked only when its prefill, at the
+    service's measured cost per token, would hold the engine longer than that. The cost is set here
+    (the scripted engine prefills nothing): cheap -> batched whole, dear -> chunked."""
+    engine = Chunking()
+    server, endpoint = _serve(engine, prefill_chunk_tokens=4, prefill_chunk_ms=5.0)
+    client = PolicyClient(endpoint, timeout_ms=20_000)
+    long_query = " ".join(["w"] * 40)
+    try:
+        client.register(CART_TOOLS)
+        server._core.prefill_ms_per_token = 0.01  # 40 tokens: 0.4 ms
+        assert isinstance(client.decide(long_query, 1), CallReply)
+        assert not [e for e in engine.log if e[0] == "chunk"]
+        server._core.prefill_ms_per_token = 1.0  # 40 ms
+        assert isinstance(client.decide(long_query, 2), CallReply)
+        assert [e for e in engine.log if e[0] == "chunk"]
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_the_prefill_cost_is_learnt_from_prefills_long_enough_to_tell():
+    """Prefills under ``COST_MIN_TOKENS`` tokens (a chunked turn's last token, the heads' tags) are
+    mostly fixed cost and do not count; longer ones set a moving average of ms per token."""
+    from tickcall.agent.core import COST_MIN_TOKENS
+
+    server, _ = _serve(Scripted())
+    try:
+        core = server._core
+        assert core.prefill_cost_ms(100) is None
+        core._note_prefill_ms(5.0, 2)
+        assert core.prefill_ms_per_token is None
+        core._note_prefill_ms(1.0, COST_MIN_TOKENS * 2)
+        assert core.prefill_cost_ms(COST_MIN_TOKENS * 2) == pytest.approx(1.0)
+        core._note_prefill_ms(3.0, COST_MIN_TOKENS * 2)
+        assert 1.0 < core.prefill_cost_ms(COST_MIN_TOKENS * 2) < 3.0
+    finally:
+        server.stop()
+
+
 def test_a_half_prefilled_turn_is_restarted_on_new_weights():
     """A hot swap between two chunks: the turn's part, made on the old engine, is never used on the new
     one; the turn is prefilled again there from its first token and answered once, by the new weights."""
@@ -254,7 +331,14 @@ def test_a_half_prefilled_turn_is_restarted_on_new_weights():
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("prefill_chunk_tokens", -1), ("prefill_chunk_tokens", "abc"), ("step_tokens", 0), ("step_tokens", 1.5)],
+    [
+        ("prefill_chunk_tokens", -1),
+        ("prefill_chunk_tokens", "abc"),
+        ("step_tokens", 0),
+        ("step_tokens", 1.5),
+        ("prefill_chunk_ms", -1),
+        ("prefill_chunk_ms", "x"),
+    ],
 )
 def test_bad_scheduling_settings_are_refused(setting, value):
     with pytest.raises(ValueError, match=setting):
@@ -311,6 +395,16 @@ def test_chunked_prefill_gives_the_same_tokens(model, tiny_model_path, arena_too
             got = engine.decide_batch([(handle, t) for t in turns], parts=parts)
             assert [d.head_token_ids for d in got] == [d.head_token_ids for d in whole], chunk
             assert [d.prompt_tokens for d in got] == [1] * len(turns)
+            # all turns' chunks at once (one forward per step): the same parts, the same tokens
+            together, left = [None] * len(turns), [2] * len(turns)
+            while max(left) > 1:
+                out = engine.prefill_chunks(
+                    [(handle, t, p) for t, p in zip(turns, together, strict=True)], chunk
+                )
+                together, left = [p for p, _ in out], [x for _, x in out]
+            assert [0 if p is None else p.tokens for p in together] == [x - 1 for x in n]
+            got = engine.decide_batch([(handle, t) for t in turns], parts=together)
+            assert [d.head_token_ids for d in got] == [d.head_token_ids for d in whole], ("together", chunk)
     finally:
         engine.close()
 
