@@ -76,3 +76,22 @@ def test_with_a_stand_in_anchor(tmp_path):
     assert "ratio_p50.transformers = " in stdout
     with socket.socket() as s:  # the stand-in's process group was ended
         assert s.connect_ex(("127.0.0.1", 8899)) != 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--vllm-option", "enforce_eager=false"], "--vllm-option applies to the vllm backend"),
+        (["--backends", "vllm", "--vllm-option", "enforce_eager"], "is not KEY=VALUE"),
+    ],
+)
+def test_vllm_options_are_checked_before_any_work(extra, message):
+    """``--vllm-option KEY=VALUE`` reaches tickcall's vLLM engine only; a misplaced or malformed one is one
+    line and exit 2 before a model is built or a server started."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tickcall.cli", "bench", "anchor", *extra],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr
+    assert "work folder" not in proc.stdout

@@ -63,6 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backends", nargs="+", default=["transformers"], choices=("transformers", "vllm"))
     parser.add_argument("--model", help="model folder (default: a tiny random Qwen2 built here)")
+    parser.add_argument(
+        "--vllm-option",
+        dest="vllm_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of tickcall's vLLM engine (repeatable), e.g. --vllm-option enforce_eager=false "
+        "(vLLM compiles the model with torch.compile, as SimpleTool's server does; tickcall's CPU default "
+        "is eager)",
+    )
     parser.add_argument("--tokens", type=int, default=32, help="tokens decoded per head (forced)")
     parser.add_argument("--requests", type=int, default=100, help="timed sequential requests per path")
     parser.add_argument("--warmup", type=int, default=5, help="discarded requests before timing")
@@ -77,12 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- the engine of the service
 
 
-def forced_engine(inner: str, model: str, tokens: int) -> Any:
-    """A service engine (``backend: factory``) decoding exactly ``tokens`` tokens on every head."""
+def forced_engine(inner: str, model: str, tokens: int, **options: Any) -> Any:
+    """A service engine (``backend: factory``) decoding exactly ``tokens`` tokens on every head;
+    ``options``: the inner engine's own options (``--vllm-option``)."""
     from tickcall.models.format import head_names
     from tickcall.models.loading import load_engine
 
-    engine = load_engine({"backend": inner, "model": model})
+    engine = load_engine({"backend": inner, "model": model, **options})
     engine.forced_lengths = {h: tokens for h in head_names(engine.max_heads)}
     return engine
 
@@ -239,14 +250,19 @@ class Process:
 
 
 def start_tickcall(
-    backend: str, model: Path, tokens: int, workdir: Path, timeout_s: float
+    backend: str,
+    model: Path,
+    tokens: int,
+    workdir: Path,
+    timeout_s: float,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Process, str, str]:
     """``tickcall serve`` with the HTTP door: (process, ZMQ endpoint, HTTP URL)."""
     import yaml
 
     cfg = workdir / f"serve-{backend}.yaml"
     engine = {"backend": "factory", "factory": "tickcall.bench.anchor:forced_engine", "inner": backend,
-              "model": str(model), "tokens": tokens}  # fmt: skip
+              "model": str(model), "tokens": tokens, **(options or {})}  # fmt: skip
     cfg.write_text(yaml.safe_dump({"engine": engine, "bind": "tcp://127.0.0.1:0"}))
     proc = Process(
         [sys.executable, "-m", "tickcall.cli", "serve", "--config", str(cfg), "--http", "127.0.0.1:0"],
@@ -300,6 +316,13 @@ def _summary(ms: list[float]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C, so every started server's process group is ended (finally blocks)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from tickcall.commands.eval import parse_engine_options
+
+    vllm_options = parse_engine_options(args.vllm_options, "--vllm-option")
+    if vllm_options and "vllm" not in args.backends:
+        from tickcall.commands.errors import CommandError
+
+        raise CommandError("--vllm-option applies to the vllm backend: add --backends ... vllm or drop it")
     workdir = Path(tempfile.mkdtemp(prefix="tickcall-bench-anchor-"))
     print(f"work folder (model, configs, server logs): {workdir}")
     if args.model:
@@ -324,7 +347,10 @@ def run(args: argparse.Namespace) -> int:
         finally:
             proc.stop()
     for backend in args.backends:
-        proc, endpoint, url = start_tickcall(backend, model, args.tokens, workdir, args.start_timeout)
+        options = vllm_options if backend == "vllm" else None
+        proc, endpoint, url = start_tickcall(
+            backend, model, args.tokens, workdir, args.start_timeout, options
+        )
         try:
             rows[f"{backend}.zmq"] = _summary(zmq_sequential(endpoint, n, w))
             rows[f"{backend}.http"] = _summary(http_sequential(url, n, w))
@@ -347,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
             "per_client": args.per_client,
         },  # fmt: skip
         "anchor": bool(args.simpletool),
+        "vllm_options": vllm_options,
     }
     for name, r in rows.items():
         out[f"p50_ms.{name}"] = r["p50_ms"]

@@ -131,8 +131,9 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     return kinds
 
 
-def parse_engine_options(items: list[str]) -> dict[str, Any]:
-    """``["precision=int8", "threads=2"]`` -> ``{"precision": "int8", "threads": 2}`` (YAML scalars)."""
+def parse_engine_options(items: list[str], flag: str = "--engine-option") -> dict[str, Any]:
+    """``["precision=int8", "threads=2"]`` -> ``{"precision": "int8", "threads": 2}`` (YAML scalars);
+    ``flag`` names the option in the one-line errors."""
     import yaml
 
     options: dict[str, Any] = {}
@@ -140,13 +141,13 @@ def parse_engine_options(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise CommandError(f"--engine-option {item!r} is not KEY=VALUE; e.g. --engine-option precision=int8")
+            raise CommandError(f"{flag} {item!r} is not KEY=VALUE; e.g. {flag} precision=int8")
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
         if isinstance(value, dict | list):
-            raise CommandError(f"--engine-option {item!r}: give one scalar value (a number, word or true/false)")
+            raise CommandError(f"{flag} {item!r}: give one scalar value (a number, word or true/false)")
         options[key] = value
     return options
 
