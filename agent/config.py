@@ -74,7 +74,10 @@ class ServeConfig:
     chunking off (engines without ``prefill_chunk`` never chunk). ``prefill_chunk_ms``: a turn is
     chunked only when its whole prefill would hold the engine longer than this (ms, estimated from the
     service's measured prefill cost per token; before the first measurement every turn over the size
-    counts): on a small model a 100-token turn costs about a millisecond and is batched whole.
+    counts): on a small model a 100-token turn costs about a millisecond and is batched whole. A turn's
+    size is what the engine would prefill now (less what its turn-prefix cache reuses), and turns are
+    chunked only while another client has had decides queued in the last second (a client alone gets
+    its turns whole).
     """
 
     engine: dict[str, Any] = field(default_factory=lambda: {"backend": "noop"})

@@ -332,8 +332,9 @@ class PolicyCore:
 
     def to_prefill(self, job: Job) -> int:
         """Suffix tokens the engine still has to prefill for ``job`` (counted once, with the engine's
-        tokenizer, no forward pass): 0 for a decide answered without one (handle gone, ``too_long``,
-        a turn the template cannot render) and for engines that cannot count tokens."""
+        tokenizer, no forward pass; less what its turn-prefix cache would reuse, where the engine says:
+        ``uncached_tokens``): 0 for a decide answered without one (handle gone, ``too_long``, a turn the
+        template cannot render) and for engines that cannot count tokens."""
         if job.part is not None and job.part_engine is not self.engine:  # computed before a hot swap
             job.part, job.part_engine, job.left = None, None, None
         if job.left is not None:
@@ -347,6 +348,10 @@ class PolicyCore:
                 n = None
             if n is not None and n > self.budget.turn_limit(reg.prefix_tokens):
                 n = None  # answered too_long by decide
+            uncached = getattr(self.engine, "uncached_tokens", None)
+            if n and callable(uncached):
+                with contextlib.suppress(Exception):  # the count is advisory: the whole turn then
+                    n = min(n, int(uncached(reg.engine_handle, job.turn)))
         job.left = int(n or 0)
         return job.left
 

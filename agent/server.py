@@ -22,7 +22,10 @@ most one decide per client (nearest deadline first, then the client served longe
 turn of more than 2 x ``prefill_chunk_tokens`` tokens is not batched whole: after each step's batch such
 turns get one chunk each prefilled (its K/V kept on its queued ``Job``; the chunks of one registration
 in one forward), chosen in rounds of one turn per client within what the batch left of ``step_tokens``,
-until only a turn's last token is left; it is then batched like a short decide. A decide arriving
+until only a turn's last token is left; it is then batched like a short decide (a turn's size: the tokens
+the engine would prefill now, less what its turn-prefix cache reuses; chunked only when that prefill would
+take over ``prefill_chunk_ms`` and another client has had decides queued within ``PEER_WINDOW_S``). A
+decide arriving
 meanwhile waits for at most the chunk step in flight (``stats()["chunk_waits"]`` counts the chunk steps
 each waited for). A hot swap makes the chunks
 prefilled so far stale: the turn is prefilled again on the new engine.
@@ -105,6 +108,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 
 
+# how recently (s) another client must have had a decide queued for a long turn to be chunked
+PEER_WINDOW_S = 1.0
+
+
 class PolicyServer:
     """Serve ``engine`` on ``config.bind``: ``start()`` returns the bound endpoint; ``stop()`` ends it.
 
@@ -145,6 +152,10 @@ class PolicyServer:
         self._step = 0
         self._served: dict[Any, int] = {}
         self._chunked: dict[Any, int] = {}
+        # clients with decides queued within PEER_WINDOW_S (perf s last seen); a turn is chunked only
+        # while someone else could be kept waiting by it
+        self._seen: dict[Any, float] = {}
+        self._recent: set[Any] = set()
         self._chunk_backlog = False
         self._chunk_seq = 0
         self.chunk_waits: dict[int, int] = {}
@@ -643,15 +654,16 @@ class PolicyServer:
         """Whether ``job`` is prefilled by chunks of ``chunk`` tokens, not batched yet: more than twice
         ``chunk`` turn tokens left (a shorter turn costs about two chunks: splitting it would only add
         steps) whose whole prefill would take over ``prefill_chunk_ms`` at the engine's measured cost
-        per token (unknown before the first batch: long), or a chunked turn not yet down to its last
-        token (the heads' tags are prefilled with it in the batch, which then costs what a short decide
-        costs)."""
+        per token (unknown before the first batch: long), while another client has had decides queued
+        within ``PEER_WINDOW_S`` (chunks only let others in between; a client alone gets its turn
+        whole, sooner); or a chunked turn not yet down to its last token (the heads' tags are prefilled
+        with it in the batch, which then costs what a short decide costs)."""
         if not chunk:
             return False
         left = self._core.to_prefill(job)
         if job.part is not None:
             return left > 1
-        if left <= 2 * chunk:
+        if left <= 2 * chunk or not (self._recent - {job.owner}):  # alone: nobody to keep waiting less
             return False
         cost = self._core.prefill_cost_ms(left)  # cheap enough to batch whole: nobody waits long for it
         return cost is None or cost > self.config.prefill_chunk_ms
@@ -715,6 +727,12 @@ class PolicyServer:
                 expired.append((p, (now - p.expires_t) * 1e3))
             else:
                 queues.setdefault(p.owner, []).append((key, p))
+        seen = self._seen
+        for owner in queues:
+            seen[owner] = now
+        for owner in [o for o, t in seen.items() if now - t > PEER_WINDOW_S]:
+            del seen[owner]
+        self._recent = set(seen)
         chunk = cfg.prefill_chunk_tokens if self._core.can_chunk else 0
         inf = float("inf")
         for q in queues.values():  # each client's own order: nearest deadline, then oldest

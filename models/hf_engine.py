@@ -284,6 +284,16 @@ class HFEngine(Engine):
         k, v = g.request_kv(0)
         return Reused(end, k, v), len(ids) - end
 
+    def uncached_tokens(self, handle: str, turn: Turn) -> int:
+        """The suffix tokens a decide of ``turn`` would prefill now: ``suffix_tokens`` less what the
+        registration's turn-prefix cache would reuse (a peek: no lookup is counted). On the goal arena
+        a tick's turn repeats the episode's goal sentence, so only its state line is new. Raises
+        UnknownHandleError."""
+        reg = self.registration(handle)
+        ids = self.encode(reg.template.suffix(turn))
+        cache = self._turn_caches.get(reg.handle) if self.turn_cache else None
+        return len(ids) - (cache.peek(ids) if cache is not None else 0)
+
     def prefill_chunks(
         self, items: list[tuple[str, Turn, Reused | None]], chunk: int
     ) -> list[tuple[Reused | None, int]]:

@@ -84,6 +84,12 @@ class TurnCache:
         self.stats.prefilled_tokens += len(ids) - best
         return best_key, best
 
+    def peek(self, ids: list[int]) -> int:
+        """The tokens ``lookup(ids)`` would reuse now (0 under ``min_reuse``), without counting a
+        lookup: what the service's scheduler asks to size a turn's prefill."""
+        best = min(max((common_prefix(e.ids, ids) for e in self.entries.values()), default=0), len(ids) - 1)
+        return best if best >= self.min_reuse else 0
+
     def store(self, ids: list[int], k: list[torch.Tensor], v: list[torch.Tensor]) -> None:
         """Keep turn ``ids`` with its K/V as the most recent entry, the least recent evicted past
         ``capacity``; an entry with the same ids is only refreshed.

@@ -80,9 +80,14 @@ class Chunking(Scripted):
         return _Part(end, self.name), n - end
 
 
-def _serve(engine, **settings):
+def _serve(engine, peer: bool = True, **settings):
+    """A started service on ``engine``. ``peer``: the scheduler counts another client as active at all
+    times (a stand-in that never sends), so a long turn is chunked even when the test drives one
+    client; ``peer=False`` leaves the service as it is."""
     config = ServeConfig(bind="tcp://127.0.0.1:0", gather_ms=0, **settings)
     server = PolicyServer(engine, config)
+    if peer:
+        server._seen[b"peer"] = float("inf")  # last seen "in the future": never leaves the window
     return server, server.start()
 
 
@@ -280,6 +285,29 @@ def test_a_turn_cheap_to_prefill_whole_is_not_chunked():
         server.stop()
 
 
+def test_a_client_alone_gets_its_long_turn_whole_and_chunks_start_when_another_comes():
+    """Chunks only let other clients' decides in between: with nobody else queuing, a long turn is
+    prefilled whole (sooner, and no tick of a lone real-time client expires between chunks); once
+    another client has had a decide queued (within ``PEER_WINDOW_S``), long turns are chunked."""
+    engine = Chunking()
+    server, endpoint = _serve(engine, peer=False, prefill_chunk_tokens=4, prefill_chunk_ms=0)
+    a = PolicyClient(endpoint, timeout_ms=20_000, name="a")
+    b = PolicyClient(endpoint, timeout_ms=20_000, name="b")
+    long_query = " ".join(["w"] * 40)
+    try:
+        a.register(CART_TOOLS)
+        b.register(CART_TOOLS)
+        assert isinstance(a.decide(long_query, 1), CallReply)
+        assert not [e for e in engine.log if e[0] == "chunk"]
+        assert isinstance(b.decide("short", 1), CallReply)
+        assert isinstance(a.decide(long_query, 2), CallReply)
+        assert [e for e in engine.log if e[0] == "chunk"]
+    finally:
+        a.close()
+        b.close()
+        server.stop()
+
+
 def test_the_prefill_cost_is_learnt_from_prefills_long_enough_to_tell():
     """Prefills under ``COST_MIN_TOKENS`` tokens (a chunked turn's last token, the heads' tags) are
     mostly fixed cost and do not count; longer ones set a moving average of ms per token."""
@@ -432,3 +460,34 @@ def test_the_service_answers_the_same_with_and_without_chunks(arena_tools):
     finally:
         engine.close()
     assert answers[4] == answers[0]
+
+
+def test_a_turn_mostly_in_the_turn_cache_is_not_chunked(tiny_model_path, arena_tools):
+    """The scheduler sizes a turn by what the engine would prefill now: the suffix less what the
+    turn-prefix cache reuses (``HFEngine.uncached_tokens``). A long turn is chunked the first time; the
+    next tick's turn, the same long goal with another state line, reuses all but its last tokens and
+    is batched whole (on the goal arena, chunking every tick's turn cost SmolLM2 three forwards a tick)."""
+    from tickcall.models.hf_engine import HFEngine
+
+    engine = HFEngine(str(tiny_model_path), turn_cache=8)
+    goal = "Shoot only the blue targets, keep out of the north, and never dash. " * 2
+    chunk = 8
+    try:
+        server, endpoint = _serve(engine, prefill_chunk_tokens=chunk, prefill_chunk_ms=0)
+        client = PolicyClient(endpoint, timeout_ms=60_000)
+        try:
+            handle = client.register(arena_tools).handle
+            n = engine.suffix_tokens(server._core._regs[handle].engine_handle, Turn(query=goal + "at=C"))
+            assert n > 2 * chunk
+            assert isinstance(client.decide(goal + "at=C", 1), CallReply)
+            first = server.stats().get("chunked_decides", 0)
+            assert isinstance(client.decide(goal + "at=N", 2), CallReply)
+            second = server.stats().get("chunked_decides", 0) - first
+            assert isinstance(client.decide("a different long turn, nothing of it cached " * 2, 3), CallReply)
+            third = server.stats().get("chunked_decides", 0) - first - second
+        finally:
+            client.close()
+            server.stop()
+    finally:
+        engine.close()
+    assert (first, second, third) == (1, 0, 1)
