@@ -25,10 +25,9 @@ in one forward), chosen in rounds of one turn per client within what the batch l
 until only a turn's last token is left; it is then batched like a short decide (a turn's size: the tokens
 the engine would prefill now, less what its turn-prefix cache reuses; chunked only when that prefill would
 take over ``prefill_chunk_ms`` and another client has had decides queued within ``PEER_WINDOW_S``). A
-decide arriving
-meanwhile waits for at most the chunk step in flight (``stats()["chunk_waits"]`` counts the chunk steps
-each waited for). A hot swap makes the chunks
-prefilled so far stale: the turn is prefilled again on the new engine.
+decide arriving meanwhile waits for at most the chunk step in flight (``stats()["chunk_waits"]`` counts
+the chunk steps each waited for). A hot swap makes the chunks prefilled so far stale: the turn is
+prefilled again on the new engine.
 
 **Hot swap** (``swap``, ``swap_engine``): new weights are loaded and every live registration is made
 again on them (same handles, same heads, prefixes prefilled) in the *caller's* thread while the engine

@@ -53,6 +53,9 @@ log = logging.getLogger("tickcall.engine_bridge")
 _BURST = 1000  # frames read per wake-up before timers and sends get a turn
 
 
+CLOSE_LINGER_MS = 200  # how long the bridge's socket may hold unsent messages at close (ms)
+
+
 class EngineBridge:
     """The mode-1 bridge server. Use as a context manager or ``start()``/``close()``.
 
@@ -246,7 +249,9 @@ class EngineBridge:
             log.exception("engine bridge I/O thread crashed")
             raise
         finally:
-            router.close(0)
+            # the last messages (a fatal error to a refused engine, the bye) get a moment to leave: with
+            # linger 0 a busy machine could drop them, and the engine would keep saying hello
+            router.close(CLOSE_LINGER_MS)
             wake.close(0)
 
     def _read_burst(self, router: zmq.Socket) -> None:

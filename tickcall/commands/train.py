@@ -20,6 +20,10 @@ from pathlib import Path
 HELP = "distil a teacher into a SimpleTool-format student (small model from scratch, or SmolLM2 LoRA)"
 
 
+# whose calls ``--labels`` reads from run reports (the one-line errors name them)
+WHOSE = {"big": "big model's", "played": "engine AI's"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/train-tiny.yaml", help="training config (YAML)")
     parser.add_argument("--out", help="model folder to write (overrides the config's out)")
@@ -163,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         from tickcall.commands.errors import CommandError
 
         raise CommandError(
-            f"--labels {args.labels} reads the calls of run reports: give them with --data REPORT"
+            f"--labels {args.labels} reads the {WHOSE[args.labels]} calls of run reports: give them with --data REPORT"
         )
     if args.data_files:
         _use_data(cfg, args)
