@@ -355,17 +355,44 @@ class PolicyCore:
         job.left = int(n or 0)
         return job.left
 
-    def prefill_chunk(self, job: Job, chunk: int) -> None:
-        """Prefill the next ``chunk`` tokens of ``job``'s turn (kept on the job, ``job.left`` updated).
-        A failure is logged and leaves the turn to be decoded whole (where it fails, alone, if it must)."""
-        reg = self._regs.get(job.req.handle)
-        if reg is None or (job.part is not None and job.part_engine is not self.engine):
-            job.part, job.part_engine, job.left = None, None, None
-            return
+    def prefill_chunks(self, jobs: list[Job], chunk: int) -> None:
+        """Prefill the next ``chunk`` tokens of each job's turn (kept on the job, ``job.left`` updated), in
+        one engine call when the engine has ``prefill_chunks`` (one forward per registration). A failing
+        call is retried job by job, so a turn that cannot be chunked fails alone: it is logged and left
+        to be decoded whole (where it fails, alone, if it must)."""
+        live = [j for j in jobs if self._chunkable(j)]
+        batched = getattr(self.engine, "prefill_chunks", None)
+        if batched is not None and len(live) > 1:
+            self.busy_since = t0 = time.perf_counter()
+            try:
+                done = batched(
+                    [(self._regs[j.req.handle].engine_handle, j.turn, j.part) for j in live], chunk
+                )
+            except Exception as exc:
+                log.warning(
+                    "batched chunked prefill failed (%s): chunking its %d turns one by one", exc, len(live)
+                )
+            else:
+                self._took_chunks(live, done, t0)
+                return
+            finally:
+                self.busy_since = None
+        for job in live:
+            self._prefill_one(job, chunk)
+
+    def _chunkable(self, job: Job) -> bool:
+        """Whether ``job`` can take a chunk now. A turn whose tool set is gone, or whose part was made
+        on weights swapped out since, is reset instead: counted again and prefilled from its start."""
+        if job.req.handle in self._regs and (job.part is None or job.part_engine is self.engine):
+            return True
+        job.part, job.part_engine, job.left = None, None, None
+        return False
+
+    def _prefill_one(self, job: Job, chunk: int) -> None:
+        reg = self._regs[job.req.handle]
         self.busy_since = t0 = time.perf_counter()
-        before = job.left
         try:
-            part, left = self.engine.prefill_chunk(reg.engine_handle, job.turn, job.part, chunk)
+            done = [self.engine.prefill_chunk(reg.engine_handle, job.turn, job.part, chunk)]
         except Exception as exc:
             log.warning("chunked prefill failed on tick %s (decoded whole instead): %s", job.req.tick, exc)
             job.part, job.part_engine, job.left = None, None, 0
@@ -373,49 +400,17 @@ class PolicyCore:
             return
         finally:
             self.busy_since = None
-        job.part, job.part_engine, job.left = part, self.engine, int(left)
-        if before is not None:
-            self._note_prefill_ms((time.perf_counter() - t0) * 1e3, before - int(left))
-        self._count("prefill_chunks")
+        self._took_chunks([job], done, t0)
 
-    def prefill_chunks(self, jobs: list[Job], chunk: int) -> None:
-        """``prefill_chunk`` for each of ``jobs``, in one engine call when the engine has
-        ``prefill_chunks`` (one forward per registration); a failing call is retried job by job, so a
-        turn that cannot be chunked fails alone."""
-        batched = getattr(self.engine, "prefill_chunks", None)
-        live = []
-        for job in jobs:
-            if job.req.handle not in self._regs or (
-                job.part is not None and job.part_engine is not self.engine
-            ):
-                job.part, job.part_engine, job.left = None, None, None
-            else:
-                live.append(job)
-        if batched is None or len(live) < 2:
-            for job in live:
-                self.prefill_chunk(job, chunk)
-            return
-        self.busy_since = t0 = time.perf_counter()
-        before = [j.left for j in live]
-        try:
-            done = batched([(self._regs[j.req.handle].engine_handle, j.turn, j.part) for j in live], chunk)
-        except Exception as exc:
-            log.warning(
-                "batched chunked prefill failed (%s): chunking its %d turns one by one", exc, len(live)
-            )
-            done = None
-        finally:
-            self.busy_since = None
-        if done is None:
-            for job in live:
-                self.prefill_chunk(job, chunk)
-            return
+    def _took_chunks(self, jobs: list[Job], done: list[tuple[Any, int]], t0: float) -> None:
+        """Keep each job's new part and tokens left; fold the chunks' time into the cost per token."""
         ms = (time.perf_counter() - t0) * 1e3
-        for job, (part, left) in zip(live, done, strict=True):
+        before = [j.left for j in jobs]
+        for job, (part, left) in zip(jobs, done, strict=True):
             job.part, job.part_engine, job.left = part, self.engine, int(left)
         if None not in before:
-            self._note_prefill_ms(ms, sum(b - j.left for b, j in zip(before, live, strict=True)))
-        self._count("prefill_chunks", len(live))
+            self._note_prefill_ms(ms, sum(b - j.left for b, j in zip(before, jobs, strict=True)))
+        self._count("prefill_chunks", len(jobs))
 
     def _parts(self, jobs: list[Job]) -> list[Any] | None:
         """The jobs' chunk-prefilled parts on the current engine (None when there are none)."""

@@ -32,8 +32,8 @@ from tickcall.models.training.collect import Record
 from tickcall.models.training.dataset import Dataset, EnvInfo, make_header
 
 # which call of a tick is its label: the applied one, the big model's, or the engine's AI's
-LABELS = ("call", "big", "played")
-KEYS = {"call": "call", "big": "big_call", "played": "played"}
+KEYS = {"call": "call", "big": "big_call", "played": "played"}  # label -> the tick's field holding it
+LABELS = tuple(KEYS)
 
 
 def ticks_dataset(path: str | Path, env_id: str | None = None, labels: str = "call") -> Dataset:

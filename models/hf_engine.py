@@ -274,15 +274,7 @@ class HFEngine(Engine):
         Returns (the new part, the suffix tokens still to prefill). The suffix's last token is always
         left to ``decide_batch`` (the heads' tags must be prefilled with it), so the tokens left are >= 1;
         with nothing to do the part comes back as it was. Raises UnknownHandleError."""
-        reg = self.registration(handle)
-        ids = self.encode(reg.template.suffix(turn))
-        done = part.tokens if part is not None else 0
-        end = min(done + max(1, int(chunk)), len(ids) - 1)
-        if end <= done:
-            return part, len(ids) - done
-        g = self.lm.prefill_group([ids[done:end]], reg.state, [], [part] if part is not None else None)
-        k, v = g.request_kv(0)
-        return Reused(end, k, v), len(ids) - end
+        return self.prefill_chunks([(handle, turn, part)], chunk)[0]
 
     def uncached_tokens(self, handle: str, turn: Turn) -> int:
         """The suffix tokens a decide of ``turn`` would prefill now: ``suffix_tokens`` less what the
