@@ -18,6 +18,16 @@ Semantics shared by both backends (tests check they agree call for call):
    counts: anything else would kill the row, and its re-decode replays the same tokens (the chosen
    rule's argmax is the start rule's while the shadow accepts) up to the same choice among the stops.
    So the call is the one the model would have made; ``<|null|>`` (which changes the meaning) blocks it.
+5. Canonical literals (transformers backend, ``Constrainer(canonical=True)``; off by default): a head
+   whose rule is a finite set of literal texts (tool names, string enums: ``HeadRule.texts``) may write
+   each text only as the tokenizer writes it after the head's tag, the way training text is tokenized.
+   Where one text is another's prefix in characters but not in tokens (SmolLM2 writes ``N`` and ``NE``
+   as one token each), a row that wrote ``N`` is then complete and nothing else may follow, so rule 4
+   finishes it without the forward that would only have chosen between the stop and a spelling the
+   model never saw (``N`` + ``E``). The call can differ from the unrestricted decode only where the
+   model would have preferred such a spelling; the other backend does not restrict spellings. A
+   tokenizer that does not write a text back exactly (decode(encode(text)) != text) leaves that rule
+   unrestricted.
 
 Compiled grammars are kept with the registration (``Registration.grammars``) and deduplicated by
 their text per engine (a bounded LRU of ``CACHE_ENTRIES``: a service fed endless distinct tool sets
@@ -35,7 +45,7 @@ from typing import Any
 
 import torch
 import xgrammar as xgr
-from tickcall.models.format import IM_END, NULL, close_tag
+from tickcall.models.format import IM_END, NULL, close_tag, open_tag
 from tickcall.models.grammars import HeadGrammars, HeadRule, build_head_grammars
 
 CLOSE_PATH_LIMIT = 64  # tokens a grammar-closed head may receive beyond its budget
@@ -53,6 +63,7 @@ class CompiledRule:
     compiled: xgr.CompiledGrammar
     text: str
     nullable: bool
+    texts: frozenset[str] | None = None  # the rule's finite set of literal texts (grammars.HeadRule)
 
 
 @dataclass
@@ -66,13 +77,51 @@ class CompiledHeads:
     tool_names: frozenset[str] = field(default_factory=frozenset)
 
 
+class CanonicalTexts:
+    """The tokens a literal head may write under rule 5: the tokenizer's own spelling of each text.
+
+    ``bits(prefix)`` is a bitmask row (xgrammar's layout) of the tokens that continue ``prefix`` (ids
+    written so far) along some text's spelling, plus every stop id (the grammar decides when a stop
+    is allowed). Rows are built once per prefix and kept: a rule has a few short spellings."""
+
+    def __init__(self, spellings: list[tuple[int, ...]], stops: list[int], vocab_size: int) -> None:
+        self._next: dict[tuple[int, ...], set[int]] = {}
+        for ids in spellings:
+            for k in range(len(ids)):
+                self._next.setdefault(ids[:k], set()).add(ids[k])
+        self._stops = stops
+        self._vocab_size = vocab_size
+        self._rows: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def bits(self, prefix: tuple[int, ...]) -> torch.Tensor:
+        row = self._rows.get(prefix)
+        if row is None:
+            row = torch.zeros_like(xgr.allocate_token_bitmask(1, self._vocab_size)[0])
+            for tok in (*self._next.get(prefix, ()), *self._stops):
+                if tok < self._vocab_size:
+                    row[tok >> 5] |= _bit(tok & 31)
+            self._rows[prefix] = row
+        return row
+
+
+def _bit(b: int) -> int:
+    """Bit ``b`` of an int32 mask word as a Python int torch stores in int32 (bit 31 is negative)."""
+    return -(1 << 31) if b == 31 else 1 << b
+
+
 class Constrainer:
     """xgrammar state for one tokenizer and vocabulary.
 
     ``tokenizer``: a transformers tokenizer; ``vocab_size``: rows of the model's output layer (may
-    exceed the tokenizer's length); ``token_ids``: the SimpleTool and chat token ids."""
+    exceed the tokenizer's length); ``token_ids``: the SimpleTool and chat token ids; ``canonical``:
+    literal heads write their texts only as the tokenizer spells them (rule 5 of the module doc)."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, token_ids: dict[str, int]) -> None:
+    def __init__(
+        self, tokenizer: Any, vocab_size: int, token_ids: dict[str, int], *, canonical: bool = False
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.canonical = canonical
+        self._canon: dict[tuple[str, frozenset[str]], CanonicalTexts | None] = {}
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         # our cache below is the only one: xgrammar's own is unbounded by default
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
@@ -106,7 +155,7 @@ class Constrainer:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(text)
-        return CompiledRule(compiled, text, rule.nullable)
+        return CompiledRule(compiled, text, rule.nullable, rule.texts)
 
     def compile(self, tools: list[Any], heads: tuple[str, ...], allow_no_call: bool = False) -> CompiledHeads:
         """Compile every rule of a registration (done once, at ``register``)."""
@@ -121,6 +170,31 @@ class Constrainer:
             compile_ms=(time.perf_counter() - t0) * 1e3,
             tool_names=frozenset(t.name for t in tools),
         )
+
+    def canonical_texts(self, head: str, rule: CompiledRule) -> CanonicalTexts | None:
+        """Rule 5's spellings of ``rule``'s literal texts for ``head``: None where the constrainer is
+        not canonical, the rule is not a finite set of literals, or the tokenizer does not write one
+        of its texts back exactly. A text's spelling is its tokens between the head's tags, tokenized
+        as one string the way training text is (``<head>TEXT</head>``)."""
+        if not self.canonical or not rule.texts:
+            return None
+        key = (head, rule.texts)
+        if key not in self._canon:
+            self._canon[key] = self._spell(head, rule)
+        return self._canon[key]
+
+    def _spell(self, head: str, rule: CompiledRule) -> CanonicalTexts | None:
+        first, last = self.token_ids[open_tag(head)], self.token_ids[close_tag(head)]
+        spellings = []
+        for text in sorted(rule.texts or ()):
+            ids = self.tokenizer.encode(open_tag(head) + text + close_tag(head), add_special_tokens=False)
+            if len(ids) < 3 or ids[0] != first or ids[-1] != last:
+                return None
+            body = tuple(ids[1:-1])
+            if self.tokenizer.decode(list(body)) != text:
+                return None
+            spellings.append(body)
+        return CanonicalTexts(spellings, self.stop_ids(head, True), self.vocab_size)
 
     # ---------------------------------------------------------------- helpers
     def stop_ids(self, head: str, nullable: bool) -> list[int]:
@@ -208,7 +282,7 @@ class RowGuide:
     """One decode row's grammar state: its rule and matcher, and (once the function head resolved) a
     *shadow* matcher of the chosen tool's rule that must accept every token too."""
 
-    __slots__ = ("head", "rule", "stops", "keep", "matcher", "shadow", "dead")
+    __slots__ = ("head", "rule", "stops", "keep", "matcher", "shadow", "dead", "canon", "ids")
 
     def __init__(self, constrainer: Constrainer, head: str, rule: CompiledRule) -> None:
         self.head = head
@@ -218,6 +292,20 @@ class RowGuide:
         self.matcher = constrainer.matcher(head, rule)
         self.shadow: xgr.GrammarMatcher | None = None
         self.dead = False  # the chosen tool's rule rejected this row's prefix: re-decode it
+        self.canon = constrainer.canonical_texts(head, rule)  # rule 5, or None
+        self.ids: tuple[int, ...] = ()  # tokens this row's matcher accepted
+
+    def accept(self, tok: int) -> None:
+        """The row wrote ``tok``: advance its matcher (and its shadow, marking the row dead where the
+        chosen tool's rule rejects it)."""
+        self.matcher.accept_token(tok)
+        self.ids += (tok,)
+        if self.shadow is not None and not self.dead:
+            self.dead = not self.shadow.accept_token(tok)
+
+    def allowed_bits(self) -> torch.Tensor:
+        """The tokens rule 5 and the banned ids leave this row (a bitmask row)."""
+        return self.keep & self.canon.bits(self.ids) if self.canon is not None else self.keep
 
 
 def forced_stop(constrainer: Constrainer, guide: RowGuide, close_id: int) -> int | None:
@@ -227,7 +315,7 @@ def forced_stop(constrainer: Constrainer, guide: RowGuide, close_id: int) -> int
     end_id = constrainer.token_ids[IM_END]
     bm = xgr.allocate_token_bitmask(2 if guide.shadow is not None else 1, constrainer.vocab_size)
     guide.matcher.fill_next_token_bitmask(bm, 0)
-    row = bm[0] & guide.keep
+    row = bm[0] & guide.allowed_bits()
     if guide.shadow is not None:
         guide.shadow.fill_next_token_bitmask(bm, 1)
         row &= bm[1]
@@ -246,7 +334,7 @@ def mask_logits(constrainer: Constrainer, guides: list[RowGuide], logits: torch.
     bm = xgr.allocate_token_bitmask(n, constrainer.vocab_size)
     for slot, g in enumerate(guides):
         g.matcher.fill_next_token_bitmask(bm, slot)
-    bm &= torch.stack([g.keep for g in guides])  # special tokens that are not this head's stops
+    bm &= torch.stack([g.allowed_bits() for g in guides])  # banned specials; rule 5's spellings
     if v > constrainer.vocab_size:  # padded output rows beyond the grammar's vocabulary
         logits[:, constrainer.vocab_size :] = float("-inf")
     if logits.device.type != "cpu":  # matchers fill a CPU mask; the kernel wants it beside the logits

@@ -67,15 +67,23 @@ def _regex_for_string(schema: Mapping[str, Any]) -> str:
     return f"[\\s\\S]{{{lo},}}"
 
 
-def string_value(schema: Mapping[str, Any], where: str, weaker: list[str]) -> xgr.Grammar:
-    """The raw text of a ``type: "string"`` parameter."""
+def string_literals(schema: Mapping[str, Any]) -> list[str] | None:
+    """The texts a ``type: "string"`` parameter's ``enum``/``const`` allows (non-empty strings), or
+    None where it names none (then the parameter is a pattern or free text)."""
     options = schema.get("enum")
     if options is None and "const" in schema:
         options = [schema["const"]]
-    if options is not None:
-        texts = [o for o in options if isinstance(o, str) and o]
-        if texts:
-            return literals(texts)
+    if options is None:
+        return None
+    return [o for o in options if isinstance(o, str) and o] or None
+
+
+def string_value(schema: Mapping[str, Any], where: str, weaker: list[str]) -> xgr.Grammar:
+    """The raw text of a ``type: "string"`` parameter."""
+    texts = string_literals(schema)
+    if texts:
+        return literals(texts)
+    if "enum" in schema or "const" in schema:
         weaker.append(f"{where}: no non-empty string among enum/const")
     try:
         return xgr.Grammar.from_regex(_regex_for_string(schema))
@@ -157,17 +165,21 @@ def param_value(tool: ToolSpec, index: int, weaker: list[str]) -> xgr.Grammar:
 
 @dataclass
 class SlotRule:
-    """What one argument slot of one tool allows: a value grammar and/or ``<|null|>``."""
+    """What one argument slot of one tool allows: a value grammar and/or ``<|null|>``. ``texts``: every
+    value text it allows where that is a finite set of literals (a string enum), else None."""
 
     value: xgr.Grammar | None  # None: the tool has no parameter at this slot
     nullable: bool
+    texts: frozenset[str] | None = frozenset()
 
 
 def slot_rule(tool: ToolSpec, index: int, weaker: list[str]) -> SlotRule:
     if index >= tool.arity:
         return SlotRule(None, True)
     name = tool.param_names[index]
-    return SlotRule(param_value(tool, index, weaker), name not in tool.required)
+    texts = string_literals(tool.properties[name]) if tool.param_is_string(name) else None
+    return SlotRule(param_value(tool, index, weaker), name not in tool.required,
+                    frozenset(texts) if texts else None)
 
 
 EMPTY = "root ::= \"\""
@@ -176,10 +188,13 @@ EMPTY = "root ::= \"\""
 @dataclass(frozen=True)
 class HeadRule:
     """A head's grammar and whether it may be omitted (then its grammar holds the empty text and
-    ``<|null|>`` is one of its stop tokens)."""
+    ``<|null|>`` is one of its stop tokens). ``texts``: the non-empty texts the grammar allows where
+    they are a finite set of literals (tool names, string enums), else None (see
+    ``models.constrain``'s canonical literals)."""
 
     grammar: xgr.Grammar
     nullable: bool
+    texts: frozenset[str] | None = None
 
 
 def head_rule(rules: Sequence[SlotRule]) -> HeadRule:
@@ -188,13 +203,15 @@ def head_rule(rules: Sequence[SlotRule]) -> HeadRule:
     nullable = any(r.nullable for r in rules)
     alternatives = ([xgr.Grammar.from_ebnf(EMPTY)] if nullable else []) + values
     grammar = alternatives[0] if len(alternatives) == 1 else xgr.Grammar.union(*alternatives)
-    return HeadRule(grammar, nullable)
+    finite = all(r.texts is not None for r in rules if r.value is not None)
+    texts = frozenset().union(*(r.texts or () for r in rules)) if finite else None
+    return HeadRule(grammar, nullable, texts)
 
 
 def function_rule(tools: Sequence[ToolSpec], allow_no_call: bool) -> HeadRule:
     names = literals([t.name for t in tools])
     return HeadRule(xgr.Grammar.union(xgr.Grammar.from_ebnf(EMPTY), names) if allow_no_call else names,
-                    allow_no_call)
+                    allow_no_call, frozenset(t.name for t in tools))
 
 
 @dataclass

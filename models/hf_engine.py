@@ -82,7 +82,11 @@ class HFEngine(Engine):
     float32 (the shipped students are unchanged), bigger ones take the format ``models.cpu_features``
     picks for this CPU; ``info()`` reports ``precision`` and ``fast_path_reason``. ``jump_forward``:
     finish a constrained head without a forward when only its stop may follow (models.constrain rule
-    4; default: on for models of ``SMALL_MODEL_PARAMS`` and more). ``turn_cache``: turn-prefix cache
+    4; default: on for models of ``SMALL_MODEL_PARAMS`` and more). ``canonical_literals``: a head whose
+    values are a finite set of literals (tool names, string enums) writes each only as the tokenizer
+    spells it (models.constrain rule 5; default off: the calls are then exactly the unrestricted
+    greedy ones); with jump-forward it saves the forward that follows a value that is another's prefix
+    in characters only (SmolLM2's ``N`` beside ``NE``). ``turn_cache``: turn-prefix cache
     entries per registration (models.turn_cache: a turn's first tokens shared with an earlier turn of
     the same registration are not prefilled again; 0 = off; default ``TURN_CACHE_ENTRIES`` for models
     of ``SMALL_MODEL_PARAMS`` and more, 0 for smaller ones); ``Decision.cached_tokens`` then counts the
@@ -112,6 +116,7 @@ class HFEngine(Engine):
         precision: str = "auto",
         jump_forward: bool | None = None,
         turn_cache: int | None = None,
+        canonical_literals: bool = False,
     ) -> None:
         super().__init__(
             max_new_tokens=max_new_tokens, allow_future_refs=allow_future_refs, assembly=assembly
@@ -170,7 +175,13 @@ class HFEngine(Engine):
             threads = 1  # tiny matmuls: a second thread only adds synchronisation (and stalls under load)
         if threads:
             torch.set_num_threads(threads)
-        self.constrainer = Constrainer(self.tokenizer, self.lm.vocab, self.token_ids) if constrain else None
+        if canonical_literals and not constrain:
+            raise EngineError("canonical_literals restricts the constrained decode: it needs constrain on")
+        self.constrainer = (
+            Constrainer(self.tokenizer, self.lm.vocab, self.token_ids, canonical=bool(canonical_literals))
+            if constrain
+            else None
+        )
 
     def _pick_precision(self, precision: str, dtype: str | None) -> tuple[str, str]:
         """(precision, why) on this device for this model (see the class docstring)."""
@@ -216,6 +227,8 @@ class HFEngine(Engine):
             "fast_path_reason": self.fast_path_reason,
             "default_template": self.default_template,
             "constrained": self.constrainer is not None,
+            "canonical_literals": self.constrainer is not None and self.constrainer.canonical,
+            "jump_forward": self.jump_forward,
             "max_heads": self.max_heads,
             "assembly": self.assembly,
             "turn_cache": self.turn_cache_info(),
@@ -488,9 +501,7 @@ class HFEngine(Engine):
         tok = forced_stop(self.constrainer, g, self.token_ids[close_tag(g.head)])
         if tok is None:
             return
-        g.matcher.accept_token(tok)
-        if g.shadow is not None:
-            g.shadow.accept_token(tok)
+        g.accept(tok)
         run.generated[r].append(tok)
         run.finished[r] = True
         run.jumped += 1
@@ -520,9 +531,7 @@ class HFEngine(Engine):
                 run.generated[r].append(tok)
                 if guides is not None:
                     g = guides[r]
-                    g.matcher.accept_token(tok)
-                    if g.shadow is not None and not g.dead:
-                        g.dead = not g.shadow.accept_token(tok)
+                    g.accept(tok)
                 # forced (benchmarks): exactly limits[r] tokens; otherwise a stop id or the budget
                 stops = guides[r].stops if guides is not None else run.stops[r]
                 run.finished[r] = len(run.generated[r]) >= run.limits[r] if forced else tok in stops

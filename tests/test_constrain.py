@@ -238,3 +238,87 @@ def test_compiled_grammar_cache_is_bounded(tiny, monkeypatch):
         assert con.decide(reg.handle, Turn("x")).legal
         con.unregister(reg.handle)
     assert len(con.constrainer._cache) <= 8
+
+
+# ---------------------------------------------------------------------- rule 5: canonical literals
+PREFIX_TOOLS = [
+    {"name": "pick", "description": "p", "parameters": {"type": "object", "properties": {
+        "item": {"type": "string", "enum": ["m", "move", "wait", "w"]},
+        "n": {"type": "number", "minimum": 0, "maximum": 3}}, "required": ["item"]}},
+    {"name": "move", "description": "m", "parameters": {"type": "object", "properties": {
+        "item": {"type": "string", "enum": ["move", "m"]}}, "required": ["item"]}},
+]
+
+
+def test_literal_rules_know_their_texts():
+    from tickcall.envs.arena import ARENA_TOOLS
+    from tickcall.models.grammars import build_head_grammars
+
+    g = build_head_grammars(normalize_tools(ARENA_TOOLS), ("function", "arg1", "arg2"))
+    directions = {"N", "NE", "E", "SE", "S", "SW", "W", "NW"}
+    assert g.start["function"].texts == {"wait", "move", "aim", "fire", "dash"}
+    assert g.start["arg1"].texts == directions  # the tools without a direction omit the head
+    assert g.chosen[("move", "arg2")].texts == {"walk", "run"}
+    assert g.start["arg2"].texts is None  # dash's distance is a number: not a finite set
+    tricky = build_head_grammars(normalize_tools(TRICKY_TOOLS), ("function", "arg1", "arg2"))
+    assert tricky.chosen[("act", "arg2")].texts is None  # a pattern string
+
+
+def test_canonical_literals_spell_texts_as_the_tokenizer_does(tiny):
+    eng = HFEngine(tiny, device="cpu", canonical_literals=True)
+    reg = eng.register(PREFIX_TOOLS)
+    c = eng.constrainer
+    canon = c.canonical_texts("arg1", reg.grammars.start["arg1"])
+    spell = {t: tuple(eng.encode(f"<arg1>{t}</arg1>")[1:-1]) for t in ("m", "move", "wait", "w")}
+    assert spell["move"][: len(spell["m"])] != spell["m"], "precondition: 'm' must not spell the start of 'move'"
+    stops = set(c.stop_ids("arg1", True))
+    allowed = lambda prefix: {  # noqa: E731
+        i for i in range(c.vocab_size) if (int(canon.bits(prefix)[i >> 5]) >> (i & 31)) & 1
+    }
+    assert allowed(spell["m"]) == stops  # 'm' is complete: only a stop may follow
+    assert allowed(()) == {s[0] for s in spell.values()} | stops
+    assert c.canonical_texts("arg2", reg.grammars.start["arg2"]) is None  # a number among its values
+    assert HFEngine(tiny, device="cpu").constrainer.canonical_texts("arg1", reg.grammars.start["arg1"]) is None
+
+
+def test_canonical_literals_change_only_spellings_the_tokenizer_never_writes(tiny, monkeypatch):
+    """Greedy decoding restricted to the tokenizer's spellings keeps every call whose unrestricted
+    tokens already were those spellings, writes only spellings otherwise, and saves forwards."""
+    import tickcall.models.lean as lean
+
+    forwards = {"on": 0, "off": 0}
+    side = {"now": "off"}
+    real = lean.LeanLM.step
+
+    def counting(self, rb, tokens):
+        forwards[side["now"]] += 1
+        return real(self, rb, tokens)
+
+    monkeypatch.setattr(lean.LeanLM, "step", counting)
+    on = HFEngine(tiny, device="cpu", max_new_tokens=8, canonical_literals=True, jump_forward=True)
+    off = HFEngine(tiny, device="cpu", max_new_tokens=8, jump_forward=True)
+    assert on.info()["canonical_literals"] and not off.info()["canonical_literals"]
+    ra, rb = on.register(PREFIX_TOOLS), off.register(PREFIX_TOOLS)
+    spellings = {tuple(on.encode(f"<arg1>{t}</arg1>")[1:-1]) for t in ("m", "move", "wait", "w")}
+    kept = changed = 0
+    for turn in turns(40):
+        side["now"] = "on"
+        a = on.decide(ra.handle, turn)
+        side["now"] = "off"
+        b = off.decide(rb.handle, turn)
+        assert a.legal, (a.heads, a.reason)
+        assert tuple(a.head_token_ids["arg1"][:-1]) in spellings, a.heads
+        if tuple(b.head_token_ids["arg1"][:-1]) in spellings and not b.redecoded:
+            assert (a.call, a.heads) == (b.call, b.heads), turn.query
+            kept += 1
+        else:
+            changed += 1
+    assert kept > 0 and changed > 0, "the random model should write both kinds of spelling (else vacuous)"
+    assert forwards["on"] < forwards["off"]
+
+
+def test_canonical_literals_need_the_constrained_decode(tiny):
+    from tickcall.models.engine import EngineError
+
+    with pytest.raises(EngineError, match="canonical_literals .* needs constrain on"):
+        HFEngine(tiny, device="cpu", constrain=False, canonical_literals=True)

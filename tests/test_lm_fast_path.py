@@ -263,3 +263,37 @@ def test_bench_lm_bad_model_is_one_line(tmp_path, capsys):
     assert main(["bench", "lm", "--model", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a model folder" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_bench_lm_compares_canonical_literals(llama_path, tmp_path, capsys):
+    from tickcall.cli import main
+
+    out = tmp_path / "canon.json"
+    args = [
+        "bench",
+        "lm",
+        "--model",
+        str(llama_path),
+        "--turns",
+        "3",
+        "--warmup",
+        "1",
+        "--fast",
+        "int8",
+        "--env",
+        "tickcall/Arena-v0",
+        "--threads",
+        "1",
+        "--canonical-literals",
+        "--json",
+        str(out),
+    ]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    assert data["off"]["canonical_literals"] is False and data["on"]["canonical_literals"] is True
+    assert data["on"]["decode_p90_ms"] >= data["on"]["decode_p50_ms"] >= 0
+    assert data["on"]["legal"] == 1.0
+    assert "canonical literals off / on" in capsys.readouterr().out
+    assert main([*args[:-2], "--turn-cache", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "one at a time" in err and len(err.splitlines()) == 1

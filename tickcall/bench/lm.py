@@ -17,6 +17,12 @@ twice, ``turn_cache=0`` (``off``) and ``turn_cache=N`` (``on``), the same altern
 = off P50 / on P50, agreement is of ``on`` with ``off``, and ``turn_cache`` shows it was used: the mean
 suffix tokens reused and prefilled per decide and the engine's counters. Without the flag both
 engines take the engine's default (``HFEngine(turn_cache=None)``).
+
+``--canonical-literals`` compares the fast path without (``off``) and with (``on``) canonical literals
+(models.constrain rule 5: a head of literal values writes them only as the tokenizer spells them, so a
+value that is another's prefix in characters only ends without a forward), the same alternation;
+agreement is of ``on`` with ``off``. Every engine's figures include its decode stage (the heads after
+the prefill: ``decode_p50_ms``/``decode_p90_ms``/``decode_max_ms``).
 """
 
 from __future__ import annotations
@@ -50,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="compare the fast path without and with a turn-prefix cache of N entries (instead of fp32)",
+    )
+    p.add_argument(
+        "--canonical-literals",
+        action="store_true",
+        help="compare the fast path without and with canonical literals (instead of fp32)",
     )
     p.add_argument("--seed", type=int, default=0, help="env seed of the rollout")
     p.add_argument("--json", help="write results to this file")
@@ -153,10 +164,19 @@ def run(args: argparse.Namespace) -> int:
     compare_cache = args.turn_cache is not None
     if compare_cache and args.turn_cache < 1:
         raise CommandError(f"--turn-cache {args.turn_cache}: give the entries of the cache compared, >= 1")
+    if compare_cache and args.canonical_literals:
+        raise CommandError(
+            "--turn-cache and --canonical-literals are two comparisons: run them one at a time"
+        )
     if compare_cache:  # the fast path without and with the turn-prefix cache
         specs = {
             "off": {"precision": args.fast, "turn_cache": 0},
             "on": {"precision": args.fast, "turn_cache": args.turn_cache},
+        }
+    elif args.canonical_literals:  # the fast path without and with rule 5
+        specs = {
+            "off": {"precision": args.fast},
+            "on": {"precision": args.fast, "canonical_literals": True},
         }
     else:
         specs = {"fp32": {"precision": "fp32"}, "fast": {"precision": args.fast}}
@@ -202,14 +222,19 @@ def run(args: argparse.Namespace) -> int:
 
     def engine_figures(name: str) -> dict[str, Any]:
         e, ds = engines[name], decisions[name]
+        decode = summary([d.timings_ms["decode"] for d in ds])
         return {
             "p50_ms": stats[name]["p50"],
             "p90_ms": stats[name]["p90"],
+            "decode_p50_ms": decode["p50"],
+            "decode_p90_ms": decode["p90"],
+            "decode_max_ms": decode["max"],
             "stats": stats[name],
             "path": e.precision,
             "reason": e.fast_path_reason,
             "legal": sum(d.legal for d in ds) / len(ds),
             "turn_cache": e.turn_cache,
+            "canonical_literals": e.info()["canonical_literals"],
         }
 
     out = {
@@ -236,15 +261,23 @@ def run(args: argparse.Namespace) -> int:
             "counters": fe.turn_cache_info(),
         }
     rows = [
-        [name, out[name]["p50_ms"], out[name]["p90_ms"], out[name]["legal"], engines[name].precision]
+        [
+            name,
+            out[name]["p50_ms"],
+            out[name]["p90_ms"],
+            out[name]["decode_p90_ms"],
+            out[name]["legal"],
+            engines[name].precision,
+        ]
         for name in specs
     ]
     print_table(
-        ["engine", "P50 ms", "P90 ms", "legal", "precision"],
+        ["engine", "P50 ms", "P90 ms", "decode P90 ms", "legal", "precision"],
         rows,
         title=f"tickcall bench lm: {args.model} on {env_id}, {len(ref)} turns, "
         f"{torch.get_num_threads()} threads"
-        + (f", turn cache {args.turn_cache} entries" if compare_cache else ""),
+        + (f", turn cache {args.turn_cache} entries" if compare_cache else "")
+        + (", canonical literals off / on" if args.canonical_literals else ""),
     )
     print(
         f"speedup P50 {out['speedup_p50']:.2f}x; fast path {fe.fast_path_reason}; CPU flags {' '.join(flags)}"
