@@ -60,7 +60,7 @@ def _fails_in_one_line(capsys, argv: list[str], code: int, phrase: str) -> None:
 
 DECIDE_CASES = [
     (["--env", "Nope-v9"], "cannot make env 'Nope-v9'"),
-    (["--env", "LunarLander-v3"], "--backend random"),  # no shipped model: the choices are named
+    (["--env", "LunarLanderContinuous-v3"], "--backend random"),  # no shipped model: the choices are named
     (["--tools", "{bad}/missing.json"], "cannot read --tools"),
     (["--tools", "{bad}/notjson.json"], "is not valid JSON"),
     (["--tools", "{bad}/noname.json"], "bad tool schema"),
@@ -97,7 +97,7 @@ EVAL_CASES = [
         marks=pytest.mark.skipif(HAS_MUJOCO, reason="the case needs MuJoCo to be missing"),
     ),
     ([*CART, "--policy", "zz"], "unknown policy zz"),
-    (["--env", "LunarLander-v3", "--policy", "model"], "--backend random"),  # no shipped model for it
+    (["--env", "LunarLanderContinuous-v3", "--policy", "model"], "--backend random"),  # no shipped model for it
     ([*CART, "--policy", "model", "--model", "{bad}/badcfg"], "cannot load model"),
     ([*CART, "--policy", "model", "--model", "{bad}/trunc"], "cannot load model"),
     ([*CART, "--policy", "model", "--model", "{bad}/nonexist"], "does not exist"),

@@ -17,7 +17,7 @@ from tickcall.cli import main
 from tickcall.job import summary_lines
 
 ROOT = Path(__file__).resolve().parent.parent
-CHOICES = ("--backend random", "--model PATH", "tickcall train --env LunarLander-v3")
+CHOICES = ("--backend random", "--model PATH", "tickcall train --env LunarLanderContinuous-v3")
 
 
 def _one_line(capsys, argv: list[str]) -> str:
@@ -30,14 +30,14 @@ def _one_line(capsys, argv: list[str]) -> str:
 def test_run_without_a_shipped_model_names_the_choices(capsys):
     import ray
 
-    err = _one_line(capsys, ["run", "--env", "LunarLander-v3", "--duration", "1"])
-    assert err.startswith("tickcall run: no model ships for LunarLander-v3") and all(c in err for c in CHOICES)
+    err = _one_line(capsys, ["run", "--env", "LunarLanderContinuous-v3", "--duration", "1"])
+    assert err.startswith("tickcall run: no model ships for LunarLanderContinuous-v3") and all(c in err for c in CHOICES)
     assert not ray.is_initialized()  # refused before Ray, the service or the loop started
 
 
 def test_eval_model_without_a_shipped_model_names_the_choices(capsys):
-    err = _one_line(capsys, ["eval", "--env", "LunarLander-v3", "--policy", "model", "--episodes", "1"])
-    assert err.startswith("tickcall eval: no model ships for LunarLander-v3") and all(c in err for c in CHOICES)
+    err = _one_line(capsys, ["eval", "--env", "LunarLanderContinuous-v3", "--policy", "model", "--episodes", "1"])
+    assert err.startswith("tickcall eval: no model ships for LunarLanderContinuous-v3") and all(c in err for c in CHOICES)
 
 
 @pytest.mark.parametrize("backend", ["random", "noop"])

@@ -23,7 +23,8 @@ GYM_STUDENTS = [
     "MountainCar-v0",
     "MountainCarContinuous-v0",
     "Pendulum-v1",
-]  # LunarLander-v3: no student has reached its teacher yet (docs/benchmarks.md, issue 15)
+    "LunarLander-v3",
+]
 
 
 @pytest.mark.parametrize("env_id", GYM_STUDENTS)
@@ -41,7 +42,18 @@ def _within_bar(student: float, teacher: float) -> bool:
     return abs(student) <= 1.05 * abs(teacher)
 
 
-@pytest.mark.parametrize("env_id", GYM_STUDENTS)
+# Shipped below the bar, with the figures recorded as measured (docs/benchmarks.md, issue 15): strict,
+# so a student that reaches the bar must come off this list.
+BELOW_BAR = {"LunarLander-v3": "91.4% of its PPO teacher in the 16 Hz loop (one landing in ~20 fails)"}
+
+
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        pytest.param(e, marks=pytest.mark.xfail(strict=True, reason=BELOW_BAR[e])) if e in BELOW_BAR else e
+        for e in GYM_STUDENTS
+    ],
+)
 def test_recorded_realtime_scores_meet_the_bar(env_id):
     scores = json.loads((default_model_path(env_id) / "scores.json").read_text())
     rt = scores["envs"][env_id]["realtime"]
@@ -51,6 +63,19 @@ def test_recorded_realtime_scores_meet_the_bar(env_id):
     assert _within_bar(rt["student_return"], rt["teacher_return"]), (
         f"{env_id}: student {rt['student_return']} vs teacher {rt['teacher_return']}"
     )
+
+
+@pytest.mark.parametrize("env_id", GYM_STUDENTS)
+def test_recorded_realtime_scores_reach_the_reward_threshold(env_id):
+    """Where gymnasium gives the env a ``reward_threshold`` the student reaches it, within 5%."""
+    import gymnasium as gym
+
+    threshold = gym.spec(env_id).reward_threshold
+    if threshold is None:
+        pytest.skip(f"{env_id} has no reward_threshold")
+    scores = json.loads((default_model_path(env_id) / "scores.json").read_text())
+    student = scores["envs"][env_id]["realtime"]["student_return"]
+    assert _within_bar(student, threshold), f"{env_id}: student {student} vs threshold {threshold}"
 
 
 def test_within_bar_can_fail():

@@ -28,6 +28,7 @@ SHIPPED: dict[str, str] = {
     "MountainCar-v0": "tickcall-mountaincar",
     "MountainCarContinuous-v0": "tickcall-mountaincar-continuous",
     "Pendulum-v1": "tickcall-pendulum",
+    "LunarLander-v3": "tickcall-lunarlander",  # teacher: PPO trained on the spot (1M decisions)
     # configs/train-smollm2.yaml: SmolLM2-135M-Instruct + adapter; goals in words need a language model
     "tickcall/GoalArena-v0": "tickcall-smollm2",
     "tickcall/GoalArena-Heldout-v0": "tickcall-smollm2",

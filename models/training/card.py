@@ -135,10 +135,11 @@ def write_card(folder: Path, cfg, scores: dict[str, Any], command: str | None = 
         ),
         *(
             [
-                "- Soft targets: where the teacher scores its choices (the scripted experts of "
-                "`tickcall.envs.experts.EXPERT_LOGITS`: CartPole's margin 0.05 x + 0.3 v + 3 a + 0.6 w is the "
-                "logit of `right`; LunarLander's heuristic scores each engine by how far its correction is past "
-                f"its threshold), the first value token learns softmax(logit / {cfg.data.soft_tau}) "
+                "- Soft targets: where the teacher scores its choices (a Stable-Baselines3 policy's action "
+                "logits, or Q-values for DQN; the scripted experts of `tickcall.envs.experts.EXPERT_LOGITS`: "
+                "CartPole's margin 0.05 x + 0.3 v + 3 a + 0.6 w is the logit of `right`; LunarLander's "
+                "heuristic scores each engine by how far its correction is past its threshold), the first "
+                f"value token learns softmax(logit / {cfg.data.soft_tau}) "
                 "instead of the one-hot label; the label is still the teacher's choice."
             ]
             if getattr(cfg.data, "soft_tau", 0)
