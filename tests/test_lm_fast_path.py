@@ -222,30 +222,17 @@ def test_jump_forward_leaves_the_same_calls(tiny_model_path, llama_path, arena_t
 
 
 # ---------------------------------------------------------------------- the bench
+def _bench_lm(model, out, *extra: str) -> list[str]:
+    """``tickcall bench lm`` on 3 arena turns of a tiny model, int8, one thread, writing ``out``."""
+    return ["bench", "lm", "--model", str(model), "--turns", "3", "--warmup", "1", "--fast", "int8",
+            "--env", "tickcall/Arena-v0", "--threads", "1", *extra, "--json", str(out)]  # fmt: skip
+
+
 def test_bench_lm_writes_its_figures(llama_path, tmp_path, capsys):
     from tickcall.cli import main
 
     out = tmp_path / "lm.json"
-    rc = main(
-        [
-            "bench",
-            "lm",
-            "--model",
-            str(llama_path),
-            "--turns",
-            "3",
-            "--warmup",
-            "1",
-            "--fast",
-            "int8",
-            "--env",
-            "tickcall/Arena-v0",
-            "--threads",
-            "1",
-            "--json",
-            str(out),
-        ]
-    )
+    rc = main(_bench_lm(llama_path, out))
     assert rc == 0
     data = json.loads(out.read_text())
     for key in ("p50_ms", "p90_ms"):
@@ -269,25 +256,7 @@ def test_bench_lm_compares_canonical_literals(llama_path, tmp_path, capsys):
     from tickcall.cli import main
 
     out = tmp_path / "canon.json"
-    args = [
-        "bench",
-        "lm",
-        "--model",
-        str(llama_path),
-        "--turns",
-        "3",
-        "--warmup",
-        "1",
-        "--fast",
-        "int8",
-        "--env",
-        "tickcall/Arena-v0",
-        "--threads",
-        "1",
-        "--canonical-literals",
-        "--json",
-        str(out),
-    ]
+    args = _bench_lm(llama_path, out, "--canonical-literals")
     assert main(args) == 0
     data = json.loads(out.read_text())
     assert data["off"]["canonical_literals"] is False and data["on"]["canonical_literals"] is True
