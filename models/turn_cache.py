@@ -69,12 +69,7 @@ class TurnCache:
     def lookup(self, ids: list[int]) -> tuple[int | None, int]:
         """(entry key, tokens to reuse) for a new turn's suffix ``ids``; (None, 0) when no entry
         shares at least ``min_reuse`` tokens. The reuse is at most ``len(ids) - 1``."""
-        best_key, best = None, 0
-        for key, entry in self.entries.items():
-            n = common_prefix(entry.ids, ids)
-            if n > best:
-                best_key, best = key, n
-        best = min(best, len(ids) - 1)
+        best_key, best = self._best(ids)
         self.stats.lookups += 1
         if best < self.min_reuse:
             self.stats.prefilled_tokens += len(ids)
@@ -85,10 +80,20 @@ class TurnCache:
         return best_key, best
 
     def peek(self, ids: list[int]) -> int:
-        """The tokens ``lookup(ids)`` would reuse now (0 under ``min_reuse``), without counting a
-        lookup: what the service's scheduler asks to size a turn's prefill."""
-        best = min(max((common_prefix(e.ids, ids) for e in self.entries.values()), default=0), len(ids) - 1)
-        return best if best >= self.min_reuse else 0
+        """The tokens ``lookup(ids)`` would reuse now, without counting a lookup: what the service's
+        scheduler asks to size a turn's prefill."""
+        return self._best(ids)[1]
+
+    def _best(self, ids: list[int]) -> tuple[int | None, int]:
+        """The entry sharing the longest prefix with ``ids`` and the tokens it lets reuse (at most
+        ``len(ids) - 1``); (None, 0) under ``min_reuse``."""
+        best_key, best = None, 0
+        for key, entry in self.entries.items():
+            n = common_prefix(entry.ids, ids)
+            if n > best:
+                best_key, best = key, n
+        best = min(best, len(ids) - 1)
+        return (best_key, best) if best >= self.min_reuse else (None, 0)
 
     def store(self, ids: list[int], k: list[torch.Tensor], v: list[torch.Tensor]) -> None:
         """Keep turn ``ids`` with its K/V as the most recent entry, the least recent evicted past
