@@ -190,3 +190,34 @@ def test_many_requests_on_one_prefix_batch_like_singles(tiny_engine, arena_tools
     batch = tiny_engine.decide_batch([(reg.handle, t) for t in turns])
     assert [b.head_token_ids for b in batch] == singles
     assert all(b.prompt_tokens == len(tiny_engine.encode(reg.template.suffix(t))) for b, t in zip(batch, turns, strict=True))
+
+
+def test_a_turn_counted_before_its_decide_is_encoded_once(tiny_engine, arena_tools, monkeypatch):
+    """The service counts a queued turn (suffix_tokens) before the decide: one tokenizer pass, not two;
+    the memo hands out copies and forgets everything past ENCODE_MEMO texts."""
+    from tickcall.models import hf_engine
+
+    reg = tiny_engine.register(arena_tools)
+    real = tiny_engine._fast
+    assert real is not None, "the tiny tokenizer is a fast one"
+    calls = []
+
+    class Spy:  # the Rust tokenizer, counting encodes
+        def encode(self, text, **kw):
+            calls.append(text)
+            return real.encode(text, **kw)
+
+        def decode(self, ids, **kw):
+            return real.decode(ids, **kw)
+
+    monkeypatch.setattr(tiny_engine, "_fast", Spy())
+    turn = Turn("tick=12345 x=1.5", [])
+    n = tiny_engine.suffix_tokens(reg.handle, turn)
+    decision = tiny_engine.decide(reg.handle, turn)
+    assert len(calls) == 1 and n > 0 and decision.head_token_ids
+    ids = tiny_engine.encode("x=1")
+    ids.append(-1)  # a caller's copy: the memo keeps its own
+    assert tiny_engine.encode("x=1") == ids[:-1]
+    monkeypatch.setattr(hf_engine, "ENCODE_MEMO", 2)
+    tiny_engine.encode("a"), tiny_engine.encode("b"), tiny_engine.encode("c")
+    assert len(tiny_engine._encoded) <= 2
