@@ -88,3 +88,37 @@ def test_tree_trainer_bf16_autocast_and_adapter_checkpoint(tiny, tmp_path):
     assert state["model"] and all("lora_" in k or "trainable_tokens" in k for k in state["model"])
     with pytest.raises(ValueError, match="train.dtype"):
         TrainSettings(dtype="fp16")
+
+
+def test_init_from_loads_a_saved_adapter_and_refuses_another_shape(tmp_path):
+    from tickcall.models.tiny import make_tiny_model
+    from tickcall.models.training.smollm2 import add_adapter, load_adapter_weights, save_adapter
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = make_tiny_model(tmp_path / "m", hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64)
+
+    def fresh(rank=4):
+        model = AutoModelForCausalLM.from_pretrained(path)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        return add_adapter(model, [vocab - 1], rank=rank, alpha=8, targets=("q_proj", "down_proj"))
+
+    trained = fresh()
+    with torch.no_grad():  # an adapter whose output differs from the base's
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    save_adapter(trained, AutoTokenizer.from_pretrained(path), tmp_path / "adapter", {"base": {}})
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        want = trained(input_ids=ids).logits
+        start = fresh()
+        before = start(input_ids=ids).logits
+        load_adapter_weights(start, tmp_path / "adapter", 4, 8, ("down_proj", "q_proj"))
+        got = start(input_ids=ids).logits
+    assert not torch.allclose(before, want, atol=1e-3)
+    # the file is bf16: the loaded adapter matches the saved one to bf16 rounding
+    assert torch.allclose(got, want, atol=2e-2)
+    with pytest.raises(ValueError, match="rank 4, alpha 8"):
+        load_adapter_weights(fresh(rank=2), tmp_path / "adapter", 2, 8, ("q_proj", "down_proj"))
+    with pytest.raises(FileNotFoundError, match="not a SmolLM2 adapter folder"):
+        load_adapter_weights(fresh(), path, 4, 8, ("q_proj", "down_proj"))

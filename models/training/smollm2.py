@@ -14,7 +14,8 @@ rows and the tree trainer are the small student's; ``train.dtype: bf16`` trains 
 bfloat16: a few MB), the tokenizer with the SimpleTool tokens, ``tickcall.json`` (with ``base``:
 package, version, file, sha256) and ``scores.json``. ``models.loading.load_engine`` merges it with
 the base at load time (``models.adapters.materialize``). An interrupted run resumes from the adapter
-checkpoint in ``work_dir`` (``smollm2-adapter.pt``).
+checkpoint in ``work_dir`` (``smollm2-adapter.pt``); ``init_from`` starts a new run from an earlier
+adapter folder's weights (same LoRA shape), e.g. to continue training a shipped model on new rows.
 """
 
 from __future__ import annotations
@@ -73,6 +74,36 @@ def add_adapter(
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def load_adapter_weights(peft_model, folder: str | Path, rank: int, alpha: float,
+                         targets: Sequence[str]) -> None:
+    """Start ``peft_model`` from the adapter in ``folder`` (``init_from``: a shipped SmolLM2 folder).
+
+    The folder's LoRA must have the same rank, alpha and target projections as the one built here,
+    and every tensor of the file must land in the model; otherwise ``ValueError`` names the mismatch."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"init_from: {folder} is not a SmolLM2 adapter folder (no {ADAPTER_CONFIG} and "
+            f"{ADAPTER_WEIGHTS}); give one written by this trainer, e.g. models/shipped/tickcall-smollm2"
+        )
+    conf = json.loads((folder / ADAPTER_CONFIG).read_text())
+    theirs = (conf.get("r"), conf.get("lora_alpha"), sorted(conf.get("target_modules") or []))
+    ours = (rank, alpha, sorted(targets))
+    if theirs != ours:
+        raise ValueError(
+            f"init_from: {folder} holds LoRA rank {theirs[0]}, alpha {theirs[1]} on {theirs[2]}; this "
+            f"config builds rank {ours[0]}, alpha {ours[1]} on {ours[2]}: set model.lora_* to match"
+        )
+    state = {k: v.to(torch.float32) for k, v in load_file(folder / ADAPTER_WEIGHTS).items()}
+    result = set_peft_model_state_dict(peft_model, state)
+    if result.unexpected_keys:
+        raise ValueError(f"init_from: {folder} has tensors this model lacks: {result.unexpected_keys[:3]}")
 
 
 def trained_params(peft_model) -> list[Any]:
@@ -152,6 +183,9 @@ def train_smollm2(
         f"{len(token_ids)} SimpleTool tokens"
     )
     peft_model = add_adapter(model, token_ids, m.lora_rank, m.lora_alpha, m.lora_targets)
+    if cfg.init_from:
+        load_adapter_weights(peft_model, cfg.init_from, m.lora_rank, m.lora_alpha, m.lora_targets)
+        log(f"adapter starts from {cfg.init_from} (a resumed checkpoint in work_dir still wins)")
     params = trained_params(peft_model)
     n_train = sum(p.numel() for p in params)
     log(
