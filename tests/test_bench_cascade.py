@@ -23,7 +23,7 @@ def test_bench_cascade_writes_small_big_and_cascade(tmp_path):
     code = main(
         ["bench", "cascade", "--small", str(small), "--big", str(big), "--env", "tickcall/Arena-v0",
          "--episodes", "1", "--max-steps", "20", "--big-alone-rate", "16", "--threshold", "1.01",
-         "--json", str(out)]
+         "--engine-option", "threads=1", "--big-engine-option", "constrain=true", "--json", str(out)]
     )  # fmt: skip
     assert code == 0
     res = json.loads(out.read_text())
@@ -37,6 +37,7 @@ def test_bench_cascade_writes_small_big_and_cascade(tmp_path):
     assert sum(cas["reasons"].values()) == cas["ticks"]
     assert abs(cas["small_share"] + cas["big_share"] + cas["none_share"] - 1.0) < 1e-3
     assert set(res["goals"]) >= {"return_vs_big", "p90_vs_small", "misses", "small_share"}
+    assert res["settings"]["big_engine_options"] == ["constrain=true"]
 
 
 def test_bench_cascade_refuses_a_folder_that_is_no_model_in_one_line(tmp_path, capsys):
@@ -44,4 +45,8 @@ def test_bench_cascade_refuses_a_folder_that_is_no_model_in_one_line(tmp_path, c
 
     assert main(["bench", "cascade", "--small", str(tmp_path), "--big", str(tmp_path)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not a model folder" in err[0]
+    assert len(err) == 1 and "--small" in err[0] and "config.json is missing" in err[0]
+    assert main(["bench", "cascade", "--small", str(tmp_path), "--big", str(tmp_path), "--big-engine-option",
+                 "precision"]) != 0  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--big-engine-option 'precision' is not KEY=VALUE" in err[0]

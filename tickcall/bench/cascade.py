@@ -17,6 +17,8 @@ observation taken -> the call dispatched, ok ticks), ``misses`` (late + fallback
 ``--json FILE`` writes ``{"small", "big", "cascade", "goals", "settings", "machine"}``; ``goals`` checks
 the issue's targets (cascade return and goal success >= 95% of big alone's, cascade P90 <= 1.2x small
 alone's, 0 misses, small share >= 60%). Both services run on this machine, as Ray actors.
+Either model may be a shipped adapter folder (the SmolLM2 model's); ``--engine-option`` and
+``--big-engine-option KEY=VALUE`` set each engine's options (precision, threads, canonical_literals).
 """
 
 from __future__ import annotations
@@ -59,6 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="the env's episode length in physics steps (env kwarg)")
     parser.add_argument("--device", default="cpu", help="engine device (default cpu)")
     parser.add_argument("--parts", default="small,big,cascade", help="which parts to run, comma-separated")
+    parser.add_argument(
+        "--engine-option",
+        dest="engine_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the small model's engine, repeatable (as tickcall eval's)",
+    )
+    parser.add_argument(
+        "--big-engine-option",
+        dest="big_engine_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the big model's engine, repeatable, e.g. --big-engine-option precision=int8 "
+        "--big-engine-option canonical_literals=true (configs/run-smollm2.yaml's)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
 
 
@@ -174,18 +193,24 @@ def run(args: argparse.Namespace) -> int:
     from tickcall.agent.actor import start_policy_service
     from tickcall.cluster import init_ray
     from tickcall.commands.errors import CommandError
+    from tickcall.commands.eval import parse_engine_options
     from tickcall.control_loop.actor import start_loop_actor
     from tickcall.control_loop.cascade import CascadeSettings, start_cascade_loop_actor
     from tickcall.control_loop.loop import LoopSettings
     from tickcall.control_loop.stats import cascade_summary
+    from tickcall.models.folder_check import ModelFolderError, check_model_folder
 
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = sorted(set(parts) - {"small", "big", "cascade"})
     if bad or not parts:
         raise CommandError(f"--parts: choose from small, big, cascade (got {args.parts!r})")
+    small_options = parse_engine_options(args.engine_options)
+    big_options = parse_engine_options(args.big_engine_options, "--big-engine-option")
     for what, path in (("--small", args.small), ("--big", args.big)):
-        if not (Path(path) / "config.json").exists():
-            raise CommandError(f"{what} {path}: not a model folder (no config.json)")
+        try:
+            check_model_folder(path)  # a full model folder or a shipped adapter (the SmolLM2 model's)
+        except ModelFolderError as exc:
+            raise CommandError(f"{what}: {exc}") from None
     if args.episodes < 1 or args.rate <= 0:
         raise CommandError("--episodes must be >= 1 and --rate > 0")
     try:
@@ -200,8 +225,13 @@ def run(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {}
     try:
         specs = {
-            "small": {"backend": args.backend, "model": args.small, "device": args.device},
-            "big": {"backend": args.big_backend or args.backend, "model": args.big, "device": args.device},
+            "small": {**small_options, "backend": args.backend, "model": args.small, "device": args.device},
+            "big": {
+                **big_options,
+                "backend": args.big_backend or args.backend,
+                "model": args.big,
+                "device": args.device,
+            },
         }
         endpoints = {}
         for name, spec in specs.items():
