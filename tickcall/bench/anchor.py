@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tickcall.bench.common import machine, print_table, write_json
+from tickcall.commands.eval import add_option_argument, parse_engine_options
 from tickcall.timing import percentile
 
 SIMPLETOOL_URL = "https://github.com/HaxxorCialtion/SimpleTool"
@@ -63,13 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backends", nargs="+", default=["transformers"], choices=("transformers", "vllm"))
     parser.add_argument("--model", help="model folder (default: a tiny random Qwen2 built here)")
-    parser.add_argument(
+    add_option_argument(
+        parser,
         "--vllm-option",
-        dest="vllm_options",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of tickcall's vLLM engine (repeatable), e.g. --vllm-option enforce_eager=false "
+        "vllm_options",
+        "an option of tickcall's vLLM engine (repeatable), e.g. --vllm-option enforce_eager=false "
         "(vLLM compiles the model with torch.compile, as SimpleTool's server does; tickcall's CPU default "
         "is eager)",
     )
@@ -316,7 +315,6 @@ def _summary(ms: list[float]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C, so every started server's process group is ended (finally blocks)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from tickcall.commands.eval import parse_engine_options
 
     vllm_options = parse_engine_options(args.vllm_options, "--vllm-option")
     if vllm_options and "vllm" not in args.backends:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tickcall.commands.eval import add_option_argument, parse_engine_options
 from tickcall.control_loop.records import MISS_OUTCOMES, TickRecord, count_outcomes
 from tickcall.world import WorldSpec, make_world
 
@@ -61,21 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="the env's episode length in physics steps (env kwarg)")
     parser.add_argument("--device", default="cpu", help="engine device (default cpu)")
     parser.add_argument("--parts", default="small,big,cascade", help="which parts to run, comma-separated")
-    parser.add_argument(
-        "--engine-option",
-        dest="engine_options",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the small model's engine, repeatable (as tickcall eval's)",
+    add_option_argument(
+        parser, "--engine-option", "engine_options", "an option of the small model's engine, repeatable"
     )
-    parser.add_argument(
+    add_option_argument(
+        parser,
         "--big-engine-option",
-        dest="big_engine_options",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the big model's engine, repeatable, e.g. --big-engine-option precision=int8 "
+        "big_engine_options",
+        "an option of the big model's engine, repeatable, e.g. --big-engine-option precision=int8 "
         "--big-engine-option canonical_literals=true (configs/run-smollm2.yaml's)",
     )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -193,7 +187,6 @@ def run(args: argparse.Namespace) -> int:
     from tickcall.agent.actor import start_policy_service
     from tickcall.cluster import init_ray
     from tickcall.commands.errors import CommandError
-    from tickcall.commands.eval import parse_engine_options
     from tickcall.control_loop.actor import start_loop_actor
     from tickcall.control_loop.cascade import CascadeSettings, start_cascade_loop_actor
     from tickcall.control_loop.loop import LoopSettings

@@ -63,10 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seconds", type=float, default=None, help="real time: stop after this long")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="episode length override for envs that take max_steps (the Arena)")
-    parser.add_argument("--engine-option", dest="engine_options", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="an option of the model's engine, repeatable (values read as YAML scalars), "
-                             "e.g. --engine-option precision=int8 --engine-option threads=2")
+    add_option_argument(parser, "--engine-option", "engine_options",
+                        "an option of the model's engine, repeatable (values read as YAML scalars), "
+                        "e.g. --engine-option precision=int8 --engine-option threads=2")
     parser.add_argument("--json", dest="json_path", default=None, help="write the report(s) here")
     parser.add_argument("--render", action="store_true",
                         help="watch the episodes in a window (render_mode=human; needs pygame and a display)")
@@ -129,6 +128,11 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if args.engine_options and "model" not in kinds:
         raise CommandError("--engine-option applies to --policy model only; add model to --policy or drop it")
     return kinds
+
+
+def add_option_argument(parser: argparse.ArgumentParser, flag: str, dest: str, help: str) -> None:
+    """A repeatable ``flag KEY=VALUE`` collected as strings in ``dest``; ``parse_engine_options`` reads them."""
+    parser.add_argument(flag, dest=dest, action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def parse_engine_options(items: list[str], flag: str = "--engine-option") -> dict[str, Any]:
